@@ -1,0 +1,33 @@
+/* libmpass — multi-pass Stable Diffusion inference.
+ *
+ * The public API is small: a context that owns threads, loaded models and caches; and calls that
+ * run work on it. Every call that can fail returns an mpass_error (NULL = success) that the
+ * caller frees with mpass_error_free after reading mpass_error_message. */
+#ifndef MPASS_H
+#define MPASS_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MPASS_VERSION "0.1.0"
+
+typedef struct mp_error mpass_error;
+typedef struct mpass_ctx mpass_ctx;
+
+typedef struct {
+  int n_threads;          /* <= 0: one per CPU */
+  const char *models_dir; /* NULL: $MPASS_MODELS, else ./models */
+  const char *data_dir;   /* where the CLIP vocabulary lives; NULL: search (see README) */
+} mpass_options;
+
+mpass_error *mpass_ctx_create(const mpass_options *opts, mpass_ctx **out);
+void mpass_ctx_destroy(mpass_ctx *ctx);
+
+const char *mpass_error_message(const mpass_error *e);
+void mpass_error_free(mpass_error *e);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

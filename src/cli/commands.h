@@ -1,0 +1,16 @@
+/* The CLI's subcommands. Each returns the process exit code and prints its own errors. */
+#ifndef MP_CLI_COMMANDS_H
+#define MP_CLI_COMMANDS_H
+
+#include "mpass/mpass.h"
+
+typedef int (*mp_command_fn)(mpass_ctx *ctx, int argc, char **argv);
+
+int cmd_inspect(mpass_ctx *ctx, int argc, char **argv);
+int cmd_conform(mpass_ctx *ctx, int argc, char **argv);
+int cmd_tokenize(mpass_ctx *ctx, int argc, char **argv);
+
+/* Print "mpass <cmd>: <message>" to stderr, free the error, return 1. */
+int cli_fail(const char *cmd, mpass_error *e);
+
+#endif

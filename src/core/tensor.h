@@ -1,0 +1,73 @@
+/* Tensors: a dtype, a shape (row-major, outermost first, as PyTorch prints it), strides and data.
+ *
+ * A tensor either owns its data (allocated with mp_tensor_alloc, 64-byte aligned) or is a view
+ * into memory owned by someone else (a memory-mapped checkpoint, an arena). Model code mostly
+ * works on contiguous f32 buffers; weights keep the dtype they were stored in (f32, f16, bf16)
+ * and are converted where they are consumed. */
+#ifndef MP_CORE_TENSOR_H
+#define MP_CORE_TENSOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/error.h"
+
+typedef enum {
+  MP_F32,
+  MP_F16,
+  MP_BF16,
+  MP_I32,
+  MP_I64,
+  MP_U8,
+  MP_I8,
+  MP_F64,
+  MP_DTYPE_COUNT
+} mp_dtype;
+
+#define MP_MAX_DIMS 8
+
+typedef struct {
+  mp_dtype dtype;
+  int ndim;
+  int64_t shape[MP_MAX_DIMS];
+  int64_t stride[MP_MAX_DIMS]; /* in elements */
+  void *data;
+  bool owns_data;
+} mp_tensor;
+
+size_t mp_dtype_size(mp_dtype dt);
+const char *mp_dtype_name(mp_dtype dt);
+
+/* Number of elements; -1 if the shape is invalid or the count overflows. */
+int64_t mp_shape_numel(int ndim, const int64_t *shape);
+int64_t mp_tensor_numel(const mp_tensor *t);
+size_t mp_tensor_nbytes(const mp_tensor *t);
+bool mp_tensor_is_contiguous(const mp_tensor *t);
+
+/* "[1,77,768]" into buf. */
+const char *mp_shape_str(int ndim, const int64_t *shape, char *buf, size_t cap);
+
+/* Allocate a contiguous zeroed tensor. Rejects absurd sizes with an error. */
+mp_error *mp_tensor_alloc(mp_tensor *t, mp_dtype dt, int ndim, const int64_t *shape);
+/* A contiguous view of `data` (not owned). */
+void mp_tensor_view(mp_tensor *t, mp_dtype dt, int ndim, const int64_t *shape, void *data);
+void mp_tensor_free(mp_tensor *t);
+
+/* Convert any float/int dtype to a newly allocated contiguous f32 tensor. */
+mp_error *mp_tensor_to_f32(const mp_tensor *src, mp_tensor *dst);
+/* Convert n elements of `src` (any dtype, contiguous) to f32. */
+void mp_convert_to_f32(float *dst, const void *src, mp_dtype dt, size_t n);
+
+/* Half-precision conversions (IEEE 754 binary16 and bfloat16, round-to-nearest-even). */
+float mp_f16_to_f32(uint16_t h);
+uint16_t mp_f32_to_f16(float f);
+float mp_bf16_to_f32(uint16_t b);
+uint16_t mp_f32_to_bf16(float f);
+
+/* Allocation helpers for buffers that are not tensors: 64-byte aligned, NULL-safe free. */
+void *mp_alloc(size_t nbytes);
+void *mp_calloc(size_t n, size_t size);
+void mp_free(void *p);
+
+#endif

@@ -1,0 +1,59 @@
+/* A checkpoint as a set of named tensors, whatever file it came from.
+ *
+ * Readers (safetensors.c, ckpt.c, ...) fill an mp_weights; models look tensors up by name. Tensor
+ * data points into the memory-mapped file where alignment allows (zero-copy), else into a copy the
+ * mp_weights owns. Everything is released by mp_weights_close. */
+#ifndef MP_IO_WEIGHTS_H
+#define MP_IO_WEIGHTS_H
+
+#include <stddef.h>
+
+#include "core/error.h"
+#include "core/tensor.h"
+
+typedef struct {
+  char *name;
+  mp_tensor t; /* contiguous view; data valid while the mp_weights is open */
+} mp_weight;
+
+typedef struct mp_weights mp_weights;
+
+/* Open a checkpoint, choosing the reader by content: safetensors, or a PyTorch zip (.ckpt/.pt/.bin). */
+mp_error *mp_weights_open(const char *path, mp_weights **out);
+void mp_weights_close(mp_weights *w);
+
+size_t mp_weights_count(const mp_weights *w);
+const mp_weight *mp_weights_at(const mp_weights *w, size_t i);
+/* NULL if absent. O(log n). */
+const mp_weight *mp_weights_find(const mp_weights *w, const char *name);
+const char *mp_weights_path(const mp_weights *w);
+/* The safetensors __metadata__ object as JSON text, or NULL. */
+const char *mp_weights_metadata(const mp_weights *w);
+
+/* ---- for readers ---- */
+mp_weights *mp_weights_new(const char *path);
+/* Keep `mem` alive until close; `release(mem, size)` frees it (munmap, free, ...). */
+void mp_weights_set_backing(mp_weights *w, void *mem, size_t size, void (*release)(void *, size_t));
+mp_error *mp_weights_set_metadata(mp_weights *w, const char *json);
+/* Add a tensor viewing `data` (which must outlive w). Copies into owned aligned memory when `data`
+ * is not aligned to its element size. Rejects duplicate names after mp_weights_finish. */
+mp_error *mp_weights_add(mp_weights *w, const char *name, mp_dtype dt, int ndim, const int64_t *shape, const void *data);
+/* Add a tensor whose data the mp_weights takes over (allocated with mp_alloc). */
+mp_error *mp_weights_add_owned(mp_weights *w, const char *name, mp_dtype dt, int ndim, const int64_t *shape, void *data);
+/* Sort for lookup and reject duplicate names. Call once after the last add. */
+mp_error *mp_weights_finish(mp_weights *w);
+
+/* The two readers behind mp_weights_open; callable directly. */
+mp_error *mp_safetensors_open(const char *path, mp_weights **out);
+mp_error *mp_safetensors_parse(const char *path, const void *buf, size_t size, mp_weights *w);
+mp_error *mp_ckpt_open(const char *path, mp_weights **out);
+
+/* Write tensors to a .safetensors file (header sorted by name, data 8-byte aligned). */
+mp_error *mp_safetensors_write(const char *path, size_t n, const char *const *names, const mp_tensor *tensors,
+                               const char *metadata_json);
+
+/* Map a whole file read-only. */
+mp_error *mp_map_file(const char *path, void **mem, size_t *size);
+void mp_unmap_file(void *mem, size_t size);
+
+#endif

@@ -1,0 +1,38 @@
+/* Helpers shared by the cmocka tests. Include after <cmocka.h>'s prerequisites. */
+#ifndef MP_TESTUTIL_H
+#define MP_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "core/error.h"
+
+/* Absolute path of a file under ../shared (or $MPASS_SHARED). Fails the test — never skips — when
+ * the file is missing: CI has ../shared, so a missing golden is a broken setup. Caller frees. */
+char *test_shared_path(const char *rel);
+/* A fresh temporary directory for this test (removed by the OS's tmp cleaning). Caller frees. */
+char *test_tmpdir(void);
+/* Write bytes to a file; fails the test on error. */
+void test_write_file(const char *path, const void *data, size_t n);
+
+/* Fail the test with the error's message if e is not NULL. */
+#define assert_ok(expr)                                                  \
+  do {                                                                   \
+    mp_error *assert_ok_e_ = (expr);                                     \
+    if (assert_ok_e_) fail_msg("%s: %s", #expr, mp_error_message(assert_ok_e_)); \
+  } while (0)
+
+/* Expect an error whose message contains `needle`; frees it. */
+#define assert_err_contains(expr, needle)                                                   \
+  do {                                                                                      \
+    mp_error *assert_err_e_ = (expr);                                                       \
+    if (!assert_err_e_) fail_msg("%s: expected an error containing '%s'", #expr, needle);   \
+    if (!strstr(mp_error_message(assert_err_e_), needle))                                   \
+      fail_msg("%s: error '%s' does not contain '%s'", #expr, mp_error_message(assert_err_e_), needle); \
+    mp_error_free(assert_err_e_);                                                           \
+  } while (0)
+
+#endif
