@@ -461,7 +461,8 @@ static void test_rejects_bad_zips(void **state) {
   /* not a zip at all, through the file-level door */
   char *dir = test_tmpdir(), path[512];
   snprintf(path, sizeof path, "%s/x.ckpt", dir);
-  test_write_file(path, "PK\x03\x04 this is not a zip archive, only its magic", 48);
+  static const char not_zip[] = "PK\x03\x04 this is not a zip archive, only its magic";
+  test_write_file(path, not_zip, sizeof not_zip - 1);
   mp_weights *w = NULL;
   assert_err_contains(mp_weights_open(path, &w), "x.ckpt: no zip end-of-central-directory");
   assert_null(w);
