@@ -43,7 +43,9 @@ typedef struct {
   int deflate;
 } zentry;
 
-static bytes make_zip(const zentry *e, size_t n) {
+/* zip64: as torch writes files over 4 GiB (every SD 1.x full checkpoint): saturated 32-bit fields in
+ * the central directory with the real values in a zip64 extra field, a zip64 end record and locator. */
+static bytes make_zip_ex(const zentry *e, size_t n, int zip64) {
   bytes z = {0}, cd = {0};
   for (size_t i = 0; i < n; i++) {
     const unsigned char *data = e[i].data;
@@ -68,17 +70,29 @@ static bytes make_zip(const zentry *e, size_t n) {
     b_put(&z, e[i].name, nlen);
     b_put(&z, data, csize);
     b_le(&cd, 0x02014b50, 4), b_le(&cd, 20, 2), b_le(&cd, 20, 2), b_le(&cd, 0, 2), b_le(&cd, e[i].deflate ? 8 : 0, 2);
-    b_le(&cd, 0, 4), b_le(&cd, crc, 4), b_le(&cd, csize, 4), b_le(&cd, e[i].size, 4), b_le(&cd, nlen, 2);
-    b_le(&cd, 0, 2), b_le(&cd, 0, 2), b_le(&cd, 0, 2), b_le(&cd, 0, 2), b_le(&cd, 0, 4), b_le(&cd, off, 4);
+    uint32_t sat = 0xffffffffu;
+    b_le(&cd, 0, 4), b_le(&cd, crc, 4), b_le(&cd, zip64 ? sat : csize, 4), b_le(&cd, zip64 ? sat : e[i].size, 4), b_le(&cd, nlen, 2);
+    b_le(&cd, zip64 ? 28 : 0, 2), b_le(&cd, 0, 2), b_le(&cd, 0, 2), b_le(&cd, 0, 2), b_le(&cd, 0, 4), b_le(&cd, zip64 ? sat : off, 4);
     b_put(&cd, e[i].name, nlen);
+    if (zip64) b_le(&cd, 0x0001, 2), b_le(&cd, 24, 2), b_le(&cd, e[i].size, 8), b_le(&cd, csize, 8), b_le(&cd, off, 8);
     free(packed);
   }
   size_t cd_off = z.n;
   b_put(&z, cd.p, cd.n);
-  b_le(&z, 0x06054b50, 4), b_le(&z, 0, 4), b_le(&z, n, 2), b_le(&z, n, 2), b_le(&z, cd.n, 4), b_le(&z, cd_off, 4), b_le(&z, 0, 2);
+  if (zip64) {
+    size_t rec = z.n;
+    b_le(&z, 0x06064b50, 4), b_le(&z, 44, 8), b_le(&z, 45, 2), b_le(&z, 45, 2), b_le(&z, 0, 4), b_le(&z, 0, 4);
+    b_le(&z, n, 8), b_le(&z, n, 8), b_le(&z, cd.n, 8), b_le(&z, cd_off, 8);
+    b_le(&z, 0x07064b50, 4), b_le(&z, 0, 4), b_le(&z, rec, 8), b_le(&z, 1, 4);
+    b_le(&z, 0x06054b50, 4), b_le(&z, 0, 4), b_le(&z, 0xffff, 2), b_le(&z, 0xffff, 2), b_le(&z, 0xffffffffu, 4),
+        b_le(&z, 0xffffffffu, 4), b_le(&z, 0, 2);
+  } else {
+    b_le(&z, 0x06054b50, 4), b_le(&z, 0, 4), b_le(&z, n, 2), b_le(&z, n, 2), b_le(&z, cd.n, 4), b_le(&z, cd_off, 4), b_le(&z, 0, 2);
+  }
   free(cd.p);
   return z;
 }
+static bytes make_zip(const zentry *e, size_t n) { return make_zip_ex(e, n, 0); }
 
 static mp_error *parse_mem(const bytes *z) {
   mp_weights *w = mp_weights_new("mem.ckpt");
@@ -161,14 +175,15 @@ static void test_reads_torch_layout(void **state) {
   const float s0[6] = {1, 2, 3, 4, 5, 6};
   const uint16_t s1[4] = {0x3c00, 0x4000, 0x4200, 0x4400};
   const int64_t s2[1] = {-5};
-  for (int deflate = 0; deflate < 2; deflate++) {
+  for (int variant = 0; variant < 3; variant++) {
+    int deflate = variant == 1, zip64 = variant == 2;
     zentry e[] = {{"sd-v1-x/data.pkl", torch_like_pkl, sizeof torch_like_pkl, deflate},
                   {"sd-v1-x/byteorder", "little", 6, deflate},
                   {"sd-v1-x/data/0", s0, sizeof s0, deflate},
                   {"sd-v1-x/data/1", s1, sizeof s1, deflate},
                   {"sd-v1-x/data/2", s2, sizeof s2, deflate},
                   {"sd-v1-x/version", "3\n", 2, deflate}};
-    bytes z = make_zip(e, 6);
+    bytes z = make_zip_ex(e, 6, zip64);
     char *dir = test_tmpdir(), path[512];
     snprintf(path, sizeof path, "%s/x.ckpt", dir);
     test_write_file(path, z.p, z.n);
@@ -447,6 +462,26 @@ static void test_rejects_bad_zips(void **state) {
   MUTATE((m[eocd + 10] = 0xff, m[eocd + 11] = 0xff), "zip64 archive without a zip64 locator");
   MUTATE(m[cd_off + 46 + 8] = 'X', "no <archive>/data.pkl"); /* renamed archive/data.pkl */
   free(m);
+
+  /* zip64 records that point nowhere */
+  bytes z64 = make_zip_ex((zentry[]){{"archive/data.pkl", good.p, good.n, 0}, {"archive/data/0", "abcdefghijklmnopqrstuvwx", 24, 0}}, 2, 1);
+  assert_ok(parse_mem(&z64));
+  size_t loc = z64.n - 22 - 20;
+  z64.p[loc + 8] ^= 0x40; /* locator -> zip64 end record offset */
+  assert_err_contains(parse_mem(&z64), "zip64 end-of-central-directory record at");
+  z64.p[loc + 8] ^= 0x40;
+  size_t rec = z64.n - 22 - 20 - 56;
+  put32(z64.p + rec + 48, 0x7fff0000); /* zip64 central directory offset */
+  assert_err_contains(parse_mem(&z64), "lies outside the file");
+  put32(z64.p + rec + 48, 0);
+  put32(z64.p + rec + 40, 0); /* zip64 central directory size 0 but 2 entries */
+  assert_err_contains(parse_mem(&z64), "claims 2 entries in 0 bytes");
+  free(z64.p);
+  z64 = make_zip_ex((zentry[]){{"archive/data.pkl", good.p, good.n, 0}}, 1, 1);
+  size_t cd64 = z64.n - 22 - 20 - 56 - (46 + 16 + 28);
+  z64.p[cd64 + 46 + 16 + 2] = 16; /* zip64 field shortened: the offset no longer fits */
+  assert_err_contains(parse_mem(&z64), "zip64 extra field too short");
+  free(z64.p);
 
   /* two entries with the same name */
   zentry dup[] = {{"archive/data.pkl", good.p, good.n, 0}, {"archive/data.pkl", good.p, good.n, 0}};
