@@ -45,6 +45,7 @@ typedef struct {
   size_t size;
   zip_entry *entries;
   size_t n;
+  unsigned char **inflated; /* per entry, filled on first use: a shared deflated storage is inflated once */
 } zip_file;
 
 static uint16_t rd16(const unsigned char *p) { return (uint16_t)(p[0] | p[1] << 8); }
@@ -115,7 +116,8 @@ static mp_error *zip_open(zip_file *z) {
   if (count > MAX_ZIP_ENTRIES || count > cd_size / 46)
     return mp_errorf("%s: zip central directory claims %" PRIu64 " entries in %" PRIu64 " bytes", z->path, count, cd_size);
   z->entries = calloc(count ? count : 1, sizeof *z->entries);
-  if (!z->entries) return mp_errorf("out of memory");
+  z->inflated = calloc(count ? count : 1, sizeof *z->inflated);
+  if (!z->entries || !z->inflated) return mp_errorf("out of memory");
   size_t pos = cd_off, end = cd_off + cd_size;
   for (size_t i = 0; i < count; i++) {
     if (end - pos < 46 || rd32(b + pos) != 0x02014b50)
@@ -871,17 +873,12 @@ static mp_error *add_tensor(const zip_file *z, const char *root, size_t root_len
                      ename, snumel, mp_dtype_name(dt), e->usize);
   size_t off = (size_t)t->offset * es, nbytes = (size_t)numel * es;
   if (e->method == 0) return mp_error_wrap(mp_weights_add(w, name, dt, t->ndim, t->shape, z->buf + e->data_off + off), "%s", path);
-  /* Deflated storage: inflate, then keep just this tensor's bytes. */
-  unsigned char *full;
-  MP_TRY(zip_inflate(z, e, &full));
-  if (off == 0 && nbytes == e->usize) return mp_error_wrap(mp_weights_add_owned(w, name, dt, t->ndim, t->shape, full), "%s", path);
+  /* Deflated storage: inflate it once (tensors may share it), and give each tensor its own copy. */
+  size_t idx = (size_t)(e - z->entries);
+  if (!z->inflated[idx]) MP_TRY(zip_inflate(z, e, &z->inflated[idx]));
   unsigned char *part = mp_alloc(nbytes ? nbytes : 1);
-  if (!part) {
-    mp_free(full);
-    return mp_errorf("%s: out of memory copying tensor '%s'", path, name);
-  }
-  if (nbytes) memcpy(part, full + off, nbytes);
-  mp_free(full);
+  if (!part) return mp_errorf("%s: out of memory copying tensor '%s'", path, name);
+  if (nbytes) memcpy(part, z->inflated[idx] + off, nbytes);
   return mp_error_wrap(mp_weights_add_owned(w, name, dt, t->ndim, t->shape, part), "%s", path);
 }
 
@@ -914,7 +911,7 @@ static mp_error *collect(const zip_file *z, const char *root, size_t root_len, v
 }
 
 mp_error *mp_ckpt_parse(const char *path, const void *buf, size_t size, mp_weights *w) {
-  zip_file z = {path, buf, size, NULL, 0};
+  zip_file z = {path, buf, size, NULL, 0, NULL};
   vm m;
   memset(&m, 0, sizeof m);
   m.path = path;
@@ -966,6 +963,8 @@ mp_error *mp_ckpt_parse(const char *path, const void *buf, size_t size, mp_weigh
   free(m.stack);
   free(m.memo);
   arena_free(&m);
+  for (size_t i = 0; z.inflated && i < z.n; i++) mp_free(z.inflated[i]);
+  free(z.inflated);
   free(z.entries);
   return err;
 }
