@@ -366,6 +366,9 @@ mp_error *mp_tune_add(const char *models_dir, const mp_tune_spec *spec, const ch
   const char *ext = weights_ext(weights_path);
   if (!ext) return mp_errorf("%s: expected a .safetensors, .ckpt, .pt or .bin file", weights_path);
 
+  if (mp_tune_exists(models_dir, spec->id))
+    return mp_errorf("tune '%s' already exists (%s/tunes/%s); remove it first with: mpass tune remove %s", spec->id,
+                     models_dir, spec->id, spec->id);
   const char *detected;
   MP_TRY(inspect_weights(weights_path, spec->type, &detected));
   if (spec->family && detected && strcmp(spec->family, detected) != 0)
