@@ -219,3 +219,32 @@ mp_error *mp_image_crop_resize(const mp_image *src, mp_rect r, int dst_w, int ds
 mp_error *mp_image_crop(const mp_image *src, mp_rect r, mp_image *dst) {
   return resample_image(src, r, mp_rect_width(r), mp_rect_height(r), MP_RESIZE_NEAREST, dst);
 }
+
+mp_rect mp_center_crop_rect(int src_w, int src_h, int dst_w, int dst_h) {
+  /* Compare src_w/src_h with dst_w/dst_h without rounding: cross-multiply. */
+  if ((long long)src_w * dst_h > (long long)dst_w * src_h) { /* source is wider: cut the sides */
+    int w = (int)(((long long)src_h * dst_w + dst_h / 2) / dst_h);
+    if (w < 1) w = 1;
+    int x0 = (src_w - w) / 2;
+    return (mp_rect){x0, 0, x0 + w, src_h};
+  }
+  int h = (int)(((long long)src_w * dst_h + dst_w / 2) / dst_w);
+  if (h < 1) h = 1;
+  int y0 = (src_h - h) / 2;
+  return (mp_rect){0, y0, src_w, y0 + h};
+}
+
+mp_error *mp_image_fit_crop(const mp_image *src, int dst_w, int dst_h, mp_image *dst) {
+  if (dst_w <= 0 || dst_h <= 0) return mp_errorf("fit-crop: invalid target %dx%d", dst_w, dst_h);
+  return mp_image_crop_resize(src, mp_center_crop_rect(src->width, src->height, dst_w, dst_h), dst_w, dst_h,
+                              MP_RESIZE_LANCZOS3, dst);
+}
+
+void mp_size_round8(int w, int h, int max_side, int *out_w, int *out_h) {
+  double scale = 1.0;
+  int longest = w > h ? w : h;
+  if (max_side > 0 && longest > max_side) scale = (double)max_side / longest;
+  int rw = (int)lrint(w * scale / 8.0) * 8, rh = (int)lrint(h * scale / 8.0) * 8;
+  *out_w = rw < 64 ? 64 : rw;
+  *out_h = rh < 64 ? 64 : rh;
+}

@@ -42,4 +42,15 @@ mp_error *mp_image_crop_resize(const mp_image *src, mp_rect r, int dst_w, int ds
 /* dst = plain copy of rectangle `r` of src. */
 mp_error *mp_image_crop(const mp_image *src, mp_rect r, mp_image *dst);
 
+/* The centred rectangle of a src_w × src_h image with the aspect ratio dst_w : dst_h (the largest one). */
+mp_rect mp_center_crop_rect(int src_w, int src_h, int dst_w, int dst_h);
+
+/* Scale to cover dst_w × dst_h and cut the overflow equally from both sides (SPEC.md: input_image is
+ * "scaled and centre-cropped to w×h"). Lanczos-3. */
+mp_error *mp_image_fit_crop(const mp_image *src, int dst_w, int dst_h, mp_image *dst);
+
+/* A working size for an image of w × h: its own size, scaled down so that the long side is at most
+ * `max_side`, each side rounded to a multiple of 8 (at least 64). */
+void mp_size_round8(int w, int h, int max_side, int *out_w, int *out_h);
+
 #endif

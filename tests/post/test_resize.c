@@ -160,12 +160,40 @@ static void test_float_planes(void **state) {
   assert_true(lo < 0 && hi > 1);
 }
 
+static void test_fit_crop(void **state) {
+  (void)state;
+  mp_rect r = mp_center_crop_rect(1000, 500, 512, 512);
+  assert_int_equal(r.x0, 250), assert_int_equal(r.x1, 750), assert_int_equal(r.y0, 0), assert_int_equal(r.y1, 500);
+  r = mp_center_crop_rect(600, 900, 512, 512);
+  assert_int_equal(r.y0, 150), assert_int_equal(r.y1, 750), assert_int_equal(r.x1, 600);
+  r = mp_center_crop_rect(512, 768, 512, 768);
+  assert_int_equal(r.x0, 0), assert_int_equal(r.y0, 0), assert_int_equal(r.x1, 512), assert_int_equal(r.y1, 768);
+  /* A wide image, bright in the middle: the middle third is kept, the dark sides are cut (the filter
+   * reads a few pixels past the cut, which are bright too). */
+  mp_image src, dst;
+  assert_ok(mp_image_alloc(&src, 300, 100, 3));
+  for (int y = 0; y < 100; y++)
+    for (int x = 0; x < 300; x++) memset(src.pixels + (y * 300 + x) * 3, x < 50 || x >= 250 ? 0 : 200, 3);
+  assert_ok(mp_image_fit_crop(&src, 64, 64, &dst));
+  assert_int_equal(dst.width, 64), assert_int_equal(dst.height, 64);
+  for (int i = 0; i < 64 * 64 * 3; i++) assert_int_equal(dst.pixels[i], 200);
+  mp_image_free(&dst);
+  mp_image_free(&src);
+  int w, h;
+  mp_size_round8(3000, 2000, 1024, &w, &h);
+  assert_int_equal(w, 1024), assert_int_equal(h, 680);
+  mp_size_round8(513, 771, 1024, &w, &h);
+  assert_int_equal(w, 512), assert_int_equal(h, 768);
+  mp_size_round8(20, 10, 1024, &w, &h);
+  assert_int_equal(w, 64), assert_int_equal(h, 64);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_constant_stays_constant), cmocka_unit_test(test_same_size_is_exact_copy),
       cmocka_unit_test(test_bilinear_pixel_centres),  cmocka_unit_test(test_downscale_antialiases),
       cmocka_unit_test(test_lanczos_matches_direct_2d), cmocka_unit_test(test_crop_resize),
-      cmocka_unit_test(test_float_planes),
+      cmocka_unit_test(test_float_planes),            cmocka_unit_test(test_fit_crop),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
