@@ -225,6 +225,33 @@ void mp_crop_work_size(mp_rect crop, int target_w, int target_h, int *work_w, in
   *work_h = round8(sqrt(area / aspect));
 }
 
+mp_rect mp_rect_scale(mp_rect box, double factor, int image_w, int image_h) {
+  double cx = (box.x0 + box.x1) / 2.0, cy = (box.y0 + box.y1) / 2.0;
+  int w = (int)lrint(mp_rect_width(box) * factor), h = (int)lrint(mp_rect_height(box) * factor);
+  if (w < 1) w = 1;
+  if (h < 1) h = 1;
+  if (w > image_w) w = image_w;
+  if (h > image_h) h = image_h;
+  int x0 = (int)lrint(cx - w / 2.0), y0 = (int)lrint(cy - h / 2.0);
+  if (x0 < 0) x0 = 0;
+  if (y0 < 0) y0 = 0;
+  if (x0 + w > image_w) x0 = image_w - w;
+  if (y0 + h > image_h) y0 = image_h - h;
+  return (mp_rect){x0, y0, x0 + w, y0 + h};
+}
+
+void mp_mask_fill_rect(mp_mask *m, mp_rect r, float v) {
+  int x0 = r.x0 < 0 ? 0 : r.x0, y0 = r.y0 < 0 ? 0 : r.y0;
+  int x1 = r.x1 > m->width ? m->width : r.x1, y1 = r.y1 > m->height ? m->height : r.y1;
+  for (int y = y0; y < y1; y++)
+    for (int x = x0; x < x1; x++) m->data[(size_t)y * (size_t)m->width + (size_t)x] = v;
+}
+
+float mp_mask_at(const mp_mask *m, int x, int y) {
+  if (x < 0 || y < 0 || x >= m->width || y >= m->height) return 0.0f;
+  return m->data[(size_t)y * (size_t)m->width + (size_t)x];
+}
+
 mp_error *mp_paste_masked(mp_image *dst, const mp_image *patch, mp_rect r, const mp_mask *mask) {
   if (mask->width != dst->width || mask->height != dst->height)
     return mp_errorf("paste: mask is %dx%d but the image is %dx%d", mask->width, mask->height, dst->width,

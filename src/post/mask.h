@@ -57,6 +57,15 @@ mp_rect mp_crop_region(mp_rect box, int pad, int target_w, int target_h, int ima
  * ratio, each side a multiple of 8 and at least 64 (decision, SPEC.md §4 step 3 "resized to about w×h"). */
 void mp_crop_work_size(mp_rect crop, int target_w, int target_h, int *work_w, int *work_h);
 
+/* `box` scaled by `factor` about its centre (faces: 1.8), shifted back inside the image where it pokes
+ * out, and clamped to the image where it is larger than the image. */
+mp_rect mp_rect_scale(mp_rect box, double factor, int image_w, int image_h);
+
+/* Set every pixel of rectangle r (clipped to the mask) to v. */
+void mp_mask_fill_rect(mp_mask *m, mp_rect r, float v);
+/* The value at (x, y); 0 outside the mask (e.g. "does this person's mask hold the face's centre?"). */
+float mp_mask_at(const mp_mask *m, int x, int y);
+
 /* Paste `patch` (the repainted crop, any size) back into rectangle `r` of `dst`: the patch is resized
  * to the rectangle with Lanczos-3, then blended through `mask` (dst-sized): out = m·patch + (1-m)·dst,
  * rounded. Pixels where the mask is 0 or that lie outside `r` are left exactly as they were. */

@@ -199,13 +199,35 @@ static void test_image_round_trip(void **state) {
   mp_image_free(&img), mp_image_free(&back), mp_mask_free(&m), mp_mask_free(&small);
 }
 
+static void test_face_helpers(void **state) {
+  (void)state;
+  /* 1.8x about the centre */
+  mp_rect r = mp_rect_scale((mp_rect){100, 100, 150, 160}, 1.8, 1000, 1000);
+  assert_rect(r, 80, 76, 170, 184);
+  /* near the corner: shifted inside */
+  r = mp_rect_scale((mp_rect){0, 0, 50, 50}, 1.8, 1000, 1000);
+  assert_rect(r, 0, 0, 90, 90);
+  r = mp_rect_scale((mp_rect){950, 960, 1000, 1000}, 1.8, 1000, 1000);
+  assert_rect(r, 910, 928, 1000, 1000);
+  /* larger than the image: clamped */
+  r = mp_rect_scale((mp_rect){10, 10, 90, 50}, 1.8, 100, 60);
+  assert_rect(r, 0, 0, 100, 60);
+  mp_mask m;
+  assert_ok(mp_mask_alloc(&m, 20, 10));
+  mp_mask_fill_rect(&m, (mp_rect){-5, 8, 3, 30}, 0.5f);
+  assert_true(mp_mask_at(&m, 0, 9) == 0.5f && mp_mask_at(&m, 2, 8) == 0.5f);
+  assert_true(mp_mask_at(&m, 3, 8) == 0.0f && mp_mask_at(&m, 0, 7) == 0.0f);
+  assert_true(mp_mask_at(&m, -1, 9) == 0.0f && mp_mask_at(&m, 0, 10) == 0.0f);
+  mp_mask_free(&m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_dilate_is_a_disc),   cmocka_unit_test(test_dilate_brute_force_random),
       cmocka_unit_test(test_dilate_radius_percent), cmocka_unit_test(test_blur),
       cmocka_unit_test(test_bbox),               cmocka_unit_test(test_crop_region_a1111),
       cmocka_unit_test(test_work_size),          cmocka_unit_test(test_paste_masked),
-      cmocka_unit_test(test_image_round_trip),
+      cmocka_unit_test(test_image_round_trip),   cmocka_unit_test(test_face_helpers),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
