@@ -2,7 +2,8 @@
  *
  * The per-person pass (SPEC.md §4 step 3) is, in these terms:
  *   mp_mask_dilate(m, 4); mp_mask_blur(m, 4);                     dilated and blurred mask
- *   mp_mask_bbox(m, 0, &box);                                       every pixel the blur reaches
+ *   mp_mask_bbox(m, 0.5f / 255, &box);                              what the blur reaches (A1111 takes the box
+ *                                                                   of the 8-bit mask: values that round to 0 drop out)
  *   mp_crop_region(box, 32, w, h, W, H, &r);                        + padding, grown to the job's aspect
  *   mp_image_crop_resize(running, r, cw, ch, LANCZOS3, &crop);      what the inpainting pass sees
  *   ... inpaint crop ...
