@@ -4,7 +4,8 @@
  *   mp_mask_dilate(m, 4); mp_mask_blur(m, 4);                     dilated and blurred mask
  *   mp_mask_bbox(m, 0.5f / 255, &box);                              what the blur reaches (A1111 takes the box
  *                                                                   of the 8-bit mask: values that round to 0 drop out)
- *   mp_crop_region(box, 32, w, h, W, H, &r);                        + padding, grown to the job's aspect
+ *   r = mp_crop_region(box, 32, w, h, W, H);                        + padding, grown to the job's aspect
+ *   mp_crop_work_size(r, w, h, &cw, &ch);                           about w×h pixels, multiples of 8
  *   mp_image_crop_resize(running, r, cw, ch, LANCZOS3, &crop);      what the inpainting pass sees
  *   ... inpaint crop ...
  *   mp_paste_masked(running, repainted, r, m);                      back through the blurred mask
