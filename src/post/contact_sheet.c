@@ -78,6 +78,9 @@ void mp_draw_text(mp_image *img, int x, int y, const char *s, int scale, const u
 enum { MARGIN = 8, FONT_SCALE = 2, CAPTION_H = 7 * FONT_SCALE + 2 * 6 };
 static const uint8_t background[3] = {28, 28, 30}, ink[3] = {235, 235, 235};
 
+/* Sheets wider than this wrap onto further rows. */
+#define SHEET_MAX_WIDTH 8192
+
 mp_error *mp_contact_sheet(const mp_sheet_item *items, int n, int height, mp_image *out) {
   memset(out, 0, sizeof *out);
   if (n <= 0) return mp_errorf("contact sheet: no images");
@@ -86,36 +89,41 @@ mp_error *mp_contact_sheet(const mp_sheet_item *items, int n, int height, mp_ima
     for (int i = 0; i < n; i++)
       if (items[i].image->height < height) height = items[i].image->height;
   }
-  int *widths = malloc((size_t)n * sizeof *widths);
-  if (!widths) return mp_errorf("out of memory");
-  long total_w = MARGIN;
+  if (height > 4096) return mp_errorf("contact sheet: height %d is too large (at most 4096)", height);
+  /* Place the cells: left to right, a new row when the next one would pass SHEET_MAX_WIDTH. */
+  int *widths = malloc((size_t)n * sizeof *widths), *xs = malloc((size_t)n * sizeof *xs);
+  int *ys = malloc((size_t)n * sizeof *ys);
+  if (!widths || !xs || !ys) {
+    free(widths), free(xs), free(ys);
+    return mp_errorf("out of memory");
+  }
+  const int row_h = MARGIN + height + CAPTION_H;
+  long sheet_w = 0, x = MARGIN, y = MARGIN;
   for (int i = 0; i < n; i++) {
     const mp_image *im = items[i].image;
     long w = ((long)im->width * height + im->height / 2) / im->height;
-    widths[i] = w < 1 ? 1 : (int)w;
-    total_w += widths[i] + MARGIN;
+    widths[i] = w < 1 ? 1 : w > MP_IMAGE_MAX_SIDE ? MP_IMAGE_MAX_SIDE : (int)w;
+    if (x > MARGIN && x + widths[i] + MARGIN > SHEET_MAX_WIDTH) x = MARGIN, y += row_h;
+    xs[i] = (int)x, ys[i] = (int)y;
+    x += widths[i] + MARGIN;
+    if (x > sheet_w) sheet_w = x;
   }
-  int total_h = MARGIN + height + CAPTION_H + MARGIN / 2;
-  if (total_w > MP_IMAGE_MAX_SIDE) {
-    free(widths);
-    return mp_errorf("contact sheet: %d images at height %d would be %ld px wide (limit %d)", n, height, total_w,
-                     MP_IMAGE_MAX_SIDE);
-  }
-  mp_error *e = mp_image_alloc(out, (int)total_w, total_h, 3);
-  if (e) {
-    free(widths);
-    return e;
-  }
-  for (size_t p = 0; p < (size_t)out->width * (size_t)out->height; p++) memcpy(out->pixels + 3 * p, background, 3);
-  int x = MARGIN;
+  long sheet_h = y + row_h - MARGIN / 2;
+  mp_error *e = NULL;
+  if (sheet_w > MP_IMAGE_MAX_SIDE || sheet_h > MP_IMAGE_MAX_SIDE)
+    e = mp_errorf("contact sheet: %d images at height %d would be %ldx%ld px (limit %d)", n, height, sheet_w, sheet_h,
+                  MP_IMAGE_MAX_SIDE);
+  if (!e) e = mp_image_alloc(out, (int)sheet_w, (int)sheet_h, 3);
+  if (!e)
+    for (size_t p = 0; p < (size_t)out->width * (size_t)out->height; p++) memcpy(out->pixels + 3 * p, background, 3);
   for (int i = 0; i < n && !e; i++) {
     mp_image scaled;
     e = mp_image_resize(items[i].image, widths[i], height, MP_RESIZE_LANCZOS3, &scaled);
     if (e) break;
-    for (int y = 0; y < height; y++)
+    for (int yy = 0; yy < height; yy++)
       for (int xx = 0; xx < widths[i]; xx++) {
-        const uint8_t *s = scaled.pixels + ((size_t)y * (size_t)widths[i] + (size_t)xx) * (size_t)scaled.channels;
-        uint8_t *d = out->pixels + ((size_t)(MARGIN + y) * (size_t)out->width + (size_t)(x + xx)) * 3;
+        const uint8_t *s = scaled.pixels + ((size_t)yy * (size_t)widths[i] + (size_t)xx) * (size_t)scaled.channels;
+        uint8_t *d = out->pixels + ((size_t)(ys[i] + yy) * (size_t)out->width + (size_t)(xs[i] + xx)) * 3;
         for (int c = 0; c < 3; c++) d[c] = s[scaled.channels == 3 ? c : 0];
       }
     mp_image_free(&scaled);
@@ -124,18 +132,25 @@ mp_error *mp_contact_sheet(const mp_sheet_item *items, int n, int height, mp_ima
       char buf[256];
       snprintf(buf, sizeof buf, "%s", items[i].label);
       int fit = (widths[i] + FONT_SCALE) / (6 * FONT_SCALE);
-      if ((int)strlen(buf) > fit && fit >= 0) {
+      if ((int)strlen(buf) > fit) {
         if (fit >= 3) {
           buf[fit - 2] = '.', buf[fit - 1] = '.', buf[fit] = 0;
         } else {
           buf[fit] = 0;
         }
       }
-      mp_draw_text(out, x, MARGIN + height + 6, buf, FONT_SCALE, ink);
+      mp_draw_text(out, xs[i], ys[i] + height + 6, buf, FONT_SCALE, ink);
     }
-    x += widths[i] + MARGIN;
   }
-  free(widths);
+  free(widths), free(xs), free(ys);
   if (e) mp_image_free(out);
+  return e;
+}
+
+mp_error *mp_contact_sheet_write(const char *path, const mp_sheet_item *items, int n, int height) {
+  mp_image sheet;
+  MP_TRY(mp_contact_sheet(items, n, height, &sheet));
+  mp_error *e = mp_image_write_png(path, &sheet, NULL, NULL);
+  mp_image_free(&sheet);
   return e;
 }

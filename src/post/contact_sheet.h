@@ -14,8 +14,11 @@ typedef struct {
   const char *label;     /* may be NULL */
 } mp_sheet_item;
 
-/* height <= 0: the smallest input height, at most 512. Images keep their aspect ratio (Lanczos). */
+/* height <= 0: the smallest input height, at most 512. Images keep their aspect ratio (Lanczos).
+ * Cells run left to right and wrap onto a new row past 8192 px. */
 mp_error *mp_contact_sheet(const mp_sheet_item *items, int n, int height, mp_image *out);
+/* The same, written as a PNG. */
+mp_error *mp_contact_sheet_write(const char *path, const mp_sheet_item *items, int n, int height);
 
 /* Text in the built-in font: `scale` pixels per font pixel; the advance is 6·scale per character and
  * a line is 7·scale high. Pixels outside the image are skipped. */

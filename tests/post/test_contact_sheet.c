@@ -1,5 +1,6 @@
 /* Contact sheet: layout (common height, aspect kept, margins), image content in place, captions drawn
  * in the caption strip only, and the built-in font's glyphs. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -79,11 +80,36 @@ static void test_long_label_is_cut(void **state) {
   mp_image_free(&a);
 }
 
+static void test_wraps_and_writes(void **state) {
+  (void)state;
+  mp_image wide, sheet;
+  solid(&wide, 3000, 500, 3, 120); /* 3000 px per cell at height 500: two per row */
+  mp_sheet_item items[5];
+  for (int i = 0; i < 5; i++) items[i] = (mp_sheet_item){&wide, "w"};
+  assert_ok(mp_contact_sheet(items, 5, 500, &sheet));
+  assert_int_equal(sheet.width, 8 + 2 * (3000 + 8));
+  int row_h = 8 + 500 + 14 + 12;
+  assert_int_equal(sheet.height, 8 + 3 * row_h - 4);
+  assert_memory_equal(px(&sheet, 8, 8 + 2 * row_h), ((uint8_t[]){120, 120, 120}), 3); /* third row, first cell */
+  assert_memory_equal(px(&sheet, 3016 + 10, 8 + 2 * row_h), ((uint8_t[]){28, 28, 30}), 3); /* no second cell there */
+  mp_image_free(&sheet);
+  char *dir = test_tmpdir(), path[512];
+  snprintf(path, sizeof path, "%s/sheet.png", dir);
+  assert_ok(mp_contact_sheet_write(path, items, 2, 100));
+  mp_image back;
+  assert_ok(mp_image_read(path, 3, &back));
+  assert_int_equal(back.height, 8 + (8 + 100 + 14 + 12) - 4);
+  mp_image_free(&back);
+  free(dir);
+  mp_image_free(&wide);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_layout_and_content),
       cmocka_unit_test(test_font),
       cmocka_unit_test(test_long_label_is_cut),
+      cmocka_unit_test(test_wraps_and_writes),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
