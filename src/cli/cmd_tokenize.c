@@ -9,13 +9,15 @@
 #include "core/context.h"
 #include "core/error.h"
 #include "prompt/tokenizer.h"
+#include "prompt/weighting.h"
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: mpass tokenize [--vocab PATH] [--tokens] [--raw | --pad] TEXT...\n"
+          "usage: mpass tokenize [--vocab PATH] [--tokens] [--raw | --pad | --chunks] TEXT...\n"
           "  prints BOS + token ids + EOS, space-separated (untruncated)\n"
           "  --tokens  also print each id's vocabulary string, one \"id<TAB>string\" per line\n"
           "  --raw     no BOS/EOS;  --pad  the 77 ids the text encoder gets (truncated, padded with EOS)\n"
+          "  --chunks  AUTOMATIC1111 weighting: per 77-token chunk a line of ids and a line of weights\n"
           "  --vocab   bpe_simple_vocab_16e6.txt.gz or a tokenizer/ folder (default: $MPASS_VOCAB,\n"
           "            <models>/clip/, ../shared/data/clip/)\n");
 }
@@ -23,9 +25,10 @@ static void usage(FILE *f) {
 int cmd_tokenize(mpass_ctx *ctx, int argc, char **argv) {
   static const struct option longopts[] = {{"vocab", required_argument, 0, 'v'}, {"tokens", no_argument, 0, 't'},
                                            {"raw", no_argument, 0, 'r'},         {"pad", no_argument, 0, 'p'},
-                                           {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
+                                           {"help", no_argument, 0, 'h'},        {"chunks", no_argument, 0, 'c'},
+                                           {0, 0, 0, 0}};
   const char *vocab = NULL;
-  bool show_tokens = false, raw = false, pad = false;
+  bool show_tokens = false, raw = false, pad = false, chunks = false;
   int opt;
   optind = 1;
   while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -33,6 +36,7 @@ int cmd_tokenize(mpass_ctx *ctx, int argc, char **argv) {
     else if (opt == 't') show_tokens = true;
     else if (opt == 'r') raw = true;
     else if (opt == 'p') pad = true;
+    else if (opt == 'c') chunks = true;
     else if (opt == 'h') {
       usage(stdout);
       return 0;
@@ -61,6 +65,25 @@ int cmd_tokenize(mpass_ctx *ctx, int argc, char **argv) {
   size_t n = 0;
   mp_error *e = mp_tokenizer_find_vocab(vocab, ctx->data_dir, ctx->models_dir, &path);
   if (!e) e = mp_tokenizer_load(path, &tok);
+  if (!e && chunks) {
+    mp_prompt_chunks ch;
+    mp_chunk_options co = {.comma_backtrack = 20};
+    e = mp_prompt_chunk_text(tok, text, &co, &ch);
+    for (size_t c = 0; !e && c < ch.n_chunks; c++) {
+      for (int i = 0; i < MP_CLIP_MAX_LENGTH; i++) printf(i ? " %d" : "%d", ch.chunks[c].ids[i]);
+      printf("\n");
+      for (int i = 0; i < MP_CLIP_MAX_LENGTH; i++) printf(i ? " %.9g" : "%.9g", ch.chunks[c].weights[i]);
+      printf("\n");
+    }
+    if (!e) fprintf(stderr, "mpass tokenize: %zu chunks, token count %zu\n", ch.n_chunks, ch.token_count);
+    mp_prompt_chunks_free(&ch);
+    if (!e) {
+      free(text);
+      free(path);
+      mp_tokenizer_free(tok);
+      return 0;
+    }
+  }
   if (!e) e = mp_tokenize(tok, text, &ids, &n);
   if (e) {
     free(text);
