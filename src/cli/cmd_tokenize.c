@@ -105,10 +105,12 @@ int cmd_tokenize(mpass_ctx *ctx, int argc, char **argv) {
       return cli_fail("tokenize", e);
     }
   } else if (seq) {
-    if (raw) memcpy(seq, ids, n * sizeof *ids);
+    if (raw) {
+      if (n) memcpy(seq, ids, n * sizeof *ids);
+    }
     else {
       seq[0] = mp_tokenizer_bos(tok);
-      memcpy(seq + 1, ids, n * sizeof *ids);
+      if (n) memcpy(seq + 1, ids, n * sizeof *ids);
       seq[n + 1] = mp_tokenizer_eos(tok);
     }
   }

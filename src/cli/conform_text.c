@@ -8,7 +8,6 @@
 #include "models/sd.h"
 #include "prompt/tokenizer.h"
 
-
 /* tok: the manifest holds the prompts and the expected ids/tokens itself (no tensors). Ids and
  * token strings must match exactly. */
 static bool tok_compare_ids(conform *c, const char *name, const cJSON *want, const int32_t *got, size_t n) {
@@ -50,7 +49,7 @@ mp_error *conform_case_tok(conform *c) {
       break;
     }
     full[0] = mp_tokenizer_bos(tok);
-    memcpy(full + 1, ids, n * sizeof *ids);
+    if (n) memcpy(full + 1, ids, n * sizeof *ids);
     full[n + 1] = mp_tokenizer_eos(tok);
     char name[64];
     snprintf(name, sizeof name, "tok.%d.input_ids", k);

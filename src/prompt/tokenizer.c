@@ -801,7 +801,7 @@ mp_error *mp_tokenize_padded(const mp_tokenizer *t, const char *text, int32_t ou
   MP_TRY(mp_tokenize(t, text, &ids, &n));
   size_t keep = n < MP_CLIP_MAX_LENGTH - 2 ? n : MP_CLIP_MAX_LENGTH - 2;
   out[0] = t->bos;
-  memcpy(out + 1, ids, keep * sizeof *ids);
+  if (keep) memcpy(out + 1, ids, keep * sizeof *ids);
   for (size_t i = keep + 1; i < MP_CLIP_MAX_LENGTH; i++) out[i] = t->eos;
   free(ids);
   if (n_untruncated) *n_untruncated = n + 2;
