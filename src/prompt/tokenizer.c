@@ -230,10 +230,12 @@ static mp_error *add_merges(mp_tokenizer *t, const char *path, const span *lines
   return NULL;
 }
 
-static mp_error *read_gz(const char *path, char **out, size_t *len) {
+/* Decompress `path` (plain text also works: zlib passes it through) up to and including line
+ * `max_lines` (0-based count of '\n' seen), so the unused tail of the merges file is never inflated. */
+static mp_error *read_gz(const char *path, size_t max_lines, char **out, size_t *len) {
   gzFile f = gzopen(path, "rb");
   if (!f) return mp_errorf("cannot open %s: %s", path, strerror(errno ? errno : ENOENT));
-  size_t cap = 1 << 21, n = 0;
+  size_t cap = 1 << 21, n = 0, lines = 0;
   char *buf = malloc(cap + 1);
   while (buf) {
     if (n == cap) {
@@ -246,7 +248,8 @@ static mp_error *read_gz(const char *path, char **out, size_t *len) {
       buf = nb;
       cap *= 2;
     }
-    int got = gzread(f, buf + n, (unsigned)(cap - n));
+    size_t want = cap - n < (1 << 16) ? cap - n : (1 << 16);
+    int got = gzread(f, buf + n, (unsigned)want);
     if (got < 0) {
       int errnum;
       mp_error *e = mp_errorf("%s: %s", path, gzerror(f, &errnum));
@@ -255,7 +258,9 @@ static mp_error *read_gz(const char *path, char **out, size_t *len) {
       return e;
     }
     if (got == 0) break;
+    for (int i = 0; i < got; i++) lines += buf[n + (size_t)i] == '\n';
     n += (size_t)got;
+    if (lines > max_lines) break;
   }
   gzclose(f);
   if (!buf) return mp_errorf("%s: out of memory (or larger than 1 GiB)", path);
@@ -271,7 +276,7 @@ static void utf8_append(char *dst, size_t *n, int32_t cp) { *n += (size_t)utf8pr
 static mp_error *load_merges_file(mp_tokenizer *t, const char *path) {
   char *text = NULL;
   size_t len = 0;
-  MP_TRY(read_gz(path, &text, &len));
+  MP_TRY(read_gz(path, CLIP_N_MERGES, &text, &len));
   span *lines = malloc(CLIP_N_MERGES * sizeof *lines);
   size_t n = 0;
   mp_error *e = lines ? merge_lines(path, text, len, lines, &n) : mp_errorf("out of memory");

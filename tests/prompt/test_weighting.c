@@ -266,6 +266,36 @@ static void test_embedding_placement(void **state) {
   free(short_ids);
 }
 
+/* Hostile input: random bytes drawn mostly from the parser's special characters never crash and
+ * always give well-formed chunks (ASan/UBSan check the rest). */
+static void test_random_input(void **state) {
+  mp_tokenizer *t = *state;
+  static const char alphabet[] = "()[]:\\ ,.0123456789+-BREAKab\xc3\xa9\xe4\xb8\xad\xff\x80\t\n";
+  uint32_t seed = 12345;
+  char text[400];
+  for (int iter = 0; iter < 3000; iter++) {
+    size_t n = (size_t)(iter % 397);
+    for (size_t i = 0; i < n; i++) {
+      seed = seed * 1664525u + 1013904223u;
+      text[i] = (seed >> 24) % 4 == 0 ? (char)(1 + (seed >> 8) % 255) : alphabet[(seed >> 8) % (sizeof alphabet - 1)];
+    }
+    text[n] = 0;
+    mp_prompt_chunks c;
+    mp_error *e = mp_prompt_chunk_text(t, text, NULL, &c);
+    if (e) { /* only a malformed weight may fail */
+      assert_non_null(strstr(mp_error_message(e), "not a number"));
+      mp_error_free(e);
+      continue;
+    }
+    assert_true(c.n_chunks >= 1);
+    for (size_t k = 0; k < c.n_chunks; k++) {
+      assert_int_equal(c.chunks[k].ids[0], MP_CLIP_BOS);
+      assert_int_equal(c.chunks[k].ids[MP_CLIP_MAX_LENGTH - 1], MP_CLIP_EOS);
+    }
+    mp_prompt_chunks_free(&c);
+  }
+}
+
 static int setup(void **state) {
   *state = load_tok();
   return 0;
@@ -286,6 +316,7 @@ int main(void) {
       cmocka_unit_test(test_comma_backtrack),
       cmocka_unit_test(test_break_and_weights_in_chunks),
       cmocka_unit_test(test_embedding_placement),
+      cmocka_unit_test(test_random_input),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
