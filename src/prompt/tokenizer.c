@@ -601,6 +601,9 @@ static bool lower_word(const int32_t *w, size_t n, i32vec *out) {
 
 /* ---------------------------------------------------------------- BPE */
 
+/* Byte-level BPE of one piece: repeatedly take the lowest-ranked adjacent pair and merge every
+ * occurrence of it, left to right (exactly the reference loop). rank[i]/merged[i] cache the pair
+ * (w[i], w[i+1]) so only pairs next to a merge are looked up again. */
 static bool bpe_piece(const mp_tokenizer *t, const uint8_t *bytes, size_t n, i32vec *word, i32vec *out) {
   if (n == 0) return true;
   word->n = 0;
@@ -608,25 +611,48 @@ static bool bpe_piece(const mp_tokenizer *t, const uint8_t *bytes, size_t n, i32
     if (!i32_push(word, i + 1 < n ? t->byte_id[bytes[i]] : t->byte_id_w[bytes[i]])) return false;
   int32_t *w = word->v;
   size_t len = word->n;
+  int32_t small[4 * 64], *heap = NULL, *rank = small;
+  if (len > 64) {
+    heap = malloc(4 * len * sizeof *heap);
+    if (!heap) return false;
+    rank = heap;
+  }
+  int32_t *merged = rank + len, *src = merged + len, *fresh = src + len;
+  for (size_t i = 0; i + 1 < len; i++) {
+    rank[i] = find_merge(t, w[i], w[i + 1], &merged[i]);
+    if (rank[i] < 0) rank[i] = INT32_MAX;
+  }
   while (len > 1) {
-    int32_t best = INT32_MAX, best_merged = -1, a = -1, b = -1;
-    for (size_t i = 0; i + 1 < len; i++) {
-      int32_t merged, r = find_merge(t, w[i], w[i + 1], &merged);
-      if (r >= 0 && r < best) best = r, best_merged = merged, a = w[i], b = w[i + 1];
-    }
-    if (best == INT32_MAX) break;
-    /* Merge every occurrence of the best pair, left to right (non-overlapping). */
+    size_t at = 0;
+    for (size_t i = 1; i + 1 < len; i++)
+      if (rank[i] < rank[at]) at = i;
+    if (rank[at] == INT32_MAX) break;
+    int32_t a = w[at], b = w[at + 1], ab = merged[at];
     size_t o = 0;
-    for (size_t i = 0; i < len;) {
+    for (size_t i = 0; i < len; o++) {
+      src[o] = (int32_t)i;
       if (i + 1 < len && w[i] == a && w[i + 1] == b) {
-        w[o++] = best_merged;
+        w[o] = ab;
+        fresh[o] = 1;
         i += 2;
       } else {
-        w[o++] = w[i++];
+        w[o] = w[i++];
+        fresh[o] = 0;
+      }
+    }
+    /* src[k] >= k, so rank[src[k]] is still the old value when rank[k] is written */
+    for (size_t k = 0; k + 1 < o; k++) {
+      if (!fresh[k] && !fresh[k + 1]) {
+        rank[k] = rank[src[k]];
+        merged[k] = merged[src[k]];
+      } else {
+        rank[k] = find_merge(t, w[k], w[k + 1], &merged[k]);
+        if (rank[k] < 0) rank[k] = INT32_MAX;
       }
     }
     len = o;
   }
+  free(heap);
   for (size_t i = 0; i < len; i++)
     if (!i32_push(out, w[i])) return false;
   return true;
