@@ -17,6 +17,11 @@ static const struct {
 } case_table[] = {
     {"tok", conform_case_tok},
     {"te", conform_case_te},
+    {"pose_detection", conform_case_pose_detection},
+    {"pose_landmark_full", conform_case_pose_landmark_full},
+    {"selfie_segmentation", conform_case_selfie_segmentation},
+    {"face_detection_full_range", conform_case_face_detection_full_range},
+    {"face_detection_full_range_sparse", conform_case_face_detection_full_range_sparse},
 };
 
 char *conform_path(const conform *c, const char *rel) {
