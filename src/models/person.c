@@ -90,15 +90,28 @@ static float bilinear_clamped(const mp_image *img, double sx, double sy, int c) 
          (px_clamped(img, xi, yi + 1, c) * (1 - fx) + px_clamped(img, xi + 1, yi + 1, c) * fx) * fy;
 }
 
-/* Rotated square crop to n x n RGB in [0,1], BORDER_REPLICATE (ImageToTensor with a NORM_RECT). */
-static void crop_rotated(const mp_image *img, mp_rotated_roi r, int n, float *out) {
+/* Rotated square crop to n x n RGB in [0,1], BORDER_REPLICATE (ImageToTensor with a NORM_RECT).
+ * In a group the ROI of one person (about 10 face heights wide) holds its neighbours too, and the
+ * landmark model then segments whichever person it prefers. So when other people's anchors are
+ * given, pixels horizontally nearer to another person's face than to this one's fade to grey
+ * (over 0.4 face sizes): the model sees one person. */
+static void crop_rotated(const mp_image *img, mp_rotated_roi r, int n, float own_x, float own_s, const float *other_x,
+                         int n_other, float *out) {
   double c = cos(r.rotation), s = sin(r.rotation);
   for (int i = 0; i < n; i++) {
     double v = ((i + 0.5) / n - 0.5) * r.side;
     for (int j = 0; j < n; j++) {
       double u = ((j + 0.5) / n - 0.5) * r.side;
       double sx = r.cx + u * c - v * s - 0.5, sy = r.cy + u * s + v * c - 0.5;
-      for (int k = 0; k < 3; k++) out[((size_t)i * n + j) * 3 + k] = bilinear_clamped(img, sx, sy, k) / 255.0f;
+      float keep = 1.0f;
+      if (n_other > 0) {
+        double own = fabs(sx - own_x), other = INFINITY;
+        for (int k = 0; k < n_other; k++) other = fmin(other, fabs(sx - other_x[k]));
+        keep = (float)((other - own) / (0.4 * own_s) + 0.5);
+        keep = keep < 0 ? 0 : keep > 1 ? 1 : keep;
+      }
+      for (int k = 0; k < 3; k++)
+        out[((size_t)i * n + j) * 3 + k] = keep * bilinear_clamped(img, sx, sy, k) / 255.0f + (1 - keep) * 0.5f;
     }
   }
 }
@@ -148,7 +161,23 @@ typedef struct {
   float score;
   int source;
   mp_detection det; /* the pose detection (pixels) or the seeding face */
+  float ax, as;     /* anchor: the person's face centre x and face size (pixels) */
 } candidate;
+
+/* The face that belongs to a pose detection (its centre inside the detector's face box, grown by a
+ * quarter), or -1. */
+static int face_of_pose(const mp_detection *d, const mp_detection *faces, int n_faces) {
+  float mx = d->w * 0.25f, my = d->h * 0.25f;
+  int best = -1;
+  float bs = 0;
+  for (int i = 0; i < n_faces; i++) {
+    float fx = faces[i].xmin + faces[i].w / 2, fy = faces[i].ymin + faces[i].h / 2;
+    if (fx >= d->xmin - mx && fx <= d->xmin + d->w + mx && fy >= d->ymin - my && fy <= d->ymin + d->h + my &&
+        faces[i].score > bs)
+      bs = faces[i].score, best = i;
+  }
+  return best;
+}
 
 /* Body ROI from a face box: the pose ROI is centred on the mid-hip with side 2.5 x hip-to-crown.
  * For an upright adult the mid-hip lies about 3.3 face heights below the face centre and the ROI
@@ -208,14 +237,23 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
   int nd = mp_pose_postprocess(pf->anchors, raw, sc, dets, POSE_ANCHORS);
   mp_detections_to_pixels(dets, nd, sq);
   int nc = 0;
-  for (int i = 0; i < nd && nc < MP_MAX_PERSONS; i++)
-    cand[nc++] = (candidate){mp_pose_roi(&dets[i]), dets[i].score, MP_PERSON_FROM_POSE, dets[i]};
 
-  /* 2. Faces on the whole image; each face no pose detection explains seeds a person. */
+  /* 2. Faces on the whole image; each face no pose detection explains seeds a person. Every
+   * person gets an anchor: its face (or the detector's face box, about twice a face). */
   if ((e = mp_face_detect(&pf->face, pool, img, 0, 0, (float)W, (float)H, out->faces, MP_MAX_FACES, &out->n_faces))) goto done;
+  for (int i = 0; i < nd && nc < MP_MAX_PERSONS; i++) {
+    candidate cd = {mp_pose_roi(&dets[i]), dets[i].score, MP_PERSON_FROM_POSE, dets[i], 0, 0};
+    int f = face_of_pose(&dets[i], out->faces, out->n_faces);
+    const mp_detection *a = f >= 0 ? &out->faces[f] : &dets[i];
+    cd.ax = a->xmin + a->w / 2;
+    cd.as = (a->w > a->h ? a->w : a->h) * (f >= 0 ? 1.0f : 0.5f);
+    cand[nc++] = cd;
+  }
   for (int i = 0; i < out->n_faces && nc < MP_MAX_PERSONS; i++)
-    if (!face_explained(&out->faces[i], cand, nc))
-      cand[nc++] = (candidate){roi_from_face(&out->faces[i]), out->faces[i].score, MP_PERSON_FROM_FACE, out->faces[i]};
+    if (!face_explained(&out->faces[i], cand, nc)) {
+      const mp_detection *f = &out->faces[i];
+      cand[nc++] = (candidate){roi_from_face(f), f->score, MP_PERSON_FROM_FACE, *f, f->xmin + f->w / 2, f->w > f->h ? f->w : f->h};
+    }
 
   /* 3. Selfie segmentation: where any person can be. */
   stretch(img, SEG_N, buf);
@@ -227,7 +265,11 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
 
   /* 4. One pose-landmark run per candidate: its segmentation is that person's mask. */
   for (int i = 0; i < nc; i++) {
-    crop_rotated(img, cand[i].roi, LM_N, buf);
+    float others[MP_MAX_PERSONS];
+    int n_others = 0;
+    for (int j = 0; j < nc; j++)
+      if (j != i) others[n_others++] = cand[j].ax;
+    crop_rotated(img, cand[i].roi, LM_N, cand[i].ax, cand[i].as, others, n_others, buf);
     if ((e = mp_tflite_run(pf->landmark, pool, in1))) goto done;
     const float *logits = mp_tflite_output_by_name(pf->landmark, "Identity_2", NULL);
     const float *pres = mp_tflite_output_by_name(pf->landmark, "Identity_1", NULL);
