@@ -164,20 +164,6 @@ typedef struct {
   float ax, as;     /* anchor: the person's face centre x and face size (pixels) */
 } candidate;
 
-/* The face that belongs to a pose detection (its centre inside the detector's face box, grown by a
- * quarter), or -1. */
-static int face_of_pose(const mp_detection *d, const mp_detection *faces, int n_faces) {
-  float mx = d->w * 0.25f, my = d->h * 0.25f;
-  int best = -1;
-  float bs = 0;
-  for (int i = 0; i < n_faces; i++) {
-    float fx = faces[i].xmin + faces[i].w / 2, fy = faces[i].ymin + faces[i].h / 2;
-    if (fx >= d->xmin - mx && fx <= d->xmin + d->w + mx && fy >= d->ymin - my && fy <= d->ymin + d->h + my &&
-        faces[i].score > bs)
-      bs = faces[i].score, best = i;
-  }
-  return best;
-}
 
 /* Body ROI from a face box: the pose ROI is centred on the mid-hip with side 2.5 x hip-to-crown.
  * For an upright adult the mid-hip lies about 3.3 face heights below the face centre and the ROI
@@ -190,16 +176,29 @@ static mp_rotated_roi roi_from_face(const mp_detection *f) {
   return r;
 }
 
-static bool face_explained(const mp_detection *face, const candidate *c, int n) {
-  float fx = face->xmin + face->w / 2, fy = face->ymin + face->h / 2;
-  for (int i = 0; i < n; i++) {
-    const mp_detection *d = &c[i].det;
-    if (c[i].source != MP_PERSON_FROM_POSE) continue;
-    /* the pose detector's box is a face box; allow for its looser fit */
-    float mx = d->w * 0.25f, my = d->h * 0.25f;
-    if (fx >= d->xmin - mx && fx <= d->xmin + d->w + mx && fy >= d->ymin - my && fy <= d->ymin + d->h + my) return true;
+/* Pose detections to faces, one to one: each pair with the face centre inside the detector's face
+ * box (grown by half) is scored by centre distance over box size; greedy, nearest first.
+ * match[d] = face index or -1; near[d] = some face lies in the grown box at all. */
+static void match_faces(const mp_detection *dets, int nd, const mp_detection *faces, int nf, int *match, bool *near) {
+  bool face_used[MP_MAX_FACES] = {0};
+  for (int d = 0; d < nd; d++) match[d] = -1, near[d] = false;
+  for (;;) {
+    int bd = -1, bf = -1;
+    float best = INFINITY;
+    for (int d = 0; d < nd; d++) {
+      float cx = dets[d].xmin + dets[d].w / 2, cy = dets[d].ymin + dets[d].h / 2, size = fmaxf(dets[d].w, dets[d].h);
+      for (int f = 0; f < nf; f++) {
+        float fx = faces[f].xmin + faces[f].w / 2, fy = faces[f].ymin + faces[f].h / 2;
+        if (fabsf(fx - cx) > dets[d].w || fabsf(fy - cy) > dets[d].h) continue; /* outside the box grown by half */
+        near[d] = true;
+        float dist = hypotf(fx - cx, fy - cy) / size;
+        if (match[d] < 0 && !face_used[f] && dist < best) best = dist, bd = d, bf = f;
+      }
+    }
+    if (bd < 0) return;
+    match[bd] = bf;
+    face_used[bf] = true;
   }
-  return false;
 }
 
 static int by_centre_x(const void *pa, const void *pb) {
@@ -241,16 +240,21 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
   /* 2. Faces on the whole image; each face no pose detection explains seeds a person. Every
    * person gets an anchor: its face (or the detector's face box, about twice a face). */
   if ((e = mp_face_detect(&pf->face, pool, img, 0, 0, (float)W, (float)H, out->faces, MP_MAX_FACES, &out->n_faces))) goto done;
-  for (int i = 0; i < nd && nc < MP_MAX_PERSONS; i++) {
+  int match[MP_MAX_PERSONS];
+  bool near[MP_MAX_PERSONS], face_taken[MP_MAX_FACES] = {0};
+  if (nd > MP_MAX_PERSONS) nd = MP_MAX_PERSONS;
+  match_faces(dets, nd, out->faces, out->n_faces, match, near);
+  for (int i = 0; i < nd; i++) {
+    if (match[i] < 0 && near[i]) continue; /* a second detection of someone whose face is taken */
     candidate cd = {mp_pose_roi(&dets[i]), dets[i].score, MP_PERSON_FROM_POSE, dets[i], 0, 0};
-    int f = face_of_pose(&dets[i], out->faces, out->n_faces);
-    const mp_detection *a = f >= 0 ? &out->faces[f] : &dets[i];
+    const mp_detection *a = match[i] >= 0 ? &out->faces[match[i]] : &dets[i];
+    if (match[i] >= 0) face_taken[match[i]] = true;
     cd.ax = a->xmin + a->w / 2;
-    cd.as = (a->w > a->h ? a->w : a->h) * (f >= 0 ? 1.0f : 0.5f);
+    cd.as = (a->w > a->h ? a->w : a->h) * (match[i] >= 0 ? 1.0f : 0.5f);
     cand[nc++] = cd;
   }
   for (int i = 0; i < out->n_faces && nc < MP_MAX_PERSONS; i++)
-    if (!face_explained(&out->faces[i], cand, nc)) {
+    if (!face_taken[i]) {
       const mp_detection *f = &out->faces[i];
       cand[nc++] = (candidate){roi_from_face(f), f->score, MP_PERSON_FROM_FACE, *f, f->xmin + f->w / 2, f->w > f->h ? f->w : f->h};
     }
