@@ -1072,3 +1072,21 @@ char *mp_tflite_op_summary(const mp_tflite *m) {
   }
   return s;
 }
+
+int64_t mp_tflite_work(const mp_tflite *m) {
+  int64_t w = 0;
+  for (int k = 0; k < m->nops; k++) {
+    const tfl_op *op = &m->ops[k];
+    if (op->folded) continue;
+    int64_t per = 1;
+    if (op->code == OP_CONV_2D || op->code == OP_TRANSPOSE_CONV_BIAS)
+      per = (int64_t)op->conv.k_h * op->conv.k_w * op->conv.in_c;
+    else if (op->code == OP_DEPTHWISE_CONV_2D || op->code == OP_AVERAGE_POOL_2D || op->code == OP_MAX_POOL_2D)
+      per = (int64_t)op->conv.k_h * op->conv.k_w;
+    else if (op->code == OP_MEAN || op->code == OP_PAD)
+      per = m->t[op->in[0]].numel / (m->t[op->out[0]].numel ? m->t[op->out[0]].numel : 1) + 1;
+    w += m->t[op->out[0]].numel * per;
+    if (w > ((int64_t)1 << 50)) break;
+  }
+  return w;
+}

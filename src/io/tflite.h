@@ -36,6 +36,9 @@ mp_error *mp_tflite_run(mp_tflite *m, mp_pool *pool, const float *const *inputs)
 const float *mp_tflite_output(const mp_tflite *m, int i, int64_t *numel);
 const float *mp_tflite_output_by_name(const mp_tflite *m, const char *name, int64_t *numel);
 
+/* Rough multiply-add count of one run (for callers that must bound the work, e.g. the fuzzer). */
+int64_t mp_tflite_work(const mp_tflite *m);
+
 /* "CONV_2D x12, DEPTHWISE_CONV_2D x10, ..." — the operators the model uses (caller frees). */
 char *mp_tflite_op_summary(const mp_tflite *m);
 

@@ -302,6 +302,7 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
     p->presence = pres[0];
     p->source = cand[i].source;
     p->roi = cand[i].roi;
+    p->det = cand[i].det;
     out->n++;
   }
 
@@ -337,7 +338,22 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
   out->n = kept;
   qsort(out->persons, (size_t)out->n, sizeof *out->persons, by_centre_x);
 
-  /* 7. Faces to persons: the mask under the face centre. */
+  /* 7. Faces again on each person's crop (the top square of its box): a face too small for the
+   * whole-image pass is large there. New faces are those overlapping no known one. */
+  for (int i = 0; i < out->n && out->n_faces < MP_MAX_FACES; i++) {
+    const mp_person *p = &out->persons[i];
+    float side = p->x1 - p->x0;
+    mp_detection found[8];
+    int nf = 0;
+    if ((e = mp_face_detect(&pf->face, pool, img, p->x0, p->y0, side, fminf(side, p->y1 - p->y0), found, 8, &nf))) goto done;
+    for (int k = 0; k < nf && out->n_faces < MP_MAX_FACES; k++) {
+      bool known = false;
+      for (int f = 0; f < out->n_faces && !known; f++) known = mp_detection_iou(&found[k], &out->faces[f]) > 0.3f;
+      if (!known) out->faces[out->n_faces++] = found[k];
+    }
+  }
+
+  /* 8. Faces to persons: the mask under the face centre. */
   for (int f = 0; f < out->n_faces; f++) {
     int x = (int)(out->faces[f].xmin + out->faces[f].w / 2), y = (int)(out->faces[f].ymin + out->faces[f].h / 2);
     out->face_person[f] = -1;

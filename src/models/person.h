@@ -37,7 +37,8 @@ typedef struct {
   float presence;       /* the landmark model's pose presence for the ROI */
   int source;           /* MP_PERSON_FROM_* */
   mp_rotated_roi roi;
-  float *mask; /* [height * width], 0..1, owned */
+  mp_detection det; /* what found it: the pose detection (its box is a face box) or the face, pixels */
+  float *mask;      /* [height * width], 0..1, owned */
 } mp_person;
 
 #define MP_MAX_PERSONS 32
