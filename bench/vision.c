@@ -3,11 +3,18 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "core/context.h"
 #include "io/image.h"
 #include "models/person.h"
+
+static double cpu_now(void) {
+  struct rusage u;
+  getrusage(RUSAGE_SELF, &u);
+  return (double)u.ru_utime.tv_sec + (double)u.ru_stime.tv_sec + 1e-6 * (double)(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
 
 static double now(void) {
   struct timespec t;
@@ -53,7 +60,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "bench_vision: %s\n", mp_error_message(e));
     return 1;
   }
-  double best = INFINITY, total = 0;
+  mp_tflite_profile(pf.landmark, true);
+  double best = INFINITY, total = 0, cpu0 = cpu_now();
   int runs = 5, n = 0;
   for (int r = 0; r < runs; r++) {
     mp_person_result res;
@@ -65,12 +73,19 @@ int main(int argc, char **argv) {
       return 1;
     }
     n = res.n;
+    if (r == runs - 1)
+      printf("stages (last run): pose detector %.3f, faces %.3f, selfie %.3f, landmarks %.3f, masks %.3f, face crops %.3f s\n",
+             res.seconds[0], res.seconds[1], res.seconds[2], res.seconds[3], res.seconds[4], res.seconds[5]);
     mp_person_result_free(&res);
     best = t < best ? t : best;
     total += t;
   }
-  printf("persons+masks 512x768 (%s, %d persons), %d threads: best %.3f s, mean %.3f s over %d runs\n", path, n,
-         ctx->n_threads, best, total / runs, runs);
+  double cpu = (cpu_now() - cpu0) / runs;
+  printf("persons+masks 512x768 (%s, %d persons), %d threads: best %.3f s, mean %.3f s over %d runs; %.3f CPU s per run\n",
+         path, n, ctx->n_threads, best, total / runs, runs, cpu);
+  char *prof = mp_tflite_profile_report(pf.landmark);
+  printf("pose landmark model, all runs: %s\n", prof ? prof : "");
+  free(prof);
   mp_person_finder_free(&pf);
   mp_image_free(&full);
   mp_image_free(&img);

@@ -9,6 +9,8 @@ MODELS=${MPASS_MODELS:-models}
 
 # package@version | file inside package/ | destination under $MODELS | sha256 ("-" = not pinned by SPEC; size-checked only)
 MANIFEST=(
+  # The .data file is an Emscripten file-packager bundle with one entry, pose_detection.tflite at
+  # bytes [0, 2962288) = the whole file (see its _loader.js): the pinned sum covers the detector as is.
   "@mediapipe/pose@0.5.1675469404|pose_solution_packed_assets.data|vision/pose_solution_packed_assets.data|a63c614bef30d35947f13be361820b1e4e3bec9cfeebf4d11216a18373108e85"
   "@mediapipe/pose@0.5.1675469404|pose_landmark_full.tflite|vision/pose_landmark_full.tflite|e9a5c5cb17f736fafd4c2ec1da3b3d331d6edbe8a0d32395855aeb2cdfd64b9f"
   "@mediapipe/selfie_segmentation@0.1.1675465747|selfie_segmentation.tflite|vision/selfie_segmentation.tflite|8d13b7fae74af625c641226813616a2117bd6bca19eb3b75574621fc08557f27"

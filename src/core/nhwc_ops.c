@@ -109,6 +109,11 @@ typedef struct {
   const float *in, *w, *bias;
 } dw_job;
 
+/* One output pixel, multiplier 1: every tap adds x*w over the channels (contiguous, vectorised). */
+static inline void dw_tap1(float *restrict o, const float *restrict x, const float *restrict wk, int c) {
+  for (int k = 0; k < c; k++) o[k] += x[k] * wk[k];
+}
+
 static void dw_rows(void *ctx, int64_t begin, int64_t end, int thread) {
   (void)thread;
   const dw_job *j = ctx;
@@ -116,8 +121,9 @@ static void dw_rows(void *ctx, int64_t begin, int64_t end, int thread) {
   int oc = p->out_c, ic = p->in_c, m = p->depth_multiplier;
   for (int64_t oy = begin; oy < end; oy++) {
     for (int ox = 0; ox < p->out_w; ox++) {
-      float *o = j->out + (oy * p->out_w + ox) * oc;
-      for (int c = 0; c < oc; c++) o[c] = j->bias ? j->bias[c] : 0.0f;
+      float *restrict o = j->out + (oy * p->out_w + ox) * oc;
+      if (j->bias) memcpy(o, j->bias, (size_t)oc * sizeof *o);
+      else memset(o, 0, (size_t)oc * sizeof *o);
       for (int ky = 0; ky < p->k_h; ky++) {
         int iy = (int)oy * p->stride_h - p->pad_top + ky * p->dil_h;
         if (iy < 0 || iy >= p->in_h) continue;
@@ -127,7 +133,7 @@ static void dw_rows(void *ctx, int64_t begin, int64_t end, int thread) {
           const float *x = j->in + ((int64_t)iy * p->in_w + ix) * ic;
           const float *wk = j->w + (ky * p->k_w + kx) * oc;
           if (m == 1)
-            for (int c = 0; c < oc; c++) o[c] += x[c] * wk[c];
+            dw_tap1(o, x, wk, oc);
           else
             for (int c = 0; c < oc; c++) o[c] += x[c / m] * wk[c];
         }
@@ -141,7 +147,7 @@ static void dw_rows(void *ctx, int64_t begin, int64_t end, int thread) {
 void mp_nhwc_depthwise_conv2d(mp_pool *pool, float *out, const float *in, const float *w, const float *bias,
                               const mp_conv_params *p) {
   dw_job job = {p, out, in, w, bias};
-  mp_pool_for(pool, p->out_h, 4, dw_rows, &job);
+  mp_pool_for(pool, p->out_h, 0, dw_rows, &job);
 }
 
 void mp_nhwc_transpose_conv2d(float *out, const float *in, const float *w, const float *bias, const mp_conv_params *p) {

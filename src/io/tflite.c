@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/nhwc_ops.h"
 #include "core/tensor.h"
@@ -216,6 +217,7 @@ typedef struct {
 } tfl_op;
 
 struct mp_tflite {
+  double *op_seconds; /* per operator code when profiling (mp_tflite_profile), else NULL */
   uint8_t *file;
   size_t size;
   tfl_tensor *t;
@@ -241,6 +243,7 @@ void mp_tflite_close(mp_tflite *m) {
   free(m->inputs);
   free(m->outputs);
   free(m->file);
+  free(m->op_seconds);
   free(m);
 }
 
@@ -1042,7 +1045,13 @@ mp_error *mp_tflite_run(mp_tflite *m, mp_pool *pool, const float *const *inputs)
   for (int k = 0; k < m->nops; k++) {
     const tfl_op *op = &m->ops[k];
     if (op->folded) continue;
+    struct timespec t0, t1;
+    if (m->op_seconds) clock_gettime(CLOCK_MONOTONIC, &t0);
     MP_TRY(mp_error_wrap(run_op(m, pool, op), "operator %d (%s)", k, op_name(op->code)));
+    if (m->op_seconds && op->code >= 0 && op->code <= OP_TRANSPOSE_CONV_BIAS) {
+      clock_gettime(CLOCK_MONOTONIC, &t1);
+      m->op_seconds[op->code] += (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    }
     for (int i = 0; i < op->n_in; i++) { /* free activations after their last reader */
       int ti = op->in[i];
       if (ti < 0) continue;
@@ -1089,4 +1098,21 @@ int64_t mp_tflite_work(const mp_tflite *m) {
     if (w > ((int64_t)1 << 50)) break;
   }
   return w;
+}
+
+void mp_tflite_profile(mp_tflite *m, bool on) {
+  free(m->op_seconds);
+  m->op_seconds = on ? calloc(OP_TRANSPOSE_CONV_BIAS + 1, sizeof *m->op_seconds) : NULL;
+}
+
+char *mp_tflite_profile_report(const mp_tflite *m) {
+  if (!m->op_seconds) return NULL;
+  size_t cap = 2048, len = 0;
+  char *s = malloc(cap);
+  if (!s) return NULL;
+  s[0] = 0;
+  for (int c = 0; c <= OP_TRANSPOSE_CONV_BIAS; c++)
+    if (m->op_seconds[c] > 0)
+      len += (size_t)snprintf(s + len, len < cap ? cap - len : 0, "%s%s %.3f s", len ? ", " : "", op_name(c), m->op_seconds[c]);
+  return s;
 }

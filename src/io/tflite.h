@@ -8,6 +8,7 @@
 #ifndef MP_IO_TFLITE_H
 #define MP_IO_TFLITE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,6 +39,11 @@ const float *mp_tflite_output_by_name(const mp_tflite *m, const char *name, int6
 
 /* Rough multiply-add count of one run (for callers that must bound the work, e.g. the fuzzer). */
 int64_t mp_tflite_work(const mp_tflite *m);
+
+/* Time each operator type over the following runs; the report is "CONV_2D 0.120 s, ..." (caller
+ * frees; NULL when not profiling). */
+void mp_tflite_profile(mp_tflite *m, bool on);
+char *mp_tflite_profile_report(const mp_tflite *m);
 
 /* "CONV_2D x12, DEPTHWISE_CONV_2D x10, ..." — the operators the model uses (caller frees). */
 char *mp_tflite_op_summary(const mp_tflite *m);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/tensor.h"
 
@@ -52,6 +53,37 @@ mp_error *mp_person_finder_load(const char *models_dir, mp_person_finder *pf) {
   if (!e) { /* the sparse file is the one MediaPipe's own graph loads */
     snprintf(path, sizeof path, "%s/vision/face_detection_full_range_sparse.tflite", models_dir);
     e = mp_face_detector_load(path, &pf->face);
+  }
+  /* The buffers below are sized for these models: a different file is refused here. */
+  int64_t n1 = 0, n2 = 0, n3 = 0;
+  if (!e && (mp_tflite_n_inputs(pf->detector) != 1 || mp_tflite_input_numel(pf->detector, 0) != POSE_N * POSE_N * 3))
+    e = mp_errorf("pose detector: expected one 224x224x3 input");
+  if (!e) {
+    n1 = n2 = n3 = 0;
+    for (int i = 0; i < mp_tflite_n_outputs(pf->detector); i++) {
+      int32_t sh[8];
+      int nd = mp_tflite_output_shape(pf->detector, i, sh);
+      const char *nm = mp_tflite_output_name(pf->detector, i);
+      int64_t numel = 1;
+      for (int d = 0; d < nd; d++) numel *= sh[d];
+      if (strcmp(nm, "Identity") == 0) n1 = numel;
+      if (strcmp(nm, "Identity_1") == 0) n2 = numel;
+    }
+    if (n1 != POSE_ANCHORS * 12 || n2 != POSE_ANCHORS) e = mp_errorf("pose detector: outputs Identity [2254,12] and Identity_1 [2254,1] expected");
+  }
+  for (int which = 0; !e && which < 2; which++) {
+    mp_tflite *m = which ? pf->selfie : pf->landmark;
+    const char *out = which ? NULL : "Identity_2";
+    n3 = 0;
+    for (int i = 0; i < mp_tflite_n_outputs(m); i++) {
+      int32_t sh[8];
+      int nd = mp_tflite_output_shape(m, i, sh);
+      int64_t numel = 1;
+      for (int d = 0; d < nd; d++) numel *= sh[d];
+      if (out ? strcmp(mp_tflite_output_name(m, i), out) == 0 : i == 0) n3 = numel;
+    }
+    if (mp_tflite_n_inputs(m) != 1 || mp_tflite_input_numel(m, 0) != LM_N * LM_N * 3 || n3 != LM_N * LM_N)
+      e = mp_errorf("%s: expected a 256x256x3 input and a 256x256 mask output", which ? "selfie segmentation" : "pose landmark");
   }
   if (!e) {
     pf->anchors = malloc(POSE_ANCHORS * 4 * sizeof *pf->anchors);
@@ -201,6 +233,12 @@ static void match_faces(const mp_detection *dets, int nd, const mp_detection *fa
   }
 }
 
+static double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 static int by_centre_x(const void *pa, const void *pb) {
   const mp_person *a = pa, *b = pb;
   float ca = a->x0 + a->x1, cb = b->x0 + b->x1;
@@ -223,6 +261,7 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
     goto done;
   }
 
+  double t_stage = now_s();
   /* 1. Pose detector on the letterboxed image. */
   mp_square sq = mp_letterbox_input(img, 0, 0, (float)W, (float)H, POSE_N, -1.0f, 1.0f, buf);
   const float *in1[1] = {buf};
@@ -237,6 +276,8 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
   mp_detections_to_pixels(dets, nd, sq);
   int nc = 0;
 
+  out->seconds[0] = now_s() - t_stage;
+  t_stage = now_s();
   /* 2. Faces on the whole image; each face no pose detection explains seeds a person. Every
    * person gets an anchor: its face (or the detector's face box, about twice a face). */
   if ((e = mp_face_detect(&pf->face, pool, img, 0, 0, (float)W, (float)H, out->faces, MP_MAX_FACES, &out->n_faces))) goto done;
@@ -259,6 +300,8 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
       cand[nc++] = (candidate){roi_from_face(f), f->score, MP_PERSON_FROM_FACE, *f, f->xmin + f->w / 2, f->w > f->h ? f->w : f->h};
     }
 
+  out->seconds[1] = now_s() - t_stage;
+  t_stage = now_s();
   /* 3. Selfie segmentation: where any person can be. */
   stretch(img, SEG_N, buf);
   if ((e = mp_tflite_run(pf->selfie, pool, in1))) goto done;
@@ -267,6 +310,8 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
     for (int x = 0; x < W; x++)
       seg_full[(size_t)y * W + x] = mask_tap(seg, SEG_N, (x + 0.5) * SEG_N / W - 0.5, (y + 0.5) * SEG_N / H - 0.5);
 
+  out->seconds[2] = now_s() - t_stage;
+  t_stage = now_s();
   /* 4. One pose-landmark run per candidate: its segmentation is that person's mask. */
   for (int i = 0; i < nc; i++) {
     float others[MP_MAX_PERSONS];
@@ -306,6 +351,8 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
     out->n++;
   }
 
+  out->seconds[3] = now_s() - t_stage;
+  t_stage = now_s();
   /* 5. Overlaps: each pixel belongs to the person whose mask is strongest there. */
   for (size_t k = 0; k < npix; k++) {
     int best = -1;
@@ -338,10 +385,19 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
   out->n = kept;
   qsort(out->persons, (size_t)out->n, sizeof *out->persons, by_centre_x);
 
-  /* 7. Faces again on each person's crop (the top square of its box): a face too small for the
-   * whole-image pass is large there. New faces are those overlapping no known one. */
+  out->seconds[4] = now_s() - t_stage;
+  t_stage = now_s();
+  /* 7. Faces again on the crop (the top square of its box) of each person whose mask holds no face
+   * yet: a face too small for the whole-image pass is large there. New faces are those
+   * overlapping no known one. */
   for (int i = 0; i < out->n && out->n_faces < MP_MAX_FACES; i++) {
     const mp_person *p = &out->persons[i];
+    bool has_face = false; /* only persons without a face yet: a found face was large enough */
+    for (int f = 0; f < out->n_faces && !has_face; f++) {
+      int fx = (int)(out->faces[f].xmin + out->faces[f].w / 2), fy = (int)(out->faces[f].ymin + out->faces[f].h / 2);
+      has_face = fx >= 0 && fy >= 0 && fx < W && fy < H && p->mask[(size_t)fy * W + fx] > 0.5f;
+    }
+    if (has_face) continue;
     float side = p->x1 - p->x0;
     mp_detection found[8];
     int nf = 0;
@@ -353,6 +409,8 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
     }
   }
 
+  out->seconds[5] = now_s() - t_stage;
+  t_stage = now_s();
   /* 8. Faces to persons: the mask under the face centre. */
   for (int f = 0; f < out->n_faces; f++) {
     int x = (int)(out->faces[f].xmin + out->faces[f].w / 2), y = (int)(out->faces[f].ymin + out->faces[f].h / 2);

@@ -51,6 +51,9 @@ typedef struct {
   int n_faces;
   mp_detection faces[MP_MAX_FACES]; /* image pixels */
   int face_person[MP_MAX_FACES];    /* index into persons containing the face centre, -1 if none */
+  /* wall seconds per stage: pose detector, faces, selfie segmentation, landmark models,
+   * mask composition, faces on crops */
+  double seconds[6];
 } mp_person_result;
 
 /* Load the four models from <models_dir>/vision/ (see scripts/fetch-models.sh). */

@@ -261,8 +261,13 @@ static void test_sparse_fp16_conv(void **state) {
       memcpy(copy, f.b, n);
       copy[at] = (uint8_t)(v == 0 ? 0 : v == 1 ? 0xff : v == 2 ? copy[at] ^ 0x80 : copy[at] + 1);
       mp_error *e = mp_tflite_open_memory(copy, n, &m);
-      if (!e) {
-        mp_error_free(mp_tflite_run(m, NULL, inputs));
+      if (!e) { /* a flip may change the input's shape: feed what the model asks for */
+        int ni = mp_tflite_n_inputs(m);
+        float *big[4] = {0};
+        const float *cbig[4] = {0};
+        for (int k = 0; k < ni && k < 4; k++) cbig[k] = big[k] = calloc((size_t)mp_tflite_input_numel(m, k), sizeof(float));
+        if (ni <= 4 && mp_tflite_work(m) < 10000000) mp_error_free(mp_tflite_run(m, NULL, cbig));
+        for (int k = 0; k < 4; k++) free(big[k]);
         mp_tflite_close(m);
       }
       mp_error_free(e);
