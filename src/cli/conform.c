@@ -263,7 +263,7 @@ static int list_cases(const char *dir, char ***out) {
     size_t got = f ? fread(head, 1, sizeof head - 1, f) : 0;
     if (f) fclose(f);
     head[got] = 0;
-    if (strstr(head, "\"model\": {") == head + 2 || strncmp(head, "{\n \"model\"", 10) == 0) continue;
+    if (strstr(head, "\"model\": {") == head + 2 || strncmp(head, "{\n \"model\": {", 13) == 0) continue;
     if (n == cap) {
       cap = cap ? 2 * cap : 16;
       char **nn = realloc(names, (size_t)cap * sizeof *nn);
