@@ -122,12 +122,25 @@ static float bilinear_clamped(const mp_image *img, double sx, double sy, int c) 
          (px_clamped(img, xi, yi + 1, c) * (1 - fx) + px_clamped(img, xi + 1, yi + 1, c) * fx) * fy;
 }
 
+/* A person's anchor: face centre and face size, pixels. */
+typedef struct {
+  float x, y, s;
+} anchor;
+
+/* How far a pixel is from a person, in that person's face sizes: horizontally from the face
+ * centre, plus how far it lies above the top of the head (a person's body hangs below the face;
+ * nearer people have larger faces and claim more). */
+static double anchor_dist(const anchor *a, double x, double y) {
+  double above = (a->y - 1.5 * a->s) - y;
+  return (fabs(x - a->x) + (above > 0 ? above : 0)) / a->s;
+}
+
 /* Rotated square crop to n x n RGB in [0,1], BORDER_REPLICATE (ImageToTensor with a NORM_RECT).
  * In a group the ROI of one person (about 10 face heights wide) holds its neighbours too, and the
  * landmark model then segments whichever person it prefers. So when other people's anchors are
- * given, pixels horizontally nearer to another person's face than to this one's fade to grey
- * (over 0.4 face sizes): the model sees one person. */
-static void crop_rotated(const mp_image *img, mp_rotated_roi r, int n, float own_x, float own_s, const float *other_x,
+ * given, pixels nearer (anchor_dist) to another person than to this one fade to grey over 0.4
+ * face sizes: the model sees one person. */
+static void crop_rotated(const mp_image *img, mp_rotated_roi r, int n, const anchor *own, const anchor *others,
                          int n_other, float *out) {
   double c = cos(r.rotation), s = sin(r.rotation);
   for (int i = 0; i < n; i++) {
@@ -137,9 +150,9 @@ static void crop_rotated(const mp_image *img, mp_rotated_roi r, int n, float own
       double sx = r.cx + u * c - v * s - 0.5, sy = r.cy + u * s + v * c - 0.5;
       float keep = 1.0f;
       if (n_other > 0) {
-        double own = fabs(sx - own_x), other = INFINITY;
-        for (int k = 0; k < n_other; k++) other = fmin(other, fabs(sx - other_x[k]));
-        keep = (float)((other - own) / (0.4 * own_s) + 0.5);
+        double mine = anchor_dist(own, sx + 0.5, sy + 0.5), other = INFINITY;
+        for (int k = 0; k < n_other; k++) other = fmin(other, anchor_dist(&others[k], sx + 0.5, sy + 0.5));
+        keep = (float)((other - mine) / 0.4 + 0.5);
         keep = keep < 0 ? 0 : keep > 1 ? 1 : keep;
       }
       for (int k = 0; k < 3; k++)
@@ -193,14 +206,14 @@ typedef struct {
   float score;
   int source;
   mp_detection det; /* the pose detection (pixels) or the seeding face */
-  float ax, as;     /* anchor: the person's face centre x and face size (pixels) */
+  anchor a;         /* the person's face (or the detector's face box) */
 } candidate;
 
 
 /* Body ROI from a face box: the pose ROI is centred on the mid-hip with side 2.5 x hip-to-crown.
  * For an upright adult the mid-hip lies about 3.3 face heights below the face centre and the ROI
  * side is about 10 face heights (measured on the pose goldens: sample1 side 1949 px for a
- * 191 px face box). The eye line gives the tilt. */
+ * 191 px face box). Upright: a tilted head (sample1, right) rarely means a tilted body. */
 static mp_rotated_roi roi_from_face(const mp_detection *f) {
   float s = f->w > f->h ? f->w : f->h;
   float cx = f->xmin + f->w / 2, cy = f->ymin + f->h / 2;
@@ -287,17 +300,17 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
   match_faces(dets, nd, out->faces, out->n_faces, match, near);
   for (int i = 0; i < nd; i++) {
     if (match[i] < 0 && near[i]) continue; /* a second detection of someone whose face is taken */
-    candidate cd = {mp_pose_roi(&dets[i]), dets[i].score, MP_PERSON_FROM_POSE, dets[i], 0, 0};
+    candidate cd = {mp_pose_roi(&dets[i]), dets[i].score, MP_PERSON_FROM_POSE, dets[i], {0, 0, 1}};
     const mp_detection *a = match[i] >= 0 ? &out->faces[match[i]] : &dets[i];
     if (match[i] >= 0) face_taken[match[i]] = true;
-    cd.ax = a->xmin + a->w / 2;
-    cd.as = (a->w > a->h ? a->w : a->h) * (match[i] >= 0 ? 1.0f : 0.5f);
+    cd.a = (anchor){a->xmin + a->w / 2, a->ymin + a->h / 2, (a->w > a->h ? a->w : a->h) * (match[i] >= 0 ? 1.0f : 0.5f)};
     cand[nc++] = cd;
   }
   for (int i = 0; i < out->n_faces && nc < MP_MAX_PERSONS; i++)
     if (!face_taken[i]) {
       const mp_detection *f = &out->faces[i];
-      cand[nc++] = (candidate){roi_from_face(f), f->score, MP_PERSON_FROM_FACE, *f, f->xmin + f->w / 2, f->w > f->h ? f->w : f->h};
+      anchor a = {f->xmin + f->w / 2, f->ymin + f->h / 2, f->w > f->h ? f->w : f->h};
+      cand[nc++] = (candidate){roi_from_face(f), f->score, MP_PERSON_FROM_FACE, *f, a};
     }
 
   out->seconds[1] = now_s() - t_stage;
@@ -314,11 +327,11 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
   t_stage = now_s();
   /* 4. One pose-landmark run per candidate: its segmentation is that person's mask. */
   for (int i = 0; i < nc; i++) {
-    float others[MP_MAX_PERSONS];
+    anchor others[MP_MAX_PERSONS];
     int n_others = 0;
     for (int j = 0; j < nc; j++)
-      if (j != i) others[n_others++] = cand[j].ax;
-    crop_rotated(img, cand[i].roi, LM_N, cand[i].ax, cand[i].as, others, n_others, buf);
+      if (j != i) others[n_others++] = cand[j].a;
+    crop_rotated(img, cand[i].roi, LM_N, &cand[i].a, others, n_others, buf);
     if ((e = mp_tflite_run(pf->landmark, pool, in1))) goto done;
     const float *logits = mp_tflite_output_by_name(pf->landmark, "Identity_2", NULL);
     const float *pres = mp_tflite_output_by_name(pf->landmark, "Identity_1", NULL);
