@@ -12,6 +12,7 @@ static const struct {
   const char *usage;
 } commands[] = {
     {"tokenize", cmd_tokenize, "tokenize [--vocab PATH] TEXT        print CLIP token ids"},
+    {"parse", cmd_parse, "parse FILE [--json] [--api]           the prompt document's job and pass plan (FILE - = stdin)"},
     {"inspect", cmd_inspect, "inspect CKPT                         model family, dtypes, parameter counts, key check"},
     {"conform", cmd_conform, "conform GOLDEN_DIR [--cases a,b] [--dump DIR]   check numerics against reference outputs"},
 };
