@@ -142,7 +142,7 @@ static size_t first_bad_byte(const char *s, size_t len, const char **why) {
   while (i < len) {
     unsigned char c = (unsigned char)s[i];
     if (c == 0) {
-      *why = "a NUL byte (the document must be text)";
+      *why = "a NUL byte";
       return i;
     }
     if (c < 0x80) {
@@ -159,7 +159,7 @@ static size_t first_bad_byte(const char *s, size_t len, const char **why) {
       return i;
     }
     if ((size_t)n > len - i - 1) {
-      *why = "invalid UTF-8 (a character cut off at the end)";
+      *why = "a UTF-8 character cut off at the end";
       return i;
     }
     for (int k = 1; k <= n; k++) {
@@ -182,11 +182,7 @@ static size_t first_bad_byte(const char *s, size_t len, const char **why) {
 static mp_error *check_text(const source *src) {
   const char *why = NULL;
   size_t bad = first_bad_byte(src->doc, src->len, &why);
-  if (bad < src->len) {
-    char q[256];
-    quote(src->doc + bad, 1, q);
-    return err_at(src, bad, "expected UTF-8 text, found %s byte %s", why, q);
-  }
+  if (bad < src->len) return err_at(src, bad, "expected UTF-8 text, found %s (byte 0x%02X)", why, (unsigned char)src->doc[bad]);
   return NULL;
 }
 
@@ -939,7 +935,10 @@ static mp_error *parse_text(const char *doc, size_t len, mp_job *job) {
     size_t k = ls;
     while (k < ce && (is_lower(doc[k]) || doc[k] == '_' || (k > ls && is_digit(doc[k])))) k++;
     int key = (k > ls && k < ce && doc[k] == '=') ? key_lookup(doc + ls, k - ls) : -1;
-    if (key == K_TEXT && !in_params) key = -1; /* the text form's text is the leading lines */
+    if (key == K_TEXT) { /* the text form's text is the leading lines */
+      if (in_params) return err_at(&src, ls, "key text: in the text form the prompt text is the lines before the parameters");
+      key = -1;
+    }
     if (!in_params) {
       if (key < 0) {
         ls = next;
@@ -961,8 +960,6 @@ static mp_error *parse_text(const char *doc, size_t len, mp_job *job) {
     if (key < 0) {
       if (k > ls && k < ce && doc[k] == '=') {
         quote(doc + ls, k - ls, q);
-        if (eq_n(doc + ls, k - ls, "text"))
-          return err_at(&src, ls, "key text: in the text form the prompt text is the lines before the parameters");
         return err_at(&src, ls, "unknown key %s: expected one of the parameters of SPEC §1.1 (num_images, seed, steps, cfg_scale, w, h, ...)", q);
       }
       quote(doc + ls, ce - ls, q);
