@@ -250,26 +250,33 @@ static mp_job *job_new(void) {
 
 static mp_error *warn(mp_job *job, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static mp_error *warn(mp_job *job, const char *fmt, ...) {
+  if (job->n_warnings > MP_MAX_WARNINGS) return NULL;
+  bool last = job->n_warnings == MP_MAX_WARNINGS;
   va_list ap;
   va_start(ap, fmt);
-  int n = vsnprintf(NULL, 0, fmt, ap);
+  int n = last ? 0 : vsnprintf(NULL, 0, fmt, ap);
   va_end(ap);
-  char *msg = malloc((size_t)(n < 0 ? 0 : n) + 1);
+  if (n < 0) n = 0;
+  const char *more = "more warnings follow; only the first ones are shown";
+  char *msg = malloc(last ? strlen(more) + 1 : (size_t)n + 1);
   char **w = realloc(job->warnings, (size_t)(job->n_warnings + 1) * sizeof *w);
+  if (w) job->warnings = w;
   if (!msg || !w) {
     free(msg);
-    if (w) job->warnings = w;
     return mp_errorf("out of memory");
   }
-  job->warnings = w;
-  va_start(ap, fmt);
-  vsnprintf(msg, (size_t)(n < 0 ? 0 : n) + 1, fmt, ap);
-  va_end(ap);
+  if (last) strcpy(msg, more);
+  else {
+    va_start(ap, fmt);
+    vsnprintf(msg, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+  }
   job->warnings[job->n_warnings++] = msg;
   return NULL;
 }
 
 static mp_error *warn_at(mp_job *job, const source *src, size_t off, const char *msg) {
+  if (job->n_warnings > MP_MAX_WARNINGS) return NULL; /* (and spare the line count) */
   int line, col;
   line_col(src, off, &line, &col);
   return warn(job, "%sline %d, column %d: %s", src->where, line, col, msg);
@@ -643,8 +650,10 @@ static bool push_adapter(mp_adapter **list, int *n, mp_adapter_kind kind, const 
 static mp_error *take_tags(mp_job *job, const source *src, size_t base, char *buf, size_t s, size_t e, bool negative,
                            mp_section *sec) {
   const char *forms = "<lora:ID:WEIGHT>, <faceid:ID:WEIGHT> or <embedding-name>";
+  int tags = 0;
   for (size_t i = s; i < e; i++) {
     if (buf[i] != '<' || (i > s && buf[i - 1] == '\\')) continue;
+    if (++tags > MP_MAX_TAGS) return err_at(src, base + i, "too many tags: a section holds at most %d", MP_MAX_TAGS);
     size_t j = i + 1;
     while (j < e && buf[j] != '>' && buf[j] != '<' && buf[j] != '\n') j++;
     if (j >= e || buf[j] != '>')

@@ -16,6 +16,9 @@
 #define MP_MAX_SECTIONS (2 + MP_MAX_PERSONS)
 /* Documents larger than this are refused outright (a prompt is text a person wrote). */
 #define MP_MAX_DOCUMENT_BYTES (4u << 20)
+/* Tags (<lora>, <faceid>, <embedding>) in one section, and warnings kept (one more says "more follow"). */
+#define MP_MAX_TAGS 64
+#define MP_MAX_WARNINGS 32
 
 typedef enum {
   MP_SCHED_EULER,

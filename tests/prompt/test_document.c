@@ -608,6 +608,18 @@ static void test_hostile(void **state) {
   assert_null(jj);
   mp_error_free(e);
   free(doc);
+  /* tags and warnings are bounded */
+  {
+    char many[2048] = "a";
+    for (int i = 0; i < 65; i++) strcat(many, " <e>");
+    parse_err(many, "line 1, column 259: too many tags: a section holds at most 64");
+    strcpy(many, "a");
+    for (int i = 0; i < 100; i++) strcat(many, " --x");
+    mp_job *w = parse_ok(many);
+    assert_int_equal(w->n_warnings, MP_MAX_WARNINGS + 1);
+    assert_string_equal(w->warnings[MP_MAX_WARNINGS], "more warnings follow; only the first ones are shown");
+    mp_job_free(w);
+  }
   /* NULL input with a length reads nothing */
   e = mp_job_parse_text(NULL, 5, &jj);
   assert_string_equal(mp_error_message(e), "line 1, column 1: text: expected a prompt, found nothing");
