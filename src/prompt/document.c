@@ -1005,7 +1005,9 @@ mp_error *mp_job_parse_text(const char *doc, size_t len, mp_job **out) {
   *out = NULL;
   mp_job *job = job_new();
   if (!job) return mp_errorf("out of memory");
-  mp_error *e = parse_text(doc ? doc : "", doc ? len : 0, job);
+  if (!doc) len = 0;
+  if (len >= 3 && memcmp(doc, "\xEF\xBB\xBF", 3) == 0) doc += 3, len -= 3; /* a UTF-8 byte-order mark is not text */
+  mp_error *e = parse_text(doc ? doc : "", len, job);
   if (e) {
     mp_job_free(job);
     return e;
@@ -1115,7 +1117,9 @@ mp_error *mp_job_parse_json(const char *doc, size_t len, mp_job **out) {
   *out = NULL;
   mp_job *job = job_new();
   if (!job) return mp_errorf("out of memory");
-  mp_error *e = parse_json(doc ? doc : "", doc ? len : 0, job);
+  if (!doc) len = 0;
+  if (len >= 3 && memcmp(doc, "\xEF\xBB\xBF", 3) == 0) doc += 3, len -= 3; /* a UTF-8 byte-order mark is not text */
+  mp_error *e = parse_json(doc ? doc : "", len, job);
   if (e) {
     mp_job_free(job);
     return e;

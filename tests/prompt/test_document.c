@@ -620,6 +620,13 @@ static void test_hostile(void **state) {
     assert_string_equal(w->warnings[MP_MAX_WARNINGS], "more warnings follow; only the first ones are shown");
     mp_job_free(w);
   }
+  /* a byte-order mark is skipped */
+  j = parse_ok("\xEF\xBB\xBFhello\nsteps=3");
+  assert_string_equal(j->passes[0].prompt, "hello");
+  mp_job_free(j);
+  j = parse_json_ok("\xEF\xBB\xBF{\"text\": \"hi\"}");
+  assert_string_equal(j->passes[0].prompt, "hi");
+  mp_job_free(j);
   /* NULL input with a length reads nothing */
   e = mp_job_parse_text(NULL, 5, &jj);
   assert_string_equal(mp_error_message(e), "line 1, column 1: text: expected a prompt, found nothing");
