@@ -814,10 +814,10 @@ static mp_error *random_seed(uint32_t *out) {
   return mp_errorf("seed: no seed given and no random seed could be read from the system (%s)", strerror(errno));
 }
 
-/* "line N: " for a key in the text form, "prompt." in the JSON form. */
+/* Where a key was given: "line N, column 1: KEY" in the text form, "prompt.KEY" in the JSON form. */
 static void key_where(const key_seen *ks, int key, bool json, char out[64]) {
   if (json) snprintf(out, 64, "prompt.%s", key_names[key]);
-  else snprintf(out, 64, "line %d: %s", ks->line[key], key_names[key]);
+  else snprintf(out, 64, "line %d, column 1: %s", ks->line[key], key_names[key]);
 }
 
 static mp_error *finish(mp_job *job, const key_seen *ks, bool json, const source *tsrc, size_t tbase, size_t tlen,
@@ -996,6 +996,7 @@ static mp_error *parse_text(const char *doc, size_t len, mp_job *job) {
     }
     ls = next;
   }
+  free(job->text); /* never set by a key in this form, but own it either way */
   if (!(job->text = dup_n(doc, text_end))) return mp_errorf("out of memory");
   if (!job->negative_prompt && !(job->negative_prompt = dup_n("", 0))) return mp_errorf("out of memory");
   return finish(job, &ks, false, &src, 0, text_end, &src, neg_base, neg_len);
