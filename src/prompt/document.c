@@ -883,6 +883,9 @@ static mp_error *finish(mp_job *job, const key_seen *ks, bool json, const source
   if (job->flags.mask_prompt && !has_input)
     return err_at(tsrc, tbase, "--mask_prompt: expected input_image or input_image_url, the image to mask");
 
+  if ((job->flags.mask_invert || job->flags.mask_dilate_given) && !job->flags.mask_prompt && !job->mask_image && !job->mask_image_url)
+    MP_TRY(warn(job, "%s--mask_invert and --mask_dilate have no effect without a mask (mask_image or --mask_prompt)", tsrc->where));
+
   const mp_section *s = job->sections;
   bool scene_empty = !s[0].text[0] && (job->n_sections < 2 || !s[1].text[0]);
   if (job->n_persons > 0) {

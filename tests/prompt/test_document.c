@@ -189,7 +189,7 @@ static void test_size_and_ar(void **state) {
   assert_int_equal(j->width, 640);
   assert_int_equal(j->height, 512);
   assert_false(j->ar_used);
-  assert_true(has_warning(j, "line 2: ar: ar=16:9 ignored because w/h are given (640x512)"));
+  assert_true(has_warning(j, "line 2, column 1: ar: ar=16:9 ignored because w/h are given (640x512)"));
   mp_job_free(j);
   /* with an input image and no w/h the image decides */
   j = parse_ok("a\ninput_image=in.png\nar=portrait");
@@ -242,7 +242,7 @@ static void test_enums_and_bools(void **state) {
     parse_err(doc, want);
   }
   mp_job *j = parse_ok("a\nprompt_expansion=true");
-  assert_true(has_warning(j, "line 2: prompt_expansion: accepted but has no effect locally"));
+  assert_true(has_warning(j, "line 2, column 1: prompt_expansion: accepted but has no effect locally"));
   mp_job_free(j);
 }
 
@@ -263,7 +263,7 @@ static void test_strings(void **state) {
   assert_int_equal(j->seed, 7);
   mp_job_free(j);
   j = parse_ok("a\ndenoising_strength=0.5");
-  assert_true(has_warning(j, "line 2: denoising_strength: has no effect without input_image"));
+  assert_true(has_warning(j, "line 2, column 1: denoising_strength: has no effect without input_image"));
   mp_job_free(j);
 }
 
@@ -306,9 +306,13 @@ static void test_flags(void **state) {
   assert_int_equal(j->n_warnings, 0);
   mp_job_free(j);
 
-  j = parse_ok("a --mask_dilate 5%\ninput_image=x");
+  j = parse_ok("a --mask_dilate 5%\ninput_image=x\nmask_image=m");
   assert_int_equal(j->flags.mask_dilate, 5);
   assert_true(j->flags.mask_dilate_percent);
+  assert_int_equal(j->n_warnings, 0);
+  mp_job_free(j);
+  j = parse_ok("a --mask_invert");
+  assert_true(has_warning(j, "--mask_invert and --mask_dilate have no effect without a mask (mask_image or --mask_prompt)"));
   mp_job_free(j);
 
   /* unknown flags stay in the text, with a warning; dashes inside words are not flags */
@@ -482,7 +486,7 @@ static void test_negatives(void **state) {
   mp_job_free(j);
   /* more: a warning */
   j = parse_ok("s BREAK c BREAK p1\nnegative_prompt=n0 BREAK n1 BREAK n2 BREAK n3");
-  assert_true(has_warning(j, "line 2: negative_prompt: 2 person sections, the text has 1: the extra negative sections are not used"));
+  assert_true(has_warning(j, "line 2, column 1: negative_prompt: 2 person sections, the text has 1: the extra negative sections are not used"));
   mp_job_free(j);
   /* a single-section text with a split negative */
   j = parse_ok("s\nnegative_prompt=n0 BREAK n1");
@@ -574,9 +578,9 @@ static void test_hostile(void **state) {
   parse_err("a <lora:1:\n1>", "line 1, column 3: unterminated tag: expected <lora:ID:WEIGHT>, <faceid:ID:WEIGHT> or <embedding-name> closed by '>' on the same line (write \\< for a literal <)");
   parse_err("a < b", "line 1, column 3: unterminated tag: expected <lora:ID:WEIGHT>, <faceid:ID:WEIGHT> or <embedding-name> closed by '>' on the same line (write \\< for a literal <)");
   parse_err("a <<x>", "line 1, column 3: unterminated tag: expected <lora:ID:WEIGHT>, <faceid:ID:WEIGHT> or <embedding-name> closed by '>' on the same line (write \\< for a literal <)");
-  parse_err("a\ninput_image=a\ninput_image_url=b", "line 3: input_image_url: give input_image or input_image_url, not both");
-  parse_err("a\nmask_image=m", "line 2: mask_image: a mask needs an image to repaint: expected input_image or input_image_url too");
-  parse_err("a\ninput_image=a\nmask_image=m\nmask_image_url=n", "line 4: mask_image_url: give mask_image or mask_image_url, not both");
+  parse_err("a\ninput_image=a\ninput_image_url=b", "line 3, column 1: input_image_url: give input_image or input_image_url, not both");
+  parse_err("a\nmask_image=m", "line 2, column 1: mask_image: a mask needs an image to repaint: expected input_image or input_image_url too");
+  parse_err("a\ninput_image=a\nmask_image=m\nmask_image_url=n", "line 4, column 1: mask_image_url: give mask_image or mask_image_url, not both");
   parse_err("<lora:1:1>", "line 1, column 1: text: expected a prompt, found no words (only flags, tags or BREAKs)");
   parse_err("BREAK", "line 1, column 1: text: expected a prompt, found no words (only flags, tags or BREAKs)");
 

@@ -75,7 +75,7 @@ static void test_seed_example(void **state) {
   assert_true(j->use_lpw);
   assert_false(j->seed_random);
   assert_int_equal(j->n_warnings, 1);
-  assert_string_equal(j->warnings[0], "line 23: ar: ar=1:1 ignored because w/h are given (512x768)");
+  assert_string_equal(j->warnings[0], "line 23, column 1: ar: ar=1:1 ignored because w/h are given (512x768)");
 
   /* the plan: 4 images, seeds 33504..33507, each a txt2img scene and one person pass */
   assert_int_equal(p->mode, MP_SCENE_TXT2IMG);
