@@ -494,21 +494,26 @@ static const char *apply_value(mp_job *job, int key, const char *v, size_t n, bo
 /* ---------------------------------------------------------------- flags (§1.2 step 1) */
 
 enum flag_kind { F_SWITCH, F_NUMBER, F_WORD, F_DILATE };
+enum flag_id {
+  FL_TILED_UPSCALE, FL_HIRES_CFG_SCALE, FL_RESEMBLANCE, FL_HIRES_DENOISE, FL_ONLY_UPSCALE, FL_MASK_PROMPT, FL_MASK_INVERT,
+  FL_MASK_DILATE, FL_PERSON_DENOISE, FL_FACE_DENOISE
+};
 static const struct {
   const char *name;
   enum flag_kind kind;
   double lo, hi;
+  const char *expected;
 } flag_defs[] = {
-    {"tiled_upscale", F_SWITCH, 0, 0},
-    {"hires_cfg_scale", F_NUMBER, 0, 30},
-    {"resemblance", F_NUMBER, 0, 1},
-    {"hires_denoising_strength", F_NUMBER, 0, 1},
-    {"only_upscale", F_SWITCH, 0, 0},
-    {"mask_prompt", F_WORD, 0, 0},
-    {"mask_invert", F_SWITCH, 0, 0},
-    {"mask_dilate", F_DILATE, 0, 0},
-    {"person_denoising_strength", F_NUMBER, 0, 1},
-    {"face_denoising_strength", F_NUMBER, 0, 1},
+    [FL_TILED_UPSCALE] = {"tiled_upscale", F_SWITCH, 0, 0, NULL},
+    [FL_HIRES_CFG_SCALE] = {"hires_cfg_scale", F_NUMBER, 0, 30, "a number from 0 to 30"},
+    [FL_RESEMBLANCE] = {"resemblance", F_NUMBER, 0, 1, "a number from 0 to 1"},
+    [FL_HIRES_DENOISE] = {"hires_denoising_strength", F_NUMBER, 0, 1, "a number from 0 to 1"},
+    [FL_ONLY_UPSCALE] = {"only_upscale", F_SWITCH, 0, 0, NULL},
+    [FL_MASK_PROMPT] = {"mask_prompt", F_WORD, 0, 0, "a word"},
+    [FL_MASK_INVERT] = {"mask_invert", F_SWITCH, 0, 0, NULL},
+    [FL_MASK_DILATE] = {"mask_dilate", F_DILATE, 0, 0, "a pixel count N (0 to 512) or a percentage N% (0 to 100)"},
+    [FL_PERSON_DENOISE] = {"person_denoising_strength", F_NUMBER, 0, 1, "a number from 0 to 1"},
+    [FL_FACE_DENOISE] = {"face_denoising_strength", F_NUMBER, 0, 1, "a number from 0 to 1"},
 };
 #define N_FLAGS (int)(sizeof flag_defs / sizeof *flag_defs)
 
@@ -548,10 +553,7 @@ static mp_error *take_flags(mp_job *job, const source *src, size_t base, char *b
       while (v < n && (buf[v] == ' ' || buf[v] == '\t')) v++;
       size_t ve = v;
       while (ve < n && !is_space(buf[ve])) ve++;
-      const char *expected = flag_defs[f].kind == F_WORD     ? "a word"
-                             : flag_defs[f].kind == F_DILATE ? "a pixel count N (0 to 512) or a percentage N% (0 to 100)"
-                             : f == 1                        ? "a number from 0 to 30"
-                                                             : "a number from 0 to 1";
+      const char *expected = flag_defs[f].expected;
       if (v == ve) return err_at(src, base + j, "--%s: expected %s after the flag, found the end of the line", name, expected);
       const char *val = buf + v;
       size_t vn = ve - v;
@@ -563,10 +565,10 @@ static mp_error *take_flags(mp_job *job, const source *src, size_t base, char *b
         case F_NUMBER:
           if (!parse_float(val, vn, &d) || d < flag_defs[f].lo || d > flag_defs[f].hi)
             return err_at(src, base + v, "--%s: expected %s, found %s", name, expected, q);
-          if (f == 1) job->flags.hires_cfg_scale = d, job->flags.hires_cfg_scale_given = true;
-          else if (f == 2) job->flags.resemblance = d, job->flags.resemblance_given = true;
-          else if (f == 3) job->flags.hires_denoising_strength = d, job->flags.hires_denoising_strength_given = true;
-          else if (f == 8) job->flags.person_denoising_strength = d, job->flags.person_denoising_strength_given = true;
+          if (f == FL_HIRES_CFG_SCALE) job->flags.hires_cfg_scale = d, job->flags.hires_cfg_scale_given = true;
+          else if (f == FL_RESEMBLANCE) job->flags.resemblance = d, job->flags.resemblance_given = true;
+          else if (f == FL_HIRES_DENOISE) job->flags.hires_denoising_strength = d, job->flags.hires_denoising_strength_given = true;
+          else if (f == FL_PERSON_DENOISE) job->flags.person_denoising_strength = d, job->flags.person_denoising_strength_given = true;
           else job->flags.face_denoising_strength = d, job->flags.face_denoising_strength_given = true;
           break;
         case F_WORD:
@@ -584,8 +586,8 @@ static mp_error *take_flags(mp_job *job, const source *src, size_t base, char *b
         case F_SWITCH: break;
       }
       end = ve;
-    } else if (f == 0) job->flags.tiled_upscale = true;
-    else if (f == 4) job->flags.only_upscale = true;
+    } else if (f == FL_TILED_UPSCALE) job->flags.tiled_upscale = true;
+    else if (f == FL_ONLY_UPSCALE) job->flags.only_upscale = true;
     else job->flags.mask_invert = true;
     memset(buf + i, ' ', end - i);
     i = end;
