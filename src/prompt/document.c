@@ -648,13 +648,20 @@ static bool push_adapter(mp_adapter **list, int *n, mp_adapter_kind kind, const 
 }
 
 /* Take the tags out of section buf[s..e): <lora:ID:W> and <faceid:ID:W> are blanked out and recorded,
- * <name> is recorded and stays as a marker. `negative`: adapters are not allowed. */
+ * <name> is recorded and its brackets are dropped, so the bare name stays where it was written (as in
+ * AUTOMATIC1111, the conditioning finds embedding names in the text). `\<` becomes a literal `<`.
+ * Dropped bytes are set to NUL, which the text cannot contain; collapse() skips them.
+ * `negative`: adapters are not allowed. */
 static mp_error *take_tags(mp_job *job, const source *src, size_t base, char *buf, size_t s, size_t e, bool negative,
                            mp_section *sec) {
   const char *forms = "<lora:ID:WEIGHT>, <faceid:ID:WEIGHT> or <embedding-name>";
   int tags = 0;
   for (size_t i = s; i < e; i++) {
-    if (buf[i] != '<' || (i > s && buf[i - 1] == '\\')) continue;
+    if (buf[i] != '<') continue;
+    if (i > s && buf[i - 1] == '\\') {
+      buf[i - 1] = 0;
+      continue;
+    }
     if (++tags > MP_MAX_TAGS) return err_at(src, base + i, "too many tags: a section holds at most %d", MP_MAX_TAGS);
     size_t j = i + 1;
     while (j < e && buf[j] != '>' && buf[j] != '<' && buf[j] != '\n') j++;
@@ -671,6 +678,7 @@ static mp_error *take_tags(mp_job *job, const source *src, size_t base, char *bu
         if (!valid_embedding_char(c[k]))
           return err_at(src, base + i + 1 + k, "tag %s: expected an embedding name of letters, digits, '_', '-', '.', '+'", q);
       if (!push_name(&sec->embeddings, &sec->n_embeddings, c, cn)) return mp_errorf("out of memory");
+      buf[i] = buf[j] = 0;
       i = j;
       continue;
     }
@@ -711,11 +719,12 @@ static mp_error *take_tags(mp_job *job, const source *src, size_t base, char *bu
   return NULL;
 }
 
-/* buf[s..e) trimmed, whitespace runs collapsed to one space. */
+/* buf[s..e) trimmed, whitespace runs collapsed to one space, NUL bytes (dropped characters) left out. */
 static char *collapse(const char *buf, size_t s, size_t e) {
   sbuf b = {0};
   bool pending = false;
   for (size_t i = s; i < e; i++) {
+    if (!buf[i]) continue;
     if (is_space(buf[i])) {
       pending = b.n > 0;
       continue;

@@ -45,9 +45,10 @@ typedef struct {
 } mp_adapter;
 
 /* One BREAK-separated section after flags and tags are taken out.
- * `text`: trimmed, whitespace runs collapsed to one space, <lora>/<faceid> tags removed. Embedding tags
- * stay in the text as `<name>` markers so the conditioning knows where to put their vectors (the
- * tokenizer never sees the brackets); they are also listed in `embeddings`. */
+ * `text`: trimmed, whitespace runs collapsed to one space, <lora>/<faceid> tags removed. An embedding
+ * tag <name> loses its brackets: the bare name stays where it was written so the conditioning puts
+ * the embedding's vectors there (AUTOMATIC1111 finds embedding names in the text the same way); the
+ * names are also listed in `embeddings`. `\<` is a literal `<`. */
 typedef struct {
   char *text;
   mp_adapter *adapters;

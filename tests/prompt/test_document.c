@@ -361,8 +361,8 @@ static void test_tags(void **state) {
   assert_true(s->adapters[3].weight == 2.0);
   assert_int_equal(s->n_embeddings, 1);
   assert_string_equal(s->embeddings[0], "badhandv4");
-  /* adapters are removed, embeddings stay as markers, escaped < is text */
-  assert_string_equal(j->passes[0].prompt, "a b <badhandv4> c \\<3");
+  /* adapters are removed, embeddings keep their bare name in place, \\< is a literal < */
+  assert_string_equal(j->passes[0].prompt, "a b badhandv4 c <3");
   assert_int_equal(j->n_embeddings, 1);
   assert_true(has_warning(j, "line 1, column 42: faceid adapters are accepted but not supported"));
   mp_job_free(j);
@@ -401,7 +401,7 @@ static void test_sections(void **state) {
   j = parse_ok("a beach <lora:sty:0.5> BREAK golden hour <emb>");
   assert_int_equal(j->n_sections, 2);
   assert_int_equal(j->n_persons, 0);
-  assert_string_equal(j->passes[0].prompt, "a beach, golden hour <emb>");
+  assert_string_equal(j->passes[0].prompt, "a beach, golden hour emb");
   assert_int_equal(j->passes[0].n_adapters, 1);
   assert_int_equal(j->passes[0].n_embeddings, 1);
   mp_job_free(j);
@@ -469,7 +469,7 @@ static void test_negatives(void **state) {
   mp_job *j = parse_ok("s BREAK c BREAK p1 BREAK p2\nnegative_prompt=blurry, <bad-hands>");
   assert_int_equal(j->n_neg_sections, 1);
   for (int k = 0; k < 3; k++) {
-    assert_string_equal(j->passes[k].negative, "blurry, <bad-hands>");
+    assert_string_equal(j->passes[k].negative, "blurry, bad-hands");
     assert_int_equal(j->passes[k].n_embeddings, 1);
   }
   mp_job_free(j);

@@ -66,6 +66,8 @@ static void test_seed_example(void **state) {
   assert_string_equal(j->embeddings[1], "badhandv4");
   assert_string_equal(j->embeddings[2], "negative-hand");
   assert_int_equal(j->neg_sections[0].n_embeddings, 3);
+  /* the tags' brackets are gone, the names stay in place for the conditioning */
+  assert_non_null(strstr(j->neg_sections[0].text, "pimples, cyberrealistic-neg, badhandv4, negative-hand, black and white"));
   /* parameters */
   assert_int_equal(j->width, 512);
   assert_int_equal(j->height, 768);
