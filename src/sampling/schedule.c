@@ -87,9 +87,11 @@ double mp_schedule_sigma_min(const mp_schedule *s) { return s->sigmas[0]; }
 double mp_schedule_sigma_max(const mp_schedule *s) { return s->sigmas[s->n - 1]; }
 
 double mp_schedule_sigma_to_t(const mp_schedule *s, double sigma) {
-  double ls = log(sigma);
+  /* float32 throughout, as k-diffusion does it on float32 tensors: a training sigma maps back to
+   * its integer timestep exactly */
+  float ls = logf((float)sigma);
   /* low = the last index whose log sigma is <= ls (0 if none), at most n-2 */
-  int lo = 0, hi = s->n - 1;
+  int lo = 0;
   if (ls >= s->log_sigmas[0]) {
     int a = 0, b = s->n - 1; /* invariant: log_sigmas[a] <= ls */
     if (ls >= s->log_sigmas[b]) a = b;
@@ -102,12 +104,12 @@ double mp_schedule_sigma_to_t(const mp_schedule *s, double sigma) {
     lo = a;
   }
   if (lo > s->n - 2) lo = s->n - 2;
-  hi = lo + 1;
-  double low = s->log_sigmas[lo], high = s->log_sigmas[hi];
-  double w = (low - ls) / (low - high);
+  int hi = lo + 1;
+  float low = s->log_sigmas[lo], high = s->log_sigmas[hi];
+  float w = (low - ls) / (low - high);
   if (w < 0) w = 0;
   if (w > 1) w = 1;
-  return (1 - w) * lo + w * hi;
+  return (1.0f - w) * (float)lo + w * (float)hi;
 }
 
 double mp_schedule_t_to_sigma(const mp_schedule *s, double t) {
