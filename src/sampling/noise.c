@@ -121,7 +121,9 @@ mp_error *mp_noise_tape(const mp_weights *w, const char *prefix, mp_noise **out)
 int mp_noise_tape_position(const mp_noise *tape) { return ((const tape_noise *)tape)->pos; }
 
 /* ---- Brownian bridge tree ---- */
-enum { BROWNIAN_DEPTH = 30 };
+/* Bisection levels: the last dyadic interval is (t_max - t_min) / 2^24 wide (under 1e-6 for SD's
+ * sigmas), whose bridge variance is negligible next to any sampler step; W is linear inside it. */
+enum { BROWNIAN_DEPTH = 24, BROWNIAN_CACHE = 4 };
 
 typedef struct {
   mp_noise base;
@@ -130,6 +132,11 @@ typedef struct {
   mp_philox_rng stream; /* for plain fills */
   double *wa, *wb;      /* scratch: W at the two ends of the current interval, per element */
   int64_t cap;
+  /* W at the last few times asked (samplers ask for each sigma more than once) */
+  double cache_t[BROWNIAN_CACHE];
+  double *cache_w[BROWNIAN_CACHE];
+  int64_t cache_n;
+  int cache_next, cache_used;
 } brownian_noise;
 
 /* A standard normal for (node, element), double Box-Muller on one Philox block. */
@@ -192,6 +199,32 @@ static mp_error *brownian_reserve(brownian_noise *s, int64_t n) {
   return NULL;
 }
 
+/* W(t) through the cache; the pointer stays valid until the next BROWNIAN_CACHE - 1 other lookups. */
+static mp_error *brownian_at(brownian_noise *s, double t, int64_t n, const double **w) {
+  if (n != s->cache_n) { /* a different size: start over */
+    for (int k = 0; k < BROWNIAN_CACHE; k++) {
+      free(s->cache_w[k]);
+      s->cache_w[k] = NULL;
+    }
+    s->cache_used = s->cache_next = 0;
+    s->cache_n = n;
+  }
+  for (int k = 0; k < s->cache_used; k++)
+    if (s->cache_t[k] == t) {
+      *w = s->cache_w[k];
+      return NULL;
+    }
+  int k = s->cache_next;
+  if (!s->cache_w[k] && !(s->cache_w[k] = malloc((size_t)n * sizeof(double))))
+    return mp_errorf("out of memory (Brownian noise for %lld values)", (long long)n);
+  brownian_eval(s, t, s->cache_w[k], n);
+  s->cache_t[k] = t;
+  s->cache_next = (k + 1) % BROWNIAN_CACHE;
+  if (s->cache_used < BROWNIAN_CACHE) s->cache_used++;
+  *w = s->cache_w[k];
+  return NULL;
+}
+
 static mp_error *brownian_interval(mp_noise *self, double sigma, double sigma_next, float *out, int64_t n) {
   brownian_noise *s = (brownian_noise *)self;
   MP_TRY(brownian_reserve(s, n));
@@ -201,19 +234,12 @@ static mp_error *brownian_interval(mp_noise *self, double sigma, double sigma_ne
     memset(out, 0, (size_t)n * sizeof *out);
     return NULL;
   }
-  double *w_lo = malloc((size_t)n * sizeof *w_lo), *w_hi = malloc((size_t)n * sizeof *w_hi);
-  if (!w_lo || !w_hi) {
-    free(w_lo);
-    free(w_hi);
-    return mp_errorf("out of memory (Brownian noise for %lld values)", (long long)n);
-  }
-  brownian_eval(s, lo, w_lo, n);
-  brownian_eval(s, hi, w_hi, n);
+  const double *w_lo, *w_hi;
+  MP_TRY(brownian_at(s, lo, n, &w_lo));
+  MP_TRY(brownian_at(s, hi, n, &w_hi));
   /* (W(sigma_next) - W(sigma)) / sqrt(|dt|): from high sigma to low, the sign flips. */
   double sign = sigma_next >= sigma ? 1.0 : -1.0, scale = sign / sqrt(dt);
   for (int64_t i = 0; i < n; i++) out[i] = (float)((w_hi[i] - w_lo[i]) * scale);
-  free(w_lo);
-  free(w_hi);
   return NULL;
 }
 
@@ -226,6 +252,7 @@ static void brownian_destroy(mp_noise *self) {
   brownian_noise *s = (brownian_noise *)self;
   free(s->wa);
   free(s->wb);
+  for (int k = 0; k < BROWNIAN_CACHE; k++) free(s->cache_w[k]);
   free(s);
 }
 

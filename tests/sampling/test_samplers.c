@@ -102,7 +102,7 @@ static void check_variance(const char *name, mp_noise *noise, int steps, double 
   assert_ok(mp_sampler_parse(name, &spec));
   float sig[256];
   assert_ok(mp_sampler_sigmas(&spec, &s, steps, sig, NULL));
-  enum { N = 20000 };
+  enum { N = 5000 };
   float *x = malloc(N * sizeof *x);
   mp_noise *init = NULL;
   assert_ok(mp_noise_torch_cpu(1234, &init));
@@ -128,10 +128,10 @@ static void test_stochastic_samplers_keep_the_data_law(void **state) {
    * non-LCM denoiser: it only has the point-mass test.) */
   mp_noise *noise = NULL;
   assert_ok(mp_noise_philox(99, &noise));
-  check_variance("euler_a", noise, 160, 0.03);
+  check_variance("euler_a", noise, 160, 0.035);
   mp_noise_free(noise);
   assert_ok(mp_noise_brownian(99, 0.02, 15, &noise));
-  check_variance("dpm++sde_karras", noise, 40, 0.012);
+  check_variance("dpm++sde_karras", noise, 40, 0.02);
   mp_noise_free(noise);
 }
 
