@@ -110,6 +110,7 @@ mp_error *mp_generate_latents(const mp_generate_params *p, float *latent) {
     free(kids);
   }
   if (!e) e = mp_cfg_denoiser_init(&den, unet_eps, &g, p->schedule, p->batch, per_image, p->cfg_scale);
+  if (!e) den.lcm = p->sampler.kind == MP_SAMPLER_LCM;
   if (!e) {
     mp_noise *step_noise = p->noise;
     if (p->sampler.kind == MP_SAMPLER_DPMPP_SDE) step_noise = p->sde_noise ? p->sde_noise : sde ? sde : p->noise;

@@ -43,7 +43,8 @@ mp_error *mp_cfg_denoise(void *ctx, const float *x, double sigma, float *denoise
   bool guided = d->cfg_scale != 1.0;
   int rows = mp_cfg_denoiser_rows(d);
   float c_in = (float)(1.0 / sqrt(sigma * sigma + 1.0));
-  float t = (float)mp_schedule_sigma_to_t(d->schedule, sigma);
+  double t_exact = d->lcm ? mp_schedule_sigma_to_t_lcm(d->schedule, sigma) : mp_schedule_sigma_to_t(d->schedule, sigma);
+  float t = (float)t_exact;
   for (int r = 0; r < rows; r++) {
     const float *src = x + (int64_t)(r % d->batch) * d->per_image;
     float *dst = d->x_in + (int64_t)r * d->per_image;
@@ -56,6 +57,10 @@ mp_error *mp_cfg_denoise(void *ctx, const float *x, double sigma, float *denoise
   for (int64_t k = 0; k < total; k++) {
     float e = guided ? eu[k] + g * (ec[k] - eu[k]) : ec[k];
     denoised[k] = (float)(x[k] - sigma * e);
+  }
+  if (d->lcm) {
+    double st = t_exact * 10.0, c_skip = 0.25 / (st * st + 0.25), c_out = st / sqrt(st * st + 0.25);
+    for (int64_t k = 0; k < total; k++) denoised[k] = (float)(c_out * denoised[k] + c_skip * x[k]);
   }
   return NULL;
 }

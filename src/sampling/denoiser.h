@@ -8,6 +8,7 @@
 #ifndef MP_SAMPLING_DENOISER_H
 #define MP_SAMPLING_DENOISER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "core/error.h"
@@ -24,6 +25,10 @@ typedef struct {
   int batch;          /* images */
   int64_t per_image;  /* latent values per image */
   double cfg_scale;
+  /* LCM mode (AUTOMATIC1111's LCMCompVisDenoiser): the model runs at the nearest of the 50 original
+   * timesteps, and the result is c_out * denoised + c_skip * x with s = 10 t, c_skip = 0.25 / (s^2 +
+   * 0.25), c_out = s / sqrt(s^2 + 0.25). Set after init. */
+  bool lcm;
   /* work buffers */
   float *x_in, *eps_out, *t;
 } mp_cfg_denoiser;

@@ -52,6 +52,7 @@ int mp_sampler_model_calls(const mp_sampler_spec *spec, int steps) {
 
 mp_error *mp_sampler_sigmas(const mp_sampler_spec *spec, const mp_schedule *s, int steps, float *sigmas, int *timesteps) {
   if (spec->kind == MP_SAMPLER_DDIM) return mp_sigmas_ddim(s, steps, sigmas, timesteps);
+  if (spec->kind == MP_SAMPLER_LCM) return mp_sigmas_lcm(s, steps, sigmas);
   if (spec->karras) return mp_sigmas_karras(mp_schedule_sigma_min(s), mp_schedule_sigma_max(s), steps, sigmas);
   return mp_sigmas_default(s, steps, sigmas);
 }
@@ -207,7 +208,8 @@ static mp_error *sample_dpmpp_sde(run_state *st, const float *sig, int steps, fl
   return NULL;
 }
 
-/* LCM (k-diffusion sample_lcm): jump to the denoised estimate, re-noise to the next sigma. */
+/* LCM (AUTOMATIC1111's sample_lcm): jump to the denoised estimate, re-noise to the next sigma. The
+ * consistency-model boundary condition lives in the denoiser (mp_cfg_denoiser.lcm). */
 static mp_error *sample_lcm(run_state *st, const float *sig, int steps, float *x) {
   for (int i = 0; i < steps; i++) {
     MP_TRY(denoise(st, x, sig[i], st->denoised));

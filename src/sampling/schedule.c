@@ -165,3 +165,38 @@ mp_error *mp_sigmas_ddim(const mp_schedule *s, int steps, float *out, int *times
   out[steps] = s->sigmas[0];
   return NULL;
 }
+
+static int lcm_skip(const mp_schedule *s) { return s->n / MP_LCM_ORIGINAL_STEPS; }
+
+double mp_schedule_sigma_to_t_lcm(const mp_schedule *s, double sigma) {
+  int k = lcm_skip(s), best = 0;
+  float ls = logf((float)sigma), best_d = INFINITY;
+  for (int j = 0; j < MP_LCM_ORIGINAL_STEPS; j++) {
+    float d = fabsf(ls - s->log_sigmas[j * k + k - 1]);
+    if (d < best_d) { /* first minimum, as argmin */
+      best_d = d;
+      best = j;
+    }
+  }
+  return (double)best * k + (k - 1);
+}
+
+mp_error *mp_sigmas_lcm(const mp_schedule *s, int steps, float *out) {
+  MP_TRY(check_steps(steps));
+  int k = lcm_skip(s);
+  if (k < 1) return mp_errorf("LCM: the model has %d timesteps (need at least %d)", s->n, MP_LCM_ORIGINAL_STEPS);
+  float start = (float)((MP_LCM_ORIGINAL_STEPS - 1) * k + k - 1), end = (float)(k - 1);
+  for (int i = 0; i < steps; i++) {
+    float step = steps > 1 ? (end - start) / (float)(steps - 1) : 0.0f;
+    float t = steps == 1 ? start : i < steps / 2 ? start + (float)i * step : end - (float)(steps - 1 - i) * step;
+    /* index into the 50 original sigmas, then log-sigma interpolation between them */
+    float u = (t - (float)(k - 1)) / (float)k;
+    if (u < 0) u = 0;
+    if (u > MP_LCM_ORIGINAL_STEPS - 1) u = MP_LCM_ORIGINAL_STEPS - 1;
+    int lo = (int)floorf(u), hi = (int)ceilf(u);
+    double w = u - lo;
+    out[i] = (float)exp((1 - w) * s->log_sigmas[lo * k + k - 1] + w * s->log_sigmas[hi * k + k - 1]);
+  }
+  out[steps] = 0;
+  return NULL;
+}

@@ -40,4 +40,12 @@ mp_error *mp_sigmas_karras(double sigma_min, double sigma_max, int steps, float 
  * reference steps to alphas_cumprod[0] at the end. timesteps (may be NULL) gets the steps t_i. */
 mp_error *mp_sigmas_ddim(const mp_schedule *s, int steps, float *out, int *timesteps);
 
+/* AUTOMATIC1111's LCM schedule (LCMCompVisDenoiser): the model is only ever asked at 50 "original"
+ * timesteps t_j = j*k + k-1 (k = n/50: 19, 39, ..., 999). Sigmas: t = linspace(999, k-1, steps)
+ * mapped by log-sigma interpolation over those 50 sigmas, then 0. */
+#define MP_LCM_ORIGINAL_STEPS 50
+mp_error *mp_sigmas_lcm(const mp_schedule *s, int steps, float *out);
+/* The LCM denoiser's timestep for a sigma: the original timestep with the nearest log sigma. */
+double mp_schedule_sigma_to_t_lcm(const mp_schedule *s, double sigma);
+
 #endif

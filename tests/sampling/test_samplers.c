@@ -199,6 +199,16 @@ static void test_cfg_denoiser(void **state) {
     assert_true(fabs(out[i] - (x[i] - sigma * e)) < 1e-4 * fabs(sigma * e) + 1e-6);
   }
   assert_err_contains(mp_cfg_denoise(&d, x, sigma, out, 3), "expected");
+  /* LCM mode: nearest original timestep (sigma(500) -> t 499) and the boundary condition */
+  d.lcm = true;
+  assert_ok(mp_cfg_denoise(&d, x, sigma, out, 4));
+  assert_true(p.t_seen == 499.0f);
+  double sigma_model = sigma, st = 4990.0, c_skip = 0.25 / (st * st + 0.25), c_out = st / sqrt(st * st + 0.25);
+  for (int i = 0; i < 4; i++) {
+    double eu = x[i] * c_in, ec = 2 * x[i] * c_in, e = eu + 7 * (ec - eu);
+    double want = c_out * (x[i] - sigma_model * e) + c_skip * x[i];
+    assert_true(fabs(out[i] - want) < 1e-4 * fabs(want) + 1e-5);
+  }
   mp_cfg_denoiser_free(&d);
   mp_schedule_free(&s);
 }

@@ -97,6 +97,24 @@ static void test_ddim_timesteps(void **state) {
   assert_true(sig[8] == f->s.sigmas[0]);
 }
 
+/* AUTOMATIC1111's LCM: sigmas between the 50 original timesteps 999..19, model at the nearest one. */
+static void test_lcm_schedule(void **state) {
+  fixture *f = *state;
+  float sig[5];
+  mp_sampler_spec lcm;
+  assert_ok(mp_sampler_parse("lcm", &lcm));
+  assert_ok(mp_sampler_sigmas(&lcm, &f->s, 4, sig, NULL));
+  assert_true(fabsf(sig[0] - f->s.sigmas[999]) <= 1e-6f * f->s.sigmas[999]);
+  assert_true(fabsf(sig[3] - f->s.sigmas[19]) <= 1e-6f * f->s.sigmas[19]);
+  assert_true(sig[4] == 0.0f);
+  /* t = 999 - 980/3 = 672.33: 32.62 original steps, between t 659 and 679 in log sigma */
+  double lo = log(f->s.sigmas[659]), hi = log(f->s.sigmas[679]), u = (672.3333 - 19) / 20 - 32;
+  assert_true(fabs(log(sig[1]) - ((1 - u) * lo + u * hi)) < 1e-4);
+  assert_true(mp_schedule_sigma_to_t_lcm(&f->s, sig[1]) == 679.0 || mp_schedule_sigma_to_t_lcm(&f->s, sig[1]) == 659.0);
+  assert_true(mp_schedule_sigma_to_t_lcm(&f->s, f->s.sigmas[500]) == 499.0);
+  assert_true(mp_schedule_sigma_to_t_lcm(&f->s, 0.001) == 19.0);
+}
+
 static void test_img2img_start(void **state) {
   fixture *f = *state;
   mp_sampler_spec euler, ddim;
@@ -144,6 +162,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_sigma_t_roundtrip, setup, teardown),
       cmocka_unit_test_setup_teardown(test_ddim_timesteps, setup, teardown),
       cmocka_unit_test_setup_teardown(test_img2img_start, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_lcm_schedule, setup, teardown),
       cmocka_unit_test(test_sampler_names),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
