@@ -326,3 +326,19 @@ mp_error *mp_noise_batch(mp_noise **children, int count, mp_noise **out) {
   *out = &s->base;
   return NULL;
 }
+
+mp_error *mp_noise_for_seeds(mp_rng_kind kind, const uint64_t *seeds, int count, mp_noise **out) {
+  if (count < 1) return mp_errorf("noise for %d images", count);
+  mp_noise **kids = calloc((size_t)count, sizeof *kids);
+  if (!kids) return mp_errorf("out of memory");
+  mp_error *e = NULL;
+  for (int i = 0; !e && i < count; i++) e = mp_noise_from_rng(kind, seeds[i], &kids[i]);
+  if (e) {
+    for (int i = 0; i < count; i++) mp_noise_free(kids[i]);
+    free(kids);
+    return e;
+  }
+  e = mp_noise_batch(kids, count, out); /* takes the children */
+  free(kids);
+  return e;
+}

@@ -57,4 +57,8 @@ mp_error *mp_noise_brownian(uint64_t seed, double t_min, double t_max, mp_noise 
  * consecutive values (n must divide). Takes ownership of the children (also on error). */
 mp_error *mp_noise_batch(mp_noise **children, int count, mp_noise **out);
 
+/* One generator per image, seeded seeds[0..count), as a batch source: what a job with num_images
+ * images and seeds seed, seed+1, ... uses for its starting and ancestral noise. */
+mp_error *mp_noise_for_seeds(mp_rng_kind kind, const uint64_t *seeds, int count, mp_noise **out);
+
 #endif

@@ -150,6 +150,13 @@ static void test_tape_and_batch(void **state) {
   assert_err_contains(mp_noise_fill(batch, both, 31), "split");
   mp_noise_free(batch);
 
+  uint64_t seeds[2] = {42, 43};
+  assert_ok(mp_noise_for_seeds(MP_RNG_CPU, seeds, 2, &batch));
+  float again[32];
+  assert_ok(mp_noise_fill(batch, again, 32));
+  assert_memory_equal(again, both, sizeof both);
+  mp_noise_free(batch);
+
   mp_rng_kind k;
   assert_ok(mp_rng_parse("cuda", &k));
   assert_int_equal(k, MP_RNG_CUDA);
