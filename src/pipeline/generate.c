@@ -141,14 +141,14 @@ void mp_image_to_u8_torch(const float *image, int64_t n, uint8_t *out) {
   }
 }
 
-mp_error *mp_mask_binarize(const mp_image *mask, float *out) {
+mp_error *mp_inpaint_binarize(const mp_image *mask, float *out) {
   if (mask->channels != 1) return mp_errorf("mask: %d channels (read masks as one channel)", mask->channels);
   int64_t n = (int64_t)mask->width * mask->height;
   for (int64_t i = 0; i < n; i++) out[i] = mask->pixels[i] / 255.0f >= 0.5f ? 1.0f : 0.0f;
   return NULL;
 }
 
-void mp_mask_downsample(const float *mask, int H, int W, int h, int w, float *out) {
+void mp_inpaint_latent_mask(const float *mask, int H, int W, int h, int w, float *out) {
   for (int y = 0; y < h; y++) {
     int sy = (int)((int64_t)y * H / h);
     for (int x = 0; x < w; x++) out[(int64_t)y * w + x] = mask[(int64_t)sy * W + (int)((int64_t)x * W / w)];

@@ -93,9 +93,9 @@ mp_error *mp_decode_latent(mp_vae *vae, mp_pool *pool, const float *latent, int 
 void mp_image_to_u8_torch(const float *image, int64_t n, uint8_t *out);
 
 /* A single-channel mask image (white = repaint) at full size -> binarised (>= 0.5) [H,W] floats. */
-mp_error *mp_mask_binarize(const mp_image *mask, float *out);
+mp_error *mp_inpaint_binarize(const mp_image *mask, float *out);
 /* Nearest-neighbour downsampling of a [H,W] mask to [h,w] (torch's interpolate "nearest"). */
-void mp_mask_downsample(const float *mask, int H, int W, int h, int w, float *out);
+void mp_inpaint_latent_mask(const float *mask, int H, int W, int h, int w, float *out);
 /* 9-channel conditioning [5,h,w]: the latent mask, then the latent of the image with the masked
  * region zeroed (mean of the posterior, times scale). image [3,H,W] in [-1,1], mask [H,W] binarised. */
 mp_error *mp_inpaint_condition(mp_vae *vae, mp_pool *pool, const float *image, const float *mask, int H, int W, float scale,

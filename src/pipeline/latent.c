@@ -57,7 +57,7 @@ mp_error *mp_inpaint_condition(mp_vae *vae, mp_pool *pool, const float *image, c
   if (!masked) return mp_errorf("out of memory (inpainting condition)");
   for (int c = 0; c < 3; c++)
     for (int64_t i = 0; i < HW; i++) masked[c * HW + i] = mask[i] < 0.5f ? image[c * HW + i] : 0.0f;
-  mp_mask_downsample(mask, H, W, h, w, cond);
+  mp_inpaint_latent_mask(mask, H, W, h, w, cond);
   mp_error *e = mp_encode_latent(vae, pool, masked, H, W, NULL, scale, cond + (int64_t)h * w);
   mp_free(masked);
   return e;

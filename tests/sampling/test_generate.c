@@ -167,9 +167,9 @@ static void test_mask_helpers(void **state) {
   assert_ok(mp_image_alloc(&img, 16, 8, 1));
   for (int i = 0; i < 16 * 8; i++) img.pixels[i] = (uint8_t)(i % 16 >= 8 ? 200 : i % 16 == 7 ? 128 : 127);
   float full[16 * 8], small[2];
-  assert_ok(mp_mask_binarize(&img, full));
+  assert_ok(mp_inpaint_binarize(&img, full));
   assert_true(full[6] == 0.0f && full[7] == 1.0f && full[8] == 1.0f); /* 128/255 >= 0.5 > 127/255 */
-  mp_mask_downsample(full, 8, 16, 1, 2, small);
+  mp_inpaint_latent_mask(full, 8, 16, 1, 2, small);
   assert_true(small[0] == 0.0f && small[1] == 1.0f); /* nearest picks pixel (0, 0) and (0, 8) */
   mp_image_free(&img);
   float im[4] = {-2.0f, -0.003921569f, 0.0f, 1.0f};
