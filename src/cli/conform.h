@@ -65,5 +65,6 @@ mp_error *conform_case_pose_landmark_full(conform *c);
 mp_error *conform_case_selfie_segmentation(conform *c);
 mp_error *conform_case_face_detection_full_range(conform *c);
 mp_error *conform_case_face_detection_full_range_sparse(conform *c);
+mp_error *conform_case_rng(conform *c);
 
 #endif
