@@ -1,0 +1,354 @@
+/* Convolution (im2col bands + mp_gemm), dense layers with converted weights, group norm, nearest
+ * upsampling and GEGLU: the f32 implementation of the image ops declared in conv.h. */
+#include "core/conv.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "core/ops.h"
+#include "core/vmath.h"
+
+#if defined(__AVX512F__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+mp_error *mp_workspace_reserve(mp_workspace *ws, size_t bytes) {
+  if (bytes <= ws->cap) return NULL;
+  mp_free(ws->p);
+  ws->p = mp_alloc(bytes);
+  ws->cap = ws->p ? bytes : 0;
+  if (!ws->p) return mp_errorf("out of memory reserving a %zu MB workspace", bytes >> 20);
+  return NULL;
+}
+
+void mp_workspace_free(mp_workspace *ws) {
+  mp_free(ws->p);
+  ws->p = NULL;
+  ws->cap = 0;
+}
+
+/* ---- dtype conversion, vectorised where the CPU has it ---- */
+static void convert_run(float *dst, const void *src, mp_dtype dt, size_t n) {
+  size_t i = 0;
+  if (dt == MP_F16) {
+    const uint16_t *s = src;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + i))));
+#elif defined(__F16C__)
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
+#endif
+    for (; i < n; i++) dst[i] = mp_f16_to_f32(s[i]);
+  } else if (dt == MP_BF16) {
+    const uint16_t *s = src;
+    for (; i < n; i++) {
+      uint32_t b = (uint32_t)s[i] << 16;
+      memcpy(dst + i, &b, 4);
+    }
+  } else {
+    mp_convert_to_f32(dst, src, dt, n);
+  }
+}
+
+typedef struct {
+  float *dst;
+  const char *src;
+  mp_dtype dt;
+  size_t n, es;
+} conv_args;
+
+enum { CONVERT_GRAIN = 1 << 16 };
+
+static void convert_chunks(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const conv_args *a = ctx;
+  size_t b = (size_t)begin * CONVERT_GRAIN, e = (size_t)end * CONVERT_GRAIN;
+  if (e > a->n) e = a->n;
+  convert_run(a->dst + b, a->src + b * a->es, a->dt, e - b);
+}
+
+void mp_convert_to_f32_par(mp_pool *pool, float *dst, const void *src, mp_dtype dt, size_t n) {
+  if (n < 2 * CONVERT_GRAIN) {
+    convert_run(dst, src, dt, n);
+    return;
+  }
+  conv_args a = {dst, src, dt, n, mp_dtype_size(dt)};
+  mp_pool_for(pool, (int64_t)((n + CONVERT_GRAIN - 1) / CONVERT_GRAIN), 1, convert_chunks, &a);
+}
+
+static bool is_float_dtype(mp_dtype dt) { return dt == MP_F32 || dt == MP_F16 || dt == MP_BF16; }
+
+mp_error *mp_vector_f32(const mp_tensor *t, float *dst, int64_t n) {
+  if (!is_float_dtype(t->dtype)) return mp_errorf("expected a float vector, found %s", mp_dtype_name(t->dtype));
+  if (mp_tensor_numel(t) != n) return mp_errorf("expected %lld values, found %lld", (long long)n, (long long)mp_tensor_numel(t));
+  convert_run(dst, t->data, t->dtype, (size_t)n);
+  return NULL;
+}
+
+/* The weight as f32: a view if already f32, else converted into `buf`. */
+static const float *weight_f32(mp_pool *pool, const mp_tensor *w, float *buf) {
+  if (w->dtype == MP_F32) return w->data;
+  mp_convert_to_f32_par(pool, buf, w->data, w->dtype, (size_t)mp_tensor_numel(w));
+  return buf;
+}
+
+/* ---- bias ---- */
+typedef struct {
+  float *y;
+  const float *b;
+  int64_t plane;
+} bias_args;
+
+static void add_bias_rows(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const bias_args *a = ctx;
+  for (int64_t r = begin; r < end; r++) {
+    float *y = a->y + r * a->plane, b = a->b[r];
+    for (int64_t i = 0; i < a->plane; i++) y[i] += b;
+  }
+}
+
+/* ---- convolution ---- */
+typedef struct {
+  float *col;
+  const float *x;
+  int h, w, kh, kw, stride, wo, pad_t, pad_l;
+  int64_t p0, np; /* output positions [p0, p0+np) of this band */
+} im2col_args;
+
+static void im2col_rows(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const im2col_args *a = ctx;
+  const int kk = a->kh * a->kw;
+  for (int64_t r = begin; r < end; r++) {
+    int c = (int)(r / kk), ky = (int)(r % kk) / a->kw, kx = (int)(r % kk) % a->kw;
+    const float *xc = a->x + (int64_t)c * a->h * a->w;
+    float *dst = a->col + r * a->np;
+    int64_t p = a->p0, pend = a->p0 + a->np;
+    while (p < pend) {
+      int oy = (int)(p / a->wo), ox0 = (int)(p % a->wo);
+      int64_t run = a->wo - ox0 < pend - p ? a->wo - ox0 : pend - p; /* rest of this output row */
+      int iy = oy * a->stride - a->pad_t + ky;
+      if (iy < 0 || iy >= a->h) {
+        memset(dst, 0, sizeof(float) * (size_t)run);
+      } else {
+        const float *xr = xc + (int64_t)iy * a->w;
+        if (a->stride == 1) {
+          int ix0 = ox0 - a->pad_l + kx;
+          for (int64_t j = 0; j < run; j++) {
+            int ix = ix0 + (int)j;
+            dst[j] = ix >= 0 && ix < a->w ? xr[ix] : 0.0f;
+          }
+        } else {
+          for (int64_t j = 0; j < run; j++) {
+            int ix = (ox0 + (int)j) * a->stride - a->pad_l + kx;
+            dst[j] = ix >= 0 && ix < a->w ? xr[ix] : 0.0f;
+          }
+        }
+      }
+      dst += run;
+      p += run;
+    }
+  }
+}
+
+enum { COL_BUDGET_FLOATS = 4 << 20 }; /* 16 MB of im2col per band */
+
+mp_error *mp_conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int batch, int c_in, int h, int w,
+                    const mp_tensor *weight, const mp_tensor *bias, int stride, mp_pad pad) {
+  if (weight->ndim != 4 || weight->shape[1] != c_in)
+    return mp_errorf("conv2d weight must be [out, %d, kh, kw], found %d-D with %lld input channels", c_in, weight->ndim,
+                     weight->ndim > 1 ? (long long)weight->shape[1] : -1LL);
+  if (!is_float_dtype(weight->dtype)) return mp_errorf("conv2d weight has dtype %s", mp_dtype_name(weight->dtype));
+  const int c_out = (int)weight->shape[0], kh = (int)weight->shape[2], kw = (int)weight->shape[3];
+  if (stride < 1) return mp_errorf("conv2d stride %d", stride);
+  const int ho = mp_conv_out_size(h, kh, stride, pad.top, pad.bottom), wo = mp_conv_out_size(w, kw, stride, pad.left, pad.right);
+  if (ho <= 0 || wo <= 0) return mp_errorf("conv2d output would be empty (%dx%d input, %dx%d kernel)", h, w, kh, kw);
+  const int64_t K = (int64_t)c_in * kh * kw, P = (int64_t)ho * wo;
+  const bool direct = kh == 1 && kw == 1 && stride == 1 && !pad.top && !pad.bottom && !pad.left && !pad.right;
+  int64_t band = direct ? 0 : (COL_BUDGET_FLOATS / K > 0 ? COL_BUDGET_FLOATS / K : 1);
+  if (band > P) band = P;
+  if (band > 0 && band < P && band >= wo) band -= band % wo; /* whole output rows where possible */
+  size_t wfloats = weight->dtype == MP_F32 ? 0 : (size_t)(c_out * K);
+  wfloats = (wfloats + 15) & ~(size_t)15;
+  MP_TRY(mp_workspace_reserve(ws, sizeof(float) * (wfloats + (size_t)(band * K))));
+  float *wbuf = ws->p, *col = wbuf + wfloats;
+  const float *W = weight_f32(pool, weight, wbuf);
+  float bvec[8192], *bv = NULL;
+  if (bias) {
+    if (c_out > 8192) return mp_errorf("conv2d with %d output channels is beyond this implementation", c_out);
+    MP_TRY(mp_error_wrap(mp_vector_f32(bias, bvec, c_out), "conv2d bias"));
+    bv = bvec;
+  }
+  for (int b = 0; b < batch; b++) {
+    const float *xb = x + (int64_t)b * c_in * h * w;
+    float *yb = y + (int64_t)b * c_out * P;
+    if (direct) {
+      mp_gemm(false, false, c_out, P, K, 1.0f, W, K, xb, P, 0.0f, yb, P);
+    } else {
+      for (int64_t p0 = 0; p0 < P; p0 += band) {
+        int64_t np = P - p0 < band ? P - p0 : band;
+        im2col_args a = {col, xb, h, w, kh, kw, stride, wo, pad.top, pad.left, p0, np};
+        mp_pool_for(pool, K, K >= 64 ? 16 : K, im2col_rows, &a);
+        mp_gemm(false, false, c_out, np, K, 1.0f, W, K, col, np, 0.0f, yb + p0, P);
+      }
+    }
+    if (bv) {
+      bias_args ba = {yb, bv, P};
+      mp_pool_for(pool, c_out, c_out >= 32 ? 8 : c_out, add_bias_rows, &ba);
+    }
+  }
+  return NULL;
+}
+
+/* ---- dense ---- */
+typedef struct {
+  float *y;
+  const float *b;
+  int64_t out;
+} rowbias_args;
+
+static void add_row_bias(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const rowbias_args *a = ctx;
+  for (int64_t r = begin; r < end; r++) {
+    float *y = a->y + r * a->out;
+    for (int64_t j = 0; j < a->out; j++) y[j] += a->b[j];
+  }
+}
+
+mp_error *mp_dense(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int64_t n, const mp_tensor *W,
+                   const mp_tensor *bias) {
+  bool conv1x1 = W->ndim == 4 && W->shape[2] == 1 && W->shape[3] == 1;
+  if (W->ndim != 2 && !conv1x1) return mp_errorf("dense weight must be [out, in] (or [out, in, 1, 1]), found %d-D", W->ndim);
+  if (!is_float_dtype(W->dtype)) return mp_errorf("dense weight has dtype %s", mp_dtype_name(W->dtype));
+  const int64_t out = W->shape[0], in = W->shape[1];
+  size_t wfloats = W->dtype == MP_F32 ? 0 : (size_t)(out * in);
+  size_t bfloats = bias ? (size_t)out : 0;
+  MP_TRY(mp_workspace_reserve(ws, sizeof(float) * (((wfloats + 15) & ~(size_t)15) + bfloats + 1)));
+  float *wbuf = ws->p, *bbuf = wbuf + ((wfloats + 15) & ~(size_t)15);
+  const float *w = weight_f32(pool, W, wbuf);
+  mp_gemm(false, true, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+  if (bias) {
+    MP_TRY(mp_error_wrap(mp_vector_f32(bias, bbuf, out), "dense bias"));
+    rowbias_args a = {y, bbuf, out};
+    mp_pool_for(pool, n, n >= 64 ? 32 : n, add_row_bias, &a);
+  }
+  return NULL;
+}
+
+/* ---- group norm ---- */
+typedef struct {
+  float *y;
+  const float *x, *gamma, *beta;
+  int C, groups;
+  int64_t hw;
+  float eps;
+  bool silu;
+} gn_args;
+
+static void group_norm_tasks(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const gn_args *a = ctx;
+  const int cg = a->C / a->groups;
+  for (int64_t task = begin; task < end; task++) {
+    int b = (int)(task / a->groups), g = (int)(task % a->groups);
+    const int64_t off = ((int64_t)b * a->C + (int64_t)g * cg) * a->hw, n = (int64_t)cg * a->hw;
+    const float *x = a->x + off;
+    float *y = a->y + off;
+    /* Two passes: the mean in double, then the centred sum of squares (float lanes, double total). */
+    double sum = 0;
+    for (int64_t i0 = 0; i0 < n; i0 += 4096) {
+      float s = 0;
+      int64_t i1 = i0 + 4096 < n ? i0 + 4096 : n;
+      for (int64_t i = i0; i < i1; i++) s += x[i];
+      sum += s;
+    }
+    const double mean = sum / (double)n;
+    const float mf = (float)mean;
+    double var = 0;
+    for (int64_t i0 = 0; i0 < n; i0 += 4096) {
+      float s = 0;
+      int64_t i1 = i0 + 4096 < n ? i0 + 4096 : n;
+      for (int64_t i = i0; i < i1; i++) {
+        float d = x[i] - mf;
+        s += d * d;
+      }
+      var += s;
+    }
+    var /= (double)n;
+    const float inv = (float)(1.0 / sqrt(var + a->eps));
+    for (int c = 0; c < cg; c++) {
+      const int ch = g * cg + c;
+      const float scale = inv * a->gamma[ch], shift = a->beta[ch] - mf * scale;
+      const float *xc = x + (int64_t)c * a->hw;
+      float *yc = y + (int64_t)c * a->hw;
+      if (a->silu) {
+        for (int64_t i = 0; i < a->hw; i++) {
+          float v = xc[i] * scale + shift;
+          yc[i] = v / (1.0f + mp_vexpf(-v));
+        }
+      } else {
+        for (int64_t i = 0; i < a->hw; i++) yc[i] = xc[i] * scale + shift;
+      }
+    }
+  }
+}
+
+void mp_group_norm(mp_pool *pool, float *y, const float *x, int batch, int C, int64_t hw, int groups, const float *gamma,
+                   const float *beta, float eps, bool silu) {
+  gn_args a = {y, x, gamma, beta, C, groups, hw, eps, silu};
+  mp_pool_for(pool, (int64_t)batch * groups, 1, group_norm_tasks, &a);
+}
+
+/* ---- upsample ---- */
+typedef struct {
+  float *y;
+  const float *x;
+  int h, w;
+} up_args;
+
+static void upsample_planes(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const up_args *a = ctx;
+  const int w2 = 2 * a->w;
+  for (int64_t p = begin; p < end; p++) {
+    const float *x = a->x + p * a->h * a->w;
+    float *y = a->y + p * 4 * a->h * a->w;
+    for (int i = 0; i < a->h; i++) {
+      float *r0 = y + (int64_t)(2 * i) * w2;
+      for (int j = 0; j < a->w; j++) r0[2 * j] = r0[2 * j + 1] = x[(int64_t)i * a->w + j];
+      memcpy(r0 + w2, r0, sizeof(float) * (size_t)w2);
+    }
+  }
+}
+
+void mp_upsample_nearest2x(mp_pool *pool, float *y, const float *x, int64_t planes, int h, int w) {
+  up_args a = {y, x, h, w};
+  mp_pool_for(pool, planes, planes >= 16 ? 4 : 1, upsample_planes, &a);
+}
+
+/* ---- GEGLU ---- */
+typedef struct {
+  float *y;
+  const float *x;
+  int64_t d;
+} geglu_args;
+
+static void geglu_rows(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const geglu_args *a = ctx;
+  for (int64_t r = begin; r < end; r++) {
+    const float *hid = a->x + r * 2 * a->d, *gate = hid + a->d;
+    float *y = a->y + r * a->d;
+    for (int64_t j = 0; j < a->d; j++) y[j] = hid[j] * mp_vgeluf(gate[j]);
+  }
+}
+
+void mp_geglu(mp_pool *pool, float *y, const float *x, int64_t n, int64_t d) {
+  geglu_args a = {y, x, d};
+  if (y == x) { /* in place: rows must go in order (row r's output overlaps inputs of rows < r only) */
+    geglu_rows(&a, 0, n, 0);
+    return;
+  }
+  mp_pool_for(pool, n, n >= 64 ? 16 : n, geglu_rows, &a);
+}
