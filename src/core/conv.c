@@ -352,3 +352,40 @@ void mp_geglu(mp_pool *pool, float *y, const float *x, int64_t n, int64_t d) {
   }
   mp_pool_for(pool, n, n >= 64 ? 16 : n, geglu_rows, &a);
 }
+
+/* ---- transposes (blocked so both sides stream through cache) ---- */
+enum { TB = 32 };
+typedef struct {
+  float *dst;
+  const float *src;
+  int64_t rows, cols;
+  bool add;
+} tr_args;
+
+static void transpose_blocks(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const tr_args *a = ctx;
+  for (int64_t rb = begin; rb < end; rb++) {
+    int64_t r0 = rb * TB, r1 = r0 + TB < a->rows ? r0 + TB : a->rows;
+    for (int64_t c0 = 0; c0 < a->cols; c0 += TB) {
+      int64_t c1 = c0 + TB < a->cols ? c0 + TB : a->cols;
+      if (a->add) { /* dst [rows, cols] += src [cols, rows]ᵀ */
+        for (int64_t r = r0; r < r1; r++)
+          for (int64_t c = c0; c < c1; c++) a->dst[r * a->cols + c] += a->src[c * a->rows + r];
+      } else { /* dst [cols, rows] = src [rows, cols]ᵀ */
+        for (int64_t c = c0; c < c1; c++)
+          for (int64_t r = r0; r < r1; r++) a->dst[c * a->rows + r] = a->src[r * a->cols + c];
+      }
+    }
+  }
+}
+
+void mp_transpose(mp_pool *pool, float *dst, const float *src, int64_t rows, int64_t cols) {
+  tr_args a = {dst, src, rows, cols, false};
+  mp_pool_for(pool, (rows + TB - 1) / TB, 1, transpose_blocks, &a);
+}
+
+void mp_transpose_add(mp_pool *pool, float *dst, const float *src, int64_t rows, int64_t cols) {
+  tr_args a = {dst, src, rows, cols, true};
+  mp_pool_for(pool, (rows + TB - 1) / TB, 1, transpose_blocks, &a);
+}

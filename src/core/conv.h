@@ -70,6 +70,11 @@ void mp_upsample_nearest2x(mp_pool *pool, float *y, const float *x, int64_t plan
  * y [n, d] = hidden * gelu(gate) (exact erf GELU). y may equal x (rows are compacted in place). */
 void mp_geglu(mp_pool *pool, float *y, const float *x, int64_t n, int64_t d);
 
+/* dst[cols, rows] = src[rows, cols]ᵀ (e.g. a [C, HW] image to [HW, C] tokens). dst must not alias src. */
+void mp_transpose(mp_pool *pool, float *dst, const float *src, int64_t rows, int64_t cols);
+/* dst[rows, cols] += src[cols, rows]ᵀ (tokens back onto an image, with a residual add). */
+void mp_transpose_add(mp_pool *pool, float *dst, const float *src, int64_t rows, int64_t cols);
+
 /* ---- Reference twins (tests only) ---- */
 void mp_ref_conv2d(float *y, const float *x, int c_in, int h, int w, const float *weight, const float *bias, int c_out, int kh,
                    int kw, int stride, mp_pad pad);
