@@ -13,6 +13,7 @@ static const struct {
 } commands[] = {
     {"tokenize", cmd_tokenize, "tokenize [--vocab PATH] TEXT        print CLIP token ids"},
     {"inspect", cmd_inspect, "inspect CKPT                         model family, dtypes, parameter counts, key check"},
+    {"make-model", cmd_make_model, "make-model [--preset tiny|sd15] [--dtype f16|f32] OUT   random-weight checkpoint (demo, bench)"},
     {"conform", cmd_conform, "conform GOLDEN_DIR [--cases a,b] [--dump DIR]   check numerics against reference outputs"},
 };
 
