@@ -17,6 +17,8 @@ static const struct {
 } case_table[] = {
     {"tok", conform_case_tok},
     {"te", conform_case_te},
+    {"unet", conform_case_unet},
+    {"vae", conform_case_vae},
 };
 
 char *conform_path(const conform *c, const char *rel) {
