@@ -19,6 +19,7 @@ static const struct {
     {"te", conform_case_te},
     {"unet", conform_case_unet},
     {"vae", conform_case_vae},
+    {"lora", conform_case_lora},
 };
 
 char *conform_path(const conform *c, const char *rel) {

@@ -62,5 +62,6 @@ mp_error *conform_case_tok(conform *c);
 mp_error *conform_case_te(conform *c);
 mp_error *conform_case_unet(conform *c);
 mp_error *conform_case_vae(conform *c);
+mp_error *conform_case_lora(conform *c);
 
 #endif

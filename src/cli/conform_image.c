@@ -4,6 +4,8 @@
 #include <stdlib.h>
 
 #include "cli/conform.h"
+#include "models/clip.h"
+#include "models/lora.h"
 #include "models/sd.h"
 #include "models/unet.h"
 #include "models/vae.h"
@@ -114,5 +116,73 @@ mp_error *conform_case_vae(conform *c) {
   }
   mp_free(buf);
   mp_vae_free(v);
+  return e;
+}
+
+/* lora: lora_tiny.safetensors merged at multipliers 1 and 0.5: UNet eps (lora.unet.{a,b}) and text
+ * encoder last_hidden_state for te.{i}.input_ids of the te case. */
+mp_error *conform_case_lora(conform *c) {
+  mp_weights *w, *lw = NULL, *te = NULL;
+  mp_sd_config cfg;
+  MP_TRY(conform_checkpoint(c, &w));
+  MP_TRY(mp_sd_config_detect(w, NULL, &cfg));
+  const cJSON *lj = cJSON_GetObjectItemCaseSensitive(c->manifest, "lora");
+  const cJSON *fj = lj ? cJSON_GetObjectItemCaseSensitive(lj, "file") : NULL;
+  if (!cJSON_IsString(fj)) return mp_errorf("lora.json has no lora.file naming the LoRA");
+  char *lp = conform_path(c, fj->valuestring), *tp = conform_path(c, "te.safetensors");
+  mp_error *e = lp && tp ? NULL : mp_errorf("out of memory");
+  if (!e) e = mp_weights_open(lp, &lw);
+  if (!e) e = mp_weights_open(tp, &te);
+  static const struct {
+    float mult;
+    const char *suffix;
+  } runs[] = {{1.0f, "m1"}, {0.5f, "m0.5"}};
+  for (int r = 0; r < 2 && !e; r++) {
+    mp_lora_spec spec = {lw, fj->valuestring, runs[r].mult, runs[r].mult};
+    mp_weights *ov = NULL;
+    mp_lora_report rep;
+    if ((e = mp_lora_apply(w, &cfg, &spec, 1, &ov, &rep))) break;
+    if (rep.n_unmatched) conform_fail(c, "lora.modules", "%d LoRA modules matched nothing, e.g. %s", rep.n_unmatched, rep.unmatched[0]);
+    mp_lora_report_free(&rep);
+    mp_unet *u = NULL;
+    e = mp_unet_load(ov, MP_PREFIX_UNET, &cfg.unet, &u);
+    char out[32];
+    snprintf(out, sizeof out, "eps_%s", runs[r].suffix);
+    if (!e) e = conform_unet_run(c, u, "lora.unet.a", "lora.unet.a", out);
+    if (!e) e = conform_unet_run(c, u, "lora.unet.b", "lora.unet.b", out);
+    mp_unet_free(u);
+    mp_clip *clip = NULL;
+    if (!e) e = mp_clip_load(ov, MP_PREFIX_CLIP, &cfg.clip, &clip);
+    for (int i = 0; !e; i++) {
+      char name[96];
+      snprintf(name, sizeof name, "te.%d.input_ids", i);
+      const mp_weight *idw = mp_weights_find(te, name);
+      char gname[96];
+      snprintf(gname, sizeof gname, "lora.te.%d.last_hidden_state_%s", i, runs[r].suffix);
+      if (!mp_weights_find(c->golden, gname)) { /* the golden covers the first prompts of the te case */
+        if (i == 0) e = mp_errorf("no %s in the golden file", gname);
+        break;
+      }
+      if (!idw) {
+        e = mp_errorf("%s has no %s for %s", tp, name, gname);
+        break;
+      }
+      int n = (int)mp_tensor_numel(&idw->t), D = cfg.clip.hidden;
+      int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
+      float *hs = mp_alloc(sizeof(float) * (size_t)n * (size_t)D);
+      if (!ids || !hs) e = mp_errorf("out of memory");
+      for (int k = 0; !e && k < n; k++)
+        ids[k] = idw->t.dtype == MP_I64 ? (int32_t)((const int64_t *)idw->t.data)[k] : ((const int32_t *)idw->t.data)[k];
+      if (!e) e = mp_clip_encode(clip, c->ctx->pool, ids, n, 1, hs);
+      if (!e) conform_check(c, gname, hs, (int64_t)n * D, CONFORM_FP32_REL, CONFORM_FP32_ABS);
+      free(ids);
+      mp_free(hs);
+    }
+    mp_clip_free(clip);
+    mp_weights_close(ov); /* the base checkpoint is untouched: dropping the overlay removes the LoRA */
+  }
+  mp_weights_close(te);
+  mp_weights_close(lw);
+  free(lp), free(tp);
   return e;
 }
