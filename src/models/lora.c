@@ -33,6 +33,7 @@ static bool unet_to_diffusers(const char *module, int nrb, char *out, size_t cap
   char tmp[200];
   size_t len = 0;
   out[0] = 0;
+  if (strcmp(module, "input_blocks.0.0") == 0) return append(out, cap, &len, "conv_in");
   if (sscanf(module, "input_blocks.%d.%d.%n", &n, &s, &used) == 2 && used > 0) {
     const char *rest = module + used;
     if (n == 0) return append(out, cap, &len, "conv_in");
