@@ -2,6 +2,7 @@
  * upsampling and GEGLU: the f32 implementation of the image ops declared in conv.h. */
 #include "core/conv.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
@@ -91,6 +92,70 @@ static const float *weight_f32(mp_pool *pool, const mp_tensor *w, float *buf) {
   return buf;
 }
 
+
+/* ---- GEMM split over the pool ----
+ * OpenBLAS's own threads busy-wait (sched_yield) between calls, which costs dearly on a shared
+ * machine and fights our pool during the elementwise ops. So the heavy products here run as
+ * single-threaded OpenBLAS calls on independent blocks, scheduled by the pool; OpenBLAS is set to one
+ * thread for the duration and restored afterwards (other callers, e.g. mp_linear, keep its threads). */
+typedef struct {
+  bool trans_b;
+  int64_t m, n, k;
+  const float *A, *B;
+  int64_t lda, ldb, ldc;
+  float beta;
+  float *C;
+  bool split_n;
+  int64_t chunk;
+} pgemm_args;
+
+static void pgemm_chunks(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const pgemm_args *a = ctx;
+  for (int64_t c = begin; c < end; c++) {
+    int64_t lo = c * a->chunk;
+    if (a->split_n) {
+      int64_t cnt = a->n - lo < a->chunk ? a->n - lo : a->chunk;
+      const float *B = a->trans_b ? a->B + lo * a->ldb : a->B + lo;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, a->trans_b ? CblasTrans : CblasNoTrans, (blasint)a->m, (blasint)cnt,
+                  (blasint)a->k, 1.0f, a->A, (blasint)a->lda, B, (blasint)a->ldb, a->beta, a->C + lo, (blasint)a->ldc);
+    } else {
+      int64_t cnt = a->m - lo < a->chunk ? a->m - lo : a->chunk;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, a->trans_b ? CblasTrans : CblasNoTrans, (blasint)cnt, (blasint)a->n,
+                  (blasint)a->k, 1.0f, a->A + lo * a->lda, (blasint)a->lda, a->B, (blasint)a->ldb, a->beta, a->C + lo * a->ldc,
+                  (blasint)a->ldc);
+    }
+  }
+}
+
+/* C[m, n] = A[m, k] · op(B) + beta C, row-major; op(B) = B [k, n] or Bᵀ with B [n, k]. */
+void mp_gemm_pool(mp_pool *pool, bool trans_b, int64_t m, int64_t n, int64_t k, const float *A, int64_t lda, const float *B,
+                  int64_t ldb, float beta, float *C, int64_t ldc) {
+  const int nt = mp_pool_size(pool);
+  pgemm_args a = {trans_b, m, n, k, A, B, lda, ldb, ldc, beta, C, true, n};
+  /* One block per thread along the wider side: every block repacks the other operand (for a
+   * convolution, the whole weight), which costs about as much as the block's arithmetic when blocks
+   * are a few hundred columns wide. */
+  if (n >= m || n >= 512) {
+    a.split_n = true;
+    a.chunk = (n + nt - 1) / nt;
+    a.chunk = a.chunk < 128 ? 128 : (a.chunk + 15) / 16 * 16;
+  } else {
+    a.split_n = false;
+    a.chunk = (m + nt - 1) / nt;
+    a.chunk = a.chunk < 32 ? 32 : (a.chunk + 15) / 16 * 16;
+  }
+  int64_t n_chunks = ((a.split_n ? n : m) + a.chunk - 1) / a.chunk;
+  int prev = openblas_get_num_threads();
+  if (nt > 1 && n_chunks > 1) {
+    if (prev != 1) openblas_set_num_threads(1);
+    mp_pool_for(pool, n_chunks, 1, pgemm_chunks, &a);
+    if (prev != 1) openblas_set_num_threads(prev);
+  } else {
+    pgemm_chunks(&a, 0, n_chunks, 0);
+  }
+}
+
 /* ---- bias ---- */
 typedef struct {
   float *y;
@@ -151,7 +216,7 @@ static void im2col_rows(void *ctx, int64_t begin, int64_t end, int thread) {
   }
 }
 
-enum { COL_BUDGET_FLOATS = 4 << 20 }; /* 16 MB of im2col per band */
+enum { COL_BUDGET_FLOATS = 16 << 20 }; /* 64 MB of im2col per band */
 
 mp_error *mp_conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int batch, int c_in, int h, int w,
                     const mp_tensor *weight, const mp_tensor *bias, int stride, mp_pad pad) {
@@ -183,13 +248,13 @@ mp_error *mp_conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, i
     const float *xb = x + (int64_t)b * c_in * h * w;
     float *yb = y + (int64_t)b * c_out * P;
     if (direct) {
-      mp_gemm(false, false, c_out, P, K, 1.0f, W, K, xb, P, 0.0f, yb, P);
+      mp_gemm_pool(pool, false, c_out, P, K, W, K, xb, P, 0.0f, yb, P);
     } else {
       for (int64_t p0 = 0; p0 < P; p0 += band) {
         int64_t np = P - p0 < band ? P - p0 : band;
         im2col_args a = {col, xb, h, w, kh, kw, stride, wo, pad.top, pad.left, p0, np};
         mp_pool_for(pool, K, K >= 64 ? 16 : K, im2col_rows, &a);
-        mp_gemm(false, false, c_out, np, K, 1.0f, W, K, col, np, 0.0f, yb + p0, P);
+        mp_gemm_pool(pool, false, c_out, np, K, W, K, col, np, 0.0f, yb + p0, P);
       }
     }
     if (bv) {
@@ -227,7 +292,7 @@ mp_error *mp_dense(mp_pool *pool, mp_workspace *ws, float *y, const float *x, in
   MP_TRY(mp_workspace_reserve(ws, sizeof(float) * (((wfloats + 15) & ~(size_t)15) + bfloats + 1)));
   float *wbuf = ws->p, *bbuf = wbuf + ((wfloats + 15) & ~(size_t)15);
   const float *w = weight_f32(pool, W, wbuf);
-  mp_gemm(false, true, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+  mp_gemm_pool(pool, true, n, out, in, x, in, w, in, 0.0f, y, out);
   if (bias) {
     MP_TRY(mp_error_wrap(mp_vector_f32(bias, bbuf, out), "dense bias"));
     rowbias_args a = {y, bbuf, out};

@@ -58,6 +58,11 @@ mp_error *mp_dense(mp_pool *pool, mp_workspace *ws, float *y, const float *x, in
 /* A small float vector (bias, norm scale) as f32 into `dst` (n elements; fails on a size mismatch). */
 mp_error *mp_vector_f32(const mp_tensor *t, float *dst, int64_t n);
 
+/* C[m, n] = A[m, k] · op(B) + beta C (row-major f32; op(B) = B [k, n], or Bᵀ for B [n, k] when
+ * trans_b), computed as single-threaded BLAS blocks spread over the pool. */
+void mp_gemm_pool(mp_pool *pool, bool trans_b, int64_t m, int64_t n, int64_t k, const float *A, int64_t lda, const float *B,
+                  int64_t ldb, float beta, float *C, int64_t ldc);
+
 /* GroupNorm over x [batch, C, HW] with `groups` groups (C % groups == 0), affine gamma/beta [C]
  * (f32), then SiLU when `silu`. y may equal x. Statistics in double. */
 void mp_group_norm(mp_pool *pool, float *y, const float *x, int batch, int C, int64_t hw, int groups, const float *gamma,

@@ -43,4 +43,33 @@ static inline float mp_vgeluf(float x) {
 
 static inline float mp_vsiluf(float x) { return x / (1.0f + mp_vexpf(-x)); }
 
+/* max(init, x[0..n)): 16 independent lanes, so the compiler vectorises it without reassociating. */
+static inline float mp_vmax_row(const float *x, int64_t n, float init) {
+  float m[16];
+  for (int l = 0; l < 16; l++) m[l] = init;
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16)
+    for (int l = 0; l < 16; l++) m[l] = x[j + l] > m[l] ? x[j + l] : m[l];
+  float r = init;
+  for (int l = 0; l < 16; l++) r = m[l] > r ? m[l] : r;
+  for (; j < n; j++) r = x[j] > r ? x[j] : r;
+  return r;
+}
+
+/* x[i] = exp(x[i] - sub) for i < n; returns the sum (16 lanes, then combined). */
+static inline float mp_vexp_sum_row(float *x, int64_t n, float sub) {
+  float acc[16] = {0};
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16)
+    for (int l = 0; l < 16; l++) {
+      float e = mp_vexpf(x[j + l] - sub);
+      x[j + l] = e;
+      acc[l] += e;
+    }
+  float sum = 0;
+  for (int l = 0; l < 16; l++) sum += acc[l];
+  for (; j < n; j++) sum += (x[j] = mp_vexpf(x[j] - sub));
+  return sum;
+}
+
 #endif
