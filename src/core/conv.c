@@ -216,6 +216,172 @@ static void im2col_rows(void *ctx, int64_t begin, int64_t end, int thread) {
   }
 }
 
+
+/* ---- 3x3 stride-1 convolution by Winograd F(2x2, 3x3) ----
+ * Each 2x2 block of outputs comes from a 4x4 input patch: V = Bᵀ d B, U = G g Gᵀ, Y = Aᵀ (U ⊙ V) A.
+ * Summed over input channels, the 16 elementwise products become 16 GEMMs
+ * M[ξ][O][tiles] = U[ξ][O][C] · V[ξ][C][tiles], with 8 instead of 18 multiply-adds per output and
+ * channel pair (2.25x fewer). The transforms use only 0.5 and ±1, so f32 rounding stays within a few
+ * ulps of direct convolution. Used where there are enough tiles to amortise transforming the weight. */
+enum { WINO_BUDGET_FLOATS = 16 << 20, WINO_MIN_PIXELS = 1024 };
+
+typedef struct {
+  float *U;
+  const char *w;
+  mp_dtype dt;
+  size_t es;
+  int O, C;
+} wino_w_args;
+
+static void wino_weights(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const wino_w_args *a = ctx;
+  for (int64_t o = begin; o < end; o++)
+    for (int c = 0; c < a->C; c++) {
+      float g[9], t[4][3];
+      convert_run(g, a->w + ((size_t)o * a->C + c) * 9 * a->es, a->dt, 9);
+      for (int j = 0; j < 3; j++) {
+        t[0][j] = g[j];
+        t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
+        t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
+        t[3][j] = g[6 + j];
+      }
+      for (int i = 0; i < 4; i++) {
+        float u[4] = {t[i][0], 0.5f * (t[i][0] + t[i][1] + t[i][2]), 0.5f * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};
+        for (int j = 0; j < 4; j++) a->U[((size_t)(i * 4 + j) * a->O + o) * a->C + c] = u[j];
+      }
+    }
+}
+
+typedef struct {
+  float *V;
+  const float *x;
+  int C, h, w, tw;
+  int64_t t0, tb;
+} wino_in_args;
+
+static void wino_input(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const wino_in_args *a = ctx;
+  const size_t plane = (size_t)a->C * (size_t)a->tb;
+  for (int64_t c = begin; c < end; c++) {
+    const float *xc = a->x + (size_t)c * a->h * a->w;
+    float *vc = a->V + (size_t)c * a->tb;
+    for (int64_t tt = 0; tt < a->tb; tt++) {
+      int64_t t = a->t0 + tt;
+      int y0 = (int)(t / a->tw) * 2 - 1, x0 = (int)(t % a->tw) * 2 - 1;
+      float d[4][4], r[4][4];
+      bool inside = y0 >= 0 && x0 >= 0 && y0 + 4 <= a->h && x0 + 4 <= a->w;
+      for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) {
+          int iy = y0 + i, ix = x0 + j;
+          d[i][j] = inside || (iy >= 0 && iy < a->h && ix >= 0 && ix < a->w) ? xc[(size_t)iy * a->w + ix] : 0.0f;
+        }
+      for (int j = 0; j < 4; j++) {
+        r[0][j] = d[0][j] - d[2][j];
+        r[1][j] = d[1][j] + d[2][j];
+        r[2][j] = d[2][j] - d[1][j];
+        r[3][j] = d[1][j] - d[3][j];
+      }
+      for (int i = 0; i < 4; i++) {
+        vc[(size_t)(i * 4 + 0) * plane + tt] = r[i][0] - r[i][2];
+        vc[(size_t)(i * 4 + 1) * plane + tt] = r[i][1] + r[i][2];
+        vc[(size_t)(i * 4 + 2) * plane + tt] = r[i][2] - r[i][1];
+        vc[(size_t)(i * 4 + 3) * plane + tt] = r[i][1] - r[i][3];
+      }
+    }
+  }
+}
+
+typedef struct {
+  const float *U, *V;
+  float *M;
+  int O, C;
+  int64_t tb;
+} wino_gemm_args;
+
+static void wino_gemms(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const wino_gemm_args *a = ctx;
+  for (int64_t xi = begin; xi < end; xi++)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, a->O, (blasint)a->tb, a->C, 1.0f, a->U + (size_t)xi * a->O * a->C,
+                a->C, a->V + (size_t)xi * a->C * a->tb, (blasint)a->tb, 0.0f, a->M + (size_t)xi * a->O * a->tb, (blasint)a->tb);
+}
+
+typedef struct {
+  float *y;
+  const float *M, *bias;
+  int O, h, w, tw;
+  int64_t t0, tb;
+} wino_out_args;
+
+static void wino_output(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const wino_out_args *a = ctx;
+  const size_t plane = (size_t)a->O * (size_t)a->tb;
+  for (int64_t o = begin; o < end; o++) {
+    const float *mo = a->M + (size_t)o * a->tb;
+    float *yo = a->y + (size_t)o * a->h * a->w, b = a->bias ? a->bias[o] : 0.0f;
+    for (int64_t tt = 0; tt < a->tb; tt++) {
+      float m[16], s[2][4];
+      for (int k = 0; k < 16; k++) m[k] = mo[(size_t)k * plane + tt];
+      for (int j = 0; j < 4; j++) {
+        s[0][j] = m[j] + m[4 + j] + m[8 + j];
+        s[1][j] = m[4 + j] - m[8 + j] - m[12 + j];
+      }
+      int64_t t = a->t0 + tt;
+      int oy = (int)(t / a->tw) * 2, ox = (int)(t % a->tw) * 2;
+      for (int i = 0; i < 2 && oy + i < a->h; i++) {
+        float *row = yo + (size_t)(oy + i) * a->w + ox;
+        row[0] = s[i][0] + s[i][1] + s[i][2] + b;
+        if (ox + 1 < a->w) row[1] = s[i][1] - s[i][2] - s[i][3] + b;
+      }
+    }
+  }
+}
+
+static mp_error *conv3x3_winograd(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int batch, int C, int h, int w,
+                                  const mp_tensor *weight, const float *bias, int64_t max_tiles) {
+  const int O = (int)weight->shape[0], th = (h + 1) / 2, tw = (w + 1) / 2;
+  const int64_t T = (int64_t)th * tw;
+  int64_t tb = WINO_BUDGET_FLOATS / (16 * (int64_t)(C + O));
+  tb = tb < 64 ? 64 : tb;
+  if (max_tiles > 0 && tb > max_tiles) tb = max_tiles;
+  tb = tb > T ? T : tb;
+  const size_t nU = (size_t)16 * O * C, nV = (size_t)16 * C * tb, nM = (size_t)16 * O * tb;
+  MP_TRY(mp_workspace_reserve(ws, sizeof(float) * (nU + nV + nM)));
+  float *U = ws->p, *V = U + nU, *M = V + nV;
+  wino_w_args wa = {U, weight->data, weight->dtype, mp_dtype_size(weight->dtype), O, C};
+  mp_pool_for(pool, O, O >= 16 ? 4 : 1, wino_weights, &wa);
+  const int nt = mp_pool_size(pool), prev = openblas_get_num_threads();
+  if (nt > 1 && prev != 1) openblas_set_num_threads(1);
+  for (int b = 0; b < batch; b++) {
+    const float *xb = x + (size_t)b * C * h * w;
+    float *yb = y + (size_t)b * O * h * w;
+    for (int64_t t0 = 0; t0 < T; t0 += tb) {
+      int64_t n = T - t0 < tb ? T - t0 : tb;
+      wino_in_args ia = {V, xb, C, h, w, tw, t0, n};
+      mp_pool_for(pool, C, C >= 16 ? 4 : 1, wino_input, &ia);
+      wino_gemm_args ga = {U, V, M, O, C, n};
+      mp_pool_for(pool, 16, 1, wino_gemms, &ga);
+      wino_out_args oa = {yb, M, bias, O, h, w, tw, t0, n};
+      mp_pool_for(pool, O, O >= 16 ? 4 : 1, wino_output, &oa);
+    }
+  }
+  if (nt > 1 && prev != 1) openblas_set_num_threads(prev);
+  return NULL;
+}
+
+mp_error *mp_conv3x3_winograd(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int batch, int c_in, int h, int w,
+                              const mp_tensor *weight, const mp_tensor *bias, int64_t max_tiles) {
+  if (weight->ndim != 4 || weight->shape[1] != c_in || weight->shape[2] != 3 || weight->shape[3] != 3 || !is_float_dtype(weight->dtype))
+    return mp_errorf("Winograd convolution needs a float [out, %d, 3, 3] weight", c_in);
+  float bw[8192];
+  if (bias && weight->shape[0] > 8192) return mp_errorf("too many output channels");
+  if (bias) MP_TRY(mp_vector_f32(bias, bw, weight->shape[0]));
+  return conv3x3_winograd(pool, ws, y, x, batch, c_in, h, w, weight, bias ? bw : NULL, max_tiles);
+}
+
 enum { COL_BUDGET_FLOATS = 16 << 20 }; /* 64 MB of im2col per band */
 
 mp_error *mp_conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int batch, int c_in, int h, int w,
@@ -230,6 +396,13 @@ mp_error *mp_conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, i
   if (ho <= 0 || wo <= 0) return mp_errorf("conv2d output would be empty (%dx%d input, %dx%d kernel)", h, w, kh, kw);
   const int64_t K = (int64_t)c_in * kh * kw, P = (int64_t)ho * wo;
   const bool direct = kh == 1 && kw == 1 && stride == 1 && !pad.top && !pad.bottom && !pad.left && !pad.right;
+  if (kh == 3 && kw == 3 && stride == 1 && pad.top == 1 && pad.bottom == 1 && pad.left == 1 && pad.right == 1 &&
+      P >= WINO_MIN_PIXELS) {
+    float bw[8192];
+    if (bias && c_out > 8192) return mp_errorf("conv2d with %d output channels is beyond this implementation", c_out);
+    if (bias) MP_TRY(mp_error_wrap(mp_vector_f32(bias, bw, c_out), "conv2d bias"));
+    return conv3x3_winograd(pool, ws, y, x, batch, c_in, h, w, weight, bias ? bw : NULL, 0);
+  }
   int64_t band = direct ? 0 : (COL_BUDGET_FLOATS / K > 0 ? COL_BUDGET_FLOATS / K : 1);
   if (band > P) band = P;
   if (band > 0 && band < P && band >= wo) band -= band % wo; /* whole output rows where possible */

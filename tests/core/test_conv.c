@@ -71,8 +71,28 @@ static void test_conv2d_matches_reference(void **state) {
       {6, 5, 7, 9, 1, 1, p0, true, true, 2},    /* 1x1 (direct GEMM) */
       {6, 5, 7, 9, 1, 1, p0, false, false, 1},  /* no bias */
       {600, 4, 30, 30, 3, 1, p1, false, true, 1}, /* K large: several im2col bands */
+      {5, 7, 33, 37, 3, 1, p1, false, true, 2},   /* >= 1024 pixels: Winograd F(2x2,3x3), odd sizes */
+      {6, 9, 32, 48, 3, 1, p1, true, false, 1},   /* Winograd, f16 weights, no bias */
+      {300, 40, 40, 40, 3, 1, p1, false, true, 1}, /* Winograd, wider */
   };
   for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) run_conv_case(pool, &ws, cases[i]);
+
+  /* Winograd in bands of a few tiles (bands cross tile rows) equals the reference */
+  {
+    enum { C = 5, O = 6, H = 13, W = 17 };
+    float x[2 * C * H * W], Wt[O * C * 9], bb[O], y[2 * O * H * W], r[O * H * W];
+    fill(x, 2 * C * H * W, 21), fill(Wt, O * C * 9, 22), fill(bb, O, 23);
+    mp_tensor tw, tb;
+    mp_tensor_view(&tw, MP_F32, 4, (int64_t[]){O, C, 3, 3}, Wt);
+    mp_tensor_view(&tb, MP_F32, 1, (int64_t[]){O}, bb);
+    for (int64_t band = 1; band <= 80; band += 13) {
+      assert_ok(mp_conv3x3_winograd(pool, &ws, y, x, 2, C, H, W, &tw, &tb, band));
+      for (int b = 0; b < 2; b++) {
+        mp_ref_conv2d(r, x + b * C * H * W, C, H, W, Wt, bb, O, 3, 3, 1, p1);
+        assert_true(rel_l2(y + b * O * H * W, r, O * H * W) < 1e-6);
+      }
+    }
+  }
 
   /* shape errors name what was expected */
   float x[16] = {0}, y[16];
