@@ -223,7 +223,7 @@ static void im2col_rows(void *ctx, int64_t begin, int64_t end, int thread) {
  * M[ξ][O][tiles] = U[ξ][O][C] · V[ξ][C][tiles], with 8 instead of 18 multiply-adds per output and
  * channel pair (2.25x fewer). The transforms use only 0.5 and ±1, so f32 rounding stays within a few
  * ulps of direct convolution. Used where there are enough tiles to amortise transforming the weight. */
-enum { WINO_BUDGET_FLOATS = 16 << 20, WINO_MIN_PIXELS = 1024 };
+enum { WINO_BUDGET_FLOATS = 16 << 20, WINO_MIN_PIXELS = 256 };
 
 typedef struct {
   float *U;
@@ -257,7 +257,7 @@ typedef struct {
   float *V;
   const float *x;
   int C, h, w, tw;
-  int64_t t0, tb;
+  int64_t t0, tb, T; /* band [t0, t0+tb) of the tiles of all images, T per image */
 } wino_in_args;
 
 static void wino_input(void *ctx, int64_t begin, int64_t end, int thread) {
@@ -265,10 +265,10 @@ static void wino_input(void *ctx, int64_t begin, int64_t end, int thread) {
   const wino_in_args *a = ctx;
   const size_t plane = (size_t)a->C * (size_t)a->tb;
   for (int64_t c = begin; c < end; c++) {
-    const float *xc = a->x + (size_t)c * a->h * a->w;
     float *vc = a->V + (size_t)c * a->tb;
     for (int64_t tt = 0; tt < a->tb; tt++) {
-      int64_t t = a->t0 + tt;
+      int64_t t = (a->t0 + tt) % a->T, img = (a->t0 + tt) / a->T;
+      const float *xc = a->x + ((size_t)img * a->C + (size_t)c) * a->h * a->w;
       int y0 = (int)(t / a->tw) * 2 - 1, x0 = (int)(t % a->tw) * 2 - 1;
       float d[4][4], r[4][4];
       bool inside = y0 >= 0 && x0 >= 0 && y0 + 4 <= a->h && x0 + 4 <= a->w;
@@ -312,7 +312,7 @@ typedef struct {
   float *y;
   const float *M, *bias;
   int O, h, w, tw;
-  int64_t t0, tb;
+  int64_t t0, tb, T;
 } wino_out_args;
 
 static void wino_output(void *ctx, int64_t begin, int64_t end, int thread) {
@@ -321,15 +321,16 @@ static void wino_output(void *ctx, int64_t begin, int64_t end, int thread) {
   const size_t plane = (size_t)a->O * (size_t)a->tb;
   for (int64_t o = begin; o < end; o++) {
     const float *mo = a->M + (size_t)o * a->tb;
-    float *yo = a->y + (size_t)o * a->h * a->w, b = a->bias ? a->bias[o] : 0.0f;
+    const float b = a->bias ? a->bias[o] : 0.0f;
     for (int64_t tt = 0; tt < a->tb; tt++) {
+      float *yo = a->y + ((size_t)((a->t0 + tt) / a->T) * a->O + (size_t)o) * a->h * a->w;
       float m[16], s[2][4];
       for (int k = 0; k < 16; k++) m[k] = mo[(size_t)k * plane + tt];
       for (int j = 0; j < 4; j++) {
         s[0][j] = m[j] + m[4 + j] + m[8 + j];
         s[1][j] = m[4 + j] - m[8 + j] - m[12 + j];
       }
-      int64_t t = a->t0 + tt;
+      int64_t t = (a->t0 + tt) % a->T;
       int oy = (int)(t / a->tw) * 2, ox = (int)(t % a->tw) * 2;
       for (int i = 0; i < 2 && oy + i < a->h; i++) {
         float *row = yo + (size_t)(oy + i) * a->w + ox;
@@ -347,7 +348,7 @@ static mp_error *conv3x3_winograd(mp_pool *pool, mp_workspace *ws, float *y, con
   int64_t tb = WINO_BUDGET_FLOATS / (16 * (int64_t)(C + O));
   tb = tb < 64 ? 64 : tb;
   if (max_tiles > 0 && tb > max_tiles) tb = max_tiles;
-  tb = tb > T ? T : tb;
+  tb = tb > T * batch ? T * batch : tb;
   const size_t nU = (size_t)16 * O * C, nV = (size_t)16 * C * tb, nM = (size_t)16 * O * tb;
   MP_TRY(mp_workspace_reserve(ws, sizeof(float) * (nU + nV + nM)));
   float *U = ws->p, *V = U + nU, *M = V + nV;
@@ -355,18 +356,15 @@ static mp_error *conv3x3_winograd(mp_pool *pool, mp_workspace *ws, float *y, con
   mp_pool_for(pool, O, O >= 16 ? 4 : 1, wino_weights, &wa);
   const int nt = mp_pool_size(pool), prev = openblas_get_num_threads();
   if (nt > 1 && prev != 1) openblas_set_num_threads(1);
-  for (int b = 0; b < batch; b++) {
-    const float *xb = x + (size_t)b * C * h * w;
-    float *yb = y + (size_t)b * O * h * w;
-    for (int64_t t0 = 0; t0 < T; t0 += tb) {
-      int64_t n = T - t0 < tb ? T - t0 : tb;
-      wino_in_args ia = {V, xb, C, h, w, tw, t0, n};
-      mp_pool_for(pool, C, C >= 16 ? 4 : 1, wino_input, &ia);
-      wino_gemm_args ga = {U, V, M, O, C, n};
-      mp_pool_for(pool, 16, 1, wino_gemms, &ga);
-      wino_out_args oa = {yb, M, bias, O, h, w, tw, t0, n};
-      mp_pool_for(pool, O, O >= 16 ? 4 : 1, wino_output, &oa);
-    }
+  const int64_t total = T * batch; /* the images' tiles side by side: wider GEMMs on small images */
+  for (int64_t t0 = 0; t0 < total; t0 += tb) {
+    int64_t n = total - t0 < tb ? total - t0 : tb;
+    wino_in_args ia = {V, x, C, h, w, tw, t0, n, T};
+    mp_pool_for(pool, C, C >= 16 ? 4 : 1, wino_input, &ia);
+    wino_gemm_args ga = {U, V, M, O, C, n};
+    mp_pool_for(pool, 16, 1, wino_gemms, &ga);
+    wino_out_args oa = {y, M, bias, O, h, w, tw, t0, n, T};
+    mp_pool_for(pool, O, O >= 16 ? 4 : 1, wino_output, &oa);
   }
   if (nt > 1 && prev != 1) openblas_set_num_threads(prev);
   return NULL;
