@@ -1,6 +1,6 @@
 /* UNet and VAE speed on a real-size SD 1.5 checkpoint (f16 on disk, memory-mapped).
  *
- * usage: bench_unet_vae --model CKPT [--threads N] [--latent N] [--batch N] [--runs N] [--no-vae]
+ * usage: bench_unet_vae --model CKPT [--threads N] [--latent N] [--batch N] [--runs N] [--no-vae] [--no-unet]
  * One UNet forward at latent NxN (default 64 = 512x512 pixels) and batch 2 (one sampling step with
  * classifier-free guidance), and one VAE decode of an NxN latent, on random inputs. Weights stay f16
  * in memory and are converted per layer. Make a checkpoint with
@@ -52,12 +52,13 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--no-vae")) vae = 0;
+    else if (!strcmp(argv[i], "--no-unet")) runs = 0;
     else {
-      fprintf(stderr, "usage: bench_unet_vae --model CKPT [--threads N] [--latent N] [--batch N] [--runs N] [--no-vae]\n");
+      fprintf(stderr, "usage: bench_unet_vae --model CKPT [--threads N] [--latent N] [--batch N] [--runs N] [--no-vae] [--no-unet]\n");
       return 2;
     }
   }
-  if (!model || threads < 1 || latent < 8 || latent % 8 || batch < 1 || runs < 1) {
+  if (!model || threads < 1 || latent < 8 || latent % 8 || batch < 1 || runs < 0) {
     fprintf(stderr, "bench_unet_vae: --model is required; latent a multiple of 8\n");
     return 2;
   }
@@ -97,6 +98,7 @@ int main(int argc, char **argv) {
     vae_s = now() - s;
     free(img);
   }
+  if (!runs) best = sum = 0, runs = 1;
   printf("bench: precision=f32 latent=%dx%d batch=%d threads=%d load_s=%.2f unet_step_s=%.2f unet_step_mean_s=%.2f "
          "vae_decode_s=%.2f peak_rss_mb=%.0f\n",
          latent, latent, batch, threads, load_s, best, sum / runs, vae_s, peak_rss_mb());

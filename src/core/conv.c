@@ -223,7 +223,7 @@ static void im2col_rows(void *ctx, int64_t begin, int64_t end, int thread) {
  * M[ξ][O][tiles] = U[ξ][O][C] · V[ξ][C][tiles], with 8 instead of 18 multiply-adds per output and
  * channel pair (2.25x fewer). The transforms use only 0.5 and ±1, so f32 rounding stays within a few
  * ulps of direct convolution. Used where there are enough tiles to amortise transforming the weight. */
-enum { WINO_BUDGET_FLOATS = 16 << 20, WINO_MIN_PIXELS = 256 };
+enum { WINO_BUDGET_FLOATS = 16 << 20, WINO_MIN_PIXELS = 1024 };
 
 typedef struct {
   float *U;

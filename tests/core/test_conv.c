@@ -66,13 +66,13 @@ static void test_conv2d_matches_reference(void **state) {
   conv_case cases[] = {
       {5, 7, 9, 11, 3, 1, p1, false, true, 1},  /* 3x3 same padding, non-square */
       {5, 7, 9, 11, 3, 1, p1, true, true, 2},   /* f16 weights, batch 2 */
-      {5, 7, 16, 17, 3, 1, p1, true, true, 3},  /* Winograd: tiles of 3 images side by side */
+      {5, 7, 32, 33, 3, 1, p1, true, true, 3},  /* Winograd: tiles of 3 images side by side */
       {6, 4, 10, 8, 3, 2, p1, false, true, 1},  /* UNet downsample: stride 2 pad 1 */
       {6, 4, 10, 8, 3, 2, asym, true, true, 2}, /* VAE downsample: pad (0,1,0,1) */
       {6, 5, 7, 9, 1, 1, p0, true, true, 2},    /* 1x1 (direct GEMM) */
       {6, 5, 7, 9, 1, 1, p0, false, false, 1},  /* no bias */
       {600, 4, 30, 30, 3, 1, p1, false, true, 1}, /* K large: several im2col bands */
-      {5, 7, 33, 37, 3, 1, p1, false, true, 2},   /* >= 256 pixels: Winograd F(2x2,3x3), odd sizes */
+      {5, 7, 33, 37, 3, 1, p1, false, true, 2},   /* >= 1024 pixels: Winograd F(2x2,3x3), odd sizes */
       {6, 9, 32, 48, 3, 1, p1, true, false, 1},   /* Winograd, f16 weights, no bias */
       {300, 40, 40, 40, 3, 1, p1, false, true, 1}, /* Winograd, wider */
   };
