@@ -217,15 +217,32 @@ static void im2col_rows(void *ctx, int64_t begin, int64_t end, int thread) {
 }
 
 
-/* ---- 3x3 stride-1 convolution by Winograd F(2x2, 3x3) ----
- * Each 2x2 block of outputs comes from a 4x4 input patch: V = Bᵀ d B, U = G g Gᵀ, Y = Aᵀ (U ⊙ V) A.
- * Summed over input channels, the 16 elementwise products become 16 GEMMs
- * M[ξ][O][tiles] = U[ξ][O][C] · V[ξ][C][tiles], with 8 instead of 18 multiply-adds per output and
- * channel pair (2.25x fewer). The transforms use only 0.5 and ±1, so f32 rounding stays within a few
- * ulps of direct convolution. Used where there are enough tiles to amortise transforming the weight. */
-enum { WINO_BUDGET_FLOATS = 16 << 20, WINO_MIN_PIXELS = 1024 };
+/* ---- 3x3 stride-1 convolution by Winograd F(m x m, 3x3) ----
+ * Each m x m block of outputs comes from an (m+2)^2 input patch d: V = Bᵀ d B, U = G g Gᵀ,
+ * Y = Aᵀ (U ⊙ V) A. Summed over input channels, the (m+2)^2 elementwise products become as many GEMMs
+ * M[ξ][O][tiles] = U[ξ][O][C] · V[ξ][C][tiles]: F(2,3) does 16/4 = 4 multiply-adds per output and
+ * channel pair, F(4,3) 36/16 = 2.25, against 9 for direct convolution. F(4,3) uses the points
+ * 0, ±1, ±2, ∞ (Lavin & Gray), whose f32 error stays around 1e-6 relative for these layers. */
+enum { WINO_BUDGET_FLOATS = 16 << 20, WINO_MIN_PIXELS = 1024, WINO_MAX_A = 6 };
 
 typedef struct {
+  int m, a; /* output tile, input tile = m + 2 */
+  const float *BT, *G, *AT; /* [a][a], [a][3], [m][a] */
+} wino_kind;
+
+static const float F2_BT[16] = {1, 0, -1, 0, 0, 1, 1, 0, 0, -1, 1, 0, 0, 1, 0, -1};
+static const float F2_G[12] = {1, 0, 0, 0.5f, 0.5f, 0.5f, 0.5f, -0.5f, 0.5f, 0, 0, 1};
+static const float F2_AT[8] = {1, 1, 1, 0, 0, 1, -1, -1};
+static const float F4_BT[36] = {4, 0, -5, 0,  1, 0, 0, -4, -4, 1, 1, 0, 0, 4, -4, -1, 1, 0,
+                                0, -2, -1, 2, 1, 0, 0, 2, -1, -2, 1, 0, 0, 4, 0, -5, 0, 1};
+static const float F4_G[18] = {1.0f / 4,  0,         0,        -1.0f / 6, -1.0f / 6, -1.0f / 6,
+                               -1.0f / 6, 1.0f / 6,  -1.0f / 6, 1.0f / 24, 1.0f / 12, 1.0f / 6,
+                               1.0f / 24, -1.0f / 12, 1.0f / 6,  0,         0,         1};
+static const float F4_AT[24] = {1, 1, 1, 1, 1, 0, 0, 1, -1, 2, -2, 0, 0, 1, 1, 4, 4, 0, 0, 1, -1, 8, -8, 1};
+static const wino_kind WINO_F2 = {2, 4, F2_BT, F2_G, F2_AT}, WINO_F4 = {4, 6, F4_BT, F4_G, F4_AT};
+
+typedef struct {
+  const wino_kind *k;
   float *U;
   const char *w;
   mp_dtype dt;
@@ -233,27 +250,72 @@ typedef struct {
   int O, C;
 } wino_w_args;
 
+enum { WINO_WCHUNK = 64 };
+
+/* U = G g Gᵀ for 64 input channels at a time, laid out so that the inner loops run over channels
+ * (vectorised) and every store is a contiguous row of one of the a² planes. */
 static void wino_weights(void *ctx, int64_t begin, int64_t end, int thread) {
   (void)thread;
-  const wino_w_args *a = ctx;
+  const wino_w_args *p = ctx;
+  const int A = p->k->a;
+  const float *G = p->k->G;
+  float graw[WINO_WCHUNK * 9], gt[9][WINO_WCHUNK], t[WINO_MAX_A][3][WINO_WCHUNK];
   for (int64_t o = begin; o < end; o++)
-    for (int c = 0; c < a->C; c++) {
-      float g[9], t[4][3];
-      convert_run(g, a->w + ((size_t)o * a->C + c) * 9 * a->es, a->dt, 9);
-      for (int j = 0; j < 3; j++) {
-        t[0][j] = g[j];
-        t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
-        t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
-        t[3][j] = g[6 + j];
-      }
-      for (int i = 0; i < 4; i++) {
-        float u[4] = {t[i][0], 0.5f * (t[i][0] + t[i][1] + t[i][2]), 0.5f * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};
-        for (int j = 0; j < 4; j++) a->U[((size_t)(i * 4 + j) * a->O + o) * a->C + c] = u[j];
-      }
+    for (int c0 = 0; c0 < p->C; c0 += WINO_WCHUNK) {
+      const int n = p->C - c0 < WINO_WCHUNK ? p->C - c0 : WINO_WCHUNK;
+      convert_run(graw, p->w + ((size_t)o * p->C + c0) * 9 * p->es, p->dt, (size_t)n * 9);
+      for (int k = 0; k < 9; k++)
+        for (int cc = 0; cc < n; cc++) gt[k][cc] = graw[cc * 9 + k];
+      for (int i = 0; i < A; i++) /* t = G g */
+        for (int j = 0; j < 3; j++) {
+          const float g0 = G[i * 3], g1 = G[i * 3 + 1], g2 = G[i * 3 + 2];
+          for (int cc = 0; cc < n; cc++) t[i][j][cc] = g0 * gt[j][cc] + g1 * gt[3 + j][cc] + g2 * gt[6 + j][cc];
+        }
+      for (int i = 0; i < A; i++) /* U = t Gᵀ */
+        for (int j = 0; j < A; j++) {
+          const float g0 = G[j * 3], g1 = G[j * 3 + 1], g2 = G[j * 3 + 2];
+          float *dst = p->U + ((size_t)(i * A + j) * p->O + o) * p->C + c0;
+          for (int cc = 0; cc < n; cc++) dst[cc] = t[i][0][cc] * g0 + t[i][1][cc] * g1 + t[i][2][cc] * g2;
+        }
     }
 }
 
+/* Bᵀ v and Aᵀ v for one line of a tile (stride `is` in, `os` out), written out for the two kinds:
+ * the generic 6x6 product costs four times the arithmetic. */
+static inline void wino_bt(int m, const float *v, int is, float *r, int os) {
+  if (m == 4) {
+    const float v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is], v4 = v[4 * is], v5 = v[5 * is];
+    r[0] = 4 * v0 - 5 * v2 + v4;
+    r[os] = -4 * v1 - 4 * v2 + v3 + v4;
+    r[2 * os] = 4 * v1 - 4 * v2 - v3 + v4;
+    r[3 * os] = -2 * v1 - v2 + 2 * v3 + v4;
+    r[4 * os] = 2 * v1 - v2 - 2 * v3 + v4;
+    r[5 * os] = 4 * v1 - 5 * v3 + v5;
+  } else {
+    const float v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is];
+    r[0] = v0 - v2;
+    r[os] = v1 + v2;
+    r[2 * os] = v2 - v1;
+    r[3 * os] = v1 - v3;
+  }
+}
+
+static inline void wino_at(int m, const float *v, int is, float *r, int os) {
+  if (m == 4) {
+    const float v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is], v4 = v[4 * is], v5 = v[5 * is];
+    r[0] = v0 + v1 + v2 + v3 + v4;
+    r[os] = v1 - v2 + 2 * v3 - 2 * v4;
+    r[2 * os] = v1 + v2 + 4 * v3 + 4 * v4;
+    r[3 * os] = v1 - v2 + 8 * v3 - 8 * v4 + v5;
+  } else {
+    const float v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is];
+    r[0] = v0 + v1 + v2;
+    r[os] = v1 - v2 - v3;
+  }
+}
+
 typedef struct {
+  const wino_kind *k;
   float *V;
   const float *x;
   int C, h, w, tw;
@@ -262,33 +324,27 @@ typedef struct {
 
 static void wino_input(void *ctx, int64_t begin, int64_t end, int thread) {
   (void)thread;
-  const wino_in_args *a = ctx;
-  const size_t plane = (size_t)a->C * (size_t)a->tb;
+  const wino_in_args *p = ctx;
+  const int A = p->k->a, m = p->k->m;
+  const size_t plane = (size_t)p->C * (size_t)p->tb;
   for (int64_t c = begin; c < end; c++) {
-    float *vc = a->V + (size_t)c * a->tb;
-    for (int64_t tt = 0; tt < a->tb; tt++) {
-      int64_t t = (a->t0 + tt) % a->T, img = (a->t0 + tt) / a->T;
-      const float *xc = a->x + ((size_t)img * a->C + (size_t)c) * a->h * a->w;
-      int y0 = (int)(t / a->tw) * 2 - 1, x0 = (int)(t % a->tw) * 2 - 1;
-      float d[4][4], r[4][4];
-      bool inside = y0 >= 0 && x0 >= 0 && y0 + 4 <= a->h && x0 + 4 <= a->w;
-      for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 4; j++) {
+    float *vc = p->V + (size_t)c * p->tb;
+    for (int64_t tt = 0; tt < p->tb; tt++) {
+      int64_t t = (p->t0 + tt) % p->T, img = (p->t0 + tt) / p->T;
+      const float *xc = p->x + ((size_t)img * p->C + (size_t)c) * p->h * p->w;
+      int y0 = (int)(t / p->tw) * m - 1, x0 = (int)(t % p->tw) * m - 1;
+      float d[WINO_MAX_A][WINO_MAX_A], r[WINO_MAX_A][WINO_MAX_A];
+      bool inside = y0 >= 0 && x0 >= 0 && y0 + A <= p->h && x0 + A <= p->w;
+      for (int i = 0; i < A; i++)
+        for (int j = 0; j < A; j++) {
           int iy = y0 + i, ix = x0 + j;
-          d[i][j] = inside || (iy >= 0 && iy < a->h && ix >= 0 && ix < a->w) ? xc[(size_t)iy * a->w + ix] : 0.0f;
+          d[i][j] = inside || (iy >= 0 && iy < p->h && ix >= 0 && ix < p->w) ? xc[(size_t)iy * p->w + ix] : 0.0f;
         }
-      for (int j = 0; j < 4; j++) {
-        r[0][j] = d[0][j] - d[2][j];
-        r[1][j] = d[1][j] + d[2][j];
-        r[2][j] = d[2][j] - d[1][j];
-        r[3][j] = d[1][j] - d[3][j];
-      }
-      for (int i = 0; i < 4; i++) {
-        vc[(size_t)(i * 4 + 0) * plane + tt] = r[i][0] - r[i][2];
-        vc[(size_t)(i * 4 + 1) * plane + tt] = r[i][1] + r[i][2];
-        vc[(size_t)(i * 4 + 2) * plane + tt] = r[i][2] - r[i][1];
-        vc[(size_t)(i * 4 + 3) * plane + tt] = r[i][1] - r[i][3];
-      }
+      float v[WINO_MAX_A][WINO_MAX_A];
+      for (int j = 0; j < A; j++) wino_bt(m, &d[0][j], WINO_MAX_A, &r[0][j], WINO_MAX_A); /* r = Bᵀ d */
+      for (int i = 0; i < A; i++) wino_bt(m, &r[i][0], 1, &v[i][0], 1);                 /* V = r B */
+      for (int i = 0; i < A; i++)
+        for (int j = 0; j < A; j++) vc[(size_t)(i * A + j) * plane + tt] = v[i][j];
     }
   }
 }
@@ -309,6 +365,7 @@ static void wino_gemms(void *ctx, int64_t begin, int64_t end, int thread) {
 }
 
 typedef struct {
+  const wino_kind *k;
   float *y;
   const float *M, *bias;
   int O, h, w, tw;
@@ -317,53 +374,53 @@ typedef struct {
 
 static void wino_output(void *ctx, int64_t begin, int64_t end, int thread) {
   (void)thread;
-  const wino_out_args *a = ctx;
-  const size_t plane = (size_t)a->O * (size_t)a->tb;
+  const wino_out_args *p = ctx;
+  const int A = p->k->a, m = p->k->m;
+  const size_t plane = (size_t)p->O * (size_t)p->tb;
   for (int64_t o = begin; o < end; o++) {
-    const float *mo = a->M + (size_t)o * a->tb;
-    const float b = a->bias ? a->bias[o] : 0.0f;
-    for (int64_t tt = 0; tt < a->tb; tt++) {
-      float *yo = a->y + ((size_t)((a->t0 + tt) / a->T) * a->O + (size_t)o) * a->h * a->w;
-      float m[16], s[2][4];
-      for (int k = 0; k < 16; k++) m[k] = mo[(size_t)k * plane + tt];
-      for (int j = 0; j < 4; j++) {
-        s[0][j] = m[j] + m[4 + j] + m[8 + j];
-        s[1][j] = m[4 + j] - m[8 + j] - m[12 + j];
-      }
-      int64_t t = (a->t0 + tt) % a->T;
-      int oy = (int)(t / a->tw) * 2, ox = (int)(t % a->tw) * 2;
-      for (int i = 0; i < 2 && oy + i < a->h; i++) {
-        float *row = yo + (size_t)(oy + i) * a->w + ox;
-        row[0] = s[i][0] + s[i][1] + s[i][2] + b;
-        if (ox + 1 < a->w) row[1] = s[i][1] - s[i][2] - s[i][3] + b;
+    const float *mo = p->M + (size_t)o * p->tb;
+    const float b = p->bias ? p->bias[o] : 0.0f;
+    for (int64_t tt = 0; tt < p->tb; tt++) {
+      float *yo = p->y + ((size_t)((p->t0 + tt) / p->T) * p->O + (size_t)o) * p->h * p->w;
+      float mm[WINO_MAX_A][WINO_MAX_A], s[4][WINO_MAX_A];
+      for (int i = 0; i < A; i++)
+        for (int j = 0; j < A; j++) mm[i][j] = mo[(size_t)(i * A + j) * plane + tt];
+      for (int j = 0; j < A; j++) wino_at(m, &mm[0][j], WINO_MAX_A, &s[0][j], WINO_MAX_A); /* s = Aᵀ M */
+      float yy[4][4];
+      for (int i = 0; i < m; i++) wino_at(m, &s[i][0], 1, &yy[i][0], 1); /* Y = s A */
+      int64_t t = (p->t0 + tt) % p->T;
+      int oy = (int)(t / p->tw) * m, ox = (int)(t % p->tw) * m;
+      for (int i = 0; i < m && oy + i < p->h; i++) {
+        float *row = yo + (size_t)(oy + i) * p->w + ox;
+        for (int j = 0; j < m && ox + j < p->w; j++) row[j] = yy[i][j] + b;
       }
     }
   }
 }
 
 static mp_error *conv3x3_winograd(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int batch, int C, int h, int w,
-                                  const mp_tensor *weight, const float *bias, int64_t max_tiles) {
-  const int O = (int)weight->shape[0], th = (h + 1) / 2, tw = (w + 1) / 2;
-  const int64_t T = (int64_t)th * tw;
-  int64_t tb = WINO_BUDGET_FLOATS / (16 * (int64_t)(C + O));
+                                  const mp_tensor *weight, const float *bias, int64_t max_tiles, const wino_kind *k) {
+  const int O = (int)weight->shape[0], A = k->a, th = (h + k->m - 1) / k->m, tw = (w + k->m - 1) / k->m;
+  const int64_t T = (int64_t)th * tw, AA = (int64_t)A * A;
+  int64_t tb = WINO_BUDGET_FLOATS / (AA * (int64_t)(C + O));
   tb = tb < 64 ? 64 : tb;
   if (max_tiles > 0 && tb > max_tiles) tb = max_tiles;
   tb = tb > T * batch ? T * batch : tb;
-  const size_t nU = (size_t)16 * O * C, nV = (size_t)16 * C * tb, nM = (size_t)16 * O * tb;
+  const size_t nU = (size_t)AA * O * C, nV = (size_t)AA * C * tb, nM = (size_t)AA * O * tb;
   MP_TRY(mp_workspace_reserve(ws, sizeof(float) * (nU + nV + nM)));
   float *U = ws->p, *V = U + nU, *M = V + nV;
-  wino_w_args wa = {U, weight->data, weight->dtype, mp_dtype_size(weight->dtype), O, C};
+  wino_w_args wa = {k, U, weight->data, weight->dtype, mp_dtype_size(weight->dtype), O, C};
   mp_pool_for(pool, O, O >= 16 ? 4 : 1, wino_weights, &wa);
   const int nt = mp_pool_size(pool), prev = openblas_get_num_threads();
   if (nt > 1 && prev != 1) openblas_set_num_threads(1);
   const int64_t total = T * batch; /* the images' tiles side by side: wider GEMMs on small images */
   for (int64_t t0 = 0; t0 < total; t0 += tb) {
     int64_t n = total - t0 < tb ? total - t0 : tb;
-    wino_in_args ia = {V, x, C, h, w, tw, t0, n, T};
+    wino_in_args ia = {k, V, x, C, h, w, tw, t0, n, T};
     mp_pool_for(pool, C, C >= 16 ? 4 : 1, wino_input, &ia);
     wino_gemm_args ga = {U, V, M, O, C, n};
-    mp_pool_for(pool, 16, 1, wino_gemms, &ga);
-    wino_out_args oa = {y, M, bias, O, h, w, tw, t0, n, T};
+    mp_pool_for(pool, AA, 1, wino_gemms, &ga);
+    wino_out_args oa = {k, y, M, bias, O, h, w, tw, t0, n, T};
     mp_pool_for(pool, O, O >= 16 ? 4 : 1, wino_output, &oa);
   }
   if (nt > 1 && prev != 1) openblas_set_num_threads(prev);
@@ -371,13 +428,14 @@ static mp_error *conv3x3_winograd(mp_pool *pool, mp_workspace *ws, float *y, con
 }
 
 mp_error *mp_conv3x3_winograd(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int batch, int c_in, int h, int w,
-                              const mp_tensor *weight, const mp_tensor *bias, int64_t max_tiles) {
+                              const mp_tensor *weight, const mp_tensor *bias, int tile, int64_t max_tiles) {
+  if (tile != 2 && tile != 4) return mp_errorf("Winograd output tile %d (2 or 4)", tile);
   if (weight->ndim != 4 || weight->shape[1] != c_in || weight->shape[2] != 3 || weight->shape[3] != 3 || !is_float_dtype(weight->dtype))
     return mp_errorf("Winograd convolution needs a float [out, %d, 3, 3] weight", c_in);
   float bw[8192];
   if (bias && weight->shape[0] > 8192) return mp_errorf("too many output channels");
   if (bias) MP_TRY(mp_vector_f32(bias, bw, weight->shape[0]));
-  return conv3x3_winograd(pool, ws, y, x, batch, c_in, h, w, weight, bias ? bw : NULL, max_tiles);
+  return conv3x3_winograd(pool, ws, y, x, batch, c_in, h, w, weight, bias ? bw : NULL, max_tiles, tile == 4 ? &WINO_F4 : &WINO_F2);
 }
 
 enum { COL_BUDGET_FLOATS = 16 << 20 }; /* 64 MB of im2col per band */
@@ -399,7 +457,7 @@ mp_error *mp_conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, i
     float bw[8192];
     if (bias && c_out > 8192) return mp_errorf("conv2d with %d output channels is beyond this implementation", c_out);
     if (bias) MP_TRY(mp_error_wrap(mp_vector_f32(bias, bw, c_out), "conv2d bias"));
-    return conv3x3_winograd(pool, ws, y, x, batch, c_in, h, w, weight, bias ? bw : NULL, 0);
+    return conv3x3_winograd(pool, ws, y, x, batch, c_in, h, w, weight, bias ? bw : NULL, 0, &WINO_F4);
   }
   int64_t band = direct ? 0 : (COL_BUDGET_FLOATS / K > 0 ? COL_BUDGET_FLOATS / K : 1);
   if (band > P) band = P;

@@ -45,10 +45,11 @@ typedef struct {
  * y must not alias x. */
 mp_error *mp_conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int batch, int c_in, int h, int w,
                     const mp_tensor *weight, const mp_tensor *bias, int stride, mp_pad pad);
-/* The 3x3, stride 1, padding 1 case by Winograd F(2x2, 3x3), which mp_conv2d picks for images of at
- * least 1024 pixels (below, transforming the weight costs what the saved arithmetic gains). max_tiles > 0 caps the 2x2 tiles per band (tests; 0 = by memory budget). */
+/* The 3x3, stride 1, padding 1 case by Winograd F(tile x tile, 3x3), tile 2 or 4; mp_conv2d uses
+ * tile 4 for images of at least 1024 pixels (below, transforming the weight costs what the saved
+ * arithmetic gains). max_tiles > 0 caps the tiles per band (tests; 0 = by memory budget). */
 mp_error *mp_conv3x3_winograd(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int batch, int c_in, int h, int w,
-                              const mp_tensor *weight, const mp_tensor *bias, int64_t max_tiles);
+                              const mp_tensor *weight, const mp_tensor *bias, int tile, int64_t max_tiles);
 /* Output size of a convolution along one axis. */
 static inline int mp_conv_out_size(int in, int k, int stride, int pad_lo, int pad_hi) {
   return (in + pad_lo + pad_hi - k) / stride + 1;

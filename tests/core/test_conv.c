@@ -53,7 +53,8 @@ static void run_conv_case(mp_pool *pool, mp_workspace *ws, conv_case cc) {
     mp_ref_conv2d(r + (int64_t)bi * cc.c_out * ho * wo, x + (int64_t)bi * cc.c_in * cc.h * cc.w, cc.c_in, cc.h, cc.w, W,
                   cc.bias ? b : NULL, cc.c_out, cc.k, cc.k, cc.stride, cc.pad);
   double e = rel_l2(y, r, ny);
-  if (e > 1e-6) fail_msg("conv %dx%d c%d->%d k%d s%d: rel l2 %g", cc.h, cc.w, cc.c_in, cc.c_out, cc.k, cc.stride, e);
+  /* direct/im2col: rounding only; Winograd F(4,3) (>= 1024 pixels) multiplies rounding by its transforms */
+  if (e > (ho * wo >= 1024 ? 1e-5 : 1e-6)) fail_msg("conv %dx%d c%d->%d k%d s%d: rel l2 %g", cc.h, cc.w, cc.c_in, cc.c_out, cc.k, cc.stride, e);
   free(x), free(W), free(b), free(y), free(r), free(W16);
 }
 
@@ -86,13 +87,15 @@ static void test_conv2d_matches_reference(void **state) {
     mp_tensor tw, tb;
     mp_tensor_view(&tw, MP_F32, 4, (int64_t[]){O, C, 3, 3}, Wt);
     mp_tensor_view(&tb, MP_F32, 1, (int64_t[]){O}, bb);
-    for (int64_t band = 1; band <= 80; band += 13) {
-      assert_ok(mp_conv3x3_winograd(pool, &ws, y, x, 2, C, H, W, &tw, &tb, band));
-      for (int b = 0; b < 2; b++) {
-        mp_ref_conv2d(r, x + b * C * H * W, C, H, W, Wt, bb, O, 3, 3, 1, p1);
-        assert_true(rel_l2(y + b * O * H * W, r, O * H * W) < 1e-6);
+    for (int tile = 2; tile <= 4; tile += 2)
+      for (int64_t band = 1; band <= 80; band += 13) {
+        assert_ok(mp_conv3x3_winograd(pool, &ws, y, x, 2, C, H, W, &tw, &tb, tile, band));
+        for (int b = 0; b < 2; b++) {
+          mp_ref_conv2d(r, x + b * C * H * W, C, H, W, Wt, bb, O, 3, 3, 1, p1);
+          double e = rel_l2(y + b * O * H * W, r, O * H * W);
+          if (e > (tile == 4 ? 5e-6 : 1e-6)) fail_msg("Winograd F(%d,3), bands of %d tiles: rel l2 %g", tile, (int)band, e);
+        }
       }
-    }
   }
 
   /* shape errors name what was expected */
