@@ -23,6 +23,9 @@ static const struct {
     {"face_detection_full_range", conform_case_face_detection_full_range},
     {"face_detection_full_range_sparse", conform_case_face_detection_full_range_sparse},
     {"rng", conform_case_rng},
+    {"unet", conform_case_unet},
+    {"vae", conform_case_vae},
+    {"lora", conform_case_lora},
 };
 
 char *conform_path(const conform *c, const char *rel) {

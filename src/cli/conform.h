@@ -66,5 +66,8 @@ mp_error *conform_case_selfie_segmentation(conform *c);
 mp_error *conform_case_face_detection_full_range(conform *c);
 mp_error *conform_case_face_detection_full_range_sparse(conform *c);
 mp_error *conform_case_rng(conform *c);
+mp_error *conform_case_unet(conform *c);
+mp_error *conform_case_vae(conform *c);
+mp_error *conform_case_lora(conform *c);
 
 #endif
