@@ -9,6 +9,7 @@ set_tests_properties(conform_vision PROPERTIES TIMEOUT 900
   ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR};MPASS_MODELS=${CMAKE_SOURCE_DIR}/models")
 add_test(NAME conform_tiny_sampling COMMAND mpass_cli conform ${G}/tiny --cases rng)
 set_tests_properties(conform_tiny_sampling PROPERTIES TIMEOUT 900
+  ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
 add_test(NAME conform_tiny_image COMMAND mpass_cli conform ${G}/tiny --cases unet,vae,lora)
 set_tests_properties(conform_tiny_image PROPERTIES TIMEOUT 900
   ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
