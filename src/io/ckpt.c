@@ -893,7 +893,8 @@ static mp_error *collect_nested(const zip_file *z, const char *root, size_t root
                                 int depth, size_t *visits, size_t *found, mp_weights *w) {
   for (size_t i = 0; i < d->u.dict.n; i++) {
     const value *key = d->u.dict.keys[i], *val = d->u.dict.vals[i];
-    if (++*visits > MAX_NESTED_VISITS) return mp_errorf("%s: data.pkl's nested dicts hold over %zu entries: refusing", z->path, MAX_NESTED_VISITS);
+    if (++*visits > MAX_NESTED_VISITS)
+      return mp_errorf("%s: data.pkl's nested dicts hold over %zu entries: refusing", z->path, MAX_NESTED_VISITS);
     if (key->kind != V_STR || strlen(key->u.str.s) != key->u.str.n) continue;
     if (val->kind != V_TENSOR && (val->kind != V_DICT || depth == MAX_NESTED_DEPTH)) continue;
     size_t len = name_len + (name_len ? 1 : 0) + key->u.str.n;
