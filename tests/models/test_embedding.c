@@ -405,6 +405,20 @@ static void test_hostile_pt(void **state) {
   put1(&b, '.');
   write_torch_zip(p, &b, v, 32);
   assert_err_contains(mp_embedding_read(p, f->D, &e), "refusing to load global 'os.system'");
+  /* the original textual_inversion repo pickled a ParameterDict module: refused, with what to do */
+  b.n = 0;
+  put1(&b, 0x80), put1(&b, 2);
+  put1(&b, '}');
+  pk_str(&b, "string_to_param");
+  pk_global(&b, "torch.nn.modules.container", "ParameterDict");
+  put1(&b, ')');
+  put1(&b, 0x81); /* NEWOBJ */
+  put1(&b, '}');
+  put1(&b, 'b'); /* BUILD */
+  put1(&b, 's');
+  put1(&b, '.');
+  write_torch_zip(p, &b, v, 32);
+  assert_err_contains(mp_embedding_read(p, f->D, &e), "re-save its tensor as .safetensors");
   /* a .pt whose pickle ends early */
   b.n = 0;
   put1(&b, 0x80), put1(&b, 2);
