@@ -111,6 +111,15 @@ mp_error *mp_embedding_read(const char *path, int expected_hidden, mp_embedding 
   *out = (mp_embedding){0, 0, NULL};
   mp_weights *w = NULL;
   mp_error *e = mp_weights_open(path, &w);
+  if (e && strstr(mp_error_message(e), "ParameterDict")) {
+    /* The original textual_inversion code pickled a whole nn.ParameterDict module; the reader
+     * refuses module classes, so say what the file is and how to get a readable one. */
+    mp_error *hint = mp_errorf("%s (an embedding saved as a torch ParameterDict by the original textual_inversion code: "
+                               "re-save its tensor as .safetensors with the key emb_params)",
+                               mp_error_message(e));
+    mp_error_free(e);
+    e = hint;
+  }
   if (e) return strstr(mp_error_message(e), path) ? e : mp_error_wrap(e, "%s", path);
   const mp_weight *t = NULL;
   e = pick_tensor(w, path, &t);
