@@ -6,6 +6,7 @@
 
 typedef int (*mp_command_fn)(mpass_ctx *ctx, int argc, char **argv);
 
+int cmd_run(mpass_ctx *ctx, int argc, char **argv);
 int cmd_inspect(mpass_ctx *ctx, int argc, char **argv);
 int cmd_conform(mpass_ctx *ctx, int argc, char **argv);
 int cmd_tokenize(mpass_ctx *ctx, int argc, char **argv);

@@ -11,6 +11,7 @@ static const struct {
   mp_command_fn fn;
   const char *usage;
 } commands[] = {
+    {"run", cmd_run, "run PROMPT_FILE [--model CKPT] [--out DIR] [--debug-passes]   execute a prompt document in passes"},
     {"tokenize", cmd_tokenize, "tokenize [--vocab PATH] TEXT        print CLIP token ids"},
     {"parse", cmd_parse, "parse FILE [--json] [--api]           the prompt document's job and pass plan (FILE - = stdin)"},
     {"inspect", cmd_inspect, "inspect CKPT                         model family, dtypes, parameter counts, key check"},

@@ -1,0 +1,150 @@
+/* mpass run PROMPT_FILE: execute a prompt document (SPEC.md) in passes and write the images. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli/commands.h"
+#include "pipeline/progress.h"
+#include "pipeline/run.h"
+#include "prompt/document.h"
+#include "prompt/plan.h"
+
+/* Ctrl-C asks the running job to stop at the next sampler step. A signal handler can only talk
+ * through a variable like this one; it belongs to the CLI door, not to the library. */
+static volatile sig_atomic_t interrupted;
+
+static void on_sigint(int sig) {
+  (void)sig;
+  interrupted = 1;
+  signal(SIGINT, SIG_DFL); /* a second Ctrl-C ends the process at once */
+}
+
+typedef struct {
+  bool quiet;
+} progress_state;
+
+static int print_progress(const mpass_progress *p, void *user) {
+  const progress_state *s = user;
+  if (!s->quiet) {
+    char line[256];
+    mp_progress_format(p, line, sizeof line);
+    fprintf(stderr, "%s\n", line);
+  }
+  return interrupted;
+}
+
+static mp_error *read_file(const char *path, char **out, size_t *len) {
+  FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+  if (!f) return mp_errorf("cannot open %s", path);
+  size_t cap = 4096, n = 0;
+  char *buf = malloc(cap);
+  for (size_t got; buf && (got = fread(buf + n, 1, cap - n, f)) > 0;) {
+    n += got;
+    if (n > MP_MAX_DOCUMENT_BYTES) break;
+    if (n == cap) {
+      char *g = realloc(buf, cap *= 2);
+      if (!g) free(buf);
+      buf = g;
+    }
+  }
+  if (f != stdin) fclose(f);
+  if (!buf) return mp_errorf("out of memory reading %s", path);
+  if (n > MP_MAX_DOCUMENT_BYTES) {
+    free(buf);
+    return mp_errorf("%s is larger than %u bytes: not a prompt document", path, MP_MAX_DOCUMENT_BYTES);
+  }
+  buf[n < cap ? n : cap - 1] = 0;
+  *out = buf;
+  *len = n;
+  return NULL;
+}
+
+int cmd_run(mpass_ctx *ctx, int argc, char **argv) {
+  static const struct option longopts[] = {
+      {"model", required_argument, 0, 'm'},  {"out", required_argument, 0, 'o'},     {"name", required_argument, 0, 'n'},
+      {"debug-passes", no_argument, 0, 'd'}, {"quiet", no_argument, 0, 'q'},         {"rng", required_argument, 0, 'r'},
+      {"clip-skip", required_argument, 0, 'c'}, {"vocab", required_argument, 0, 'v'}, {"input-image", required_argument, 0, 'i'},
+      {"plan", no_argument, 0, 'p'},         {0, 0, 0, 0}};
+  mp_run_options o = {.out_dir = "out", .rng = MP_RNG_CUDA, .clip_skip = 1};
+  progress_state ps = {false};
+  const char *input_image = NULL;
+  bool show_plan = false;
+  int opt;
+  optind = 1;
+  while ((opt = getopt_long(argc, argv, "o:q", longopts, NULL)) != -1) {
+    mp_error *e = NULL;
+    switch (opt) {
+      case 'm': o.model_path = optarg; break;
+      case 'o': o.out_dir = optarg; break;
+      case 'n': o.job_name = optarg; break;
+      case 'd': o.debug_passes = true; break;
+      case 'q': ps.quiet = true; break;
+      case 'r': e = mp_rng_parse(optarg, &o.rng); break;
+      case 'c':
+        o.clip_skip = atoi(optarg);
+        if (o.clip_skip < 1 || o.clip_skip > 2) e = mp_errorf("--clip-skip expects 1 or 2, found '%s'", optarg);
+        break;
+      case 'v': o.vocab = optarg; break;
+      case 'i': input_image = optarg; break;
+      case 'p': show_plan = true; break;
+      default: return 2;
+    }
+    if (e) return cli_fail("run", e);
+  }
+  if (optind != argc - 1) {
+    fprintf(stderr,
+            "usage: mpass run PROMPT_FILE [--model CKPT] [--out DIR] [--name NAME] [--input-image IMG]\n"
+            "                 [--debug-passes] [--quiet] [--rng cuda|cpu] [--clip-skip 1|2] [--vocab PATH] [--plan]\n");
+    return 2;
+  }
+  const char *file = argv[optind];
+  char *doc = NULL;
+  size_t len = 0;
+  mp_error *e = read_file(file, &doc, &len);
+  if (e) return cli_fail("run", e);
+  mp_job *job = NULL;
+  size_t flen = strlen(file);
+  bool json = flen > 5 && !strcmp(file + flen - 5, ".json");
+  e = json ? mp_job_parse_json(doc, len, &job) : mp_job_parse_text(doc, len, &job);
+  if (e) {
+    free(doc);
+    return cli_fail("run", mp_error_wrap(e, "%s", file));
+  }
+  if (input_image) { /* the command line wins over the document */
+    free(job->input_image);
+    job->input_image = strdup(input_image);
+  }
+  mp_plan *plan = NULL;
+  e = mp_plan_make(job, &plan);
+  if (!e) {
+    for (int i = 0; i < job->n_warnings && !ps.quiet; i++) fprintf(stderr, "mpass run: warning: %s\n", job->warnings[i]);
+    if (show_plan) mp_plan_print(plan, stderr);
+    /* relative input paths in the document are relative to the document's folder (not for --input-image) */
+    char *base = NULL;
+    const char *slash = strrchr(file, '/');
+    if (slash && !input_image) base = strndup(file, (size_t)(slash - file));
+    o.base_dir = base;
+    o.document = doc;
+    o.progress = print_progress;
+    o.progress_user = &ps;
+    signal(SIGINT, on_sigint);
+    char *dir = NULL;
+    e = mp_run_plan(ctx, plan, &o, &dir);
+    signal(SIGINT, SIG_DFL);
+    if (!e) printf("%s\n", dir);
+    free(dir);
+    free(base);
+  }
+  mp_plan_free(plan);
+  mp_job_free(job);
+  free(doc);
+  if (e && interrupted) {
+    fprintf(stderr, "mpass run: cancelled; no output was written\n");
+    mp_error_free(e);
+    return 130;
+  }
+  return e ? cli_fail("run", e) : 0;
+}

@@ -1,0 +1,206 @@
+#include "pipeline/engine.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pipeline/generate.h"
+#include "pipeline/params.h"
+#include "post/resize.h"
+
+static mp_error *bind_models(mp_engine *e) {
+  const mp_weights *w = e->overlay ? e->overlay : e->base;
+  mp_clip_free(e->clip);
+  mp_unet_free(e->unet);
+  e->clip = NULL, e->unet = NULL;
+  MP_TRY(mp_clip_load(w, MP_PREFIX_CLIP, &e->cfg.clip, &e->clip));
+  return mp_unet_load(w, MP_PREFIX_UNET, &e->cfg.unet, &e->unet);
+}
+
+mp_error *mp_engine_open(mpass_ctx *ctx, const char *path, const mp_tokenizer *tok, mp_engine **out) {
+  *out = NULL;
+  mp_engine *e = calloc(1, sizeof *e);
+  if (!e) return mp_errorf("out of memory");
+  e->ctx = ctx;
+  e->tok = tok;
+  e->path = strdup(path);
+  const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path, *dot = strrchr(base, '.');
+  e->name = strndup(base, dot ? (size_t)(dot - base) : strlen(base));
+  mp_error *err = !e->path || !e->name ? mp_errorf("out of memory") : NULL;
+  if (!err) err = mp_weights_open(path, &e->base);
+  if (!err) err = mp_sd_config_detect(e->base, NULL, &e->cfg);
+  if (!err)
+    err = mp_schedule_from_checkpoint(&e->schedule, e->base, e->cfg.linear_start, e->cfg.linear_end, e->cfg.timesteps);
+  if (!err) err = bind_models(e);
+  if (!err) err = mp_vae_load(e->base, MP_PREFIX_VAE, &e->cfg.vae, &e->vae);
+  if (!err) err = mp_model_short_hash(path, e->hash);
+  if (err) {
+    mp_engine_close(e);
+    return mp_error_wrap(err, "loading %s", path);
+  }
+  *out = e;
+  return NULL;
+}
+
+void mp_engine_close(mp_engine *e) {
+  if (!e) return;
+  mp_clip_free(e->clip);
+  mp_unet_free(e->unet);
+  mp_vae_free(e->vae);
+  mp_schedule_free(&e->schedule);
+  mp_weights_close(e->overlay);
+  mp_weights_close(e->base);
+  free(e->path);
+  free(e->name);
+  free(e);
+}
+
+mp_error *mp_engine_set_loras(mp_engine *e, const mp_lora_spec *specs, int n, char ***warnings, int *n_warnings) {
+  if (n == 0 && !e->overlay) return NULL; /* already the base */
+  mp_weights_close(e->overlay);
+  e->overlay = NULL;
+  if (n > 0) {
+    mp_lora_report rep = {0};
+    MP_TRY(mp_lora_apply(e->base, &e->cfg, specs, n, &e->overlay, &rep));
+    for (int i = 0; warnings && i < rep.n_unmatched; i++) {
+      char **grown = realloc(*warnings, (size_t)(*n_warnings + 1) * sizeof *grown);
+      if (!grown) break;
+      *warnings = grown;
+      size_t len = strlen(rep.unmatched[i]) + 64;
+      if (((*warnings)[*n_warnings] = malloc(len))) snprintf((*warnings)[(*n_warnings)++], len, "LoRA %s matches no layer", rep.unmatched[i]);
+    }
+    mp_lora_report_free(&rep);
+  }
+  return bind_models(e);
+}
+
+typedef struct {
+  mp_progress *progress;
+} step_ctx;
+
+static mp_error *on_step(void *ctx, int step, int n_steps, float *x, int64_t n, double sigma, double sigma_next) {
+  (void)n_steps, (void)x, (void)n, (void)sigma, (void)sigma_next;
+  step_ctx *s = ctx;
+  if (s->progress && mp_progress_step(s->progress, step + 1)) return mp_errorf("cancelled");
+  return NULL;
+}
+
+/* The image as planar floats in [-1, 1], the VAE's input range. */
+static float *image_to_planar(const mp_image *img) {
+  float *chw = mp_alloc(sizeof(float) * 3 * (size_t)img->width * (size_t)img->height);
+  if (chw) mp_image_to_planar(img, chw, -1.0f, 1.0f);
+  return chw;
+}
+
+/* The UNet halves the latent once per level after the first: sizes must divide by 8 · 2^(levels-1)
+ * (64 px for SD 1.x). */
+static int size_granularity(const mp_engine *e) { return 8 << (e->cfg.unet.n_levels - 1); }
+
+static mp_error *run_pass_aligned(mp_engine *e, const mp_pass_params *p, mp_progress *progress, mp_image *out, char **warning);
+
+/* Other sizes run at the next size up that the UNet takes, resized there and back, as the crops and
+ * tiles of the person, face and upscale passes come in any multiple of 8. */
+mp_error *mp_engine_run_pass(mp_engine *e, const mp_pass_params *p, mp_progress *progress, mp_image *out, char **warning) {
+  int g = size_granularity(e);
+  if (p->width % g == 0 && p->height % g == 0) return run_pass_aligned(e, p, progress, out, warning);
+  mp_pass_params q = *p;
+  q.width = (p->width + g - 1) / g * g, q.height = (p->height + g - 1) / g * g;
+  mp_image init = {0}, big = {0};
+  mp_mask mask = {0};
+  mp_error *err = NULL;
+  if (p->init) err = mp_image_resize(p->init, q.width, q.height, MP_RESIZE_LANCZOS3, &init), q.init = &init;
+  if (!err && p->mask) err = mp_mask_resize(p->mask, q.width, q.height, MP_RESIZE_BILINEAR, &mask), q.mask = &mask;
+  if (!err) err = run_pass_aligned(e, &q, progress, &big, warning);
+  if (!err) err = mp_image_resize(&big, p->width, p->height, MP_RESIZE_LANCZOS3, out);
+  mp_image_free(&init), mp_image_free(&big);
+  mp_mask_free(&mask);
+  return err;
+}
+
+static mp_error *run_pass_aligned(mp_engine *e, const mp_pass_params *p, mp_progress *progress, mp_image *out, char **warning) {
+  memset(out, 0, sizeof *out);
+  if (warning) *warning = NULL;
+  if (p->width % 8 || p->height % 8 || p->width < 8 || p->height < 8)
+    return mp_errorf("pass size %dx%d: width and height must be positive multiples of 8", p->width, p->height);
+  if (p->init && (p->init->width != p->width || p->init->height != p->height || p->init->channels != 3))
+    return mp_errorf("init image is %dx%d, the pass is %dx%d", p->init->width, p->init->height, p->width, p->height);
+  mp_pool *pool = e->ctx->pool;
+  const int H = p->height, W = p->width, h = H / 8, w = W / 8;
+  const int64_t lat_n = (int64_t)MP_LATENT_CHANNELS * h * w;
+  const float scale = e->cfg.scale_factor;
+
+  mp_conditioning cond = {0};
+  mp_cond_options copt = mp_cond_options_default();
+  copt.clip_skip = p->clip_skip > 0 ? p->clip_skip : 1;
+  copt.use_lpw = p->use_lpw;
+  mp_error *err = mp_conditioning_encode(e->clip, pool, e->tok, p->prompt ? p->prompt : "", p->negative ? p->negative : "",
+                                         p->embeddings, &copt, &cond);
+  if (err) return mp_error_wrap(err, "conditioning");
+  if (warning && cond.warning) *warning = strdup(cond.warning);
+
+  const int n_ctx = (int)cond.cond.shape[1], dim = (int)cond.cond.shape[2];
+  float *context = mp_alloc(sizeof(float) * 2 * (size_t)n_ctx * (size_t)dim);
+  float *latent = mp_alloc(sizeof(float) * (size_t)lat_n);
+  float *init_latent = NULL, *lat_mask = NULL, *inpaint_cond = NULL, *image = NULL, *pixels = NULL;
+  mp_noise *noise = NULL;
+  if (!context || !latent) err = mp_errorf("out of memory");
+  if (!err) {
+    /* the CFG batch: unconditional rows first, then conditional */
+    memcpy(context, cond.uncond.data, sizeof(float) * (size_t)n_ctx * dim);
+    memcpy(context + (size_t)n_ctx * dim, cond.cond.data, sizeof(float) * (size_t)n_ctx * dim);
+  }
+  if (!err && p->init) {
+    image = image_to_planar(p->init);
+    init_latent = mp_alloc(sizeof(float) * (size_t)lat_n);
+    err = image && init_latent ? mp_encode_latent(e->vae, pool, image, H, W, NULL, scale, init_latent) : mp_errorf("out of memory");
+  }
+  if (!err && p->init && p->mask) {
+    /* AUTOMATIC1111 resizes the (blurred) mask to the latent and rounds it: inside > 0.5 is repainted. */
+    mp_mask small = {0};
+    err = mp_mask_resize(p->mask, w, h, MP_RESIZE_BILINEAR, &small);
+    if (!err && !(lat_mask = mp_alloc(sizeof(float) * (size_t)h * w))) err = mp_errorf("out of memory");
+    for (int64_t i = 0; !err && i < (int64_t)h * w; i++) lat_mask[i] = small.data[i] >= 0.5f ? 1.0f : 0.0f;
+    mp_mask_free(&small);
+    if (!err && e->cfg.inpainting) {
+      float *full = mp_alloc(sizeof(float) * (size_t)H * W);
+      inpaint_cond = mp_alloc(sizeof(float) * 5 * (size_t)h * w);
+      if (!full || !inpaint_cond) err = mp_errorf("out of memory");
+      for (int64_t i = 0; !err && i < (int64_t)H * W; i++) full[i] = p->mask->data[i] >= 0.5f ? 1.0f : 0.0f;
+      if (!err) err = mp_inpaint_condition(e->vae, pool, image, full, H, W, scale, inpaint_cond);
+      mp_free(full);
+    }
+  }
+  if (!err && e->cfg.inpainting && !inpaint_cond) {
+    /* A 9-channel model outside inpainting: the whole image is "masked", as diffusers does for txt2img. */
+    inpaint_cond = mp_calloc(5 * (size_t)h * w, sizeof(float));
+    if (!inpaint_cond) err = mp_errorf("out of memory");
+    for (int64_t i = 0; !err && i < (int64_t)h * w; i++) inpaint_cond[i] = 1.0f;
+  }
+  if (!err) err = mp_noise_for_seeds(p->rng, &p->seed, 1, &noise);
+  if (!err) {
+    mp_unet_model model = {e->unet, pool};
+    step_ctx sc = {progress};
+    mp_generate_params g = {
+        .model = mp_unet_model_eps, .model_ctx = &model, .unet_in_channels = e->cfg.unet.in_channels,
+        .schedule = &e->schedule, .context = context, .n_ctx = n_ctx, .ctx_dim = dim, .batch = 1, .lat_h = h,
+        .lat_w = w, .cfg_scale = p->cfg_scale, .sampler = p->sampler, .steps = p->steps, .noise = noise,
+        .seeds = &p->seed, .init_latent = init_latent, .strength = p->strength, .mask = lat_mask,
+        .inpaint_cond = inpaint_cond, .on_step = on_step, .step_ctx = &sc};
+    err = mp_generate_latents(&g, latent);
+  }
+  if (!err) {
+    pixels = mp_alloc(sizeof(float) * 3 * (size_t)H * W);
+    err = pixels ? mp_decode_latent(e->vae, pool, latent, h, w, scale, pixels) : mp_errorf("out of memory");
+  }
+  if (!err) err = mp_image_alloc(out, W, H, 3);
+  if (!err) mp_image_from_planar(out, pixels, -1.0f, 1.0f);
+  mp_noise_free(noise);
+  mp_free(context), mp_free(latent), mp_free(init_latent), mp_free(lat_mask), mp_free(inpaint_cond);
+  mp_free(image), mp_free(pixels);
+  mp_conditioning_free(&cond);
+  if (err && warning) {
+    free(*warning);
+    *warning = NULL;
+  }
+  return err;
+}

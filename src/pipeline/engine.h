@@ -1,0 +1,75 @@
+/* An engine: one Stable Diffusion checkpoint, loaded and ready to run passes.
+ *
+ * It owns the memory-mapped weights, the bound text encoder, UNet and VAE, the noise schedule
+ * and the tokenizer it was handed. LoRAs are applied per pass as an overlay (the base weights
+ * are never written, so "removing" a LoRA is dropping the overlay), and every pass — scene,
+ * person, face, hires, tile — goes through mp_engine_run_pass. */
+#ifndef MP_PIPELINE_ENGINE_H
+#define MP_PIPELINE_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/context.h"
+#include "io/image.h"
+#include "io/weights.h"
+#include "models/clip.h"
+#include "models/lora.h"
+#include "models/sd.h"
+#include "models/unet.h"
+#include "models/vae.h"
+#include "pipeline/progress.h"
+#include "post/mask.h"
+#include "prompt/conditioning.h"
+#include "prompt/tokenizer.h"
+#include "sampling/noise.h"
+#include "sampling/sampler.h"
+#include "sampling/schedule.h"
+
+typedef struct {
+  mpass_ctx *ctx;
+  char *path;
+  char *name;    /* file name without folder and extension, for the "Model:" field */
+  char hash[11]; /* AUTOMATIC1111's short model hash */
+  mp_weights *base;
+  mp_weights *overlay; /* LoRAs of the current pass, or NULL */
+  mp_sd_config cfg;
+  mp_schedule schedule;
+  mp_clip *clip;
+  mp_unet *unet;
+  mp_vae *vae;
+  const mp_tokenizer *tok; /* borrowed */
+} mp_engine;
+
+mp_error *mp_engine_open(mpass_ctx *ctx, const char *path, const mp_tokenizer *tok, mp_engine **out);
+void mp_engine_close(mp_engine *e);
+
+/* Rebind the text encoder and UNet to base + these LoRAs (n = 0: the base alone). Modules of a LoRA
+ * that match no layer are appended to `warnings` (may be NULL) as "lora NAME: MODULE matches no layer". */
+mp_error *mp_engine_set_loras(mp_engine *e, const mp_lora_spec *specs, int n, char ***warnings, int *n_warnings);
+
+/* One diffusion pass. */
+typedef struct {
+  const char *prompt, *negative;
+  const mp_ti_set *embeddings; /* may be NULL */
+  bool use_lpw;
+  int clip_skip; /* 1 or 2 */
+  mp_sampler_spec sampler;
+  int steps;
+  double cfg_scale;
+  uint64_t seed;
+  mp_rng_kind rng;
+  int width, height; /* multiples of 8 */
+  /* img2img / inpainting: init image at width×height and the denoising strength; NULL for txt2img */
+  const mp_image *init;
+  double strength;
+  /* inpainting: repaint where mask > 0.5 (width×height); NULL repaints everything */
+  const mp_mask *mask;
+} mp_pass_params;
+
+/* Run a pass and write the result (width×height RGB) to *out. Progress steps are reported to
+ * `progress` (may be NULL); a cancel request ends the pass with an error whose message starts with
+ * "cancelled". `warning` (may be NULL) receives a conditioning warning (e.g. truncation) to free. */
+mp_error *mp_engine_run_pass(mp_engine *e, const mp_pass_params *p, mp_progress *progress, mp_image *out, char **warning);
+
+#endif
