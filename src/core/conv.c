@@ -457,7 +457,9 @@ mp_error *mp_conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, i
     float bw[8192];
     if (bias && c_out > 8192) return mp_errorf("conv2d with %d output channels is beyond this implementation", c_out);
     if (bias) MP_TRY(mp_error_wrap(mp_vector_f32(bias, bw, c_out), "conv2d bias"));
-    return conv3x3_winograd(pool, ws, y, x, batch, c_in, h, w, weight, bias ? bw : NULL, 0, &WINO_F4);
+    /* F(4,3) halves the arithmetic again but transforms (and BLAS repacks) a 2.25x larger weight per
+     * call, which only pays once there are enough tiles: from 64x64 pixels on. */
+    return conv3x3_winograd(pool, ws, y, x, batch, c_in, h, w, weight, bias ? bw : NULL, 0, P >= 4096 ? &WINO_F4 : &WINO_F2);
   }
   int64_t band = direct ? 0 : (COL_BUDGET_FLOATS / K > 0 ? COL_BUDGET_FLOATS / K : 1);
   if (band > P) band = P;
