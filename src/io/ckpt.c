@@ -882,6 +882,37 @@ static mp_error *add_tensor(const zip_file *z, const char *root, size_t root_len
   return mp_error_wrap(mp_weights_add_owned(w, name, dt, t->ndim, t->shape, part), "%s", path);
 }
 
+/* Tensors in dicts below the top level, named by their keys joined with '.' ("string_to_param.*"):
+ * how textual-inversion embeddings hold them ({"string_to_param": {"*": tensor}, "name": ...}).
+ * Used only when the top level holds no tensor, so state dicts read exactly as before. The depth
+ * and a budget of visited entries bound the walk: the memo lets one dict appear many times. */
+#define MAX_NESTED_DEPTH 3
+#define MAX_NESTED_VISITS ((size_t)1 << 20)
+
+static mp_error *collect_nested(const zip_file *z, const char *root, size_t root_len, const value *d, char *name, size_t name_len,
+                                int depth, size_t *visits, size_t *found, mp_weights *w) {
+  for (size_t i = 0; i < d->u.dict.n; i++) {
+    const value *key = d->u.dict.keys[i], *val = d->u.dict.vals[i];
+    if (++*visits > MAX_NESTED_VISITS)
+      return mp_errorf("%s: data.pkl's nested dicts hold over %zu entries: refusing", z->path, MAX_NESTED_VISITS);
+    if (key->kind != V_STR || strlen(key->u.str.s) != key->u.str.n) continue;
+    if (val->kind != V_TENSOR && (val->kind != V_DICT || depth == MAX_NESTED_DEPTH)) continue;
+    size_t len = name_len + (name_len ? 1 : 0) + key->u.str.n;
+    if (len >= 512) return mp_errorf("%s: a nested tensor name is over 511 bytes", z->path);
+    char *end = name + name_len;
+    if (name_len) *end++ = '.';
+    memcpy(end, key->u.str.s, key->u.str.n + 1);
+    if (val->kind == V_TENSOR) {
+      MP_TRY(add_tensor(z, root, root_len, name, val->u.tensor, w));
+      ++*found;
+    } else {
+      MP_TRY(collect_nested(z, root, root_len, val, name, len, depth + 1, visits, found, w));
+    }
+    name[name_len] = 0;
+  }
+  return NULL;
+}
+
 static mp_error *collect(const zip_file *z, const char *root, size_t root_len, value *obj, mp_weights *w) {
   if (obj->kind != V_DICT) return mp_errorf("%s: data.pkl holds a %s, expected a dict of tensors", z->path, kind_name(obj->kind));
   value *sd = dict_get(obj, "state_dict");
@@ -894,6 +925,11 @@ static mp_error *collect(const zip_file *z, const char *root, size_t root_len, v
       return mp_errorf("%s: a tensor is stored under a %s key; expected a string name", z->path, kind_name(key->kind));
     MP_TRY(add_tensor(z, root, root_len, key->u.str.s, val->u.tensor, w));
     found++;
+  }
+  if (found == 0) {
+    char name[512] = "";
+    size_t visits = 0;
+    MP_TRY(collect_nested(z, root, root_len, obj, name, 0, 0, &visits, &found, w));
   }
   if (found == 0) {
     char keys[256] = "";

@@ -267,7 +267,7 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
   mp_error *e = NULL;
   float *buf = mp_alloc((size_t)LM_N * LM_N * 3 * sizeof *buf);
   mp_detection *dets = malloc(POSE_ANCHORS * sizeof *dets);
-  candidate *cand = malloc(MP_MAX_PERSONS * sizeof *cand);
+  candidate *cand = malloc(MP_MAX_FOUND_PERSONS * sizeof *cand);
   float *seg_full = mp_alloc(npix * sizeof *seg_full);
   if (!buf || !dets || !cand || !seg_full) {
     e = mp_errorf("out of memory");
@@ -294,9 +294,9 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
   /* 2. Faces on the whole image; each face no pose detection explains seeds a person. Every
    * person gets an anchor: its face (or the detector's face box, about twice a face). */
   if ((e = mp_face_detect(&pf->face, pool, img, 0, 0, (float)W, (float)H, out->faces, MP_MAX_FACES, &out->n_faces))) goto done;
-  int match[MP_MAX_PERSONS];
-  bool near[MP_MAX_PERSONS], face_taken[MP_MAX_FACES] = {0};
-  if (nd > MP_MAX_PERSONS) nd = MP_MAX_PERSONS;
+  int match[MP_MAX_FOUND_PERSONS];
+  bool near[MP_MAX_FOUND_PERSONS], face_taken[MP_MAX_FACES] = {0};
+  if (nd > MP_MAX_FOUND_PERSONS) nd = MP_MAX_FOUND_PERSONS;
   match_faces(dets, nd, out->faces, out->n_faces, match, near);
   for (int i = 0; i < nd; i++) {
     if (match[i] < 0 && near[i]) continue; /* a second detection of someone whose face is taken */
@@ -306,7 +306,7 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
     cd.a = (anchor){a->xmin + a->w / 2, a->ymin + a->h / 2, (a->w > a->h ? a->w : a->h) * (match[i] >= 0 ? 1.0f : 0.5f)};
     cand[nc++] = cd;
   }
-  for (int i = 0; i < out->n_faces && nc < MP_MAX_PERSONS; i++)
+  for (int i = 0; i < out->n_faces && nc < MP_MAX_FOUND_PERSONS; i++)
     if (!face_taken[i]) {
       const mp_detection *f = &out->faces[i];
       anchor a = {f->xmin + f->w / 2, f->ymin + f->h / 2, f->w > f->h ? f->w : f->h};
@@ -327,7 +327,7 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
   t_stage = now_s();
   /* 4. One pose-landmark run per candidate: its segmentation is that person's mask. */
   for (int i = 0; i < nc; i++) {
-    anchor others[MP_MAX_PERSONS];
+    anchor others[MP_MAX_FOUND_PERSONS];
     int n_others = 0;
     for (int j = 0; j < nc; j++)
       if (j != i) others[n_others++] = cand[j].a;

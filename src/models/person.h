@@ -41,13 +41,13 @@ typedef struct {
   float *mask;      /* [height * width], 0..1, owned */
 } mp_person;
 
-#define MP_MAX_PERSONS 32
+#define MP_MAX_FOUND_PERSONS 32
 #define MP_MAX_FACES 64
 
 typedef struct {
   int width, height;
   int n;
-  mp_person persons[MP_MAX_PERSONS];
+  mp_person persons[MP_MAX_FOUND_PERSONS];
   int n_faces;
   mp_detection faces[MP_MAX_FACES]; /* image pixels */
   int face_person[MP_MAX_FACES];    /* index into persons containing the face centre, -1 if none */

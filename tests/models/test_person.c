@@ -55,7 +55,7 @@ static void check_photo(const char *rel, int expected) {
   }
   /* each face inside a person's mask, one face per person on these photos */
   assert_true(r.n_faces >= expected);
-  int faces_of[MP_MAX_PERSONS] = {0};
+  int faces_of[MP_MAX_FOUND_PERSONS] = {0};
   for (int f = 0; f < r.n_faces; f++) {
     if (r.face_person[f] < 0) fail_msg("%s: face %d lies in no person's mask", rel, f);
     faces_of[r.face_person[f]]++;
