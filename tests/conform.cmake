@@ -3,3 +3,7 @@ set(G ${MPASS_SHARED_DIR}/golden)
 add_test(NAME conform_tiny_text COMMAND mpass_cli conform ${G}/tiny --cases tok,te)
 set_tests_properties(conform_tiny_text PROPERTIES TIMEOUT 900
   ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
+# Real-ESRGAN (needs models/upscale from scripts/fetch-models.sh)
+add_test(NAME conform_esrgan COMMAND mpass_cli --models ${CMAKE_SOURCE_DIR}/models conform ${G}/esrgan)
+set_tests_properties(conform_esrgan PROPERTIES TIMEOUT 900
+  ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")

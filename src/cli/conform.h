@@ -60,5 +60,7 @@ void conform_fail(conform *c, const char *name, const char *fmt, ...) __attribut
 typedef mp_error *(*conform_case_fn)(conform *c);
 mp_error *conform_case_tok(conform *c);
 mp_error *conform_case_te(conform *c);
+mp_error *conform_case_x4fast(conform *c);
+mp_error *conform_case_x4plus(conform *c);
 
 #endif
