@@ -13,6 +13,7 @@ static const struct {
 } commands[] = {
     {"tokenize", cmd_tokenize, "tokenize [--vocab PATH] TEXT        print CLIP token ids"},
     {"inspect", cmd_inspect, "inspect CKPT                         model family, dtypes, parameter counts, key check"},
+    {"upscale", cmd_upscale, "upscale IN [-o OUT.png] [--model x4fast|x4plus] [--scale 2|4] [--tile N]   Real-ESRGAN x4/x2"},
     {"conform", cmd_conform, "conform GOLDEN_DIR [--cases a,b] [--dump DIR]   check numerics against reference outputs"},
 };
 

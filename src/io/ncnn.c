@@ -477,8 +477,8 @@ static mp_error *load_bin(const char *file, const uint8_t *bin, size_t len, mp_n
     int n;
     MP_TRY(weight_specs(l, spec, &n));
     for (int k = 0; k < n; k++) {
+      l->n_weights = k + 1; /* owned by the layer from here on, even if reading fails */
       MP_TRY(read_weight(file, bin, len, &off, l, &spec[k], &l->weights[k]));
-      l->n_weights = k + 1;
     }
   }
   if (off != len)
