@@ -24,6 +24,21 @@ typedef struct {
 mpass_error *mpass_ctx_create(const mpass_options *opts, mpass_ctx **out);
 void mpass_ctx_destroy(mpass_ctx *ctx);
 
+/* ---- Progress and cancellation ---- */
+
+/* One progress report: sent at the start of every pass and after every sampler step. */
+typedef struct {
+  int image, n_images;   /* 0-based image index, images in the job */
+  const char *pass;      /* "scene", "person 1", "faces", "hires fix", "tiled upscale", ... */
+  int step, n_steps;     /* 0 at the start of a pass; n_steps is 0 for passes without sampler steps */
+  double sec_per_it;     /* seconds per step so far in this pass (0 until known) */
+  double eta_seconds;    /* to the end of this pass (negative when unknown) */
+  double elapsed_seconds; /* since the job started */
+} mpass_progress;
+
+/* Return non-zero to cancel: the job stops within one sampler step and leaves no partial outputs. */
+typedef int (*mpass_progress_fn)(const mpass_progress *p, void *user);
+
 const char *mpass_error_message(const mpass_error *e);
 void mpass_error_free(mpass_error *e);
 

@@ -1,22 +1,98 @@
+/* mpass inspect CKPT: what a checkpoint is and whether mpass can use it. */
 #include <stdio.h>
+#include <string.h>
 
 #include "cli/commands.h"
+#include "core/context.h"
 #include "io/weights.h"
+#include "models/clip.h"
+#include "models/sd.h"
+
+/* Tensors real SD 1.x files carry besides the three models; they are expected, not "unexpected". */
+static bool known_extra(const char *name) {
+  static const char *const extras[] = {"betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+                                       "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod",
+                                       "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_variance",
+                                       "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+                                       "logvar", "cond_stage_model.transformer.text_model.embeddings.position_ids"};
+  for (size_t i = 0; i < sizeof extras / sizeof *extras; i++)
+    if (strcmp(name, extras[i]) == 0) return true;
+  return strncmp(name, "model_ema.", 10) == 0 || strncmp(name, "first_stage_model.loss.", 23) == 0;
+}
+
+static const char *const components[][2] = {
+    {"UNet", MP_PREFIX_UNET}, {"VAE", MP_PREFIX_VAE}, {"text encoder", MP_PREFIX_CLIP}};
 
 int cmd_inspect(mpass_ctx *ctx, int argc, char **argv) {
   (void)ctx;
-  if (argc != 2) {
-    fprintf(stderr, "usage: mpass inspect CKPT\n");
+  bool list = argc == 3 && strcmp(argv[2], "--tensors") == 0;
+  if (argc != 2 && !list) {
+    fprintf(stderr, "usage: mpass inspect CKPT [--tensors]\n");
     return 2;
   }
   mp_weights *w;
   mp_error *e = mp_weights_open(argv[1], &w);
   if (e) return cli_fail("inspect", e);
-  for (size_t i = 0; i < mp_weights_count(w); i++) {
+
+  size_t n = mp_weights_count(w);
+  long long params[3] = {0}, other = 0, dtype_count[MP_DTYPE_COUNT] = {0};
+  size_t unexpected = 0;
+  for (size_t i = 0; i < n; i++) {
     const mp_weight *t = mp_weights_at(w, i);
-    char sb[128];
-    printf("%s %s %s\n", t->name, mp_dtype_name(t->t.dtype), mp_shape_str(t->t.ndim, t->t.shape, sb, sizeof sb));
+    dtype_count[t->t.dtype]++;
+    int comp = -1;
+    for (int k = 0; k < 3; k++)
+      if (strncmp(t->name, components[k][1], strlen(components[k][1])) == 0) comp = k;
+    if (comp >= 0 && !known_extra(t->name))
+      params[comp] += mp_tensor_numel(&t->t);
+    else if (!known_extra(t->name))
+      other += mp_tensor_numel(&t->t), unexpected++;
+    if (list) {
+      char sb[128];
+      printf("  %s %s %s\n", t->name, mp_dtype_name(t->t.dtype), mp_shape_str(t->t.ndim, t->t.shape, sb, sizeof sb));
+    }
   }
+  printf("file:        %s\n", argv[1]);
+  printf("tensors:     %zu\n", n);
+  printf("dtypes:     ");
+  for (int d = 0; d < MP_DTYPE_COUNT; d++)
+    if (dtype_count[d]) printf(" %s×%lld", mp_dtype_name((mp_dtype)d), dtype_count[d]);
+  printf("\n");
+  for (int k = 0; k < 3; k++) printf("%-13s%lld parameters\n", components[k][0], params[k]);
+
+  mp_sd_config cfg;
+  e = mp_sd_config_detect(w, NULL, &cfg);
+  printf("family:      %s\n", e && cfg.family == MP_FAMILY_UNKNOWN ? "not recognised" : mp_family_name(cfg.family));
+  int rc = 0;
+  if (e) {
+    printf("problem:     %s\n", mp_error_message(e));
+    mp_error_free(e);
+    rc = 1;
+  } else {
+    const mp_unet_config *u = &cfg.unet;
+    printf("UNet:        in %d, out %d, channels %d, mult", u->in_channels, u->out_channels, u->model_channels);
+    for (int l = 0; l < u->n_levels; l++) printf(" %d%s", u->channel_mult[l], u->attention_at_level[l] ? "*" : "");
+    printf(" (* = attention), %d res blocks, context %d%s\n", u->num_res_blocks, u->context_dim,
+           cfg.inpainting ? ", inpainting (9-channel input)" : "");
+    printf("VAE:         channels %d, %d levels, z %d\n", cfg.vae.ch, cfg.vae.n_levels, cfg.vae.z_channels);
+    printf("text:        hidden %d, %d layers, %d heads, vocab %d\n", cfg.clip.hidden, cfg.clip.layers, cfg.clip.heads,
+           cfg.clip.vocab_size);
+    /* Binding each model checks every tensor it needs: missing or mis-shaped keys are named here. */
+    mp_clip *clip;
+    e = mp_clip_load(w, MP_PREFIX_CLIP, &cfg.clip, &clip);
+    printf("check text:  %s\n", e ? mp_error_message(e) : "all tensors present with the expected shapes");
+    if (e) rc = 1;
+    mp_error_free(e);
+    mp_clip_free(clip);
+  }
+  printf("unexpected:  %zu tensors outside the model (%lld values)\n", unexpected, other);
+  if (unexpected && !list)
+    for (size_t i = 0, shown = 0; i < n && shown < 10; i++) {
+      const mp_weight *t = mp_weights_at(w, i);
+      bool in_model = false;
+      for (int k = 0; k < 3; k++) in_model |= strncmp(t->name, components[k][1], strlen(components[k][1])) == 0;
+      if (!in_model && !known_extra(t->name)) printf("  %s\n", t->name), shown++;
+    }
   mp_weights_close(w);
-  return 0;
+  return rc;
 }

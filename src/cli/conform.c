@@ -19,6 +19,11 @@ static const struct {
     {"te", conform_case_te},
     {"x4fast", conform_case_x4fast},
     {"x4plus", conform_case_x4plus},
+    {"pose_detection", conform_case_pose_detection},
+    {"pose_landmark_full", conform_case_pose_landmark_full},
+    {"selfie_segmentation", conform_case_selfie_segmentation},
+    {"face_detection_full_range", conform_case_face_detection_full_range},
+    {"face_detection_full_range_sparse", conform_case_face_detection_full_range_sparse},
 };
 
 char *conform_path(const conform *c, const char *rel) {
@@ -275,7 +280,7 @@ static int list_cases(const char *dir, char ***out) {
     head[got] = 0;
     /* a model config (tiny.json) starts with a "model" object; a case manifest that also
      * describes its model (esrgan/x4fast.json) says which tensors it holds */
-    bool model_first = strstr(head, "\"model\": {") == head + 2 || strncmp(head, "{\n \"model\"", 10) == 0;
+    bool model_first = strstr(head, "\"model\": {") == head + 2 || strncmp(head, "{\n \"model\": {", 13) == 0;
     if (model_first && !file_mentions(path, "\"tensors\"")) continue;
     if (n == cap) {
       cap = cap ? 2 * cap : 16;

@@ -62,5 +62,10 @@ mp_error *conform_case_tok(conform *c);
 mp_error *conform_case_te(conform *c);
 mp_error *conform_case_x4fast(conform *c);
 mp_error *conform_case_x4plus(conform *c);
+mp_error *conform_case_pose_detection(conform *c);
+mp_error *conform_case_pose_landmark_full(conform *c);
+mp_error *conform_case_selfie_segmentation(conform *c);
+mp_error *conform_case_face_detection_full_range(conform *c);
+mp_error *conform_case_face_detection_full_range_sparse(conform *c);
 
 #endif

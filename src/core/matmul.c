@@ -1,0 +1,255 @@
+#include "core/matmul.h"
+
+#include <cblas.h>
+#include <cpuid.h>
+#include <oneapi/dnnl/dnnl.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct mp_backend {
+  mp_precision precision;
+  dnnl_engine_t engine; /* bf16 only */
+  dnnl_stream_t stream;
+  /* grow-only scratch shared by all matmuls of this backend: converted weights (f32) or rounded
+   * activations (bf16) */
+  void *scratch;
+  size_t scratch_bytes;
+};
+
+struct mp_matmul {
+  mp_backend *b;
+  int64_t N, K;
+  const mp_tensor *W; /* f32 path: the stored weight */
+  float *bias;        /* owned f32 copy, or NULL */
+  /* bf16 path */
+  dnnl_primitive_t prim;
+  dnnl_memory_t weights; /* packed bf16 */
+  dnnl_memory_t bias_mem;
+  dnnl_memory_desc_t src_md, dst_md; /* with runtime M */
+  dnnl_primitive_t prim_acc;         /* the same with a sum post-op (y += ...) */
+};
+
+const char *mp_precision_name(mp_precision p) {
+  return p == MP_PRECISION_BF16 ? "bf16" : p == MP_PRECISION_F32 ? "f32" : "auto";
+}
+
+const char *mp_cpu_bf16_support(void) {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return "";
+  if (d & (1u << 22)) return "amx_bf16"; /* AMX-BF16 */
+  if (__get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5))) return "avx512_bf16";
+  return "";
+}
+
+static mp_error *dnnl_err(dnnl_status_t s, const char *what) {
+  return s == dnnl_success ? NULL : mp_errorf("oneDNN %s failed (status %d)", what, (int)s);
+}
+
+mp_error *mp_backend_create(mp_precision precision, int n_threads, mp_backend **out) {
+  *out = NULL;
+  mp_backend *b = calloc(1, sizeof *b);
+  if (!b) return mp_errorf("out of memory");
+  if (precision == MP_PRECISION_AUTO) precision = *mp_cpu_bf16_support() ? MP_PRECISION_BF16 : MP_PRECISION_F32;
+  b->precision = precision;
+  if (n_threads > 0) {
+    omp_set_num_threads(n_threads); /* oneDNN's threads */
+    openblas_set_num_threads(n_threads);
+  }
+  if (precision == MP_PRECISION_BF16) {
+    mp_error *e = dnnl_err(dnnl_engine_create(&b->engine, dnnl_cpu, 0), "engine creation");
+    if (!e) e = dnnl_err(dnnl_stream_create(&b->stream, b->engine, dnnl_stream_default_flags), "stream creation");
+    if (e) {
+      mp_backend_destroy(b);
+      return e;
+    }
+  }
+  *out = b;
+  return NULL;
+}
+
+void mp_backend_destroy(mp_backend *b) {
+  if (!b) return;
+  if (b->stream) dnnl_stream_destroy(b->stream);
+  if (b->engine) dnnl_engine_destroy(b->engine);
+  mp_free(b->scratch);
+  free(b);
+}
+
+mp_precision mp_backend_precision(const mp_backend *b) { return b->precision; }
+
+static void *scratch(mp_backend *b, size_t bytes) {
+  if (bytes > b->scratch_bytes) {
+    mp_free(b->scratch);
+    b->scratch = mp_alloc(bytes);
+    b->scratch_bytes = b->scratch ? bytes : 0;
+  }
+  return b->scratch;
+}
+
+/* ---- bf16 via oneDNN ---- */
+
+static void to_bf16(uint16_t *dst, const float *src, size_t n) {
+  for (size_t i = 0; i < n; i++) dst[i] = mp_f32_to_bf16(src[i]);
+}
+
+static mp_error *make_primitive(mp_matmul *mm, const dnnl_memory_desc_t *w_any, bool accumulate, dnnl_primitive_t *prim,
+                                dnnl_memory_desc_t *w_chosen) {
+  dnnl_memory_desc_t bias_md;
+  dnnl_dims_t bd = {1, mm->N};
+  MP_TRY(dnnl_err(dnnl_memory_desc_init_by_tag(&bias_md, 2, bd, dnnl_f32, dnnl_ab), "bias desc"));
+  dnnl_matmul_desc_t desc;
+  MP_TRY(dnnl_err(dnnl_matmul_desc_init(&desc, &mm->src_md, w_any, mm->bias ? &bias_md : NULL, &mm->dst_md), "matmul desc"));
+  dnnl_primitive_attr_t attr = NULL;
+  dnnl_post_ops_t ops = NULL;
+  if (accumulate) {
+    dnnl_primitive_attr_create(&attr);
+    dnnl_post_ops_create(&ops);
+    dnnl_post_ops_append_sum(ops, 1.0f);
+    dnnl_primitive_attr_set_post_ops(attr, ops);
+  }
+  dnnl_primitive_desc_t pd;
+  mp_error *e = dnnl_err(dnnl_primitive_desc_create(&pd, &desc, attr, mm->b->engine, NULL), "matmul primitive desc");
+  if (ops) dnnl_post_ops_destroy(ops);
+  if (attr) dnnl_primitive_attr_destroy(attr);
+  MP_TRY(e);
+  if (w_chosen) *w_chosen = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+  e = dnnl_err(dnnl_primitive_create(prim, pd), "matmul primitive");
+  dnnl_primitive_desc_destroy(pd);
+  return e;
+}
+
+static mp_error *create_bf16(mp_matmul *mm) {
+  mp_backend *b = mm->b;
+  const int64_t N = mm->N, K = mm->K;
+  dnnl_dims_t sd = {DNNL_RUNTIME_DIM_VAL, K}, dd = {DNNL_RUNTIME_DIM_VAL, N}, wd = {K, N};
+  MP_TRY(dnnl_err(dnnl_memory_desc_init_by_tag(&mm->src_md, 2, sd, dnnl_bf16, dnnl_ab), "src desc"));
+  MP_TRY(dnnl_err(dnnl_memory_desc_init_by_tag(&mm->dst_md, 2, dd, dnnl_f32, dnnl_ab), "dst desc"));
+  dnnl_memory_desc_t w_any, w_user, w_packed;
+  MP_TRY(dnnl_err(dnnl_memory_desc_init_by_tag(&w_any, 2, wd, dnnl_bf16, dnnl_format_tag_any), "weights desc"));
+  /* The stored [N, K] row-major weight is the [K, N] matrix in "ba" order. */
+  MP_TRY(dnnl_err(dnnl_memory_desc_init_by_tag(&w_user, 2, wd, dnnl_bf16, dnnl_ba), "weights desc"));
+  MP_TRY(make_primitive(mm, &w_any, false, &mm->prim, &w_packed));
+  MP_TRY(make_primitive(mm, &w_packed, true, &mm->prim_acc, NULL));
+
+  /* Round the weights to bf16 (from whatever they are stored as), then reorder into the packed layout. */
+  size_t n = (size_t)(N * K);
+  uint16_t *wb = mp_alloc(n * 2);
+  float *row = mp_alloc((size_t)K * 4);
+  if (!wb || !row) {
+    mp_free(wb), mp_free(row);
+    return mp_errorf("out of memory packing a %lldx%lld weight", (long long)N, (long long)K);
+  }
+  size_t es = mp_dtype_size(mm->W->dtype);
+  for (int64_t r = 0; r < N; r++) {
+    mp_convert_to_f32(row, (const char *)mm->W->data + (size_t)(r * K) * es, mm->W->dtype, (size_t)K);
+    to_bf16(wb + r * K, row, (size_t)K);
+  }
+  mp_free(row);
+  dnnl_memory_t user = NULL;
+  dnnl_primitive_desc_t rpd = NULL;
+  dnnl_primitive_t reorder = NULL;
+  mp_error *e = dnnl_err(dnnl_memory_create(&user, &w_user, b->engine, wb), "weights memory");
+  if (!e) e = dnnl_err(dnnl_memory_create(&mm->weights, &w_packed, b->engine, DNNL_MEMORY_ALLOCATE), "packed weights");
+  if (!e) e = dnnl_err(dnnl_reorder_primitive_desc_create(&rpd, &w_user, b->engine, &w_packed, b->engine, NULL), "reorder desc");
+  if (!e) e = dnnl_err(dnnl_primitive_create(&reorder, rpd), "reorder");
+  if (!e) {
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, mm->weights}};
+    e = dnnl_err(dnnl_primitive_execute(reorder, b->stream, 2, args), "weight reorder");
+    if (!e) e = dnnl_err(dnnl_stream_wait(b->stream), "stream wait");
+  }
+  if (reorder) dnnl_primitive_destroy(reorder);
+  if (rpd) dnnl_primitive_desc_destroy(rpd);
+  if (user) dnnl_memory_destroy(user);
+  mp_free(wb);
+  if (!e && mm->bias) {
+    dnnl_memory_desc_t bias_md;
+    dnnl_dims_t bd = {1, N};
+    dnnl_memory_desc_init_by_tag(&bias_md, 2, bd, dnnl_f32, dnnl_ab);
+    e = dnnl_err(dnnl_memory_create(&mm->bias_mem, &bias_md, b->engine, mm->bias), "bias memory");
+  }
+  return e;
+}
+
+static mp_error *run_bf16(mp_matmul *mm, const float *x, int64_t M, float *y, bool accumulate) {
+  mp_backend *b = mm->b;
+  uint16_t *xb = scratch(b, (size_t)(M * mm->K) * 2);
+  if (!xb) return mp_errorf("out of memory");
+  to_bf16(xb, x, (size_t)(M * mm->K));
+  dnnl_memory_desc_t smd, dmd;
+  dnnl_dims_t sd = {M, mm->K}, dd = {M, mm->N};
+  dnnl_memory_desc_init_by_tag(&smd, 2, sd, dnnl_bf16, dnnl_ab);
+  dnnl_memory_desc_init_by_tag(&dmd, 2, dd, dnnl_f32, dnnl_ab);
+  dnnl_memory_t src = NULL, dst = NULL;
+  mp_error *e = dnnl_err(dnnl_memory_create(&src, &smd, b->engine, xb), "src memory");
+  if (!e) e = dnnl_err(dnnl_memory_create(&dst, &dmd, b->engine, y), "dst memory");
+  if (!e) {
+    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, mm->weights}, {DNNL_ARG_DST, dst}, {DNNL_ARG_BIAS, mm->bias_mem}};
+    e = dnnl_err(dnnl_primitive_execute(accumulate ? mm->prim_acc : mm->prim, b->stream, mm->bias_mem ? 4 : 3, args), "matmul");
+    if (!e) e = dnnl_err(dnnl_stream_wait(b->stream), "stream wait");
+  }
+  if (src) dnnl_memory_destroy(src);
+  if (dst) dnnl_memory_destroy(dst);
+  return e;
+}
+
+/* ---- f32 via OpenBLAS ---- */
+
+static mp_error *run_f32(mp_matmul *mm, const float *x, int64_t M, float *y, bool accumulate) {
+  const float *w = mm->W->data;
+  if (mm->W->dtype != MP_F32) {
+    float *conv = scratch(mm->b, (size_t)(mm->N * mm->K) * 4);
+    if (!conv) return mp_errorf("out of memory converting a %lldx%lld weight", (long long)mm->N, (long long)mm->K);
+    mp_convert_to_f32(conv, mm->W->data, mm->W->dtype, (size_t)(mm->N * mm->K));
+    w = conv;
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)M, (blasint)mm->N, (blasint)mm->K, 1.0f, x, (blasint)mm->K, w,
+              (blasint)mm->K, accumulate ? 1.0f : 0.0f, y, (blasint)mm->N);
+  if (mm->bias)
+    for (int64_t i = 0; i < M; i++)
+      for (int64_t j = 0; j < mm->N; j++) y[i * mm->N + j] += mm->bias[j];
+  return NULL;
+}
+
+mp_error *mp_matmul_create(mp_backend *b, const mp_tensor *W, const mp_tensor *bias, mp_matmul **out) {
+  *out = NULL;
+  if (W->ndim < 2 || !mp_tensor_is_contiguous(W) || (W->dtype != MP_F32 && W->dtype != MP_F16 && W->dtype != MP_BF16))
+    return mp_errorf("matmul weight must be a contiguous float tensor of rank >= 2");
+  mp_matmul *mm = calloc(1, sizeof *mm);
+  if (!mm) return mp_errorf("out of memory");
+  mm->b = b;
+  mm->W = W;
+  mm->N = W->shape[0];
+  mm->K = mp_tensor_numel(W) / (mm->N ? mm->N : 1);
+  mp_error *e = NULL;
+  if (bias) {
+    if (mp_tensor_numel(bias) != mm->N) e = mp_errorf("bias has %lld values for %lld outputs", (long long)mp_tensor_numel(bias), (long long)mm->N);
+    else if (!(mm->bias = mp_alloc((size_t)mm->N * 4))) e = mp_errorf("out of memory");
+    else mp_convert_to_f32(mm->bias, bias->data, bias->dtype, (size_t)mm->N);
+  }
+  if (!e && b->precision == MP_PRECISION_BF16) e = create_bf16(mm);
+  if (e) {
+    mp_matmul_free(mm);
+    return e;
+  }
+  *out = mm;
+  return NULL;
+}
+
+void mp_matmul_free(mp_matmul *mm) {
+  if (!mm) return;
+  if (mm->prim) dnnl_primitive_destroy(mm->prim);
+  if (mm->prim_acc) dnnl_primitive_destroy(mm->prim_acc);
+  if (mm->weights) dnnl_memory_destroy(mm->weights);
+  if (mm->bias_mem) dnnl_memory_destroy(mm->bias_mem);
+  mp_free(mm->bias);
+  free(mm);
+}
+
+int64_t mp_matmul_n(const mp_matmul *mm) { return mm->N; }
+int64_t mp_matmul_k(const mp_matmul *mm) { return mm->K; }
+
+mp_error *mp_matmul_run(mp_matmul *mm, const float *x, int64_t M, float *y, bool accumulate) {
+  if (M <= 0) return NULL;
+  return mm->b->precision == MP_PRECISION_BF16 ? run_bf16(mm, x, M, y, accumulate) : run_f32(mm, x, M, y, accumulate);
+}

@@ -1,0 +1,45 @@
+/* Matrix products with weights prepacked once: the GEMM backend the models' linear layers and
+ * convolutions (as im2col GEMMs) stand on.
+ *
+ *   y[M, N] = x[M, K] · Wᵀ (+ bias)      W: [N, K...] in any float dtype (PyTorch Linear / Conv layout)
+ *
+ * Two implementations behind one interface, chosen per context (`--precision`):
+ *   f32  — OpenBLAS sgemm; f16/bf16 weights are converted to f32 per call into a shared scratch, so
+ *          memory holds only the stored (half-precision) weights.
+ *   bf16 — oneDNN matmul on bf16 weights reordered once into its blocked layout; activations are
+ *          rounded to bf16 per call, accumulation is f32. Used where the CPU has AVX-512 BF16 or AMX.
+ * The reference twin is mp_ref_linear (core/ops.h). */
+#ifndef MP_CORE_MATMUL_H
+#define MP_CORE_MATMUL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/error.h"
+#include "core/tensor.h"
+
+typedef enum { MP_PRECISION_AUTO, MP_PRECISION_F32, MP_PRECISION_BF16 } mp_precision;
+
+typedef struct mp_backend mp_backend;
+typedef struct mp_matmul mp_matmul;
+
+/* `precision` AUTO picks bf16 when the CPU supports it natively, else f32. */
+mp_error *mp_backend_create(mp_precision precision, int n_threads, mp_backend **out);
+void mp_backend_destroy(mp_backend *b);
+mp_precision mp_backend_precision(const mp_backend *b);
+const char *mp_precision_name(mp_precision p);
+/* "avx512_bf16", "amx_bf16" or "" — what the CPU offers for bf16. */
+const char *mp_cpu_bf16_support(void);
+
+/* Prepack W ([N, K] or [N, C, kh, kw] -> K = C*kh*kw) and an optional bias [N]. W must outlive the
+ * matmul in the f32 path when it is already f32 (it is used in place). */
+mp_error *mp_matmul_create(mp_backend *b, const mp_tensor *W, const mp_tensor *bias, mp_matmul **out);
+void mp_matmul_free(mp_matmul *mm);
+int64_t mp_matmul_n(const mp_matmul *mm);
+int64_t mp_matmul_k(const mp_matmul *mm);
+
+/* y[M, N] = x[M, K] · Wᵀ + bias; with `accumulate`, y += instead of =. Not reentrant per backend
+ * (scratch is shared): models run one matmul at a time and parallelise inside it. */
+mp_error *mp_matmul_run(mp_matmul *mm, const float *x, int64_t M, float *y, bool accumulate);
+
+#endif
