@@ -722,9 +722,9 @@ uint8_t mp_esrgan_to_u8(float v) {
 int mp_esrgan_default_context(const mp_esrgan *m) {
   /* Enough real neighbourhood that tiles join without visible seams. x4fast: its whole receptive
    * field (34 px), so a tiled result equals the untiled one. x4plus (RRDBNet) reaches ~350 px in
-   * theory; measured on a photo, tile 48 vs untiled, the largest 8-bit difference is 28 levels at
-   * 10 px of context (realesrgan-ncnn-vulkan's), 7 at 32, 3 at 40 and MAX_CONTEXT_MEASURED below
-   * at 64, so it is capped at 64 (docs/upscale.md). */
+   * theory; measured on photo crops (tiled vs untiled, 8-bit), the largest difference is 28 levels
+   * with 10 px of context (realesrgan-ncnn-vulkan's rule), 7 at 32, 9 at 48 and 1 at 64 (0.9 % of
+   * values off by one), so it is capped at 64 (docs/upscale.md). */
   int r = m->receptive_radius;
   return r < MP_ESRGAN_BORDER ? MP_ESRGAN_BORDER : r > 64 ? 64 : r;
 }
@@ -756,6 +756,8 @@ typedef void (*tile_sink)(void *ctx, const tile_result *t);
 
 static mp_error *run_tiles(const mp_esrgan *m, mp_pool *pool, const float *in, int h, int w, const mp_esrgan_opts *o,
                            tile_sink sink, void *sink_ctx) {
+  const mp_esrgan_opts defaults = mp_esrgan_default_opts(m);
+  if (!o) o = &defaults;
   if (h < 1 || w < 1) return mp_errorf("upscale: empty image %dx%d", h, w);
   const int s = m->scale;
   const int border = o->border < 0 ? 0 : o->border;

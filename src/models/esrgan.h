@@ -63,7 +63,8 @@ mp_esrgan_opts mp_esrgan_default_opts(const mp_esrgan *m);
 /* The context that makes tile seams invisible for this model (see docs/upscale.md). */
 int mp_esrgan_default_context(const mp_esrgan *m);
 
-/* The whole pipeline on a float image: in [3, h, w] -> out [3, h*scale, w*scale], not clamped. */
+/* The whole pipeline on a float image: in [3, h, w] -> out [3, h*scale, w*scale], not clamped.
+ * `o` NULL: mp_esrgan_default_opts. */
 mp_error *mp_esrgan_upscale(const mp_esrgan *m, mp_pool *pool, const float *in, int h, int w, const mp_esrgan_opts *o,
                             float *out);
 

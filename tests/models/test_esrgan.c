@@ -178,6 +178,13 @@ static void test_graph_errors(void **state) {
     free(dir);
   }
   mp_esrgan *m = NULL;
+  char *src = getenv("MPASS_SOURCE_DIR"), dir[4096];
+  snprintf(dir, sizeof dir, "%s/models", src ? src : ".");
+  assert_ok(mp_esrgan_open_named(dir, "x4plus", &m)); /* RRDBNet: 351 convs, two nearest x2 */
+  assert_int_equal(mp_esrgan_scale(m), 4);
+  assert_int_equal(mp_esrgan_default_context(m), 64);
+  mp_esrgan_free(m);
+  m = NULL;
   assert_err_contains(mp_esrgan_open_named("/nonexistent", "x4fast", &m), "fetch-models");
   assert_err_contains(mp_esrgan_open_named("/nonexistent", "x8", &m), "unknown upscale model");
 }
