@@ -63,6 +63,8 @@ mp_error *conform_case_te(conform *c);
 mp_error *conform_case_unet(conform *c);
 mp_error *conform_case_vae(conform *c);
 mp_error *conform_case_lora(conform *c);
+mp_error *conform_case_x4fast(conform *c);
+mp_error *conform_case_x4plus(conform *c);
 mp_error *conform_case_pose_detection(conform *c);
 mp_error *conform_case_pose_landmark_full(conform *c);
 mp_error *conform_case_selfie_segmentation(conform *c);
