@@ -12,8 +12,11 @@ int cmd_make_model(mpass_ctx *ctx, int argc, char **argv) {
   static const struct option longopts[] = {{"preset", required_argument, 0, 'p'},
                                            {"dtype", required_argument, 0, 'd'},
                                            {"seed", required_argument, 0, 's'},
+                                           {"kind", required_argument, 0, 'k'},
+                                           {"vectors", required_argument, 0, 'v'},
                                            {0, 0, 0, 0}};
-  const char *preset = "tiny", *dtype = "f16";
+  const char *preset = "tiny", *dtype = "f16", *kind = "checkpoint";
+  int vectors = 2;
   unsigned long long seed = 0;
   int opt;
   optind = 1;
@@ -21,16 +24,22 @@ int cmd_make_model(mpass_ctx *ctx, int argc, char **argv) {
     if (opt == 'p') preset = optarg;
     else if (opt == 'd') dtype = optarg;
     else if (opt == 's') seed = strtoull(optarg, NULL, 10);
+    else if (opt == 'k') kind = optarg;
+    else if (opt == 'v') vectors = atoi(optarg);
     else return 2;
   }
-  if (optind != argc - 1 || (strcmp(dtype, "f16") && strcmp(dtype, "f32"))) {
-    fprintf(stderr, "usage: mpass make-model [--preset tiny|sd15] [--dtype f16|f32] [--seed N] OUT.safetensors\n");
+  if (optind != argc - 1 || (strcmp(dtype, "f16") && strcmp(dtype, "f32")) ||
+      (strcmp(kind, "checkpoint") && strcmp(kind, "lora") && strcmp(kind, "embedding"))) {
+    fprintf(stderr, "usage: mpass make-model [--preset tiny|sd15] [--kind checkpoint|lora|embedding] [--vectors N]\n"
+                    "                        [--dtype f16|f32] [--seed N] OUT.safetensors\n");
     return 2;
   }
   mp_sd_config cfg;
   mp_error *e = mp_sd_preset(preset, &cfg);
-  if (!e) e = mp_sd_write_random(argv[optind], &cfg, strcmp(dtype, "f16") ? MP_F32 : MP_F16, seed, preset);
+  if (!e && !strcmp(kind, "lora")) e = mp_sd_write_random_lora(argv[optind], &cfg, 4, seed);
+  else if (!e && !strcmp(kind, "embedding")) e = mp_sd_write_random_embedding(argv[optind], &cfg, vectors, seed);
+  else if (!e) e = mp_sd_write_random(argv[optind], &cfg, strcmp(dtype, "f16") ? MP_F32 : MP_F16, seed, preset);
   if (e) return cli_fail("make-model", e);
-  fprintf(stderr, "mpass make-model: wrote %s (%s, %s, random weights: images from it are noise)\n", argv[optind], preset, dtype);
+  fprintf(stderr, "mpass make-model: wrote %s (%s %s, random weights: images made with it are noise)\n", argv[optind], preset, kind);
   return 0;
 }

@@ -60,14 +60,16 @@ void conform_fail(conform *c, const char *name, const char *fmt, ...) __attribut
 typedef mp_error *(*conform_case_fn)(conform *c);
 mp_error *conform_case_tok(conform *c);
 mp_error *conform_case_te(conform *c);
+mp_error *conform_case_rng(conform *c);
+mp_error *conform_case_unet(conform *c);
+mp_error *conform_case_vae(conform *c);
+mp_error *conform_case_lora(conform *c);
+mp_error *conform_case_x4fast(conform *c);
+mp_error *conform_case_x4plus(conform *c);
 mp_error *conform_case_pose_detection(conform *c);
 mp_error *conform_case_pose_landmark_full(conform *c);
 mp_error *conform_case_selfie_segmentation(conform *c);
 mp_error *conform_case_face_detection_full_range(conform *c);
 mp_error *conform_case_face_detection_full_range_sparse(conform *c);
-mp_error *conform_case_rng(conform *c);
-mp_error *conform_case_unet(conform *c);
-mp_error *conform_case_vae(conform *c);
-mp_error *conform_case_lora(conform *c);
 
 #endif

@@ -161,23 +161,28 @@ typedef struct {
   float *y;
   const float *b;
   int64_t plane;
+  int channels; /* rows are (image, channel) pairs */
 } bias_args;
 
 static void add_bias_rows(void *ctx, int64_t begin, int64_t end, int thread) {
   (void)thread;
   const bias_args *a = ctx;
   for (int64_t r = begin; r < end; r++) {
-    float *y = a->y + r * a->plane, b = a->b[r];
+    float *y = a->y + r * a->plane, b = a->b[r % a->channels];
     for (int64_t i = 0; i < a->plane; i++) y[i] += b;
   }
 }
 
 /* ---- convolution ---- */
+/* im2col over the output positions of all images side by side (column g = image g / P, position
+ * g % P), so that small images (the UNet's 8x8 and 16x16 levels) make one GEMM for the whole batch
+ * and the weight is packed once instead of once per image. */
 typedef struct {
   float *col;
   const float *x;
+  int64_t img_stride, P;
   int h, w, kh, kw, stride, wo, pad_t, pad_l;
-  int64_t p0, np; /* output positions [p0, p0+np) of this band */
+  int64_t g0, ng; /* columns [g0, g0+ng) of this band */
 } im2col_args;
 
 static void im2col_rows(void *ctx, int64_t begin, int64_t end, int thread) {
@@ -186,12 +191,13 @@ static void im2col_rows(void *ctx, int64_t begin, int64_t end, int thread) {
   const int kk = a->kh * a->kw;
   for (int64_t r = begin; r < end; r++) {
     int c = (int)(r / kk), ky = (int)(r % kk) / a->kw, kx = (int)(r % kk) % a->kw;
-    const float *xc = a->x + (int64_t)c * a->h * a->w;
-    float *dst = a->col + r * a->np;
-    int64_t p = a->p0, pend = a->p0 + a->np;
-    while (p < pend) {
+    float *dst = a->col + r * a->ng;
+    int64_t g = a->g0, gend = a->g0 + a->ng;
+    while (g < gend) {
+      const int64_t img = g / a->P, p = g % a->P;
+      const float *xc = a->x + img * a->img_stride + (int64_t)c * a->h * a->w;
       int oy = (int)(p / a->wo), ox0 = (int)(p % a->wo);
-      int64_t run = a->wo - ox0 < pend - p ? a->wo - ox0 : pend - p; /* rest of this output row */
+      int64_t run = a->wo - ox0 < gend - g ? a->wo - ox0 : gend - g; /* rest of this output row */
       int iy = oy * a->stride - a->pad_t + ky;
       if (iy < 0 || iy >= a->h) {
         memset(dst, 0, sizeof(float) * (size_t)run);
@@ -211,11 +217,10 @@ static void im2col_rows(void *ctx, int64_t begin, int64_t end, int thread) {
         }
       }
       dst += run;
-      p += run;
+      g += run;
     }
   }
 }
-
 
 /* ---- 3x3 stride-1 convolution by Winograd F(m x m, 3x3) ----
  * Each m x m block of outputs comes from an (m+2)^2 input patch d: V = Bᵀ d B, U = G g Gᵀ,
@@ -457,15 +462,23 @@ mp_error *mp_conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, i
     float bw[8192];
     if (bias && c_out > 8192) return mp_errorf("conv2d with %d output channels is beyond this implementation", c_out);
     if (bias) MP_TRY(mp_error_wrap(mp_vector_f32(bias, bw, c_out), "conv2d bias"));
-    return conv3x3_winograd(pool, ws, y, x, batch, c_in, h, w, weight, bias ? bw : NULL, 0, &WINO_F4);
+    /* F(4,3) halves the arithmetic again but transforms (and BLAS repacks) a 2.25x larger weight per
+     * call, which only pays once there are enough tiles: from 64x64 pixels on. */
+    return conv3x3_winograd(pool, ws, y, x, batch, c_in, h, w, weight, bias ? bw : NULL, 0, P >= 4096 ? &WINO_F4 : &WINO_F2);
   }
-  int64_t band = direct ? 0 : (COL_BUDGET_FLOATS / K > 0 ? COL_BUDGET_FLOATS / K : 1);
-  if (band > P) band = P;
-  if (band > 0 && band < P && band >= wo) band -= band % wo; /* whole output rows where possible */
+  /* One GEMM per image for 1x1 convolutions of large images; everything else through im2col bands
+   * over the columns of all images (a 1x1 im2col is a copy, cheap next to packing a big weight per image). */
+  const bool per_image = direct && (batch == 1 || P >= 1024);
+  const int64_t G = (int64_t)batch * P;
+  int64_t band = per_image ? 0 : (COL_BUDGET_FLOATS / K > 0 ? COL_BUDGET_FLOATS / K : 1);
+  if (!per_image && band > COL_BUDGET_FLOATS / c_out) band = COL_BUDGET_FLOATS / c_out > 0 ? COL_BUDGET_FLOATS / c_out : 1;
+  if (band > G) band = G;
+  if (band > 0 && band < G && band >= wo) band -= band % wo; /* whole output rows where possible */
   size_t wfloats = weight->dtype == MP_F32 ? 0 : (size_t)(c_out * K);
   wfloats = (wfloats + 15) & ~(size_t)15;
-  MP_TRY(mp_workspace_reserve(ws, sizeof(float) * (wfloats + (size_t)(band * K))));
-  float *wbuf = ws->p, *col = wbuf + wfloats;
+  const size_t colf = ((size_t)(band * K) + 15) & ~(size_t)15;
+  MP_TRY(mp_workspace_reserve(ws, sizeof(float) * (wfloats + colf + (size_t)band * (size_t)c_out)));
+  float *wbuf = ws->p, *col = wbuf + wfloats, *tmp = col + colf;
   const float *W = weight_f32(pool, weight, wbuf);
   float bvec[8192], *bv = NULL;
   if (bias) {
@@ -473,23 +486,29 @@ mp_error *mp_conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, i
     MP_TRY(mp_error_wrap(mp_vector_f32(bias, bvec, c_out), "conv2d bias"));
     bv = bvec;
   }
-  for (int b = 0; b < batch; b++) {
-    const float *xb = x + (int64_t)b * c_in * h * w;
-    float *yb = y + (int64_t)b * c_out * P;
-    if (direct) {
-      mp_gemm_pool(pool, false, c_out, P, K, W, K, xb, P, 0.0f, yb, P);
-    } else {
-      for (int64_t p0 = 0; p0 < P; p0 += band) {
-        int64_t np = P - p0 < band ? P - p0 : band;
-        im2col_args a = {col, xb, h, w, kh, kw, stride, wo, pad.top, pad.left, p0, np};
-        mp_pool_for(pool, K, K >= 64 ? 16 : K, im2col_rows, &a);
-        mp_gemm_pool(pool, false, c_out, np, K, W, K, col, np, 0.0f, yb + p0, P);
+  if (per_image) {
+    for (int b = 0; b < batch; b++)
+      mp_gemm_pool(pool, false, c_out, P, K, W, K, x + (int64_t)b * c_in * h * w, P, 0.0f, y + (int64_t)b * c_out * P, P);
+  } else {
+    for (int64_t g0 = 0; g0 < G; g0 += band) {
+      const int64_t ng = G - g0 < band ? G - g0 : band, b0 = g0 / P, b1 = (g0 + ng - 1) / P;
+      im2col_args a = {col, x, (int64_t)c_in * h * w, P, h, w, kh, kw, stride, wo, pad.top, pad.left, g0, ng};
+      mp_pool_for(pool, K, K >= 64 ? 16 : K, im2col_rows, &a);
+      if (b0 == b1) { /* within one image: straight into its output */
+        mp_gemm_pool(pool, false, c_out, ng, K, W, K, col, ng, 0.0f, y + b0 * c_out * P + (g0 - b0 * P), P);
+        continue;
+      }
+      mp_gemm_pool(pool, false, c_out, ng, K, W, K, col, ng, 0.0f, tmp, ng);
+      for (int64_t b = b0; b <= b1; b++) { /* scatter the images' segments */
+        const int64_t s0 = g0 > b * P ? g0 : b * P, s1 = g0 + ng < (b + 1) * P ? g0 + ng : (b + 1) * P;
+        for (int o = 0; o < c_out; o++)
+          memcpy(y + (b * c_out + o) * P + (s0 - b * P), tmp + (int64_t)o * ng + (s0 - g0), sizeof(float) * (size_t)(s1 - s0));
       }
     }
-    if (bv) {
-      bias_args ba = {yb, bv, P};
-      mp_pool_for(pool, c_out, c_out >= 32 ? 8 : c_out, add_bias_rows, &ba);
-    }
+  }
+  if (bv) {
+    bias_args ba = {y, bv, P, c_out};
+    mp_pool_for(pool, (int64_t)batch * c_out, c_out >= 32 ? 8 : 1, add_bias_rows, &ba);
   }
   return NULL;
 }

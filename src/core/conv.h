@@ -46,8 +46,8 @@ typedef struct {
 mp_error *mp_conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int batch, int c_in, int h, int w,
                     const mp_tensor *weight, const mp_tensor *bias, int stride, mp_pad pad);
 /* The 3x3, stride 1, padding 1 case by Winograd F(tile x tile, 3x3), tile 2 or 4; mp_conv2d uses
- * tile 4 for images of at least 1024 pixels (below, transforming the weight costs what the saved
- * arithmetic gains). max_tiles > 0 caps the tiles per band (tests; 0 = by memory budget). */
+ * tile 2 from 1024 pixels and tile 4 from 4096 (below, transforming and repacking the weight costs
+ * what the saved arithmetic gains). max_tiles > 0 caps the tiles per band (tests; 0 = by memory budget). */
 mp_error *mp_conv3x3_winograd(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int batch, int c_in, int h, int w,
                               const mp_tensor *weight, const mp_tensor *bias, int tile, int64_t max_tiles);
 /* Output size of a convolution along one axis. */

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "io/weights.h"
+#include "models/lora.h"
 
 typedef struct {
   mp_layout_entry *items;
@@ -409,5 +410,70 @@ mp_error *mp_sd_write_random(const char *path, const mp_sd_config *cfg, mp_dtype
   free(sched);
   free(L);
   if (!e && strcmp(preset, "sd15") != 0) e = write_config_json(path, cfg, preset);
+  return e;
+}
+
+/* ---- random LoRA and embedding files (the demo's person model and negative embeddings) ---- */
+
+static bool is_attention_projection(const char *name) {
+  static const char *const ends[] = {"attn1.to_q.weight", "attn1.to_k.weight", "attn1.to_v.weight", "attn1.to_out.0.weight",
+                                     "attn2.to_q.weight", "attn2.to_k.weight", "attn2.to_v.weight", "attn2.to_out.0.weight",
+                                     "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                                     "self_attn.out_proj.weight"};
+  size_t n = strlen(name);
+  for (size_t i = 0; i < sizeof ends / sizeof *ends; i++) {
+    size_t m = strlen(ends[i]);
+    if (n > m && !strcmp(name + n - m, ends[i])) return true;
+  }
+  return false;
+}
+
+static mp_error *random_tensor(mp_tensor *t, int ndim, const int64_t *shape, float std, uint64_t *state) {
+  MP_TRY(mp_tensor_alloc(t, MP_F32, ndim, shape));
+  float *d = t->data;
+  for (int64_t i = 0; i < mp_tensor_numel(t); i++) d[i] = std * normal(state);
+  return NULL;
+}
+
+mp_error *mp_sd_write_random_lora(const char *path, const mp_sd_config *cfg, int rank, uint64_t seed) {
+  mp_layout_entry *L;
+  int n;
+  MP_TRY(mp_sd_layout(cfg, &L, &n));
+  int cap = 3 * n;
+  char **names = calloc((size_t)cap, sizeof *names);
+  mp_tensor *ts = calloc((size_t)cap, sizeof *ts);
+  int k = 0;
+  uint64_t state = seed;
+  mp_error *e = names && ts ? NULL : mp_errorf("out of memory");
+  for (int i = 0; !e && i < n; i++) {
+    char module[256], name[300];
+    if (L[i].ndim != 2 || !is_attention_projection(L[i].name) ||
+        !mp_lora_kohya_name(L[i].name, cfg->unet.num_res_blocks, module, sizeof module))
+      continue;
+    int64_t out = L[i].shape[0], in = L[i].shape[1];
+    snprintf(name, sizeof name, "%s.lora_down.weight", module), names[k] = strdup(name);
+    e = random_tensor(&ts[k++], 2, (int64_t[]){rank, in}, 1.0f / (float)sqrt((double)in), &state);
+    snprintf(name, sizeof name, "%s.lora_up.weight", module), names[k] = strdup(name);
+    if (!e) e = random_tensor(&ts[k++], 2, (int64_t[]){out, rank}, 0.05f, &state);
+    snprintf(name, sizeof name, "%s.alpha", module), names[k] = strdup(name);
+    if (!e) e = mp_tensor_alloc(&ts[k++], MP_F32, 0, NULL);
+    if (!e) *(float *)ts[k - 1].data = (float)rank;
+  }
+  if (!e && k == 0) e = mp_errorf("no attention projection to attach a LoRA to");
+  if (!e) e = mp_safetensors_write(path, (size_t)k, (const char *const *)names, ts,
+                                   "{\"ss_network_module\": \"networks.lora\", \"mpass\": \"random demo LoRA\"}");
+  for (int i = 0; i < k; i++) free(names[i]), mp_tensor_free(&ts[i]);
+  free(names), free(ts), free(L);
+  return e;
+}
+
+mp_error *mp_sd_write_random_embedding(const char *path, const mp_sd_config *cfg, int n_vectors, uint64_t seed) {
+  if (n_vectors < 1 || n_vectors > 75) return mp_errorf("an embedding has 1 to 75 vectors, not %d", n_vectors);
+  mp_tensor t;
+  uint64_t state = seed;
+  MP_TRY(random_tensor(&t, 2, (int64_t[]){n_vectors, cfg->clip.hidden}, 0.02f, &state));
+  const char *name = "emb_params";
+  mp_error *e = mp_safetensors_write(path, 1, &name, &t, NULL);
+  mp_tensor_free(&t);
   return e;
 }

@@ -41,4 +41,13 @@ mp_error *mp_sd_preset(const char *name, mp_sd_config *cfg);
  * other than sd15 an LDM-style JSON config is written beside it (`<stem>.json`). */
 mp_error *mp_sd_write_random(const char *path, const mp_sd_config *cfg, mp_dtype dtype, uint64_t seed, const char *preset);
 
+
+
+/* A kohya-format LoRA with random weights (rank `rank`) for every attention projection of the UNet
+ * and text encoder of `cfg`: what the demo registers as a person's tune. */
+mp_error *mp_sd_write_random_lora(const char *path, const mp_sd_config *cfg, int rank, uint64_t seed);
+
+/* An AUTOMATIC1111 textual-inversion file (`emb_params` [n_vectors, hidden]) with random vectors. */
+mp_error *mp_sd_write_random_embedding(const char *path, const mp_sd_config *cfg, int n_vectors, uint64_t seed);
+
 #endif

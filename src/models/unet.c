@@ -76,6 +76,7 @@ struct mp_unet {
   float **owned;
   int n_owned, cap_owned;
   mp_workspace ws;
+  mp_workspace acts; /* the forward's activations, kept between calls: a sampling step allocates nothing */
 };
 
 /* ---- binding ---- */
@@ -239,6 +240,7 @@ void mp_unet_free(mp_unet *u) {
   for (int i = 0; i < u->n_owned; i++) free(u->owned[i]);
   free(u->owned);
   mp_workspace_free(&u->ws);
+  mp_workspace_free(&u->acts);
   free(u);
 }
 
@@ -470,9 +472,12 @@ mp_error *mp_unet_forward(mp_unet *u, mp_pool *pool, int batch, int h, int w, co
   const size_t emb_n = (size_t)batch * (size_t)u->emb_dim;
   size_t total = 5 * act + skip_total + 6 * hw0 * C + hw0 * ffw * 3 / 2 + 2 * (size_t)n_ctx * C + 3 * emb_n +
                  (size_t)batch * (size_t)widest;
-  float *mem = mp_alloc(sizeof(float) * total);
-  if (!mem) return mp_errorf("out of memory: the UNet forward at %dx%d batch %d needs %zu MB", h, w, batch, (total * 4) >> 20);
-  float *p = mem;
+  mp_error *oom = mp_workspace_reserve(&u->acts, sizeof(float) * total);
+  if (oom) {
+    mp_error_free(oom);
+    return mp_errorf("out of memory: the UNet forward at %dx%d batch %d needs %zu MB", h, w, batch, (total * 4) >> 20);
+  }
+  float *p = u->acts.p;
 #define TAKE(n) (p += (n), p - (n))
   float *cur = TAKE(act), *nxt = TAKE(act), *cat = TAKE(act);
   fwd f = {pool, &u->ws, batch, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, context, n_ctx,
@@ -550,6 +555,5 @@ mp_error *mp_unet_forward(mp_unet *u, mp_pool *pool, int batch, int h, int w, co
   mp_group_norm(pool, nxt, cur, batch, ch, (int64_t)hh * ww, GROUPS, u->out_norm.gamma, u->out_norm.beta, RES_EPS, true);
   e = mp_conv2d(pool, &u->ws, eps, nxt, batch, ch, hh, ww, u->conv_out.w, u->conv_out.b, 1, p1);
 done:
-  mp_free(mem);
   return e ? mp_error_wrap(e, "UNet forward") : NULL;
 }

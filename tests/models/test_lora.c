@@ -161,7 +161,8 @@ static void test_merge_arithmetic_and_restore(void **state) {
   const char *bad[] = {"lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight", "lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight"};
   const int bdd[] = {2, 2};
   const int64_t bss[][4] = {{R, 7}, {O, R}};
-  float *bdat[] = {dx, u1};
+  float d7[R * 7] = {0};
+  float *bdat[] = {d7, u1};
   mp_weights *l3 = make_weights(2, bad, bdd, bss, bdat);
   mp_lora_spec bs3 = {l3, "bad", 1, 1};
   assert_err_contains(mp_lora_apply(base, &cfg, &bs3, 1, &ov, NULL), "does not fit " CONV " [5,3,3,3]");

@@ -1,5 +1,6 @@
 /* The UNet on the tiny golden model: unet.a (batch 1, t=500) and unet.b (batch 2, 8x12, fractional t),
  * plus the errors a wrong checkpoint gets. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,7 +67,47 @@ static void test_unet_tiny_golden(void **state) {
   free(ck), free(gp);
 }
 
+/* SD 2.x stores proj_in/proj_out as Linear [C, C] (use_linear_in_transformer): the same numbers as
+ * 1x1 convolutions must give the same eps. Also num_head_channels instead of num_heads. */
+static void test_unet_linear_projections_and_head_channels(void **state) {
+  (void)state;
+  char *ck = test_shared_path("golden/tiny/tiny.safetensors"), *gp = test_shared_path("golden/tiny/unet.safetensors");
+  mp_weights *w, *g;
+  assert_ok(mp_weights_open(ck, &w));
+  assert_ok(mp_weights_open(gp, &g));
+  /* a copy of the checkpoint's names with every proj_in/proj_out weight viewed as 2-D */
+  mp_weights *lin = mp_weights_new("linear-proj");
+  for (size_t i = 0; i < mp_weights_count(w); i++) {
+    const mp_weight *it = mp_weights_at(w, i);
+    bool proj = (strstr(it->name, ".proj_in.weight") || strstr(it->name, ".proj_out.weight")) && it->t.ndim == 4;
+    assert_ok(mp_weights_add(lin, it->name, it->t.dtype, proj ? 2 : it->t.ndim, it->t.shape, it->t.data));
+  }
+  assert_ok(mp_weights_finish(lin));
+  mp_unet_config cfg = tiny_unet_config();
+  cfg.linear_in_transformer = true;
+  mp_unet *u;
+  assert_err_contains(mp_unet_load(w, MP_PREFIX_UNET, &cfg, &u), "proj_in.weight: expected shape [32,32], found [32,32,1,1]");
+  assert_ok(mp_unet_load(lin, MP_PREFIX_UNET, &cfg, &u));
+  run_case(u, NULL, g, "b", 2, 8, 12);
+  mp_unet_free(u);
+  /* head_dim 16 everywhere: level 0 keeps 2 heads (32 channels); level 1 and the middle get 4 */
+  cfg = tiny_unet_config();
+  cfg.num_heads = -1, cfg.num_head_channels = 16;
+  assert_ok(mp_unet_load(w, MP_PREFIX_UNET, &cfg, &u));
+  float x[4 * 64], t = 10, ctx[77 * 32], eps[4 * 64];
+  for (int i = 0; i < 4 * 64; i++) x[i] = (float)(i % 7) * 0.1f;
+  for (int i = 0; i < 77 * 32; i++) ctx[i] = (float)(i % 5) * 0.1f;
+  assert_ok(mp_unet_forward(u, NULL, 1, 8, 8, x, &t, ctx, 77, eps));
+  for (int i = 0; i < 4 * 64; i++) assert_true(isfinite(eps[i]));
+  mp_unet_free(u);
+  cfg.num_head_channels = 24; /* 32 channels do not split into 24-wide heads */
+  assert_err_contains(mp_unet_load(w, MP_PREFIX_UNET, &cfg, &u), "do not split into attention heads");
+  mp_weights_close(lin), mp_weights_close(w), mp_weights_close(g);
+  free(ck), free(gp);
+}
+
 int main(void) {
-  const struct CMUnitTest tests[] = {cmocka_unit_test(test_unet_tiny_golden)};
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_unet_tiny_golden),
+                                     cmocka_unit_test(test_unet_linear_projections_and_head_channels)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
