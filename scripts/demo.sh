@@ -22,7 +22,7 @@ else
   models=$M/demo
   echo "demo: no checkpoint in $M/checkpoints: using a tiny random-weight demo model (its images are noise)" >&2
   mkdir -p "$models/checkpoints" "$models/embeddings"
-  [ -e "$models/vision" ] || ln -s ../vision "$models/vision"
+  for d in vision upscale; do [ -e "$models/$d" ] || ln -s "../$d" "$models/$d"; done
   [ -f "$models/checkpoints/demo-random-tiny.safetensors" ] ||
     $MPASS make-model --preset tiny "$models/checkpoints/demo-random-tiny.safetensors"
   if ! $MPASS --models "$models" tune show 753945 >/dev/null 2>&1; then
