@@ -18,6 +18,11 @@ static const struct {
     {"tok", conform_case_tok},
     {"te", conform_case_te},
     {"rng", conform_case_rng},
+    {"pose_detection", conform_case_pose_detection},
+    {"pose_landmark_full", conform_case_pose_landmark_full},
+    {"selfie_segmentation", conform_case_selfie_segmentation},
+    {"face_detection_full_range", conform_case_face_detection_full_range},
+    {"face_detection_full_range_sparse", conform_case_face_detection_full_range_sparse},
 };
 
 char *conform_path(const conform *c, const char *rel) {
@@ -296,7 +301,7 @@ static int list_cases(const char *dir, char ***out) {
     size_t got = f ? fread(head, 1, sizeof head - 1, f) : 0;
     if (f) fclose(f);
     head[got] = 0;
-    if (strstr(head, "\"model\": {") == head + 2 || strncmp(head, "{\n \"model\"", 10) == 0) continue;
+    if (strstr(head, "\"model\": {") == head + 2 || strncmp(head, "{\n \"model\": {", 13) == 0) continue;
     if (n == cap) {
       cap = cap ? 2 * cap : 16;
       char **nn = realloc(names, (size_t)cap * sizeof *nn);

@@ -61,5 +61,10 @@ typedef mp_error *(*conform_case_fn)(conform *c);
 mp_error *conform_case_tok(conform *c);
 mp_error *conform_case_te(conform *c);
 mp_error *conform_case_rng(conform *c);
+mp_error *conform_case_pose_detection(conform *c);
+mp_error *conform_case_pose_landmark_full(conform *c);
+mp_error *conform_case_selfie_segmentation(conform *c);
+mp_error *conform_case_face_detection_full_range(conform *c);
+mp_error *conform_case_face_detection_full_range_sparse(conform *c);
 
 #endif

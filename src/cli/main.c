@@ -12,10 +12,12 @@ static const struct {
   const char *usage;
 } commands[] = {
     {"tokenize", cmd_tokenize, "tokenize [--vocab PATH] TEXT        print CLIP token ids"},
+    {"parse", cmd_parse, "parse FILE [--json] [--api]           the prompt document's job and pass plan (FILE - = stdin)"},
     {"inspect", cmd_inspect, "inspect CKPT                         model family, dtypes, parameter counts, key check"},
     {"make-model", cmd_make_model, "make-model [--preset tiny|sd15] [--dtype f16|f32] OUT   random-weight checkpoint (demo, bench)"},
     {"tune", cmd_tune, "tune add|list|show|remove ...         register person models (LoRA or checkpoint tunes)"},
     {"conform", cmd_conform, "conform GOLDEN_DIR [--cases a,b] [--dump DIR]   check numerics against reference outputs"},
+    {"detect", cmd_detect, "detect IMAGE [--out DIR]             find persons and faces: persons.json, person-<k>.png, overlay.png"},
 };
 
 static void usage(FILE *f) {

@@ -59,7 +59,11 @@ mp_error *mp_safetensors_parse(const char *path, const void *buf, size_t size, m
   const char *hdr = (const char *)p + 8;
   const char *parse_end = NULL;
   cJSON *root = cJSON_ParseWithLengthOpts(hdr, (size_t)hlen, &parse_end, 0);
-  if (!root || !cJSON_IsObject(root)) {
+  /* After the object only padding may follow (writers pad the header with spaces to 8 bytes). */
+  int trailing = 0;
+  for (const char *q = parse_end ? parse_end : hdr + hlen; root && q < hdr + hlen && !trailing; q++)
+    trailing = !(*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r');
+  if (!root || !cJSON_IsObject(root) || trailing) {
     long off = parse_end ? (long)(parse_end - hdr) : 0;
     cJSON_Delete(root);
     return mp_errorf("%s: header is not valid JSON (near byte %ld of the header)", path, off);
@@ -134,12 +138,17 @@ mp_error *mp_safetensors_parse(const char *path, const void *buf, size_t size, m
     err = mp_weights_add(w, name, dt, ndim, shape, data + begin);
   }
   if (!err) {
+    /* Sorted by start, a non-empty span overlaps an earlier one exactly when it starts before the
+     * furthest end seen so far (not just the previous span's end: an empty span may sit in between). */
     qsort(spans, (size_t)ns, sizeof *spans, cmp_span);
-    for (int i = 1; i < ns; i++)
-      if (spans[i].begin < spans[i - 1].end && spans[i].end > spans[i].begin) {
-        err = mp_errorf("%s: tensors '%s' and '%s' overlap in the data section", path, spans[i - 1].name, spans[i].name);
-        break;
-      }
+    int furthest = -1;
+    for (int i = 0; i < ns && !err; i++) {
+      if (spans[i].end == spans[i].begin) continue;
+      if (furthest >= 0 && spans[i].begin < spans[furthest].end)
+        err = mp_errorf("%s: tensors '%s' and '%s' overlap in the data section", path, spans[furthest].name, spans[i].name);
+      else if (furthest < 0 || spans[i].end > spans[furthest].end)
+        furthest = i;
+    }
   }
   if (!err) err = mp_weights_finish(w);
   free(spans);

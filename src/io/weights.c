@@ -171,6 +171,11 @@ mp_error *mp_weights_open(const char *path, mp_weights **out) {
   MP_TRY(mp_map_file(path, &mem, &size));
   /* A zip file (PyTorch >= 1.6 saves) starts with "PK\3\4"; safetensors with an 8-byte length then '{'. */
   int is_zip = size >= 4 && memcmp(mem, "PK\x03\x04", 4) == 0;
+  /* torch.save before 1.6 wrote a bare pickle stream (protocol 2: 0x80 0x02) with no zip around it. */
+  int is_legacy_pickle = size >= 2 && ((const unsigned char *)mem)[0] == 0x80 && ((const unsigned char *)mem)[1] <= 5;
   mp_unmap_file(mem, size);
+  if (is_legacy_pickle)
+    return mp_errorf("%s: a legacy (PyTorch < 1.6) pickle checkpoint, which mpass does not read; re-save it with a newer "
+                     "PyTorch or convert it to .safetensors", path);
   return is_zip ? mp_ckpt_open(path, out) : mp_safetensors_open(path, out);
 }
