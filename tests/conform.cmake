@@ -3,8 +3,15 @@ set(G ${MPASS_SHARED_DIR}/golden)
 add_test(NAME conform_tiny_text COMMAND mpass_cli conform ${G}/tiny --cases tok,te)
 set_tests_properties(conform_tiny_text PROPERTIES TIMEOUT 900
   ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
-add_test(NAME conform_tiny_sampling COMMAND mpass_cli conform ${G}/tiny --cases rng)
+add_test(NAME conform_tiny_sampling COMMAND mpass_cli conform ${G}/tiny --cases rng,txt2img,inpaint)
 set_tests_properties(conform_tiny_sampling PROPERTIES TIMEOUT 900
+  ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
+add_test(NAME conform_tiny_image COMMAND mpass_cli conform ${G}/tiny --cases unet,vae,lora)
+set_tests_properties(conform_tiny_image PROPERTIES TIMEOUT 900
+  ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
+# Real-ESRGAN (needs models/upscale from scripts/fetch-models.sh)
+add_test(NAME conform_esrgan COMMAND mpass_cli --models ${CMAKE_SOURCE_DIR}/models conform ${G}/esrgan)
+set_tests_properties(conform_esrgan PROPERTIES TIMEOUT 900
   ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
 add_test(NAME conform_vision COMMAND mpass_cli conform ${G}/vision
   --cases pose_detection,pose_landmark_full,selfie_segmentation,face_detection_full_range,face_detection_full_range_sparse)

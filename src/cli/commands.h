@@ -9,6 +9,7 @@ typedef int (*mp_command_fn)(mpass_ctx *ctx, int argc, char **argv);
 int cmd_inspect(mpass_ctx *ctx, int argc, char **argv);
 int cmd_conform(mpass_ctx *ctx, int argc, char **argv);
 int cmd_tokenize(mpass_ctx *ctx, int argc, char **argv);
+int cmd_upscale(mpass_ctx *ctx, int argc, char **argv);
 int cmd_parse(mpass_ctx *ctx, int argc, char **argv);
 int cmd_make_model(mpass_ctx *ctx, int argc, char **argv);
 int cmd_tune(mpass_ctx *ctx, int argc, char **argv);

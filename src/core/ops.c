@@ -1,5 +1,7 @@
 #include "core/ops.h"
 
+#include "core/vmath.h"
+
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -107,7 +109,7 @@ void mp_softmax_rows(float *x, int64_t rows, int64_t len) {
 /* ---- Blocked attention with an online softmax (FlashAttention's recurrence, on the CPU) ----
  * For each head and block of queries: S = Q Kᵀ over key blocks, keep the running row max m and
  * sum l, rescale the accumulator when the max grows, and divide by l at the end. */
-enum { ATT_QB = 64, ATT_KB = 256 };
+enum { ATT_QB = 128, ATT_KB = 512 };
 
 typedef struct {
   float *out;
@@ -143,12 +145,9 @@ static void attention_tasks(void *ctx, int64_t begin, int64_t end, int thread) {
           int64_t last = q0 + i - k0; /* last key index this query may see, block-relative */
           valid = last + 1 < kn ? (last + 1 > 0 ? last + 1 : 0) : kn;
         }
-        for (int64_t j = 0; j < valid; j++) mx = s[j] > mx ? s[j] : mx;
-        float corr = m[i] == -INFINITY ? 0.0f : expf(m[i] - mx), sum = 0;
-        for (int64_t j = 0; j < valid; j++) {
-          s[j] = expf(s[j] - mx);
-          sum += s[j];
-        }
+        mx = mp_vmax_row(s, valid, mx); /* vectorised: these two passes are the attention's hot spot */
+        float corr = m[i] == -INFINITY ? 0.0f : expf(m[i] - mx);
+        float sum = mp_vexp_sum_row(s, valid, mx);
         for (int64_t j = valid; j < kn; j++) s[j] = 0;
         if (valid > 0) {
           float *o = acc + i * a->hd;
@@ -177,7 +176,12 @@ void mp_attention(mp_pool *pool, float *out, const float *q, const float *k, con
   }
   att_args a = {out, q, k, v, nq, nk, heads, head_dim, causal, scratch, per};
   int64_t tasks = (int64_t)heads * ((nq + ATT_QB - 1) / ATT_QB);
+  /* The block products are small and run inside our pool's threads: keep OpenBLAS to one thread
+   * meanwhile, or each would wake (and spin) its whole thread server. */
+  int prev = openblas_get_num_threads();
+  if (nt > 1 && prev != 1) openblas_set_num_threads(1);
   mp_pool_for(pool, tasks, 1, attention_tasks, &a);
+  if (nt > 1 && prev != 1) openblas_set_num_threads(prev);
   mp_free(scratch);
 }
 

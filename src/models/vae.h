@@ -12,6 +12,20 @@ typedef struct mp_vae mp_vae;
 mp_error *mp_vae_load(const mp_weights *w, const char *prefix, const mp_vae_config *cfg, mp_vae **out);
 void mp_vae_free(mp_vae *vae);
 
+/* Tiled decoding/encoding for large images: overlapping tiles of `tile` latent cells (8 pixels each for
+ * SD) overlapping by `overlap` cells, blended with linear ramps; activation memory is bounded by the
+ * tile. AUTO (the default) tiles when the latent area exceeds MP_VAE_AUTO_TILE_AREA cells. 0 for tile
+ * or overlap picks the defaults (64 and tile/4). Tiles normalise with their own statistics, so tiled
+ * output is close to, not bit-equal to, untiled output. */
+typedef enum { MP_VAE_TILE_AUTO, MP_VAE_TILE_ON, MP_VAE_TILE_OFF } mp_vae_tile_mode;
+typedef struct {
+  mp_vae_tile_mode mode;
+  int tile, overlap;
+} mp_vae_tiling;
+#define MP_VAE_DEFAULT_TILE 64
+#define MP_VAE_AUTO_TILE_AREA (80 * 80) /* above 640x640 pixels */
+void mp_vae_set_tiling(mp_vae *vae, mp_vae_tiling tiling);
+
 /* z [z_channels(embed_dim), h, w] -> image [3, 8h, 8w] in about [-1, 1] (one image). */
 mp_error *mp_vae_decode(mp_vae *vae, mp_pool *pool, int h, int w, const float *z, float *image);
 /* image [3, H, W] in [-1, 1] (H, W multiples of 8) -> moments [2*embed_dim, H/8, W/8]

@@ -1,0 +1,704 @@
+/* Convolution (im2col bands + mp_gemm), dense layers with converted weights, group norm, nearest
+ * upsampling and GEGLU: the f32 implementation of the image ops declared in conv.h. */
+#include "core/conv.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#include "core/ops.h"
+#include "core/vmath.h"
+
+#if defined(__AVX512F__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+mp_error *mp_workspace_reserve(mp_workspace *ws, size_t bytes) {
+  if (bytes <= ws->cap) return NULL;
+  mp_free(ws->p);
+  ws->p = mp_alloc(bytes);
+  ws->cap = ws->p ? bytes : 0;
+  if (!ws->p) return mp_errorf("out of memory reserving a %zu MB workspace", bytes >> 20);
+  return NULL;
+}
+
+void mp_workspace_free(mp_workspace *ws) {
+  mp_free(ws->p);
+  ws->p = NULL;
+  ws->cap = 0;
+}
+
+/* ---- dtype conversion, vectorised where the CPU has it ---- */
+static void convert_run(float *dst, const void *src, mp_dtype dt, size_t n) {
+  size_t i = 0;
+  if (dt == MP_F16) {
+    const uint16_t *s = src;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + i))));
+#elif defined(__F16C__)
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
+#endif
+    for (; i < n; i++) dst[i] = mp_f16_to_f32(s[i]);
+  } else if (dt == MP_BF16) {
+    const uint16_t *s = src;
+    for (; i < n; i++) {
+      uint32_t b = (uint32_t)s[i] << 16;
+      memcpy(dst + i, &b, 4);
+    }
+  } else {
+    mp_convert_to_f32(dst, src, dt, n);
+  }
+}
+
+typedef struct {
+  float *dst;
+  const char *src;
+  mp_dtype dt;
+  size_t n, es;
+} conv_args;
+
+enum { CONVERT_GRAIN = 1 << 16 };
+
+static void convert_chunks(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const conv_args *a = ctx;
+  size_t b = (size_t)begin * CONVERT_GRAIN, e = (size_t)end * CONVERT_GRAIN;
+  if (e > a->n) e = a->n;
+  convert_run(a->dst + b, a->src + b * a->es, a->dt, e - b);
+}
+
+void mp_convert_to_f32_par(mp_pool *pool, float *dst, const void *src, mp_dtype dt, size_t n) {
+  if (n < 2 * CONVERT_GRAIN) {
+    convert_run(dst, src, dt, n);
+    return;
+  }
+  conv_args a = {dst, src, dt, n, mp_dtype_size(dt)};
+  mp_pool_for(pool, (int64_t)((n + CONVERT_GRAIN - 1) / CONVERT_GRAIN), 1, convert_chunks, &a);
+}
+
+static bool is_float_dtype(mp_dtype dt) { return dt == MP_F32 || dt == MP_F16 || dt == MP_BF16; }
+
+mp_error *mp_vector_f32(const mp_tensor *t, float *dst, int64_t n) {
+  if (!is_float_dtype(t->dtype)) return mp_errorf("expected a float vector, found %s", mp_dtype_name(t->dtype));
+  if (mp_tensor_numel(t) != n) return mp_errorf("expected %lld values, found %lld", (long long)n, (long long)mp_tensor_numel(t));
+  convert_run(dst, t->data, t->dtype, (size_t)n);
+  return NULL;
+}
+
+/* The weight as f32: a view if already f32, else converted into `buf`. */
+static const float *weight_f32(mp_pool *pool, const mp_tensor *w, float *buf) {
+  if (w->dtype == MP_F32) return w->data;
+  mp_convert_to_f32_par(pool, buf, w->data, w->dtype, (size_t)mp_tensor_numel(w));
+  return buf;
+}
+
+
+/* ---- GEMM split over the pool ----
+ * OpenBLAS's own threads busy-wait (sched_yield) between calls, which costs dearly on a shared
+ * machine and fights our pool during the elementwise ops. So the heavy products here run as
+ * single-threaded OpenBLAS calls on independent blocks, scheduled by the pool; OpenBLAS is set to one
+ * thread for the duration and restored afterwards (other callers, e.g. mp_linear, keep its threads). */
+typedef struct {
+  bool trans_b;
+  int64_t m, n, k;
+  const float *A, *B;
+  int64_t lda, ldb, ldc;
+  float beta;
+  float *C;
+  bool split_n;
+  int64_t chunk;
+} pgemm_args;
+
+static void pgemm_chunks(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const pgemm_args *a = ctx;
+  for (int64_t c = begin; c < end; c++) {
+    int64_t lo = c * a->chunk;
+    if (a->split_n) {
+      int64_t cnt = a->n - lo < a->chunk ? a->n - lo : a->chunk;
+      const float *B = a->trans_b ? a->B + lo * a->ldb : a->B + lo;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, a->trans_b ? CblasTrans : CblasNoTrans, (blasint)a->m, (blasint)cnt,
+                  (blasint)a->k, 1.0f, a->A, (blasint)a->lda, B, (blasint)a->ldb, a->beta, a->C + lo, (blasint)a->ldc);
+    } else {
+      int64_t cnt = a->m - lo < a->chunk ? a->m - lo : a->chunk;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, a->trans_b ? CblasTrans : CblasNoTrans, (blasint)cnt, (blasint)a->n,
+                  (blasint)a->k, 1.0f, a->A + lo * a->lda, (blasint)a->lda, a->B, (blasint)a->ldb, a->beta, a->C + lo * a->ldc,
+                  (blasint)a->ldc);
+    }
+  }
+}
+
+/* C[m, n] = A[m, k] · op(B) + beta C, row-major; op(B) = B [k, n] or Bᵀ with B [n, k]. */
+void mp_gemm_pool(mp_pool *pool, bool trans_b, int64_t m, int64_t n, int64_t k, const float *A, int64_t lda, const float *B,
+                  int64_t ldb, float beta, float *C, int64_t ldc) {
+  const int nt = mp_pool_size(pool);
+  pgemm_args a = {trans_b, m, n, k, A, B, lda, ldb, ldc, beta, C, true, n};
+  /* One block per thread along the wider side: every block repacks the other operand (for a
+   * convolution, the whole weight), which costs about as much as the block's arithmetic when blocks
+   * are a few hundred columns wide. */
+  if (n >= m || n >= 512) {
+    a.split_n = true;
+    a.chunk = (n + nt - 1) / nt;
+    a.chunk = a.chunk < 128 ? 128 : (a.chunk + 15) / 16 * 16;
+  } else {
+    a.split_n = false;
+    a.chunk = (m + nt - 1) / nt;
+    a.chunk = a.chunk < 32 ? 32 : (a.chunk + 15) / 16 * 16;
+  }
+  int64_t n_chunks = ((a.split_n ? n : m) + a.chunk - 1) / a.chunk;
+  int prev = openblas_get_num_threads();
+  if (nt > 1 && n_chunks > 1) {
+    if (prev != 1) openblas_set_num_threads(1);
+    mp_pool_for(pool, n_chunks, 1, pgemm_chunks, &a);
+    if (prev != 1) openblas_set_num_threads(prev);
+  } else {
+    pgemm_chunks(&a, 0, n_chunks, 0);
+  }
+}
+
+/* ---- bias ---- */
+typedef struct {
+  float *y;
+  const float *b;
+  int64_t plane;
+  int channels; /* rows are (image, channel) pairs */
+} bias_args;
+
+static void add_bias_rows(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const bias_args *a = ctx;
+  for (int64_t r = begin; r < end; r++) {
+    float *y = a->y + r * a->plane, b = a->b[r % a->channels];
+    for (int64_t i = 0; i < a->plane; i++) y[i] += b;
+  }
+}
+
+/* ---- convolution ---- */
+/* im2col over the output positions of all images side by side (column g = image g / P, position
+ * g % P), so that small images (the UNet's 8x8 and 16x16 levels) make one GEMM for the whole batch
+ * and the weight is packed once instead of once per image. */
+typedef struct {
+  float *col;
+  const float *x;
+  int64_t img_stride, P;
+  int h, w, kh, kw, stride, wo, pad_t, pad_l;
+  int64_t g0, ng; /* columns [g0, g0+ng) of this band */
+} im2col_args;
+
+static void im2col_rows(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const im2col_args *a = ctx;
+  const int kk = a->kh * a->kw;
+  for (int64_t r = begin; r < end; r++) {
+    int c = (int)(r / kk), ky = (int)(r % kk) / a->kw, kx = (int)(r % kk) % a->kw;
+    float *dst = a->col + r * a->ng;
+    int64_t g = a->g0, gend = a->g0 + a->ng;
+    while (g < gend) {
+      const int64_t img = g / a->P, p = g % a->P;
+      const float *xc = a->x + img * a->img_stride + (int64_t)c * a->h * a->w;
+      int oy = (int)(p / a->wo), ox0 = (int)(p % a->wo);
+      int64_t run = a->wo - ox0 < gend - g ? a->wo - ox0 : gend - g; /* rest of this output row */
+      int iy = oy * a->stride - a->pad_t + ky;
+      if (iy < 0 || iy >= a->h) {
+        memset(dst, 0, sizeof(float) * (size_t)run);
+      } else {
+        const float *xr = xc + (int64_t)iy * a->w;
+        if (a->stride == 1) {
+          int ix0 = ox0 - a->pad_l + kx;
+          for (int64_t j = 0; j < run; j++) {
+            int ix = ix0 + (int)j;
+            dst[j] = ix >= 0 && ix < a->w ? xr[ix] : 0.0f;
+          }
+        } else {
+          for (int64_t j = 0; j < run; j++) {
+            int ix = (ox0 + (int)j) * a->stride - a->pad_l + kx;
+            dst[j] = ix >= 0 && ix < a->w ? xr[ix] : 0.0f;
+          }
+        }
+      }
+      dst += run;
+      g += run;
+    }
+  }
+}
+
+/* ---- 3x3 stride-1 convolution by Winograd F(m x m, 3x3) ----
+ * Each m x m block of outputs comes from an (m+2)^2 input patch d: V = Bᵀ d B, U = G g Gᵀ,
+ * Y = Aᵀ (U ⊙ V) A. Summed over input channels, the (m+2)^2 elementwise products become as many GEMMs
+ * M[ξ][O][tiles] = U[ξ][O][C] · V[ξ][C][tiles]: F(2,3) does 16/4 = 4 multiply-adds per output and
+ * channel pair, F(4,3) 36/16 = 2.25, against 9 for direct convolution. F(4,3) uses the points
+ * 0, ±1, ±2, ∞ (Lavin & Gray), whose f32 error stays around 1e-6 relative for these layers. */
+enum { WINO_BUDGET_FLOATS = 16 << 20, WINO_MIN_PIXELS = 1024, WINO_MAX_A = 6 };
+
+typedef struct {
+  int m, a; /* output tile, input tile = m + 2 */
+  const float *BT, *G, *AT; /* [a][a], [a][3], [m][a] */
+} wino_kind;
+
+static const float F2_BT[16] = {1, 0, -1, 0, 0, 1, 1, 0, 0, -1, 1, 0, 0, 1, 0, -1};
+static const float F2_G[12] = {1, 0, 0, 0.5f, 0.5f, 0.5f, 0.5f, -0.5f, 0.5f, 0, 0, 1};
+static const float F2_AT[8] = {1, 1, 1, 0, 0, 1, -1, -1};
+static const float F4_BT[36] = {4, 0, -5, 0,  1, 0, 0, -4, -4, 1, 1, 0, 0, 4, -4, -1, 1, 0,
+                                0, -2, -1, 2, 1, 0, 0, 2, -1, -2, 1, 0, 0, 4, 0, -5, 0, 1};
+static const float F4_G[18] = {1.0f / 4,  0,         0,        -1.0f / 6, -1.0f / 6, -1.0f / 6,
+                               -1.0f / 6, 1.0f / 6,  -1.0f / 6, 1.0f / 24, 1.0f / 12, 1.0f / 6,
+                               1.0f / 24, -1.0f / 12, 1.0f / 6,  0,         0,         1};
+static const float F4_AT[24] = {1, 1, 1, 1, 1, 0, 0, 1, -1, 2, -2, 0, 0, 1, 1, 4, 4, 0, 0, 1, -1, 8, -8, 1};
+static const wino_kind WINO_F2 = {2, 4, F2_BT, F2_G, F2_AT}, WINO_F4 = {4, 6, F4_BT, F4_G, F4_AT};
+
+typedef struct {
+  const wino_kind *k;
+  float *U;
+  const char *w;
+  mp_dtype dt;
+  size_t es;
+  int O, C;
+} wino_w_args;
+
+enum { WINO_WCHUNK = 64 };
+
+/* U = G g Gᵀ for 64 input channels at a time, laid out so that the inner loops run over channels
+ * (vectorised) and every store is a contiguous row of one of the a² planes. */
+static void wino_weights(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const wino_w_args *p = ctx;
+  const int A = p->k->a;
+  const float *G = p->k->G;
+  float graw[WINO_WCHUNK * 9], gt[9][WINO_WCHUNK], t[WINO_MAX_A][3][WINO_WCHUNK];
+  for (int64_t o = begin; o < end; o++)
+    for (int c0 = 0; c0 < p->C; c0 += WINO_WCHUNK) {
+      const int n = p->C - c0 < WINO_WCHUNK ? p->C - c0 : WINO_WCHUNK;
+      convert_run(graw, p->w + ((size_t)o * p->C + c0) * 9 * p->es, p->dt, (size_t)n * 9);
+      for (int k = 0; k < 9; k++)
+        for (int cc = 0; cc < n; cc++) gt[k][cc] = graw[cc * 9 + k];
+      for (int i = 0; i < A; i++) /* t = G g */
+        for (int j = 0; j < 3; j++) {
+          const float g0 = G[i * 3], g1 = G[i * 3 + 1], g2 = G[i * 3 + 2];
+          for (int cc = 0; cc < n; cc++) t[i][j][cc] = g0 * gt[j][cc] + g1 * gt[3 + j][cc] + g2 * gt[6 + j][cc];
+        }
+      for (int i = 0; i < A; i++) /* U = t Gᵀ */
+        for (int j = 0; j < A; j++) {
+          const float g0 = G[j * 3], g1 = G[j * 3 + 1], g2 = G[j * 3 + 2];
+          float *dst = p->U + ((size_t)(i * A + j) * p->O + o) * p->C + c0;
+          for (int cc = 0; cc < n; cc++) dst[cc] = t[i][0][cc] * g0 + t[i][1][cc] * g1 + t[i][2][cc] * g2;
+        }
+    }
+}
+
+/* Bᵀ v and Aᵀ v for one line of a tile (stride `is` in, `os` out), written out for the two kinds:
+ * the generic 6x6 product costs four times the arithmetic. */
+static inline void wino_bt(int m, const float *v, int is, float *r, int os) {
+  if (m == 4) {
+    const float v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is], v4 = v[4 * is], v5 = v[5 * is];
+    r[0] = 4 * v0 - 5 * v2 + v4;
+    r[os] = -4 * v1 - 4 * v2 + v3 + v4;
+    r[2 * os] = 4 * v1 - 4 * v2 - v3 + v4;
+    r[3 * os] = -2 * v1 - v2 + 2 * v3 + v4;
+    r[4 * os] = 2 * v1 - v2 - 2 * v3 + v4;
+    r[5 * os] = 4 * v1 - 5 * v3 + v5;
+  } else {
+    const float v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is];
+    r[0] = v0 - v2;
+    r[os] = v1 + v2;
+    r[2 * os] = v2 - v1;
+    r[3 * os] = v1 - v3;
+  }
+}
+
+static inline void wino_at(int m, const float *v, int is, float *r, int os) {
+  if (m == 4) {
+    const float v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is], v4 = v[4 * is], v5 = v[5 * is];
+    r[0] = v0 + v1 + v2 + v3 + v4;
+    r[os] = v1 - v2 + 2 * v3 - 2 * v4;
+    r[2 * os] = v1 + v2 + 4 * v3 + 4 * v4;
+    r[3 * os] = v1 - v2 + 8 * v3 - 8 * v4 + v5;
+  } else {
+    const float v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is];
+    r[0] = v0 + v1 + v2;
+    r[os] = v1 - v2 - v3;
+  }
+}
+
+typedef struct {
+  const wino_kind *k;
+  float *V;
+  const float *x;
+  int C, h, w, tw;
+  int64_t t0, tb, T; /* band [t0, t0+tb) of the tiles of all images, T per image */
+} wino_in_args;
+
+static void wino_input(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const wino_in_args *p = ctx;
+  const int A = p->k->a, m = p->k->m;
+  const size_t plane = (size_t)p->C * (size_t)p->tb;
+  for (int64_t c = begin; c < end; c++) {
+    float *vc = p->V + (size_t)c * p->tb;
+    for (int64_t tt = 0; tt < p->tb; tt++) {
+      int64_t t = (p->t0 + tt) % p->T, img = (p->t0 + tt) / p->T;
+      const float *xc = p->x + ((size_t)img * p->C + (size_t)c) * p->h * p->w;
+      int y0 = (int)(t / p->tw) * m - 1, x0 = (int)(t % p->tw) * m - 1;
+      float d[WINO_MAX_A][WINO_MAX_A], r[WINO_MAX_A][WINO_MAX_A];
+      bool inside = y0 >= 0 && x0 >= 0 && y0 + A <= p->h && x0 + A <= p->w;
+      for (int i = 0; i < A; i++)
+        for (int j = 0; j < A; j++) {
+          int iy = y0 + i, ix = x0 + j;
+          d[i][j] = inside || (iy >= 0 && iy < p->h && ix >= 0 && ix < p->w) ? xc[(size_t)iy * p->w + ix] : 0.0f;
+        }
+      float v[WINO_MAX_A][WINO_MAX_A];
+      for (int j = 0; j < A; j++) wino_bt(m, &d[0][j], WINO_MAX_A, &r[0][j], WINO_MAX_A); /* r = Bᵀ d */
+      for (int i = 0; i < A; i++) wino_bt(m, &r[i][0], 1, &v[i][0], 1);                 /* V = r B */
+      for (int i = 0; i < A; i++)
+        for (int j = 0; j < A; j++) vc[(size_t)(i * A + j) * plane + tt] = v[i][j];
+    }
+  }
+}
+
+typedef struct {
+  const float *U, *V;
+  float *M;
+  int O, C;
+  int64_t tb;
+} wino_gemm_args;
+
+static void wino_gemms(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const wino_gemm_args *a = ctx;
+  for (int64_t xi = begin; xi < end; xi++)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, a->O, (blasint)a->tb, a->C, 1.0f, a->U + (size_t)xi * a->O * a->C,
+                a->C, a->V + (size_t)xi * a->C * a->tb, (blasint)a->tb, 0.0f, a->M + (size_t)xi * a->O * a->tb, (blasint)a->tb);
+}
+
+typedef struct {
+  const wino_kind *k;
+  float *y;
+  const float *M, *bias;
+  int O, h, w, tw;
+  int64_t t0, tb, T;
+} wino_out_args;
+
+static void wino_output(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const wino_out_args *p = ctx;
+  const int A = p->k->a, m = p->k->m;
+  const size_t plane = (size_t)p->O * (size_t)p->tb;
+  for (int64_t o = begin; o < end; o++) {
+    const float *mo = p->M + (size_t)o * p->tb;
+    const float b = p->bias ? p->bias[o] : 0.0f;
+    for (int64_t tt = 0; tt < p->tb; tt++) {
+      float *yo = p->y + ((size_t)((p->t0 + tt) / p->T) * p->O + (size_t)o) * p->h * p->w;
+      float mm[WINO_MAX_A][WINO_MAX_A], s[4][WINO_MAX_A];
+      for (int i = 0; i < A; i++)
+        for (int j = 0; j < A; j++) mm[i][j] = mo[(size_t)(i * A + j) * plane + tt];
+      for (int j = 0; j < A; j++) wino_at(m, &mm[0][j], WINO_MAX_A, &s[0][j], WINO_MAX_A); /* s = Aᵀ M */
+      float yy[4][4];
+      for (int i = 0; i < m; i++) wino_at(m, &s[i][0], 1, &yy[i][0], 1); /* Y = s A */
+      int64_t t = (p->t0 + tt) % p->T;
+      int oy = (int)(t / p->tw) * m, ox = (int)(t % p->tw) * m;
+      for (int i = 0; i < m && oy + i < p->h; i++) {
+        float *row = yo + (size_t)(oy + i) * p->w + ox;
+        for (int j = 0; j < m && ox + j < p->w; j++) row[j] = yy[i][j] + b;
+      }
+    }
+  }
+}
+
+static mp_error *conv3x3_winograd(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int batch, int C, int h, int w,
+                                  const mp_tensor *weight, const float *bias, int64_t max_tiles, const wino_kind *k) {
+  const int O = (int)weight->shape[0], A = k->a, th = (h + k->m - 1) / k->m, tw = (w + k->m - 1) / k->m;
+  const int64_t T = (int64_t)th * tw, AA = (int64_t)A * A;
+  int64_t tb = WINO_BUDGET_FLOATS / (AA * (int64_t)(C + O));
+  tb = tb < 64 ? 64 : tb;
+  if (max_tiles > 0 && tb > max_tiles) tb = max_tiles;
+  tb = tb > T * batch ? T * batch : tb;
+  const size_t nU = (size_t)AA * O * C, nV = (size_t)AA * C * tb, nM = (size_t)AA * O * tb;
+  MP_TRY(mp_workspace_reserve(ws, sizeof(float) * (nU + nV + nM)));
+  float *U = ws->p, *V = U + nU, *M = V + nV;
+  wino_w_args wa = {k, U, weight->data, weight->dtype, mp_dtype_size(weight->dtype), O, C};
+  mp_pool_for(pool, O, O >= 16 ? 4 : 1, wino_weights, &wa);
+  const int nt = mp_pool_size(pool), prev = openblas_get_num_threads();
+  if (nt > 1 && prev != 1) openblas_set_num_threads(1);
+  const int64_t total = T * batch; /* the images' tiles side by side: wider GEMMs on small images */
+  for (int64_t t0 = 0; t0 < total; t0 += tb) {
+    int64_t n = total - t0 < tb ? total - t0 : tb;
+    wino_in_args ia = {k, V, x, C, h, w, tw, t0, n, T};
+    mp_pool_for(pool, C, C >= 16 ? 4 : 1, wino_input, &ia);
+    wino_gemm_args ga = {U, V, M, O, C, n};
+    mp_pool_for(pool, AA, 1, wino_gemms, &ga);
+    wino_out_args oa = {k, y, M, bias, O, h, w, tw, t0, n, T};
+    mp_pool_for(pool, O, O >= 16 ? 4 : 1, wino_output, &oa);
+  }
+  if (nt > 1 && prev != 1) openblas_set_num_threads(prev);
+  return NULL;
+}
+
+mp_error *mp_conv3x3_winograd(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int batch, int c_in, int h, int w,
+                              const mp_tensor *weight, const mp_tensor *bias, int tile, int64_t max_tiles) {
+  if (tile != 2 && tile != 4) return mp_errorf("Winograd output tile %d (2 or 4)", tile);
+  if (weight->ndim != 4 || weight->shape[1] != c_in || weight->shape[2] != 3 || weight->shape[3] != 3 || !is_float_dtype(weight->dtype))
+    return mp_errorf("Winograd convolution needs a float [out, %d, 3, 3] weight", c_in);
+  float bw[8192];
+  if (bias && weight->shape[0] > 8192) return mp_errorf("too many output channels");
+  if (bias) MP_TRY(mp_vector_f32(bias, bw, weight->shape[0]));
+  return conv3x3_winograd(pool, ws, y, x, batch, c_in, h, w, weight, bias ? bw : NULL, max_tiles, tile == 4 ? &WINO_F4 : &WINO_F2);
+}
+
+enum { COL_BUDGET_FLOATS = 16 << 20 }; /* 64 MB of im2col per band */
+
+mp_error *mp_conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int batch, int c_in, int h, int w,
+                    const mp_tensor *weight, const mp_tensor *bias, int stride, mp_pad pad) {
+  if (weight->ndim != 4 || weight->shape[1] != c_in)
+    return mp_errorf("conv2d weight must be [out, %d, kh, kw], found %d-D with %lld input channels", c_in, weight->ndim,
+                     weight->ndim > 1 ? (long long)weight->shape[1] : -1LL);
+  if (!is_float_dtype(weight->dtype)) return mp_errorf("conv2d weight has dtype %s", mp_dtype_name(weight->dtype));
+  const int c_out = (int)weight->shape[0], kh = (int)weight->shape[2], kw = (int)weight->shape[3];
+  if (stride < 1) return mp_errorf("conv2d stride %d", stride);
+  const int ho = mp_conv_out_size(h, kh, stride, pad.top, pad.bottom), wo = mp_conv_out_size(w, kw, stride, pad.left, pad.right);
+  if (ho <= 0 || wo <= 0) return mp_errorf("conv2d output would be empty (%dx%d input, %dx%d kernel)", h, w, kh, kw);
+  const int64_t K = (int64_t)c_in * kh * kw, P = (int64_t)ho * wo;
+  const bool direct = kh == 1 && kw == 1 && stride == 1 && !pad.top && !pad.bottom && !pad.left && !pad.right;
+  if (kh == 3 && kw == 3 && stride == 1 && pad.top == 1 && pad.bottom == 1 && pad.left == 1 && pad.right == 1 &&
+      P >= WINO_MIN_PIXELS) {
+    float bw[8192];
+    if (bias && c_out > 8192) return mp_errorf("conv2d with %d output channels is beyond this implementation", c_out);
+    if (bias) MP_TRY(mp_error_wrap(mp_vector_f32(bias, bw, c_out), "conv2d bias"));
+    /* F(4,3) halves the arithmetic again but transforms (and BLAS repacks) a 2.25x larger weight per
+     * call, which only pays once there are enough tiles: from 64x64 pixels on. */
+    return conv3x3_winograd(pool, ws, y, x, batch, c_in, h, w, weight, bias ? bw : NULL, 0, P >= 4096 ? &WINO_F4 : &WINO_F2);
+  }
+  /* One GEMM per image for 1x1 convolutions of large images; everything else through im2col bands
+   * over the columns of all images (a 1x1 im2col is a copy, cheap next to packing a big weight per image). */
+  const bool per_image = direct && (batch == 1 || P >= 1024);
+  const int64_t G = (int64_t)batch * P;
+  int64_t band = per_image ? 0 : (COL_BUDGET_FLOATS / K > 0 ? COL_BUDGET_FLOATS / K : 1);
+  if (!per_image && band > COL_BUDGET_FLOATS / c_out) band = COL_BUDGET_FLOATS / c_out > 0 ? COL_BUDGET_FLOATS / c_out : 1;
+  if (band > G) band = G;
+  if (band > 0 && band < G && band >= wo) band -= band % wo; /* whole output rows where possible */
+  size_t wfloats = weight->dtype == MP_F32 ? 0 : (size_t)(c_out * K);
+  wfloats = (wfloats + 15) & ~(size_t)15;
+  const size_t colf = ((size_t)(band * K) + 15) & ~(size_t)15;
+  MP_TRY(mp_workspace_reserve(ws, sizeof(float) * (wfloats + colf + (size_t)band * (size_t)c_out)));
+  float *wbuf = ws->p, *col = wbuf + wfloats, *tmp = col + colf;
+  const float *W = weight_f32(pool, weight, wbuf);
+  float bvec[8192], *bv = NULL;
+  if (bias) {
+    if (c_out > 8192) return mp_errorf("conv2d with %d output channels is beyond this implementation", c_out);
+    MP_TRY(mp_error_wrap(mp_vector_f32(bias, bvec, c_out), "conv2d bias"));
+    bv = bvec;
+  }
+  if (per_image) {
+    for (int b = 0; b < batch; b++)
+      mp_gemm_pool(pool, false, c_out, P, K, W, K, x + (int64_t)b * c_in * h * w, P, 0.0f, y + (int64_t)b * c_out * P, P);
+  } else {
+    for (int64_t g0 = 0; g0 < G; g0 += band) {
+      const int64_t ng = G - g0 < band ? G - g0 : band, b0 = g0 / P, b1 = (g0 + ng - 1) / P;
+      im2col_args a = {col, x, (int64_t)c_in * h * w, P, h, w, kh, kw, stride, wo, pad.top, pad.left, g0, ng};
+      mp_pool_for(pool, K, K >= 64 ? 16 : K, im2col_rows, &a);
+      if (b0 == b1) { /* within one image: straight into its output */
+        mp_gemm_pool(pool, false, c_out, ng, K, W, K, col, ng, 0.0f, y + b0 * c_out * P + (g0 - b0 * P), P);
+        continue;
+      }
+      mp_gemm_pool(pool, false, c_out, ng, K, W, K, col, ng, 0.0f, tmp, ng);
+      for (int64_t b = b0; b <= b1; b++) { /* scatter the images' segments */
+        const int64_t s0 = g0 > b * P ? g0 : b * P, s1 = g0 + ng < (b + 1) * P ? g0 + ng : (b + 1) * P;
+        for (int o = 0; o < c_out; o++)
+          memcpy(y + (b * c_out + o) * P + (s0 - b * P), tmp + (int64_t)o * ng + (s0 - g0), sizeof(float) * (size_t)(s1 - s0));
+      }
+    }
+  }
+  if (bv) {
+    bias_args ba = {y, bv, P, c_out};
+    mp_pool_for(pool, (int64_t)batch * c_out, c_out >= 32 ? 8 : 1, add_bias_rows, &ba);
+  }
+  return NULL;
+}
+
+/* ---- dense ---- */
+typedef struct {
+  float *y;
+  const float *b;
+  int64_t out;
+} rowbias_args;
+
+static void add_row_bias(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const rowbias_args *a = ctx;
+  for (int64_t r = begin; r < end; r++) {
+    float *y = a->y + r * a->out;
+    for (int64_t j = 0; j < a->out; j++) y[j] += a->b[j];
+  }
+}
+
+mp_error *mp_dense(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int64_t n, const mp_tensor *W,
+                   const mp_tensor *bias) {
+  bool conv1x1 = W->ndim == 4 && W->shape[2] == 1 && W->shape[3] == 1;
+  if (W->ndim != 2 && !conv1x1) return mp_errorf("dense weight must be [out, in] (or [out, in, 1, 1]), found %d-D", W->ndim);
+  if (!is_float_dtype(W->dtype)) return mp_errorf("dense weight has dtype %s", mp_dtype_name(W->dtype));
+  const int64_t out = W->shape[0], in = W->shape[1];
+  size_t wfloats = W->dtype == MP_F32 ? 0 : (size_t)(out * in);
+  size_t bfloats = bias ? (size_t)out : 0;
+  MP_TRY(mp_workspace_reserve(ws, sizeof(float) * (((wfloats + 15) & ~(size_t)15) + bfloats + 1)));
+  float *wbuf = ws->p, *bbuf = wbuf + ((wfloats + 15) & ~(size_t)15);
+  const float *w = weight_f32(pool, W, wbuf);
+  mp_gemm_pool(pool, true, n, out, in, x, in, w, in, 0.0f, y, out);
+  if (bias) {
+    MP_TRY(mp_error_wrap(mp_vector_f32(bias, bbuf, out), "dense bias"));
+    rowbias_args a = {y, bbuf, out};
+    mp_pool_for(pool, n, n >= 64 ? 32 : n, add_row_bias, &a);
+  }
+  return NULL;
+}
+
+/* ---- group norm ---- */
+typedef struct {
+  float *y;
+  const float *x, *gamma, *beta;
+  int C, groups;
+  int64_t hw;
+  float eps;
+  bool silu;
+} gn_args;
+
+static void group_norm_tasks(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const gn_args *a = ctx;
+  const int cg = a->C / a->groups;
+  for (int64_t task = begin; task < end; task++) {
+    int b = (int)(task / a->groups), g = (int)(task % a->groups);
+    const int64_t off = ((int64_t)b * a->C + (int64_t)g * cg) * a->hw, n = (int64_t)cg * a->hw;
+    const float *x = a->x + off;
+    float *y = a->y + off;
+    /* Two passes: the mean in double, then the centred sum of squares (float lanes, double total). */
+    double sum = 0;
+    for (int64_t i0 = 0; i0 < n; i0 += 4096) {
+      float s = 0;
+      int64_t i1 = i0 + 4096 < n ? i0 + 4096 : n;
+      for (int64_t i = i0; i < i1; i++) s += x[i];
+      sum += s;
+    }
+    const double mean = sum / (double)n;
+    const float mf = (float)mean;
+    double var = 0;
+    for (int64_t i0 = 0; i0 < n; i0 += 4096) {
+      float s = 0;
+      int64_t i1 = i0 + 4096 < n ? i0 + 4096 : n;
+      for (int64_t i = i0; i < i1; i++) {
+        float d = x[i] - mf;
+        s += d * d;
+      }
+      var += s;
+    }
+    var /= (double)n;
+    const float inv = (float)(1.0 / sqrt(var + a->eps));
+    for (int c = 0; c < cg; c++) {
+      const int ch = g * cg + c;
+      const float scale = inv * a->gamma[ch], shift = a->beta[ch] - mf * scale;
+      const float *xc = x + (int64_t)c * a->hw;
+      float *yc = y + (int64_t)c * a->hw;
+      if (a->silu) {
+        for (int64_t i = 0; i < a->hw; i++) {
+          float v = xc[i] * scale + shift;
+          yc[i] = v / (1.0f + mp_vexpf(-v));
+        }
+      } else {
+        for (int64_t i = 0; i < a->hw; i++) yc[i] = xc[i] * scale + shift;
+      }
+    }
+  }
+}
+
+void mp_group_norm(mp_pool *pool, float *y, const float *x, int batch, int C, int64_t hw, int groups, const float *gamma,
+                   const float *beta, float eps, bool silu) {
+  gn_args a = {y, x, gamma, beta, C, groups, hw, eps, silu};
+  mp_pool_for(pool, (int64_t)batch * groups, 1, group_norm_tasks, &a);
+}
+
+/* ---- upsample ---- */
+typedef struct {
+  float *y;
+  const float *x;
+  int h, w;
+} up_args;
+
+static void upsample_planes(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const up_args *a = ctx;
+  const int w2 = 2 * a->w;
+  for (int64_t p = begin; p < end; p++) {
+    const float *x = a->x + p * a->h * a->w;
+    float *y = a->y + p * 4 * a->h * a->w;
+    for (int i = 0; i < a->h; i++) {
+      float *r0 = y + (int64_t)(2 * i) * w2;
+      for (int j = 0; j < a->w; j++) r0[2 * j] = r0[2 * j + 1] = x[(int64_t)i * a->w + j];
+      memcpy(r0 + w2, r0, sizeof(float) * (size_t)w2);
+    }
+  }
+}
+
+void mp_upsample_nearest2x(mp_pool *pool, float *y, const float *x, int64_t planes, int h, int w) {
+  up_args a = {y, x, h, w};
+  mp_pool_for(pool, planes, planes >= 16 ? 4 : 1, upsample_planes, &a);
+}
+
+/* ---- GEGLU ---- */
+typedef struct {
+  float *y;
+  const float *x;
+  int64_t d;
+} geglu_args;
+
+static void geglu_rows(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const geglu_args *a = ctx;
+  for (int64_t r = begin; r < end; r++) {
+    const float *hid = a->x + r * 2 * a->d, *gate = hid + a->d;
+    float *y = a->y + r * a->d;
+    for (int64_t j = 0; j < a->d; j++) y[j] = hid[j] * mp_vgeluf(gate[j]);
+  }
+}
+
+void mp_geglu(mp_pool *pool, float *y, const float *x, int64_t n, int64_t d) {
+  geglu_args a = {y, x, d};
+  if (y == x) { /* in place: rows must go in order (row r's output overlaps inputs of rows < r only) */
+    geglu_rows(&a, 0, n, 0);
+    return;
+  }
+  mp_pool_for(pool, n, n >= 64 ? 16 : n, geglu_rows, &a);
+}
+
+/* ---- transposes (blocked so both sides stream through cache) ---- */
+enum { TB = 32 };
+typedef struct {
+  float *dst;
+  const float *src;
+  int64_t rows, cols;
+  bool add;
+} tr_args;
+
+static void transpose_blocks(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const tr_args *a = ctx;
+  for (int64_t rb = begin; rb < end; rb++) {
+    int64_t r0 = rb * TB, r1 = r0 + TB < a->rows ? r0 + TB : a->rows;
+    for (int64_t c0 = 0; c0 < a->cols; c0 += TB) {
+      int64_t c1 = c0 + TB < a->cols ? c0 + TB : a->cols;
+      if (a->add) { /* dst [rows, cols] += src [cols, rows]ᵀ */
+        for (int64_t r = r0; r < r1; r++)
+          for (int64_t c = c0; c < c1; c++) a->dst[r * a->cols + c] += a->src[c * a->rows + r];
+      } else { /* dst [cols, rows] = src [rows, cols]ᵀ */
+        for (int64_t c = c0; c < c1; c++)
+          for (int64_t r = r0; r < r1; r++) a->dst[c * a->rows + r] = a->src[r * a->cols + c];
+      }
+    }
+  }
+}
+
+void mp_transpose(mp_pool *pool, float *dst, const float *src, int64_t rows, int64_t cols) {
+  tr_args a = {dst, src, rows, cols, false};
+  mp_pool_for(pool, (rows + TB - 1) / TB, 1, transpose_blocks, &a);
+}
+
+void mp_transpose_add(mp_pool *pool, float *dst, const float *src, int64_t rows, int64_t cols) {
+  tr_args a = {dst, src, rows, cols, true};
+  mp_pool_for(pool, (rows + TB - 1) / TB, 1, transpose_blocks, &a);
+}

@@ -1,0 +1,442 @@
+/* LoRA merging into an overlay of the checkpoint (see lora.h). */
+#include "models/lora.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const TE_PREFIX = "cond_stage_model.transformer.";
+
+/* ---- CompVis key -> kohya name ---- */
+static bool append(char *buf, size_t cap, size_t *len, const char *s) {
+  size_t n = strlen(s);
+  if (*len + n + 1 > cap) return false;
+  memcpy(buf + *len, s, n + 1);
+  *len += n;
+  return true;
+}
+
+/* A ResBlock's CompVis sub-module name in diffusers naming. */
+static const char *resnet_part(const char *rest) {
+  static const struct {
+    const char *ldm, *diffusers;
+  } map[] = {{"in_layers.0", "norm1"},  {"in_layers.2", "conv1"},  {"emb_layers.1", "time_emb_proj"},
+             {"out_layers.0", "norm2"}, {"out_layers.3", "conv2"}, {"skip_connection", "conv_shortcut"}};
+  for (size_t i = 0; i < sizeof map / sizeof *map; i++)
+    if (strcmp(rest, map[i].ldm) == 0) return map[i].diffusers;
+  return NULL;
+}
+
+/* module: "input_blocks.1.1.proj_in" (no prefix, no ".weight") -> "down_blocks.0.attentions.0.proj_in". */
+static bool unet_to_diffusers(const char *module, int nrb, char *out, size_t cap) {
+  int n = 0, s = 0, used = 0;
+  char tmp[200];
+  size_t len = 0;
+  out[0] = 0;
+  if (strcmp(module, "input_blocks.0.0") == 0) return append(out, cap, &len, "conv_in");
+  if (sscanf(module, "input_blocks.%d.%d.%n", &n, &s, &used) == 2 && used > 0) {
+    const char *rest = module + used;
+    if (n == 0) return append(out, cap, &len, "conv_in");
+    int i = (n - 1) / (nrb + 1), j = (n - 1) % (nrb + 1);
+    if (j == nrb) return snprintf(out, cap, "down_blocks.%d.downsamplers.0.conv", i) < (int)cap;
+    if (s == 0) {
+      const char *r = resnet_part(rest);
+      return r && snprintf(out, cap, "down_blocks.%d.resnets.%d.%s", i, j, r) < (int)cap;
+    }
+    return snprintf(out, cap, "down_blocks.%d.attentions.%d.%s", i, j, rest) < (int)cap;
+  }
+  if (sscanf(module, "middle_block.%d.%n", &s, &used) == 1 && used > 0) {
+    const char *rest = module + used;
+    if (s == 1) return snprintf(out, cap, "mid_block.attentions.0.%s", rest) < (int)cap;
+    const char *r = resnet_part(rest);
+    return r && snprintf(out, cap, "mid_block.resnets.%d.%s", s / 2, r) < (int)cap;
+  }
+  if (sscanf(module, "output_blocks.%d.%d.%n", &n, &s, &used) == 2 && used > 0) {
+    const char *rest = module + used;
+    int i = n / (nrb + 1), j = n % (nrb + 1);
+    if (s == 0) {
+      const char *r = resnet_part(rest);
+      return r && snprintf(out, cap, "up_blocks.%d.resnets.%d.%s", i, j, r) < (int)cap;
+    }
+    if (strcmp(rest, "conv") == 0) return snprintf(out, cap, "up_blocks.%d.upsamplers.0.conv", i) < (int)cap;
+    return snprintf(out, cap, "up_blocks.%d.attentions.%d.%s", i, j, rest) < (int)cap;
+  }
+  static const struct {
+    const char *ldm, *diffusers;
+  } top[] = {{"time_embed.0", "time_embedding.linear_1"},
+             {"time_embed.2", "time_embedding.linear_2"},
+             {"out.0", "conv_norm_out"},
+             {"out.2", "conv_out"}};
+  for (size_t k = 0; k < sizeof top / sizeof *top; k++)
+    if (strcmp(module, top[k].ldm) == 0) return snprintf(tmp, sizeof tmp, "%s", top[k].diffusers), append(out, cap, &len, tmp);
+  return false;
+}
+
+static void dots_to_underscores(char *s) {
+  for (; *s; s++)
+    if (*s == '.') *s = '_';
+}
+
+/* The module part of a weight key: "<prefix><module>.weight" -> module, or false. */
+static bool module_of(const char *key, const char *prefix, char *out, size_t cap) {
+  size_t pl = strlen(prefix), kl = strlen(key);
+  if (kl <= pl + 7 || strncmp(key, prefix, pl) != 0 || strcmp(key + kl - 7, ".weight") != 0) return false;
+  size_t ml = kl - pl - 7;
+  if (ml + 1 > cap) return false;
+  memcpy(out, key + pl, ml);
+  out[ml] = 0;
+  return true;
+}
+
+bool mp_lora_kohya_name(const char *key, int nrb, char *buf, size_t cap) {
+  char module[200], d[256];
+  if (module_of(key, MP_PREFIX_UNET, module, sizeof module)) {
+    if (!unet_to_diffusers(module, nrb, d, sizeof d)) return false;
+    if (snprintf(buf, cap, "lora_unet_%s", d) >= (int)cap) return false;
+  } else if (module_of(key, TE_PREFIX, module, sizeof module)) {
+    if (snprintf(buf, cap, "lora_te_%s", module) >= (int)cap) return false;
+  } else {
+    return false;
+  }
+  dots_to_underscores(buf);
+  return true;
+}
+
+/* ---- lookup table: kohya name -> base weight index ---- */
+typedef struct {
+  char *name;
+  size_t index;
+} entry;
+
+static int cmp_entry(const void *a, const void *b) { return strcmp(((const entry *)a)->name, ((const entry *)b)->name); }
+
+typedef struct {
+  entry *e;
+  size_t n, cap;
+} table;
+
+static mp_error *table_add(table *t, const char *name, size_t index) {
+  if (t->n == t->cap) {
+    size_t cap = t->cap ? 2 * t->cap : 1024;
+    entry *ne = realloc(t->e, cap * sizeof *ne);
+    if (!ne) return mp_errorf("out of memory");
+    t->e = ne, t->cap = cap;
+  }
+  char *s = strdup(name);
+  if (!s) return mp_errorf("out of memory");
+  t->e[t->n++] = (entry){s, index};
+  return NULL;
+}
+
+static void table_free(table *t) {
+  for (size_t i = 0; i < t->n; i++) free(t->e[i].name);
+  free(t->e);
+}
+
+static mp_error *build_table(const mp_weights *base, int nrb, table *t) {
+  for (size_t i = 0; i < mp_weights_count(base); i++) {
+    const char *key = mp_weights_at(base, i)->name;
+    char name[300], module[200];
+    if (mp_lora_kohya_name(key, nrb, name, sizeof name)) MP_TRY(table_add(t, name, i));
+    /* kohya files from LDM-based trainers name UNet modules the CompVis way */
+    if (module_of(key, MP_PREFIX_UNET, module, sizeof module)) {
+      snprintf(name, sizeof name, "lora_unet_%s", module);
+      dots_to_underscores(name);
+      MP_TRY(table_add(t, name, i));
+    }
+  }
+  qsort(t->e, t->n, sizeof *t->e, cmp_entry);
+  return NULL;
+}
+
+static const entry *table_find(const table *t, const char *name) {
+  entry k = {(char *)name, 0};
+  return bsearch(&k, t->e, t->n, sizeof *t->e, cmp_entry);
+}
+
+/* ---- LoRA file: keys grouped into modules ---- */
+enum { PART_DOWN, PART_UP, PART_MID, PART_ALPHA };
+
+typedef struct {
+  char *module; /* normalised: lora_unet_... / lora_te_... */
+  int part;
+  const mp_tensor *t;
+  const char *key;
+} part;
+
+static int cmp_part(const void *a, const void *b) { return strcmp(((const part *)a)->module, ((const part *)b)->module); }
+
+/* Split a LoRA key into its normalised module name and part; false if it is not a LoRA tensor. */
+static bool parse_key(const char *key, char *module, size_t cap, int *which) {
+  static const struct {
+    const char *suffix;
+    int part;
+  } suffixes[] = {{".lora_down.weight", PART_DOWN},
+                  {".lora_up.weight", PART_UP},
+                  {".lora_mid.weight", PART_MID},
+                  {".alpha", PART_ALPHA},
+                  {".lora_A.weight", PART_DOWN},
+                  {".lora_B.weight", PART_UP},
+                  {".lora.down.weight", PART_DOWN},
+                  {".lora.up.weight", PART_UP},
+                  {".lora_linear_layer.down.weight", PART_DOWN},
+                  {".lora_linear_layer.up.weight", PART_UP}};
+  size_t kl = strlen(key);
+  for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
+    size_t sl = strlen(suffixes[i].suffix);
+    if (kl <= sl || strcmp(key + kl - sl, suffixes[i].suffix) != 0) continue;
+    char m[300];
+    size_t ml = kl - sl;
+    if (ml >= sizeof m) return false;
+    memcpy(m, key, ml);
+    m[ml] = 0;
+    /* diffusers attention processors: "attn1.processor.to_q_lora" is "attn1.to_q" */
+    char *p = strstr(m, ".processor.");
+    if (p) memmove(p, p + 10, strlen(p + 10) + 1);
+    size_t l = strlen(m);
+    if (l > 5 && strcmp(m + l - 5, "_lora") == 0) m[l - 5] = 0;
+    if (strncmp(m, "lora_unet_", 10) == 0 || strncmp(m, "lora_te_", 8) == 0) {
+      if (snprintf(module, cap, "%s", m) >= (int)cap) return false;
+    } else if (strncmp(m, "unet.", 5) == 0) {
+      if (snprintf(module, cap, "lora_unet_%s", m + 5) >= (int)cap) return false;
+    } else if (strncmp(m, "text_encoder.", 13) == 0) {
+      if (snprintf(module, cap, "lora_te_%s", m + 13) >= (int)cap) return false;
+    } else {
+      if (snprintf(module, cap, "%s", m) >= (int)cap) return false; /* reported as unmatched */
+    }
+    dots_to_underscores(module);
+    *which = suffixes[i].part;
+    return true;
+  }
+  return false;
+}
+
+/* ---- patches: base index -> f32 weight being built ---- */
+typedef struct {
+  size_t index;
+  float *w;
+} patch;
+
+typedef struct {
+  patch *p;
+  size_t n, cap;
+} patches;
+
+static mp_error *patch_get(patches *ps, const mp_weights *base, size_t index, float **out) {
+  for (size_t i = 0; i < ps->n; i++)
+    if (ps->p[i].index == index) return *out = ps->p[i].w, NULL;
+  if (ps->n == ps->cap) {
+    size_t cap = ps->cap ? 2 * ps->cap : 64;
+    patch *np = realloc(ps->p, cap * sizeof *np);
+    if (!np) return mp_errorf("out of memory");
+    ps->p = np, ps->cap = cap;
+  }
+  const mp_tensor *t = &mp_weights_at(base, index)->t;
+  size_t n = (size_t)mp_tensor_numel(t);
+  float *w = mp_alloc(n * sizeof(float));
+  if (!w) return mp_errorf("out of memory patching %s", mp_weights_at(base, index)->name);
+  mp_convert_to_f32(w, t->data, t->dtype, n);
+  ps->p[ps->n++] = (patch){index, w};
+  *out = w;
+  return NULL;
+}
+
+static bool is_float(const mp_tensor *t) { return t->dtype == MP_F32 || t->dtype == MP_F16 || t->dtype == MP_BF16; }
+
+/* f32 copy of a LoRA tensor. */
+static float *to_f32(const mp_tensor *t) {
+  size_t n = (size_t)mp_tensor_numel(t);
+  float *x = mp_alloc((n ? n : 1) * sizeof(float));
+  if (x) mp_convert_to_f32(x, t->data, t->dtype, n);
+  return x;
+}
+
+/* W += scale * up · (mid ·) down, checking shapes against the target. */
+static mp_error *merge_module(const char *lname, const char *module, const part *down, const part *up, const part *mid,
+                              const part *alpha, float mult, const mp_weight *target, float *W) {
+  char s1[96], s2[96], s3[96];
+  const mp_tensor *D = down->t, *U = up->t, *M = mid ? mid->t : NULL;
+  if (!is_float(D) || !is_float(U) || (M && !is_float(M)) || (alpha && !is_float(alpha->t)))
+    return mp_errorf("%s: %s: LoRA tensors must be float", lname, module);
+  const int64_t r = D->shape[0];
+  if (D->ndim < 2 || U->ndim < 2 || r < 1 || U->shape[1] != r || mp_tensor_numel(U) != U->shape[0] * r)
+    return mp_errorf("%s: %s: lora_up %s does not fit lora_down %s (rank %lld)", lname, module,
+                     mp_shape_str(U->ndim, U->shape, s1, sizeof s1), mp_shape_str(D->ndim, D->shape, s2, sizeof s2),
+                     (long long)r);
+  const int64_t out = U->shape[0];
+  int64_t K; /* columns of the delta: in * kh * kw */
+  if (M) {
+    if (M->ndim != 4 || M->shape[0] != r || M->shape[1] != r || mp_tensor_numel(D) != r * D->shape[1])
+      return mp_errorf("%s: %s: lora_mid %s does not fit rank %lld with a 1x1 lora_down", lname, module,
+                       mp_shape_str(M->ndim, M->shape, s1, sizeof s1), (long long)r);
+    K = D->shape[1] * M->shape[2] * M->shape[3];
+  } else {
+    K = mp_tensor_numel(D) / r;
+  }
+  const mp_tensor *T = &target->t;
+  if (T->shape[0] != out || mp_tensor_numel(T) != out * K)
+    return mp_errorf("%s: %s: a delta of %lld x %lld (lora_up %s, lora_down %s%s%s) does not fit %s %s", lname, module,
+                     (long long)out, (long long)K, mp_shape_str(U->ndim, U->shape, s1, sizeof s1),
+                     mp_shape_str(D->ndim, D->shape, s2, sizeof s2), M ? ", lora_mid " : "",
+                     M ? mp_shape_str(M->ndim, M->shape, s3, sizeof s3) : "", target->name,
+                     mp_shape_str(T->ndim, T->shape, s3, sizeof s3));
+  float a = (float)r;
+  if (alpha) {
+    if (mp_tensor_numel(alpha->t) != 1) return mp_errorf("%s: %s.alpha must be a scalar", lname, module);
+    mp_convert_to_f32(&a, alpha->t->data, alpha->t->dtype, 1);
+  }
+  const double scale = (double)mult * a / (double)r;
+  float *u = to_f32(U), *d = to_f32(D), *m = M ? to_f32(M) : NULL, *dm = NULL;
+  mp_error *e = NULL;
+  if (!u || !d || (M && !m)) {
+    e = mp_errorf("out of memory");
+    goto done;
+  }
+  const float *down_k = d; /* [r, K] */
+  if (M) { /* (mid · down)[a, i, y, x] = sum_b mid[a, b, y, x] down[b, i] */
+    const int64_t in = D->shape[1], kk = M->shape[2] * M->shape[3];
+    dm = mp_alloc(sizeof(float) * (size_t)(r * K));
+    if (!dm) {
+      e = mp_errorf("out of memory");
+      goto done;
+    }
+    for (int64_t ai = 0; ai < r; ai++)
+      for (int64_t i = 0; i < in; i++)
+        for (int64_t p = 0; p < kk; p++) {
+          double s = 0;
+          for (int64_t b = 0; b < r; b++) s += (double)m[(ai * r + b) * kk + p] * d[b * in + i];
+          dm[(ai * in + i) * kk + p] = (float)s;
+        }
+    down_k = dm;
+  }
+  for (int64_t o = 0; o < out; o++)
+    for (int64_t k = 0; k < K; k++) {
+      double s = 0;
+      for (int64_t b = 0; b < r; b++) s += (double)u[o * r + b] * down_k[b * K + k];
+      W[o * K + k] += (float)(scale * s);
+    }
+done:
+  mp_free(u), mp_free(d), mp_free(m), mp_free(dm);
+  return e;
+}
+
+static mp_error *report_unmatched(mp_lora_report *r, const char *lname, const char *module) {
+  if (!r) return NULL;
+  char **nu = realloc(r->unmatched, sizeof *nu * (size_t)(r->n_unmatched + 1));
+  if (!nu) return mp_errorf("out of memory");
+  r->unmatched = nu;
+  size_t n = strlen(lname) + strlen(module) + 4;
+  if (!(nu[r->n_unmatched] = malloc(n))) return mp_errorf("out of memory");
+  snprintf(nu[r->n_unmatched++], n, "%s: %s", lname, module);
+  return NULL;
+}
+
+void mp_lora_report_free(mp_lora_report *r) {
+  if (!r) return;
+  for (int i = 0; i < r->n_unmatched; i++) free(r->unmatched[i]);
+  free(r->unmatched);
+  memset(r, 0, sizeof *r);
+}
+
+static mp_error *apply_one(const mp_weights *base, const table *tbl, const mp_lora_spec *spec, patches *ps,
+                           mp_lora_report *report) {
+  const char *lname = spec->name ? spec->name : mp_weights_path(spec->lora);
+  size_t nk = mp_weights_count(spec->lora);
+  part *parts = calloc(nk ? nk : 1, sizeof *parts);
+  if (!parts) return mp_errorf("out of memory");
+  size_t np = 0;
+  mp_error *e = NULL;
+  for (size_t i = 0; i < nk && !e; i++) {
+    const mp_weight *it = mp_weights_at(spec->lora, i);
+    char module[300];
+    int which;
+    if (!parse_key(it->name, module, sizeof module, &which)) {
+      e = report_unmatched(report, lname, it->name); /* not a LoRA tensor we know */
+      continue;
+    }
+    if (!(parts[np].module = strdup(module))) e = mp_errorf("out of memory");
+    parts[np].part = which, parts[np].t = &it->t, parts[np].key = it->name;
+    np++;
+  }
+  if (!e) qsort(parts, np, sizeof *parts, cmp_part);
+  for (size_t i = 0; i < np && !e;) {
+    size_t j = i;
+    const part *by[4] = {NULL, NULL, NULL, NULL};
+    for (; j < np && strcmp(parts[j].module, parts[i].module) == 0; j++) {
+      if (by[parts[j].part]) {
+        e = mp_errorf("%s: %s appears twice (%s and %s)", lname, parts[i].module, by[parts[j].part]->key, parts[j].key);
+        break;
+      }
+      by[parts[j].part] = &parts[j];
+    }
+    if (e) break;
+    const char *module = parts[i].module;
+    const entry *target = table_find(tbl, module);
+    if (!target || !by[PART_DOWN] || !by[PART_UP]) {
+      e = report_unmatched(report, lname, !target ? module : "(module without lora_down/lora_up)");
+    } else {
+      float mult = strncmp(module, "lora_te_", 8) == 0 ? spec->te_multiplier : spec->unet_multiplier;
+      float *W = NULL;
+      const mp_weight *tw = mp_weights_at(base, target->index);
+      if (!is_float(&tw->t)) e = mp_errorf("%s: target %s is not a float tensor", lname, tw->name);
+      if (!e) e = patch_get(ps, base, target->index, &W);
+      if (!e) e = merge_module(lname, module, by[PART_DOWN], by[PART_UP], by[PART_MID], by[PART_ALPHA], mult, tw, W);
+      if (!e && report) report->n_modules++;
+    }
+    i = j;
+  }
+  for (size_t i = 0; i < np; i++) free(parts[i].module);
+  free(parts);
+  return e;
+}
+
+mp_error *mp_lora_apply(const mp_weights *base, const mp_sd_config *cfg, const mp_lora_spec *specs, int n_specs,
+                        mp_weights **overlay, mp_lora_report *report) {
+  *overlay = NULL;
+  if (report) memset(report, 0, sizeof *report);
+  table tbl = {0};
+  patches ps = {0};
+  mp_weights *ov = NULL;
+  mp_error *e = build_table(base, cfg->unet.num_res_blocks, &tbl);
+  for (int s = 0; s < n_specs && !e; s++) e = apply_one(base, &tbl, &specs[s], &ps, report);
+  if (!e && !(ov = mp_weights_new(mp_weights_path(base)))) e = mp_errorf("out of memory");
+  if (!e && mp_weights_metadata(base)) e = mp_weights_set_metadata(ov, mp_weights_metadata(base));
+  /* every base entry: a view, or the patched tensor in the base's dtype (which the overlay owns) */
+  for (size_t i = 0; i < mp_weights_count(base) && !e; i++) {
+    const mp_weight *it = mp_weights_at(base, i);
+    float *W = NULL;
+    for (size_t k = 0; k < ps.n; k++)
+      if (ps.p[k].index == i) W = ps.p[k].w;
+    if (!W) {
+      e = mp_weights_add(ov, it->name, it->t.dtype, it->t.ndim, it->t.shape, it->t.data);
+      continue;
+    }
+    size_t n = (size_t)mp_tensor_numel(&it->t);
+    void *data = W;
+    if (it->t.dtype != MP_F32) { /* keep the stored precision, as merging into an f16 model does */
+      uint16_t *h = mp_alloc(n * 2);
+      if (!h) {
+        e = mp_errorf("out of memory");
+        break;
+      }
+      for (size_t k = 0; k < n; k++) h[k] = it->t.dtype == MP_F16 ? mp_f32_to_f16(W[k]) : mp_f32_to_bf16(W[k]);
+      data = h;
+    } else {
+      for (size_t k = 0; k < ps.n; k++)
+        if (ps.p[k].index == i) ps.p[k].w = NULL; /* ownership moves to the overlay */
+    }
+    e = mp_weights_add_owned(ov, it->name, it->t.dtype, it->t.ndim, it->t.shape, data);
+    if (report) report->n_patched_tensors++;
+  }
+  if (!e) e = mp_weights_finish(ov);
+  for (size_t k = 0; k < ps.n; k++) mp_free(ps.p[k].w);
+  free(ps.p);
+  table_free(&tbl);
+  if (e) {
+    mp_weights_close(ov);
+    if (report) mp_lora_report_free(report);
+    return mp_error_wrap(e, "applying LoRA");
+  }
+  *overlay = ov;
+  return NULL;
+}

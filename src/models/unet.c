@@ -1,0 +1,559 @@
+/* The SD 1.x/2.x UNet (LDM openaimodel.UNetModel) on f32 activations, weights in their stored dtype.
+ *
+ * Key layout (CompVis): input_blocks.0.0 = conv_in; input_blocks.N.0 = ResBlock or Downsample (.op);
+ * input_blocks.N.1 = SpatialTransformer; middle_block.{0,1,2}; output_blocks.N.0 = ResBlock,
+ * .1 = SpatialTransformer or Upsample (.conv), .2 = Upsample after a transformer; out.{0,2}; time_embed.{0,2}. */
+#include "models/unet.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/conv.h"
+#include "core/ops.h"
+
+enum { GROUPS = 32 };
+static const float RES_EPS = 1e-5f, ST_EPS = 1e-6f, LN_EPS = 1e-5f;
+
+typedef struct {
+  float *gamma, *beta;
+} norm;
+
+typedef struct {
+  const mp_tensor *w, *b;
+} layer; /* a weight and its bias (b may be NULL) */
+
+typedef struct {
+  int c_in, c_out;
+  norm in_norm, out_norm;
+  layer conv1, emb, conv2, skip; /* skip.w NULL: identity */
+} resblock;
+
+typedef struct {
+  norm ln1, ln2, ln3;
+  const mp_tensor *q1, *k1, *v1, *q2, *k2, *v2;
+  layer out1, out2, ff1, ff2;
+} tblock;
+
+typedef struct {
+  int C, heads, head_dim, depth, inner_ff;
+  norm gn;
+  layer proj_in, proj_out;
+  tblock *blocks;
+} spatial;
+
+typedef struct {
+  bool is_down; /* a Downsample (conv stride 2) rather than a ResBlock (+ transformer) */
+  resblock res;
+  spatial *st; /* NULL if none */
+  layer down;
+  int c_out, level;
+} in_block;
+
+typedef struct {
+  resblock res;
+  spatial *st;
+  bool has_up;
+  layer up;
+  int level;
+} out_block;
+
+struct mp_unet {
+  mp_unet_config cfg;
+  int model_ch, emb_dim;
+  layer time1, time2, conv_in, conv_out;
+  norm out_norm;
+  int n_in, n_out;
+  in_block *in;
+  resblock mid1, mid2;
+  spatial mid_st;
+  out_block *out;
+  int max_c[MP_MAX_LEVELS + 1]; /* widest activation (incl. concatenation) at each level */
+  int max_tok_c;                /* widest transformer */
+  /* f32 copies of the small vectors (norms), owned */
+  float **owned;
+  int n_owned, cap_owned;
+  mp_workspace ws;
+  mp_workspace acts; /* the forward's activations, kept between calls: a sampling step allocates nothing */
+};
+
+/* ---- binding ---- */
+typedef struct {
+  const mp_weights *w;
+  const char *prefix;
+  mp_unet *u;
+  mp_error *err; /* the first error; later binds are skipped */
+} binder;
+
+static const mp_tensor *bindv(binder *b, int ndim, const int64_t *shape, const char *fmt, va_list ap) {
+  if (b->err) return NULL;
+  char name[256];
+  int n = snprintf(name, sizeof name, "%s", b->prefix);
+  vsnprintf(name + n, sizeof name - (size_t)n, fmt, ap);
+  const mp_weight *it = mp_weights_find(b->w, name);
+  char want[96], got[96];
+  if (!it) {
+    b->err = mp_errorf("missing tensor %s (expected shape %s)", name, mp_shape_str(ndim, shape, want, sizeof want));
+    return NULL;
+  }
+  const mp_tensor *t = &it->t;
+  if (t->dtype != MP_F32 && t->dtype != MP_F16 && t->dtype != MP_BF16) {
+    b->err = mp_errorf("tensor %s has dtype %s, expected a float type", name, mp_dtype_name(t->dtype));
+    return NULL;
+  }
+  bool same = t->ndim == ndim;
+  for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+  if (!same) {
+    b->err = mp_errorf("tensor %s: expected shape %s, found %s", name, mp_shape_str(ndim, shape, want, sizeof want),
+                       mp_shape_str(t->ndim, t->shape, got, sizeof got));
+    return NULL;
+  }
+  return t;
+}
+
+static const mp_tensor *bind(binder *b, int ndim, const int64_t *shape, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static const mp_tensor *bind(binder *b, int ndim, const int64_t *shape, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  const mp_tensor *t = bindv(b, ndim, shape, fmt, ap);
+  va_end(ap);
+  return t;
+}
+
+static float *own_f32(binder *b, const mp_tensor *t, int64_t n) {
+  if (b->err || !t) return NULL;
+  mp_unet *u = b->u;
+  if (u->n_owned == u->cap_owned) {
+    int cap = u->cap_owned ? 2 * u->cap_owned : 256;
+    float **nn = realloc(u->owned, sizeof *nn * (size_t)cap);
+    if (!nn) {
+      b->err = mp_errorf("out of memory");
+      return NULL;
+    }
+    u->owned = nn, u->cap_owned = cap;
+  }
+  float *v = malloc(sizeof(float) * (size_t)n);
+  if (!v) {
+    b->err = mp_errorf("out of memory");
+    return NULL;
+  }
+  u->owned[u->n_owned++] = v;
+  b->err = mp_vector_f32(t, v, n);
+  return v;
+}
+
+#define SHAPE(...) (sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__}
+
+static norm bind_norm(binder *b, int C, const char *base) {
+  norm n;
+  n.gamma = own_f32(b, bind(b, SHAPE(C), "%s.weight", base), C);
+  n.beta = own_f32(b, bind(b, SHAPE(C), "%s.bias", base), C);
+  return n;
+}
+
+static layer bind_conv(binder *b, int c_out, int c_in, int k, const char *base) {
+  layer l;
+  l.w = bind(b, SHAPE(c_out, c_in, k, k), "%s.weight", base);
+  l.b = bind(b, SHAPE(c_out), "%s.bias", base);
+  return l;
+}
+
+static layer bind_linear(binder *b, int out, int in, bool bias, const char *base) {
+  layer l;
+  l.w = bind(b, SHAPE(out, in), "%s.weight", base);
+  l.b = bias ? bind(b, SHAPE(out), "%s.bias", base) : NULL;
+  return l;
+}
+
+static void bind_res(binder *b, resblock *r, int c_in, int c_out, int emb_dim, const char *base) {
+  char k[160];
+  r->c_in = c_in, r->c_out = c_out;
+  snprintf(k, sizeof k, "%s.in_layers.0", base), r->in_norm = bind_norm(b, c_in, k);
+  snprintf(k, sizeof k, "%s.in_layers.2", base), r->conv1 = bind_conv(b, c_out, c_in, 3, k);
+  snprintf(k, sizeof k, "%s.emb_layers.1", base), r->emb = bind_linear(b, c_out, emb_dim, true, k);
+  snprintf(k, sizeof k, "%s.out_layers.0", base), r->out_norm = bind_norm(b, c_out, k);
+  snprintf(k, sizeof k, "%s.out_layers.3", base), r->conv2 = bind_conv(b, c_out, c_out, 3, k);
+  r->skip.w = r->skip.b = NULL;
+  if (c_in != c_out) snprintf(k, sizeof k, "%s.skip_connection", base), r->skip = bind_conv(b, c_out, c_in, 1, k);
+}
+
+static void bind_spatial(binder *b, spatial *s, int C, const mp_unet_config *cfg, const char *base) {
+  char k[200];
+  s->C = C;
+  if (cfg->num_head_channels > 0) {
+    s->head_dim = cfg->num_head_channels, s->heads = C / cfg->num_head_channels;
+  } else {
+    s->heads = cfg->num_heads, s->head_dim = cfg->num_heads > 0 ? C / cfg->num_heads : 0;
+  }
+  if (s->heads <= 0 || s->head_dim <= 0 || s->heads * s->head_dim != C) {
+    if (!b->err) b->err = mp_errorf("%s: %d channels do not split into attention heads (num_heads %d, num_head_channels %d)", base,
+                                    C, cfg->num_heads, cfg->num_head_channels);
+    return;
+  }
+  s->depth = cfg->transformer_depth;
+  s->inner_ff = 4 * C;
+  const int cd = cfg->context_dim;
+  snprintf(k, sizeof k, "%s.norm", base), s->gn = bind_norm(b, C, k);
+  snprintf(k, sizeof k, "%s.proj_in", base);
+  s->proj_in = cfg->linear_in_transformer ? bind_linear(b, C, C, true, k) : bind_conv(b, C, C, 1, k);
+  snprintf(k, sizeof k, "%s.proj_out", base);
+  s->proj_out = cfg->linear_in_transformer ? bind_linear(b, C, C, true, k) : bind_conv(b, C, C, 1, k);
+  s->blocks = calloc((size_t)(s->depth > 0 ? s->depth : 1), sizeof *s->blocks);
+  if (!s->blocks) {
+    if (!b->err) b->err = mp_errorf("out of memory");
+    return;
+  }
+  for (int d = 0; d < s->depth; d++) {
+    tblock *t = &s->blocks[d];
+    char tb[180];
+    snprintf(tb, sizeof tb, "%s.transformer_blocks.%d", base, d);
+    snprintf(k, sizeof k, "%s.norm1", tb), t->ln1 = bind_norm(b, C, k);
+    snprintf(k, sizeof k, "%s.norm2", tb), t->ln2 = bind_norm(b, C, k);
+    snprintf(k, sizeof k, "%s.norm3", tb), t->ln3 = bind_norm(b, C, k);
+    t->q1 = bind(b, SHAPE(C, C), "%s.attn1.to_q.weight", tb);
+    t->k1 = bind(b, SHAPE(C, C), "%s.attn1.to_k.weight", tb);
+    t->v1 = bind(b, SHAPE(C, C), "%s.attn1.to_v.weight", tb);
+    snprintf(k, sizeof k, "%s.attn1.to_out.0", tb), t->out1 = bind_linear(b, C, C, true, k);
+    t->q2 = bind(b, SHAPE(C, C), "%s.attn2.to_q.weight", tb);
+    t->k2 = bind(b, SHAPE(C, cd), "%s.attn2.to_k.weight", tb);
+    t->v2 = bind(b, SHAPE(C, cd), "%s.attn2.to_v.weight", tb);
+    snprintf(k, sizeof k, "%s.attn2.to_out.0", tb), t->out2 = bind_linear(b, C, C, true, k);
+    snprintf(k, sizeof k, "%s.ff.net.0.proj", tb), t->ff1 = bind_linear(b, 2 * s->inner_ff, C, true, k);
+    snprintf(k, sizeof k, "%s.ff.net.2", tb), t->ff2 = bind_linear(b, C, s->inner_ff, true, k);
+  }
+}
+
+static void free_spatial(spatial *s) {
+  if (s) free(s->blocks);
+}
+
+void mp_unet_free(mp_unet *u) {
+  if (!u) return;
+  for (int i = 0; i < u->n_in; i++) free_spatial(u->in[i].st), free(u->in[i].st);
+  for (int i = 0; i < u->n_out; i++) free_spatial(u->out[i].st), free(u->out[i].st);
+  free_spatial(&u->mid_st);
+  free(u->in);
+  free(u->out);
+  for (int i = 0; i < u->n_owned; i++) free(u->owned[i]);
+  free(u->owned);
+  mp_workspace_free(&u->ws);
+  mp_workspace_free(&u->acts);
+  free(u);
+}
+
+static spatial *new_spatial(binder *b, int C, const mp_unet_config *cfg, const char *base) {
+  spatial *s = calloc(1, sizeof *s);
+  if (!s) {
+    if (!b->err) b->err = mp_errorf("out of memory");
+    return NULL;
+  }
+  bind_spatial(b, s, C, cfg, base);
+  return s;
+}
+
+static void note_width(mp_unet *u, int level, int c) {
+  if (c > u->max_c[level]) u->max_c[level] = c;
+}
+
+mp_error *mp_unet_load(const mp_weights *w, const char *prefix, const mp_unet_config *cfg, mp_unet **out) {
+  *out = NULL;
+  if (cfg->n_levels < 1 || cfg->n_levels > MP_MAX_LEVELS || cfg->num_res_blocks < 1 || cfg->model_channels < GROUPS ||
+      cfg->model_channels % GROUPS || cfg->in_channels < 1 || cfg->out_channels < 1 || cfg->context_dim < 1 ||
+      cfg->transformer_depth < 1)
+    return mp_errorf("unsupported UNet config (levels %d, res blocks %d, model channels %d, context %d)", cfg->n_levels,
+                     cfg->num_res_blocks, cfg->model_channels, cfg->context_dim);
+  mp_unet *u = calloc(1, sizeof *u);
+  if (!u) return mp_errorf("out of memory");
+  u->cfg = *cfg;
+  const int mc = cfg->model_channels, L = cfg->n_levels, nrb = cfg->num_res_blocks;
+  u->model_ch = mc, u->emb_dim = 4 * mc;
+  binder b = {w, prefix ? prefix : "", u, NULL};
+  char k[160];
+  u->time1 = bind_linear(&b, u->emb_dim, mc, true, "time_embed.0");
+  u->time2 = bind_linear(&b, u->emb_dim, u->emb_dim, true, "time_embed.2");
+
+  u->n_in = 1 + L * nrb + (L - 1);
+  u->n_out = L * (nrb + 1);
+  u->in = calloc((size_t)u->n_in, sizeof *u->in);
+  u->out = calloc((size_t)u->n_out, sizeof *u->out);
+  int *skip_c = calloc((size_t)u->n_in, sizeof *skip_c), n_skip = 0;
+  if (!u->in || !u->out || !skip_c) {
+    free(skip_c);
+    mp_unet_free(u);
+    return mp_errorf("out of memory");
+  }
+  u->conv_in = bind_conv(&b, mc, cfg->in_channels, 3, "input_blocks.0.0");
+  note_width(u, 0, cfg->in_channels > mc ? cfg->in_channels : mc);
+  skip_c[n_skip++] = mc;
+  int ch = mc, idx = 1;
+  for (int l = 0; l < L && !b.err; l++) {
+    for (int r = 0; r < nrb; r++, idx++) {
+      in_block *ib = &u->in[idx];
+      int c_out = cfg->channel_mult[l] * mc;
+      if (c_out % GROUPS) {
+        b.err = mp_errorf("level %d has %d channels, not a multiple of %d groups", l, c_out, GROUPS);
+        break;
+      }
+      snprintf(k, sizeof k, "input_blocks.%d.0", idx), bind_res(&b, &ib->res, ch, c_out, u->emb_dim, k);
+      if (cfg->attention_at_level[l]) snprintf(k, sizeof k, "input_blocks.%d.1", idx), ib->st = new_spatial(&b, c_out, cfg, k);
+      ib->c_out = ch = c_out, ib->level = l;
+      note_width(u, l, ch);
+      skip_c[n_skip++] = ch;
+    }
+    if (l != L - 1) {
+      in_block *ib = &u->in[idx];
+      ib->is_down = true, ib->c_out = ch, ib->level = l + 1;
+      snprintf(k, sizeof k, "input_blocks.%d.0.op", idx), ib->down = bind_conv(&b, ch, ch, 3, k);
+      idx++;
+      skip_c[n_skip++] = ch;
+    }
+  }
+  bind_res(&b, &u->mid1, ch, ch, u->emb_dim, "middle_block.0");
+  bind_spatial(&b, &u->mid_st, ch, cfg, "middle_block.1");
+  bind_res(&b, &u->mid2, ch, ch, u->emb_dim, "middle_block.2");
+  idx = 0;
+  for (int l = L - 1; l >= 0 && !b.err; l--) {
+    for (int r = 0; r <= nrb; r++, idx++) {
+      out_block *ob = &u->out[idx];
+      int c_skip = skip_c[--n_skip], c_out = cfg->channel_mult[l] * mc;
+      note_width(u, l, ch + c_skip);
+      snprintf(k, sizeof k, "output_blocks.%d.0", idx), bind_res(&b, &ob->res, ch + c_skip, c_out, u->emb_dim, k);
+      ch = c_out, ob->level = l;
+      int sub = 1;
+      if (cfg->attention_at_level[l]) snprintf(k, sizeof k, "output_blocks.%d.1", idx), ob->st = new_spatial(&b, ch, cfg, k), sub++;
+      if (l > 0 && r == nrb) {
+        ob->has_up = true;
+        snprintf(k, sizeof k, "output_blocks.%d.%d.conv", idx, sub), ob->up = bind_conv(&b, ch, ch, 3, k);
+        note_width(u, l - 1, ch);
+      }
+    }
+  }
+  free(skip_c);
+  u->out_norm = bind_norm(&b, ch, "out.0");
+  u->conv_out = bind_conv(&b, cfg->out_channels, ch, 3, "out.2");
+  note_width(u, 0, cfg->out_channels);
+  for (int l = 0; l < L; l++)
+    if (cfg->attention_at_level[l] && cfg->channel_mult[l] * mc > u->max_tok_c) u->max_tok_c = cfg->channel_mult[l] * mc;
+  if (cfg->channel_mult[L - 1] * mc > u->max_tok_c) u->max_tok_c = cfg->channel_mult[L - 1] * mc;
+  if (b.err) {
+    mp_unet_free(u);
+    return mp_error_wrap(b.err, "loading the UNet");
+  }
+  *out = u;
+  return NULL;
+}
+
+/* ---- forward ---- */
+typedef struct {
+  mp_pool *pool;
+  mp_workspace *ws;
+  int batch;
+  /* activation scratch [batch, C, h, w] at the widest level, and per-item transformer scratch */
+  float *t1, *t2;
+  float *tok, *nrm, *q, *k, *v, *att, *ff, *ck, *cv;
+  const float *context;
+  int n_ctx, ctx_dim;
+  const float *emb_silu; /* [batch, emb_dim] */
+  float *emb_out;        /* [batch, max C] */
+  int emb_dim;
+} fwd;
+
+/* y = ResBlock(x): x [batch, c_in, hw] -> y [batch, c_out, hw]; y must not alias x. */
+static mp_error *res_forward(fwd *f, const resblock *r, const float *x, float *y, int h, int w) {
+  const int64_t hw = (int64_t)h * w;
+  const mp_pad p1 = {1, 1, 1, 1};
+  mp_group_norm(f->pool, f->t1, x, f->batch, r->c_in, hw, GROUPS, r->in_norm.gamma, r->in_norm.beta, RES_EPS, true);
+  MP_TRY(mp_conv2d(f->pool, f->ws, f->t2, f->t1, f->batch, r->c_in, h, w, r->conv1.w, r->conv1.b, 1, p1));
+  MP_TRY(mp_dense(f->pool, f->ws, f->emb_out, f->emb_silu, f->batch, r->emb.w, r->emb.b));
+  for (int b = 0; b < f->batch; b++)
+    for (int c = 0; c < r->c_out; c++) {
+      float *p = f->t2 + ((int64_t)b * r->c_out + c) * hw, e = f->emb_out[(int64_t)b * r->c_out + c];
+      for (int64_t i = 0; i < hw; i++) p[i] += e;
+    }
+  mp_group_norm(f->pool, f->t2, f->t2, f->batch, r->c_out, hw, GROUPS, r->out_norm.gamma, r->out_norm.beta, RES_EPS, true);
+  MP_TRY(mp_conv2d(f->pool, f->ws, y, f->t2, f->batch, r->c_out, h, w, r->conv2.w, r->conv2.b, 1, p1));
+  const int64_t n = (int64_t)f->batch * r->c_out * hw;
+  if (r->skip.w) {
+    MP_TRY(mp_conv2d(f->pool, f->ws, f->t1, x, f->batch, r->c_in, h, w, r->skip.w, r->skip.b, 1, (mp_pad){0, 0, 0, 0}));
+    mp_add(y, y, f->t1, n);
+  } else {
+    mp_add(y, y, x, n);
+  }
+  return NULL;
+}
+
+/* x [n, C] += Attention(q = dense(nrm), k/v = dense(src)) projected by `out`. */
+static mp_error *attention_block(fwd *f, const spatial *s, float *x, int64_t n, const mp_tensor *Wq, const mp_tensor *Wk,
+                                 const mp_tensor *Wv, const layer *out, const float *src, int64_t n_src, float *kbuf, float *vbuf) {
+  MP_TRY(mp_dense(f->pool, f->ws, f->q, f->nrm, n, Wq, NULL));
+  MP_TRY(mp_dense(f->pool, f->ws, kbuf, src, n_src, Wk, NULL));
+  MP_TRY(mp_dense(f->pool, f->ws, vbuf, src, n_src, Wv, NULL));
+  mp_attention(f->pool, f->att, f->q, kbuf, vbuf, n, n_src, s->heads, s->head_dim, false);
+  MP_TRY(mp_dense(f->pool, f->ws, f->nrm, f->att, n, out->w, out->b));
+  mp_add(x, x, f->nrm, n * s->C);
+  return NULL;
+}
+
+/* x [batch, C, h, w] += SpatialTransformer(x), one batch item at a time (bounded token scratch). */
+static mp_error *spatial_forward(fwd *f, const spatial *s, float *x, int h, int w) {
+  const int64_t hw = (int64_t)h * w, C = s->C;
+  for (int b = 0; b < f->batch; b++) {
+    float *xb = x + (int64_t)b * C * hw;
+    const float *ctx = f->context + (int64_t)b * f->n_ctx * f->ctx_dim;
+    mp_group_norm(f->pool, f->t1, xb, 1, (int)C, hw, GROUPS, s->gn.gamma, s->gn.beta, ST_EPS, false);
+    mp_transpose(f->pool, f->nrm, f->t1, C, hw);
+    MP_TRY(mp_dense(f->pool, f->ws, f->tok, f->nrm, hw, s->proj_in.w, s->proj_in.b));
+    for (int d = 0; d < s->depth; d++) {
+      const tblock *t = &s->blocks[d];
+      mp_layer_norm(f->pool, f->nrm, f->tok, hw, C, t->ln1.gamma, t->ln1.beta, LN_EPS);
+      MP_TRY(attention_block(f, s, f->tok, hw, t->q1, t->k1, t->v1, &t->out1, f->nrm, hw, f->k, f->v));
+      mp_layer_norm(f->pool, f->nrm, f->tok, hw, C, t->ln2.gamma, t->ln2.beta, LN_EPS);
+      MP_TRY(attention_block(f, s, f->tok, hw, t->q2, t->k2, t->v2, &t->out2, ctx, f->n_ctx, f->ck, f->cv));
+      mp_layer_norm(f->pool, f->nrm, f->tok, hw, C, t->ln3.gamma, t->ln3.beta, LN_EPS);
+      MP_TRY(mp_dense(f->pool, f->ws, f->ff, f->nrm, hw, t->ff1.w, t->ff1.b));
+      float *gated = f->ff + hw * 2 * s->inner_ff;
+      mp_geglu(f->pool, gated, f->ff, hw, s->inner_ff);
+      MP_TRY(mp_dense(f->pool, f->ws, f->nrm, gated, hw, t->ff2.w, t->ff2.b));
+      mp_add(f->tok, f->tok, f->nrm, hw * C);
+    }
+    MP_TRY(mp_dense(f->pool, f->ws, f->nrm, f->tok, hw, s->proj_out.w, s->proj_out.b));
+    mp_transpose_add(f->pool, xb, f->nrm, C, hw);
+  }
+  return NULL;
+}
+
+/* LDM's timestep_embedding (cos half first: flip_sin_to_cos=True, downscale_freq_shift=0), in the
+ * float32 order of operations the reference uses. */
+static void timestep_embedding(float *emb, const float *t, int batch, int dim) {
+  const int half = dim / 2;
+  for (int b = 0; b < batch; b++) {
+    float *e = emb + (int64_t)b * dim;
+    for (int i = 0; i < half; i++) {
+      float expo = (-9.21034037198e+00f * (float)i) / (float)half; /* -ln(10000) i / half */
+      float arg = t[b] * expf(expo);
+      e[i] = (float)cos((double)arg);
+      e[half + i] = (float)sin((double)arg);
+    }
+    if (dim % 2) e[dim - 1] = 0;
+  }
+}
+
+static void concat_channels(float *dst, const float *a, int ca, const float *s, int cs, int batch, int64_t hw) {
+  for (int b = 0; b < batch; b++) {
+    memcpy(dst + (int64_t)b * (ca + cs) * hw, a + (int64_t)b * ca * hw, sizeof(float) * (size_t)(ca * hw));
+    memcpy(dst + ((int64_t)b * (ca + cs) + ca) * hw, s + (int64_t)b * cs * hw, sizeof(float) * (size_t)(cs * hw));
+  }
+}
+
+mp_error *mp_unet_forward(mp_unet *u, mp_pool *pool, int batch, int h, int w, const float *x, const float *t,
+                          const float *context, int n_ctx, float *eps) {
+  const mp_unet_config *cfg = &u->cfg;
+  const int L = cfg->n_levels, div = 1 << (L - 1);
+  if (batch < 1 || h < 1 || w < 1 || h % div || w % div)
+    return mp_errorf("UNet input %dx%d (batch %d): height and width must be positive multiples of %d", h, w, batch, div);
+  if (n_ctx < 1) return mp_errorf("UNet context needs at least one token");
+  size_t act = 0;
+  int widest = u->emb_dim;
+  for (int l = 0; l < L; l++) {
+    widest = u->max_c[l] > widest ? u->max_c[l] : widest;
+    size_t a = (size_t)batch * (size_t)u->max_c[l] * (size_t)(h >> l) * (size_t)(w >> l);
+    act = a > act ? a : act;
+  }
+  const size_t hw0 = (size_t)h * w, C = (size_t)u->max_tok_c, ffw = (size_t)2 * 4 * C;
+  /* skips: one per input block, each [batch, c, hw_l] */
+  size_t skip_total = (size_t)batch * hw0 * (size_t)u->model_ch;
+  for (int i = 1; i < u->n_in; i++) {
+    int l = u->in[i].level;
+    skip_total += (size_t)batch * (size_t)u->in[i].c_out * (size_t)(h >> l) * (size_t)(w >> l);
+  }
+  const size_t emb_n = (size_t)batch * (size_t)u->emb_dim;
+  size_t total = 5 * act + skip_total + 6 * hw0 * C + hw0 * ffw * 3 / 2 + 2 * (size_t)n_ctx * C + 3 * emb_n +
+                 (size_t)batch * (size_t)widest;
+  mp_error *oom = mp_workspace_reserve(&u->acts, sizeof(float) * total);
+  if (oom) {
+    mp_error_free(oom);
+    return mp_errorf("out of memory: the UNet forward at %dx%d batch %d needs %zu MB", h, w, batch, (total * 4) >> 20);
+  }
+  float *p = u->acts.p;
+#define TAKE(n) (p += (n), p - (n))
+  float *cur = TAKE(act), *nxt = TAKE(act), *cat = TAKE(act);
+  fwd f = {pool, &u->ws, batch, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, context, n_ctx,
+           cfg->context_dim, NULL, NULL, u->emb_dim};
+  f.t1 = TAKE(act), f.t2 = TAKE(act);
+  float *skips = TAKE(skip_total);
+  f.tok = TAKE(hw0 * C), f.nrm = TAKE(hw0 * C), f.q = TAKE(hw0 * C), f.k = TAKE(hw0 * C), f.v = TAKE(hw0 * C);
+  f.att = TAKE(hw0 * C), f.ff = TAKE(hw0 * ffw * 3 / 2);
+  f.ck = TAKE((size_t)n_ctx * C), f.cv = TAKE((size_t)n_ctx * C);
+  float *temb = TAKE(emb_n), *emb = TAKE(emb_n), *emb_silu = TAKE(emb_n);
+  f.emb_out = TAKE((size_t)batch * (size_t)widest);
+#undef TAKE
+  mp_error *e = NULL;
+
+  /* time embedding */
+  timestep_embedding(temb, t, batch, u->model_ch);
+  if ((e = mp_dense(pool, &u->ws, emb, temb, batch, u->time1.w, u->time1.b))) goto done;
+  mp_silu(emb, (int64_t)emb_n);
+  if ((e = mp_dense(pool, &u->ws, emb_silu, emb, batch, u->time2.w, u->time2.b))) goto done;
+  mp_silu(emb_silu, (int64_t)emb_n); /* every ResBlock's emb_layers start with SiLU */
+  f.emb_silu = emb_silu;
+
+  /* input blocks */
+  float *skip_at[64 + 4 * MP_MAX_LEVELS];
+  int c_at[64 + 4 * MP_MAX_LEVELS], n_skip = 0;
+  if (u->n_in > (int)(sizeof skip_at / sizeof *skip_at)) {
+    e = mp_errorf("too many UNet blocks");
+    goto done;
+  }
+  const mp_pad p1 = {1, 1, 1, 1};
+  int ch = u->model_ch, hh = h, ww = w;
+  float *sp = skips;
+  if ((e = mp_conv2d(pool, &u->ws, cur, x, batch, cfg->in_channels, h, w, u->conv_in.w, u->conv_in.b, 1, p1))) goto done;
+  memcpy(sp, cur, sizeof(float) * (size_t)batch * (size_t)ch * hw0);
+  skip_at[n_skip] = sp, c_at[n_skip++] = ch, sp += (size_t)batch * (size_t)ch * hw0;
+  for (int i = 1; i < u->n_in; i++) {
+    const in_block *ib = &u->in[i];
+    if (ib->is_down) {
+      if ((e = mp_conv2d(pool, &u->ws, nxt, cur, batch, ch, hh, ww, ib->down.w, ib->down.b, 2, p1))) goto done;
+      hh /= 2, ww /= 2;
+    } else {
+      if ((e = res_forward(&f, &ib->res, cur, nxt, hh, ww))) goto done;
+      if (ib->st && (e = spatial_forward(&f, ib->st, nxt, hh, ww))) goto done;
+    }
+    ch = ib->c_out;
+    float *s = cur;
+    cur = nxt, nxt = s;
+    size_t n = (size_t)batch * (size_t)ch * (size_t)hh * (size_t)ww;
+    memcpy(sp, cur, sizeof(float) * n);
+    skip_at[n_skip] = sp, c_at[n_skip++] = ch, sp += n;
+  }
+  /* middle */
+  if ((e = res_forward(&f, &u->mid1, cur, nxt, hh, ww))) goto done;
+  if ((e = spatial_forward(&f, &u->mid_st, nxt, hh, ww))) goto done;
+  if ((e = res_forward(&f, &u->mid2, nxt, cur, hh, ww))) goto done;
+  /* output blocks */
+  for (int i = 0; i < u->n_out; i++) {
+    const out_block *ob = &u->out[i];
+    n_skip--;
+    const int64_t hw = (int64_t)hh * ww;
+    concat_channels(cat, cur, ch, skip_at[n_skip], c_at[n_skip], batch, hw);
+    if ((e = res_forward(&f, &ob->res, cat, nxt, hh, ww))) goto done;
+    ch = ob->res.c_out;
+    if (ob->st && (e = spatial_forward(&f, ob->st, nxt, hh, ww))) goto done;
+    if (ob->has_up) {
+      mp_upsample_nearest2x(pool, cat, nxt, (int64_t)batch * ch, hh, ww);
+      hh *= 2, ww *= 2;
+      if ((e = mp_conv2d(pool, &u->ws, cur, cat, batch, ch, hh, ww, ob->up.w, ob->up.b, 1, p1))) goto done;
+    } else {
+      float *s = cur;
+      cur = nxt, nxt = s;
+    }
+  }
+  /* out */
+  mp_group_norm(pool, nxt, cur, batch, ch, (int64_t)hh * ww, GROUPS, u->out_norm.gamma, u->out_norm.beta, RES_EPS, true);
+  e = mp_conv2d(pool, &u->ws, eps, nxt, batch, ch, hh, ww, u->conv_out.w, u->conv_out.b, 1, p1);
+done:
+  return e ? mp_error_wrap(e, "UNet forward") : NULL;
+}

@@ -1,0 +1,455 @@
+/* The SD autoencoder (AutoencoderKL, CompVis `first_stage_model.*` layout) on f32 activations.
+ *
+ *   encode: conv_in ─▶ levels [ResnetBlock×n, Downsample (pad right/bottom, stride 2)] ─▶ mid [Res, Attn, Res]
+ *           ─▶ GroupNorm, SiLU, conv_out ─▶ quant_conv ─▶ moments (mean, logvar)
+ *   decode: post_quant_conv ─▶ conv_in ─▶ mid [Res, Attn, Res] ─▶ levels reversed [ResnetBlock×(n+1), Upsample]
+ *           ─▶ GroupNorm, SiLU, conv_out ─▶ image
+ * GroupNorm: 32 groups, eps 1e-6. The mid attention is single-head over all pixels, with its q/k/v/proj_out
+ * stored as [C, C, 1, 1] convolutions.
+ *
+ * Large images run in overlapping tiles (latent tiles for decoding, pixel tiles for encoding), blended
+ * with linear ramps across the overlap, so activation memory is bounded by the tile. Tiles see their own
+ * GroupNorm statistics and attention context, so tiled output is close to, not equal to, untiled. */
+#include "models/vae.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/conv.h"
+#include "core/ops.h"
+#include "core/tile.h"
+
+enum { GROUPS = 32 };
+static const float EPS = 1e-6f;
+
+typedef struct {
+  float *gamma, *beta;
+} norm;
+
+typedef struct {
+  const mp_tensor *w, *b;
+} layer;
+
+typedef struct {
+  int c_in, c_out;
+  norm n1, n2;
+  layer conv1, conv2, skip;
+} resblock;
+
+typedef struct {
+  int C;
+  norm gn;
+  layer q, k, v, proj;
+} attn;
+
+typedef struct {
+  resblock *blocks;
+  int n_blocks;
+  bool has_resample;
+  layer resample;
+  int c_out;
+} level;
+
+typedef struct {
+  layer conv_in, conv_out;
+  norm norm_out;
+  level lv[MP_MAX_LEVELS];
+  resblock mid1, mid2;
+  attn mid_attn;
+  int c_mid;
+} coder;
+
+struct mp_vae {
+  mp_vae_config cfg;
+  coder enc, dec;
+  layer quant, post_quant;
+  float **owned;
+  int n_owned, cap_owned;
+  mp_workspace ws;
+  mp_vae_tiling tiling;
+};
+
+/* ---- binding: shape-checked lookups, the first error kept ---- */
+typedef struct {
+  const mp_weights *w;
+  const char *prefix;
+  mp_vae *v;
+  mp_error *err;
+} binder;
+
+static const mp_tensor *bind(binder *b, int ndim, const int64_t *shape, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static const mp_tensor *bind(binder *b, int ndim, const int64_t *shape, const char *fmt, ...) {
+  if (b->err) return NULL;
+  char name[256], want[96], got[96];
+  int n = snprintf(name, sizeof name, "%s", b->prefix);
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(name + n, sizeof name - (size_t)n, fmt, ap);
+  va_end(ap);
+  const mp_weight *it = mp_weights_find(b->w, name);
+  if (!it) {
+    b->err = mp_errorf("missing tensor %s (expected shape %s)", name, mp_shape_str(ndim, shape, want, sizeof want));
+    return NULL;
+  }
+  const mp_tensor *t = &it->t;
+  if (t->dtype != MP_F32 && t->dtype != MP_F16 && t->dtype != MP_BF16) {
+    b->err = mp_errorf("tensor %s has dtype %s, expected a float type", name, mp_dtype_name(t->dtype));
+    return NULL;
+  }
+  bool same = t->ndim == ndim;
+  for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+  if (!same) {
+    b->err = mp_errorf("tensor %s: expected shape %s, found %s", name, mp_shape_str(ndim, shape, want, sizeof want),
+                       mp_shape_str(t->ndim, t->shape, got, sizeof got));
+    return NULL;
+  }
+  return t;
+}
+
+#define SHAPE(...) (sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__}
+
+static float *own_f32(binder *b, const mp_tensor *t, int64_t n) {
+  if (b->err || !t) return NULL;
+  mp_vae *v = b->v;
+  if (v->n_owned == v->cap_owned) {
+    int cap = v->cap_owned ? 2 * v->cap_owned : 64;
+    float **nn = realloc(v->owned, sizeof *nn * (size_t)cap);
+    if (!nn) return b->err = mp_errorf("out of memory"), NULL;
+    v->owned = nn, v->cap_owned = cap;
+  }
+  float *x = malloc(sizeof(float) * (size_t)n);
+  if (!x) return b->err = mp_errorf("out of memory"), NULL;
+  v->owned[v->n_owned++] = x;
+  b->err = mp_vector_f32(t, x, n);
+  return x;
+}
+
+static norm bind_norm(binder *b, int C, const char *base) {
+  norm n;
+  n.gamma = own_f32(b, bind(b, SHAPE(C), "%s.weight", base), C);
+  n.beta = own_f32(b, bind(b, SHAPE(C), "%s.bias", base), C);
+  return n;
+}
+
+static layer bind_conv(binder *b, int c_out, int c_in, int k, const char *base) {
+  layer l;
+  l.w = bind(b, SHAPE(c_out, c_in, k, k), "%s.weight", base);
+  l.b = bind(b, SHAPE(c_out), "%s.bias", base);
+  return l;
+}
+
+static void bind_res(binder *b, resblock *r, int c_in, int c_out, const char *base) {
+  char k[160];
+  r->c_in = c_in, r->c_out = c_out;
+  snprintf(k, sizeof k, "%s.norm1", base), r->n1 = bind_norm(b, c_in, k);
+  snprintf(k, sizeof k, "%s.conv1", base), r->conv1 = bind_conv(b, c_out, c_in, 3, k);
+  snprintf(k, sizeof k, "%s.norm2", base), r->n2 = bind_norm(b, c_out, k);
+  snprintf(k, sizeof k, "%s.conv2", base), r->conv2 = bind_conv(b, c_out, c_out, 3, k);
+  r->skip.w = r->skip.b = NULL;
+  if (c_in != c_out) snprintf(k, sizeof k, "%s.nin_shortcut", base), r->skip = bind_conv(b, c_out, c_in, 1, k);
+}
+
+static void bind_mid(binder *b, coder *c, int C, const char *part) {
+  char k[160];
+  c->c_mid = C;
+  snprintf(k, sizeof k, "%s.mid.block_1", part), bind_res(b, &c->mid1, C, C, k);
+  snprintf(k, sizeof k, "%s.mid.block_2", part), bind_res(b, &c->mid2, C, C, k);
+  attn *a = &c->mid_attn;
+  a->C = C;
+  snprintf(k, sizeof k, "%s.mid.attn_1.norm", part), a->gn = bind_norm(b, C, k);
+  snprintf(k, sizeof k, "%s.mid.attn_1.q", part), a->q = bind_conv(b, C, C, 1, k);
+  snprintf(k, sizeof k, "%s.mid.attn_1.k", part), a->k = bind_conv(b, C, C, 1, k);
+  snprintf(k, sizeof k, "%s.mid.attn_1.v", part), a->v = bind_conv(b, C, C, 1, k);
+  snprintf(k, sizeof k, "%s.mid.attn_1.proj_out", part), a->proj = bind_conv(b, C, C, 1, k);
+}
+
+static resblock *new_blocks(binder *b, int n) {
+  resblock *r = calloc((size_t)n, sizeof *r);
+  if (!r && !b->err) b->err = mp_errorf("out of memory");
+  return r;
+}
+
+void mp_vae_free(mp_vae *v) {
+  if (!v) return;
+  for (int l = 0; l < MP_MAX_LEVELS; l++) free(v->enc.lv[l].blocks), free(v->dec.lv[l].blocks);
+  for (int i = 0; i < v->n_owned; i++) free(v->owned[i]);
+  free(v->owned);
+  mp_workspace_free(&v->ws);
+  free(v);
+}
+
+mp_error *mp_vae_load(const mp_weights *w, const char *prefix, const mp_vae_config *cfg, mp_vae **out) {
+  *out = NULL;
+  const int L = cfg->n_levels, ch = cfg->ch, nrb = cfg->num_res_blocks;
+  if (L < 1 || L > MP_MAX_LEVELS || ch < GROUPS || ch % GROUPS || nrb < 1 || cfg->z_channels < 1 || cfg->embed_dim < 1 ||
+      cfg->in_channels < 1 || cfg->out_channels < 1)
+    return mp_errorf("unsupported VAE config (levels %d, ch %d, res blocks %d, z %d)", L, ch, nrb, cfg->z_channels);
+  for (int l = 0; l < L; l++)
+    if (cfg->ch_mult[l] < 1) return mp_errorf("VAE ch_mult[%d] = %d", l, cfg->ch_mult[l]);
+  mp_vae *v = calloc(1, sizeof *v);
+  if (!v) return mp_errorf("out of memory");
+  v->cfg = *cfg;
+  v->tiling = (mp_vae_tiling){MP_VAE_TILE_AUTO, 0, 0};
+  binder b = {w, prefix ? prefix : "", v, NULL};
+  char k[160];
+  const int z = cfg->z_channels, e = cfg->embed_dim;
+  /* encoder */
+  coder *en = &v->enc;
+  en->conv_in = bind_conv(&b, ch, cfg->in_channels, 3, "encoder.conv_in");
+  int c = ch;
+  for (int l = 0; l < L && !b.err; l++) {
+    level *lv = &en->lv[l];
+    lv->n_blocks = nrb;
+    lv->blocks = new_blocks(&b, nrb);
+    int c_out = ch * cfg->ch_mult[l];
+    for (int j = 0; j < nrb && !b.err; j++, c = c_out)
+      snprintf(k, sizeof k, "encoder.down.%d.block.%d", l, j), bind_res(&b, &lv->blocks[j], c, c_out, k);
+    lv->c_out = c;
+    if (l != L - 1) lv->has_resample = true, snprintf(k, sizeof k, "encoder.down.%d.downsample.conv", l), lv->resample = bind_conv(&b, c, c, 3, k);
+  }
+  bind_mid(&b, en, c, "encoder");
+  en->norm_out = bind_norm(&b, c, "encoder.norm_out");
+  en->conv_out = bind_conv(&b, 2 * z, c, 3, "encoder.conv_out");
+  v->quant = bind_conv(&b, 2 * e, 2 * z, 1, "quant_conv");
+  /* decoder */
+  coder *de = &v->dec;
+  v->post_quant = bind_conv(&b, z, e, 1, "post_quant_conv");
+  c = ch * cfg->ch_mult[L - 1];
+  de->conv_in = bind_conv(&b, c, z, 3, "decoder.conv_in");
+  bind_mid(&b, de, c, "decoder");
+  for (int l = L - 1; l >= 0 && !b.err; l--) {
+    level *lv = &de->lv[l];
+    lv->n_blocks = nrb + 1;
+    lv->blocks = new_blocks(&b, nrb + 1);
+    int c_out = ch * cfg->ch_mult[l];
+    for (int j = 0; j <= nrb && !b.err; j++, c = c_out)
+      snprintf(k, sizeof k, "decoder.up.%d.block.%d", l, j), bind_res(&b, &lv->blocks[j], c, c_out, k);
+    lv->c_out = c;
+    if (l != 0) lv->has_resample = true, snprintf(k, sizeof k, "decoder.up.%d.upsample.conv", l), lv->resample = bind_conv(&b, c, c, 3, k);
+  }
+  de->norm_out = bind_norm(&b, c, "decoder.norm_out");
+  de->conv_out = bind_conv(&b, cfg->out_channels, c, 3, "decoder.conv_out");
+  if (b.err) {
+    mp_vae_free(v);
+    return mp_error_wrap(b.err, "loading the VAE");
+  }
+  *out = v;
+  return NULL;
+}
+
+void mp_vae_set_tiling(mp_vae *v, mp_vae_tiling t) { v->tiling = t; }
+
+/* ---- forward pieces; activations [C, h, w] of one image ---- */
+typedef struct {
+  mp_pool *pool;
+  mp_workspace *ws;
+  float *t1, *t2; /* scratch, each as large as the widest activation */
+  float *q, *k, *v; /* attention scratch [hw, C] (q also holds the normalised tokens) */
+} fwd;
+
+static const mp_pad PAD1 = {1, 1, 1, 1}, PAD0 = {0, 0, 0, 0};
+
+static mp_error *res_forward(fwd *f, const resblock *r, const float *x, float *y, int h, int w) {
+  const int64_t hw = (int64_t)h * w;
+  mp_group_norm(f->pool, f->t1, x, 1, r->c_in, hw, GROUPS, r->n1.gamma, r->n1.beta, EPS, true);
+  MP_TRY(mp_conv2d(f->pool, f->ws, f->t2, f->t1, 1, r->c_in, h, w, r->conv1.w, r->conv1.b, 1, PAD1));
+  mp_group_norm(f->pool, f->t2, f->t2, 1, r->c_out, hw, GROUPS, r->n2.gamma, r->n2.beta, EPS, true);
+  MP_TRY(mp_conv2d(f->pool, f->ws, y, f->t2, 1, r->c_out, h, w, r->conv2.w, r->conv2.b, 1, PAD1));
+  if (r->skip.w) {
+    MP_TRY(mp_conv2d(f->pool, f->ws, f->t1, x, 1, r->c_in, h, w, r->skip.w, r->skip.b, 1, PAD0));
+    mp_add(y, y, f->t1, r->c_out * hw);
+  } else {
+    mp_add(y, y, x, r->c_out * hw);
+  }
+  return NULL;
+}
+
+/* x [C, hw] += proj_out(softmax(q kᵀ / sqrt(C)) v), one head over all pixels. */
+static mp_error *attn_forward(fwd *f, const attn *a, float *x, int h, int w) {
+  const int64_t hw = (int64_t)h * w;
+  mp_group_norm(f->pool, f->t1, x, 1, a->C, hw, GROUPS, a->gn.gamma, a->gn.beta, EPS, false);
+  mp_transpose(f->pool, f->t2, f->t1, a->C, hw); /* tokens [hw, C] */
+  MP_TRY(mp_dense(f->pool, f->ws, f->q, f->t2, hw, a->q.w, a->q.b));
+  MP_TRY(mp_dense(f->pool, f->ws, f->k, f->t2, hw, a->k.w, a->k.b));
+  MP_TRY(mp_dense(f->pool, f->ws, f->v, f->t2, hw, a->v.w, a->v.b));
+  mp_attention(f->pool, f->t1, f->q, f->k, f->v, hw, hw, 1, a->C, false);
+  MP_TRY(mp_dense(f->pool, f->ws, f->t2, f->t1, hw, a->proj.w, a->proj.b));
+  mp_transpose_add(f->pool, x, f->t2, a->C, hw);
+  return NULL;
+}
+
+static mp_error *mid_forward(fwd *f, const coder *c, float **cur, float **nxt, int h, int w) {
+  MP_TRY(res_forward(f, &c->mid1, *cur, *nxt, h, w));
+  MP_TRY(attn_forward(f, &c->mid_attn, *nxt, h, w));
+  MP_TRY(res_forward(f, &c->mid2, *nxt, *cur, h, w));
+  return NULL;
+}
+
+/* Widest activation, in floats, of decoding an h x w latent (or encoding an 8h x 8w image). */
+static size_t widest(const mp_vae *v, int h, int w) {
+  const int L = v->cfg.n_levels;
+  size_t m = 0;
+  for (int l = 0; l < L; l++) {
+    /* level l holds its own width and, at its boundaries, its neighbours' (encoder input, decoder input) */
+    int cmax = v->cfg.ch * v->cfg.ch_mult[l];
+    if (l > 0 && v->cfg.ch * v->cfg.ch_mult[l - 1] > cmax) cmax = v->cfg.ch * v->cfg.ch_mult[l - 1];
+    if (l + 1 < L && v->cfg.ch * v->cfg.ch_mult[l + 1] > cmax) cmax = v->cfg.ch * v->cfg.ch_mult[l + 1];
+    if (v->cfg.ch > cmax) cmax = v->cfg.ch;
+    size_t s = (size_t)cmax * (size_t)(h << (L - 1 - l)) * (size_t)(w << (L - 1 - l));
+    m = s > m ? s : m;
+  }
+  size_t io = (size_t)(2 * v->cfg.z_channels + 2 * v->cfg.embed_dim + v->cfg.in_channels + v->cfg.out_channels) *
+              (size_t)(h << (L - 1)) * (size_t)(w << (L - 1));
+  return m > io ? m : io;
+}
+
+typedef struct {
+  float *mem;
+  fwd f;
+  float *a, *b;
+} buffers;
+
+static mp_error *buffers_alloc(mp_vae *v, mp_pool *pool, int h, int w, buffers *bf) {
+  const int L = v->cfg.n_levels;
+  size_t act = widest(v, h, w);
+  size_t mid_c = (size_t)v->cfg.ch * (size_t)v->cfg.ch_mult[L - 1], mid_hw = (size_t)h * (size_t)w;
+  size_t attn_n = 3 * mid_c * mid_hw;
+  size_t total = 4 * act + attn_n;
+  bf->mem = mp_alloc(sizeof(float) * total);
+  if (!bf->mem)
+    return mp_errorf("out of memory: the VAE at %dx%d latent needs %zu MB (tiling bounds this)", h, w, (total * 4) >> 20);
+  float *p = bf->mem;
+  bf->a = p, bf->b = p + act, bf->f.t1 = p + 2 * act, bf->f.t2 = p + 3 * act;
+  bf->f.q = p + 4 * act, bf->f.k = bf->f.q + mid_c * mid_hw, bf->f.v = bf->f.k + mid_c * mid_hw;
+  bf->f.pool = pool, bf->f.ws = &v->ws;
+  return NULL;
+}
+
+/* Decode one latent tile z [embed_dim, h, w] -> image [out, 8h, 8w] (for L = 4). */
+static mp_error *decode_whole(mp_vae *v, mp_pool *pool, int h, int w, const float *z, float *image) {
+  const mp_vae_config *cfg = &v->cfg;
+  const coder *de = &v->dec;
+  buffers bf;
+  MP_TRY(buffers_alloc(v, pool, h, w, &bf));
+  fwd *f = &bf.f;
+  float *cur = bf.a, *nxt = bf.b;
+  mp_error *e = NULL;
+  int hh = h, ww = w;
+  if ((e = mp_conv2d(pool, f->ws, f->t1, z, 1, cfg->embed_dim, h, w, v->post_quant.w, v->post_quant.b, 1, PAD0))) goto done;
+  if ((e = mp_conv2d(pool, f->ws, cur, f->t1, 1, cfg->z_channels, h, w, de->conv_in.w, de->conv_in.b, 1, PAD1))) goto done;
+  if ((e = mid_forward(f, de, &cur, &nxt, hh, ww))) goto done;
+  for (int l = cfg->n_levels - 1; l >= 0; l--) {
+    const level *lv = &de->lv[l];
+    for (int j = 0; j < lv->n_blocks; j++) {
+      if ((e = res_forward(f, &lv->blocks[j], cur, nxt, hh, ww))) goto done;
+      float *s = cur;
+      cur = nxt, nxt = s;
+    }
+    if (lv->has_resample) {
+      mp_upsample_nearest2x(pool, nxt, cur, lv->c_out, hh, ww);
+      hh *= 2, ww *= 2;
+      if ((e = mp_conv2d(pool, f->ws, cur, nxt, 1, lv->c_out, hh, ww, lv->resample.w, lv->resample.b, 1, PAD1))) goto done;
+    }
+  }
+  const int c = de->lv[0].c_out;
+  mp_group_norm(pool, nxt, cur, 1, c, (int64_t)hh * ww, GROUPS, de->norm_out.gamma, de->norm_out.beta, EPS, true);
+  e = mp_conv2d(pool, f->ws, image, nxt, 1, c, hh, ww, de->conv_out.w, de->conv_out.b, 1, PAD1);
+done:
+  mp_free(bf.mem);
+  return e;
+}
+
+/* Encode one image tile [in, H, W] -> moments [2*embed_dim, H/8, W/8] (for L = 4). */
+static mp_error *encode_whole(mp_vae *v, mp_pool *pool, int H, int W, const float *image, float *moments) {
+  const mp_vae_config *cfg = &v->cfg;
+  const coder *en = &v->enc;
+  const int f8 = 1 << (cfg->n_levels - 1);
+  buffers bf;
+  MP_TRY(buffers_alloc(v, pool, H / f8, W / f8, &bf));
+  fwd *f = &bf.f;
+  float *cur = bf.a, *nxt = bf.b;
+  mp_error *e = NULL;
+  int hh = H, ww = W;
+  if ((e = mp_conv2d(pool, f->ws, cur, image, 1, cfg->in_channels, H, W, en->conv_in.w, en->conv_in.b, 1, PAD1))) goto done;
+  for (int l = 0; l < cfg->n_levels; l++) {
+    const level *lv = &en->lv[l];
+    for (int j = 0; j < lv->n_blocks; j++) {
+      if ((e = res_forward(f, &lv->blocks[j], cur, nxt, hh, ww))) goto done;
+      float *s = cur;
+      cur = nxt, nxt = s;
+    }
+    if (lv->has_resample) { /* torch pads (0, 1, 0, 1): one zero column right, one row below */
+      if ((e = mp_conv2d(pool, f->ws, nxt, cur, 1, lv->c_out, hh, ww, lv->resample.w, lv->resample.b, 2, (mp_pad){0, 1, 0, 1})))
+        goto done;
+      hh = mp_conv_out_size(hh, 3, 2, 0, 1), ww = mp_conv_out_size(ww, 3, 2, 0, 1);
+      float *s = cur;
+      cur = nxt, nxt = s;
+    }
+  }
+  if ((e = mid_forward(f, en, &cur, &nxt, hh, ww))) goto done;
+  const int c = en->c_mid;
+  mp_group_norm(pool, nxt, cur, 1, c, (int64_t)hh * ww, GROUPS, en->norm_out.gamma, en->norm_out.beta, EPS, true);
+  if ((e = mp_conv2d(pool, f->ws, cur, nxt, 1, c, hh, ww, en->conv_out.w, en->conv_out.b, 1, PAD1))) goto done;
+  e = mp_conv2d(pool, f->ws, moments, cur, 1, 2 * cfg->z_channels, hh, ww, v->quant.w, v->quant.b, 1, PAD0);
+done:
+  mp_free(bf.mem);
+  return e;
+}
+
+static bool use_tiles(const mp_vae *v, int h, int w) {
+  switch (v->tiling.mode) {
+    case MP_VAE_TILE_OFF: return false;
+    case MP_VAE_TILE_ON: return h > v->tiling.tile || w > v->tiling.tile;
+    default: return (int64_t)h * w > MP_VAE_AUTO_TILE_AREA && (h > v->tiling.tile || w > v->tiling.tile);
+  }
+}
+
+static mp_error *check_tiling(mp_vae *v) {
+  if (v->tiling.tile <= 0) v->tiling.tile = MP_VAE_DEFAULT_TILE;
+  if (v->tiling.overlap <= 0) v->tiling.overlap = v->tiling.tile / 4;
+  if (v->tiling.overlap >= v->tiling.tile) return mp_errorf("VAE tile overlap %d must be below the tile size %d", v->tiling.overlap, v->tiling.tile);
+  return NULL;
+}
+
+typedef struct {
+  mp_vae *v;
+  mp_pool *pool;
+} tile_ctx;
+
+static mp_error *decode_tile_fn(void *ctx, int h, int w, const float *in, float *out) {
+  tile_ctx *t = ctx;
+  return decode_whole(t->v, t->pool, h, w, in, out);
+}
+
+static mp_error *encode_tile_fn(void *ctx, int H, int W, const float *in, float *out) {
+  tile_ctx *t = ctx;
+  return encode_whole(t->v, t->pool, H, W, in, out);
+}
+
+mp_error *mp_vae_decode(mp_vae *v, mp_pool *pool, int h, int w, const float *z, float *image) {
+  if (h < 1 || w < 1) return mp_errorf("VAE decode of a %dx%d latent", h, w);
+  MP_TRY(check_tiling(v));
+  const int f8 = 1 << (v->cfg.n_levels - 1);
+  mp_error *e = use_tiles(v, h, w)
+                    ? mp_tiled_apply(decode_tile_fn, &(tile_ctx){v, pool}, h, w, v->tiling.tile, v->tiling.overlap, 1, f8,
+                                     v->cfg.embed_dim, v->cfg.out_channels, z, image)
+                    : decode_whole(v, pool, h, w, z, image);
+  return e ? mp_error_wrap(e, "VAE decode") : NULL;
+}
+
+mp_error *mp_vae_encode(mp_vae *v, mp_pool *pool, int H, int W, const float *image, float *moments) {
+  const int f8 = 1 << (v->cfg.n_levels - 1);
+  if (H < f8 || W < f8 || H % f8 || W % f8)
+    return mp_errorf("VAE encode: image size %dx%d must be a positive multiple of %d", W, H, f8);
+  MP_TRY(check_tiling(v));
+  const int h = H / f8, w = W / f8;
+  mp_error *e = use_tiles(v, h, w)
+                    ? mp_tiled_apply(encode_tile_fn, &(tile_ctx){v, pool}, h, w, v->tiling.tile, v->tiling.overlap, f8, 1,
+                                     v->cfg.in_channels, 2 * v->cfg.embed_dim, image, moments)
+                    : encode_whole(v, pool, H, W, image, moments);
+  return e ? mp_error_wrap(e, "VAE encode") : NULL;
+}

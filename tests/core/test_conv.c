@@ -1,0 +1,188 @@
+/* Image ops (conv2d, dense, group norm, upsample, GEGLU, vector exp) against their reference twins. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/conv.h"
+#include "core/ops.h"
+#include "core/vmath.h"
+#include "testutil.h"
+
+static void fill(float *x, int64_t n, unsigned seed) {
+  for (int64_t i = 0; i < n; i++) {
+    seed = seed * 1103515245u + 12345u;
+    x[i] = ((float)((seed >> 8) & 0xffff) / 65535.0f - 0.5f) * 2.0f;
+  }
+}
+
+static double rel_l2(const float *a, const float *b, int64_t n) {
+  double d = 0, r = 0;
+  for (int64_t i = 0; i < n; i++) d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]), r += (double)b[i] * b[i];
+  return sqrt(d / (r > 0 ? r : 1));
+}
+
+static double max_diff(const float *a, const float *b, int64_t n) {
+  double m = 0;
+  for (int64_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i] - b[i]));
+  return m;
+}
+
+typedef struct {
+  int c_in, c_out, h, w, k, stride;
+  mp_pad pad;
+  bool f16, bias;
+  int batch;
+} conv_case;
+
+static void run_conv_case(mp_pool *pool, mp_workspace *ws, conv_case cc) {
+  int ho = mp_conv_out_size(cc.h, cc.k, cc.stride, cc.pad.top, cc.pad.bottom);
+  int wo = mp_conv_out_size(cc.w, cc.k, cc.stride, cc.pad.left, cc.pad.right);
+  int64_t nx = (int64_t)cc.batch * cc.c_in * cc.h * cc.w, nw = (int64_t)cc.c_out * cc.c_in * cc.k * cc.k;
+  int64_t ny = (int64_t)cc.batch * cc.c_out * ho * wo;
+  float *x = malloc(sizeof(float) * nx), *W = malloc(sizeof(float) * nw), *b = malloc(sizeof(float) * cc.c_out);
+  float *y = malloc(sizeof(float) * ny), *r = malloc(sizeof(float) * ny);
+  uint16_t *W16 = malloc(2 * nw);
+  fill(x, nx, 11), fill(W, nw, 12), fill(b, cc.c_out, 13);
+  if (cc.f16)
+    for (int64_t i = 0; i < nw; i++) W16[i] = mp_f32_to_f16(W[i]), W[i] = mp_f16_to_f32(W16[i]);
+  mp_tensor tw, tb;
+  mp_tensor_view(&tw, cc.f16 ? MP_F16 : MP_F32, 4, (int64_t[]){cc.c_out, cc.c_in, cc.k, cc.k}, cc.f16 ? (void *)W16 : (void *)W);
+  mp_tensor_view(&tb, MP_F32, 1, (int64_t[]){cc.c_out}, b);
+  assert_ok(mp_conv2d(pool, ws, y, x, cc.batch, cc.c_in, cc.h, cc.w, &tw, cc.bias ? &tb : NULL, cc.stride, cc.pad));
+  for (int bi = 0; bi < cc.batch; bi++)
+    mp_ref_conv2d(r + (int64_t)bi * cc.c_out * ho * wo, x + (int64_t)bi * cc.c_in * cc.h * cc.w, cc.c_in, cc.h, cc.w, W,
+                  cc.bias ? b : NULL, cc.c_out, cc.k, cc.k, cc.stride, cc.pad);
+  double e = rel_l2(y, r, ny);
+  /* direct/im2col: rounding only; Winograd F(4,3) (>= 1024 pixels) multiplies rounding by its transforms */
+  if (e > (ho * wo >= 1024 ? 1e-5 : 1e-6)) fail_msg("conv %dx%d c%d->%d k%d s%d: rel l2 %g", cc.h, cc.w, cc.c_in, cc.c_out, cc.k, cc.stride, e);
+  free(x), free(W), free(b), free(y), free(r), free(W16);
+}
+
+static void test_conv2d_matches_reference(void **state) {
+  (void)state;
+  mp_pool *pool;
+  assert_ok(mp_pool_create(2, &pool));
+  mp_workspace ws = {0};
+  const mp_pad p1 = {1, 1, 1, 1}, p0 = {0, 0, 0, 0}, asym = {0, 1, 0, 1};
+  conv_case cases[] = {
+      {5, 7, 9, 11, 3, 1, p1, false, true, 1},  /* 3x3 same padding, non-square */
+      {5, 7, 9, 11, 3, 1, p1, true, true, 2},   /* f16 weights, batch 2 */
+      {5, 7, 32, 33, 3, 1, p1, true, true, 3},  /* Winograd: tiles of 3 images side by side */
+      {6, 4, 10, 8, 3, 2, p1, false, true, 1},  /* UNet downsample: stride 2 pad 1 */
+      {6, 4, 10, 8, 3, 2, asym, true, true, 2}, /* VAE downsample: pad (0,1,0,1) */
+      {6, 5, 7, 9, 1, 1, p0, true, true, 2},    /* 1x1 (direct GEMM) */
+      {6, 5, 7, 9, 1, 1, p0, false, false, 1},  /* no bias */
+      {600, 4, 30, 30, 3, 1, p1, false, true, 1}, /* K large: several im2col bands */
+      {600, 4, 90, 90, 3, 2, p1, false, true, 2}, /* bands over both images' columns, one crossing between them */
+      {5, 7, 33, 37, 3, 1, p1, false, true, 2},   /* >= 1024 pixels: Winograd F(2x2,3x3), odd sizes */
+      {6, 9, 32, 48, 3, 1, p1, true, false, 1},   /* Winograd, f16 weights, no bias */
+      {300, 40, 40, 40, 3, 1, p1, false, true, 1}, /* Winograd, wider */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) run_conv_case(pool, &ws, cases[i]);
+
+  /* Winograd in bands of a few tiles (bands cross tile rows) equals the reference */
+  {
+    enum { C = 5, O = 6, H = 13, W = 17 };
+    float x[2 * C * H * W], Wt[O * C * 9], bb[O], y[2 * O * H * W], r[O * H * W];
+    fill(x, 2 * C * H * W, 21), fill(Wt, O * C * 9, 22), fill(bb, O, 23);
+    mp_tensor tw, tb;
+    mp_tensor_view(&tw, MP_F32, 4, (int64_t[]){O, C, 3, 3}, Wt);
+    mp_tensor_view(&tb, MP_F32, 1, (int64_t[]){O}, bb);
+    for (int tile = 2; tile <= 4; tile += 2)
+      for (int64_t band = 1; band <= 80; band += 13) {
+        assert_ok(mp_conv3x3_winograd(pool, &ws, y, x, 2, C, H, W, &tw, &tb, tile, band));
+        for (int b = 0; b < 2; b++) {
+          mp_ref_conv2d(r, x + b * C * H * W, C, H, W, Wt, bb, O, 3, 3, 1, p1);
+          double e = rel_l2(y + b * O * H * W, r, O * H * W);
+          if (e > (tile == 4 ? 5e-6 : 1e-6)) fail_msg("Winograd F(%d,3), bands of %d tiles: rel l2 %g", tile, (int)band, e);
+        }
+      }
+  }
+
+  /* shape errors name what was expected */
+  float x[16] = {0}, y[16];
+  float Wd[2 * 3 * 9] = {0};
+  mp_tensor tw;
+  mp_tensor_view(&tw, MP_F32, 4, (int64_t[]){2, 3, 3, 3}, Wd);
+  assert_err_contains(mp_conv2d(pool, &ws, y, x, 1, 4, 2, 2, &tw, NULL, 1, p1), "input channels");
+  mp_workspace_free(&ws);
+  mp_pool_destroy(pool);
+}
+
+static void test_dense_matches_reference(void **state) {
+  (void)state;
+  enum { N = 13, IN = 37, OUT = 21 };
+  float x[N * IN], W[OUT * IN], b[OUT], y[N * OUT], r[N * OUT];
+  uint16_t W16[OUT * IN];
+  fill(x, N * IN, 4), fill(W, OUT * IN, 5), fill(b, OUT, 6);
+  for (int i = 0; i < OUT * IN; i++) W16[i] = mp_f32_to_f16(W[i]), W[i] = mp_f16_to_f32(W16[i]);
+  mp_tensor tw, tb;
+  mp_tensor_view(&tw, MP_F16, 4, (int64_t[]){OUT, IN, 1, 1}, W16);
+  mp_tensor_view(&tb, MP_F32, 1, (int64_t[]){OUT}, b);
+  mp_workspace ws = {0};
+  assert_ok(mp_dense(NULL, &ws, y, x, N, &tw, &tb));
+  mp_ref_linear(r, x, N, W, b, IN, OUT);
+  assert_true(max_diff(y, r, N * OUT) < 1e-5);
+  mp_workspace_free(&ws);
+}
+
+static void test_group_norm_matches_reference(void **state) {
+  (void)state;
+  enum { B = 2, C = 64, HW = 37, G = 32 };
+  float *x = malloc(sizeof(float) * B * C * HW), *y = malloc(sizeof(float) * B * C * HW), *r = malloc(sizeof(float) * C * HW);
+  float gamma[C], beta[C];
+  fill(x, B * C * HW, 7), fill(gamma, C, 8), fill(beta, C, 9);
+  for (int i = 0; i < B * C * HW; i++) x[i] = x[i] * 3.0f + 5.0f; /* an offset mean stresses the variance */
+  mp_pool *pool;
+  assert_ok(mp_pool_create(2, &pool));
+  for (int silu = 0; silu < 2; silu++) {
+    mp_group_norm(pool, y, x, B, C, HW, G, gamma, beta, 1e-6f, silu);
+    for (int b = 0; b < B; b++) {
+      mp_ref_group_norm(r, x + b * C * HW, C, HW, G, gamma, beta, 1e-6f, silu);
+      assert_true(max_diff(y + b * C * HW, r, C * HW) < 2e-5);
+    }
+  }
+  /* in place gives the same as out of place */
+  mp_group_norm(pool, y, x, B, C, HW, G, gamma, beta, 1e-5f, true);
+  mp_group_norm(pool, x, x, B, C, HW, G, gamma, beta, 1e-5f, true);
+  assert_memory_equal(x, y, sizeof(float) * B * C * HW);
+  mp_pool_destroy(pool);
+  free(x), free(y), free(r);
+}
+
+static void test_upsample_and_geglu(void **state) {
+  (void)state;
+  enum { P = 3, H = 5, W = 7, N = 9, D = 11 };
+  float x[P * H * W], y[4 * P * H * W], r[4 * P * H * W];
+  fill(x, P * H * W, 10);
+  mp_upsample_nearest2x(NULL, y, x, P, H, W);
+  mp_ref_upsample_nearest2x(r, x, P, H, W);
+  assert_memory_equal(y, r, sizeof y);
+
+  float g[N * 2 * D], gy[N * D], gr[N * D];
+  fill(g, N * 2 * D, 14);
+  for (int i = 0; i < N * 2 * D; i++) g[i] *= 6.0f; /* reach the tails */
+  mp_geglu(NULL, gy, g, N, D);
+  mp_ref_geglu(gr, g, N, D);
+  assert_true(max_diff(gy, gr, N * D) < 2e-6);
+  mp_geglu(NULL, g, g, N, D); /* in place compacts the rows */
+  assert_true(max_diff(g, gr, N * D) < 2e-6);
+}
+
+static void test_vector_exp(void **state) {
+  (void)state;
+  double worst = 0;
+  for (float x = -87.0f; x <= 88.0f; x += 0.01371f) worst = fmax(worst, fabs(mp_vexpf(x) / exp((double)x) - 1.0));
+  assert_true(worst < 5e-7);
+  assert_true(mp_vexpf(-INFINITY) < 1e-37f);
+  assert_true(mp_vexpf(0.0f) == 1.0f);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_conv2d_matches_reference), cmocka_unit_test(test_dense_matches_reference),
+      cmocka_unit_test(test_group_norm_matches_reference), cmocka_unit_test(test_upsample_and_geglu),
+      cmocka_unit_test(test_vector_exp),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
