@@ -3,6 +3,9 @@ set(G ${MPASS_SHARED_DIR}/golden)
 add_test(NAME conform_tiny_text COMMAND mpass_cli conform ${G}/tiny --cases tok,te)
 set_tests_properties(conform_tiny_text PROPERTIES TIMEOUT 900
   ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
+add_test(NAME conform_tiny_sampling COMMAND mpass_cli conform ${G}/tiny --cases rng,txt2img,inpaint)
+set_tests_properties(conform_tiny_sampling PROPERTIES TIMEOUT 900
+  ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
 add_test(NAME conform_tiny_image COMMAND mpass_cli conform ${G}/tiny --cases unet,vae,lora)
 set_tests_properties(conform_tiny_image PROPERTIES TIMEOUT 900
   ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
@@ -14,6 +17,3 @@ add_test(NAME conform_vision COMMAND mpass_cli conform ${G}/vision
   --cases pose_detection,pose_landmark_full,selfie_segmentation,face_detection_full_range,face_detection_full_range_sparse)
 set_tests_properties(conform_vision PROPERTIES TIMEOUT 900
   ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR};MPASS_MODELS=${CMAKE_SOURCE_DIR}/models")
-add_test(NAME conform_tiny_sampling COMMAND mpass_cli conform ${G}/tiny --cases rng)
-set_tests_properties(conform_tiny_sampling PROPERTIES TIMEOUT 900
-  ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")

@@ -61,6 +61,8 @@ typedef mp_error *(*conform_case_fn)(conform *c);
 mp_error *conform_case_tok(conform *c);
 mp_error *conform_case_te(conform *c);
 mp_error *conform_case_rng(conform *c);
+mp_error *conform_case_txt2img(conform *c);
+mp_error *conform_case_inpaint(conform *c);
 mp_error *conform_case_unet(conform *c);
 mp_error *conform_case_vae(conform *c);
 mp_error *conform_case_lora(conform *c);

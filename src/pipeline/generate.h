@@ -81,7 +81,7 @@ mp_error *mp_generate_latents(const mp_generate_params *p, float *latent);
 /* The sigmas the pass will walk (capacity steps + 1); *n gets their count. */
 mp_error *mp_generate_sigmas(const mp_generate_params *p, float *sigmas, int *n);
 
-/* ---- latents and masks (src/pipeline/latent.c) ---- */
+/* ---- latents (VAE side in src/pipeline/latent.c) and masks ---- */
 
 /* VAE encode an image [3,H,W] in [-1,1] to a latent [4,H/8,W/8] times `scale`: the posterior mean,
  * or a sample mean + std * noise when sample_noise is given (what diffusers and A1111 do). */
