@@ -15,14 +15,23 @@ extern "C" {
 typedef struct mp_error mpass_error;
 typedef struct mpass_ctx mpass_ctx;
 
+/* Arithmetic of the models' convolutions and linear layers. AUTO: bf16 where the CPU has native
+ * bf16 arithmetic (AVX-512 BF16 or AMX), else f32. Accumulation and norm statistics are f32 in both. */
+typedef enum { MPASS_PRECISION_AUTO = 0, MPASS_PRECISION_F32, MPASS_PRECISION_BF16 } mpass_precision;
+
 typedef struct {
   int n_threads;          /* <= 0: one per CPU */
+  mpass_precision precision;
   const char *models_dir; /* NULL: $MPASS_MODELS, else ./models */
   const char *data_dir;   /* where the CLIP vocabulary lives; NULL: search (see README) */
 } mpass_options;
 
 mpass_error *mpass_ctx_create(const mpass_options *opts, mpass_ctx **out);
 void mpass_ctx_destroy(mpass_ctx *ctx);
+/* The precision the context resolved AUTO to: "f32" or "bf16". */
+const char *mpass_ctx_precision(const mpass_ctx *ctx);
+/* One line saying what runs the arithmetic, e.g. "precision bf16 (oneDNN, CPU: avx512_bf16), 2 threads". */
+const char *mpass_ctx_describe(const mpass_ctx *ctx, char *buf, unsigned cap);
 
 /* ---- Progress and cancellation ---- */
 

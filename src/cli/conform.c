@@ -101,7 +101,19 @@ static void print_line(const char *name, double rel, double maxabs, double tol_r
          pass ? "PASS" : "FAIL");
 }
 
+/* With --precision bf16 the golden README's reduced-precision bounds replace the fp32 ones: rel L2
+ * <= 1e-2 for a single forward, <= 5e-2 for full sampling (txt2img, inpaint). The README gives no
+ * max-abs bound for reduced precision, so none is applied. Exact checks (tolerance 0, or integer
+ * ids) stay exact. Returns the rel L2 bound, or 0 on the f32 path. */
+static double reduced_rel(const conform *c) {
+  if (!c->precision || strcmp(c->precision, "bf16") != 0) return 0;
+  const char *k = c->case_name ? c->case_name : "";
+  return (strncmp(k, "txt2img", 7) == 0 || strncmp(k, "inpaint", 7) == 0) ? 5e-2 : 1e-2;
+}
+
 bool conform_check(conform *c, const char *name, const float *got, int64_t n, double tol_rel, double tol_abs) {
+  const double red = reduced_rel(c);
+  if (red > 0 && tol_rel > 0 && tol_rel < red) tol_rel = red, tol_abs = INFINITY;
   mp_tensor g;
   mp_error *e = conform_tensor_f32(c, name, &g);
   c->n_checked++;
@@ -169,6 +181,19 @@ bool conform_check_u8(conform *c, const char *name, const uint8_t *got, int64_t 
   c->n_checked++;
   keep_for_dump(c, name, MP_U8, got, n);
   bool pass = mp_tensor_numel(g) == n && g->dtype == MP_U8;
+  const double red = reduced_rel(c);
+  if (red > 0 && pass) { /* bf16: the image within the reduced rel L2 bound instead of exact */
+    double d2 = 0, r2 = 0;
+    for (int64_t i = 0; i < n; i++) {
+      double r = ((const uint8_t *)g->data)[i], d = (double)got[i] - r;
+      d2 += d * d, r2 += r * r;
+    }
+    double rel = r2 > 0 ? sqrt(d2 / r2) : sqrt(d2);
+    pass = rel <= red;
+    printf("%-44s rel_l2=%-10.3g tol(rel_l2<=%.0e, bf16)  %s\n", name, rel, red, pass ? "PASS" : "FAIL");
+    if (!pass) c->n_failed++;
+    return pass;
+  }
   int64_t off1 = 0, worse = 0;
   for (int64_t i = 0; pass && i < n; i++) {
     int d = abs((int)got[i] - (int)((const uint8_t *)g->data)[i]);
@@ -348,22 +373,20 @@ static int list_cases(const char *dir, char ***out) {
 int cmd_conform(mpass_ctx *ctx, int argc, char **argv) {
   static const struct option longopts[] = {{"cases", required_argument, 0, 'c'},
                                            {"dump", required_argument, 0, 'd'},
-                                           {"precision", required_argument, 0, 'p'},
                                            {0, 0, 0, 0}};
-  const char *cases = NULL, *dump = NULL, *precision = "f32";
+  const char *cases = NULL, *dump = NULL;
   int opt;
   optind = 1;
   while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     if (opt == 'c') cases = optarg;
     else if (opt == 'd') dump = optarg;
-    else if (opt == 'p') precision = optarg;
     else return 2;
   }
   if (optind != argc - 1) {
-    fprintf(stderr, "usage: mpass conform GOLDEN_DIR [--cases a,b,...] [--dump OUT_DIR] [--precision f32|bf16]\n");
+    fprintf(stderr, "usage: mpass conform GOLDEN_DIR [--cases a,b,...] [--dump OUT_DIR]   (precision: mpass --precision f32|bf16 conform ...; default f32)\n");
     return 2;
   }
-  conform c = {.ctx = ctx, .dir = argv[optind], .dump_dir = dump, .precision = precision};
+  conform c = {.ctx = ctx, .dir = argv[optind], .dump_dir = dump, .precision = mpass_ctx_precision(ctx)};
   char **names = NULL;
   int n = 0;
   if (cases) {

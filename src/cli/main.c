@@ -1,4 +1,5 @@
 /* mpass: the command-line door into libmpass. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,8 +23,16 @@ static const struct {
     {"detect", cmd_detect, "detect IMAGE [--out DIR]             find persons and faces: persons.json, person-<k>.png, overlay.png"},
 };
 
+/* Commands that run models say once, at start, which precision/backend does the arithmetic. */
+static bool runs_models(const char *cmd) {
+  static const char *const names[] = {"run", "generate", "bench", "conform", "upscale", "detect"};
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+    if (strcmp(cmd, names[i]) == 0) return true;
+  return false;
+}
+
 static void usage(FILE *f) {
-  fprintf(f, "usage: mpass [--threads N] <command> [args]\n\ncommands:\n");
+  fprintf(f, "usage: mpass [--threads N] [--precision auto|f32|bf16] <command> [args]\n\ncommands:\n");
   for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) fprintf(f, "  %s\n", commands[i].usage);
   fprintf(f, "\nmpass %s\n", MPASS_VERSION);
 }
@@ -36,6 +45,7 @@ int cli_fail(const char *cmd, mpass_error *e) {
 
 int main(int argc, char **argv) {
   mpass_options opts = {0};
+  bool precision_given = false;
   /* Global options may appear anywhere; take them out before the subcommand sees argv. */
   int out = 1;
   for (int i = 1; i < argc; i++) {
@@ -50,6 +60,16 @@ int main(int argc, char **argv) {
       i++;
     } else if (strncmp(argv[i], "--threads=", 10) == 0) {
       opts.n_threads = atoi(argv[i] + 10);
+    } else if ((strcmp(argv[i], "--precision") == 0 && i + 1 < argc) || strncmp(argv[i], "--precision=", 12) == 0) {
+      const char *v = argv[i][11] == '=' ? argv[i] + 12 : argv[++i];
+      precision_given = true;
+      if (strcmp(v, "auto") == 0) opts.precision = MPASS_PRECISION_AUTO;
+      else if (strcmp(v, "f32") == 0) opts.precision = MPASS_PRECISION_F32;
+      else if (strcmp(v, "bf16") == 0) opts.precision = MPASS_PRECISION_BF16;
+      else {
+        fprintf(stderr, "mpass: --precision expects auto, f32 or bf16, found '%s'\n", v);
+        return 2;
+      }
     } else if (strcmp(argv[i], "--models") == 0 && i + 1 < argc) {
       opts.models_dir = argv[++i];
     } else {
@@ -68,9 +88,15 @@ int main(int argc, char **argv) {
   }
   for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) {
     if (strcmp(argv[1], commands[i].name) != 0) continue;
+    /* Conformance checks the f32 reference path unless a precision is asked for explicitly. */
+    if (!precision_given && strcmp(argv[1], "conform") == 0) opts.precision = MPASS_PRECISION_F32;
     mpass_ctx *ctx;
     mpass_error *e = mpass_ctx_create(&opts, &ctx);
     if (e) return cli_fail(argv[1], e);
+    if (runs_models(argv[1])) {
+      char line[160];
+      fprintf(stderr, "mpass: %s\n", mpass_ctx_describe(ctx, line, sizeof line));
+    }
     int rc = commands[i].fn(ctx, argc - 1, argv + 1);
     mpass_ctx_destroy(ctx);
     return rc;

@@ -1,4 +1,5 @@
 #include <cblas.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +20,18 @@ mpass_error *mpass_ctx_create(const mpass_options *opts, mpass_ctx **out) {
   c->n_threads = mp_pool_size(c->pool);
   /* OpenBLAS keeps its own threads for large GEMMs; give it the same budget as our pool. */
   openblas_set_num_threads(c->n_threads);
+  mp_precision want = opts->precision == MPASS_PRECISION_F32    ? MP_PRECISION_F32
+                      : opts->precision == MPASS_PRECISION_BF16 ? MP_PRECISION_BF16
+                                                                : MP_PRECISION_AUTO;
+  if (want == MP_PRECISION_AUTO) want = *mp_cpu_bf16_support() ? MP_PRECISION_BF16 : MP_PRECISION_F32;
+  c->precision = want;
+  if (want == MP_PRECISION_BF16) {
+    if ((e = mp_backend_create(want, c->n_threads, &c->backend))) {
+      mpass_ctx_destroy(c);
+      return mp_error_wrap(e, "bf16 backend");
+    }
+    mp_pool_set_backend(c->pool, c->backend);
+  }
   const char *md = opts->models_dir ? opts->models_dir : getenv("MPASS_MODELS");
   c->models_dir = strdup(md && *md ? md : "models");
   c->data_dir = opts->data_dir ? strdup(opts->data_dir) : NULL;
@@ -33,6 +46,7 @@ mpass_error *mpass_ctx_create(const mpass_options *opts, mpass_ctx **out) {
 void mpass_ctx_destroy(mpass_ctx *c) {
   if (!c) return;
   mp_pool_destroy(c->pool);
+  mp_backend_destroy(c->backend);
   free(c->models_dir);
   free(c->data_dir);
   free(c);
@@ -40,3 +54,14 @@ void mpass_ctx_destroy(mpass_ctx *c) {
 
 const char *mpass_error_message(const mpass_error *e) { return mp_error_message(e); }
 void mpass_error_free(mpass_error *e) { mp_error_free(e); }
+
+const char *mpass_ctx_precision(const mpass_ctx *c) { return mp_precision_name(c->precision); }
+
+const char *mpass_ctx_describe(const mpass_ctx *c, char *buf, unsigned cap) {
+  const char *cpu = mp_cpu_bf16_support();
+  if (c->precision == MP_PRECISION_BF16)
+    snprintf(buf, cap, "precision bf16 (oneDNN, CPU bf16: %s), %d threads", *cpu ? cpu : "none, emulated", c->n_threads);
+  else
+    snprintf(buf, cap, "precision f32 (OpenBLAS%s), %d threads", *cpu ? "" : "; CPU has no native bf16", c->n_threads);
+  return buf;
+}

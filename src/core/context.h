@@ -2,6 +2,7 @@
 #ifndef MP_CORE_CONTEXT_H
 #define MP_CORE_CONTEXT_H
 
+#include "core/matmul.h"
 #include "core/threads.h"
 #include "mpass/mpass.h"
 
@@ -10,6 +11,8 @@ struct mpass_ctx {
   int n_threads;
   char *models_dir;
   char *data_dir; /* may be NULL */
+  mp_backend *backend; /* bf16: attached to pool; f32: NULL (the f32 operators need none) */
+  mp_precision precision; /* resolved: F32 or BF16 */
 };
 
 #endif

@@ -4,8 +4,11 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
+#include "core/matmul.h"
 #include "core/ops.h"
 #include "core/vmath.h"
 
@@ -22,10 +25,63 @@ mp_error *mp_workspace_reserve(mp_workspace *ws, size_t bytes) {
   return NULL;
 }
 
+struct mp_packed_weight {
+  const void *w, *b; /* the stored weight and bias data: the key */
+  mp_matmul *mm;
+};
+
 void mp_workspace_free(mp_workspace *ws) {
   mp_free(ws->p);
   ws->p = NULL;
   ws->cap = 0;
+  for (size_t i = 0; i < ws->n_packs; i++) mp_matmul_free(ws->packs[i].mm);
+  free(ws->packs);
+  ws->packs = NULL;
+  ws->n_packs = ws->cap_packs = 0;
+}
+
+/* Hand the pages of a weight that is now packed back to the kernel: memory-mapped f16 pages are
+ * re-read from the file if ever touched again (they are not), so the process does not hold both
+ * the stored and the packed copy. PAGEOUT (not DONTNEED) because a weight may also live in
+ * anonymous memory (a LoRA-merged overlay), whose contents must survive. */
+static void release_weight_pages(const mp_tensor *W) {
+#ifdef MADV_PAGEOUT
+  const size_t page = 4096, bytes = (size_t)mp_tensor_numel(W) * mp_dtype_size(W->dtype);
+  if (bytes < 16 * page) return;
+  uintptr_t lo = ((uintptr_t)W->data + page - 1) & ~(uintptr_t)(page - 1);
+  uintptr_t hi = ((uintptr_t)W->data + bytes) & ~(uintptr_t)(page - 1);
+  if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_PAGEOUT);
+#else
+  (void)W;
+#endif
+}
+
+/* The weight packed for backend `b`, packing it on first use. */
+static mp_error *packed_weight(mp_workspace *ws, mp_backend *b, const mp_tensor *W, const mp_tensor *bias, mp_matmul **out) {
+  const void *bk = bias ? bias->data : NULL;
+  for (size_t i = 0; i < ws->n_packs; i++)
+    if (ws->packs[i].w == W->data && ws->packs[i].b == bk) {
+      *out = ws->packs[i].mm;
+      return NULL;
+    }
+  if (ws->n_packs == ws->cap_packs) {
+    size_t cap = ws->cap_packs ? 2 * ws->cap_packs : 64;
+    struct mp_packed_weight *np = realloc(ws->packs, cap * sizeof *np);
+    if (!np) return mp_errorf("out of memory");
+    ws->packs = np, ws->cap_packs = cap;
+  }
+  MP_TRY(mp_matmul_create(b, W, bias, out));
+  ws->packs[ws->n_packs++] = (struct mp_packed_weight){W->data, bk, *out};
+  release_weight_pages(W);
+  return NULL;
+}
+
+static inline uint16_t bf16_round(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
 }
 
 /* ---- dtype conversion, vectorised where the CPU has it ---- */
@@ -445,6 +501,120 @@ mp_error *mp_conv3x3_winograd(mp_pool *pool, mp_workspace *ws, float *y, const f
 
 enum { COL_BUDGET_FLOATS = 16 << 20 }; /* 64 MB of im2col per band */
 
+/* ---- bf16 backend: pixel-major im2col in bf16 + the packed matmul ----
+ * The packed matmul computes out[pixels, c_out] = col[pixels, K] · Wᵀ (+ bias) with K = c_in*kh*kw
+ * in the weight's own (c, ky, kx) order; bands of output pixels bound the scratch; each band is
+ * transposed back into the NCHW output. */
+typedef struct {
+  uint16_t *col;
+  const float *x;
+  int c_in, h, w, kh, kw, stride, wo;
+  mp_pad pad;
+  int64_t p0, K;
+} im2col_bf16_args;
+
+static void im2col_bf16_rows(void *ctx, int64_t begin, int64_t end, int ti) {
+  (void)ti;
+  const im2col_bf16_args *a = ctx;
+  const int64_t hw = (int64_t)a->h * a->w;
+  for (int64_t i = begin; i < end; i++) {
+    const int64_t p = a->p0 + i;
+    const int oy = (int)(p / a->wo), ox = (int)(p % a->wo);
+    const int iy0 = oy * a->stride - a->pad.top, ix0 = ox * a->stride - a->pad.left;
+    uint16_t *dst = a->col + i * a->K;
+    const bool inside = iy0 >= 0 && ix0 >= 0 && iy0 + a->kh <= a->h && ix0 + a->kw <= a->w;
+    for (int c = 0; c < a->c_in; c++) {
+      const float *plane = a->x + c * hw;
+      if (inside && a->kh == 3 && a->kw == 3) {
+        const float *r0 = plane + (int64_t)iy0 * a->w + ix0, *r1 = r0 + a->w, *r2 = r1 + a->w;
+        dst[0] = bf16_round(r0[0]), dst[1] = bf16_round(r0[1]), dst[2] = bf16_round(r0[2]);
+        dst[3] = bf16_round(r1[0]), dst[4] = bf16_round(r1[1]), dst[5] = bf16_round(r1[2]);
+        dst[6] = bf16_round(r2[0]), dst[7] = bf16_round(r2[1]), dst[8] = bf16_round(r2[2]);
+        dst += 9;
+        continue;
+      }
+      for (int ky = 0; ky < a->kh; ky++) {
+        const int iy = iy0 + ky;
+        for (int kx = 0; kx < a->kw; kx++) {
+          const int ix = ix0 + kx;
+          *dst++ = (iy >= 0 && iy < a->h && ix >= 0 && ix < a->w) ? bf16_round(plane[(int64_t)iy * a->w + ix]) : 0;
+        }
+      }
+    }
+  }
+}
+
+typedef struct {
+  float *y;         /* image base, [c_out, P] */
+  const float *out; /* band, [m, c_out] */
+  int64_t P, p0, m, c_out;
+} untranspose_args;
+
+static void untranspose_band(void *ctx, int64_t begin, int64_t end, int ti) {
+  (void)ti;
+  const untranspose_args *a = ctx;
+  for (int64_t n0 = begin * 16; n0 < end * 16 && n0 < a->c_out; n0 += 16) {
+    const int64_t n1 = n0 + 16 < a->c_out ? n0 + 16 : a->c_out;
+    for (int64_t i = 0; i < a->m; i++) {
+      const float *src = a->out + i * a->c_out;
+      for (int64_t n = n0; n < n1; n++) a->y[n * a->P + a->p0 + i] = src[n];
+    }
+  }
+}
+
+#define BF16_BAND_BYTES ((size_t)24 << 20)
+
+static mp_error *conv2d_packed(mp_pool *pool, mp_workspace *ws, mp_backend *be, float *y, const float *x, int batch, int c_in,
+                               int h, int w, const mp_tensor *weight, const mp_tensor *bias, int stride, mp_pad pad, int ho,
+                               int wo) {
+  mp_matmul *mm;
+  MP_TRY(packed_weight(ws, be, weight, bias, &mm));
+  const int kh = (int)weight->shape[2], kw = (int)weight->shape[3];
+  const int64_t K = (int64_t)c_in * kh * kw, c_out = weight->shape[0], P = (int64_t)ho * wo;
+  int64_t band = (int64_t)(BF16_BAND_BYTES / (size_t)(2 * K + 4 * c_out));
+  if (band < 1) band = 1;
+  if (band > P) band = P;
+  const size_t col_bytes = ((size_t)(band * K) * 2 + 63) & ~(size_t)63;
+  MP_TRY(mp_workspace_reserve(ws, col_bytes + (size_t)(band * c_out) * 4));
+  uint16_t *col = ws->p;
+  float *out = (float *)((char *)ws->p + col_bytes);
+  for (int b = 0; b < batch; b++) {
+    const float *xb = x + (int64_t)b * c_in * h * w;
+    float *yb = y + (int64_t)b * c_out * P;
+    for (int64_t p0 = 0; p0 < P; p0 += band) {
+      const int64_t m = P - p0 < band ? P - p0 : band;
+      im2col_bf16_args ia = {col, xb, c_in, h, w, kh, kw, stride, wo, pad, p0, K};
+      mp_pool_for(pool, m, 16, im2col_bf16_rows, &ia);
+      MP_TRY(mp_matmul_run_bf16(mm, col, m, out));
+      untranspose_args ua = {yb, out, P, p0, m, c_out};
+      mp_pool_for(pool, (c_out + 15) / 16, 1, untranspose_band, &ua);
+    }
+  }
+  return NULL;
+}
+
+typedef struct {
+  uint16_t *dst;
+  const float *src;
+} round_args;
+
+static void round_rows(void *ctx, int64_t begin, int64_t end, int ti) {
+  (void)ti;
+  const round_args *a = ctx;
+  for (int64_t i = begin; i < end; i++) a->dst[i] = bf16_round(a->src[i]);
+}
+
+static mp_error *dense_packed(mp_pool *pool, mp_workspace *ws, mp_backend *be, float *y, const float *x, int64_t n,
+                              const mp_tensor *W, const mp_tensor *bias) {
+  mp_matmul *mm;
+  MP_TRY(packed_weight(ws, be, W, bias, &mm));
+  const int64_t K = mp_matmul_k(mm);
+  MP_TRY(mp_workspace_reserve(ws, (size_t)(n * K) * 2));
+  round_args ra = {ws->p, x};
+  mp_pool_for(pool, n * K, 1 << 14, round_rows, &ra);
+  return mp_matmul_run_bf16(mm, ws->p, n, y);
+}
+
 mp_error *mp_conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int batch, int c_in, int h, int w,
                     const mp_tensor *weight, const mp_tensor *bias, int stride, mp_pad pad) {
   if (weight->ndim != 4 || weight->shape[1] != c_in)
@@ -455,6 +625,11 @@ mp_error *mp_conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, i
   if (stride < 1) return mp_errorf("conv2d stride %d", stride);
   const int ho = mp_conv_out_size(h, kh, stride, pad.top, pad.bottom), wo = mp_conv_out_size(w, kw, stride, pad.left, pad.right);
   if (ho <= 0 || wo <= 0) return mp_errorf("conv2d output would be empty (%dx%d input, %dx%d kernel)", h, w, kh, kw);
+  mp_backend *be = mp_pool_backend(pool);
+  /* Convolutions with few input or output channels (the models' first and last) stay f32: they are
+   * cheap, and rounding the image/latent itself to bf16 costs accuracy out of proportion. */
+  if (be && !ws->f32_only && mp_backend_precision(be) == MP_PRECISION_BF16 && c_in >= 32 && c_out >= 32)
+    return conv2d_packed(pool, ws, be, y, x, batch, c_in, h, w, weight, bias, stride, pad, ho, wo);
   const int64_t K = (int64_t)c_in * kh * kw, P = (int64_t)ho * wo;
   const bool direct = kh == 1 && kw == 1 && stride == 1 && !pad.top && !pad.bottom && !pad.left && !pad.right;
   if (kh == 3 && kw == 3 && stride == 1 && pad.top == 1 && pad.bottom == 1 && pad.left == 1 && pad.right == 1 &&
@@ -534,6 +709,8 @@ mp_error *mp_dense(mp_pool *pool, mp_workspace *ws, float *y, const float *x, in
   bool conv1x1 = W->ndim == 4 && W->shape[2] == 1 && W->shape[3] == 1;
   if (W->ndim != 2 && !conv1x1) return mp_errorf("dense weight must be [out, in] (or [out, in, 1, 1]), found %d-D", W->ndim);
   if (!is_float_dtype(W->dtype)) return mp_errorf("dense weight has dtype %s", mp_dtype_name(W->dtype));
+  mp_backend *be = mp_pool_backend(pool);
+  if (be && !ws->f32_only && mp_backend_precision(be) == MP_PRECISION_BF16) return dense_packed(pool, ws, be, y, x, n, W, bias);
   const int64_t out = W->shape[0], in = W->shape[1];
   size_t wfloats = W->dtype == MP_F32 ? 0 : (size_t)(out * in);
   size_t bfloats = bias ? (size_t)out : 0;

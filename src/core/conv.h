@@ -20,10 +20,17 @@
 #include "core/tensor.h"
 #include "core/threads.h"
 
-/* A growable scratch buffer (64-byte aligned). Not thread-safe: one per model/forward. */
+/* A growable scratch buffer (64-byte aligned), and the weights prepacked for the pool's backend
+ * (bf16: each weight is rounded and reordered into oneDNN's blocked layout the first time a
+ * forward uses it, then reused; the workspace owns the packed copies, so it must not outlive
+ * the weights it saw, and one workspace serves one model). Not thread-safe: one per model. */
+struct mp_packed_weight;
 typedef struct {
   void *p;
   size_t cap;
+  struct mp_packed_weight *packs;
+  size_t n_packs, cap_packs;
+  bool f32_only; /* the model's ops stay f32 whatever the pool's backend (accuracy, see docs/speed.md) */
 } mp_workspace;
 
 /* Ensure at least `bytes` bytes; contents are not preserved. */

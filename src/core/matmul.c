@@ -171,17 +171,23 @@ static mp_error *create_bf16(mp_matmul *mm) {
   return e;
 }
 
+static mp_error *run_bf16_input(mp_matmul *mm, const uint16_t *xb, int64_t M, float *y, bool accumulate);
+
 static mp_error *run_bf16(mp_matmul *mm, const float *x, int64_t M, float *y, bool accumulate) {
-  mp_backend *b = mm->b;
-  uint16_t *xb = scratch(b, (size_t)(M * mm->K) * 2);
+  uint16_t *xb = scratch(mm->b, (size_t)(M * mm->K) * 2);
   if (!xb) return mp_errorf("out of memory");
   to_bf16(xb, x, (size_t)(M * mm->K));
+  return run_bf16_input(mm, xb, M, y, accumulate);
+}
+
+static mp_error *run_bf16_input(mp_matmul *mm, const uint16_t *xb, int64_t M, float *y, bool accumulate) {
+  mp_backend *b = mm->b;
   dnnl_memory_desc_t smd, dmd;
   dnnl_dims_t sd = {M, mm->K}, dd = {M, mm->N};
   dnnl_memory_desc_init_by_tag(&smd, 2, sd, dnnl_bf16, dnnl_ab);
   dnnl_memory_desc_init_by_tag(&dmd, 2, dd, dnnl_f32, dnnl_ab);
   dnnl_memory_t src = NULL, dst = NULL;
-  mp_error *e = dnnl_err(dnnl_memory_create(&src, &smd, b->engine, xb), "src memory");
+  mp_error *e = dnnl_err(dnnl_memory_create(&src, &smd, b->engine, (void *)xb), "src memory");
   if (!e) e = dnnl_err(dnnl_memory_create(&dst, &dmd, b->engine, y), "dst memory");
   if (!e) {
     dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, mm->weights}, {DNNL_ARG_DST, dst}, {DNNL_ARG_BIAS, mm->bias_mem}};
@@ -252,4 +258,10 @@ int64_t mp_matmul_k(const mp_matmul *mm) { return mm->K; }
 mp_error *mp_matmul_run(mp_matmul *mm, const float *x, int64_t M, float *y, bool accumulate) {
   if (M <= 0) return NULL;
   return mm->b->precision == MP_PRECISION_BF16 ? run_bf16(mm, x, M, y, accumulate) : run_f32(mm, x, M, y, accumulate);
+}
+
+mp_error *mp_matmul_run_bf16(mp_matmul *mm, const uint16_t *x, int64_t M, float *y) {
+  if (mm->b->precision != MP_PRECISION_BF16) return mp_errorf("bf16 activations need the bf16 backend");
+  if (M <= 0) return NULL;
+  return run_bf16_input(mm, x, M, y, false);
 }

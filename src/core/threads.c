@@ -19,6 +19,7 @@ struct mp_pool {
   void *ctx;
   int64_t n, grain;
   atomic_int_fast64_t next;
+  struct mp_backend *backend; /* not owned */
 };
 
 typedef struct {
@@ -127,3 +128,8 @@ void mp_pool_for(mp_pool *p, int64_t n, int64_t grain, mp_pool_fn fn, void *ctx)
   while (p->active > 0) pthread_cond_wait(&p->done, &p->mu);
   pthread_mutex_unlock(&p->mu);
 }
+
+void mp_pool_set_backend(mp_pool *pool, struct mp_backend *backend) {
+  if (pool) pool->backend = backend;
+}
+struct mp_backend *mp_pool_backend(const mp_pool *pool) { return pool ? pool->backend : NULL; }

@@ -22,6 +22,13 @@ int mp_pool_size(const mp_pool *pool);
 /* grain <= 0 picks one chunk per thread. A NULL pool runs the loop on the calling thread. */
 void mp_pool_for(mp_pool *pool, int64_t n, int64_t grain, mp_pool_fn fn, void *ctx);
 
+/* The arithmetic backend (core/matmul.h) the operators running on this pool use: set by the
+ * context for --precision bf16; NULL (the default) means the f32 operators. The pool does not own it.
+ * It travels with the pool because every model forward already receives the pool. */
+struct mp_backend;
+void mp_pool_set_backend(mp_pool *pool, struct mp_backend *backend);
+struct mp_backend *mp_pool_backend(const mp_pool *pool);
+
 /* Number of online CPUs. */
 int mp_cpu_count(void);
 
