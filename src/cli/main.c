@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -21,6 +22,7 @@ static const struct {
     {"tune", cmd_tune, "tune add|list|show|remove ...         register person models (LoRA or checkpoint tunes)"},
     {"conform", cmd_conform, "conform GOLDEN_DIR [--cases a,b] [--dump DIR]   check numerics against reference outputs"},
     {"detect", cmd_detect, "detect IMAGE [--out DIR]             find persons and faces: persons.json, person-<k>.png, overlay.png"},
+    {"bench", cmd_bench, "bench --model CKPT [-W 512] [-H 512] [--steps N]   load/text-encoder/step/VAE times, peak RSS"},
 };
 
 /* Commands that run models say once, at start, which precision/backend does the arithmetic. */
@@ -44,6 +46,14 @@ int cli_fail(const char *cmd, mpass_error *e) {
 }
 
 int main(int argc, char **argv) {
+  /* The bf16 backend (oneDNN) runs on OpenMP, whose idle threads spin by default for a while after
+   * every parallel region; on a small, shared machine that burnt a third of the CPU time of a UNet
+   * step. The policy is read when libgomp loads, before main, so set it and start again once. */
+  if (!getenv("OMP_WAIT_POLICY")) {
+    setenv("OMP_WAIT_POLICY", "passive", 1);
+    execv("/proc/self/exe", argv);
+    /* exec failed (no /proc): carry on with the default policy */
+  }
   mpass_options opts = {0};
   bool precision_given = false;
   /* Global options may appear anywhere; take them out before the subcommand sees argv. */

@@ -17,17 +17,26 @@ struct mp_backend {
   size_t scratch_bytes;
 };
 
+#define MM_CACHE 8
+
 struct mp_matmul {
   mp_backend *b;
   int64_t N, K;
   const mp_tensor *W; /* f32 path: the stored weight */
   float *bias;        /* owned f32 copy, or NULL */
   /* bf16 path */
-  dnnl_primitive_t prim;
   dnnl_memory_t weights; /* packed bf16 */
   dnnl_memory_t bias_mem;
-  dnnl_memory_desc_t src_md, dst_md; /* with runtime M */
-  dnnl_primitive_t prim_acc;         /* the same with a sum post-op (y += ...) */
+  dnnl_memory_desc_t w_packed_md;
+  /* Primitives for the row counts seen so far. oneDNN 2.6 picks its fast brgemm kernels only for
+   * a known M (with a runtime M it falls back to gemm:jit at about half the speed), so a primitive
+   * is made per (M, accumulate) on first use; a model sees a handful of M per layer. */
+  struct {
+    int64_t M;
+    bool acc;
+    dnnl_primitive_t prim;
+  } cache[MM_CACHE];
+  int n_cache, next_evict;
 };
 
 const char *mp_precision_name(mp_precision p) {
@@ -89,17 +98,29 @@ static void *scratch(mp_backend *b, size_t bytes) {
 
 /* ---- bf16 via oneDNN ---- */
 
-static void to_bf16(uint16_t *dst, const float *src, size_t n) {
-  for (size_t i = 0; i < n; i++) dst[i] = mp_f32_to_bf16(src[i]);
+static inline uint16_t bf16_round(float f) { /* round to nearest even, NaN stays NaN */
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
 }
 
-static mp_error *make_primitive(mp_matmul *mm, const dnnl_memory_desc_t *w_any, bool accumulate, dnnl_primitive_t *prim,
+static void to_bf16(uint16_t *dst, const float *src, size_t n) {
+  for (size_t i = 0; i < n; i++) dst[i] = bf16_round(src[i]);
+}
+
+static mp_error *make_primitive(mp_matmul *mm, int64_t M, const dnnl_memory_desc_t *w_any, bool accumulate, dnnl_primitive_t *prim,
                                 dnnl_memory_desc_t *w_chosen) {
+  dnnl_memory_desc_t src_md, dst_md;
+  dnnl_dims_t sd = {M, mm->K}, dd = {M, mm->N};
+  MP_TRY(dnnl_err(dnnl_memory_desc_init_by_tag(&src_md, 2, sd, dnnl_bf16, dnnl_ab), "src desc"));
+  MP_TRY(dnnl_err(dnnl_memory_desc_init_by_tag(&dst_md, 2, dd, dnnl_f32, dnnl_ab), "dst desc"));
   dnnl_memory_desc_t bias_md;
   dnnl_dims_t bd = {1, mm->N};
   MP_TRY(dnnl_err(dnnl_memory_desc_init_by_tag(&bias_md, 2, bd, dnnl_f32, dnnl_ab), "bias desc"));
   dnnl_matmul_desc_t desc;
-  MP_TRY(dnnl_err(dnnl_matmul_desc_init(&desc, &mm->src_md, w_any, mm->bias ? &bias_md : NULL, &mm->dst_md), "matmul desc"));
+  MP_TRY(dnnl_err(dnnl_matmul_desc_init(&desc, &src_md, w_any, mm->bias ? &bias_md : NULL, &dst_md), "matmul desc"));
   dnnl_primitive_attr_t attr = NULL;
   dnnl_post_ops_t ops = NULL;
   if (accumulate) {
@@ -114,7 +135,7 @@ static mp_error *make_primitive(mp_matmul *mm, const dnnl_memory_desc_t *w_any, 
   if (attr) dnnl_primitive_attr_destroy(attr);
   MP_TRY(e);
   if (w_chosen) *w_chosen = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-  e = dnnl_err(dnnl_primitive_create(prim, pd), "matmul primitive");
+  e = prim ? dnnl_err(dnnl_primitive_create(prim, pd), "matmul primitive") : NULL;
   dnnl_primitive_desc_destroy(pd);
   return e;
 }
@@ -122,15 +143,14 @@ static mp_error *make_primitive(mp_matmul *mm, const dnnl_memory_desc_t *w_any, 
 static mp_error *create_bf16(mp_matmul *mm) {
   mp_backend *b = mm->b;
   const int64_t N = mm->N, K = mm->K;
-  dnnl_dims_t sd = {DNNL_RUNTIME_DIM_VAL, K}, dd = {DNNL_RUNTIME_DIM_VAL, N}, wd = {K, N};
-  MP_TRY(dnnl_err(dnnl_memory_desc_init_by_tag(&mm->src_md, 2, sd, dnnl_bf16, dnnl_ab), "src desc"));
-  MP_TRY(dnnl_err(dnnl_memory_desc_init_by_tag(&mm->dst_md, 2, dd, dnnl_f32, dnnl_ab), "dst desc"));
+  dnnl_dims_t wd = {K, N};
   dnnl_memory_desc_t w_any, w_user, w_packed;
   MP_TRY(dnnl_err(dnnl_memory_desc_init_by_tag(&w_any, 2, wd, dnnl_bf16, dnnl_format_tag_any), "weights desc"));
   /* The stored [N, K] row-major weight is the [K, N] matrix in "ba" order. */
   MP_TRY(dnnl_err(dnnl_memory_desc_init_by_tag(&w_user, 2, wd, dnnl_bf16, dnnl_ba), "weights desc"));
-  MP_TRY(make_primitive(mm, &w_any, false, &mm->prim, &w_packed));
-  MP_TRY(make_primitive(mm, &w_packed, true, &mm->prim_acc, NULL));
+  /* The packed layout the kernels want for a large M (the layout depends on N and K). */
+  MP_TRY(make_primitive(mm, 4096, &w_any, false, NULL, &w_packed));
+  mm->w_packed_md = w_packed;
 
   /* Round the weights to bf16 (from whatever they are stored as), then reorder into the packed layout. */
   size_t n = (size_t)(N * K);
@@ -186,12 +206,21 @@ static mp_error *run_bf16_input(mp_matmul *mm, const uint16_t *xb, int64_t M, fl
   dnnl_dims_t sd = {M, mm->K}, dd = {M, mm->N};
   dnnl_memory_desc_init_by_tag(&smd, 2, sd, dnnl_bf16, dnnl_ab);
   dnnl_memory_desc_init_by_tag(&dmd, 2, dd, dnnl_f32, dnnl_ab);
+  dnnl_primitive_t prim = NULL;
+  for (int i = 0; i < mm->n_cache; i++)
+    if (mm->cache[i].M == M && mm->cache[i].acc == accumulate) prim = mm->cache[i].prim;
+  if (!prim) {
+    MP_TRY(make_primitive(mm, M, &mm->w_packed_md, accumulate, &prim, NULL));
+    int slot = mm->n_cache < MM_CACHE ? mm->n_cache++ : mm->next_evict++ % MM_CACHE;
+    if (mm->cache[slot].prim) dnnl_primitive_destroy(mm->cache[slot].prim);
+    mm->cache[slot].M = M, mm->cache[slot].acc = accumulate, mm->cache[slot].prim = prim;
+  }
   dnnl_memory_t src = NULL, dst = NULL;
   mp_error *e = dnnl_err(dnnl_memory_create(&src, &smd, b->engine, (void *)xb), "src memory");
   if (!e) e = dnnl_err(dnnl_memory_create(&dst, &dmd, b->engine, y), "dst memory");
   if (!e) {
     dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, mm->weights}, {DNNL_ARG_DST, dst}, {DNNL_ARG_BIAS, mm->bias_mem}};
-    e = dnnl_err(dnnl_primitive_execute(accumulate ? mm->prim_acc : mm->prim, b->stream, mm->bias_mem ? 4 : 3, args), "matmul");
+    e = dnnl_err(dnnl_primitive_execute(prim, b->stream, mm->bias_mem ? 4 : 3, args), "matmul");
     if (!e) e = dnnl_err(dnnl_stream_wait(b->stream), "stream wait");
   }
   if (src) dnnl_memory_destroy(src);
@@ -244,8 +273,7 @@ mp_error *mp_matmul_create(mp_backend *b, const mp_tensor *W, const mp_tensor *b
 
 void mp_matmul_free(mp_matmul *mm) {
   if (!mm) return;
-  if (mm->prim) dnnl_primitive_destroy(mm->prim);
-  if (mm->prim_acc) dnnl_primitive_destroy(mm->prim_acc);
+  for (int i = 0; i < mm->n_cache; i++) dnnl_primitive_destroy(mm->cache[i].prim);
   if (mm->weights) dnnl_memory_destroy(mm->weights);
   if (mm->bias_mem) dnnl_memory_destroy(mm->bias_mem);
   mp_free(mm->bias);

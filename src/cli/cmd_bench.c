@@ -1,0 +1,191 @@
+/* mpass bench: how fast and how big one txt2img job is on this machine.
+ *
+ *   mpass [--threads N] [--precision auto|f32|bf16] bench --model CKPT [-W 512] [-H 512] [--steps N]
+ *
+ * Times the pieces of a txt2img pass on the models, each on its own: load (memory map, binding the
+ * text encoder, UNet and VAE, and packing the weights for the backend — done by a warm-up UNet forward at the smallest
+ * latent, as packing happens on a weight's first use), the text encoder (prompt and negative
+ * prompt, 77 tokens each), sampling steps with classifier-free guidance (one UNet forward at
+ * batch 2 plus an Euler update), and the VAE decode. Inputs are synthetic (fixed token ids, a
+ * deterministic pseudo-random latent), so no vocabulary is needed and the figures depend on shapes
+ * only. (mpass run/generate open the checkpoint through the pipeline engine, which also hashes the
+ * file for the "Model hash" field; that is not part of load_s here.) Prints wall and CPU seconds and the load average (the machine may be shared), and ends with
+ * one machine-readable line:
+ *   bench: precision=f32 size=512x512 threads=2 load_s=… te_s=… step_s=… vae_decode_s=… peak_rss_mb=… */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "cli/commands.h"
+#include "core/context.h"
+#include "io/weights.h"
+#include "models/clip.h"
+#include "models/sd.h"
+#include "models/unet.h"
+#include "models/vae.h"
+
+typedef struct {
+  double wall, cpu;
+} stamp;
+
+static stamp now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  double cpu = (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec +
+               1e-6 * (double)ru.ru_stime.tv_usec;
+  return (stamp){(double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec, cpu};
+}
+
+static stamp since(stamp a) {
+  stamp b = now();
+  return (stamp){b.wall - a.wall, b.cpu - a.cpu};
+}
+
+static double peak_rss_mb(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_maxrss / 1024.0; /* ru_maxrss is in KiB on Linux */
+}
+
+static void loadavg(char *buf, size_t cap) {
+  FILE *f = fopen("/proc/loadavg", "r");
+  buf[0] = 0;
+  if (f) {
+    if (!fgets(buf, (int)cap, f)) buf[0] = 0;
+    fclose(f);
+  }
+  char *nl = strchr(buf, '\n');
+  if (nl) *nl = 0;
+}
+
+/* A deterministic, roughly unit-variance latent. */
+static void pseudo_random(float *x, size_t n, unsigned seed) {
+  for (size_t i = 0; i < n; i++) {
+    seed = seed * 1664525u + 1013904223u;
+    x[i] = ((float)(seed >> 9) / 8388608.0f - 0.5f) * 3.4f;
+  }
+}
+
+static void report(const char *what, stamp s) {
+  printf("%-28s %8.2f s wall %8.2f s CPU\n", what, s.wall, s.cpu);
+}
+
+int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
+  static const struct option longopts[] = {{"model", required_argument, 0, 'm'},
+                                           {"steps", required_argument, 0, 's'},
+                                           {"width", required_argument, 0, 'W'},
+                                           {"height", required_argument, 0, 'H'},
+                                           {0, 0, 0, 0}};
+  const char *model = NULL;
+  int W = 512, H = 512, steps = 2, opt;
+  optind = 1;
+  while ((opt = getopt_long(argc, argv, "W:H:", longopts, NULL)) != -1) {
+    if (opt == 'm') model = optarg;
+    else if (opt == 's') steps = atoi(optarg);
+    else if (opt == 'W') W = atoi(optarg);
+    else if (opt == 'H') H = atoi(optarg);
+    else return 2;
+  }
+  if (!model || optind != argc || W < 64 || H < 64 || W % 64 || H % 64 || W > 4096 || H > 4096 || steps < 1 || steps > 1000) {
+    fprintf(stderr, "usage: mpass [--threads N] [--precision auto|f32|bf16] bench --model CKPT [-W 512] [-H 512] [--steps N]\n"
+                    "  W and H: multiples of 64 from 64 to 4096; steps 1..1000\n");
+    return 2;
+  }
+  char la[128];
+  loadavg(la, sizeof la);
+  printf("model %s, %dx%d, %d steps, %s; load average before: %s\n", model, W, H, steps, mpass_ctx_precision(ctx), la);
+
+  mp_error *e = NULL;
+  mp_weights *wts = NULL;
+  mp_sd_config cfgv;
+  mp_clip *clip = NULL;
+  mp_unet *unet = NULL;
+  mp_vae *vae = NULL;
+  float *ctxt = NULL, *x = NULL, *eps = NULL, *img = NULL;
+  int32_t *ids = NULL;
+  stamp t0 = now();
+  if ((e = mp_weights_open(model, &wts)) || (e = mp_sd_config_detect(wts, NULL, &cfgv)) ||
+      (e = mp_clip_load(wts, MP_PREFIX_CLIP, &cfgv.clip, &clip)) || (e = mp_unet_load(wts, MP_PREFIX_UNET, &cfgv.unet, &unet)) ||
+      (e = mp_vae_load(wts, MP_PREFIX_VAE, &cfgv.vae, &vae))) {
+    e = mp_error_wrap(e, "loading %s", model);
+    goto done;
+  }
+  stamp open_s = since(t0);
+  const mp_sd_config *cfg = &cfgv;
+  const int C = cfg->unet.in_channels, D = cfg->unet.context_dim, n_ctx = 77, h = H / 8, w = W / 8;
+  const size_t nx = (size_t)C * h * w;
+  ctxt = malloc(sizeof(float) * 2 * n_ctx * (size_t)D);
+  x = malloc(sizeof(float) * 2 * nx);
+  eps = malloc(sizeof(float) * 2 * nx);
+  img = malloc(sizeof(float) * 3 * (size_t)W * H);
+  ids = malloc(sizeof(int32_t) * n_ctx);
+  if (!ctxt || !x || !eps || !img || !ids) {
+    e = mp_errorf("out of memory");
+    goto done;
+  }
+  /* Pack the weights: a UNet forward at the smallest latent touches every layer once. */
+  {
+    float tt = 999.0f;
+    pseudo_random(x, (size_t)C * 8 * 8, 3);
+    pseudo_random(ctxt, (size_t)n_ctx * D, 4);
+    if ((e = mp_unet_forward(unet, ctx->pool, 1, 8, 8, x, &tt, ctxt, n_ctx, eps))) goto done;
+  }
+  stamp load_s = since(t0);
+  report("load (map + bind)", open_s);
+  report("load (incl. weight packing)", load_s);
+
+  /* Text encoder: prompt and negative prompt, BOS + 75 tokens + EOS. */
+  stamp t = now();
+  for (int p = 0; p < 2; p++) {
+    ids[0] = 49406;
+    for (int i = 1; i < n_ctx - 1; i++) ids[i] = p ? 49407 : 320 + (i * 37) % 20000;
+    ids[n_ctx - 1] = 49407;
+    if ((e = mp_clip_encode(clip, ctx->pool, ids, n_ctx, 1, ctxt + (size_t)p * n_ctx * D))) goto done;
+  }
+  stamp te_s = since(t);
+  report("text encoder (2 prompts)", te_s);
+
+  /* Sampling steps: eps for (cond, uncond) in one batch-2 forward, guidance, an Euler step. */
+  pseudo_random(x, nx, 1);
+  stamp steps_total = {0, 0};
+  const double sigma = 1.0, dsigma = -0.05, scale = 7.5;
+  for (int s = 0; s < steps; s++) {
+    t = now();
+    memcpy(x + nx, x, sizeof(float) * nx);
+    float ts[2] = {999.0f - 50.0f * (float)s, 999.0f - 50.0f * (float)s};
+    if ((e = mp_unet_forward(unet, ctx->pool, 2, h, w, x, ts, ctxt, n_ctx, eps))) goto done;
+    for (size_t i = 0; i < nx; i++) {
+      float guided = eps[nx + i] + (float)scale * (eps[i] - eps[nx + i]);
+      x[i] = (float)(x[i] / sqrt(sigma * sigma + 1.0)) + (float)dsigma * guided;
+    }
+    stamp d = since(t);
+    steps_total.wall += d.wall, steps_total.cpu += d.cpu;
+    char what[40];
+    snprintf(what, sizeof what, "step %d (UNet batch 2 + CFG)", s + 1);
+    report(what, d);
+  }
+  stamp step_s = {steps_total.wall / steps, steps_total.cpu / steps};
+  report("mean step", step_s);
+
+  t = now();
+  if ((e = mp_vae_decode(vae, ctx->pool, h, w, x, img))) goto done;
+  stamp vae_s = since(t);
+  report("VAE decode", vae_s);
+  loadavg(la, sizeof la);
+  printf("load average after: %s\n", la);
+  printf("bench: precision=%s size=%dx%d threads=%d load_s=%.2f te_s=%.2f step_s=%.2f vae_decode_s=%.2f peak_rss_mb=%.0f\n",
+         mpass_ctx_precision(ctx), W, H, ctx->n_threads, load_s.wall, te_s.wall, step_s.wall, vae_s.wall, peak_rss_mb());
+done:
+  free(ctxt), free(x), free(eps), free(img), free(ids);
+  mp_clip_free(clip);
+  mp_unet_free(unet);
+  mp_vae_free(vae);
+  mp_weights_close(wts);
+  return e ? cli_fail("bench", e) : 0;
+}
