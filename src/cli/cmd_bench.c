@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli/commands.h"
 #include "core/context.h"
@@ -72,8 +73,18 @@ static void pseudo_random(float *x, size_t n, unsigned seed) {
   }
 }
 
+static double rss_now_mb(void) {
+  FILE *f = fopen("/proc/self/statm", "r");
+  long pages = 0, resident = 0;
+  if (f) {
+    if (fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    fclose(f);
+  }
+  return (double)resident * (double)sysconf(_SC_PAGESIZE) / 1048576.0;
+}
+
 static void report(const char *what, stamp s) {
-  printf("%-28s %8.2f s wall %8.2f s CPU\n", what, s.wall, s.cpu);
+  printf("%-28s %8.2f s wall %8.2f s CPU   RSS %6.0f MB (peak %6.0f)\n", what, s.wall, s.cpu, rss_now_mb(), peak_rss_mb());
 }
 
 int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
@@ -81,19 +92,21 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
                                            {"steps", required_argument, 0, 's'},
                                            {"width", required_argument, 0, 'W'},
                                            {"height", required_argument, 0, 'H'},
+                                           {"no-vae", no_argument, 0, 'n'},
                                            {0, 0, 0, 0}};
   const char *model = NULL;
-  int W = 512, H = 512, steps = 2, opt;
+  int W = 512, H = 512, steps = 2, opt, run_vae = 1;
   optind = 1;
   while ((opt = getopt_long(argc, argv, "W:H:", longopts, NULL)) != -1) {
     if (opt == 'm') model = optarg;
     else if (opt == 's') steps = atoi(optarg);
     else if (opt == 'W') W = atoi(optarg);
     else if (opt == 'H') H = atoi(optarg);
+    else if (opt == 'n') run_vae = 0; /* profiling the UNet alone */
     else return 2;
   }
   if (!model || optind != argc || W < 64 || H < 64 || W % 64 || H % 64 || W > 4096 || H > 4096 || steps < 1 || steps > 1000) {
-    fprintf(stderr, "usage: mpass [--threads N] [--precision auto|f32|bf16] bench --model CKPT [-W 512] [-H 512] [--steps N]\n"
+    fprintf(stderr, "usage: mpass [--threads N] [--precision auto|f32|bf16] bench --model CKPT [-W 512] [-H 512] [--steps N] [--no-vae]\n"
                     "  W and H: multiples of 64 from 64 to 4096; steps 1..1000\n");
     return 2;
   }
@@ -174,7 +187,7 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
   report("mean step", step_s);
 
   t = now();
-  if ((e = mp_vae_decode(vae, ctx->pool, h, w, x, img))) goto done;
+  if (run_vae && (e = mp_vae_decode(vae, ctx->pool, h, w, x, img))) goto done;
   stamp vae_s = since(t);
   report("VAE decode", vae_s);
   loadavg(la, sizeof la);
