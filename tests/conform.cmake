@@ -17,3 +17,8 @@ add_test(NAME conform_vision COMMAND mpass_cli conform ${G}/vision
   --cases pose_detection,pose_landmark_full,selfie_segmentation,face_detection_full_range,face_detection_full_range_sparse)
 set_tests_properties(conform_vision PROPERTIES TIMEOUT 900
   ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR};MPASS_MODELS=${CMAKE_SOURCE_DIR}/models")
+# The bf16 path (--precision bf16) against the golden README's reduced-precision bounds (rel L2 <= 1e-2
+# single forward, <= 5e-2 full sampling). On a CPU without native bf16 oneDNN emulates it (slower).
+add_test(NAME conform_tiny_bf16 COMMAND mpass_cli --precision bf16 conform ${G}/tiny --cases te,unet,vae,lora,txt2img,inpaint)
+set_tests_properties(conform_tiny_bf16 PROPERTIES TIMEOUT 900
+  ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
