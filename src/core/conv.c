@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "core/conv_dnnl.h"
 #include "core/matmul.h"
 #include "core/ops.h"
 #include "core/vmath.h"
@@ -27,14 +28,15 @@ mp_error *mp_workspace_reserve(mp_workspace *ws, size_t bytes) {
 
 struct mp_packed_weight {
   const void *w, *b; /* the stored weight and bias data: the key */
-  mp_matmul *mm;
+  mp_matmul *mm;      /* dense layers, and convolutions oneDNN's primitive declined */
+  mp_dnnl_conv *conv; /* convolutions */
 };
 
 void mp_workspace_free(mp_workspace *ws) {
   mp_free(ws->p);
   ws->p = NULL;
   ws->cap = 0;
-  for (size_t i = 0; i < ws->n_packs; i++) mp_matmul_free(ws->packs[i].mm);
+  for (size_t i = 0; i < ws->n_packs; i++) mp_matmul_free(ws->packs[i].mm), mp_dnnl_conv_free(ws->packs[i].conv);
   free(ws->packs);
   ws->packs = NULL;
   ws->n_packs = ws->cap_packs = 0;
@@ -56,12 +58,12 @@ static void release_weight_pages(const mp_tensor *W) {
 #endif
 }
 
-/* The weight packed for backend `b`, packing it on first use. */
-static mp_error *packed_weight(mp_workspace *ws, mp_backend *b, const mp_tensor *W, const mp_tensor *bias, mp_matmul **out) {
+/* The cache entry of a weight (a new, empty one on first use). */
+static mp_error *pack_entry(mp_workspace *ws, const mp_tensor *W, const mp_tensor *bias, struct mp_packed_weight **out) {
   const void *bk = bias ? bias->data : NULL;
   for (size_t i = 0; i < ws->n_packs; i++)
     if (ws->packs[i].w == W->data && ws->packs[i].b == bk) {
-      *out = ws->packs[i].mm;
+      *out = &ws->packs[i];
       return NULL;
     }
   if (ws->n_packs == ws->cap_packs) {
@@ -70,9 +72,20 @@ static mp_error *packed_weight(mp_workspace *ws, mp_backend *b, const mp_tensor 
     if (!np) return mp_errorf("out of memory");
     ws->packs = np, ws->cap_packs = cap;
   }
-  MP_TRY(mp_matmul_create(b, W, bias, out));
-  ws->packs[ws->n_packs++] = (struct mp_packed_weight){W->data, bk, *out};
-  release_weight_pages(W);
+  ws->packs[ws->n_packs] = (struct mp_packed_weight){W->data, bk, NULL, NULL};
+  *out = &ws->packs[ws->n_packs++];
+  return NULL;
+}
+
+/* The weight packed as a matmul for backend `b`, packing it on first use. */
+static mp_error *packed_weight(mp_workspace *ws, mp_backend *b, const mp_tensor *W, const mp_tensor *bias, mp_matmul **out) {
+  struct mp_packed_weight *pw;
+  MP_TRY(pack_entry(ws, W, bias, &pw));
+  if (!pw->mm) {
+    MP_TRY(mp_matmul_create(b, W, bias, &pw->mm));
+    release_weight_pages(W);
+  }
+  *out = pw->mm;
   return NULL;
 }
 
@@ -567,6 +580,21 @@ static void untranspose_band(void *ctx, int64_t begin, int64_t end, int ti) {
 static mp_error *conv2d_packed(mp_pool *pool, mp_workspace *ws, mp_backend *be, float *y, const float *x, int batch, int c_in,
                                int h, int w, const mp_tensor *weight, const mp_tensor *bias, int stride, mp_pad pad, int ho,
                                int wo) {
+  /* oneDNN's convolution primitive first (faster, see conv_dnnl.h); im2col + matmul where it declines. */
+  struct mp_packed_weight *pw;
+  MP_TRY(pack_entry(ws, weight, bias, &pw));
+  if (!pw->conv && !pw->mm) {
+    mp_error *ce = mp_dnnl_conv_create(be, weight, bias, stride, pad, batch, h, w, &pw->conv);
+    mp_error_free(ce);
+  }
+  if (pw->conv) {
+    mp_error *re = mp_dnnl_conv_run(pw->conv, ws, x, batch, h, w, y);
+    if (!re) {
+      release_weight_pages(weight);
+      return NULL;
+    }
+    mp_error_free(re); /* this shape declined: fall back below */
+  }
   mp_matmul *mm;
   MP_TRY(packed_weight(ws, be, weight, bias, &mm));
   const int kh = (int)weight->shape[2], kw = (int)weight->shape[3];

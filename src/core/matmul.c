@@ -86,6 +86,8 @@ void mp_backend_destroy(mp_backend *b) {
 }
 
 mp_precision mp_backend_precision(const mp_backend *b) { return b->precision; }
+struct dnnl_engine *mp_backend_dnnl_engine(const mp_backend *b) { return b->engine; }
+struct dnnl_stream *mp_backend_dnnl_stream(const mp_backend *b) { return b->stream; }
 
 static void *scratch(mp_backend *b, size_t bytes) {
   if (bytes > b->scratch_bytes) {

@@ -23,6 +23,13 @@ typedef enum { MP_PRECISION_AUTO, MP_PRECISION_F32, MP_PRECISION_BF16 } mp_preci
 typedef struct mp_backend mp_backend;
 typedef struct mp_matmul mp_matmul;
 
+/* The oneDNN engine and stream of a bf16 backend (NULL for f32), for other oneDNN primitives
+ * (core/conv_dnnl.c) that share its threads. */
+struct dnnl_engine;
+struct dnnl_stream;
+struct dnnl_engine *mp_backend_dnnl_engine(const mp_backend *b);
+struct dnnl_stream *mp_backend_dnnl_stream(const mp_backend *b);
+
 /* `precision` AUTO picks bf16 when the CPU supports it natively, else f32. */
 mp_error *mp_backend_create(mp_precision precision, int n_threads, mp_backend **out);
 void mp_backend_destroy(mp_backend *b);
