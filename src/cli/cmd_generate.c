@@ -81,22 +81,31 @@ static void on_sigint(int sig) {
   signal(SIGINT, SIG_DFL); /* a second Ctrl-C ends the process at once */
 }
 
+/* On a terminal the step lines overwrite each other; elsewhere (logs, pipes) each is a line. */
 typedef struct {
   bool quiet, tty;
+  bool line_open; /* a progress line is on the terminal without its newline */
 } progress_state;
 
 static int print_progress(const mpass_progress *p, void *user) {
-  const progress_state *s = user;
+  progress_state *s = user;
   if (!s->quiet) {
     char line[256];
     mp_progress_format(p, line, sizeof line);
-    bool last = p->n_steps > 0 && p->step >= p->n_steps;
-    if (s->tty)
-      fprintf(stderr, "\r%s\033[K%s", line, last ? "\n" : "");
-    else
+    if (s->tty) {
+      fprintf(stderr, "\r%s\033[K", line);
+      s->line_open = true;
+    } else {
       fprintf(stderr, "%s\n", line);
+    }
   }
   return interrupted;
+}
+
+/* Before any other message on stderr: finish the progress line. */
+static void end_progress_line(progress_state *s) {
+  if (s->line_open) fputc('\n', stderr);
+  s->line_open = false;
 }
 
 /* ---- arguments ---- */
@@ -434,6 +443,17 @@ static void resources_free(resources *r) {
 
 /* Inputs first (a bad file fails before the model loads), then tokenizer, model, embeddings, LoRAs. */
 static mp_error *prepare(mpass_ctx *ctx, gen_options *o, resources *r, bool quiet) {
+  const char *slash = strrchr(o->output, '/');
+  if (slash) { /* the output folder must exist before minutes go into the images */
+    char *dir = strndup(o->output, slash > o->output ? (size_t)(slash - o->output) : 1);
+    struct stat st;
+    mp_error *e = !dir ? mp_errorf("out of memory")
+                  : stat(dir, &st) != 0 ? mp_errorf("-o %s: folder %s: %s", o->output, dir, strerror(errno))
+                  : !S_ISDIR(st.st_mode) ? mp_errorf("-o %s: %s is not a folder", o->output, dir)
+                                         : NULL;
+    free(dir);
+    MP_TRY(e);
+  }
   if (o->init_img) {
     mp_image src = {0};
     MP_TRY(read_image_arg("--init-img", o->init_img, 3, &src));
@@ -517,6 +537,7 @@ static mp_error *generate(mpass_ctx *ctx, gen_options *o, progress_state *ps, in
     char *warning = NULL, *text = NULL, *path = output_path(o->output, k);
     double t0 = mp_now();
     e = path ? mp_engine_run_pass(r.eng, &p, &progress, &out, &warning) : mp_errorf("out of memory");
+    end_progress_line(ps);
     if (warning && k == 0 && !ps->quiet) fprintf(stderr, "mpass generate: warning: %s\n", warning);
     if (!e) e = infotext_for(o, r.eng, &r.loras, seed, &text);
     if (!e) e = write_output(path, &out, text);
@@ -613,11 +634,12 @@ int cmd_generate(mpass_ctx *ctx, int argc, char **argv) {
     signal(SIGINT, on_sigint);
     e = generate(ctx, &o, &ps, &written);
     signal(SIGINT, SIG_DFL);
+    end_progress_line(&ps);
     if (e && interrupted) {
       if (written)
-        fprintf(stderr, "\nmpass generate: cancelled after %d of %d images; the unfinished one was not written\n", written, o.batch);
+        fprintf(stderr, "mpass generate: cancelled after %d of %d images; the unfinished one was not written\n", written, o.batch);
       else
-        fprintf(stderr, "\nmpass generate: cancelled; no output was written\n");
+        fprintf(stderr, "mpass generate: cancelled; no output was written\n");
       mp_error_free(e);
       rc = 130;
     } else if (e) {

@@ -277,6 +277,36 @@ static void test_lora_changes_the_image(void **state) {
   assert_int_equal(pixels_differ("base.png", "lora0.png"), 0);
 }
 
+static void test_embeddings_and_clip_skip(void **state) {
+  (void)state;
+  char out[16384], extra[2048], p[1200];
+  snprintf(p, sizeof p, "%s/emb", F.dir);
+  mkdir(p, 0755);
+  snprintf(p, sizeof p, "%s/emb/mystyle.safetensors", F.dir);
+  mp_sd_config cfg;
+  assert_ok(mp_sd_preset("tiny", &cfg));
+  assert_ok(mp_sd_write_random_embedding(p, &cfg, 2, 77));
+  int rc = generate(out, sizeof out, "-p 'a mystyle cat' --seed 3 --clip-skip 2 -o plain.png");
+  if (rc) fail_msg("rc %d: %s", rc, out);
+  snprintf(extra, sizeof extra, "-p 'a mystyle cat' --seed 3 --clip-skip 2 --embeddings %s/emb -o emb.png", F.dir);
+  rc = generate(out, sizeof out, extra);
+  if (rc) fail_msg("rc %d: %s", rc, out);
+  assert_true(pixels_differ("plain.png", "emb.png") > 0); /* "mystyle" became the embedding's vectors */
+  mp_infotext it;
+  read_params("emb.png", &it);
+  assert_field(&it, "Clip skip", "2");
+  mp_infotext_free(&it);
+  /* <models>/embeddings is the default folder */
+  snprintf(p, sizeof p, "%s/models/embeddings", F.dir);
+  mkdir(p, 0755);
+  snprintf(extra, sizeof extra, "%s/models/embeddings/mystyle.safetensors", F.dir);
+  assert_int_equal(rename(path_in("emb/mystyle.safetensors"), extra), 0);
+  rc = generate(out, sizeof out, "-p 'a mystyle cat' --seed 3 --clip-skip 2 -o emb2.png");
+  unlink(extra);
+  if (rc) fail_msg("rc %d: %s", rc, out);
+  assert_int_equal(pixels_differ("emb.png", "emb2.png"), 0);
+}
+
 /* An error run: the exit code, a message containing `needle`, and no output file. */
 static void expect_error(const char *extra, int want_rc, const char *needle) {
   char out[16384];
@@ -313,6 +343,7 @@ static void test_bad_arguments(void **state) {
   snprintf(extra, sizeof extra, "-p x --lora %s:0.5 -o bad.png", F.ckpt);
   expect_error(extra, 1, "holds no LoRA tensors");
   expect_error("-p x --embeddings /no/such/dir -o bad.png", 1, "--embeddings /no/such/dir: No such file");
+  expect_error("-p x -o nodir/bad.png", 1, "-o nodir/bad.png: folder nodir: No such file");
   assert_no_file_like(".tmp");
 }
 
@@ -360,6 +391,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_txt2img_parameters_round_trip), cmocka_unit_test(test_batch_seeds_and_names),
       cmocka_unit_test(test_img2img_and_inpaint),           cmocka_unit_test(test_lora_changes_the_image),
+      cmocka_unit_test(test_embeddings_and_clip_skip),
       cmocka_unit_test(test_bad_arguments),                 cmocka_unit_test(test_ctrl_c_leaves_nothing),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
