@@ -321,8 +321,9 @@ static mp_error *open_loras(const mpass_ctx *ctx, const gen_options *o, lora_set
   return NULL;
 }
 
-/* "name: hash, name: hash" and "name: weight, ..." for the infotext. */
-static mp_error *lora_fields(const lora_set *set, mp_infotext *it) {
+/* The infotext's "Lora hashes" ("name: hash, name: hash") and "Lora weights" ("name: weight, ...");
+ * computed once per run, as hashing reads every LoRA file through. */
+static mp_error *lora_fields(const lora_set *set, char **hashes_out, char **weights_out) {
   if (set->n == 0) return NULL;
   char hashes[MAX_LORAS * 96] = "", weights[MAX_LORAS * 96] = "";
   size_t nh = 0, nw = 0;
@@ -333,8 +334,9 @@ static mp_error *lora_fields(const lora_set *set, mp_infotext *it) {
     nh += (size_t)snprintf(hashes + nh, sizeof hashes - nh, "%s%.64s: %s", i ? ", " : "", name, h);
     nw += (size_t)snprintf(weights + nw, sizeof weights - nw, "%s%.64s: %g", i ? ", " : "", name, set->specs[i].unet_multiplier);
   }
-  MP_TRY(mp_infotext_set(it, "Lora hashes", hashes));
-  return mp_infotext_set(it, "Lora weights", weights);
+  *hashes_out = strdup(hashes);
+  *weights_out = strdup(weights);
+  return *hashes_out && *weights_out ? NULL : mp_errorf("out of memory");
 }
 
 /* ---- textual inversions ---- */
@@ -396,7 +398,8 @@ static mp_error *random_seed(uint64_t *seed) {
   return NULL;
 }
 
-static mp_error *infotext_for(const gen_options *o, const mp_engine *eng, const lora_set *loras, uint64_t seed, char **text) {
+static mp_error *infotext_for(const gen_options *o, const mp_engine *eng, const char *lora_hashes, const char *lora_weights,
+                              uint64_t seed, char **text) {
   mp_infotext it;
   mp_gen_params gp = {.prompt = o->prompt, .negative_prompt = o->negative, .steps = o->steps,
                       .scheduler = mp_sampler_name(&o->sampler), .cfg_scale = o->cfg, .seed = seed,
@@ -405,7 +408,8 @@ static mp_error *infotext_for(const gen_options *o, const mp_engine *eng, const 
   MP_TRY(mp_infotext_from_params(&gp, &it));
   mp_error *e = NULL;
   if (o->clip_skip > 1) e = mp_infotext_set_int(&it, "Clip skip", o->clip_skip); /* A1111 writes it only when > 1 */
-  if (!e) e = lora_fields(loras, &it);
+  if (!e && lora_hashes) e = mp_infotext_set(&it, "Lora hashes", lora_hashes);
+  if (!e && lora_weights) e = mp_infotext_set(&it, "Lora weights", lora_weights);
   if (!e) e = mp_infotext_set(&it, "Version", "mpass " MPASS_VERSION);
   if (!e) e = mp_infotext_format(&it, text);
   mp_infotext_free(&it);
@@ -428,6 +432,7 @@ typedef struct {
   mp_engine *eng;
   lora_set loras;
   mp_ti_set ti;
+  char *lora_hashes, *lora_weights; /* for the infotext; NULL without LoRAs */
   mp_image init, mask_img;
   mp_mask mask;
 } resources;
@@ -435,6 +440,7 @@ typedef struct {
 static void resources_free(resources *r) {
   mp_engine_close(r->eng);
   lora_set_free(&r->loras);
+  free(r->lora_hashes), free(r->lora_weights);
   mp_ti_set_free(&r->ti);
   mp_tokenizer_free(r->tok);
   mp_image_free(&r->init), mp_image_free(&r->mask_img);
@@ -501,6 +507,7 @@ static mp_error *prepare(mpass_ctx *ctx, gen_options *o, resources *r, bool quie
     free(dir);
   }
   MP_TRY(open_loras(ctx, o, &r->loras));
+  MP_TRY(lora_fields(&r->loras, &r->lora_hashes, &r->lora_weights));
   if (r->loras.n > 0) {
     char **warnings = NULL;
     int n_warnings = 0;
@@ -539,7 +546,7 @@ static mp_error *generate(mpass_ctx *ctx, gen_options *o, progress_state *ps, in
     e = path ? mp_engine_run_pass(r.eng, &p, &progress, &out, &warning) : mp_errorf("out of memory");
     end_progress_line(ps);
     if (warning && k == 0 && !ps->quiet) fprintf(stderr, "mpass generate: warning: %s\n", warning);
-    if (!e) e = infotext_for(o, r.eng, &r.loras, seed, &text);
+    if (!e) e = infotext_for(o, r.eng, r.lora_hashes, r.lora_weights, seed, &text);
     if (!e) e = write_output(path, &out, text);
     if (!e) {
       printf("%s\n", path);
