@@ -42,7 +42,7 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: mpass generate [--model CKPT] -p PROMPT [options] [-o OUT.png]\n"
           "  -m, --model CKPT       checkpoint (.safetensors/.ckpt); default: the first in <models>/checkpoints\n"
-          "  -p, --prompt TEXT      the prompt (A1111 weighting: (word:1.2), [word])\n"
+          "  -p, --prompt TEXT      the prompt (A1111 weighting: (word:1.2), [word]; <lora:NAME:W> tags as --lora NAME:W)\n"
           "  -n, --negative TEXT    the negative prompt\n"
           "      --steps N          sampler steps, 1-150 (default 30)\n"
           "      --cfg F            classifier-free guidance scale, 0-30 (default 7)\n"
@@ -143,34 +143,115 @@ static mp_error *parse_side(const char *flag, const char *s, int *out) {
   return NULL;
 }
 
+/* A LoRA asked for with --lora FILE[:W], or with an A1111 tag <lora:NAME:W> in the prompt. */
 typedef struct {
-  const char *arg;  /* as given */
-  char *file;       /* FILE part (malloc'd) */
+  char *label;      /* for messages: "--lora FILE:W" or "<lora:NAME:W>" (malloc'd) */
+  char *file;       /* FILE or NAME (malloc'd) */
   float weight;
+  bool from_prompt; /* a tag: NAME is looked up in the models folder, never taken as a path */
 } lora_arg;
 
-/* FILE[:W]: the weight is what follows the last ':' when that parses as a number. */
-static mp_error *parse_lora(const char *s, lora_arg *out) {
-  out->arg = s;
+static void lora_arg_free(lora_arg *a) { free(a->label), free(a->file); }
+
+static mp_error *lora_weight(const char *label, const char *s, size_t n, float *out) {
+  char buf[64], *end;
+  if (n == 0 || n >= sizeof buf) return mp_errorf("%s: the weight must be a number from -10 to 10", label);
+  memcpy(buf, s, n);
+  buf[n] = 0;
+  double w = strtod(buf, &end);
+  if (*end || !(w >= -10 && w <= 10)) return mp_errorf("%s: the weight must be a number from -10 to 10, found '%s'", label, buf);
+  *out = (float)w;
+  return NULL;
+}
+
+/* FILE[:W]: the weight is what follows the last ':' when that parses as a number (paths may hold ':'). */
+static mp_error *parse_lora_flag(const char *s, lora_arg *out) {
   out->weight = 1.0f;
+  out->from_prompt = false;
   const char *colon = strrchr(s, ':');
   size_t n = strlen(s);
   if (colon && colon[1]) {
     char *end;
-    double w = strtod(colon + 1, &end);
+    strtod(colon + 1, &end);
     if (!*end) {
-      if (!(w >= -10 && w <= 10)) return mp_errorf("--lora %s: the weight must be from -10 to 10", s);
-      out->weight = (float)w;
+      char label[64];
+      snprintf(label, sizeof label, "--lora %.50s", s);
+      MP_TRY(lora_weight(label, colon + 1, strlen(colon + 1), &out->weight));
       n = (size_t)(colon - s);
     }
   }
   if (n == 0) return mp_errorf("--lora expects FILE or FILE:WEIGHT, found '%s'", s);
+  size_t cap = strlen(s) + 8;
+  out->label = malloc(cap);
   out->file = strndup(s, n);
-  return out->file ? NULL : mp_errorf("out of memory");
+  if (out->label) snprintf(out->label, cap, "--lora %s", s);
+  if (!out->label || !out->file) {
+    lora_arg_free(out);
+    return mp_errorf("out of memory");
+  }
+  return NULL;
+}
+
+/* AUTOMATIC1111's extra-network tags: <TYPE:ARGS> with TYPE a word. They are cut out of the prompt
+ * before it is encoded (A1111 does the same); <lora:NAME[:W]> (and the older <lyco:...>) adds a LoRA,
+ * other types are not supported and say so. The stored parameters keep the prompt as given, tags
+ * included, as A1111 does, so its images' prompts can be pasted here unchanged. */
+static mp_error *take_prompt_tags(const char *prompt, char **clean, lora_arg *loras, int *n_loras, bool quiet) {
+  size_t len = strlen(prompt);
+  char *out = malloc(len + 1), *o = out;
+  if (!out) return mp_errorf("out of memory");
+  const char *c = prompt;
+  while (*c) {
+    const char *colon = NULL, *close = NULL, *t = c + 1;
+    if (*c == '<') {
+      while ((*t >= 'a' && *t <= 'z') || (*t >= 'A' && *t <= 'Z') || (*t >= '0' && *t <= '9') || *t == '_') t++;
+      if (t > c + 1 && *t == ':') colon = t, close = strchr(colon + 1, '>');
+      if (close && memchr(colon + 1, '<', (size_t)(close - colon - 1))) close = NULL;
+    }
+    if (!close || close == colon + 1) {
+      *o++ = *c++;
+      continue;
+    }
+    size_t type_len = (size_t)(colon - c - 1), tag_len = (size_t)(close - c + 1);
+    char label[160];
+    snprintf(label, sizeof label, "%.*s", (int)(tag_len < 150 ? tag_len : 150), c);
+    bool lora = (type_len == 4 && strncmp(c + 1, "lora", 4) == 0) || (type_len == 4 && strncmp(c + 1, "lyco", 4) == 0);
+    mp_error *e = NULL;
+    if (!lora) {
+      if (!quiet) fprintf(stderr, "mpass generate: warning: %s: only <lora:...> tags are supported; this one is ignored\n", label);
+    } else if (*n_loras == MAX_LORAS) {
+      e = mp_errorf("%s: at most %d LoRAs", label, MAX_LORAS);
+    } else {
+      const char *name = colon + 1, *sep = memchr(name, ':', (size_t)(close - name));
+      lora_arg *a = &loras[*n_loras];
+      *a = (lora_arg){.weight = 1.0f, .from_prompt = true};
+      if (sep) { /* A1111 also takes a third field (the text-encoder weight comes first then); the first number is used for both */
+        const char *wend = memchr(sep + 1, ':', (size_t)(close - sep - 1));
+        e = lora_weight(label, sep + 1, (size_t)((wend ? wend : close) - sep - 1), &a->weight);
+      }
+      if (!e && (sep ? sep : close) == name) e = mp_errorf("%s: no LoRA name", label);
+      if (!e) {
+        a->file = strndup(name, (size_t)((sep ? sep : close) - name));
+        a->label = strdup(label);
+        if (!a->file || !a->label) e = mp_errorf("out of memory");
+        if (e) lora_arg_free(a);
+        else (*n_loras)++;
+      }
+    }
+    if (e) {
+      free(out);
+      return e;
+    }
+    c = close + 1;
+  }
+  *o = 0;
+  *clean = out;
+  return NULL;
 }
 
 typedef struct {
   const char *model, *prompt, *negative, *init_img, *mask, *embeddings, *vocab, *output;
+  char *prompt_text; /* the prompt without its <lora:...> tags: what is encoded */
   int steps, width, height, batch, clip_skip;
   double cfg, strength;
   bool strength_given, seed_given, use_lpw;
@@ -266,6 +347,7 @@ typedef struct {
   mp_weights *files[MAX_LORAS];
   mp_lora_spec specs[MAX_LORAS];
   char *paths[MAX_LORAS];
+  bool from_flag[MAX_LORAS];
   int n;
 } lora_set;
 
@@ -288,41 +370,57 @@ static bool holds_lora_tensors(const mp_weights *w) {
   return false;
 }
 
-/* FILE is a path when it names a file; otherwise a LoRA name or tune id in the models folder. */
+/* The file of one LoRA: for --lora a path when it names a file; otherwise (and always for tags) a
+ * LoRA name or tune id in the models folder. */
+static mp_error *lora_path(const mpass_ctx *ctx, const lora_arg *a, char **path) {
+  struct stat st;
+  if (!a->from_prompt && stat(a->file, &st) == 0) {
+    *path = strdup(a->file);
+  } else if (!a->from_prompt && (strchr(a->file, '/') || strchr(a->file, '.'))) {
+    return mp_errorf("cannot open %s: %s", a->file, strerror(errno));
+  } else {
+    mp_lora_ref ref;
+    MP_TRY(mp_resolve_lora(ctx->models_dir, a->file, &ref));
+    bool checkpoint = ref.is_tune && ref.tune.type == MP_TUNE_CHECKPOINT;
+    *path = checkpoint ? NULL : strdup(ref.path);
+    mp_lora_ref_free(&ref);
+    if (checkpoint) return mp_errorf("tune %s is a checkpoint tune: give it with --model", a->file);
+  }
+  return *path ? NULL : mp_errorf("out of memory");
+}
+
+static mp_error *open_lora(const mpass_ctx *ctx, const lora_arg *a, lora_set *set) {
+  char *path = NULL;
+  mp_weights *w = NULL;
+  MP_TRY(lora_path(ctx, a, &path));
+  mp_error *e = mp_weights_open(path, &w);
+  if (!e && !holds_lora_tensors(w)) e = mp_errorf("%s holds no LoRA tensors (a checkpoint? give that with --model)", path);
+  char *alias = e ? NULL : lora_alias(path);
+  if (!e && !alias) e = mp_errorf("out of memory");
+  if (e) {
+    mp_weights_close(w);
+    free(path);
+    return e;
+  }
+  set->files[set->n] = w;
+  set->paths[set->n] = path;
+  set->from_flag[set->n] = !a->from_prompt;
+  set->specs[set->n] = (mp_lora_spec){w, alias, a->weight, a->weight};
+  set->n++;
+  return NULL;
+}
+
 static mp_error *open_loras(const mpass_ctx *ctx, const gen_options *o, lora_set *set) {
   for (int i = 0; i < o->n_loras; i++) {
-    const lora_arg *a = &o->loras[i];
-    char *path = NULL;
-    struct stat st;
-    if (stat(a->file, &st) == 0) {
-      path = strdup(a->file);
-    } else if (strchr(a->file, '/') || strchr(a->file, '.')) {
-      return mp_errorf("--lora %s: cannot open %s: %s", a->arg, a->file, strerror(errno));
-    } else {
-      mp_lora_ref ref;
-      mp_error *e = mp_resolve_lora(ctx->models_dir, a->file, &ref);
-      if (e) return mp_error_wrap(e, "--lora %s", a->arg);
-      bool checkpoint = ref.is_tune && ref.tune.type == MP_TUNE_CHECKPOINT;
-      path = checkpoint ? NULL : strdup(ref.path);
-      mp_lora_ref_free(&ref);
-      if (checkpoint) return mp_errorf("--lora %s: tune %s is a checkpoint tune: give it with --model", a->arg, a->file);
-    }
-    if (!path) return mp_errorf("out of memory");
-    set->paths[set->n] = path;
-    mp_error *e = mp_weights_open(path, &set->files[set->n]);
-    if (e) return mp_error_wrap(e, "--lora %s", a->arg);
-    if (!holds_lora_tensors(set->files[set->n])) {
-      mp_weights_close(set->files[set->n]);
-      return mp_errorf("--lora %s: %s holds no LoRA tensors (a checkpoint? give that with --model)", a->arg, path);
-    }
-    set->specs[set->n] = (mp_lora_spec){set->files[set->n], lora_alias(path), a->weight, a->weight};
-    set->n++;
+    mp_error *e = open_lora(ctx, &o->loras[i], set);
+    if (e) return mp_error_wrap(e, "%s", o->loras[i].label);
   }
   return NULL;
 }
 
-/* The infotext's "Lora hashes" ("name: hash, name: hash") and "Lora weights" ("name: weight, ...");
- * computed once per run, as hashing reads every LoRA file through. */
+/* The infotext's "Lora hashes" ("name: hash, name: hash", every LoRA) and "Lora weights" ("name: weight,
+ * ...", the --lora ones: tags are in the stored prompt already). Computed once per run, as hashing reads
+ * every LoRA file through. */
 static mp_error *lora_fields(const lora_set *set, char **hashes_out, char **weights_out) {
   if (set->n == 0) return NULL;
   char hashes[MAX_LORAS * 96] = "", weights[MAX_LORAS * 96] = "";
@@ -330,13 +428,14 @@ static mp_error *lora_fields(const lora_set *set, char **hashes_out, char **weig
   for (int i = 0; i < set->n; i++) {
     char h[13];
     MP_TRY(lora_short_hash(set->paths[i], h));
-    const char *name = set->specs[i].name ? set->specs[i].name : "lora";
-    nh += (size_t)snprintf(hashes + nh, sizeof hashes - nh, "%s%.64s: %s", i ? ", " : "", name, h);
-    nw += (size_t)snprintf(weights + nw, sizeof weights - nw, "%s%.64s: %g", i ? ", " : "", name, set->specs[i].unet_multiplier);
+    const char *name = set->specs[i].name;
+    nh += (size_t)snprintf(hashes + nh, sizeof hashes - nh, "%s%.64s: %s", nh ? ", " : "", name, h);
+    if (set->from_flag[i])
+      nw += (size_t)snprintf(weights + nw, sizeof weights - nw, "%s%.64s: %g", nw ? ", " : "", name, set->specs[i].unet_multiplier);
   }
   *hashes_out = strdup(hashes);
-  *weights_out = strdup(weights);
-  return *hashes_out && *weights_out ? NULL : mp_errorf("out of memory");
+  *weights_out = nw ? strdup(weights) : NULL;
+  return *hashes_out && (*weights_out || !nw) ? NULL : mp_errorf("out of memory");
 }
 
 /* ---- textual inversions ---- */
@@ -500,10 +599,10 @@ static mp_error *prepare(mpass_ctx *ctx, gen_options *o, resources *r, bool quie
     struct stat st;
     if (stat(o->embeddings, &st) != 0) return mp_errorf("--embeddings %s: %s", o->embeddings, strerror(errno));
     if (!S_ISDIR(st.st_mode)) return mp_errorf("--embeddings %s: not a folder", o->embeddings);
-    load_embeddings(o->embeddings, 0, o->prompt, o->negative, r->eng->cfg.clip.hidden, &r->ti, quiet);
+    load_embeddings(o->embeddings, 0, o->prompt_text, o->negative, r->eng->cfg.clip.hidden, &r->ti, quiet);
   } else {
     char *dir = mp_embeddings_dir(ctx->models_dir);
-    if (dir) load_embeddings(dir, 0, o->prompt, o->negative, r->eng->cfg.clip.hidden, &r->ti, quiet);
+    if (dir) load_embeddings(dir, 0, o->prompt_text, o->negative, r->eng->cfg.clip.hidden, &r->ti, quiet);
     free(dir);
   }
   MP_TRY(open_loras(ctx, o, &r->loras));
@@ -535,7 +634,7 @@ static mp_error *generate(mpass_ctx *ctx, gen_options *o, progress_state *ps, in
       break;
     }
     uint64_t seed = o->seed + (uint64_t)k;
-    mp_pass_params p = {.prompt = o->prompt, .negative = o->negative, .embeddings = &r.ti, .use_lpw = o->use_lpw,
+    mp_pass_params p = {.prompt = o->prompt_text, .negative = o->negative, .embeddings = &r.ti, .use_lpw = o->use_lpw,
                         .clip_skip = o->clip_skip, .sampler = o->sampler, .steps = o->steps, .cfg_scale = o->cfg,
                         .seed = seed, .rng = o->rng, .width = o->width, .height = o->height,
                         .init = o->init_img ? &r.init : NULL, .strength = o->strength, .mask = o->mask ? &r.mask : NULL};
@@ -605,7 +704,7 @@ int cmd_generate(mpass_ctx *ctx, int argc, char **argv) {
       case O_MASK: o.mask = optarg; break;
       case O_LORA:
         if (o.n_loras == MAX_LORAS) e = mp_errorf("at most %d --lora", MAX_LORAS);
-        else if (!(e = parse_lora(optarg, &o.loras[o.n_loras]))) o.n_loras++;
+        else if (!(e = parse_lora_flag(optarg, &o.loras[o.n_loras]))) o.n_loras++;
         break;
       case O_EMB: o.embeddings = optarg; break;
       case O_CLIP_SKIP: e = parse_int("--clip-skip", optarg, 1, 2, &o.clip_skip); break;
@@ -620,6 +719,7 @@ int cmd_generate(mpass_ctx *ctx, int argc, char **argv) {
   }
   if (!e && optind < argc) e = mp_errorf("unexpected argument '%s' (the prompt goes after -p)", argv[optind]);
   if (!e && !o.prompt) e = mp_errorf("-p PROMPT is required (it may be empty: -p \"\")");
+  if (!e) e = take_prompt_tags(o.prompt, &o.prompt_text, o.loras, &o.n_loras, ps.quiet);
   if (!e) e = mp_sampler_parse(o.sampler_name, &o.sampler);
   if (!e && o.mask && !o.init_img) e = mp_errorf("--mask needs --init-img (the image to inpaint)");
   if (!e && o.strength_given && !o.init_img) e = mp_errorf("--strength applies to img2img: give --init-img too");
@@ -653,6 +753,7 @@ int cmd_generate(mpass_ctx *ctx, int argc, char **argv) {
       rc = cli_fail("generate", e);
     }
   }
-  for (int i = 0; i < o.n_loras; i++) free(o.loras[i].file);
+  for (int i = 0; i < o.n_loras; i++) lora_arg_free(&o.loras[i]);
+  free(o.prompt_text);
   return rc;
 }
