@@ -147,7 +147,8 @@ static mp_error *parse_side(const char *flag, const char *s, int *out) {
 typedef struct {
   char *label;      /* for messages: "--lora FILE:W" or "<lora:NAME:W>" (malloc'd) */
   char *file;       /* FILE or NAME (malloc'd) */
-  float weight;
+  float weight;      /* UNet multiplier */
+  float te_weight;   /* text-encoder multiplier (the same but for tags that give both) */
   bool from_prompt; /* a tag: NAME is looked up in the models folder, never taken as a path */
 } lora_arg;
 
@@ -166,8 +167,7 @@ static mp_error *lora_weight(const char *label, const char *s, size_t n, float *
 
 /* FILE[:W]: the weight is what follows the last ':' when that parses as a number (paths may hold ':'). */
 static mp_error *parse_lora_flag(const char *s, lora_arg *out) {
-  out->weight = 1.0f;
-  out->from_prompt = false;
+  *out = (lora_arg){.weight = 1.0f, .te_weight = 1.0f};
   const char *colon = strrchr(s, ':');
   size_t n = strlen(s);
   if (colon && colon[1]) {
@@ -177,6 +177,7 @@ static mp_error *parse_lora_flag(const char *s, lora_arg *out) {
       char label[64];
       snprintf(label, sizeof label, "--lora %.50s", s);
       MP_TRY(lora_weight(label, colon + 1, strlen(colon + 1), &out->weight));
+      out->te_weight = out->weight;
       n = (size_t)(colon - s);
     }
   }
@@ -189,6 +190,37 @@ static mp_error *parse_lora_flag(const char *s, lora_arg *out) {
     lora_arg_free(out);
     return mp_errorf("out of memory");
   }
+  return NULL;
+}
+
+/* The fields after a tag's name, as A1111 reads them: positional TE[:UNET] (UNET defaults to TE), or
+ * named te=X, unet=X; other named fields (dyn=) are ignored with a warning. `sep` is the ':' before
+ * the first field (NULL: none), `close` the '>'. */
+static mp_error *tag_weights(const char *label, const char *sep, const char *close, lora_arg *a, bool quiet) {
+  bool unet_given = false;
+  for (int positional = 0; sep; positional++) {
+    const char *f = sep + 1, *end = memchr(f, ':', (size_t)(close - f));
+    if (!end) end = close;
+    const char *eq = memchr(f, '=', (size_t)(end - f));
+    if (eq && eq - f == 2 && strncmp(f, "te", 2) == 0) {
+      MP_TRY(lora_weight(label, eq + 1, (size_t)(end - eq - 1), &a->te_weight));
+    } else if (eq && eq - f == 4 && strncmp(f, "unet", 4) == 0) {
+      MP_TRY(lora_weight(label, eq + 1, (size_t)(end - eq - 1), &a->weight));
+      unet_given = true;
+    } else if (eq) {
+      if (!quiet) fprintf(stderr, "mpass generate: warning: %s: field '%.*s' is not supported; ignored\n", label, (int)(end - f), f);
+    } else if (positional == 0) {
+      MP_TRY(lora_weight(label, f, (size_t)(end - f), &a->te_weight));
+    } else if (positional == 1) {
+      MP_TRY(lora_weight(label, f, (size_t)(end - f), &a->weight));
+      unet_given = true;
+    } else {
+      return mp_errorf("%s: expected <lora:NAME>, <lora:NAME:W> or <lora:NAME:TE_W:UNET_W>", label);
+    }
+    if (eq) positional--;
+    sep = end < close ? end : NULL;
+  }
+  if (!unet_given) a->weight = a->te_weight;
   return NULL;
 }
 
@@ -224,11 +256,8 @@ static mp_error *take_prompt_tags(const char *prompt, char **clean, lora_arg *lo
     } else {
       const char *name = colon + 1, *sep = memchr(name, ':', (size_t)(close - name));
       lora_arg *a = &loras[*n_loras];
-      *a = (lora_arg){.weight = 1.0f, .from_prompt = true};
-      if (sep) { /* A1111 also takes a third field (the text-encoder weight comes first then); the first number is used for both */
-        const char *wend = memchr(sep + 1, ':', (size_t)(close - sep - 1));
-        e = lora_weight(label, sep + 1, (size_t)((wend ? wend : close) - sep - 1), &a->weight);
-      }
+      *a = (lora_arg){.weight = 1.0f, .te_weight = 1.0f, .from_prompt = true};
+      e = tag_weights(label, sep, close, a, quiet);
       if (!e && (sep ? sep : close) == name) e = mp_errorf("%s: no LoRA name", label);
       if (!e) {
         a->file = strndup(name, (size_t)((sep ? sep : close) - name));
@@ -405,7 +434,7 @@ static mp_error *open_lora(const mpass_ctx *ctx, const lora_arg *a, lora_set *se
   set->files[set->n] = w;
   set->paths[set->n] = path;
   set->from_flag[set->n] = !a->from_prompt;
-  set->specs[set->n] = (mp_lora_spec){w, alias, a->weight, a->weight};
+  set->specs[set->n] = (mp_lora_spec){w, alias, a->weight, a->te_weight};
   set->n++;
   return NULL;
 }

@@ -293,6 +293,16 @@ static void test_lora_changes_the_image(void **state) {
   rc = generate(out, sizeof out, extra);
   if (rc) fail_msg("rc %d: %s", rc, out);
   assert_int_equal(pixels_differ("tag.png", "flag.png"), 0);
+  /* A1111's other spellings: TE and UNet weights, positional or named */
+  rc = generate(out, sizeof out, "-p 'a dog <lora:lora_tiny:0.8:0.8>' -n 'x <lora:lora_tiny:1>' --seed 9 -q -o tag2.png");
+  if (rc) fail_msg("rc %d: %s", rc, out);
+  assert_int_equal(pixels_differ("tag.png", "tag2.png"), 0);
+  rc = generate(out, sizeof out, "-p 'a dog <lora:lora_tiny:unet=0.8:te=0.8>' -n 'x <lora:lora_tiny:1>' --seed 9 -q -o tag3.png");
+  if (rc) fail_msg("rc %d: %s", rc, out);
+  assert_int_equal(pixels_differ("tag.png", "tag3.png"), 0);
+  rc = generate(out, sizeof out, "-p 'a dog <lora:lora_tiny:0.8:0>' -n 'x <lora:lora_tiny:1>' --seed 9 -q -o tag4.png");
+  if (rc) fail_msg("rc %d: %s", rc, out);
+  assert_true(pixels_differ("tag.png", "tag4.png") > 0);
   rc = generate(out, sizeof out, "-p 'a dog <hypernet:foo:1>' --seed 9 -o hyper.png");
   if (rc) fail_msg("rc %d: %s", rc, out);
   assert_non_null(strstr(out, "<hypernet:foo:1>: only <lora:...> tags are supported"));
