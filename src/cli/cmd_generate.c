@@ -575,7 +575,8 @@ static void resources_free(resources *r) {
   mp_mask_free(&r->mask);
 }
 
-/* Inputs first (a bad file fails before the model loads), then tokenizer, model, embeddings, LoRAs. */
+/* Inputs and LoRA files first (a bad file fails before the model loads), then tokenizer, model,
+ * embeddings, and the LoRAs applied. */
 static mp_error *prepare(mpass_ctx *ctx, gen_options *o, resources *r, bool quiet) {
   const char *slash = strrchr(o->output, '/');
   if (slash) { /* the output folder must exist before minutes go into the images */
@@ -608,6 +609,13 @@ static mp_error *prepare(mpass_ctx *ctx, gen_options *o, resources *r, bool quie
     MP_TRY(e);
     MP_TRY(mp_mask_from_image(&r->mask_img, &r->mask));
   }
+  if (o->embeddings) {
+    struct stat st;
+    if (stat(o->embeddings, &st) != 0) return mp_errorf("--embeddings %s: %s", o->embeddings, strerror(errno));
+    if (!S_ISDIR(st.st_mode)) return mp_errorf("--embeddings %s: not a folder", o->embeddings);
+  }
+  MP_TRY(open_loras(ctx, o, &r->loras));
+  MP_TRY(lora_fields(&r->loras, &r->lora_hashes, &r->lora_weights));
   char *vocab = NULL;
   MP_TRY(mp_tokenizer_find_vocab(o->vocab, ctx->data_dir, ctx->models_dir, &vocab));
   mp_error *e = mp_tokenizer_load(vocab, &r->tok);
@@ -625,17 +633,12 @@ static mp_error *prepare(mpass_ctx *ctx, gen_options *o, resources *r, bool quie
   free(model);
   MP_TRY(e);
   if (o->embeddings) {
-    struct stat st;
-    if (stat(o->embeddings, &st) != 0) return mp_errorf("--embeddings %s: %s", o->embeddings, strerror(errno));
-    if (!S_ISDIR(st.st_mode)) return mp_errorf("--embeddings %s: not a folder", o->embeddings);
     load_embeddings(o->embeddings, 0, o->prompt_text, o->negative, r->eng->cfg.clip.hidden, &r->ti, quiet);
   } else {
     char *dir = mp_embeddings_dir(ctx->models_dir);
     if (dir) load_embeddings(dir, 0, o->prompt_text, o->negative, r->eng->cfg.clip.hidden, &r->ti, quiet);
     free(dir);
   }
-  MP_TRY(open_loras(ctx, o, &r->loras));
-  MP_TRY(lora_fields(&r->loras, &r->lora_hashes, &r->lora_weights));
   if (r->loras.n > 0) {
     char **warnings = NULL;
     int n_warnings = 0;
