@@ -282,7 +282,7 @@ static mp_error *run_pass(run *r, int image, const pass_request *q, mp_image *ou
 /* ---- scene ---- */
 
 static mp_error *load_input(run *r, const char *given, int channels, mp_image *img) {
-  char *p = input_path(r, given);
+  char *p = given == r->o->input_image ? strdup(given) : input_path(r, given);
   if (!p) return mp_errorf("out of memory");
   mp_error *e = mp_image_read(p, channels, img);
   free(p);
@@ -297,7 +297,7 @@ static mp_error *scene_pass(run *r, const mp_image_plan *ip, mp_image *out) {
 
   mp_image src = {0}, fitted = {0};
   mp_mask mask = {0};
-  MP_TRY(load_input(r, job->input_image, 3, &src));
+  MP_TRY(load_input(r, r->o->input_image ? r->o->input_image : job->input_image, 3, &src));
   mp_error *e = NULL;
   if (r->plan->mode == MP_SCENE_INPUT) { /* --only_upscale: the input goes straight to the post steps */
     *out = src;
@@ -644,9 +644,10 @@ static mp_error *prepare(run *r) {
   /* size: given, from ar, or from the input image */
   r->width = job->width, r->height = job->height;
   if (r->width <= 0 || r->height <= 0) {
-    if (!job->input_image) return mp_errorf("no size: give w and h (or an input_image)");
+    const char *input = r->o->input_image ? r->o->input_image : job->input_image;
+    if (!input) return mp_errorf("no size: give w and h (or an input_image)");
     mp_image src;
-    MP_TRY(load_input(r, job->input_image, 3, &src));
+    MP_TRY(load_input(r, input, 3, &src));
     mp_size_round8(src.width, src.height, 1024, &r->width, &r->height);
     mp_image_free(&src);
   }
