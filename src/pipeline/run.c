@@ -252,17 +252,14 @@ static mp_error *run_pass(run *r, int image, const pass_request *q, mp_image *ou
   cJSON_AddStringToObject(rec, "model", eng ? eng->name : "");
   double t0 = mp_now();
   if (!e) {
-    mp_sampler_spec spec;
+    mp_sampler_spec spec = {0};
     e = mp_sampler_parse(mp_scheduler_name(job->scheduler), &spec);
-    /* AUTOMATIC1111 runs img2img for only strength × steps steps (its default) */
     mp_pass_params p = {.prompt = q->text->prompt, .negative = q->text->negative, .embeddings = &r->ti, .use_lpw = job->use_lpw,
                         .clip_skip = r->o->clip_skip, .sampler = spec, .steps = q->steps, .cfg_scale = q->cfg,
                         .seed = q->seed, .rng = r->o->rng, .width = q->width, .height = q->height, .init = q->init,
                         .strength = q->strength, .mask = q->mask};
-    int shown_steps = q->init ? (int)(q->steps * (q->strength < 0.999 ? q->strength : 0.999)) + 1 : q->steps;
-    if (shown_steps > q->steps) shown_steps = q->steps;
-    mp_progress_pass(&r->progress, image, q->name, shown_steps);
     char *w = NULL;
+    if (!e) mp_progress_pass(&r->progress, image, q->name, mp_engine_pass_steps(eng, &p));
     if (!e) e = mp_engine_run_pass(eng, &p, &r->progress, out, &w);
     if (w) warn(r, "%s: %s", q->name, w);
     free(w);
