@@ -544,17 +544,6 @@ static mp_error *infotext_for(const gen_options *o, const mp_engine *eng, const 
   return e;
 }
 
-/* The steps a pass will show: img2img runs only the tail of the schedule. */
-static int pass_steps(const gen_options *o, const mp_engine *eng) {
-  if (!o->init_img) return o->steps;
-  float *sigmas = malloc(sizeof(float) * (size_t)(o->steps + 1));
-  int n = 0;
-  mp_error *e = sigmas ? mp_sampler_img2img_sigmas(&o->sampler, &eng->schedule, o->steps, o->strength, sigmas, &n) : NULL;
-  free(sigmas);
-  mp_error_free(e);
-  return n > 1 ? n - 1 : o->steps;
-}
-
 typedef struct {
   mp_tokenizer *tok;
   mp_engine *eng;
@@ -659,7 +648,6 @@ static mp_error *generate(mpass_ctx *ctx, gen_options *o, progress_state *ps, in
   mp_progress progress;
   mp_progress_init(&progress, print_progress, ps, o->batch);
   const char *pass_name = o->mask ? "inpaint" : o->init_img ? "img2img" : "txt2img";
-  int shown_steps = e ? 0 : pass_steps(o, r.eng);
   for (int k = 0; !e && k < o->batch; k++) {
     if (interrupted) {
       e = mp_errorf("cancelled");
@@ -670,7 +658,7 @@ static mp_error *generate(mpass_ctx *ctx, gen_options *o, progress_state *ps, in
                         .clip_skip = o->clip_skip, .sampler = o->sampler, .steps = o->steps, .cfg_scale = o->cfg,
                         .seed = seed, .rng = o->rng, .width = o->width, .height = o->height,
                         .init = o->init_img ? &r.init : NULL, .strength = o->strength, .mask = o->mask ? &r.mask : NULL};
-    mp_progress_pass(&progress, k, pass_name, shown_steps);
+    mp_progress_pass(&progress, k, pass_name, mp_engine_pass_steps(r.eng, &p));
     mp_image out = {0};
     char *warning = NULL, *text = NULL, *path = output_path(o->output, k);
     double t0 = mp_now();
