@@ -279,6 +279,9 @@ static mp_error *run_pass(run *r, int image, const pass_request *q, mp_image *ou
 /* ---- scene ---- */
 
 static mp_error *load_input(run *r, const char *given, int channels, mp_image *img) {
+  if (!given) /* only a URL was given */
+    return mp_errorf("input_image_url and mask_image_url are not downloaded (mpass runs offline): download the image "
+                     "and give its path as input_image= / mask_image= (or --input-image)");
   char *p = given == r->o->input_image ? strdup(given) : input_path(r, given);
   if (!p) return mp_errorf("out of memory");
   mp_error *e = mp_image_read(p, channels, img);
@@ -308,7 +311,7 @@ static mp_error *scene_pass(run *r, const mp_image_plan *ip, mp_image *out) {
     return NULL;
   }
   if (!e && r->plan->mode == MP_SCENE_INPAINT) {
-    if (!job->mask_image) e = mp_errorf("inpainting needs mask_image (--mask_prompt is not supported yet)");
+    if (!job->mask_image && !job->mask_image_url) e = mp_errorf("--mask_prompt is not supported yet: give mask_image=");
     mp_image m8 = {0}, m8fit = {0};
     if (!e) e = load_input(r, job->mask_image, 1, &m8);
     if (!e) e = mp_image_fit_crop(&m8, r->width, r->height, &m8fit);
