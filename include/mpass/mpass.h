@@ -10,6 +10,8 @@
 extern "C" {
 #endif
 
+#include <stddef.h>
+
 #define MPASS_VERSION "0.1.0"
 
 typedef struct mp_error mpass_error;
@@ -21,9 +23,9 @@ typedef enum { MPASS_PRECISION_AUTO = 0, MPASS_PRECISION_F32, MPASS_PRECISION_BF
 
 typedef struct {
   int n_threads;          /* <= 0: one per CPU */
-  mpass_precision precision;
   const char *models_dir; /* NULL: $MPASS_MODELS, else ./models */
   const char *data_dir;   /* where the CLIP vocabulary lives; NULL: search (see README) */
+  mpass_precision precision; /* AUTO (0) by default */
 } mpass_options;
 
 mpass_error *mpass_ctx_create(const mpass_options *opts, mpass_ctx **out);
@@ -47,6 +49,36 @@ typedef struct {
 
 /* Return non-zero to cancel: the job stops within one sampler step and leaves no partial outputs. */
 typedef int (*mpass_progress_fn)(const mpass_progress *p, void *user);
+
+/* ---- Jobs: a prompt document, parsed and planned, then run ---- */
+
+typedef struct mpass_job mpass_job;
+
+/* Parse a prompt document (SPEC.md §1): the text form, or the JSON API form when is_json.
+ * Errors name the line and column. Warnings (ignored keys, unknown flags) are in the job. */
+mpass_error *mpass_job_parse(const char *document, size_t len, int is_json, mpass_job **out);
+void mpass_job_free(mpass_job *job);
+int mpass_job_warning_count(const mpass_job *job);
+const char *mpass_job_warning(const mpass_job *job, int i);
+/* The pass plan as the stable JSON document of docs/plan-json.md (caller frees with free()). */
+mpass_error *mpass_job_plan_json(const mpass_job *job, char **json);
+
+typedef struct {
+  const char *model_path; /* NULL: the first checkpoint in <models>/checkpoints */
+  const char *out_dir;    /* NULL: "out"; the job writes <out_dir>/<job_name>/ */
+  const char *job_name;   /* NULL: "<seed>-<UTC time>" */
+  const char *base_dir;   /* relative input_image / mask_image paths resolve here; NULL: the working folder */
+  const char *input_image; /* overrides the document's input_image; NULL: keep it */
+  const char *rng;        /* "cuda" (default, as AUTOMATIC1111 on NVIDIA) or "cpu" */
+  int clip_skip;          /* 0 or 1: last layer; 2: penultimate */
+  int debug_passes;       /* also write every intermediate image and a contact sheet */
+  mpass_progress_fn progress; /* may be NULL */
+  void *progress_user;
+} mpass_run_options;
+
+/* Run a job: every image, every pass, the outputs and result.json. On success *job_dir (may be
+ * NULL) is the output folder (free()). A failed or cancelled job leaves no output behind. */
+mpass_error *mpass_run(mpass_ctx *ctx, const mpass_job *job, const mpass_run_options *opts, char **job_dir);
 
 const char *mpass_error_message(const mpass_error *e);
 void mpass_error_free(mpass_error *e);

@@ -8,9 +8,7 @@
 
 #include "cli/commands.h"
 #include "pipeline/progress.h"
-#include "pipeline/run.h"
 #include "prompt/document.h"
-#include "prompt/plan.h"
 
 /* Ctrl-C asks the running job to stop at the next sampler step. A signal handler can only talk
  * through a variable like this one; it belongs to the CLI door, not to the library. */
@@ -64,40 +62,32 @@ static mp_error *read_file(const char *path, char **out, size_t *len) {
 
 int cmd_run(mpass_ctx *ctx, int argc, char **argv) {
   static const struct option longopts[] = {
-      {"model", required_argument, 0, 'm'},  {"out", required_argument, 0, 'o'},     {"name", required_argument, 0, 'n'},
-      {"debug-passes", no_argument, 0, 'd'}, {"quiet", no_argument, 0, 'q'},         {"rng", required_argument, 0, 'r'},
-      {"clip-skip", required_argument, 0, 'c'}, {"vocab", required_argument, 0, 'v'}, {"input-image", required_argument, 0, 'i'},
-      {"plan", no_argument, 0, 'p'},         {0, 0, 0, 0}};
-  mp_run_options o = {.out_dir = "out", .rng = MP_RNG_CUDA, .clip_skip = 1};
+      {"model", required_argument, 0, 'm'},     {"out", required_argument, 0, 'o'},     {"name", required_argument, 0, 'n'},
+      {"debug-passes", no_argument, 0, 'd'},    {"quiet", no_argument, 0, 'q'},         {"rng", required_argument, 0, 'r'},
+      {"clip-skip", required_argument, 0, 'c'}, {"input-image", required_argument, 0, 'i'}, {0, 0, 0, 0}};
+  mpass_run_options o = {.out_dir = "out", .rng = "cuda", .clip_skip = 1};
   progress_state ps = {false};
-  const char *input_image = NULL;
-  bool show_plan = false;
   int opt;
   optind = 1;
   while ((opt = getopt_long(argc, argv, "o:q", longopts, NULL)) != -1) {
-    mp_error *e = NULL;
     switch (opt) {
       case 'm': o.model_path = optarg; break;
       case 'o': o.out_dir = optarg; break;
       case 'n': o.job_name = optarg; break;
-      case 'd': o.debug_passes = true; break;
+      case 'd': o.debug_passes = 1; break;
       case 'q': ps.quiet = true; break;
-      case 'r': e = mp_rng_parse(optarg, &o.rng); break;
+      case 'r': o.rng = optarg; break;
       case 'c':
         o.clip_skip = atoi(optarg);
-        if (o.clip_skip < 1 || o.clip_skip > 2) e = mp_errorf("--clip-skip expects 1 or 2, found '%s'", optarg);
+        if (o.clip_skip < 1 || o.clip_skip > 2) return cli_fail("run", mp_errorf("--clip-skip expects 1 or 2, found '%s'", optarg));
         break;
-      case 'v': o.vocab = optarg; break;
-      case 'i': input_image = optarg; break;
-      case 'p': show_plan = true; break;
+      case 'i': o.input_image = optarg; break;
       default: return 2;
     }
-    if (e) return cli_fail("run", e);
   }
   if (optind != argc - 1) {
-    fprintf(stderr,
-            "usage: mpass run PROMPT_FILE [--model CKPT] [--out DIR] [--name NAME] [--input-image IMG]\n"
-            "                 [--debug-passes] [--quiet] [--rng cuda|cpu] [--clip-skip 1|2] [--vocab PATH] [--plan]\n");
+    fprintf(stderr, "usage: mpass run PROMPT_FILE [--model CKPT] [--out DIR] [--name NAME] [--input-image IMG]\n"
+                    "                 [--debug-passes] [--quiet] [--rng cuda|cpu] [--clip-skip 1|2]\n");
     return 2;
   }
   const char *file = argv[optind];
@@ -105,42 +95,27 @@ int cmd_run(mpass_ctx *ctx, int argc, char **argv) {
   size_t len = 0;
   mp_error *e = read_file(file, &doc, &len);
   if (e) return cli_fail("run", e);
-  mp_job *job = NULL;
   size_t flen = strlen(file);
-  bool json = flen > 5 && !strcmp(file + flen - 5, ".json");
-  e = json ? mp_job_parse_json(doc, len, &job) : mp_job_parse_text(doc, len, &job);
-  if (e) {
-    free(doc);
-    return cli_fail("run", mp_error_wrap(e, "%s", file));
-  }
-  if (input_image) { /* the command line wins over the document */
-    free(job->input_image);
-    job->input_image = strdup(input_image);
-  }
-  mp_plan *plan = NULL;
-  e = mp_plan_make(job, &plan);
-  if (!e) {
-    for (int i = 0; i < job->n_warnings && !ps.quiet; i++) fprintf(stderr, "mpass run: warning: %s\n", job->warnings[i]);
-    if (show_plan) mp_plan_print(plan, stderr);
-    /* relative input paths in the document are relative to the document's folder (not for --input-image) */
-    char *base = NULL;
-    const char *slash = strrchr(file, '/');
-    if (slash && !input_image) base = strndup(file, (size_t)(slash - file));
-    o.base_dir = base;
-    o.document = doc;
-    o.progress = print_progress;
-    o.progress_user = &ps;
-    signal(SIGINT, on_sigint);
-    char *dir = NULL;
-    e = mp_run_plan(ctx, plan, &o, &dir);
-    signal(SIGINT, SIG_DFL);
-    if (!e) printf("%s\n", dir);
-    free(dir);
-    free(base);
-  }
-  mp_plan_free(plan);
-  mp_job_free(job);
+  mpass_job *job = NULL;
+  e = mpass_job_parse(doc, len, flen > 5 && !strcmp(file + flen - 5, ".json"), &job);
   free(doc);
+  if (e) return cli_fail("run", mp_error_wrap(e, "%s", file));
+  for (int i = 0; i < mpass_job_warning_count(job) && !ps.quiet; i++)
+    fprintf(stderr, "mpass run: warning: %s\n", mpass_job_warning(job, i));
+  /* relative input paths in the document are relative to the document's folder */
+  const char *slash = strrchr(file, '/');
+  char *base = slash ? strndup(file, (size_t)(slash - file)) : NULL;
+  o.base_dir = base;
+  o.progress = print_progress;
+  o.progress_user = &ps;
+  signal(SIGINT, on_sigint);
+  char *dir = NULL;
+  e = mpass_run(ctx, job, &o, &dir);
+  signal(SIGINT, SIG_DFL);
+  if (!e) printf("%s\n", dir);
+  free(dir);
+  free(base);
+  mpass_job_free(job);
   if (e && interrupted) {
     fprintf(stderr, "mpass run: cancelled; no output was written\n");
     mp_error_free(e);

@@ -15,6 +15,8 @@ int cmd_parse(mpass_ctx *ctx, int argc, char **argv);
 int cmd_make_model(mpass_ctx *ctx, int argc, char **argv);
 int cmd_tune(mpass_ctx *ctx, int argc, char **argv);
 int cmd_detect(mpass_ctx *ctx, int argc, char **argv);
+int cmd_generate(mpass_ctx *ctx, int argc, char **argv);
+int cmd_params(mpass_ctx *ctx, int argc, char **argv);
 int cmd_bench(mpass_ctx *ctx, int argc, char **argv);
 
 /* Print "mpass <cmd>: <message>" to stderr, free the error, return 1. */

@@ -317,19 +317,27 @@ static mp_error *load_case(conform *c, const char *name) {
 }
 
 /* Whether the file (a manifest: small) contains `needle`. */
-static bool file_mentions(const char *path, const char *needle) {
+/* An LDM-style checkpoint config (tiny.json: {"model": {"target": ..., "params": ...}}) sits beside the
+ * manifests but is not a case. Anything else that is JSON is (a manifest cJSON cannot parse, because
+ * it holds NaN or Infinity, is certainly not a config). */
+static bool is_model_config(const char *path) {
   FILE *f = fopen(path, "rb");
   if (!f) return false;
-  size_t cap = 1 << 20, n = 0;
-  char *buf = malloc(cap);
+  size_t cap = 16u << 20, n = 0;
+  char *buf = malloc(cap + 1);
   if (buf) n = fread(buf, 1, cap, f);
   fclose(f);
-  bool found = buf && memmem(buf, n, needle, strlen(needle)) != NULL;
+  if (!buf) return false;
+  buf[n] = 0;
+  cJSON *root = cJSON_Parse(buf);
   free(buf);
-  return found;
+  const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+  bool config = cJSON_IsObject(model) && cJSON_GetObjectItemCaseSensitive(model, "params");
+  cJSON_Delete(root);
+  return config;
 }
 
-/* Manifests in a golden folder: every <name>.json except model configs (which carry "model"). */
+/* Manifests in a golden folder: every <name>.json except checkpoint configs. */
 static int list_cases(const char *dir, char ***out) {
   DIR *d = opendir(dir);
   if (!d) return -1;
@@ -341,15 +349,7 @@ static int list_cases(const char *dir, char ***out) {
     if (len < 6 || strcmp(de->d_name + len - 5, ".json") != 0) continue;
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-    FILE *f = fopen(path, "rb");
-    char head[4096] = {0};
-    size_t got = f ? fread(head, 1, sizeof head - 1, f) : 0;
-    if (f) fclose(f);
-    head[got] = 0;
-    /* a model config (tiny.json) starts with a "model" object; a case manifest that also
-     * describes its model (esrgan/x4fast.json) says which tensors it holds */
-    bool model_first = strstr(head, "\"model\": {") == head + 2 || strncmp(head, "{\n \"model\": {", 13) == 0;
-    if (model_first && !file_mentions(path, "\"tensors\"")) continue;
+    if (is_model_config(path)) continue;
     if (n == cap) {
       cap = cap ? 2 * cap : 16;
       char **nn = realloc(names, (size_t)cap * sizeof *nn);

@@ -14,6 +14,8 @@ static const struct {
   const char *usage;
 } commands[] = {
     {"run", cmd_run, "run PROMPT_FILE [--model CKPT] [--out DIR] [--debug-passes]   execute a prompt document in passes"},
+    {"generate", cmd_generate, "generate -p PROMPT [--model CKPT] [-o OUT.png] ...   one image per seed: txt2img, img2img, inpaint"},
+    {"params", cmd_params, "params IMAGE.png [--json|--raw|--command]   the generation parameters stored in a PNG"},
     {"tokenize", cmd_tokenize, "tokenize [--vocab PATH] TEXT        print CLIP token ids"},
     {"parse", cmd_parse, "parse FILE [--json] [--api]           the prompt document's job and pass plan (FILE - = stdin)"},
     {"inspect", cmd_inspect, "inspect CKPT                         model family, dtypes, parameter counts, key check"},

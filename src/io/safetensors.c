@@ -156,27 +156,7 @@ mp_error *mp_safetensors_parse(const char *path, const void *buf, size_t size, m
   return err;
 }
 
-static void release_map(void *mem, size_t size) { mp_unmap_file(mem, size); }
-
-mp_error *mp_safetensors_open(const char *path, mp_weights **out) {
-  *out = NULL;
-  void *mem;
-  size_t size;
-  MP_TRY(mp_map_file(path, &mem, &size));
-  mp_weights *w = mp_weights_new(path);
-  if (!w) {
-    mp_unmap_file(mem, size);
-    return mp_errorf("out of memory");
-  }
-  mp_weights_set_backing(w, mem, size, release_map);
-  mp_error *e = mp_safetensors_parse(path, mem, size, w);
-  if (e) {
-    mp_weights_close(w);
-    return e;
-  }
-  *out = w;
-  return NULL;
-}
+mp_error *mp_safetensors_open(const char *path, mp_weights **out) { return mp_weights_open_mapped(path, mp_safetensors_parse, out); }
 
 typedef struct {
   const char *name;

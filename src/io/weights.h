@@ -52,6 +52,10 @@ mp_error *mp_ckpt_open(const char *path, mp_weights **out);
 mp_error *mp_safetensors_write(const char *path, size_t n, const char *const *names, const mp_tensor *tensors,
                                const char *metadata_json);
 
+/* Map `path` read-only and let `parse` fill a new mp_weights that keeps the mapping alive. */
+typedef mp_error *(*mp_weights_parse_fn)(const char *path, const void *buf, size_t size, mp_weights *w);
+mp_error *mp_weights_open_mapped(const char *path, mp_weights_parse_fn parse, mp_weights **out);
+
 /* Map a whole file read-only. */
 mp_error *mp_map_file(const char *path, void **mem, size_t *size);
 void mp_unmap_file(void *mem, size_t size);

@@ -92,6 +92,16 @@ static float *image_to_planar(const mp_image *img) {
   return chw;
 }
 
+int mp_engine_pass_steps(const mp_engine *e, const mp_pass_params *p) {
+  if (!p->init) return p->steps;
+  float *sigmas = malloc(sizeof(float) * (size_t)(p->steps + 2));
+  int n = 0;
+  mp_error *err = sigmas ? mp_sampler_img2img_sigmas(&p->sampler, &e->schedule, p->steps, p->strength, sigmas, &n) : NULL;
+  mp_error_free(err);
+  free(sigmas);
+  return n > 1 && !err ? n - 1 : p->steps;
+}
+
 /* The UNet halves the latent once per level after the first: sizes must divide by 8 · 2^(levels-1)
  * (64 px for SD 1.x). */
 static int size_granularity(const mp_engine *e) { return 8 << (e->cfg.unet.n_levels - 1); }

@@ -67,6 +67,9 @@ typedef struct {
   const mp_mask *mask;
 } mp_pass_params;
 
+/* How many sampler steps the pass will run (img2img runs strength × steps, as AUTOMATIC1111 does). */
+int mp_engine_pass_steps(const mp_engine *e, const mp_pass_params *p);
+
 /* Run a pass and write the result (width×height RGB) to *out. Progress steps are reported to
  * `progress` (may be NULL); a cancel request ends the pass with an error whose message starts with
  * "cancelled". `warning` (may be NULL) receives a conditioning warning (e.g. truncation) to free. */

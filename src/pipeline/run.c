@@ -252,17 +252,14 @@ static mp_error *run_pass(run *r, int image, const pass_request *q, mp_image *ou
   cJSON_AddStringToObject(rec, "model", eng ? eng->name : "");
   double t0 = mp_now();
   if (!e) {
-    mp_sampler_spec spec;
+    mp_sampler_spec spec = {0};
     e = mp_sampler_parse(mp_scheduler_name(job->scheduler), &spec);
-    /* AUTOMATIC1111 runs img2img for only strength × steps steps (its default) */
     mp_pass_params p = {.prompt = q->text->prompt, .negative = q->text->negative, .embeddings = &r->ti, .use_lpw = job->use_lpw,
                         .clip_skip = r->o->clip_skip, .sampler = spec, .steps = q->steps, .cfg_scale = q->cfg,
                         .seed = q->seed, .rng = r->o->rng, .width = q->width, .height = q->height, .init = q->init,
                         .strength = q->strength, .mask = q->mask};
-    int shown_steps = q->init ? (int)(q->steps * (q->strength < 0.999 ? q->strength : 0.999)) + 1 : q->steps;
-    if (shown_steps > q->steps) shown_steps = q->steps;
-    mp_progress_pass(&r->progress, image, q->name, shown_steps);
     char *w = NULL;
+    if (!e) mp_progress_pass(&r->progress, image, q->name, mp_engine_pass_steps(eng, &p));
     if (!e) e = mp_engine_run_pass(eng, &p, &r->progress, out, &w);
     if (w) warn(r, "%s: %s", q->name, w);
     free(w);
@@ -282,7 +279,10 @@ static mp_error *run_pass(run *r, int image, const pass_request *q, mp_image *ou
 /* ---- scene ---- */
 
 static mp_error *load_input(run *r, const char *given, int channels, mp_image *img) {
-  char *p = input_path(r, given);
+  if (!given) /* only a URL was given */
+    return mp_errorf("input_image_url and mask_image_url are not downloaded (mpass runs offline): download the image "
+                     "and give its path as input_image= / mask_image= (or --input-image)");
+  char *p = given == r->o->input_image ? strdup(given) : input_path(r, given);
   if (!p) return mp_errorf("out of memory");
   mp_error *e = mp_image_read(p, channels, img);
   free(p);
@@ -297,7 +297,7 @@ static mp_error *scene_pass(run *r, const mp_image_plan *ip, mp_image *out) {
 
   mp_image src = {0}, fitted = {0};
   mp_mask mask = {0};
-  MP_TRY(load_input(r, job->input_image, 3, &src));
+  MP_TRY(load_input(r, r->o->input_image ? r->o->input_image : job->input_image, 3, &src));
   mp_error *e = NULL;
   if (r->plan->mode == MP_SCENE_INPUT) { /* --only_upscale: the input goes straight to the post steps */
     *out = src;
@@ -311,7 +311,7 @@ static mp_error *scene_pass(run *r, const mp_image_plan *ip, mp_image *out) {
     return NULL;
   }
   if (!e && r->plan->mode == MP_SCENE_INPAINT) {
-    if (!job->mask_image) e = mp_errorf("inpainting needs mask_image (--mask_prompt is not supported yet)");
+    if (!job->mask_image && !job->mask_image_url) e = mp_errorf("--mask_prompt is not supported yet: give mask_image=");
     mp_image m8 = {0}, m8fit = {0};
     if (!e) e = load_input(r, job->mask_image, 1, &m8);
     if (!e) e = mp_image_fit_crop(&m8, r->width, r->height, &m8fit);
@@ -644,9 +644,10 @@ static mp_error *prepare(run *r) {
   /* size: given, from ar, or from the input image */
   r->width = job->width, r->height = job->height;
   if (r->width <= 0 || r->height <= 0) {
-    if (!job->input_image) return mp_errorf("no size: give w and h (or an input_image)");
+    const char *input = r->o->input_image ? r->o->input_image : job->input_image;
+    if (!input) return mp_errorf("no size: give w and h (or an input_image)");
     mp_image src;
-    MP_TRY(load_input(r, job->input_image, 3, &src));
+    MP_TRY(load_input(r, input, 3, &src));
     mp_size_round8(src.width, src.height, 1024, &r->width, &r->height);
     mp_image_free(&src);
   }

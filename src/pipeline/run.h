@@ -23,6 +23,7 @@ typedef struct {
   const char *out_dir;    /* the job's folder is <out_dir>/<job_name> */
   const char *job_name;   /* NULL: "<seed>-<UTC time>" */
   const char *base_dir;   /* relative input_image / mask_image paths resolve here (the prompt file's folder) */
+  const char *input_image; /* replaces the document's input_image (not resolved against base_dir); may be NULL */
   const char *document;   /* the prompt document as given, stored in every PNG */
   const char *vocab;      /* NULL: the usual search (docs/tokenizer.md) */
   bool debug_passes;      /* also write every intermediate image and a contact sheet per image */

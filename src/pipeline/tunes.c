@@ -390,6 +390,15 @@ mp_error *mp_tune_add(const char *models_dir, const mp_tune_spec *spec, const ch
   char sha[65];
   if (!e) e = copy_with_hash(weights_path, weights_dst, sha);
   if (!e) e = write_tune_json(json, spec, title, family, file, sha);
+  if (!e && spec->type == MP_TUNE_CHECKPOINT) {
+    /* A checkpoint's LDM config beside it (what small, non-standard models need) travels with it. */
+    const char *dot = strrchr(weights_path, '.');
+    char *src_cfg = pathf("%.*s.json", (int)(dot - weights_path), weights_path), *dst_cfg = pathf("%s/%s.json", tmp, spec->id);
+    char cfg_sha[65];
+    if (!src_cfg || !dst_cfg) e = mp_errorf("out of memory");
+    else if (is_file(src_cfg)) e = copy_with_hash(src_cfg, dst_cfg, cfg_sha);
+    free(src_cfg), free(dst_cfg);
+  }
   if (!e && rename(tmp, final) != 0)
     e = mp_errorf("cannot move %s to %s (%s)", tmp, final, strerror(errno));
   if (e && made_tmp) mp_error_free(remove_flat_dir(tmp));

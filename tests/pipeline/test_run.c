@@ -13,6 +13,7 @@
 #include "models/sd_layout.h"
 #include "pipeline/params.h"
 #include "pipeline/run.h"
+#include "pipeline/tunes.h"
 #include "prompt/document.h"
 #include "prompt/plan.h"
 #include "testutil.h"
@@ -230,10 +231,44 @@ static void test_cancel_leaves_nothing(void **state) {
   mp_job_free(job);
 }
 
+/* A checkpoint tune replaces the whole model for its person's pass only. */
+static void test_checkpoint_tune(void **state) {
+  fixture *f = *state;
+  mp_tune_spec spec = {.id = "ckpt_tune", .name = "woman", .token = "sks", .type = MP_TUNE_CHECKPOINT};
+  assert_ok(mp_tune_add(f->models, &spec, f->ckpt, NULL));
+  char doc[4096];
+  const char *src = getenv("MPASS_SOURCE_DIR");
+  snprintf(doc, sizeof doc,
+           "BREAK BREAK a woman <lora:ckpt_tune:1>\ninput_image=%s/models/vision/images/sample6.jpg\nseed=5\nsteps=1\n"
+           "scheduler=euler\nw=256\nh=192\n",
+           src ? src : ".");
+  mp_job *job;
+  assert_ok(mp_job_parse_text(doc, strlen(doc), &job));
+  mp_plan *plan;
+  assert_ok(mp_plan_make(job, &plan));
+  char out[1024], *v = vocab(), *dir = NULL, p[1200];
+  snprintf(out, sizeof out, "%s/tune", f->dir);
+  mp_run_options o = {.model_path = f->ckpt, .out_dir = out, .job_name = "job", .document = doc, .vocab = v, .rng = MP_RNG_CPU};
+  assert_ok(mp_run_plan(f->ctx, plan, &o, &dir));
+  snprintf(p, sizeof p, "%s/result.json", dir);
+  cJSON *res = read_json(p);
+  cJSON *pass = cJSON_GetObjectItem(res, "passes")->child;
+  assert_string_equal(cJSON_GetObjectItem(pass, "pass")->valuestring, "person 1");
+  cJSON *lora = cJSON_GetObjectItem(pass, "loras")->child;
+  assert_string_equal(cJSON_GetObjectItem(lora, "type")->valuestring, "checkpoint");
+  assert_non_null(strstr(cJSON_GetObjectItem(lora, "file")->valuestring, "tunes/ckpt_tune/"));
+  assert_string_equal(cJSON_GetObjectItem(pass, "model")->valuestring, "ckpt_tune"); /* the tune's copy of the file */
+  cJSON_Delete(res);
+  free(dir), free(v);
+  mp_plan_free(plan);
+  mp_job_free(job);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_cancel_leaves_nothing),
       cmocka_unit_test(test_two_person_job),
+      cmocka_unit_test(test_checkpoint_tune),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
