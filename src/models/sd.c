@@ -16,15 +16,18 @@ const char *mp_family_name(mp_family f) {
 }
 
 mp_error *mp_sd_weight(const mp_weights *w, const char *name, int ndim, const int64_t *shape, const mp_tensor **out) {
-  const mp_weight *t = mp_weights_find(w, name);
-  if (!t) return mp_errorf("tensor %s is missing", name);
-  char exp[128], got[128];
-  bool ok = t->t.ndim == ndim && (t->t.dtype == MP_F32 || t->t.dtype == MP_F16 || t->t.dtype == MP_BF16);
-  for (int i = 0; ok && i < ndim; i++) ok = t->t.shape[i] == shape[i];
-  if (!ok)
-    return mp_errorf("tensor %s: expected %s %s, found %s %s", name, "float", mp_shape_str(ndim, shape, exp, sizeof exp),
-                     mp_dtype_name(t->t.dtype), mp_shape_str(t->t.ndim, t->t.shape, got, sizeof got));
-  *out = &t->t;
+  char want[128], got[128];
+  const mp_weight *it = mp_weights_find(w, name);
+  if (!it) return mp_errorf("missing tensor %s (expected shape %s)", name, mp_shape_str(ndim, shape, want, sizeof want));
+  const mp_tensor *t = &it->t;
+  if (t->dtype != MP_F32 && t->dtype != MP_F16 && t->dtype != MP_BF16)
+    return mp_errorf("tensor %s has dtype %s, expected a float type", name, mp_dtype_name(t->dtype));
+  bool same = t->ndim == ndim;
+  for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+  if (!same)
+    return mp_errorf("tensor %s: expected shape %s, found %s", name, mp_shape_str(ndim, shape, want, sizeof want),
+                     mp_shape_str(t->ndim, t->shape, got, sizeof got));
+  *out = t;
   return NULL;
 }
 

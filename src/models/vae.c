@@ -84,29 +84,14 @@ static const mp_tensor *bind(binder *b, int ndim, const int64_t *shape, const ch
     __attribute__((format(printf, 4, 5)));
 static const mp_tensor *bind(binder *b, int ndim, const int64_t *shape, const char *fmt, ...) {
   if (b->err) return NULL;
-  char name[256], want[96], got[96];
+  char name[256];
   int n = snprintf(name, sizeof name, "%s", b->prefix);
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(name + n, sizeof name - (size_t)n, fmt, ap);
   va_end(ap);
-  const mp_weight *it = mp_weights_find(b->w, name);
-  if (!it) {
-    b->err = mp_errorf("missing tensor %s (expected shape %s)", name, mp_shape_str(ndim, shape, want, sizeof want));
-    return NULL;
-  }
-  const mp_tensor *t = &it->t;
-  if (t->dtype != MP_F32 && t->dtype != MP_F16 && t->dtype != MP_BF16) {
-    b->err = mp_errorf("tensor %s has dtype %s, expected a float type", name, mp_dtype_name(t->dtype));
-    return NULL;
-  }
-  bool same = t->ndim == ndim;
-  for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
-  if (!same) {
-    b->err = mp_errorf("tensor %s: expected shape %s, found %s", name, mp_shape_str(ndim, shape, want, sizeof want),
-                       mp_shape_str(t->ndim, t->shape, got, sizeof got));
-    return NULL;
-  }
+  const mp_tensor *t = NULL;
+  b->err = mp_sd_weight(b->w, name, ndim, shape, &t);
   return t;
 }
 
