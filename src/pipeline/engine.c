@@ -33,7 +33,9 @@ mp_error *mp_engine_open(mpass_ctx *ctx, const char *path, const mp_tokenizer *t
     err = mp_schedule_from_checkpoint(&e->schedule, e->base, e->cfg.linear_start, e->cfg.linear_end, e->cfg.timesteps);
   if (!err) err = bind_models(e);
   if (!err) err = mp_vae_load(e->base, MP_PREFIX_VAE, &e->cfg.vae, &e->vae);
-  if (!err) err = mp_model_short_hash(path, e->hash);
+  char cache[4096];
+  snprintf(cache, sizeof cache, "%s/.cache", ctx->models_dir);
+  if (!err) err = mp_model_short_hash_cached(cache, path, e->hash);
   if (err) {
     mp_engine_close(e);
     return mp_error_wrap(err, "loading %s", path);

@@ -1,6 +1,10 @@
 #include "pipeline/params.h"
 
+#include <cjson/cJSON.h>
 #include <ctype.h>
+#include <limits.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -587,4 +591,66 @@ mp_error *mp_model_short_hash(const char *path, char hash[11]) {
   memcpy(hash, hex, 10);
   hash[10] = 0;
   return NULL;
+}
+
+/* ---- hash cache ---- */
+
+static cJSON *read_json_file(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *buf = n > 0 && n < (16 << 20) ? malloc((size_t)n + 1) : NULL;
+  size_t got = buf ? fread(buf, 1, (size_t)n, f) : 0;
+  fclose(f);
+  if (!buf) return NULL;
+  buf[got] = 0;
+  cJSON *j = cJSON_Parse(buf);
+  free(buf);
+  return j;
+}
+
+mp_error *mp_model_short_hash_cached(const char *cache_dir, const char *path, char hash[11]) {
+  char abs[PATH_MAX], cache[PATH_MAX], tmp[PATH_MAX + 32];
+  struct stat st;
+  if (!cache_dir || !realpath(path, abs) || stat(abs, &st) != 0) return mp_model_short_hash(path, hash);
+  snprintf(cache, sizeof cache, "%s/sha256.json", cache_dir);
+  cJSON *root = read_json_file(cache);
+  if (!cJSON_IsObject(root)) {
+    cJSON_Delete(root);
+    root = cJSON_CreateObject();
+  }
+  const cJSON *e = cJSON_GetObjectItemCaseSensitive(root, abs);
+  const cJSON *size = cJSON_GetObjectItemCaseSensitive(e, "size"), *mtime = cJSON_GetObjectItemCaseSensitive(e, "mtime");
+  const cJSON *sum = cJSON_GetObjectItemCaseSensitive(e, "sha256");
+  if (cJSON_IsNumber(size) && size->valuedouble == (double)st.st_size && cJSON_IsNumber(mtime) &&
+      mtime->valuedouble == (double)st.st_mtime && cJSON_IsString(sum) && strlen(sum->valuestring) == 64) {
+    memcpy(hash, sum->valuestring, 10);
+    hash[10] = 0;
+    cJSON_Delete(root);
+    return NULL;
+  }
+  char hex[65];
+  mp_error *err = mp_file_sha256(abs, hex);
+  if (!err) {
+    memcpy(hash, hex, 10);
+    hash[10] = 0;
+    cJSON_DeleteItemFromObjectCaseSensitive(root, abs);
+    cJSON *o = cJSON_AddObjectToObject(root, abs);
+    cJSON_AddNumberToObject(o, "size", (double)st.st_size);
+    cJSON_AddNumberToObject(o, "mtime", (double)st.st_mtime);
+    cJSON_AddStringToObject(o, "sha256", hex);
+    char *text = cJSON_Print(root);
+    snprintf(tmp, sizeof tmp, "%s.%d.tmp", cache, (int)getpid());
+    mkdir(cache_dir, 0755);
+    FILE *f = text ? fopen(tmp, "wb") : NULL;
+    bool ok = f && fputs(text, f) >= 0;
+    if (f && fclose(f) != 0) ok = false;
+    if (ok) ok = rename(tmp, cache) == 0; /* other processes see the old or the new cache, never half */
+    if (!ok) unlink(tmp);
+    free(text);
+  }
+  cJSON_Delete(root);
+  return err;
 }

@@ -99,5 +99,9 @@ void mp_sha256_hex(const uint8_t digest[32], char hex[65]);
 /* SHA-256 of a file as 64 lower-case hex digits, and A1111's short model hash (its first 10). */
 mp_error *mp_file_sha256(const char *path, char hex[65]);
 mp_error *mp_model_short_hash(const char *path, char hash[11]);
+/* The same, remembered in <cache_dir>/sha256.json by absolute path, size and modification time, as
+ * AUTOMATIC1111 keeps its hash cache: hashing a 2 GB checkpoint takes seconds, every job needs it.
+ * A cache that cannot be read or written only costs the hashing. */
+mp_error *mp_model_short_hash_cached(const char *cache_dir, const char *path, char hash[11]);
 
 #endif

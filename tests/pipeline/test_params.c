@@ -232,11 +232,43 @@ static void test_sha256_fips_vectors(void **state) {
   free(dir);
 }
 
+/* The hash cache answers from its file while size and mtime hold, and rehashes when they change. */
+static void test_hash_cache(void **state) {
+  (void)state;
+  char *dir = test_tmpdir(), file[512], cache_dir[512], cache[600], hash[11], plain[11];
+  snprintf(file, sizeof file, "%s/model.safetensors", dir);
+  snprintf(cache_dir, sizeof cache_dir, "%s/.cache", dir);
+  snprintf(cache, sizeof cache, "%s/sha256.json", cache_dir);
+  test_write_file(file, "abc", 3);
+  assert_ok(mp_model_short_hash_cached(cache_dir, file, hash));
+  assert_ok(mp_model_short_hash(file, plain));
+  assert_string_equal(hash, plain);
+  assert_string_equal(hash, "ba7816bf8f"); /* sha256("abc") */
+  /* the cache is what answers: plant another sum for the same size and mtime */
+  FILE *f = fopen(cache, "rb");
+  assert_non_null(f);
+  char buf[4096] = {0};
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  char *at = strstr(buf, "ba7816bf8f");
+  assert_non_null(at);
+  memcpy(at, "0123456789", 10);
+  test_write_file(cache, buf, n);
+  assert_ok(mp_model_short_hash_cached(cache_dir, file, hash));
+  assert_string_equal(hash, "0123456789");
+  /* a changed file is hashed again */
+  test_write_file(file, "abcd", 4);
+  assert_ok(mp_model_short_hash_cached(cache_dir, file, hash));
+  assert_string_equal(hash, "88d4266fd4"); /* sha256("abcd") */
+  free(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_format_standard_fields), cmocka_unit_test(test_reads_a1111_text),
       cmocka_unit_test(test_quoting_round_trip),     cmocka_unit_test(test_parse_edge_cases),
       cmocka_unit_test(test_hostile_input),          cmocka_unit_test(test_sha256_fips_vectors),
+      cmocka_unit_test(test_hash_cache),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
