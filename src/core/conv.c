@@ -197,9 +197,21 @@ static void pgemm_chunks(void *ctx, int64_t begin, int64_t end, int thread) {
   }
 }
 
+/* Where oneDNN's f32 matmul (brgemm) beats OpenBLAS split over the pool: the dense layers
+ * (x · Wᵀ) from 256 rows on. Measured on a UNet step at 512x512 (docs/speed.md): the transformer
+ * linears took 2.6 s instead of 2.9 s. The convolutions' W · col products (m = output channels)
+ * were slower on oneDNN (no B-operand packing for that layout), so they stay on OpenBLAS. */
+static bool use_dnnl_sgemm(bool trans_b, int64_t m) { return trans_b && m >= 256; }
+
 /* C[m, n] = A[m, k] · op(B) + beta C, row-major; op(B) = B [k, n] or Bᵀ with B [n, k]. */
 void mp_gemm_pool(mp_pool *pool, bool trans_b, int64_t m, int64_t n, int64_t k, const float *A, int64_t lda, const float *B,
                   int64_t ldb, float beta, float *C, int64_t ldc) {
+  mp_backend *be = mp_pool_backend(pool);
+  if (be && beta == 0.0f && use_dnnl_sgemm(trans_b, m)) {
+    mp_error *e = mp_backend_sgemm(be, trans_b, m, n, k, A, lda, B, ldb, C, ldc);
+    if (!e) return;
+    mp_error_free(e); /* oneDNN declined the shape: OpenBLAS below */
+  }
   const int nt = mp_pool_size(pool);
   pgemm_args a = {trans_b, m, n, k, A, B, lda, ldb, ldc, beta, C, true, n};
   /* One block per thread along the wider side: every block repacks the other operand (for a

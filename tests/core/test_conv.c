@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "core/conv.h"
+#include "core/matmul.h"
 #include "core/ops.h"
 #include "core/vmath.h"
 #include "testutil.h"
@@ -126,6 +127,41 @@ static void test_dense_matches_reference(void **state) {
   mp_workspace_free(&ws);
 }
 
+/* With an f32 backend attached, dense layers of 256 rows and more run on oneDNN's f32 matmul
+ * (mp_gemm_pool); fewer rows stay on OpenBLAS. Both must match the reference to float rounding. */
+static void test_dense_on_f32_backend(void **state) {
+  (void)state;
+  enum { IN = 70, OUT = 33 };
+  mp_pool *pool;
+  mp_backend *be;
+  assert_ok(mp_pool_create(2, &pool));
+  assert_ok(mp_backend_create(MP_PRECISION_F32, 2, &be));
+  mp_pool_set_backend(pool, be);
+  const int64_t rows[] = {300, 256, 255, 1};
+  for (size_t c = 0; c < sizeof rows / sizeof *rows; c++) {
+    const int64_t n = rows[c];
+    float *x = malloc(sizeof(float) * (size_t)(n * IN)), *y = malloc(sizeof(float) * (size_t)(n * OUT));
+    float *r = malloc(sizeof(float) * (size_t)(n * OUT)), W[OUT * IN], b[OUT];
+    uint16_t W16[OUT * IN];
+    fill(x, n * IN, 7), fill(W, OUT * IN, 8), fill(b, OUT, 9);
+    for (int i = 0; i < OUT * IN; i++) W16[i] = mp_f32_to_f16(W[i]), W[i] = mp_f16_to_f32(W16[i]);
+    mp_tensor tw, tb;
+    mp_tensor_view(&tw, MP_F16, 2, (int64_t[]){OUT, IN}, W16);
+    mp_tensor_view(&tb, MP_F32, 1, (int64_t[]){OUT}, b);
+    mp_workspace ws = {0};
+    for (int rep = 0; rep < 2; rep++) { /* the second call reuses the cached primitive */
+      assert_ok(mp_dense(pool, &ws, y, x, n, &tw, &tb));
+      mp_ref_linear(r, x, n, W, b, IN, OUT);
+      double e = rel_l2(y, r, n * OUT);
+      if (e > 1e-6) fail_msg("dense %lld rows on the f32 backend: rel L2 %g", (long long)n, e);
+    }
+    mp_workspace_free(&ws);
+    free(x), free(y), free(r);
+  }
+  mp_pool_destroy(pool);
+  mp_backend_destroy(be);
+}
+
 static void test_group_norm_matches_reference(void **state) {
   (void)state;
   enum { B = 2, C = 64, HW = 37, G = 32 };
@@ -181,6 +217,7 @@ static void test_vector_exp(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_conv2d_matches_reference), cmocka_unit_test(test_dense_matches_reference),
+      cmocka_unit_test(test_dense_on_f32_backend),
       cmocka_unit_test(test_group_norm_matches_reference), cmocka_unit_test(test_upsample_and_geglu),
       cmocka_unit_test(test_vector_exp),
   };
