@@ -114,6 +114,26 @@ int main(int argc, char **argv) {
     CK(dnnl_memory_create(&m_x, &src_md, eng, DNNL_MEMORY_ALLOCATE));
     CK(dnnl_memory_create(&m_w, &wei_md, eng, DNNL_MEMORY_ALLOCATE));
     CK(dnnl_memory_create(&m_y, &dst_md, eng, DNNL_MEMORY_ALLOCATE));
+    dnnl_memory_desc_t wei_f16;
+    CK(dnnl_memory_desc_init_by_tag(&wei_f16, 4, wd, dnnl_f16, dnnl_oihw));
+    dnnl_primitive_desc_t rpd16;
+    dnnl_status_t s16 = dnnl_reorder_primitive_desc_create(&rpd16, &wei_f16, eng, &wei_md, eng, NULL);
+    if (s16 == dnnl_success) {
+      const char *ri = "";
+      dnnl_primitive_desc_query(rpd16, dnnl_query_impl_info_str, 0, &ri);
+      dnnl_primitive_t r16;
+      CK(dnnl_primitive_create(&r16, rpd16));
+      dnnl_memory_t m16, mw16;
+      CK(dnnl_memory_create(&m16, &wei_f16, eng, NULL));
+      CK(dnnl_memory_create(&mw16, &wei_md, eng, DNNL_MEMORY_ALLOCATE));
+      dnnl_memory_set_data_handle(m16, malloc(nw * 2));
+      run2(r16, st, m16, mw16);
+      CK(dnnl_stream_wait(st));
+      double a = now();
+      run2(r16, st, m16, mw16);
+      CK(dnnl_stream_wait(st));
+      printf("  f16 -> packed f32 reorder (%s): %.2f ms\n", ri, (now() - a) * 1e3);
+    } else printf("  no f16 reorder (%d)\n", (int)s16);
     dnnl_primitive_t r_w = reorder(eng, &wei_user, &wei_md), r_in = reorder(eng, &src_user, &src_md),
                      r_out = reorder(eng, &dst_md, &dst_user);
     run2(r_w, st, m_wu, m_w);
