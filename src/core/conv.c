@@ -400,6 +400,42 @@ static inline void wino_at(int m, const float *v, int is, float *r, int os) {
   }
 }
 
+/* The same transforms on 16 tiles at once (one per lane): consecutive tiles of a tile row. */
+typedef float wino_v16 __attribute__((vector_size(64)));
+enum { WINO_LANES = 16 };
+
+static inline void wino_bt16(int m, const wino_v16 *v, int is, wino_v16 *r, int os) {
+  if (m == 4) {
+    const wino_v16 v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is], v4 = v[4 * is], v5 = v[5 * is];
+    r[0] = 4 * v0 - 5 * v2 + v4;
+    r[os] = -4 * v1 - 4 * v2 + v3 + v4;
+    r[2 * os] = 4 * v1 - 4 * v2 - v3 + v4;
+    r[3 * os] = -2 * v1 - v2 + 2 * v3 + v4;
+    r[4 * os] = 2 * v1 - v2 - 2 * v3 + v4;
+    r[5 * os] = 4 * v1 - 5 * v3 + v5;
+  } else {
+    const wino_v16 v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is];
+    r[0] = v0 - v2;
+    r[os] = v1 + v2;
+    r[2 * os] = v2 - v1;
+    r[3 * os] = v1 - v3;
+  }
+}
+
+static inline void wino_at16(int m, const wino_v16 *v, int is, wino_v16 *r, int os) {
+  if (m == 4) {
+    const wino_v16 v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is], v4 = v[4 * is], v5 = v[5 * is];
+    r[0] = v0 + v1 + v2 + v3 + v4;
+    r[os] = v1 - v2 + 2 * v3 - 2 * v4;
+    r[2 * os] = v1 + v2 + 4 * v3 + 4 * v4;
+    r[3 * os] = v1 - v2 + 8 * v3 - 8 * v4 + v5;
+  } else {
+    const wino_v16 v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is];
+    r[0] = v0 + v1 + v2;
+    r[os] = v1 - v2 - v3;
+  }
+}
+
 typedef struct {
   const wino_kind *k;
   float *V;
@@ -419,6 +455,28 @@ static void wino_input(void *ctx, int64_t begin, int64_t end, int thread) {
       int64_t t = (p->t0 + tt) % p->T, img = (p->t0 + tt) / p->T;
       const float *xc = p->x + ((size_t)img * p->C + (size_t)c) * p->h * p->w;
       int y0 = (int)(t / p->tw) * m - 1, x0 = (int)(t % p->tw) * m - 1;
+      if (tt + WINO_LANES <= p->tb && (int)(t % p->tw) + WINO_LANES <= p->tw) {
+        /* 16 tiles of one tile row: each input row is copied once, zero-padded, and the lanes
+         * pick their A columns from it; the stores are contiguous runs of 16 tiles. */
+        float line[WINO_LANES * 4 + WINO_MAX_A];
+        const int span = (WINO_LANES - 1) * m + A;
+        wino_v16 d[WINO_MAX_A][WINO_MAX_A], r[WINO_MAX_A][WINO_MAX_A] = {{{0}}}, v[WINO_MAX_A][WINO_MAX_A];
+        for (int i = 0; i < A; i++) {
+          const int iy = y0 + i;
+          for (int q = 0; q < span; q++) {
+            const int ix = x0 + q;
+            line[q] = iy >= 0 && iy < p->h && ix >= 0 && ix < p->w ? xc[(size_t)iy * p->w + ix] : 0.0f;
+          }
+          for (int j = 0; j < A; j++)
+            for (int l = 0; l < WINO_LANES; l++) d[i][j][l] = line[l * m + j];
+        }
+        for (int j = 0; j < A; j++) wino_bt16(m, &d[0][j], WINO_MAX_A, &r[0][j], WINO_MAX_A);
+        for (int i = 0; i < A; i++) wino_bt16(m, &r[i][0], 1, &v[i][0], 1);
+        for (int i = 0; i < A; i++)
+          for (int j = 0; j < A; j++) memcpy(vc + (size_t)(i * A + j) * plane + tt, &v[i][j], sizeof v[i][j]);
+        tt += WINO_LANES - 1;
+        continue;
+      }
       float d[WINO_MAX_A][WINO_MAX_A], r[WINO_MAX_A][WINO_MAX_A];
       bool inside = y0 >= 0 && x0 >= 0 && y0 + A <= p->h && x0 + A <= p->w;
       for (int i = 0; i < A; i++)
@@ -468,6 +526,22 @@ static void wino_output(void *ctx, int64_t begin, int64_t end, int thread) {
     const float b = p->bias ? p->bias[o] : 0.0f;
     for (int64_t tt = 0; tt < p->tb; tt++) {
       float *yo = p->y + ((size_t)((p->t0 + tt) / p->T) * p->O + (size_t)o) * p->h * p->w;
+      const int64_t t16 = (p->t0 + tt) % p->T;
+      if (tt + WINO_LANES <= p->tb && (int)(t16 % p->tw) + WINO_LANES <= p->tw && ((int)(t16 % p->tw) + WINO_LANES) * m <= p->w) {
+        wino_v16 mm[WINO_MAX_A][WINO_MAX_A], s[4][WINO_MAX_A] = {{{0}}}, yy[4][4];
+        for (int i = 0; i < A; i++)
+          for (int j = 0; j < A; j++) memcpy(&mm[i][j], mo + (size_t)(i * A + j) * plane + tt, sizeof mm[i][j]);
+        for (int j = 0; j < A; j++) wino_at16(m, &mm[0][j], WINO_MAX_A, &s[0][j], WINO_MAX_A);
+        for (int i = 0; i < m; i++) wino_at16(m, &s[i][0], 1, &yy[i][0], 1);
+        const int oy = (int)(t16 / p->tw) * m, ox = (int)(t16 % p->tw) * m;
+        for (int i = 0; i < m && oy + i < p->h; i++) {
+          float *row = yo + (size_t)(oy + i) * p->w + ox;
+          for (int l = 0; l < WINO_LANES; l++)
+            for (int j = 0; j < m; j++) row[l * m + j] = yy[i][j][l] + b;
+        }
+        tt += WINO_LANES - 1;
+        continue;
+      }
       float mm[WINO_MAX_A][WINO_MAX_A], s[4][WINO_MAX_A];
       for (int i = 0; i < A; i++)
         for (int j = 0; j < A; j++) mm[i][j] = mo[(size_t)(i * A + j) * plane + tt];

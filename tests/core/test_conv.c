@@ -78,6 +78,8 @@ static void test_conv2d_matches_reference(void **state) {
       {5, 7, 33, 37, 3, 1, p1, false, true, 2},   /* >= 1024 pixels: Winograd F(2x2,3x3), odd sizes */
       {6, 9, 32, 48, 3, 1, p1, true, false, 1},   /* Winograd, f16 weights, no bias */
       {300, 40, 40, 40, 3, 1, p1, false, true, 1}, /* Winograd, wider */
+      {8, 6, 70, 66, 3, 1, p1, true, true, 2},    /* Winograd F(4x4,3x3), 16-tile vector path + partial tiles */
+      {8, 6, 64, 62, 3, 1, p1, false, true, 1},   /* F(4x4): a 16-tile row wider than the image (scalar output) */
   };
   for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) run_conv_case(pool, &ws, cases[i]);
 
