@@ -1,7 +1,8 @@
 /* f32 3x3 convolution: mpass's f32 path (Winograd / im2col on OpenBLAS, weights f16 converted per
  * call) against oneDNN's f32 convolution primitive, with the weight converted from f16 and
  * reordered into the primitive's layout on every call (the f32 path cannot keep 3.4 GB of packed
- * f32 weights), on the UNet's 3x3 shapes at 512x512 with CFG (batch 2).
+ * f32 weights), on the UNet's 3x3 shapes at 512x512 with CFG (batch 2). Also times oneDNN's own
+ * f16 -> packed f32 weight reorder (a scalar kernel in oneDNN 2.6).
  * usage: bench_conv_f32 [--threads N] */
 #include <oneapi/dnnl/dnnl.h>
 #include <stdio.h>

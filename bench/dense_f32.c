@@ -2,7 +2,9 @@
  * OpenBLAS sgemm split over mpass's pool) against oneDNN's f32 matmul with a primitive made for the
  * row count, (a) reading the f32 weight in its stored [N, K] order and (b) with the weight converted
  * from f16 and reordered into oneDNN's blocked layout on every call. UNet transformer shapes at
- * 512x512 with CFG (batch 2). usage: bench_dense_f32 [--threads N] */
+ * 512x512 with CFG (batch 2). With ATTACH=1 in the environment the pool gets the f32 backend, so
+ * "mpass" is mp_dense as the models run it (oneDNN from 256 rows on).
+ * usage: bench_dense_f32 [--threads N] */
 #include <oneapi/dnnl/dnnl.h>
 #include <stdio.h>
 #include <stdlib.h>
