@@ -25,13 +25,12 @@ mpass_error *mpass_ctx_create(const mpass_options *opts, mpass_ctx **out) {
                                                                 : MP_PRECISION_AUTO;
   if (want == MP_PRECISION_AUTO) want = *mp_cpu_bf16_support() ? MP_PRECISION_BF16 : MP_PRECISION_F32;
   c->precision = want;
-  if (want == MP_PRECISION_BF16) {
-    if ((e = mp_backend_create(want, c->n_threads, &c->backend))) {
-      mpass_ctx_destroy(c);
-      return mp_error_wrap(e, "bf16 backend");
-    }
-    mp_pool_set_backend(c->pool, c->backend);
+  /* Both precisions: the f32 path also runs its large products on oneDNN's f32 matmul. */
+  if ((e = mp_backend_create(want, c->n_threads, &c->backend))) {
+    mpass_ctx_destroy(c);
+    return mp_error_wrap(e, "%s backend", mp_precision_name(want));
   }
+  mp_pool_set_backend(c->pool, c->backend);
   const char *md = opts->models_dir ? opts->models_dir : getenv("MPASS_MODELS");
   c->models_dir = strdup(md && *md ? md : "models");
   c->data_dir = opts->data_dir ? strdup(opts->data_dir) : NULL;

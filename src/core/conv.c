@@ -197,9 +197,21 @@ static void pgemm_chunks(void *ctx, int64_t begin, int64_t end, int thread) {
   }
 }
 
+/* Where oneDNN's f32 matmul (brgemm) beats OpenBLAS split over the pool: the dense layers
+ * (x · Wᵀ) from 256 rows on. Measured on a UNet step at 512x512 (docs/speed.md): the transformer
+ * linears took 2.6 s instead of 2.9 s. The convolutions' W · col products (m = output channels)
+ * were slower on oneDNN (no B-operand packing for that layout), so they stay on OpenBLAS. */
+static bool use_dnnl_sgemm(bool trans_b, int64_t m) { return trans_b && m >= 256; }
+
 /* C[m, n] = A[m, k] · op(B) + beta C, row-major; op(B) = B [k, n] or Bᵀ with B [n, k]. */
 void mp_gemm_pool(mp_pool *pool, bool trans_b, int64_t m, int64_t n, int64_t k, const float *A, int64_t lda, const float *B,
                   int64_t ldb, float beta, float *C, int64_t ldc) {
+  mp_backend *be = mp_pool_backend(pool);
+  if (be && beta == 0.0f && use_dnnl_sgemm(trans_b, m)) {
+    mp_error *e = mp_backend_sgemm(be, trans_b, m, n, k, A, lda, B, ldb, C, ldc);
+    if (!e) return;
+    mp_error_free(e); /* oneDNN declined the shape: OpenBLAS below */
+  }
   const int nt = mp_pool_size(pool);
   pgemm_args a = {trans_b, m, n, k, A, B, lda, ldb, ldc, beta, C, true, n};
   /* One block per thread along the wider side: every block repacks the other operand (for a
@@ -297,7 +309,9 @@ static void im2col_rows(void *ctx, int64_t begin, int64_t end, int thread) {
  * M[ξ][O][tiles] = U[ξ][O][C] · V[ξ][C][tiles]: F(2,3) does 16/4 = 4 multiply-adds per output and
  * channel pair, F(4,3) 36/16 = 2.25, against 9 for direct convolution. F(4,3) uses the points
  * 0, ±1, ±2, ∞ (Lavin & Gray), whose f32 error stays around 1e-6 relative for these layers. */
-enum { WINO_BUDGET_FLOATS = 16 << 20, WINO_MIN_PIXELS = 1024, WINO_MAX_A = 6 };
+/* From 16x16 outputs on: with the transforms vectorised over tiles, F(2,3) at 16x16 with 1280
+ * channels takes 55-60 ms against 85-95 for im2col + GEMM (bench_conv_f32); at 8x8 they tie. */
+enum { WINO_BUDGET_FLOATS = 16 << 20, WINO_MIN_PIXELS = 256, WINO_MAX_A = 6 };
 
 typedef struct {
   int m, a; /* output tile, input tile = m + 2 */
@@ -388,6 +402,42 @@ static inline void wino_at(int m, const float *v, int is, float *r, int os) {
   }
 }
 
+/* The same transforms on 16 tiles at once (one per lane): consecutive tiles of a tile row. */
+typedef float wino_v16 __attribute__((vector_size(64)));
+enum { WINO_LANES = 16 };
+
+static inline void wino_bt16(int m, const wino_v16 *v, int is, wino_v16 *r, int os) {
+  if (m == 4) {
+    const wino_v16 v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is], v4 = v[4 * is], v5 = v[5 * is];
+    r[0] = 4 * v0 - 5 * v2 + v4;
+    r[os] = -4 * v1 - 4 * v2 + v3 + v4;
+    r[2 * os] = 4 * v1 - 4 * v2 - v3 + v4;
+    r[3 * os] = -2 * v1 - v2 + 2 * v3 + v4;
+    r[4 * os] = 2 * v1 - v2 - 2 * v3 + v4;
+    r[5 * os] = 4 * v1 - 5 * v3 + v5;
+  } else {
+    const wino_v16 v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is];
+    r[0] = v0 - v2;
+    r[os] = v1 + v2;
+    r[2 * os] = v2 - v1;
+    r[3 * os] = v1 - v3;
+  }
+}
+
+static inline void wino_at16(int m, const wino_v16 *v, int is, wino_v16 *r, int os) {
+  if (m == 4) {
+    const wino_v16 v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is], v4 = v[4 * is], v5 = v[5 * is];
+    r[0] = v0 + v1 + v2 + v3 + v4;
+    r[os] = v1 - v2 + 2 * v3 - 2 * v4;
+    r[2 * os] = v1 + v2 + 4 * v3 + 4 * v4;
+    r[3 * os] = v1 - v2 + 8 * v3 - 8 * v4 + v5;
+  } else {
+    const wino_v16 v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is];
+    r[0] = v0 + v1 + v2;
+    r[os] = v1 - v2 - v3;
+  }
+}
+
 typedef struct {
   const wino_kind *k;
   float *V;
@@ -407,6 +457,28 @@ static void wino_input(void *ctx, int64_t begin, int64_t end, int thread) {
       int64_t t = (p->t0 + tt) % p->T, img = (p->t0 + tt) / p->T;
       const float *xc = p->x + ((size_t)img * p->C + (size_t)c) * p->h * p->w;
       int y0 = (int)(t / p->tw) * m - 1, x0 = (int)(t % p->tw) * m - 1;
+      if (tt + WINO_LANES <= p->tb && (int)(t % p->tw) + WINO_LANES <= p->tw) {
+        /* 16 tiles of one tile row: each input row is copied once, zero-padded, and the lanes
+         * pick their A columns from it; the stores are contiguous runs of 16 tiles. */
+        float line[WINO_LANES * 4 + WINO_MAX_A];
+        const int span = (WINO_LANES - 1) * m + A;
+        wino_v16 d[WINO_MAX_A][WINO_MAX_A], r[WINO_MAX_A][WINO_MAX_A] = {{{0}}}, v[WINO_MAX_A][WINO_MAX_A];
+        for (int i = 0; i < A; i++) {
+          const int iy = y0 + i;
+          for (int q = 0; q < span; q++) {
+            const int ix = x0 + q;
+            line[q] = iy >= 0 && iy < p->h && ix >= 0 && ix < p->w ? xc[(size_t)iy * p->w + ix] : 0.0f;
+          }
+          for (int j = 0; j < A; j++)
+            for (int l = 0; l < WINO_LANES; l++) d[i][j][l] = line[l * m + j];
+        }
+        for (int j = 0; j < A; j++) wino_bt16(m, &d[0][j], WINO_MAX_A, &r[0][j], WINO_MAX_A);
+        for (int i = 0; i < A; i++) wino_bt16(m, &r[i][0], 1, &v[i][0], 1);
+        for (int i = 0; i < A; i++)
+          for (int j = 0; j < A; j++) memcpy(vc + (size_t)(i * A + j) * plane + tt, &v[i][j], sizeof v[i][j]);
+        tt += WINO_LANES - 1;
+        continue;
+      }
       float d[WINO_MAX_A][WINO_MAX_A], r[WINO_MAX_A][WINO_MAX_A];
       bool inside = y0 >= 0 && x0 >= 0 && y0 + A <= p->h && x0 + A <= p->w;
       for (int i = 0; i < A; i++)
@@ -456,6 +528,22 @@ static void wino_output(void *ctx, int64_t begin, int64_t end, int thread) {
     const float b = p->bias ? p->bias[o] : 0.0f;
     for (int64_t tt = 0; tt < p->tb; tt++) {
       float *yo = p->y + ((size_t)((p->t0 + tt) / p->T) * p->O + (size_t)o) * p->h * p->w;
+      const int64_t t16 = (p->t0 + tt) % p->T;
+      if (tt + WINO_LANES <= p->tb && (int)(t16 % p->tw) + WINO_LANES <= p->tw && ((int)(t16 % p->tw) + WINO_LANES) * m <= p->w) {
+        wino_v16 mm[WINO_MAX_A][WINO_MAX_A], s[4][WINO_MAX_A] = {{{0}}}, yy[4][4];
+        for (int i = 0; i < A; i++)
+          for (int j = 0; j < A; j++) memcpy(&mm[i][j], mo + (size_t)(i * A + j) * plane + tt, sizeof mm[i][j]);
+        for (int j = 0; j < A; j++) wino_at16(m, &mm[0][j], WINO_MAX_A, &s[0][j], WINO_MAX_A);
+        for (int i = 0; i < m; i++) wino_at16(m, &s[i][0], 1, &yy[i][0], 1);
+        const int oy = (int)(t16 / p->tw) * m, ox = (int)(t16 % p->tw) * m;
+        for (int i = 0; i < m && oy + i < p->h; i++) {
+          float *row = yo + (size_t)(oy + i) * p->w + ox;
+          for (int l = 0; l < WINO_LANES; l++)
+            for (int j = 0; j < m; j++) row[l * m + j] = yy[i][j][l] + b;
+        }
+        tt += WINO_LANES - 1;
+        continue;
+      }
       float mm[WINO_MAX_A][WINO_MAX_A], s[4][WINO_MAX_A];
       for (int i = 0; i < A; i++)
         for (int j = 0; j < A; j++) mm[i][j] = mo[(size_t)(i * A + j) * plane + tt];

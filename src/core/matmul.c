@@ -7,10 +7,20 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define SGEMM_CACHE 48
+
 struct mp_backend {
   mp_precision precision;
-  dnnl_engine_t engine; /* bf16 only */
+  dnnl_engine_t engine;
   dnnl_stream_t stream;
+  /* f32 matmul primitives by shape for mp_backend_sgemm (weights are plain and change per call,
+   * so a primitive depends only on the shape; a UNet has a few dozen) */
+  struct sgemm_prim {
+    bool trans_b;
+    int64_t m, n, k, lda, ldb, ldc;
+    dnnl_primitive_t prim;
+  } sgemm[SGEMM_CACHE];
+  int n_sgemm, next_sgemm;
   /* grow-only scratch shared by all matmuls of this backend: converted weights (f32) or rounded
    * activations (bf16) */
   void *scratch;
@@ -65,7 +75,7 @@ mp_error *mp_backend_create(mp_precision precision, int n_threads, mp_backend **
     omp_set_num_threads(n_threads); /* oneDNN's threads */
     openblas_set_num_threads(n_threads);
   }
-  if (precision == MP_PRECISION_BF16) {
+  {
     mp_error *e = dnnl_err(dnnl_engine_create(&b->engine, dnnl_cpu, 0), "engine creation");
     if (!e) e = dnnl_err(dnnl_stream_create(&b->stream, b->engine, dnnl_stream_default_flags), "stream creation");
     if (e) {
@@ -79,6 +89,7 @@ mp_error *mp_backend_create(mp_precision precision, int n_threads, mp_backend **
 
 void mp_backend_destroy(mp_backend *b) {
   if (!b) return;
+  for (int i = 0; i < b->n_sgemm; i++) dnnl_primitive_destroy(b->sgemm[i].prim);
   if (b->stream) dnnl_stream_destroy(b->stream);
   if (b->engine) dnnl_engine_destroy(b->engine);
   mp_free(b->scratch);
@@ -227,6 +238,67 @@ static mp_error *run_bf16_input(mp_matmul *mm, const uint16_t *xb, int64_t M, fl
   }
   if (src) dnnl_memory_destroy(src);
   if (dst) dnnl_memory_destroy(dst);
+  return e;
+}
+
+/* ---- f32 via oneDNN: plain operands, primitive per shape ---- */
+
+static mp_error *sgemm_primitive(mp_backend *b, bool trans_b, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb,
+                                 int64_t ldc, dnnl_primitive_t *out) {
+  for (int i = 0; i < b->n_sgemm; i++) {
+    const struct sgemm_prim *c = &b->sgemm[i];
+    if (c->trans_b == trans_b && c->m == m && c->n == n && c->k == k && c->lda == lda && c->ldb == ldb && c->ldc == ldc) {
+      *out = c->prim;
+      return NULL;
+    }
+  }
+  dnnl_memory_desc_t a_md, b_md, c_md;
+  dnnl_dims_t ad = {m, k}, bd = {k, n}, cd = {m, n}, as = {lda, 1}, cs = {ldc, 1};
+  dnnl_dims_t bs = {1, ldb}; /* Bᵀ with B [n, k]: element (kk, nn) at nn * ldb + kk */
+  if (!trans_b) bs[0] = ldb, bs[1] = 1;
+  MP_TRY(dnnl_err(dnnl_memory_desc_init_by_strides(&a_md, 2, ad, dnnl_f32, as), "sgemm A desc"));
+  MP_TRY(dnnl_err(dnnl_memory_desc_init_by_strides(&b_md, 2, bd, dnnl_f32, bs), "sgemm B desc"));
+  MP_TRY(dnnl_err(dnnl_memory_desc_init_by_strides(&c_md, 2, cd, dnnl_f32, cs), "sgemm C desc"));
+  dnnl_matmul_desc_t desc;
+  MP_TRY(dnnl_err(dnnl_matmul_desc_init(&desc, &a_md, &b_md, NULL, &c_md), "sgemm desc"));
+  dnnl_primitive_desc_t pd;
+  MP_TRY(dnnl_err(dnnl_primitive_desc_create(&pd, &desc, NULL, b->engine, NULL), "sgemm primitive desc"));
+  dnnl_primitive_t prim;
+  mp_error *e = dnnl_err(dnnl_primitive_create(&prim, pd), "sgemm primitive");
+  dnnl_primitive_desc_destroy(pd);
+  MP_TRY(e);
+  int slot = b->n_sgemm < SGEMM_CACHE ? b->n_sgemm++ : b->next_sgemm++ % SGEMM_CACHE;
+  if (b->sgemm[slot].prim) dnnl_primitive_destroy(b->sgemm[slot].prim);
+  b->sgemm[slot].trans_b = trans_b, b->sgemm[slot].m = m, b->sgemm[slot].n = n, b->sgemm[slot].k = k;
+  b->sgemm[slot].lda = lda, b->sgemm[slot].ldb = ldb, b->sgemm[slot].ldc = ldc, b->sgemm[slot].prim = prim;
+  *out = prim;
+  return NULL;
+}
+
+mp_error *mp_backend_sgemm(mp_backend *b, bool trans_b, int64_t m, int64_t n, int64_t k, const float *A, int64_t lda,
+                           const float *B, int64_t ldb, float *C, int64_t ldc) {
+  if (!b || !b->engine) return mp_errorf("oneDNN sgemm needs a backend");
+  dnnl_primitive_t prim;
+  MP_TRY(sgemm_primitive(b, trans_b, m, n, k, lda, ldb, ldc, &prim));
+  dnnl_memory_desc_t a_md, b_md, c_md;
+  dnnl_dims_t ad = {m, k}, bd = {k, n}, cd = {m, n}, as = {lda, 1}, cs = {ldc, 1};
+  dnnl_dims_t bs = {1, ldb};
+  if (!trans_b) bs[0] = ldb, bs[1] = 1;
+  dnnl_memory_desc_init_by_strides(&a_md, 2, ad, dnnl_f32, as);
+  dnnl_memory_desc_init_by_strides(&b_md, 2, bd, dnnl_f32, bs);
+  dnnl_memory_desc_init_by_strides(&c_md, 2, cd, dnnl_f32, cs);
+  dnnl_memory_t ma = NULL, mb = NULL, mc = NULL;
+  mp_error *e = dnnl_err(dnnl_memory_create(&ma, &a_md, b->engine, (void *)A), "sgemm memory");
+  if (!e) e = dnnl_err(dnnl_memory_create(&mb, &b_md, b->engine, (void *)B), "sgemm memory");
+  if (!e) e = dnnl_err(dnnl_memory_create(&mc, &c_md, b->engine, C), "sgemm memory");
+  if (!e) {
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
+    e = dnnl_err(dnnl_primitive_execute(prim, b->stream, 3, args), "sgemm");
+    if (!e) e = dnnl_err(dnnl_stream_wait(b->stream), "stream wait");
+  }
+  if (ma) dnnl_memory_destroy(ma);
+  if (mb) dnnl_memory_destroy(mb);
+  if (mc) dnnl_memory_destroy(mc);
   return e;
 }
 

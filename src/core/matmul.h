@@ -23,12 +23,19 @@ typedef enum { MP_PRECISION_AUTO, MP_PRECISION_F32, MP_PRECISION_BF16 } mp_preci
 typedef struct mp_backend mp_backend;
 typedef struct mp_matmul mp_matmul;
 
-/* The oneDNN engine and stream of a bf16 backend (NULL for f32), for other oneDNN primitives
+/* The oneDNN engine and stream of the backend (both precisions), for other oneDNN primitives
  * (core/conv_dnnl.c) that share its threads. */
 struct dnnl_engine;
 struct dnnl_stream;
 struct dnnl_engine *mp_backend_dnnl_engine(const mp_backend *b);
 struct dnnl_stream *mp_backend_dnnl_stream(const mp_backend *b);
+
+/* C[m, n] = A[m, k] · op(B), row-major with leading dimensions; op(B) = B [k, n] or, with trans_b,
+ * Bᵀ for B [n, k]. oneDNN's f32 matmul (brgemm) on the backend's OpenMP threads, one primitive per
+ * shape kept by the backend. Faster than OpenBLAS split over the pool for large row counts
+ * (bench/dense_f32.c). Not reentrant per backend. */
+mp_error *mp_backend_sgemm(mp_backend *b, bool trans_b, int64_t m, int64_t n, int64_t k, const float *A, int64_t lda,
+                           const float *B, int64_t ldb, float *C, int64_t ldc);
 
 /* `precision` AUTO picks bf16 when the CPU supports it natively, else f32. */
 mp_error *mp_backend_create(mp_precision precision, int n_threads, mp_backend **out);

@@ -6,6 +6,9 @@
 
 #include <stdint.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 static inline float mp_vexpf(float x) {
   x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
@@ -43,6 +46,55 @@ static inline float mp_vgeluf(float x) {
 
 static inline float mp_vsiluf(float x) { return x / (1.0f + mp_vexpf(-x)); }
 
+#if defined(__AVX512F__)
+/* mp_vexpf on 16 lanes: the same range reduction and polynomial, with fused multiply-adds and the
+ * 2^n scaling by vscalefps. (gcc vectorised the portable loops below with masked blends and, for
+ * the max, scalar loads: the two softmax passes took a fifth of the attention's time.) */
+static inline __m512 mp_vexpf16(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
+  const __m512 magic = _mm512_set1_ps(12582912.0f);
+  __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), magic), magic);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+static inline float mp_vmax_row(const float *x, int64_t n, float init) {
+  __m512 m0 = _mm512_set1_ps(init), m1 = m0;
+  int64_t j = 0;
+  for (; j + 32 <= n; j += 32)
+    m0 = _mm512_max_ps(m0, _mm512_loadu_ps(x + j)), m1 = _mm512_max_ps(m1, _mm512_loadu_ps(x + j + 16));
+  if (j + 16 <= n) m0 = _mm512_max_ps(m0, _mm512_loadu_ps(x + j)), j += 16;
+  if (j < n) m1 = _mm512_mask_max_ps(m1, (__mmask16)((1u << (n - j)) - 1), m1, _mm512_maskz_loadu_ps((__mmask16)((1u << (n - j)) - 1), x + j));
+  return _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+}
+
+static inline float mp_vexp_sum_row(float *x, int64_t n, float sub) {
+  const __m512 s = _mm512_set1_ps(sub);
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+  int64_t j = 0;
+  for (; j + 32 <= n; j += 32) {
+    __m512 e0 = mp_vexpf16(_mm512_sub_ps(_mm512_loadu_ps(x + j), s));
+    __m512 e1 = mp_vexpf16(_mm512_sub_ps(_mm512_loadu_ps(x + j + 16), s));
+    _mm512_storeu_ps(x + j, e0), _mm512_storeu_ps(x + j + 16, e1);
+    a0 = _mm512_add_ps(a0, e0), a1 = _mm512_add_ps(a1, e1);
+  }
+  for (; j < n; j += 16) {
+    const __mmask16 k = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+    __m512 e = mp_vexpf16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), s));
+    _mm512_mask_storeu_ps(x + j, k, e);
+    a0 = _mm512_add_ps(a0, _mm512_maskz_mov_ps(k, e));
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+#else
 /* max(init, x[0..n)): 16 independent lanes, so the compiler vectorises it without reassociating. */
 static inline float mp_vmax_row(const float *x, int64_t n, float init) {
   float m[16];
@@ -71,5 +123,6 @@ static inline float mp_vexp_sum_row(float *x, int64_t n, float sub) {
   for (; j < n; j++) sum += (x[j] = mp_vexpf(x[j] - sub));
   return sum;
 }
+#endif
 
 #endif

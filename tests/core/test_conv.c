@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "core/conv.h"
+#include "core/matmul.h"
 #include "core/ops.h"
 #include "core/vmath.h"
 #include "testutil.h"
@@ -72,11 +73,13 @@ static void test_conv2d_matches_reference(void **state) {
       {6, 4, 10, 8, 3, 2, asym, true, true, 2}, /* VAE downsample: pad (0,1,0,1) */
       {6, 5, 7, 9, 1, 1, p0, true, true, 2},    /* 1x1 (direct GEMM) */
       {6, 5, 7, 9, 1, 1, p0, false, false, 1},  /* no bias */
-      {600, 4, 30, 30, 3, 1, p1, false, true, 1}, /* K large: several im2col bands */
+      {600, 4, 15, 15, 3, 1, p1, false, true, 1}, /* K large, under 256 pixels: im2col */
       {600, 4, 90, 90, 3, 2, p1, false, true, 2}, /* bands over both images' columns, one crossing between them */
       {5, 7, 33, 37, 3, 1, p1, false, true, 2},   /* >= 1024 pixels: Winograd F(2x2,3x3), odd sizes */
       {6, 9, 32, 48, 3, 1, p1, true, false, 1},   /* Winograd, f16 weights, no bias */
       {300, 40, 40, 40, 3, 1, p1, false, true, 1}, /* Winograd, wider */
+      {8, 6, 70, 66, 3, 1, p1, true, true, 2},    /* Winograd F(4x4,3x3), 16-tile vector path + partial tiles */
+      {8, 6, 64, 62, 3, 1, p1, false, true, 1},   /* F(4x4): a 16-tile row wider than the image (scalar output) */
   };
   for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) run_conv_case(pool, &ws, cases[i]);
 
@@ -124,6 +127,41 @@ static void test_dense_matches_reference(void **state) {
   mp_ref_linear(r, x, N, W, b, IN, OUT);
   assert_true(max_diff(y, r, N * OUT) < 1e-5);
   mp_workspace_free(&ws);
+}
+
+/* With an f32 backend attached, dense layers of 256 rows and more run on oneDNN's f32 matmul
+ * (mp_gemm_pool); fewer rows stay on OpenBLAS. Both must match the reference to float rounding. */
+static void test_dense_on_f32_backend(void **state) {
+  (void)state;
+  enum { IN = 70, OUT = 33 };
+  mp_pool *pool;
+  mp_backend *be;
+  assert_ok(mp_pool_create(2, &pool));
+  assert_ok(mp_backend_create(MP_PRECISION_F32, 2, &be));
+  mp_pool_set_backend(pool, be);
+  const int64_t rows[] = {300, 256, 255, 1};
+  for (size_t c = 0; c < sizeof rows / sizeof *rows; c++) {
+    const int64_t n = rows[c];
+    float *x = malloc(sizeof(float) * (size_t)(n * IN)), *y = malloc(sizeof(float) * (size_t)(n * OUT));
+    float *r = malloc(sizeof(float) * (size_t)(n * OUT)), W[OUT * IN], b[OUT];
+    uint16_t W16[OUT * IN];
+    fill(x, n * IN, 7), fill(W, OUT * IN, 8), fill(b, OUT, 9);
+    for (int i = 0; i < OUT * IN; i++) W16[i] = mp_f32_to_f16(W[i]), W[i] = mp_f16_to_f32(W16[i]);
+    mp_tensor tw, tb;
+    mp_tensor_view(&tw, MP_F16, 2, (int64_t[]){OUT, IN}, W16);
+    mp_tensor_view(&tb, MP_F32, 1, (int64_t[]){OUT}, b);
+    mp_workspace ws = {0};
+    for (int rep = 0; rep < 2; rep++) { /* the second call reuses the cached primitive */
+      assert_ok(mp_dense(pool, &ws, y, x, n, &tw, &tb));
+      mp_ref_linear(r, x, n, W, b, IN, OUT);
+      double e = rel_l2(y, r, n * OUT);
+      if (e > 1e-6) fail_msg("dense %lld rows on the f32 backend: rel L2 %g", (long long)n, e);
+    }
+    mp_workspace_free(&ws);
+    free(x), free(y), free(r);
+  }
+  mp_pool_destroy(pool);
+  mp_backend_destroy(be);
 }
 
 static void test_group_norm_matches_reference(void **state) {
@@ -176,11 +214,31 @@ static void test_vector_exp(void **state) {
   assert_true(worst < 5e-7);
   assert_true(mp_vexpf(-INFINITY) < 1e-37f);
   assert_true(mp_vexpf(0.0f) == 1.0f);
+  /* the softmax row passes (AVX-512 where built for it), every length around the vector widths */
+  float row[70], e[70];
+  for (int n = 0; n <= 70; n++) {
+    fill(row, n, 10 + (unsigned)n);
+    for (int i = 0; i < n; i++) row[i] *= 20.0f;
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++) mx = row[i] > mx ? row[i] : mx;
+    assert_true(mp_vmax_row(row, n, -INFINITY) == mx);
+    assert_true(mp_vmax_row(row, n, 1e9f) == 1e9f);
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += exp((double)(row[i] - mx)); /* the float difference is what gets exponentiated */
+    memcpy(e, row, sizeof(float) * (size_t)n);
+    float got = mp_vexp_sum_row(e, n, mx);
+    if (n) assert_true(fabs(got / sum - 1.0) < 1e-6);
+    for (int i = 0; i < n; i++) {
+      const double want = exp((double)(row[i] - mx));
+      assert_true(fabs(e[i] - want) <= 1e-6 * want);
+    }
+  }
 }
 
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_conv2d_matches_reference), cmocka_unit_test(test_dense_matches_reference),
+      cmocka_unit_test(test_dense_on_f32_backend),
       cmocka_unit_test(test_group_norm_matches_reference), cmocka_unit_test(test_upsample_and_geglu),
       cmocka_unit_test(test_vector_exp),
   };

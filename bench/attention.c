@@ -1,0 +1,55 @@
+/* mp_attention on the UNet's self-attention shapes at 512x512 (one image; a CFG step runs each
+ * twice per transformer): 4096 queries x 4096 keys x 8 heads x 40 at 64x64, 1024 x 1024 x 8 x 80
+ * at 32x32, 256 x 256 x 8 x 160 at 16x16, and the 4096 x 77 cross-attention.
+ * usage: bench_attention [--threads N] [--runs N] */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/ops.h"
+#include "core/threads.h"
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void fill(float *x, size_t n, unsigned seed) {
+  for (size_t i = 0; i < n; i++) {
+    seed = seed * 1103515245u + 12345u;
+    x[i] = ((float)((seed >> 8) & 0xffff) / 65535.0f - 0.5f) * 4.0f;
+  }
+}
+
+int main(int argc, char **argv) {
+  int threads = 2, runs = 3;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
+    if (!strcmp(argv[i], "--runs")) runs = atoi(argv[i + 1]);
+  }
+  static const int shapes[][4] = {{4096, 4096, 8, 40}, {1024, 1024, 8, 80}, {256, 256, 8, 160}, {4096, 77, 8, 40}};
+  mp_pool *pool;
+  mp_error *e = mp_pool_create(threads, &pool);
+  if (e) return fprintf(stderr, "%s\n", mp_error_message(e)), 1;
+  double total = 0;
+  for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+    const int nq = shapes[s][0], nk = shapes[s][1], heads = shapes[s][2], hd = shapes[s][3];
+    const size_t dq = (size_t)nq * heads * hd, dk = (size_t)nk * heads * hd;
+    float *q = malloc(dq * 4), *k = malloc(dk * 4), *v = malloc(dk * 4), *o = malloc(dq * 4);
+    fill(q, dq, 1), fill(k, dk, 2), fill(v, dk, 3);
+    mp_attention(pool, o, q, k, v, nq, nk, heads, hd, false);
+    double t0 = now();
+    for (int r = 0; r < runs; r++) mp_attention(pool, o, q, k, v, nq, nk, heads, hd, false);
+    double t = (now() - t0) / runs, flop = 4.0 * nq * (double)nk * heads * hd;
+    double sum = 0;
+    for (size_t i = 0; i < dq; i++) sum += o[i];
+    printf("%5d x %5d x %d heads x %3d: %7.2f ms  %5.0f GFLOP/s  (checksum %.6g)\n", nq, nk, heads, hd, t * 1e3, flop / t / 1e9, sum);
+    total += t;
+    free(q), free(k), free(v), free(o);
+  }
+  printf("total %.2f ms\n", total * 1e3);
+  mp_pool_destroy(pool);
+  return 0;
+}

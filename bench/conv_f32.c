@@ -1,0 +1,180 @@
+/* f32 3x3 convolution: mpass's f32 path (Winograd / im2col on OpenBLAS, weights f16 converted per
+ * call) against oneDNN's f32 convolution primitive, with the weight converted from f16 and
+ * reordered into the primitive's layout on every call (the f32 path cannot keep 3.4 GB of packed
+ * f32 weights), on the UNet's 3x3 shapes at 512x512 with CFG (batch 2). Also times oneDNN's own
+ * f16 -> packed f32 weight reorder (a scalar kernel in oneDNN 2.6).
+ * usage: bench_conv_f32 [--threads N] */
+#include <oneapi/dnnl/dnnl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/conv.h"
+#include "core/matmul.h"
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+#define CK(x)                                                       \
+  do {                                                              \
+    dnnl_status_t s_ = (x);                                         \
+    if (s_ != dnnl_success) {                                       \
+      fprintf(stderr, "%s failed: %d\n", #x, (int)s_);              \
+      exit(1);                                                      \
+    }                                                               \
+  } while (0)
+
+static void fill(float *x, size_t n, unsigned seed) {
+  for (size_t i = 0; i < n; i++) {
+    seed = seed * 1103515245u + 12345u;
+    x[i] = ((float)((seed >> 8) & 0xffff) / 65535.0f - 0.5f);
+  }
+}
+
+static dnnl_primitive_t reorder(dnnl_engine_t eng, const dnnl_memory_desc_t *from, const dnnl_memory_desc_t *to) {
+  dnnl_primitive_desc_t pd;
+  dnnl_primitive_t p;
+  CK(dnnl_reorder_primitive_desc_create(&pd, from, eng, to, eng, NULL));
+  CK(dnnl_primitive_create(&p, pd));
+  dnnl_primitive_desc_destroy(pd);
+  return p;
+}
+
+static void run2(dnnl_primitive_t p, dnnl_stream_t st, dnnl_memory_t a, dnnl_memory_t b) {
+  dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, a}, {DNNL_ARG_TO, b}};
+  CK(dnnl_primitive_execute(p, st, 2, args));
+}
+
+int main(int argc, char **argv) {
+  int threads = 2;
+  for (int i = 1; i + 1 < argc; i += 2)
+    if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
+  static const int shapes[][3] = {{320, 64, 64}, {640, 32, 32}, {1280, 16, 16}, {1280, 8, 8}}; /* C (in = out), H, W */
+  const int B = 2, runs = 3;
+  mp_pool *pool;
+  mp_backend *be;
+  mp_error *e;
+  if ((e = mp_pool_create(threads, &pool)) || (e = mp_backend_create(MP_PRECISION_F32, threads, &be)))
+    return fprintf(stderr, "%s\n", mp_error_message(e)), 1;
+  dnnl_engine_t eng;
+  dnnl_stream_t st;
+  CK(dnnl_engine_create(&eng, dnnl_cpu, 0));
+  CK(dnnl_stream_create(&st, eng, dnnl_stream_default_flags));
+  for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+    const int C = shapes[s][0], H = shapes[s][1], W = shapes[s][2];
+    const size_t nx = (size_t)B * C * H * W, nw = (size_t)C * C * 9;
+    float *x = malloc(nx * 4), *y = malloc(nx * 4), *w = malloc(nw * 4), *bias = malloc((size_t)C * 4);
+    fill(x, nx, 1), fill(w, nw, 2), fill(bias, (size_t)C, 3);
+    const double flop = 2.0 * B * H * W * (double)C * C * 9;
+
+    /* mpass: mp_conv2d on the bf16 backend */
+    mp_tensor tw, tb;
+    uint16_t *wh = malloc(nw * 2);
+    for (size_t i = 0; i < nw; i++) wh[i] = mp_f32_to_f16(w[i]);
+    mp_tensor_view(&tw, MP_F16, 4, (int64_t[]){C, C, 3, 3}, wh);
+    mp_tensor_view(&tb, MP_F32, 1, (int64_t[]){C}, bias);
+    mp_workspace ws = {0};
+    mp_pad p1 = {1, 1, 1, 1};
+    if ((e = mp_conv2d(pool, &ws, y, x, B, C, H, W, &tw, &tb, 1, p1))) return fprintf(stderr, "%s\n", mp_error_message(e)), 1;
+    double t0 = now();
+    for (int r = 0; r < runs; r++) mp_conv2d(pool, &ws, y, x, B, C, H, W, &tw, &tb, 1, p1);
+    double t_mp = (now() - t0) / runs;
+    mp_workspace_free(&ws);
+
+    /* oneDNN convolution primitive */
+    dnnl_dims_t sd = {B, C, H, W}, wd = {C, C, 3, 3}, bd = {C}, strides = {1, 1}, pad = {1, 1};
+    dnnl_memory_desc_t src_any, wei_any, dst_any, bias_md, src_user, dst_user, wei_user;
+    CK(dnnl_memory_desc_init_by_tag(&src_any, 4, sd, dnnl_f32, dnnl_format_tag_any));
+    CK(dnnl_memory_desc_init_by_tag(&wei_any, 4, wd, dnnl_f32, dnnl_format_tag_any));
+    CK(dnnl_memory_desc_init_by_tag(&dst_any, 4, sd, dnnl_f32, dnnl_format_tag_any));
+    CK(dnnl_memory_desc_init_by_tag(&bias_md, 1, bd, dnnl_f32, dnnl_a));
+    CK(dnnl_memory_desc_init_by_tag(&src_user, 4, sd, dnnl_f32, dnnl_nchw));
+    CK(dnnl_memory_desc_init_by_tag(&dst_user, 4, sd, dnnl_f32, dnnl_nchw));
+    CK(dnnl_memory_desc_init_by_tag(&wei_user, 4, wd, dnnl_f32, dnnl_oihw));
+    dnnl_convolution_desc_t cd;
+    CK(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct, &src_any, &wei_any, &bias_md,
+                                          &dst_any, strides, pad, pad));
+    dnnl_primitive_desc_t cpd;
+    CK(dnnl_primitive_desc_create(&cpd, &cd, NULL, eng, NULL));
+    const char *impl = "";
+    dnnl_primitive_desc_query(cpd, dnnl_query_impl_info_str, 0, &impl);
+    dnnl_memory_desc_t src_md = *dnnl_primitive_desc_query_md(cpd, dnnl_query_src_md, 0);
+    dnnl_memory_desc_t wei_md = *dnnl_primitive_desc_query_md(cpd, dnnl_query_weights_md, 0);
+    dnnl_memory_desc_t dst_md = *dnnl_primitive_desc_query_md(cpd, dnnl_query_dst_md, 0);
+    dnnl_primitive_t conv;
+    CK(dnnl_primitive_create(&conv, cpd));
+    dnnl_memory_t m_xu, m_yu, m_wu, m_x, m_w, m_y, m_b;
+    CK(dnnl_memory_create(&m_xu, &src_user, eng, x));
+    CK(dnnl_memory_create(&m_yu, &dst_user, eng, y));
+    CK(dnnl_memory_create(&m_wu, &wei_user, eng, w));
+    CK(dnnl_memory_create(&m_b, &bias_md, eng, bias));
+    CK(dnnl_memory_create(&m_x, &src_md, eng, DNNL_MEMORY_ALLOCATE));
+    CK(dnnl_memory_create(&m_w, &wei_md, eng, DNNL_MEMORY_ALLOCATE));
+    CK(dnnl_memory_create(&m_y, &dst_md, eng, DNNL_MEMORY_ALLOCATE));
+    dnnl_memory_desc_t wei_f16;
+    CK(dnnl_memory_desc_init_by_tag(&wei_f16, 4, wd, dnnl_f16, dnnl_oihw));
+    dnnl_primitive_desc_t rpd16;
+    dnnl_status_t s16 = dnnl_reorder_primitive_desc_create(&rpd16, &wei_f16, eng, &wei_md, eng, NULL);
+    if (s16 == dnnl_success) {
+      const char *ri = "";
+      dnnl_primitive_desc_query(rpd16, dnnl_query_impl_info_str, 0, &ri);
+      dnnl_primitive_t r16;
+      CK(dnnl_primitive_create(&r16, rpd16));
+      dnnl_memory_t m16, mw16;
+      CK(dnnl_memory_create(&m16, &wei_f16, eng, NULL));
+      CK(dnnl_memory_create(&mw16, &wei_md, eng, DNNL_MEMORY_ALLOCATE));
+      dnnl_memory_set_data_handle(m16, malloc(nw * 2));
+      run2(r16, st, m16, mw16);
+      CK(dnnl_stream_wait(st));
+      double a = now();
+      run2(r16, st, m16, mw16);
+      CK(dnnl_stream_wait(st));
+      printf("  f16 -> packed f32 reorder (%s): %.2f ms\n", ri, (now() - a) * 1e3);
+    } else printf("  no f16 reorder (%d)\n", (int)s16);
+    dnnl_primitive_t r_w = reorder(eng, &wei_user, &wei_md), r_in = reorder(eng, &src_user, &src_md),
+                     r_out = reorder(eng, &dst_md, &dst_user);
+    run2(r_w, st, m_wu, m_w);
+    dnnl_exec_arg_t cargs[4] = {{DNNL_ARG_SRC, m_x}, {DNNL_ARG_WEIGHTS, m_w}, {DNNL_ARG_BIAS, m_b}, {DNNL_ARG_DST, m_y}};
+    run2(r_in, st, m_xu, m_x);
+    CK(dnnl_primitive_execute(conv, st, 4, cargs));
+    CK(dnnl_stream_wait(st));
+    double t_in = 0, t_conv = 0, t_out = 0, t_w = 0;
+    for (int r = 0; r < runs; r++) {
+      double a0 = now();
+      mp_convert_to_f32(w, wh, MP_F16, nw);
+      run2(r_w, st, m_wu, m_w);
+      CK(dnnl_stream_wait(st));
+      double a = now();
+      t_w += a - a0;
+      run2(r_in, st, m_xu, m_x);
+      CK(dnnl_stream_wait(st));
+      double b = now();
+      CK(dnnl_primitive_execute(conv, st, 4, cargs));
+      CK(dnnl_stream_wait(st));
+      double c = now();
+      run2(r_out, st, m_y, m_yu);
+      CK(dnnl_stream_wait(st));
+      double d = now();
+      t_in += b - a, t_conv += c - b, t_out += d - c;
+    }
+    t_in /= runs, t_conv /= runs, t_out /= runs, t_w /= runs;
+    printf("C=%-4d %2dx%-2d batch %d | mpass f32 %7.2f ms (%5.0f GFLOP/s) | oneDNN conv %s: %7.2f ms (%5.0f GFLOP/s), "
+           "+ reorders in %.2f / out %.2f / weight(f16) %.2f ms = %7.2f ms\n",
+           C, H, W, B, t_mp * 1e3, flop / t_mp / 1e9, impl, t_conv * 1e3, flop / t_conv / 1e9, t_in * 1e3, t_out * 1e3, t_w * 1e3,
+           (t_in + t_conv + t_out + t_w) * 1e3);
+    dnnl_primitive_destroy(conv), dnnl_primitive_destroy(r_w), dnnl_primitive_destroy(r_in), dnnl_primitive_destroy(r_out);
+    dnnl_primitive_desc_destroy(cpd);
+    dnnl_memory_destroy(m_xu), dnnl_memory_destroy(m_yu), dnnl_memory_destroy(m_wu), dnnl_memory_destroy(m_x);
+    dnnl_memory_destroy(m_w), dnnl_memory_destroy(m_y), dnnl_memory_destroy(m_b);
+    free(x), free(y), free(w), free(wh), free(bias);
+  }
+  dnnl_stream_destroy(st);
+  dnnl_engine_destroy(eng);
+  mp_backend_destroy(be);
+  mp_pool_destroy(pool);
+  return 0;
+}
