@@ -61,6 +61,6 @@ const char *mpass_ctx_describe(const mpass_ctx *c, char *buf, unsigned cap) {
   if (c->precision == MP_PRECISION_BF16)
     snprintf(buf, cap, "precision bf16 (oneDNN, CPU bf16: %s), %d threads", *cpu ? cpu : "none, emulated", c->n_threads);
   else
-    snprintf(buf, cap, "precision f32 (OpenBLAS%s), %d threads", *cpu ? "" : "; CPU has no native bf16", c->n_threads);
+    snprintf(buf, cap, "precision f32 (OpenBLAS and oneDNN%s), %d threads", *cpu ? "" : "; CPU has no native bf16", c->n_threads);
   return buf;
 }
