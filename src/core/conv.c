@@ -368,75 +368,46 @@ static void wino_weights(void *ctx, int64_t begin, int64_t end, int thread) {
     }
 }
 
-/* Bᵀ v and Aᵀ v for one line of a tile (stride `is` in, `os` out), written out for the two kinds:
- * the generic 6x6 product costs four times the arithmetic. */
-static inline void wino_bt(int m, const float *v, int is, float *r, int os) {
-  if (m == 4) {
-    const float v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is], v4 = v[4 * is], v5 = v[5 * is];
-    r[0] = 4 * v0 - 5 * v2 + v4;
-    r[os] = -4 * v1 - 4 * v2 + v3 + v4;
-    r[2 * os] = 4 * v1 - 4 * v2 - v3 + v4;
-    r[3 * os] = -2 * v1 - v2 + 2 * v3 + v4;
-    r[4 * os] = 2 * v1 - v2 - 2 * v3 + v4;
-    r[5 * os] = 4 * v1 - 5 * v3 + v5;
-  } else {
-    const float v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is];
-    r[0] = v0 - v2;
-    r[os] = v1 + v2;
-    r[2 * os] = v2 - v1;
-    r[3 * os] = v1 - v3;
-  }
-}
-
-static inline void wino_at(int m, const float *v, int is, float *r, int os) {
-  if (m == 4) {
-    const float v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is], v4 = v[4 * is], v5 = v[5 * is];
-    r[0] = v0 + v1 + v2 + v3 + v4;
-    r[os] = v1 - v2 + 2 * v3 - 2 * v4;
-    r[2 * os] = v1 + v2 + 4 * v3 + 4 * v4;
-    r[3 * os] = v1 - v2 + 8 * v3 - 8 * v4 + v5;
-  } else {
-    const float v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is];
-    r[0] = v0 + v1 + v2;
-    r[os] = v1 - v2 - v3;
-  }
-}
-
-/* The same transforms on 16 tiles at once (one per lane): consecutive tiles of a tile row. */
+/* Bᵀ v and Aᵀ v for one line of a tile (stride `is` in, `os` out), written out for the two kinds
+ * (the generic 6x6 product costs four times the arithmetic). The same formulas serve one tile
+ * (float) and 16 tiles at once, one per lane (wino_v16: consecutive tiles of a tile row). */
 typedef float wino_v16 __attribute__((vector_size(64)));
 enum { WINO_LANES = 16 };
 
-static inline void wino_bt16(int m, const wino_v16 *v, int is, wino_v16 *r, int os) {
-  if (m == 4) {
-    const wino_v16 v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is], v4 = v[4 * is], v5 = v[5 * is];
-    r[0] = 4 * v0 - 5 * v2 + v4;
-    r[os] = -4 * v1 - 4 * v2 + v3 + v4;
-    r[2 * os] = 4 * v1 - 4 * v2 - v3 + v4;
-    r[3 * os] = -2 * v1 - v2 + 2 * v3 + v4;
-    r[4 * os] = 2 * v1 - v2 - 2 * v3 + v4;
-    r[5 * os] = 4 * v1 - 5 * v3 + v5;
-  } else {
-    const wino_v16 v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is];
-    r[0] = v0 - v2;
-    r[os] = v1 + v2;
-    r[2 * os] = v2 - v1;
-    r[3 * os] = v1 - v3;
+#define WINO_TRANSFORMS(T, SUFFIX)                                                                     \
+  static inline void wino_bt##SUFFIX(int m, const T *v, int is, T *r, int os) {                        \
+    if (m == 4) {                                                                                      \
+      const T v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is], v4 = v[4 * is], v5 = v[5 * is]; \
+      r[0] = 4 * v0 - 5 * v2 + v4;                                                                     \
+      r[os] = -4 * v1 - 4 * v2 + v3 + v4;                                                              \
+      r[2 * os] = 4 * v1 - 4 * v2 - v3 + v4;                                                           \
+      r[3 * os] = -2 * v1 - v2 + 2 * v3 + v4;                                                          \
+      r[4 * os] = 2 * v1 - v2 - 2 * v3 + v4;                                                           \
+      r[5 * os] = 4 * v1 - 5 * v3 + v5;                                                                \
+    } else {                                                                                           \
+      const T v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is];                                  \
+      r[0] = v0 - v2;                                                                                  \
+      r[os] = v1 + v2;                                                                                 \
+      r[2 * os] = v2 - v1;                                                                             \
+      r[3 * os] = v1 - v3;                                                                             \
+    }                                                                                                  \
+  }                                                                                                    \
+  static inline void wino_at##SUFFIX(int m, const T *v, int is, T *r, int os) {                        \
+    if (m == 4) {                                                                                      \
+      const T v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is], v4 = v[4 * is], v5 = v[5 * is]; \
+      r[0] = v0 + v1 + v2 + v3 + v4;                                                                   \
+      r[os] = v1 - v2 + 2 * v3 - 2 * v4;                                                               \
+      r[2 * os] = v1 + v2 + 4 * v3 + 4 * v4;                                                           \
+      r[3 * os] = v1 - v2 + 8 * v3 - 8 * v4 + v5;                                                      \
+    } else {                                                                                           \
+      const T v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is];                                  \
+      r[0] = v0 + v1 + v2;                                                                             \
+      r[os] = v1 - v2 - v3;                                                                            \
+    }                                                                                                  \
   }
-}
-
-static inline void wino_at16(int m, const wino_v16 *v, int is, wino_v16 *r, int os) {
-  if (m == 4) {
-    const wino_v16 v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is], v4 = v[4 * is], v5 = v[5 * is];
-    r[0] = v0 + v1 + v2 + v3 + v4;
-    r[os] = v1 - v2 + 2 * v3 - 2 * v4;
-    r[2 * os] = v1 + v2 + 4 * v3 + 4 * v4;
-    r[3 * os] = v1 - v2 + 8 * v3 - 8 * v4 + v5;
-  } else {
-    const wino_v16 v0 = v[0], v1 = v[is], v2 = v[2 * is], v3 = v[3 * is];
-    r[0] = v0 + v1 + v2;
-    r[os] = v1 - v2 - v3;
-  }
-}
+WINO_TRANSFORMS(float, )
+WINO_TRANSFORMS(wino_v16, 16)
+#undef WINO_TRANSFORMS
 
 typedef struct {
   const wino_kind *k;
