@@ -36,4 +36,5 @@ else
       $MPASS make-model --preset tiny --kind embedding --vectors 2 --seed 7 "$models/embeddings/$e.safetensors"
   done
 fi
-$MPASS --models "$models" run examples/demo-background.prompt --out out --name "demo-$(date -u +%Y%m%d-%H%M%S)" --debug-passes
+$MPASS --models "$models" run examples/demo-background.prompt --input-image "$M/vision/images/sample1.jpg" \
+  --out out --name "demo-$(date -u +%Y%m%d-%H%M%S)" --debug-passes
