@@ -384,8 +384,12 @@ static mp_error *person_pass(run *r, const mp_image_plan *ip, const mp_pass *pas
   int dilate = job->flags.mask_dilate_given ? mp_mask_dilate_radius(&mask, job->flags.mask_dilate, job->flags.mask_dilate_percent, 0.5f) : 4;
   mp_error *e = mp_mask_dilate(&mask, dilate);
   if (!e) e = mp_mask_blur(&mask, 4.0);
+  if (e) {
+    mp_mask_free(&mask);
+    return e;
+  }
   mp_rect box;
-  if (!e && !mp_mask_bbox(&mask, 0.5f / 255, &box)) {
+  if (!mp_mask_bbox(&mask, 0.5f / 255, &box)) {
     mp_mask_free(&mask);
     skip(r, ip->index, "person", "the person's mask is empty");
     return NULL;
