@@ -7,21 +7,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
+#include "core/clock.h"
 #include "core/ops.h"
 #include "core/threads.h"
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void fill(float *x, size_t n, unsigned seed) {
-  for (size_t i = 0; i < n; i++) {
-    seed = seed * 1103515245u + 12345u;
-    x[i] = ((float)((seed >> 8) & 0xffff) / 65535.0f - 0.5f) * 4.0f;
-  }
-}
 
 int main(int argc, char **argv) {
   int threads = 2, runs = 3;
@@ -38,11 +27,11 @@ int main(int argc, char **argv) {
     const int nq = shapes[s][0], nk = shapes[s][1], heads = shapes[s][2], hd = shapes[s][3];
     const size_t dq = (size_t)nq * heads * hd, dk = (size_t)nk * heads * hd;
     float *q = malloc(dq * 4), *k = malloc(dk * 4), *v = malloc(dk * 4), *o = malloc(dq * 4);
-    fill(q, dq, 1), fill(k, dk, 2), fill(v, dk, 3);
+    bench_fill(q, dq, 1, 4.0f), bench_fill(k, dk, 2, 4.0f), bench_fill(v, dk, 3, 4.0f);
     mp_attention(pool, o, q, k, v, nq, nk, heads, hd, false);
-    double t0 = now();
+    double t0 = mp_now();
     for (int r = 0; r < runs; r++) mp_attention(pool, o, q, k, v, nq, nk, heads, hd, false);
-    double t = (now() - t0) / runs, flop = 4.0 * nq * (double)nk * heads * hd;
+    double t = (mp_now() - t0) / runs, flop = 4.0 * nq * (double)nk * heads * hd;
     double sum = 0;
     for (size_t i = 0; i < dq; i++) sum += o[i];
     printf("%5d x %5d x %d heads x %3d: %7.2f ms  %5.0f GFLOP/s  (checksum %.6g)\n", nq, nk, heads, hd, t * 1e3, flop / t / 1e9, sum);

@@ -6,16 +6,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "core/threads.h"
 #include "models/clip.h"
 
 #include <cblas.h>
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static mp_error *add_random(mp_weights *w, const char *name, int ndim, const int64_t *shape, unsigned *seed, float scale) {
   int64_t n = mp_shape_numel(ndim, shape);
@@ -69,17 +64,17 @@ int main(int argc, char **argv) {
   mp_clip *clip = NULL;
   if (!e) e = mp_pool_create(threads, &pool);
   openblas_set_num_threads(threads);
-  double t0 = now();
+  double t0 = mp_now();
   if (!e) e = mp_clip_load(w, MP_PREFIX_CLIP, &cfg, &clip);
-  double t_load = now() - t0;
+  double t_load = mp_now() - t0;
   int32_t ids[77];
   for (int i = 0; i < 77; i++) ids[i] = i == 0 ? 49406 : i == 76 ? 49407 : 320 + i * 37;
   float *out = malloc(sizeof(float) * 77 * 768);
   double best = 1e9, total = 0;
   for (int r = 0; !e && r < runs; r++) {
-    t0 = now();
+    t0 = mp_now();
     e = mp_clip_encode(clip, pool, ids, 77, 1, out);
-    double dt = now() - t0;
+    double dt = mp_now() - t0;
     best = dt < best ? dt : best;
     total += dt;
   }

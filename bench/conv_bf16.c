@@ -10,44 +10,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
+#include "core/clock.h"
 #include "core/conv.h"
 #include "core/matmul.h"
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-#define CK(x)                                                       \
-  do {                                                              \
-    dnnl_status_t s_ = (x);                                         \
-    if (s_ != dnnl_success) {                                       \
-      fprintf(stderr, "%s failed: %d\n", #x, (int)s_);              \
-      exit(1);                                                      \
-    }                                                               \
-  } while (0)
-
-static void fill(float *x, size_t n, unsigned seed) {
-  for (size_t i = 0; i < n; i++) {
-    seed = seed * 1103515245u + 12345u;
-    x[i] = ((float)((seed >> 8) & 0xffff) / 65535.0f - 0.5f);
-  }
-}
-
-static dnnl_primitive_t reorder(dnnl_engine_t eng, const dnnl_memory_desc_t *from, const dnnl_memory_desc_t *to) {
-  dnnl_primitive_desc_t pd;
-  dnnl_primitive_t p;
-  CK(dnnl_reorder_primitive_desc_create(&pd, from, eng, to, eng, NULL));
-  CK(dnnl_primitive_create(&p, pd));
-  dnnl_primitive_desc_destroy(pd);
-  return p;
-}
-
-static void run2(dnnl_primitive_t p, dnnl_stream_t st, dnnl_memory_t a, dnnl_memory_t b) {
-  dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, a}, {DNNL_ARG_TO, b}};
-  CK(dnnl_primitive_execute(p, st, 2, args));
-}
 
 int main(int argc, char **argv) {
   int threads = 2;
@@ -69,7 +35,7 @@ int main(int argc, char **argv) {
     const int C = shapes[s][0], H = shapes[s][1], W = shapes[s][2];
     const size_t nx = (size_t)B * C * H * W, nw = (size_t)C * C * 9;
     float *x = malloc(nx * 4), *y = malloc(nx * 4), *w = malloc(nw * 4), *bias = malloc((size_t)C * 4);
-    fill(x, nx, 1), fill(w, nw, 2), fill(bias, (size_t)C, 3);
+    bench_fill(x, nx, 1, 1.0f), bench_fill(w, nw, 2, 1.0f), bench_fill(bias, (size_t)C, 3, 1.0f);
     const double flop = 2.0 * B * H * W * (double)C * C * 9;
 
     /* mpass: mp_conv2d on the bf16 backend */
@@ -79,9 +45,9 @@ int main(int argc, char **argv) {
     mp_workspace ws = {0};
     mp_pad p1 = {1, 1, 1, 1};
     if ((e = mp_conv2d(pool, &ws, y, x, B, C, H, W, &tw, &tb, 1, p1))) return fprintf(stderr, "%s\n", mp_error_message(e)), 1;
-    double t0 = now();
+    double t0 = mp_now();
     for (int r = 0; r < runs; r++) mp_conv2d(pool, &ws, y, x, B, C, H, W, &tw, &tb, 1, p1);
-    double t_mp = (now() - t0) / runs;
+    double t_mp = (mp_now() - t0) / runs;
     mp_workspace_free(&ws);
 
     /* oneDNN convolution primitive */
@@ -114,25 +80,25 @@ int main(int argc, char **argv) {
     CK(dnnl_memory_create(&m_x, &src_md, eng, DNNL_MEMORY_ALLOCATE));
     CK(dnnl_memory_create(&m_w, &wei_md, eng, DNNL_MEMORY_ALLOCATE));
     CK(dnnl_memory_create(&m_y, &dst_md, eng, DNNL_MEMORY_ALLOCATE));
-    dnnl_primitive_t r_w = reorder(eng, &wei_user, &wei_md), r_in = reorder(eng, &src_user, &src_md),
-                     r_out = reorder(eng, &dst_md, &dst_user);
-    run2(r_w, st, m_wu, m_w);
+    dnnl_primitive_t r_w = bench_reorder(eng, &wei_user, &wei_md), r_in = bench_reorder(eng, &src_user, &src_md),
+                     r_out = bench_reorder(eng, &dst_md, &dst_user);
+    bench_run_reorder(r_w, st, m_wu, m_w);
     dnnl_exec_arg_t cargs[4] = {{DNNL_ARG_SRC, m_x}, {DNNL_ARG_WEIGHTS, m_w}, {DNNL_ARG_BIAS, m_b}, {DNNL_ARG_DST, m_y}};
-    run2(r_in, st, m_xu, m_x);
+    bench_run_reorder(r_in, st, m_xu, m_x);
     CK(dnnl_primitive_execute(conv, st, 4, cargs));
     CK(dnnl_stream_wait(st));
     double t_in = 0, t_conv = 0, t_out = 0;
     for (int r = 0; r < runs; r++) {
-      double a = now();
-      run2(r_in, st, m_xu, m_x);
+      double a = mp_now();
+      bench_run_reorder(r_in, st, m_xu, m_x);
       CK(dnnl_stream_wait(st));
-      double b = now();
+      double b = mp_now();
       CK(dnnl_primitive_execute(conv, st, 4, cargs));
       CK(dnnl_stream_wait(st));
-      double c = now();
-      run2(r_out, st, m_y, m_yu);
+      double c = mp_now();
+      bench_run_reorder(r_out, st, m_y, m_yu);
       CK(dnnl_stream_wait(st));
-      double d = now();
+      double d = mp_now();
       t_in += b - a, t_conv += c - b, t_out += d - c;
     }
     t_in /= runs, t_conv /= runs, t_out /= runs;

@@ -11,30 +11,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
+#include "core/clock.h"
 #include "core/conv.h"
 #include "core/matmul.h"
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-#define CK(x)                                          \
-  do {                                                 \
-    dnnl_status_t s_ = (x);                            \
-    if (s_ != dnnl_success) {                          \
-      fprintf(stderr, "%s failed: %d\n", #x, (int)s_); \
-      exit(1);                                         \
-    }                                                  \
-  } while (0)
-
-static void fill(float *x, size_t n, unsigned seed) {
-  for (size_t i = 0; i < n; i++) {
-    seed = seed * 1103515245u + 12345u;
-    x[i] = ((float)((seed >> 8) & 0xffff) / 65535.0f - 0.5f);
-  }
-}
 
 static dnnl_primitive_t matmul(dnnl_engine_t eng, int64_t M, int64_t K, int64_t N, const dnnl_memory_desc_t *wmd,
                                dnnl_memory_desc_t *chosen, const char **impl) {
@@ -76,16 +56,16 @@ int main(int argc, char **argv) {
     const int64_t M = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
     float *x = malloc((size_t)(M * K) * 4), *y = malloc((size_t)(M * N) * 4), *w = malloc((size_t)(N * K) * 4);
     uint16_t *wh = malloc((size_t)(N * K) * 2);
-    fill(x, (size_t)(M * K), 1), fill(w, (size_t)(N * K), 2);
+    bench_fill(x, (size_t)(M * K), 1, 1.0f), bench_fill(w, (size_t)(N * K), 2, 1.0f);
     for (int64_t i = 0; i < N * K; i++) wh[i] = mp_f32_to_f16(w[i]);
     const double flop = 2.0 * (double)M * (double)K * (double)N;
     mp_tensor tw;
     mp_tensor_view(&tw, MP_F16, 2, (int64_t[]){N, K}, wh);
     mp_workspace ws = {0};
     mp_dense(pool, &ws, y, x, M, &tw, NULL);
-    double t0 = now();
+    double t0 = mp_now();
     for (int r = 0; r < runs; r++) mp_dense(pool, &ws, y, x, M, &tw, NULL);
-    double t_mp = (now() - t0) / runs;
+    double t_mp = (mp_now() - t0) / runs;
     mp_workspace_free(&ws);
 
     dnnl_dims_t wd = {K, N};
@@ -118,18 +98,18 @@ int main(int argc, char **argv) {
     CK(dnnl_stream_wait(st));
     double t_plain = 0, t_w = 0, t_packed = 0;
     for (int r = 0; r < runs; r++) {
-      double a = now();
+      double a = mp_now();
       mp_convert_to_f32(w, wh, MP_F16, (size_t)(N * K));
       CK(dnnl_primitive_execute(p_plain, st, 3, a_plain));
       CK(dnnl_stream_wait(st));
-      double b = now();
+      double b = mp_now();
       mp_convert_to_f32(w, wh, MP_F16, (size_t)(N * K));
       CK(dnnl_primitive_execute(reorder, st, 2, a_re));
       CK(dnnl_stream_wait(st));
-      double c = now();
+      double c = mp_now();
       CK(dnnl_primitive_execute(p_packed, st, 3, a_packed));
       CK(dnnl_stream_wait(st));
-      double d = now();
+      double d = mp_now();
       t_plain += b - a, t_w += c - b, t_packed += d - c;
     }
     t_plain /= runs, t_w /= runs, t_packed /= runs;

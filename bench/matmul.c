@@ -5,13 +5,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "core/matmul.h"
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 int main(int argc, char **argv) {
   int threads = 2;
@@ -40,9 +35,9 @@ int main(int argc, char **argv) {
       if ((e = mp_matmul_create(b, &W, NULL, &mm))) return fprintf(stderr, "%s\n", mp_error_message(e)), 1;
       mp_matmul_run(mm, x, M, y, false);
       int runs = 3;
-      double t0 = now();
+      double t0 = mp_now();
       for (int r = 0; r < runs; r++) mp_matmul_run(mm, x, M, y, false);
-      double dt = (now() - t0) / runs;
+      double dt = (mp_now() - t0) / runs;
       printf("%-5s M=%-5lld K=%-6lld N=%-5lld  %8.2f ms  %6.1f GFLOP/s\n", mp_precision_name(pr), (long long)M, (long long)K,
              (long long)N, dt * 1e3, 2.0 * (double)M * (double)K * (double)N / dt / 1e9);
       mp_matmul_free(mm);

@@ -12,16 +12,11 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "core/threads.h"
 #include "models/sd.h"
 #include "models/unet.h"
 #include "models/vae.h"
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static double peak_rss_mb(void) {
   struct rusage ru;
@@ -66,7 +61,7 @@ int main(int argc, char **argv) {
   mp_pool *pool;
   mp_error *e = mp_pool_create(threads, &pool);
   if (e) return fail(e);
-  double t0 = now();
+  double t0 = mp_now();
   mp_weights *w;
   mp_sd_config cfg;
   mp_unet *u;
@@ -74,7 +69,7 @@ int main(int argc, char **argv) {
   if ((e = mp_weights_open(model, &w)) || (e = mp_sd_config_detect(w, NULL, &cfg)) ||
       (e = mp_unet_load(w, MP_PREFIX_UNET, &cfg.unet, &u)) || (e = mp_vae_load(w, MP_PREFIX_VAE, &cfg.vae, &v)))
     return fail(e);
-  double load_s = now() - t0;
+  double load_s = mp_now() - t0;
   const int C = cfg.unet.in_channels, n_ctx = 77, D = cfg.unet.context_dim;
   size_t nx = (size_t)batch * C * latent * latent;
   float *x = malloc(sizeof(float) * nx), *eps = malloc(sizeof(float) * nx), *ctx = malloc(sizeof(float) * batch * n_ctx * D);
@@ -84,18 +79,18 @@ int main(int argc, char **argv) {
   for (int b = 0; b < batch; b++) t[b] = 500.0f + 0.25f * b;
   double best = 1e30, sum = 0;
   for (int r = 0; r < runs; r++) {
-    double s = now();
+    double s = mp_now();
     if ((e = mp_unet_forward(u, pool, batch, latent, latent, x, t, ctx, n_ctx, eps))) return fail(e);
-    double d = now() - s;
+    double d = mp_now() - s;
     best = d < best ? d : best, sum += d;
     fprintf(stderr, "unet forward %d: %.2f s\n", r + 1, d);
   }
   double vae_s = 0;
   if (vae) {
     float *img = malloc(sizeof(float) * 3 * (size_t)latent * 8 * latent * 8);
-    double s = now();
+    double s = mp_now();
     if ((e = mp_vae_decode(v, pool, latent, latent, x, img))) return fail(e);
-    vae_s = now() - s;
+    vae_s = mp_now() - s;
     free(img);
   }
   if (!runs) best = sum = 0, runs = 1;

@@ -9,20 +9,15 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "core/threads.h"
 #include "io/image.h"
 #include "models/esrgan.h"
 
 #include <cblas.h>
 
-static double now(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 static void progress(void *ctx, int done, int total) {
-  fprintf(stderr, "  tile %d/%d  %.1f s\n", done, total, now() - *(double *)ctx);
+  fprintf(stderr, "  tile %d/%d  %.1f s\n", done, total, mp_now() - *(double *)ctx);
 }
 
 int main(int argc, char **argv) {
@@ -58,13 +53,13 @@ int main(int argc, char **argv) {
     mp_esrgan_opts o = mp_esrgan_default_opts(m);
     o.tile = tile;
     if (context >= 0) o.context = context;
-    double t0 = now();
+    double t0 = mp_now();
     o.progress = progress;
     o.progress_ctx = &t0;
     printf("bench_upscale: %s %dx%d x%d, tile %d, context %d, %d threads\n", model, W, H, mp_esrgan_scale(m), o.tile,
            o.context, threads);
     e = mp_esrgan_upscale_image(m, pool, &crop, mp_esrgan_scale(m), &o, &out);
-    double t = now() - t0;
+    double t = mp_now() - t0;
     if (!e) printf("bench_upscale: %.2f s  (%.2f Mpx/s of input)\n", t, (double)W * H / t / 1e6);
   }
   if (!e && getenv("BENCH_UPSCALE_OUT")) e = mp_image_write_png(getenv("BENCH_UPSCALE_OUT"), &out, NULL, NULL);

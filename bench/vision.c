@@ -6,6 +6,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "core/context.h"
 #include "io/image.h"
 #include "models/person.h"
@@ -14,12 +15,6 @@ static double cpu_now(void) {
   struct rusage u;
   getrusage(RUSAGE_SELF, &u);
   return (double)u.ru_utime.tv_sec + (double)u.ru_stime.tv_sec + 1e-6 * (double)(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
-}
-
-static double now(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
 /* Area-average the photo into dst, aspect kept (fit to the width, centred, grey above and below):
@@ -65,9 +60,9 @@ int main(int argc, char **argv) {
   int runs = 5, n = 0;
   for (int r = 0; r < runs; r++) {
     mp_person_result res;
-    double t0 = now();
+    double t0 = mp_now();
     e = mp_persons_find(&pf, ctx->pool, &img, &res);
-    double t = now() - t0;
+    double t = mp_now() - t0;
     if (e) {
       fprintf(stderr, "bench_vision: %s\n", mp_error_message(e));
       return 1;

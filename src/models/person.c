@@ -3,6 +3,8 @@
  * ../shared/golden/vision/pose_detection.json; the face-seeded body geometry is ours. */
 #include "models/person.h"
 
+#include "core/clock.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -246,12 +248,6 @@ static void match_faces(const mp_detection *dets, int nd, const mp_detection *fa
   }
 }
 
-static double now_s(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 static int by_centre_x(const void *pa, const void *pb) {
   const mp_person *a = pa, *b = pb;
   float ca = a->x0 + a->x1, cb = b->x0 + b->x1;
@@ -274,7 +270,7 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
     goto done;
   }
 
-  double t_stage = now_s();
+  double t_stage = mp_now();
   /* 1. Pose detector on the letterboxed image. */
   mp_square sq = mp_letterbox_input(img, 0, 0, (float)W, (float)H, POSE_N, -1.0f, 1.0f, buf);
   const float *in1[1] = {buf};
@@ -289,8 +285,8 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
   mp_detections_to_pixels(dets, nd, sq);
   int nc = 0;
 
-  out->seconds[0] = now_s() - t_stage;
-  t_stage = now_s();
+  out->seconds[0] = mp_now() - t_stage;
+  t_stage = mp_now();
   /* 2. Faces on the whole image; each face no pose detection explains seeds a person. Every
    * person gets an anchor: its face (or the detector's face box, about twice a face). */
   if ((e = mp_face_detect(&pf->face, pool, img, 0, 0, (float)W, (float)H, out->faces, MP_MAX_FACES, &out->n_faces))) goto done;
@@ -313,8 +309,8 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
       cand[nc++] = (candidate){roi_from_face(f), f->score, MP_PERSON_FROM_FACE, *f, a};
     }
 
-  out->seconds[1] = now_s() - t_stage;
-  t_stage = now_s();
+  out->seconds[1] = mp_now() - t_stage;
+  t_stage = mp_now();
   /* 3. Selfie segmentation: where any person can be. */
   stretch(img, SEG_N, buf);
   if ((e = mp_tflite_run(pf->selfie, pool, in1))) goto done;
@@ -323,8 +319,8 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
     for (int x = 0; x < W; x++)
       seg_full[(size_t)y * W + x] = mask_tap(seg, SEG_N, (x + 0.5) * SEG_N / W - 0.5, (y + 0.5) * SEG_N / H - 0.5);
 
-  out->seconds[2] = now_s() - t_stage;
-  t_stage = now_s();
+  out->seconds[2] = mp_now() - t_stage;
+  t_stage = mp_now();
   /* 4. One pose-landmark run per candidate: its segmentation is that person's mask. */
   for (int i = 0; i < nc; i++) {
     anchor others[MP_MAX_FOUND_PERSONS];
@@ -364,8 +360,8 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
     out->n++;
   }
 
-  out->seconds[3] = now_s() - t_stage;
-  t_stage = now_s();
+  out->seconds[3] = mp_now() - t_stage;
+  t_stage = mp_now();
   /* 5. Overlaps: each pixel belongs to the person whose mask is strongest there. */
   for (size_t k = 0; k < npix; k++) {
     int best = -1;
@@ -398,8 +394,8 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
   out->n = kept;
   qsort(out->persons, (size_t)out->n, sizeof *out->persons, by_centre_x);
 
-  out->seconds[4] = now_s() - t_stage;
-  t_stage = now_s();
+  out->seconds[4] = mp_now() - t_stage;
+  t_stage = mp_now();
   /* 7. Faces again on the crop (the top square of its box) of each person whose mask holds no face
    * yet: a face too small for the whole-image pass is large there. New faces are those
    * overlapping no known one. */
@@ -422,8 +418,8 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
     }
   }
 
-  out->seconds[5] = now_s() - t_stage;
-  t_stage = now_s();
+  out->seconds[5] = mp_now() - t_stage;
+  t_stage = mp_now();
   /* 8. Faces to persons: the mask under the face centre. */
   for (int f = 0; f < out->n_faces; f++) {
     int x = (int)(out->faces[f].xmin + out->faces[f].w / 2), y = (int)(out->faces[f].ymin + out->faces[f].h / 2);

@@ -1,13 +1,6 @@
 #include "pipeline/progress.h"
 
 #include <string.h>
-#include <time.h>
-
-double mp_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void report(mp_progress *p) {
   p->cur.elapsed_seconds = mp_now() - p->job_start;

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 
+#include "core/clock.h"
 #include "mpass/mpass.h"
 
 typedef struct {
@@ -17,8 +18,6 @@ typedef struct {
   double job_start, pass_start;
   bool cancelled;
 } mp_progress;
-
-double mp_now(void);
 
 void mp_progress_init(mp_progress *p, mpass_progress_fn fn, void *user, int n_images);
 /* A new pass (image index 0-based; name like "scene", "person 2", "hires fix"); n_steps may be 0. */
