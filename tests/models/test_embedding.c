@@ -19,31 +19,21 @@
 #include "models/sd.h"
 #include "prompt/conditioning.h"
 #include "testutil.h"
+#include "tiny_text.h"
 
 typedef struct {
-  mp_weights *w;
-  mp_sd_config cfg;
-  mp_clip *clip;
-  mp_tokenizer *tok;
-  int D;
+  tiny_text text;
   char *tmp;
 } fixture;
 
 static int setup(void **state) {
   fixture *f = calloc(1, sizeof *f);
-  char *ck = test_shared_path("golden/tiny/tiny.safetensors"), *voc = test_shared_path("data/clip/" MP_CLIP_VOCAB_FILE);
-  mp_error *e = mp_weights_open(ck, &f->w);
-  if (!e) e = mp_sd_config_detect(f->w, NULL, &f->cfg);
-  if (!e) e = mp_clip_load(f->w, MP_PREFIX_CLIP, &f->cfg.clip, &f->clip);
-  if (!e) e = mp_tokenizer_load(voc, &f->tok);
-  free(ck);
-  free(voc);
+  mp_error *e = tiny_text_load(&f->text);
   if (e) {
     fprintf(stderr, "setup: %s\n", mp_error_message(e));
     mp_error_free(e);
     return -1;
   }
-  f->D = f->cfg.clip.hidden;
   f->tmp = test_tmpdir();
   *state = f;
   return 0;
@@ -51,9 +41,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   fixture *f = *state;
-  mp_tokenizer_free(f->tok);
-  mp_clip_free(f->clip);
-  mp_weights_close(f->w);
+  tiny_text_free(&f->text);
   free(f->tmp);
   free(f);
   return 0;
@@ -247,7 +235,7 @@ static void test_a1111_safetensors(void **state) {
   char *p = path_in(f->tmp, "a1111.safetensors");
   write_st_f32(p, "emb_params", 3, 32, v);
   mp_embedding e;
-  assert_ok(mp_embedding_read(p, f->D, &e));
+  assert_ok(mp_embedding_read(p, f->text.D, &e));
   expect_vectors(&e, 3, 32, v);
   mp_embedding_free(&e);
   /* half precision is widened exactly */
@@ -256,7 +244,7 @@ static void test_a1111_safetensors(void **state) {
   for (int i = 0; i < 3 * 32; i++) h[i] = mp_f32_to_f16(v[i]), back[i] = mp_f16_to_f32(h[i]);
   int64_t shape[2] = {3, 32};
   write_st(p, "emb_params", MP_F16, 2, shape, h);
-  assert_ok(mp_embedding_read(p, f->D, &e));
+  assert_ok(mp_embedding_read(p, f->text.D, &e));
   expect_vectors(&e, 3, 32, back);
   mp_embedding_free(&e);
   free(p);
@@ -270,18 +258,18 @@ static void test_diffusers_forms(void **state) {
   /* learned_embeds.safetensors with one [hidden] vector under its token */
   char *p = path_in(f->tmp, "learned_embeds.safetensors");
   write_st_f32(p, "<cat-toy>", 0, 32, v);
-  assert_ok(mp_embedding_read(p, f->D, &e));
+  assert_ok(mp_embedding_read(p, f->text.D, &e));
   expect_vectors(&e, 1, 32, v);
   mp_embedding_free(&e);
   free(p);
   /* learned_embeds.bin (torch.save of {"<cat-toy>": tensor[hidden]}) and a [n, hidden] one */
   p = path_in(f->tmp, "learned_embeds.bin");
   write_ckpt_f32(p, "<cat-toy>", 0, 32, v);
-  assert_ok(mp_embedding_read(p, f->D, &e));
+  assert_ok(mp_embedding_read(p, f->text.D, &e));
   expect_vectors(&e, 1, 32, v);
   mp_embedding_free(&e);
   write_ckpt_f32(p, "<cat-toy>", 2, 32, v);
-  assert_ok(mp_embedding_read(p, f->D, &e));
+  assert_ok(mp_embedding_read(p, f->text.D, &e));
   expect_vectors(&e, 2, 32, v);
   mp_embedding_free(&e);
   free(p);
@@ -294,17 +282,17 @@ static void test_a1111_pt(void **state) {
   mp_embedding e;
   char *p = path_in(f->tmp, "a1111.pt");
   write_a1111_pt(p, 4, 32, v, 1);
-  assert_ok(mp_embedding_read(p, f->D, &e));
+  assert_ok(mp_embedding_read(p, f->text.D, &e));
   expect_vectors(&e, 4, 32, v);
   mp_embedding_free(&e);
   /* an older plain {token: tensor} .pt */
   write_ckpt_f32(p, "*", 4, 32, v);
-  assert_ok(mp_embedding_read(p, f->D, &e));
+  assert_ok(mp_embedding_read(p, f->text.D, &e));
   expect_vectors(&e, 4, 32, v);
   mp_embedding_free(&e);
   /* two terms in string_to_param: A1111 refuses it too */
   write_a1111_pt(p, 4, 32, v, 2);
-  assert_err_contains(mp_embedding_read(p, f->D, &e), "exactly one");
+  assert_err_contains(mp_embedding_read(p, f->text.D, &e), "exactly one");
   free(p);
 }
 
@@ -317,7 +305,7 @@ static void test_wrong_width(void **state) {
   char *p = path_in(f->tmp, "wide.safetensors");
   write_st_f32(p, "emb_params", 2, 64, v);
   mp_embedding e;
-  mp_error *err = mp_embedding_read(p, f->D, &e);
+  mp_error *err = mp_embedding_read(p, f->text.D, &e);
   assert_non_null(err);
   const char *m = mp_error_message(err);
   assert_non_null(strstr(m, p));
@@ -326,7 +314,7 @@ static void test_wrong_width(void **state) {
   mp_error_free(err);
   /* the same for a .pt, and a real-world case: an SD 2.x embedding on SD 1.x */
   write_a1111_pt(p, 2, 64, v, 1);
-  assert_err_contains(mp_embedding_read(p, f->D, &e), "width is 64");
+  assert_err_contains(mp_embedding_read(p, f->text.D, &e), "width is 64");
   float *w = calloc(1024, sizeof *w);
   write_st_f32(p, "emb_params", 1, 1024, w);
   assert_err_contains(mp_embedding_read(p, 768, &e), "1024 is SD 2.x");
@@ -346,36 +334,36 @@ static void test_bad_contents(void **state) {
   mp_embedding e;
   /* not a checkpoint at all, truncated, empty */
   test_write_file(p, "this is not an embedding at all", 31);
-  assert_err_contains(mp_embedding_read(p, f->D, &e), p);
+  assert_err_contains(mp_embedding_read(p, f->text.D, &e), p);
   write_st_f32(p, "emb_params", 2, 32, v);
   struct stat st;
   assert_int_equal(stat(p, &st), 0);
   assert_int_equal(truncate(p, st.st_size - 9), 0);
-  assert_err_contains(mp_embedding_read(p, f->D, &e), p);
+  assert_err_contains(mp_embedding_read(p, f->text.D, &e), p);
   test_write_file(p, "", 0);
-  assert_err_contains(mp_embedding_read(p, f->D, &e), p);
+  assert_err_contains(mp_embedding_read(p, f->text.D, &e), p);
   char *missing = path_in(f->tmp, "nope.safetensors");
-  assert_err_contains(mp_embedding_read(missing, f->D, &e), missing);
+  assert_err_contains(mp_embedding_read(missing, f->text.D, &e), missing);
   free(missing);
   /* wrong shapes and types */
   write_st_f32(p, "emb_params", 76, 32, v);
-  assert_err_contains(mp_embedding_read(p, f->D, &e), "76 vectors, expected 1..75");
+  assert_err_contains(mp_embedding_read(p, f->text.D, &e), "76 vectors, expected 1..75");
   int64_t s3[3] = {1, 2, 32};
   write_st(p, "emb_params", MP_F32, 3, s3, v);
-  assert_err_contains(mp_embedding_read(p, f->D, &e), "expected [hidden] or [vectors, hidden]");
+  assert_err_contains(mp_embedding_read(p, f->text.D, &e), "expected [hidden] or [vectors, hidden]");
   int64_t s0[2] = {0, 32};
   write_st(p, "emb_params", MP_F32, 2, s0, v);
-  assert_err_contains(mp_embedding_read(p, f->D, &e), "0 vectors");
+  assert_err_contains(mp_embedding_read(p, f->text.D, &e), "0 vectors");
   int32_t ints[32] = {0};
   int64_t s1[1] = {32};
   write_st(p, "emb_params", MP_I32, 1, s1, ints);
-  assert_err_contains(mp_embedding_read(p, f->D, &e), "must be floating point");
+  assert_err_contains(mp_embedding_read(p, f->text.D, &e), "must be floating point");
   /* a NaN is corruption, not an embedding */
   float nan_v[32];
   fill(nan_v, 32, 0);
   nan_v[5] = NAN;
   write_st_f32(p, "emb_params", 1, 32, nan_v);
-  assert_err_contains(mp_embedding_read(p, f->D, &e), "non-finite value (vector 0, element 5)");
+  assert_err_contains(mp_embedding_read(p, f->text.D, &e), "non-finite value (vector 0, element 5)");
   /* several tensors: which one is meant is unknowable; SDXL pairs are named */
   mp_tensor ts[2];
   int64_t sh[2] = {1, 32};
@@ -383,9 +371,9 @@ static void test_bad_contents(void **state) {
   mp_tensor_view(&ts[1], MP_F32, 2, sh, v + 32);
   const char *two[2] = {"a", "b"}, *sdxl[2] = {"clip_g", "clip_l"};
   assert_ok(mp_safetensors_write(p, 2, two, ts, NULL));
-  assert_err_contains(mp_embedding_read(p, f->D, &e), "holds 2 tensors ('a', 'b')");
+  assert_err_contains(mp_embedding_read(p, f->text.D, &e), "holds 2 tensors ('a', 'b')");
   assert_ok(mp_safetensors_write(p, 2, sdxl, ts, NULL));
-  assert_err_contains(mp_embedding_read(p, f->D, &e), "SDXL embedding");
+  assert_err_contains(mp_embedding_read(p, f->text.D, &e), "SDXL embedding");
   free(p);
 }
 
@@ -404,7 +392,7 @@ static void test_hostile_pt(void **state) {
   put1(&b, 'R');
   put1(&b, '.');
   write_torch_zip(p, &b, v, 32);
-  assert_err_contains(mp_embedding_read(p, f->D, &e), "refusing to load global 'os.system'");
+  assert_err_contains(mp_embedding_read(p, f->text.D, &e), "refusing to load global 'os.system'");
   /* the original textual_inversion repo pickled a ParameterDict module: refused, with what to do */
   b.n = 0;
   put1(&b, 0x80), put1(&b, 2);
@@ -418,7 +406,7 @@ static void test_hostile_pt(void **state) {
   put1(&b, 's');
   put1(&b, '.');
   write_torch_zip(p, &b, v, 32);
-  assert_err_contains(mp_embedding_read(p, f->D, &e), "re-save its tensor as .safetensors");
+  assert_err_contains(mp_embedding_read(p, f->text.D, &e), "re-save its tensor as .safetensors");
   /* a .pt whose pickle ends early */
   b.n = 0;
   put1(&b, 0x80), put1(&b, 2);
@@ -426,7 +414,7 @@ static void test_hostile_pt(void **state) {
   put1(&b, '(');
   pk_str(&b, "string_to_param");
   write_torch_zip(p, &b, v, 32);
-  assert_err_contains(mp_embedding_read(p, f->D, &e), p);
+  assert_err_contains(mp_embedding_read(p, f->text.D, &e), p);
   /* every truncation of a valid .pt is an error naming the file, never a crash */
   write_a1111_pt(p, 1, 32, v, 1);
   FILE *fp = fopen(p, "rb");
@@ -436,7 +424,7 @@ static void test_hostile_pt(void **state) {
   assert_true(n > 100 && n < sizeof whole);
   for (size_t cut = 0; cut < n; cut += 7) {
     test_write_file(p, whole, cut);
-    assert_err_contains(mp_embedding_read(p, f->D, &e), p);
+    assert_err_contains(mp_embedding_read(p, f->text.D, &e), p);
   }
   free(b.p);
   free(p);
@@ -582,7 +570,7 @@ static void test_missing_names_every_path(void **state) {
   write_st_f32(wide, "emb_params", 1, 64, w);
   char *names[] = {"absent1", "present", "wide", "absent2"};
   mp_ti_set set = {0};
-  e = mp_embeddings_load(dir, names, 4, f->D, &set);
+  e = mp_embeddings_load(dir, names, 4, f->text.D, &set);
   assert_non_null(e);
   const char *m = mp_error_message(e);
   assert_non_null(strstr(m, "3 of 4 embeddings could not be loaded"));
@@ -602,8 +590,8 @@ static void test_missing_names_every_path(void **state) {
 static void expect_same_conditioning(fixture *f, const mp_ti_set *a, const mp_ti_set *b, const char *prompt, int chunks) {
   mp_cond_options o = mp_cond_options_default();
   mp_conditioning ca, cb;
-  assert_ok(mp_conditioning_encode(f->clip, NULL, f->tok, prompt, "mpassneg", a, &o, &ca));
-  assert_ok(mp_conditioning_encode(f->clip, NULL, f->tok, prompt, "mpassneg", b, &o, &cb));
+  assert_ok(mp_conditioning_encode(f->text.clip, NULL, f->text.tok, prompt, "mpassneg", a, &o, &ca));
+  assert_ok(mp_conditioning_encode(f->text.clip, NULL, f->text.tok, prompt, "mpassneg", b, &o, &cb));
   assert_int_equal(ca.n_chunks, chunks);
   assert_int_equal(cb.n_chunks, chunks);
   size_t bytes_ = mp_tensor_nbytes(&ca.cond);
@@ -616,7 +604,7 @@ static void expect_same_conditioning(fixture *f, const mp_ti_set *a, const mp_ti
 
 static void test_file_conditions_like_hand_placed(void **state) {
   fixture *f = *state;
-  const size_t T = MP_CLIP_MAX_LENGTH, D = (size_t)f->D;
+  const size_t T = MP_CLIP_MAX_LENGTH, D = (size_t)f->text.D;
   float v3[3 * 32], vn[32];
   fill(v3, 3 * 32, 2.1);
   fill(vn, 32, -0.6);
@@ -627,20 +615,20 @@ static void test_file_conditions_like_hand_placed(void **state) {
   write_st_f32(pn, "emb_params", 1, 32, vn);
   char *names[] = {"mpassemb", "mpassneg"};
   mp_ti_set from_file = {0}, by_hand = {0};
-  assert_ok(mp_embeddings_load(dir, names, 2, f->D, &from_file));
+  assert_ok(mp_embeddings_load(dir, names, 2, f->text.D, &from_file));
   assert_ok(mp_ti_set_add(&by_hand, "mpassemb", v3, 3, 32));
   assert_ok(mp_ti_set_add(&by_hand, "mpassneg", vn, 1, 32));
 
   /* the short prompt against the vectors written over the token embeddings by hand */
   mp_cond_options o = mp_cond_options_default();
   mp_conditioning c;
-  assert_ok(mp_conditioning_encode(f->clip, NULL, f->tok, "a mpassemb cat", "", &from_file, &o, &c));
+  assert_ok(mp_conditioning_encode(f->text.clip, NULL, f->text.tok, "a mpassemb cat", "", &from_file, &o, &c));
   int32_t ids[MP_CLIP_MAX_LENGTH];
-  assert_ok(mp_tokenize_padded(f->tok, "a x x x cat", ids, NULL));
+  assert_ok(mp_tokenize_padded(f->text.tok, "a x x x cat", ids, NULL));
   float *emb = mp_alloc(T * D * sizeof(float)), *z = mp_alloc(T * D * sizeof(float));
-  assert_ok(mp_clip_embed_tokens(f->clip, ids, (int)T, emb));
+  assert_ok(mp_clip_embed_tokens(f->text.clip, ids, (int)T, emb));
   memcpy(emb + 2 * D, v3, 3 * D * sizeof(float)); /* after BOS and "a" */
-  assert_ok(mp_clip_encode_embeds(f->clip, NULL, emb, (int)T, f->cfg.clip.layers, true, z));
+  assert_ok(mp_clip_encode_embeds(f->text.clip, NULL, emb, (int)T, f->text.cfg.clip.layers, true, z));
   assert_memory_equal(c.cond.data, z, T * D * sizeof(float));
   mp_free(emb);
   mp_free(z);

@@ -13,39 +13,27 @@
 #include "prompt/conditioning.h"
 #include "prompt/weighting.h"
 #include "testutil.h"
+#include "tiny_text.h"
 
 typedef struct {
-  mp_weights *w;
-  mp_sd_config cfg;
-  mp_clip *clip;
-  mp_tokenizer *tok;
-  int D;
+  tiny_text text;
 } fixture;
 
 static int setup(void **state) {
   fixture *f = calloc(1, sizeof *f);
-  char *ck = test_shared_path("golden/tiny/tiny.safetensors"), *voc = test_shared_path("data/clip/" MP_CLIP_VOCAB_FILE);
-  mp_error *e = mp_weights_open(ck, &f->w);
-  if (!e) e = mp_sd_config_detect(f->w, NULL, &f->cfg);
-  if (!e) e = mp_clip_load(f->w, MP_PREFIX_CLIP, &f->cfg.clip, &f->clip);
-  if (!e) e = mp_tokenizer_load(voc, &f->tok);
-  free(ck);
-  free(voc);
+  mp_error *e = tiny_text_load(&f->text);
   if (e) {
     fprintf(stderr, "setup: %s\n", mp_error_message(e));
     mp_error_free(e);
     return -1;
   }
-  f->D = f->cfg.clip.hidden;
   *state = f;
   return 0;
 }
 
 static int teardown(void **state) {
   fixture *f = *state;
-  mp_tokenizer_free(f->tok);
-  mp_clip_free(f->clip);
-  mp_weights_close(f->w);
+  tiny_text_free(&f->text);
   free(f);
   return 0;
 }
@@ -60,9 +48,9 @@ static char *repeat(const char *word, int n) {
 /* The plain SD encoding of a text: padded/truncated ids through mp_clip_encode. */
 static float *plain(fixture *f, const char *text, int clip_skip) {
   int32_t ids[MP_CLIP_MAX_LENGTH];
-  assert_ok(mp_tokenize_padded(f->tok, text, ids, NULL));
-  float *z = mp_alloc(sizeof(float) * MP_CLIP_MAX_LENGTH * (size_t)f->D);
-  assert_ok(mp_clip_encode(f->clip, NULL, ids, MP_CLIP_MAX_LENGTH, clip_skip, z));
+  assert_ok(mp_tokenize_padded(f->text.tok, text, ids, NULL));
+  float *z = mp_alloc(sizeof(float) * MP_CLIP_MAX_LENGTH * (size_t)f->text.D);
+  assert_ok(mp_clip_encode(f->text.clip, NULL, ids, MP_CLIP_MAX_LENGTH, clip_skip, z));
   return z;
 }
 
@@ -75,14 +63,14 @@ static double mean(const float *z, size_t n) {
 /* (a) no brackets: exactly the plain encoding, for both clip skips and both modes */
 static void test_plain_prompt_is_plain_encoding(void **state) {
   fixture *f = *state;
-  const size_t T = MP_CLIP_MAX_LENGTH, D = (size_t)f->D;
+  const size_t T = MP_CLIP_MAX_LENGTH, D = (size_t)f->text.D;
   for (int skip = 1; skip <= 2; skip++)
     for (int lpw = 0; lpw <= 1; lpw++) {
       mp_cond_options o = mp_cond_options_default();
       o.clip_skip = skip;
       o.use_lpw = lpw;
       mp_conditioning c;
-      assert_ok(mp_conditioning_encode(f->clip, NULL, f->tok, "a photo of an astronaut, riding a horse", "blurry", NULL, &o, &c));
+      assert_ok(mp_conditioning_encode(f->text.clip, NULL, f->text.tok, "a photo of an astronaut, riding a horse", "blurry", NULL, &o, &c));
       assert_int_equal(c.n_chunks, 1);
       assert_int_equal(c.cond.ndim, 3);
       assert_int_equal(c.cond.shape[0], 1);
@@ -101,7 +89,7 @@ static void test_plain_prompt_is_plain_encoding(void **state) {
 /* (b) a weight changes only the chunk holding it, keeps that chunk's mean, and scales its token */
 static void test_weight_changes_only_its_chunk(void **state) {
   fixture *f = *state;
-  const size_t T = MP_CLIP_MAX_LENGTH, D = (size_t)f->D;
+  const size_t T = MP_CLIP_MAX_LENGTH, D = (size_t)f->text.D;
   char *cats = repeat("cat", 100), a[1024], b[1024];
   snprintf(a, sizeof a, "%s dog", cats);
   snprintf(b, sizeof b, "%s (dog:1.5)", cats);
@@ -109,8 +97,8 @@ static void test_weight_changes_only_its_chunk(void **state) {
   float *za, *zb;
   int ka, kb;
   size_t ta, tb;
-  assert_ok(mp_conditioning_encode_one(f->clip, NULL, f->tok, a, NULL, &o, &za, &ka, &ta, NULL));
-  assert_ok(mp_conditioning_encode_one(f->clip, NULL, f->tok, b, NULL, &o, &zb, &kb, &tb, NULL));
+  assert_ok(mp_conditioning_encode_one(f->text.clip, NULL, f->text.tok, a, NULL, &o, &za, &ka, &ta, NULL));
+  assert_ok(mp_conditioning_encode_one(f->text.clip, NULL, f->text.tok, b, NULL, &o, &zb, &kb, &tb, NULL));
   assert_int_equal(ka, 2);
   assert_int_equal(kb, 2);
   assert_int_equal(ta, 75 + 26);
@@ -136,11 +124,11 @@ static void test_weight_changes_only_its_chunk(void **state) {
 /* (c) 200 tokens -> 3 chunks; the negative is padded with the empty prompt's encoding */
 static void test_long_prompt_and_negative_padding(void **state) {
   fixture *f = *state;
-  const size_t T = MP_CLIP_MAX_LENGTH, D = (size_t)f->D;
+  const size_t T = MP_CLIP_MAX_LENGTH, D = (size_t)f->text.D;
   char *text = repeat("cat", 200);
   mp_cond_options o = mp_cond_options_default();
   mp_conditioning c;
-  assert_ok(mp_conditioning_encode(f->clip, NULL, f->tok, text, "ugly", NULL, &o, &c));
+  assert_ok(mp_conditioning_encode(f->text.clip, NULL, f->text.tok, text, "ugly", NULL, &o, &c));
   assert_int_equal(c.n_chunks, 3);
   assert_int_equal(c.cond.shape[1], 3 * (int64_t)T);
   assert_int_equal(c.uncond.shape[1], 3 * (int64_t)T);
@@ -160,7 +148,7 @@ static void test_long_prompt_and_negative_padding(void **state) {
   assert_memory_equal(z + 2 * T * D, p50, T * D * sizeof(float));
   mp_conditioning_free(&c);
   /* the other way round: a long negative pads the prompt */
-  assert_ok(mp_conditioning_encode(f->clip, NULL, f->tok, "ugly", text, NULL, &o, &c));
+  assert_ok(mp_conditioning_encode(f->text.clip, NULL, f->text.tok, "ugly", text, NULL, &o, &c));
   assert_int_equal(c.n_chunks, 3);
   assert_memory_equal((const float *)c.cond.data + 2 * T * D, empty, T * D * sizeof(float));
   mp_conditioning_free(&c);
@@ -176,7 +164,7 @@ static void test_long_prompt_and_negative_padding(void **state) {
 /* (d) an embedding inserted by name equals its vectors placed by hand */
 static void test_textual_inversion_by_name(void **state) {
   fixture *f = *state;
-  const size_t T = MP_CLIP_MAX_LENGTH, D = (size_t)f->D;
+  const size_t T = MP_CLIP_MAX_LENGTH, D = (size_t)f->text.D;
   float vec[2 * 64];
   for (size_t i = 0; i < 2 * D; i++) vec[i] = (float)sin(0.37 * (double)i) * 0.5f;
   mp_ti_set ti = {0};
@@ -185,14 +173,14 @@ static void test_textual_inversion_by_name(void **state) {
     mp_cond_options o = mp_cond_options_default();
     o.use_lpw = lpw;
     mp_conditioning c;
-    assert_ok(mp_conditioning_encode(f->clip, NULL, f->tok, "a mpasstestembedding cat", "", &ti, &o, &c));
+    assert_ok(mp_conditioning_encode(f->text.clip, NULL, f->text.tok, "a mpasstestembedding cat", "", &ti, &o, &c));
     int32_t ids[MP_CLIP_MAX_LENGTH];
-    assert_ok(mp_tokenize_padded(f->tok, "a x x cat", ids, NULL));
+    assert_ok(mp_tokenize_padded(f->text.tok, "a x x cat", ids, NULL));
     ids[2] = ids[3] = 0;
     float *emb = mp_alloc(T * D * sizeof(float)), *z = mp_alloc(T * D * sizeof(float));
-    assert_ok(mp_clip_embed_tokens(f->clip, ids, (int)T, emb));
+    assert_ok(mp_clip_embed_tokens(f->text.clip, ids, (int)T, emb));
     memcpy(emb + 2 * D, vec, 2 * D * sizeof(float));
-    assert_ok(mp_clip_encode_embeds(f->clip, NULL, emb, (int)T, f->cfg.clip.layers, true, z));
+    assert_ok(mp_clip_encode_embeds(f->text.clip, NULL, emb, (int)T, f->text.cfg.clip.layers, true, z));
     assert_memory_equal(c.cond.data, z, T * D * sizeof(float));
     mp_free(emb);
     mp_free(z);
@@ -203,7 +191,7 @@ static void test_textual_inversion_by_name(void **state) {
   assert_ok(mp_ti_set_add(&bad, "wrongsize", vec, 1, (int)D + 1));
   mp_conditioning c;
   mp_cond_options o = mp_cond_options_default();
-  assert_err_contains(mp_conditioning_encode(f->clip, NULL, f->tok, "wrongsize", "", &bad, &o, &c), "needs 32");
+  assert_err_contains(mp_conditioning_encode(f->text.clip, NULL, f->text.tok, "wrongsize", "", &bad, &o, &c), "needs 32");
   mp_ti_set_free(&bad);
   mp_ti_set_free(&ti);
 }
@@ -211,12 +199,12 @@ static void test_textual_inversion_by_name(void **state) {
 /* use_lpw=false truncates to 75 tokens with a warning and ignores brackets */
 static void test_plain_mode_truncates(void **state) {
   fixture *f = *state;
-  const size_t T = MP_CLIP_MAX_LENGTH, D = (size_t)f->D;
+  const size_t T = MP_CLIP_MAX_LENGTH, D = (size_t)f->text.D;
   char *text = repeat("(cat)", 100);
   mp_cond_options o = mp_cond_options_default();
   o.use_lpw = false;
   mp_conditioning c;
-  assert_ok(mp_conditioning_encode(f->clip, NULL, f->tok, text, "", NULL, &o, &c));
+  assert_ok(mp_conditioning_encode(f->text.clip, NULL, f->text.tok, text, "", NULL, &o, &c));
   assert_int_equal(c.n_chunks, 1);
   assert_non_null(c.warning);
   assert_non_null(strstr(c.warning, "truncated"));
@@ -226,7 +214,7 @@ static void test_plain_mode_truncates(void **state) {
   mp_conditioning_free(&c);
   /* bad clip skip */
   o.clip_skip = 3;
-  assert_err_contains(mp_conditioning_encode(f->clip, NULL, f->tok, "x", "", NULL, &o, &c), "clip skip 3");
+  assert_err_contains(mp_conditioning_encode(f->text.clip, NULL, f->text.tok, "x", "", NULL, &o, &c), "clip skip 3");
   free(text);
 }
 
