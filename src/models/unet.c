@@ -434,6 +434,15 @@ static void concat_channels(float *dst, const float *a, int ca, const float *s, 
 
 mp_error *mp_unet_forward(mp_unet *u, mp_pool *pool, int batch, int h, int w, const float *x, const float *t,
                           const float *context, int n_ctx, float *eps) {
+  const mp_unet_inputs in = {.batch = batch, .h = h, .w = w, .x = x, .t = t, .context = context, .n_ctx = n_ctx};
+  return mp_unet_run(u, pool, &in, eps);
+}
+
+mp_error *mp_unet_run(mp_unet *u, mp_pool *pool, const mp_unet_inputs *in, float *eps) {
+  const int batch = in->batch, h = in->h, w = in->w, n_ctx = in->n_ctx;
+  const float *x = in->x, *t = in->t, *context = in->context;
+  if (in->y) return mp_errorf("UNet forward: this model takes no label vector (y); SDXL conditioning needs an SDXL UNet");
+  if (in->control) return mp_errorf("UNet forward: ControlNet residuals are not supported yet");
   const mp_unet_config *cfg = &u->cfg;
   const int L = cfg->n_levels, div = 1 << (L - 1);
   if (batch < 1 || h < 1 || w < 1 || h % div || w % div)

@@ -25,4 +25,27 @@ void mp_unet_free(mp_unet *unet);
 mp_error *mp_unet_forward(mp_unet *unet, mp_pool *pool, int batch, int h, int w, const float *x, const float *t,
                           const float *context, int n_ctx, float *eps);
 
+/* ControlNet residuals (models/controlnet.c makes them): down[i] is added to the skip connection of
+ * input block i (its output, before the decoder concatenates it), mid to the middle block's output,
+ * each multiplied by `scale`. Shapes follow the UNet's own blocks for the same batch and size. */
+#define MP_UNET_MAX_SKIPS 32
+typedef struct {
+  const float *down[MP_UNET_MAX_SKIPS];
+  int n_down;
+  const float *mid;
+  float scale;
+} mp_unet_control;
+
+/* Everything one UNet evaluation reads. x, t, context as for mp_unet_forward. */
+typedef struct {
+  int batch, h, w;
+  const float *x, *t, *context;
+  int n_ctx;
+  const float *y; /* SDXL: [batch, adm_in_channels], the pooled text + size vector into label_emb; NULL for SD 1.x/2.x */
+  const mp_unet_control *control; /* ControlNet residuals, or NULL */
+} mp_unet_inputs;
+
+/* The general entry point; mp_unet_forward is this with y = control = NULL. */
+mp_error *mp_unet_run(mp_unet *unet, mp_pool *pool, const mp_unet_inputs *in, float *eps);
+
 #endif
