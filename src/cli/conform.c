@@ -33,6 +33,7 @@ static const struct {
 };
 
 char *conform_path(const conform *c, const char *rel) {
+  if (rel[0] == '/') return strdup(rel); /* an absolute path in a manifest is used as is */
   size_t n = strlen(c->dir) + 1 + strlen(rel) + 1;
   char *p = malloc(n);
   if (p) snprintf(p, n, "%s/%s", c->dir, rel);

@@ -1,0 +1,5 @@
+# Command-line tests written as shell scripts (tests/cli/sh/*.sh): what a user does with the
+# installed program, run against the built one.
+set(MPASS_SH ${CMAKE_SOURCE_DIR}/tests/cli/sh)
+add_test(NAME cli_conform_abs_ckpt COMMAND ${MPASS_SH}/conform_abs_ckpt.sh $<TARGET_FILE:mpass_cli> ${MPASS_SHARED_DIR}/golden/tiny)
+set_tests_properties(cli_conform_abs_ckpt PROPERTIES TIMEOUT 900)
