@@ -3,3 +3,5 @@
 set(MPASS_SH ${CMAKE_SOURCE_DIR}/tests/cli/sh)
 add_test(NAME cli_conform_abs_ckpt COMMAND ${MPASS_SH}/conform_abs_ckpt.sh $<TARGET_FILE:mpass_cli> ${MPASS_SHARED_DIR}/golden/tiny)
 set_tests_properties(cli_conform_abs_ckpt PROPERTIES TIMEOUT 900)
+add_test(NAME cli_run_without_vocab COMMAND ${MPASS_SH}/run_without_vocab.sh $<TARGET_FILE:mpass_cli>)
+set_tests_properties(cli_run_without_vocab PROPERTIES TIMEOUT 900)
