@@ -294,6 +294,7 @@ static cJSON *job_json(const mp_job *j) {
   cJSON_AddBoolToObject(o, "controlnet_txt2img", j->controlnet_txt2img);
   cJSON_AddBoolToObject(o, "prompt_expansion", j->prompt_expansion);
   cJSON_AddItemToObject(o, "callback", str_or_null(j->callback));
+  cJSON_AddItemToObject(o, "base_model", str_or_null(j->base_model));
   cJSON_AddItemToObject(o, "flags", flags_json(j));
   cJSON_AddItemToObject(o, "sections", sections_json(j->sections, j->n_sections));
   cJSON_AddItemToObject(o, "negative_sections", sections_json(j->neg_sections, j->n_neg_sections));
