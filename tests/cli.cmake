@@ -5,3 +5,7 @@ add_test(NAME cli_conform_abs_ckpt COMMAND ${MPASS_SH}/conform_abs_ckpt.sh $<TAR
 set_tests_properties(cli_conform_abs_ckpt PROPERTIES TIMEOUT 900)
 add_test(NAME cli_run_without_vocab COMMAND ${MPASS_SH}/run_without_vocab.sh $<TARGET_FILE:mpass_cli>)
 set_tests_properties(cli_run_without_vocab PROPERTIES TIMEOUT 900)
+add_test(NAME cli_help COMMAND ${MPASS_SH}/help.sh $<TARGET_FILE:mpass_cli>)
+# The installed tree (label install): cmake --install into a temporary prefix, pkg-config consumer.
+add_test(NAME cli_install COMMAND ${MPASS_SH}/install.sh ${CMAKE_BINARY_DIR} ${CMAKE_SOURCE_DIR})
+set_tests_properties(cli_install PROPERTIES LABELS install TIMEOUT 600)
