@@ -8,4 +8,9 @@ set_tests_properties(cli_run_without_vocab PROPERTIES TIMEOUT 900)
 add_test(NAME cli_help COMMAND ${MPASS_SH}/help.sh $<TARGET_FILE:mpass_cli>)
 # The installed tree (label install): cmake --install into a temporary prefix, pkg-config consumer.
 add_test(NAME cli_install COMMAND ${MPASS_SH}/install.sh ${CMAKE_BINARY_DIR} ${CMAKE_SOURCE_DIR})
-set_tests_properties(cli_install PROPERTIES LABELS install TIMEOUT 600)
+set(MPASS_CONSUMER_FLAGS "")
+if(MPASS_SANITIZE) # the installed library is instrumented: so must its consumer be
+  set(MPASS_CONSUMER_FLAGS "-fsanitize=address,undefined")
+endif()
+set_tests_properties(cli_install PROPERTIES LABELS install TIMEOUT 600
+  ENVIRONMENT "CC=${CMAKE_C_COMPILER};CC_FLAGS=${MPASS_CONSUMER_FLAGS}")

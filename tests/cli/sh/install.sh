@@ -21,10 +21,11 @@ fi
 grep -q '^mpass [0-9]' "$P/version.txt" && grep -q '^commit ' "$P/version.txt" && grep -q '^compute: precision' "$P/version.txt"
 grep -q '^\.TH MPASS 1' "$P/share/man/man1/mpass.1"
 export PKG_CONFIG_PATH="$(cd "$libdir" && pwd)/pkgconfig"
-cc ${CC_FLAGS:-} -o "$P/consumer" "$SRC/tests/cli/sh/consumer.c" $(pkg-config --cflags --libs mpass)
+CC=${CC:-cc}
+$CC ${CC_FLAGS:-} -o "$P/consumer" "$SRC/tests/cli/sh/consumer.c" $(pkg-config --cflags --libs mpass)
 LD_LIBRARY_PATH="$(cd "$libdir" && pwd)" "$P/consumer"
 # static: the private requirements must be enough to link
-cc -o "$P/consumer-static" "$SRC/tests/cli/sh/consumer.c" $(pkg-config --cflags mpass) \
+$CC ${CC_FLAGS:-} -o "$P/consumer-static" "$SRC/tests/cli/sh/consumer.c" $(pkg-config --cflags mpass) \
   "$libdir/libmpass.a" $(pkg-config --libs-only-l --static mpass | sed 's/-lmpass//') $(pkg-config --libs-only-other --static mpass)
 "$P/consumer-static"
 if [ -d "$SRC/models/vision" ]; then
