@@ -430,7 +430,7 @@ static const char *nearest_key(const char *s, size_t n) {
   return best && (best_d <= 2 || 2 * best_d <= longer) ? best : NULL;
 }
 
-/* " (did you mean steps?)" or "" for an unknown key. */
+/* ": did you mean steps?" for an unknown key, or "" when no key is near. */
 static void suggestion(const char *s, size_t n, char out[64]) {
   const char *near = nearest_key(s, n);
   if (near) snprintf(out, 64, ": did you mean %s?", near);
