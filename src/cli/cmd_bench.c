@@ -87,12 +87,18 @@ static void report(const char *what, stamp s) {
   printf("%-28s %8.2f s wall %8.2f s CPU   RSS %6.0f MB (peak %6.0f)\n", what, s.wall, s.cpu, rss_now_mb(), peak_rss_mb());
 }
 
+static void usage(FILE *f) {
+  fprintf(f, "usage: mpass [--threads N] [--precision auto|f32|bf16] bench --model CKPT [-W 512] [-H 512] [--steps N] [--no-vae]\n"
+             "  load, text-encoder, UNet step and VAE times and peak RSS; W and H: multiples of 64 from 64 to 4096; steps 1..1000\n");
+}
+
 int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
   static const struct option longopts[] = {{"model", required_argument, 0, 'm'},
                                            {"steps", required_argument, 0, 's'},
                                            {"width", required_argument, 0, 'W'},
                                            {"height", required_argument, 0, 'H'},
                                            {"no-vae", no_argument, 0, 'n'},
+                                           {"help", no_argument, 0, 'h'},
                                            {0, 0, 0, 0}};
   const char *model = NULL;
   int W = 512, H = 512, steps = 3, opt, run_vae = 1;
@@ -103,11 +109,16 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
     else if (opt == 'W') W = atoi(optarg);
     else if (opt == 'H') H = atoi(optarg);
     else if (opt == 'n') run_vae = 0; /* profiling the UNet alone */
-    else return 2;
+    else if (opt == 'h') {
+      usage(stdout);
+      return 0;
+    } else {
+      usage(stderr);
+      return 2;
+    }
   }
   if (!model || optind != argc || W < 64 || H < 64 || W % 64 || H % 64 || W > 4096 || H > 4096 || steps < 1 || steps > 1000) {
-    fprintf(stderr, "usage: mpass [--threads N] [--precision auto|f32|bf16] bench --model CKPT [-W 512] [-H 512] [--steps N] [--no-vae]\n"
-                    "  W and H: multiples of 64 from 64 to 4096; steps 1..1000\n");
+    usage(stderr);
     return 2;
   }
   char la[128];

@@ -131,17 +131,28 @@ static mp_error *write_outputs(const char *dir, const char *image_path, const mp
   return e;
 }
 
+static void usage(FILE *f) {
+  fprintf(f, "usage: mpass detect IMAGE [--out DIR]\n"
+             "  find persons and faces (MediaPipe): writes persons.json, person-<k>.png masks and overlay.png to DIR\n");
+}
+
 int cmd_detect(mpass_ctx *ctx, int argc, char **argv) {
-  static const struct option longopts[] = {{"out", required_argument, 0, 'o'}, {0, 0, 0, 0}};
+  static const struct option longopts[] = {{"out", required_argument, 0, 'o'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
   const char *out = ".";
   int opt;
   optind = 1;
   while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     if (opt == 'o') out = optarg;
-    else return 2;
+    else if (opt == 'h') {
+      usage(stdout);
+      return 0;
+    } else {
+      usage(stderr);
+      return 2;
+    }
   }
   if (optind != argc - 1) {
-    fprintf(stderr, "usage: mpass detect IMAGE [--out DIR]\n");
+    usage(stderr);
     return 2;
   }
   const char *image_path = argv[optind];

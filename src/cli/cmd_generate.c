@@ -449,22 +449,33 @@ static mp_error *open_loras(const mpass_ctx *ctx, const gen_options *o, lora_set
 
 /* The infotext's "Lora hashes" ("name: hash, name: hash", every LoRA) and "Lora weights" ("name: weight,
  * ...", the --lora ones: tags are in the stored prompt already). Computed once per run, as hashing reads
- * every LoRA file through. */
-static mp_error *lora_fields(const lora_set *set, char **hashes_out, char **weights_out) {
+ * every LoRA file through. Each --lora LoRA is also written as a tag at the end of the stored prompt
+ * (*prompt_out), as A1111 stores the LoRAs it applies: its "Send to txt2img" applies tags, never the
+ * hashes. `<lora:NAME:W>`, or `<lora:NAME:TE:UNET>` when the two weights differ (A1111's order). */
+static mp_error *lora_fields(const lora_set *set, const char *prompt, char **hashes_out, char **weights_out,
+                             char **prompt_out) {
   if (set->n == 0) return NULL;
-  char hashes[MAX_LORAS * 96] = "", weights[MAX_LORAS * 96] = "";
-  size_t nh = 0, nw = 0;
+  char hashes[MAX_LORAS * 96] = "", weights[MAX_LORAS * 96] = "", tags[MAX_LORAS * 112] = "";
+  size_t nh = 0, nw = 0, nt = 0;
   for (int i = 0; i < set->n; i++) {
     char h[13];
     MP_TRY(lora_short_hash(set->paths[i], h));
     const char *name = set->specs[i].name;
+    float unet = set->specs[i].unet_multiplier, te = set->specs[i].te_multiplier;
     nh += (size_t)snprintf(hashes + nh, sizeof hashes - nh, "%s%.64s: %s", nh ? ", " : "", name, h);
-    if (set->from_flag[i])
-      nw += (size_t)snprintf(weights + nw, sizeof weights - nw, "%s%.64s: %g", nw ? ", " : "", name, set->specs[i].unet_multiplier);
+    if (set->from_flag[i]) {
+      nw += (size_t)snprintf(weights + nw, sizeof weights - nw, "%s%.64s: %g", nw ? ", " : "", name, unet);
+      if (te == unet) nt += (size_t)snprintf(tags + nt, sizeof tags - nt, " <lora:%.64s:%g>", name, unet);
+      else nt += (size_t)snprintf(tags + nt, sizeof tags - nt, " <lora:%.64s:%g:%g>", name, te, unet);
+    }
   }
   *hashes_out = strdup(hashes);
   *weights_out = nw ? strdup(weights) : NULL;
-  return *hashes_out && (*weights_out || !nw) ? NULL : mp_errorf("out of memory");
+  if (nt) {
+    size_t n = strlen(prompt) + nt + 1;
+    if ((*prompt_out = malloc(n))) snprintf(*prompt_out, n, "%s%s", prompt, *prompt ? tags : tags + 1);
+  }
+  return *hashes_out && (*weights_out || !nw) && (*prompt_out || !nt) ? NULL : mp_errorf("out of memory");
 }
 
 /* ---- textual inversions ---- */
@@ -526,10 +537,10 @@ static mp_error *random_seed(uint64_t *seed) {
   return NULL;
 }
 
-static mp_error *infotext_for(const gen_options *o, const mp_engine *eng, const char *lora_hashes, const char *lora_weights,
-                              uint64_t seed, char **text) {
+static mp_error *infotext_for(const gen_options *o, const mp_engine *eng, const char *stored_prompt,
+                              const char *lora_hashes, const char *lora_weights, uint64_t seed, char **text) {
   mp_infotext it;
-  mp_gen_params gp = {.prompt = o->prompt, .negative_prompt = o->negative, .steps = o->steps,
+  mp_gen_params gp = {.prompt = stored_prompt ? stored_prompt : o->prompt, .negative_prompt = o->negative, .steps = o->steps,
                       .scheduler = mp_sampler_name(&o->sampler), .cfg_scale = o->cfg, .seed = seed,
                       .width = o->width, .height = o->height, .model_hash = eng->hash, .model_name = eng->name,
                       .denoising_strength = o->init_img ? o->strength : -1, .rng = o->rng == MP_RNG_CPU ? "CPU" : NULL};
@@ -550,6 +561,7 @@ typedef struct {
   lora_set loras;
   mp_ti_set ti;
   char *lora_hashes, *lora_weights; /* for the infotext; NULL without LoRAs */
+  char *stored_prompt;              /* the prompt with the --lora tags; NULL without --lora */
   mp_image init, mask_img;
   mp_mask mask;
 } resources;
@@ -557,7 +569,7 @@ typedef struct {
 static void resources_free(resources *r) {
   mp_engine_close(r->eng);
   lora_set_free(&r->loras);
-  free(r->lora_hashes), free(r->lora_weights);
+  free(r->lora_hashes), free(r->lora_weights), free(r->stored_prompt);
   mp_ti_set_free(&r->ti);
   mp_tokenizer_free(r->tok);
   mp_image_free(&r->init), mp_image_free(&r->mask_img);
@@ -604,7 +616,7 @@ static mp_error *prepare(mpass_ctx *ctx, gen_options *o, resources *r, bool quie
     if (!S_ISDIR(st.st_mode)) return mp_errorf("--embeddings %s: not a folder", o->embeddings);
   }
   MP_TRY(open_loras(ctx, o, &r->loras));
-  MP_TRY(lora_fields(&r->loras, &r->lora_hashes, &r->lora_weights));
+  MP_TRY(lora_fields(&r->loras, o->prompt, &r->lora_hashes, &r->lora_weights, &r->stored_prompt));
   char *vocab = NULL;
   MP_TRY(mp_tokenizer_find_vocab(o->vocab, ctx->data_dir, ctx->models_dir, &vocab));
   mp_error *e = mp_tokenizer_load(vocab, &r->tok);
@@ -665,7 +677,7 @@ static mp_error *generate(mpass_ctx *ctx, gen_options *o, progress_state *ps, in
     e = path ? mp_engine_run_pass(r.eng, &p, &progress, &out, &warning) : mp_errorf("out of memory");
     end_progress_line(ps);
     if (warning && k == 0 && !ps->quiet) fprintf(stderr, "mpass generate: warning: %s\n", warning);
-    if (!e) e = infotext_for(o, r.eng, r.lora_hashes, r.lora_weights, seed, &text);
+    if (!e) e = infotext_for(o, r.eng, r.stored_prompt, r.lora_hashes, r.lora_weights, seed, &text);
     if (!e) e = write_output(path, &out, text);
     if (!e) {
       printf("%s\n", path);

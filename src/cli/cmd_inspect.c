@@ -25,6 +25,12 @@ static const char *const components[][2] = {
 
 int cmd_inspect(mpass_ctx *ctx, int argc, char **argv) {
   (void)ctx;
+  if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+    printf("usage: mpass inspect CKPT [--tensors]\n"
+           "  model family, dtypes, parameter counts per component and a key check of a checkpoint;\n"
+           "  --tensors also lists every tensor\n");
+    return 0;
+  }
   bool list = argc == 3 && strcmp(argv[2], "--tensors") == 0;
   if (argc != 2 && !list) {
     fprintf(stderr, "usage: mpass inspect CKPT [--tensors]\n");

@@ -7,6 +7,12 @@
 #include "cli/commands.h"
 #include "models/sd_layout.h"
 
+static void usage(FILE *f) {
+  fprintf(f, "usage: mpass make-model [--preset tiny|sd15] [--kind checkpoint|lora|embedding] [--vectors N]\n"
+             "                        [--dtype f16|f32] [--seed N] OUT.safetensors\n"
+             "  a random-weight checkpoint, LoRA or embedding (for demos, benchmarks and tests: images are noise)\n");
+}
+
 int cmd_make_model(mpass_ctx *ctx, int argc, char **argv) {
   (void)ctx;
   static const struct option longopts[] = {{"preset", required_argument, 0, 'p'},
@@ -14,6 +20,7 @@ int cmd_make_model(mpass_ctx *ctx, int argc, char **argv) {
                                            {"seed", required_argument, 0, 's'},
                                            {"kind", required_argument, 0, 'k'},
                                            {"vectors", required_argument, 0, 'v'},
+                                           {"help", no_argument, 0, 'h'},
                                            {0, 0, 0, 0}};
   const char *preset = "tiny", *dtype = "f16", *kind = "checkpoint";
   int vectors = 2;
@@ -26,12 +33,17 @@ int cmd_make_model(mpass_ctx *ctx, int argc, char **argv) {
     else if (opt == 's') seed = strtoull(optarg, NULL, 10);
     else if (opt == 'k') kind = optarg;
     else if (opt == 'v') vectors = atoi(optarg);
-    else return 2;
+    else if (opt == 'h') {
+      usage(stdout);
+      return 0;
+    } else {
+      usage(stderr);
+      return 2;
+    }
   }
   if (optind != argc - 1 || (strcmp(dtype, "f16") && strcmp(dtype, "f32")) ||
       (strcmp(kind, "checkpoint") && strcmp(kind, "lora") && strcmp(kind, "embedding"))) {
-    fprintf(stderr, "usage: mpass make-model [--preset tiny|sd15] [--kind checkpoint|lora|embedding] [--vectors N]\n"
-                    "                        [--dtype f16|f32] [--seed N] OUT.safetensors\n");
+    usage(stderr);
     return 2;
   }
   mp_sd_config cfg;

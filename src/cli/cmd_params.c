@@ -3,6 +3,7 @@
  * parsed; or the raw text; or an `mpass generate` command line that makes the image again. */
 #include <cjson/cJSON.h>
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +43,37 @@ static void print_quoted(const char *s) {
   putchar('\'');
 }
 
+/* Does the "Lora weights" list ("name: 0.8, name2: 1") name `name` (n bytes)? */
+static bool lora_weights_name(const char *loras, const char *name, size_t n) {
+  while (loras && *loras) {
+    const char *sep = strstr(loras, ": ");
+    if (!sep) return false;
+    if ((size_t)(sep - loras) == n && strncmp(loras, name, n) == 0) return true;
+    loras = strstr(sep, ", ");
+    if (loras) loras += 2;
+  }
+  return false;
+}
+
+/* The prompt as it was given to `mpass generate`: the <lora:NAME:...> tags at its end that stand for
+ * the "Lora weights" LoRAs (given with --lora, written as tags for AUTOMATIC1111) come off, since the
+ * command gives those LoRAs with --lora again. Caller frees. */
+static char *prompt_without_flag_tags(const mp_infotext *it) {
+  char *p = strdup(it->prompt);
+  const char *loras = mp_infotext_get(it, "Lora weights");
+  if (!p || !loras) return p;
+  for (;;) {
+    size_t n = strlen(p);
+    char *tag = n && p[n - 1] == '>' ? strrchr(p, '<') : NULL;
+    if (!tag || strncmp(tag, "<lora:", 6) != 0) break;
+    const char *name = tag + 6, *colon = strchr(name, ':');
+    if (!colon || !lora_weights_name(loras, name, (size_t)(colon - name))) break;
+    while (tag > p && tag[-1] == ' ') tag--;
+    *tag = 0;
+  }
+  return p;
+}
+
 static void print_command(const mp_infotext *it) {
   fputs("mpass generate", stdout);
   const char *model = mp_infotext_get(it, "Model");
@@ -52,7 +84,9 @@ static void print_command(const mp_infotext *it) {
     print_quoted(file);
   }
   fputs(" -p ", stdout);
-  print_quoted(it->prompt);
+  char *prompt = prompt_without_flag_tags(it);
+  print_quoted(prompt ? prompt : it->prompt);
+  free(prompt);
   if (*it->negative_prompt) {
     fputs(" -n ", stdout);
     print_quoted(it->negative_prompt);

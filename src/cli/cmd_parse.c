@@ -40,11 +40,22 @@ static mp_error *read_all(FILE *f, const char *name, size_t limit, char **out, s
   return NULL;
 }
 
+static void usage(FILE *f) {
+  fprintf(f, "usage: mpass parse FILE [--json] [--api]\n"
+             "  how mpass reads a prompt document and the passes it will run; FILE - reads stdin\n"
+             "  --json  the plan as JSON (docs/plan-json.md)\n"
+             "  --api   read FILE as the API (JSON) form (automatic for *.json)\n");
+}
+
 int cmd_parse(mpass_ctx *ctx, int argc, char **argv) {
   (void)ctx;
   const char *file = NULL;
   bool json = false, json_input = false;
   for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      usage(stdout);
+      return 0;
+    }
     if (strcmp(argv[i], "--json") == 0) json = true;
     else if (strcmp(argv[i], "--api") == 0) json_input = true;
     else if (!file) file = argv[i];

@@ -60,11 +60,19 @@ static mp_error *read_file(const char *path, char **out, size_t *len) {
   return NULL;
 }
 
+static void usage(FILE *f) {
+  fprintf(f, "usage: mpass run PROMPT_FILE [--model CKPT] [--out DIR] [--name NAME] [--input-image IMG]\n"
+             "                 [--debug-passes] [--quiet] [--rng cuda|cpu] [--clip-skip 1|2]\n"
+             "  execute a prompt document (docs/prompt-document.md) in passes; PROMPT_FILE - reads stdin,\n"
+             "  a .json file is the API form. Images, result.json and a contact sheet go to DIR/NAME/.\n");
+}
+
 int cmd_run(mpass_ctx *ctx, int argc, char **argv) {
   static const struct option longopts[] = {
       {"model", required_argument, 0, 'm'},     {"out", required_argument, 0, 'o'},     {"name", required_argument, 0, 'n'},
       {"debug-passes", no_argument, 0, 'd'},    {"quiet", no_argument, 0, 'q'},         {"rng", required_argument, 0, 'r'},
-      {"clip-skip", required_argument, 0, 'c'}, {"input-image", required_argument, 0, 'i'}, {0, 0, 0, 0}};
+      {"clip-skip", required_argument, 0, 'c'}, {"input-image", required_argument, 0, 'i'}, {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
   mpass_run_options o = {.out_dir = "out", .rng = "cuda", .clip_skip = 1};
   progress_state ps = {false};
   int opt;
@@ -82,12 +90,12 @@ int cmd_run(mpass_ctx *ctx, int argc, char **argv) {
         if (o.clip_skip < 1 || o.clip_skip > 2) return cli_fail("run", mp_errorf("--clip-skip expects 1 or 2, found '%s'", optarg));
         break;
       case 'i': o.input_image = optarg; break;
-      default: return 2;
+      case 'h': usage(stdout); return 0;
+      default: usage(stderr); return 2;
     }
   }
   if (optind != argc - 1) {
-    fprintf(stderr, "usage: mpass run PROMPT_FILE [--model CKPT] [--out DIR] [--name NAME] [--input-image IMG]\n"
-                    "                 [--debug-passes] [--quiet] [--rng cuda|cpu] [--clip-skip 1|2]\n");
+    usage(stderr);
     return 2;
   }
   const char *file = argv[optind];

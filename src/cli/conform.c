@@ -33,6 +33,7 @@ static const struct {
 };
 
 char *conform_path(const conform *c, const char *rel) {
+  if (rel[0] == '/') return strdup(rel); /* an absolute path in a manifest is used as is */
   size_t n = strlen(c->dir) + 1 + strlen(rel) + 1;
   char *p = malloc(n);
   if (p) snprintf(p, n, "%s/%s", c->dir, rel);
@@ -370,9 +371,16 @@ static int list_cases(const char *dir, char ***out) {
   return n;
 }
 
+static void usage(FILE *f) {
+  fprintf(f, "usage: mpass conform GOLDEN_DIR [--cases a,b,...] [--dump OUT_DIR]\n"
+             "  check numerics against reference outputs (GOLDEN_DIR/<case>.json + .safetensors);\n"
+             "  precision: mpass --precision f32|bf16 conform ... (default f32)\n");
+}
+
 int cmd_conform(mpass_ctx *ctx, int argc, char **argv) {
   static const struct option longopts[] = {{"cases", required_argument, 0, 'c'},
                                            {"dump", required_argument, 0, 'd'},
+                                           {"help", no_argument, 0, 'h'},
                                            {0, 0, 0, 0}};
   const char *cases = NULL, *dump = NULL;
   int opt;
@@ -380,10 +388,16 @@ int cmd_conform(mpass_ctx *ctx, int argc, char **argv) {
   while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     if (opt == 'c') cases = optarg;
     else if (opt == 'd') dump = optarg;
-    else return 2;
+    else if (opt == 'h') {
+      usage(stdout);
+      return 0;
+    } else {
+      usage(stderr);
+      return 2;
+    }
   }
   if (optind != argc - 1) {
-    fprintf(stderr, "usage: mpass conform GOLDEN_DIR [--cases a,b,...] [--dump OUT_DIR]   (precision: mpass --precision f32|bf16 conform ...; default f32)\n");
+    usage(stderr);
     return 2;
   }
   conform c = {.ctx = ctx, .dir = argv[optind], .dump_dir = dump, .precision = mpass_ctx_precision(ctx)};

@@ -12,6 +12,7 @@
 #include "core/context.h"
 #include "io/tflite.h"
 #include "models/face.h"
+#include "models/model_files.h"
 #include "models/person.h"
 
 static double jnum(const cJSON *o, const char *k, double def) {
@@ -57,9 +58,11 @@ static bool check_elementwise(conform *c, const char *name, const char *label, c
 }
 
 static mp_error *open_model(conform *c, const char *file, mp_tflite **m) {
-  char path[4096];
-  snprintf(path, sizeof path, "%s/vision/%s", c->ctx->models_dir, file);
-  return mp_tflite_open(path, m);
+  char *path = NULL;
+  MP_TRY(mp_find_model_file(c->ctx->models_dir, "vision", file, &path));
+  mp_error *e = mp_tflite_open(path, m);
+  free(path);
+  return e;
 }
 
 /* Compare our post-processed detections with the manifest's expected list. Tolerances: the raw
@@ -142,9 +145,10 @@ static mp_error *run_model_cases(conform *c, const char *file, post_kind post) {
   float anchors[2304 * 4];
   mp_face_detector fd = {0};
   if (!e && post == POST_FACE) { /* anchors and decode of the face detector (model loaded once more: cheap) */
-    char path[4096];
-    snprintf(path, sizeof path, "%s/vision/%s", c->ctx->models_dir, file);
-    e = mp_face_detector_load(path, &fd);
+    char *path = NULL;
+    e = mp_find_model_file(c->ctx->models_dir, "vision", file, &path);
+    if (!e) e = mp_face_detector_load(path, &fd);
+    free(path);
   }
   if (!e && post == POST_POSE && mp_pose_anchors(anchors, 2304) != 2254) e = mp_errorf("pose anchors");
   const cJSON *cs;

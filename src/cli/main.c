@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli/about.h"
 #include "cli/commands.h"
 #include "core/error.h"
 
@@ -36,7 +37,8 @@ static bool runs_models(const char *cmd) {
 }
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: mpass [--threads N] [--precision auto|f32|bf16] <command> [args]\n\ncommands:\n");
+  fprintf(f, "usage: mpass [--threads N] [--precision auto|f32|bf16] [--models DIR] <command> [args]\n"
+             "       mpass --version | <command> --help\n\ncommands:\n");
   for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) fprintf(f, "  %s\n", commands[i].usage);
   fprintf(f, "\nmpass %s\n", MPASS_VERSION);
 }
@@ -94,9 +96,12 @@ int main(int argc, char **argv) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
-  if (strcmp(argv[1], "--version") == 0) {
-    printf("mpass %s\n", MPASS_VERSION);
-    return 0;
+  if (strcmp(argv[1], "--version") == 0) return cli_version(&opts);
+  if (strcmp(argv[1], "help-man") == 0) { /* hidden: the build makes mpass.1 with it */
+    enum { N = sizeof commands / sizeof *commands };
+    const char *names[N], *usages[N];
+    for (size_t i = 0; i < N; i++) names[i] = commands[i].name, usages[i] = commands[i].usage;
+    return cli_help_man(stdout, N, names, usages);
   }
   for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) {
     if (strcmp(argv[1], commands[i].name) != 0) continue;
@@ -105,7 +110,8 @@ int main(int argc, char **argv) {
     mpass_ctx *ctx;
     mpass_error *e = mpass_ctx_create(&opts, &ctx);
     if (e) return cli_fail(argv[1], e);
-    if (runs_models(argv[1])) {
+    bool help = argc > 2 && (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0);
+    if (runs_models(argv[1]) && !help) {
       char line[160];
       fprintf(stderr, "mpass: %s\n", mpass_ctx_describe(ctx, line, sizeof line));
     }

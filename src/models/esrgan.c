@@ -7,6 +7,7 @@
  * layers write into their input when nobody else reads it, so the memory in use is a few feature
  * maps of the current tile. */
 #include "models/esrgan.h"
+#include "models/model_files.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -441,13 +442,22 @@ mp_error *mp_esrgan_open_named(const char *models_dir, const char *name, mp_esrg
   *out = NULL;
   if (strcmp(name, "x4fast") != 0 && strcmp(name, "x4plus") != 0)
     return mp_errorf("unknown upscale model '%s' (expected x4fast or x4plus)", name);
-  char param[4096], bin[4096];
-  snprintf(param, sizeof param, "%s/upscale/realesrgan-%s.param", models_dir, name);
-  snprintf(bin, sizeof bin, "%s/upscale/realesrgan-%s.bin", models_dir, name);
-  FILE *f = fopen(param, "rb");
-  if (!f) return mp_errorf("%s not found: run scripts/fetch-models.sh (or point --models / MPASS_MODELS at it)", param);
-  fclose(f);
-  return mp_esrgan_open(param, bin, out);
+  char file[64], *param = NULL;
+  snprintf(file, sizeof file, "realesrgan-%s.param", name);
+  MP_TRY(mp_find_model_file(models_dir, "upscale", file, &param));
+  /* the weights sit beside the graph */
+  size_t n = strlen(param);
+  char *bin = malloc(n + 1);
+  if (!bin) {
+    free(param);
+    return mp_errorf("out of memory");
+  }
+  memcpy(bin, param, n - strlen(".param"));
+  strcpy(bin + n - strlen(".param"), ".bin");
+  mp_error *e = mp_esrgan_open(param, bin, out);
+  free(param);
+  free(bin);
+  return e;
 }
 
 void mp_esrgan_free(mp_esrgan *m) {

@@ -2,6 +2,7 @@
  * (see person.h). Post-processing constants are MediaPipe's, as recorded with their sources in
  * ../shared/golden/vision/pose_detection.json; the face-seeded body geometry is ours. */
 #include "models/person.h"
+#include "models/model_files.h"
 
 #include "core/clock.h"
 
@@ -38,24 +39,27 @@ mp_rotated_roi mp_pose_roi(const mp_detection *d) {
   return r;
 }
 
+/* Open one of the vision models wherever mp_find_model_file finds it. */
+static mp_error *vision_path(const char *models_dir, const char *file, char *path, size_t cap) {
+  char *found = NULL;
+  MP_TRY(mp_find_model_file(models_dir, "vision", file, &found));
+  snprintf(path, cap, "%s", found);
+  free(found);
+  return NULL;
+}
+
 mp_error *mp_person_finder_load(const char *models_dir, mp_person_finder *pf) {
   memset(pf, 0, sizeof *pf);
   char path[4096];
-  mp_error *e = NULL;
-  snprintf(path, sizeof path, "%s/vision/pose_solution_packed_assets.data", models_dir);
-  e = mp_tflite_open(path, &pf->detector);
-  if (!e) {
-    snprintf(path, sizeof path, "%s/vision/pose_landmark_full.tflite", models_dir);
-    e = mp_tflite_open(path, &pf->landmark);
-  }
-  if (!e) {
-    snprintf(path, sizeof path, "%s/vision/selfie_segmentation.tflite", models_dir);
-    e = mp_tflite_open(path, &pf->selfie);
-  }
-  if (!e) { /* the sparse file is the one MediaPipe's own graph loads */
-    snprintf(path, sizeof path, "%s/vision/face_detection_full_range_sparse.tflite", models_dir);
-    e = mp_face_detector_load(path, &pf->face);
-  }
+  mp_error *e = vision_path(models_dir, "pose_solution_packed_assets.data", path, sizeof path);
+  if (!e) e = mp_tflite_open(path, &pf->detector);
+  if (!e) e = vision_path(models_dir, "pose_landmark_full.tflite", path, sizeof path);
+  if (!e) e = mp_tflite_open(path, &pf->landmark);
+  if (!e) e = vision_path(models_dir, "selfie_segmentation.tflite", path, sizeof path);
+  if (!e) e = mp_tflite_open(path, &pf->selfie);
+  /* the sparse file is the one MediaPipe's own graph loads */
+  if (!e) e = vision_path(models_dir, "face_detection_full_range_sparse.tflite", path, sizeof path);
+  if (!e) e = mp_face_detector_load(path, &pf->face);
   /* The buffers below are sized for these models: a different file is refused here. */
   int64_t n1 = 0, n2 = 0, n3 = 0;
   if (!e && (mp_tflite_n_inputs(pf->detector) != 1 || mp_tflite_input_numel(pf->detector, 0) != POSE_N * POSE_N * 3))

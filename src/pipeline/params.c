@@ -423,14 +423,17 @@ mp_error *mp_infotext_parse(const char *text, mp_infotext *out) {
 
 /* ---------- standard fields ---------- */
 
+/* The plain (non-Karras) sigmas are written "Uniform": A1111 writes that name for them, and both 1.9
+ * and 1.10 read it back; "Normal" does not exist before 1.10 and 1.9 reads it as "Automatic", which for
+ * these samplers means Karras. Older mpass images said "Normal": still read as the plain schedule. */
 static const struct {
   const char *mpass, *sampler, *schedule;
 } sampler_names[] = {
-    {"euler", "Euler", "Normal"},
-    {"euler_a", "Euler a", "Normal"},
-    {"dpm++2m", "DPM++ 2M", "Normal"},
+    {"euler", "Euler", "Uniform"},
+    {"euler_a", "Euler a", "Uniform"},
+    {"dpm++2m", "DPM++ 2M", "Uniform"},
     {"dpm++2m_karras", "DPM++ 2M", "Karras"},
-    {"dpm++sde", "DPM++ SDE", "Normal"},
+    {"dpm++sde", "DPM++ SDE", "Uniform"},
     {"dpm++sde_karras", "DPM++ SDE", "Karras"},
     {"lcm", "LCM", "Automatic"},
     {"tcd", "TCD", "Automatic"},

@@ -438,20 +438,27 @@ static mp_error *replace(mp_image *img, mp_image *with) {
   return NULL;
 }
 
-/* SPEC §4.1: Real-ESRGAN (realesr-general-x4v3, "x4fast"), ×4, or ×2 for images over 512². */
-static mp_error *post_upscale(run *r, int image, const mp_post_step *s, mp_image *img) {
-  int scale = s->scale ? s->scale : ((long)img->width * img->height > 512L * 512 ? 2 : 4);
-  mp_progress_pass(&r->progress, image, "super resolution", 0);
+/* SPEC §4.1: Real-ESRGAN (realesr-general-x4v3, "x4fast"), ×4, or ×2 for images of 512² or more. */
+static mp_error *esrgan_upscale(run *r, int image, const char *what, int scale, const mp_image *img, mp_image *up) {
+  if (!scale) scale = mp_super_resolution_scale(img->width, img->height);
+  mp_progress_pass(&r->progress, image, what, 0);
   if (!r->esrgan) MP_TRY(mp_error_wrap(mp_esrgan_open_named(r->ctx->models_dir, "x4fast", &r->esrgan),
                                         "super_resolution (run scripts/fetch-models.sh)"));
+  return mp_esrgan_upscale_image(r->esrgan, r->ctx->pool, img, scale, NULL, up);
+}
+
+static mp_error *post_upscale(run *r, int image, const mp_post_step *s, mp_image *img) {
   mp_image up = {0};
-  MP_TRY(mp_esrgan_upscale_image(r->esrgan, r->ctx->pool, img, scale, NULL, &up));
+  MP_TRY(esrgan_upscale(r, image, "super resolution", s->scale, img, &up));
   return replace(img, &up);
 }
 
+/* SPEC §4.2: the job's one upscale (Real-ESRGAN by the super-resolution factor when super_resolution
+ * is on, else a plain ×2 resize), then SD img2img over it tile by tile. */
 static mp_error *post_tiled(run *r, const mp_image_plan *ip, const mp_post_step *s, mp_image *img) {
   mp_image up = {0};
-  MP_TRY(mp_image_resize(img, img->width * 2, img->height * 2, MP_RESIZE_LANCZOS3, &up));
+  if (s->esrgan) MP_TRY(esrgan_upscale(r, ip->index, "super resolution (tiled)", s->scale, img, &up));
+  else MP_TRY(mp_image_resize(img, img->width * s->scale, img->height * s->scale, MP_RESIZE_LANCZOS3, &up));
   mp_tile_grid grid = {0};
   mp_tile_canvas canvas = {0};
   /* tiles at the model's native size (512² for SD 1.x), or the whole image when it is smaller */

@@ -217,6 +217,7 @@ void mp_job_free(mp_job *job) {
   free(job->mask_image_url);
   free(job->controlnet);
   free(job->callback);
+  free(job->base_model);
   free(job->flags.mask_prompt);
   for (int i = 0; i < MP_MAX_SECTIONS; i++) {
     section_clear(&job->sections[i]);
@@ -381,14 +382,60 @@ static bool parse_weight(const char *s, size_t n, double *out) {
 enum key_id {
   K_TEXT, K_NEGATIVE, K_NUM_IMAGES, K_SEED, K_STEPS, K_CFG, K_W, K_H, K_AR, K_SCHEDULER, K_LPW, K_DENOISE,
   K_INPUT, K_INPUT_URL, K_MASK, K_MASK_URL, K_SR, K_HIRES, K_FACES, K_GRAIN, K_GRADING, K_FACE_CORRECT,
-  K_FACE_SWAP, K_CN, K_CN_SCALE, K_CN_TXT2IMG, K_EXPANSION, K_CALLBACK, K_COUNT
+  K_FACE_SWAP, K_CN, K_CN_SCALE, K_CN_TXT2IMG, K_EXPANSION, K_CALLBACK, K_BASE_MODEL, K_COUNT
 };
 
 static const char *const key_names[K_COUNT] = {
     "text", "negative_prompt", "num_images", "seed", "steps", "cfg_scale", "w", "h", "ar", "scheduler", "use_lpw",
     "denoising_strength", "input_image", "input_image_url", "mask_image", "mask_image_url", "super_resolution",
     "hires_fix", "inpaint_faces", "film_grain", "color_grading", "face_correct", "face_swap", "controlnet",
-    "controlnet_conditioning_scale", "controlnet_txt2img", "prompt_expansion", "callback"};
+    "controlnet_conditioning_scale", "controlnet_txt2img", "prompt_expansion", "callback", "base_model"};
+
+/* Edit distance (insert, delete, substitute) between s[0..n) and `lit`, for "did you mean". Keys are
+ * short; longer inputs are cut, which only makes the distance larger. */
+static size_t edit_distance(const char *s, size_t n, const char *lit) {
+  enum { MAXK = 48 };
+  size_t m = strlen(lit);
+  if (n > MAXK) n = MAXK;
+  if (m > MAXK) m = MAXK;
+  size_t row[MAXK + 1];
+  for (size_t j = 0; j <= m; j++) row[j] = j;
+  for (size_t i = 1; i <= n; i++) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= m; j++) {
+      size_t up = row[j];
+      size_t best = diag + (s[i - 1] != lit[j - 1]);
+      if (up + 1 < best) best = up + 1;
+      if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+      row[j] = best;
+      diag = up;
+    }
+  }
+  return row[m];
+}
+
+/* The known key nearest to an unknown one, or NULL when none is near enough to be a likely typo
+ * (distance at most 2, or at most half the longer name), or the key it begins ("negative" ->
+ * "negative_prompt"). */
+static const char *nearest_key(const char *s, size_t n) {
+  const char *best = NULL;
+  size_t best_d = (size_t)-1;
+  for (int k = 0; k < K_COUNT; k++) {
+    size_t d = edit_distance(s, n, key_names[k]);
+    if (n >= 3 && strncmp(key_names[k], s, n) == 0) d = 1; /* a key cut short: "negative", "cfg" */
+    if (d < best_d) best_d = d, best = key_names[k];
+  }
+  size_t longer = best && strlen(best) > n ? strlen(best) : n;
+  return best && (best_d <= 2 || 2 * best_d <= longer) ? best : NULL;
+}
+
+/* ": did you mean steps?" for an unknown key, or "" when no key is near. */
+static void suggestion(const char *s, size_t n, char out[64]) {
+  const char *near = nearest_key(s, n);
+  if (near) snprintf(out, 64, ": did you mean %s?", near);
+  else out[0] = 0;
+}
 
 static int key_lookup(const char *s, size_t n) {
   for (int k = 0; k < K_COUNT; k++)
@@ -487,6 +534,7 @@ static const char *apply_value(mp_job *job, int key, const char *v, size_t n, bo
     case K_MASK_URL: *oom = !take_string(&job->mask_image_url, v, n); return NULL;
     case K_CN: *oom = !take_string(&job->controlnet, v, n); return NULL;
     case K_CALLBACK: *oom = !take_string(&job->callback, v, n); return NULL;
+    case K_BASE_MODEL: *oom = !take_string(&job->base_model, v, n); return NULL;
   }
   return "an unknown key";
 }
@@ -831,6 +879,18 @@ static void key_where(const key_seen *ks, int key, bool json, char out[64]) {
   else snprintf(out, 64, "line %d, column 1: %s", ks->line[key], key_names[key]);
 }
 
+/* Text form: a prompt line written \name=value (a line that would otherwise read as a parameter) is
+ * the text name=value. The backslash becomes a space, which the section trimming then drops, so byte
+ * offsets (and the line and column of later errors) stay those of the source. */
+static void unescape_name_value_lines(char *buf, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if ((i > 0 && buf[i - 1] != '\n') || buf[i] != '\\') continue;
+    size_t k = i + 1;
+    while (k < n && (is_lower(buf[k]) || buf[k] == '_' || (k > i + 1 && is_digit(buf[k])))) k++;
+    if (k > i + 1 && k < n && buf[k] == '=') buf[i] = ' ';
+  }
+}
+
 static mp_error *finish(mp_job *job, const key_seen *ks, bool json, const source *tsrc, size_t tbase, size_t tlen,
                         const source *nsrc, size_t nbase, size_t nlen) {
   char where[64];
@@ -884,6 +944,7 @@ static mp_error *finish(mp_job *job, const key_seen *ks, bool json, const source
   char *buf = dup_n(tsrc->doc + tbase, tlen);
   if (!buf) return mp_errorf("out of memory");
   size_t breaks[MP_MAX_SECTIONS];
+  if (!json) unescape_name_value_lines(buf, tlen);
   mp_error *e = take_flags(job, tsrc, tbase, buf, tlen);
   if (!e) e = parse_sections(job, tsrc, tbase, buf, tlen, false, job->sections, &job->n_sections, breaks);
   free(buf);
@@ -957,12 +1018,22 @@ static mp_error *parse_text(const char *doc, size_t len, mp_job *job) {
     /* ^[a-z_]+= in SPEC §1; digits are allowed after the first letter (controlnet_txt2img) */
     size_t k = ls;
     while (k < ce && (is_lower(doc[k]) || doc[k] == '_' || (k > ls && is_digit(doc[k])))) k++;
-    int key = (k > ls && k < ce && doc[k] == '=') ? key_lookup(doc + ls, k - ls) : -1;
+    bool name_value = k > ls && k < ce && doc[k] == '=';
+    int key = name_value ? key_lookup(doc + ls, k - ls) : -1;
+    bool unknown = name_value && key < 0;
     if (key == K_TEXT) { /* the text form's text is the leading lines */
       if (in_params) return err_at(&src, ls, "key text: in the text form the prompt text is the lines before the parameters");
       key = -1;
     }
+    char q[256], hint[64];
     if (!in_params) {
+      if (unknown) {
+        /* name=value with an unknown name: a mistyped parameter, not prompt text (write \name=value
+         * for a prompt line of that form) */
+        quote(doc + ls, k - ls, q);
+        suggestion(doc + ls, k - ls, hint);
+        return err_at(&src, ls, "unknown key %s%s (a prompt line of the form name=value is written \\name=value)", q, hint);
+      }
       if (key < 0) {
         ls = next;
         continue;
@@ -979,11 +1050,11 @@ static mp_error *parse_text(const char *doc, size_t len, mp_job *job) {
       ls = next;
       continue; /* blank lines between parameters are fine */
     }
-    char q[256];
     if (key < 0) {
-      if (k > ls && k < ce && doc[k] == '=') {
+      if (unknown) {
         quote(doc + ls, k - ls, q);
-        return err_at(&src, ls, "unknown key %s: expected one of the parameters of SPEC §1.1 (num_images, seed, steps, cfg_scale, w, h, ...)", q);
+        suggestion(doc + ls, k - ls, hint);
+        return err_at(&src, ls, "unknown key %s%s (the parameters are those of SPEC §1.1: num_images, seed, steps, cfg_scale, w, h, ...)", q, hint);
       }
       quote(doc + ls, ce - ls, q);
       return err_at(&src, ls, "expected a key=value parameter line (the parameters start on line %d and every later line must be one), found %s",
@@ -1063,8 +1134,10 @@ static mp_error *parse_json(const char *doc, size_t len, mp_job *job) {
     char q[256];
     int key = key_lookup(name, strlen(name));
     if (key < 0) {
+      char hint[64];
       quote(name, strlen(name), q);
-      e = mp_errorf("prompt: unknown key %s: expected one of the parameters of SPEC §1.1 (text, negative_prompt, num_images, seed, ...)", q);
+      suggestion(name, strlen(name), hint);
+      e = mp_errorf("prompt: unknown key %s%s (the parameters are those of SPEC §1.1: text, negative_prompt, num_images, seed, ...)", q, hint);
       goto done;
     }
     if (ks.present[key]) {

@@ -92,6 +92,7 @@ typedef struct {
   bool controlnet_txt2img;
   bool prompt_expansion;
   char *callback;
+  char *base_model; /* §1.1 (decision): the checkpoint for pass 1 only, by name or tune id; NULL when absent */
 
   /* §1.2 flags */
   struct {

@@ -34,8 +34,10 @@ static void skip(mp_plan *p, const char *what, const char *reason) {
 }
 
 static void post(mp_plan *p, mp_post_kind kind, int scale, double strength, double cfg) {
-  p->post[p->n_post++] = (mp_post_step){kind, scale, strength, cfg};
+  p->post[p->n_post++] = (mp_post_step){.kind = kind, .scale = scale, .strength = strength, .cfg_scale = cfg};
 }
+
+int mp_super_resolution_scale(int w, int h) { return (long)w * h < 512L * 512L ? 4 : 2; }
 
 mp_error *mp_plan_make(const mp_job *job, mp_plan **out) {
   *out = NULL;
@@ -68,15 +70,24 @@ mp_error *mp_plan_make(const mp_job *job, mp_plan **out) {
     im->n_passes = 1 + persons;
   }
 
-  /* post, in SPEC §4 order; --only_upscale always upscales */
-  if (job->super_resolution || job->flags.only_upscale) {
-    int scale = 4;
-    if (job->width == 0) scale = 0;
-    else if ((long)job->width * job->height > 512L * 512L) scale = 2;
-    post(p, MP_POST_SUPER_RESOLUTION, scale, 0, 0);
+  /* post, in SPEC §4 order; --only_upscale always upscales. One upscale per job: with --tiled_upscale
+   * the tiled pass is the super resolution (Real-ESRGAN by its factor, then the tiles repaint the
+   * result), never Real-ESRGAN followed by another x2. */
+  bool sr = job->super_resolution || job->flags.only_upscale;
+  int sr_scale = job->width ? mp_super_resolution_scale(job->width, job->height) : 0;
+  int upscale = 1;
+  if (job->flags.tiled_upscale) {
+    post(p, MP_POST_TILED_UPSCALE, sr ? sr_scale : 2, 1.0 - job->flags.resemblance, job->flags.hires_cfg_scale);
+    p->post[p->n_post - 1].esrgan = sr;
+    upscale = sr ? sr_scale : 2;
+  } else if (sr) {
+    post(p, MP_POST_SUPER_RESOLUTION, sr_scale, 0, 0);
+    upscale = sr_scale;
   }
-  if (job->flags.tiled_upscale)
-    post(p, MP_POST_TILED_UPSCALE, 2, 1.0 - job->flags.resemblance, job->flags.hires_cfg_scale);
+  if (job->width && upscale) {
+    p->final_width = job->width * upscale;
+    p->final_height = job->height * upscale;
+  }
   if (job->hires_fix) post(p, MP_POST_HIRES_FIX, 0, job->flags.hires_denoising_strength, job->flags.hires_cfg_scale);
   if (job->inpaint_faces) post(p, MP_POST_INPAINT_FACES, 0, job->flags.face_denoising_strength, job->cfg_scale);
   if (job->color_grading != MP_GRADING_NONE) post(p, MP_POST_COLOR_GRADING, 0, 0, 0);
@@ -188,15 +199,21 @@ void mp_plan_print(const mp_plan *p, FILE *f) {
     switch (st->kind) {
       case MP_POST_SUPER_RESOLUTION:
         if (st->scale) fprintf(f, " (x%d)", st->scale);
-        else fprintf(f, " (x4, or x2 when the image is larger than 512x512)");
+        else fprintf(f, " (x4, or x2 when the image has 512x512 pixels or more)");
         break;
-      case MP_POST_TILED_UPSCALE: fprintf(f, " (x2, strength %g, cfg %g)", st->strength, st->cfg_scale); break;
+      case MP_POST_TILED_UPSCALE:
+        if (st->scale) fprintf(f, " (x%d", st->scale);
+        else fprintf(f, " (x4, or x2 when the image has 512x512 pixels or more,");
+        fprintf(f, " %s, then tiles at strength %g, cfg %g)", st->esrgan ? "Real-ESRGAN" : "resize", st->strength, st->cfg_scale);
+        break;
       case MP_POST_HIRES_FIX: fprintf(f, " (strength %g, cfg %g)", st->strength, st->cfg_scale); break;
       case MP_POST_INPAINT_FACES: fprintf(f, " (strength %g)", st->strength); break;
       case MP_POST_COLOR_GRADING: fprintf(f, " (%s)", mp_grading_name(j->color_grading)); break;
       case MP_POST_FILM_GRAIN: break;
     }
   }
+  if (p->final_width) fprintf(f, "\nfinal size %dx%d", p->final_width, p->final_height);
+  else fprintf(f, "\nfinal size from the input image (times the upscale above, if any)");
   fprintf(f, "\nskipped (%d)\n", p->n_skipped);
   for (int s = 0; s < p->n_skipped; s++) fprintf(f, "  %s: %s\n", p->skipped[s].what, p->skipped[s].reason);
 }
@@ -294,6 +311,7 @@ static cJSON *job_json(const mp_job *j) {
   cJSON_AddBoolToObject(o, "controlnet_txt2img", j->controlnet_txt2img);
   cJSON_AddBoolToObject(o, "prompt_expansion", j->prompt_expansion);
   cJSON_AddItemToObject(o, "callback", str_or_null(j->callback));
+  cJSON_AddItemToObject(o, "base_model", str_or_null(j->base_model));
   cJSON_AddItemToObject(o, "flags", flags_json(j));
   cJSON_AddItemToObject(o, "sections", sections_json(j->sections, j->n_sections));
   cJSON_AddItemToObject(o, "negative_sections", sections_json(j->neg_sections, j->n_neg_sections));
@@ -374,7 +392,9 @@ mp_error *mp_plan_to_json(const mp_plan *p, char **out) {
         cJSON_AddStringToObject(o, "model", "realesr-general-x4v3");
         break;
       case MP_POST_TILED_UPSCALE:
-        cJSON_AddNumberToObject(o, "scale", st->scale);
+        if (st->scale) cJSON_AddNumberToObject(o, "scale", st->scale);
+        else cJSON_AddNullToObject(o, "scale");
+        cJSON_AddStringToObject(o, "upscaler", st->esrgan ? "realesr-general-x4v3" : "lanczos3");
         cJSON_AddNumberToObject(o, "denoising_strength", st->strength);
         cJSON_AddNumberToObject(o, "cfg_scale", st->cfg_scale);
         break;
@@ -393,6 +413,13 @@ mp_error *mp_plan_to_json(const mp_plan *p, char **out) {
         break;
     }
     cJSON_AddItemToArray(steps, o);
+  }
+  if (p->final_width) {
+    cJSON *fs = cJSON_AddObjectToObject(root, "final_size");
+    cJSON_AddNumberToObject(fs, "w", p->final_width);
+    cJSON_AddNumberToObject(fs, "h", p->final_height);
+  } else {
+    cJSON_AddNullToObject(root, "final_size");
   }
   cJSON *sk = cJSON_AddArrayToObject(root, "skipped");
   for (int s = 0; s < p->n_skipped; s++) {

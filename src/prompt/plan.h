@@ -5,6 +5,7 @@
 #ifndef MP_PROMPT_PLAN_H
 #define MP_PROMPT_PLAN_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -38,9 +39,16 @@ typedef enum {
   MP_POST_FILM_GRAIN
 } mp_post_kind;
 
+/* SPEC §4.1: Real-ESRGAN's factor for an image of w x h: 4 below 512*512 pixels, else 2. */
+int mp_super_resolution_scale(int w, int h);
+
 typedef struct {
   mp_post_kind kind;
-  int scale;        /* super_resolution: 4, or 2 when w*h > 512*512, 0 when the input image decides; tiled: 2 */
+  /* super_resolution: mp_super_resolution_scale, 0 when the input image decides at run time.
+   * tiled_upscale: the one upscale of the job (SPEC §4.2): the super-resolution factor (0: the input
+   * image decides) when super_resolution is on, else 2. */
+  int scale;
+  bool esrgan;      /* tiled: upscale with Real-ESRGAN (super_resolution on), else a plain resize */
   double strength;  /* tiled: 1 - resemblance; hires_fix: hires_denoising_strength; faces: face_denoising_strength */
   double cfg_scale; /* tiled upscale and hires_fix: --hires_cfg_scale */
 } mp_post_step;
@@ -66,6 +74,7 @@ typedef struct {
   int n_post;
   mp_skipped skipped[8];
   int n_skipped;
+  int final_width, final_height; /* the size of every output image; 0 when the input image decides */
 } mp_plan;
 
 mp_error *mp_plan_make(const mp_job *job, mp_plan **out);

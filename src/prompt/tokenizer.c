@@ -272,11 +272,60 @@ static mp_error *read_gz(const char *path, size_t max_lines, char **out, size_t 
 
 static void utf8_append(char *dst, size_t *n, int32_t cp) { *n += (size_t)utf8proc_encode_char(cp, (uint8_t *)dst + *n); }
 
-/* OpenAI's layout: 256 byte symbols, the same with "</w>", one id per merge, then SOT and EOT. */
+/* The vocabulary compiled into the library (data/clip/bpe_simple_vocab_16e6.txt.gz, embedded by
+ * cmake/embed.cmake), inflated up to the last merge line the tokenizer uses. */
+extern const unsigned char mp_clip_vocab_gz[];
+extern const size_t mp_clip_vocab_gz_size;
+
+static mp_error *inflate_builtin(size_t max_lines, char **out, size_t *len) {
+  z_stream z = {0};
+  if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) return mp_errorf("built-in CLIP vocabulary: zlib could not start");
+  size_t cap = (size_t)1 << 21, n = 0, lines = 0;
+  char *buf = malloc(cap + 1);
+  z.next_in = (unsigned char *)mp_clip_vocab_gz; /* zlib does not write through next_in */
+  z.avail_in = (uInt)mp_clip_vocab_gz_size;
+  int rc = Z_OK;
+  while (buf && rc == Z_OK && lines <= max_lines) {
+    if (n == cap) {
+      char *nb = realloc(buf, 2 * cap + 1);
+      if (!nb) {
+        free(buf);
+        buf = NULL;
+        break;
+      }
+      buf = nb;
+      cap *= 2;
+    }
+    z.next_out = (unsigned char *)buf + n;
+    z.avail_out = (uInt)(cap - n);
+    rc = inflate(&z, Z_NO_FLUSH);
+    size_t got = cap - n - z.avail_out;
+    for (size_t i = 0; i < got; i++) lines += buf[n + i] == '\n';
+    n += got;
+  }
+  inflateEnd(&z);
+  if (!buf) return mp_errorf("built-in CLIP vocabulary: out of memory");
+  if (rc != Z_OK && rc != Z_STREAM_END) {
+    free(buf);
+    return mp_errorf("built-in CLIP vocabulary: corrupt gzip data (zlib error %d)", rc);
+  }
+  buf[n] = 0;
+  *out = buf;
+  *len = n;
+  return NULL;
+}
+
+/* OpenAI's layout: 256 byte symbols, the same with "</w>", one id per merge, then SOT and EOT.
+ * `path` NULL: the built-in copy. */
 static mp_error *load_merges_file(mp_tokenizer *t, const char *path) {
   char *text = NULL;
   size_t len = 0;
-  MP_TRY(read_gz(path, CLIP_N_MERGES, &text, &len));
+  if (path) {
+    MP_TRY(read_gz(path, CLIP_N_MERGES, &text, &len));
+  } else {
+    MP_TRY(inflate_builtin(CLIP_N_MERGES, &text, &len));
+    path = "built-in " MP_CLIP_VOCAB_FILE;
+  }
   span *lines = malloc(CLIP_N_MERGES * sizeof *lines);
   size_t n = 0;
   mp_error *e = lines ? merge_lines(path, text, len, lines, &n) : mp_errorf("out of memory");
@@ -444,11 +493,12 @@ static char *join_path(const char *a, const char *b) {
 
 mp_error *mp_tokenizer_load(const char *path, mp_tokenizer **out) {
   *out = NULL;
-  if (!path) return mp_errorf("no vocabulary path given");
   mp_tokenizer *t = calloc(1, sizeof *t);
   if (!t) return mp_errorf("out of memory");
   mp_error *e = NULL;
-  if (is_dir(path)) {
+  if (!path) {
+    e = load_merges_file(t, NULL);
+  } else if (is_dir(path)) {
     char *vj = join_path(path, "vocab.json"), *mt = join_path(path, "merges.txt"), *gz = join_path(path, MP_CLIP_VOCAB_FILE);
     if (!vj || !mt || !gz) e = mp_errorf("out of memory");
     else if (is_file(vj) && is_file(mt)) e = load_hf_folder(t, vj, mt);
@@ -490,29 +540,19 @@ mp_error *mp_tokenizer_find_vocab(const char *explicit_path, const char *data_di
     *path = strdup(env);
     return *path ? NULL : mp_errorf("out of memory");
   }
-  char *cand[3] = {0};
-  int n = 0;
-  if (data_dir) cand[n++] = join_path(data_dir, "clip/" MP_CLIP_VOCAB_FILE);
-  cand[n++] = join_path(models_dir ? models_dir : "models", "clip/" MP_CLIP_VOCAB_FILE);
-  cand[n++] = strdup("../shared/data/clip/" MP_CLIP_VOCAB_FILE);
-  int hit = -1;
-  for (int i = 0; i < n; i++) {
-    if (!cand[i]) {
-      for (int k = 0; k < n; k++) free(cand[k]);
-      return mp_errorf("out of memory");
+  /* on disk: <data_dir>/clip/, then <models>/clip/; else the copy built into the library (*path NULL) */
+  const char *dirs[2] = {data_dir, models_dir ? models_dir : "models"};
+  for (int i = 0; i < 2; i++) {
+    if (!dirs[i]) continue;
+    char *cand = join_path(dirs[i], "clip/" MP_CLIP_VOCAB_FILE);
+    if (!cand) return mp_errorf("out of memory");
+    if (is_file(cand)) {
+      *path = cand;
+      return NULL;
     }
-    if (hit < 0 && is_file(cand[i])) hit = i;
+    free(cand);
   }
-  mp_error *e = NULL;
-  if (hit >= 0) {
-    *path = cand[hit];
-    cand[hit] = NULL;
-  } else {
-    e = mp_errorf("CLIP vocabulary %s not found: give --vocab PATH or set MPASS_VOCAB; tried %s%s%s%s%s", MP_CLIP_VOCAB_FILE,
-                  cand[0], n > 1 ? ", " : "", n > 1 ? cand[1] : "", n > 2 ? ", " : "", n > 2 ? cand[2] : "");
-  }
-  for (int k = 0; k < n; k++) free(cand[k]);
-  return e;
+  return NULL;
 }
 
 /* ---------------------------------------------------------------- text cleaning (BasicTokenizer) */

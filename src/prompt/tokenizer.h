@@ -31,17 +31,18 @@
 typedef struct mp_tokenizer mp_tokenizer;
 
 /* Load from a .txt.gz merges file, or from a folder holding vocab.json + merges.txt (diffusers
- * `tokenizer/`) or bpe_simple_vocab_16e6.txt.gz. */
+ * `tokenizer/`) or bpe_simple_vocab_16e6.txt.gz. `path` NULL: the copy of bpe_simple_vocab_16e6.txt.gz
+ * compiled into the library (data/clip/, MIT-licensed, see NOTICE). */
 mp_error *mp_tokenizer_load(const char *path, mp_tokenizer **out);
 void mp_tokenizer_free(mp_tokenizer *tok);
 
 /* Where the vocabulary is, first hit wins:
  *   1. `explicit_path` (--vocab) when not NULL — used as is, even if missing (the load then fails);
- *   2. $MPASS_VOCAB;
+ *   2. $MPASS_VOCAB (likewise used as is);
  *   3. <data_dir>/clip/bpe_simple_vocab_16e6.txt.gz when data_dir is not NULL;
  *   4. <models_dir or "models">/clip/bpe_simple_vocab_16e6.txt.gz;
- *   5. ../shared/data/clip/bpe_simple_vocab_16e6.txt.gz (relative to the working directory).
- * *path is newly allocated (caller frees). The error lists every place that was tried. */
+ *   5. none of these: *path = NULL, which mp_tokenizer_load reads as the built-in copy.
+ * *path is newly allocated (caller frees) or NULL. Fails only when out of memory. */
 mp_error *mp_tokenizer_find_vocab(const char *explicit_path, const char *data_dir, const char *models_dir, char **path);
 
 /* Token ids of `text` without BOS/EOS and without truncation. *ids is malloc'ed (caller frees;

@@ -15,6 +15,7 @@
 
 #include "io/image.h"
 #include "models/sd_layout.h"
+#include "mpass/mpass.h"
 #include "pipeline/params.h"
 #include "testutil.h"
 
@@ -154,7 +155,7 @@ static void test_txt2img_parameters_round_trip(void **state) {
   assert_string_equal(it.negative_prompt, "blurry, lowres: bad");
   assert_field(&it, "Steps", "2");
   assert_field(&it, "Sampler", "Euler");
-  assert_field(&it, "Schedule type", "Normal");
+  assert_field(&it, "Schedule type", "Uniform");
   assert_field(&it, "CFG scale", "6.5");
   assert_field(&it, "Seed", "42");
   assert_field(&it, "Size", "64x64");
@@ -262,15 +263,29 @@ static void test_lora_changes_the_image(void **state) {
   assert_true(pixels_differ("base.png", "lora.png") > 0);
   mp_infotext it;
   read_params("lora.png", &it);
-  assert_string_equal(it.prompt, "a dog");
+  /* the --lora LoRA is also a tag at the end of the stored prompt, which is what AUTOMATIC1111 applies */
+  assert_string_equal(it.prompt, "a dog <lora:lora_tiny:0.8>");
   const char *h = mp_infotext_get(&it, "Lora hashes");
   assert_non_null(h);
   assert_int_equal(strncmp(h, "lora_tiny: ", 11), 0);
   assert_int_equal(strlen(h), 11 + 12);
   assert_field(&it, "Lora weights", "lora_tiny: 0.8");
+  /* the whole stored text, exactly as A1111 1.9/1.10 need it (fixture; hashes filled in) */
+  char *raw = NULL, want[2048];
+  assert_ok(mp_image_read_png_text(path_in("lora.png"), "parameters", &raw));
+  snprintf(want, sizeof want,
+           "a dog <lora:lora_tiny:0.8>\n"
+           "Steps: 2, Sampler: Euler, Schedule type: Uniform, CFG scale: 7, Seed: 9, Size: 64x64, Model hash: %s, "
+           "Model: tiny, RNG: CPU, Lora hashes: \"%s\", Lora weights: \"lora_tiny: 0.8\", Version: mpass %s",
+           F.hash, h, MPASS_VERSION);
+  assert_string_equal(raw, want);
+  free(raw);
   mp_infotext_free(&it);
+  /* read back as the same values: the prompt as given and the LoRA as --lora, not twice */
   assert_int_equal(mpass(out, sizeof out, "params --command %s", path_in("lora.png")), 0);
+  assert_non_null(strstr(out, "-p 'a dog' "));
   assert_non_null(strstr(out, "--lora 'lora_tiny:0.8'"));
+  assert_null(strstr(out, "<lora:"));
 
   /* the same LoRA as an AUTOMATIC1111 tag in the prompt, found in <models>/lora: the same image; the
    * stored prompt keeps the tag (as A1111 stores it), so no "Lora weights" field */

@@ -153,6 +153,53 @@ static void test_parse_edge_cases(void **state) {
   assert_false(mp_a1111_sampler("heun", &a, &b));
 }
 
+/* The exact text per sampler, as AUTOMATIC1111 1.9 and 1.10 need it to pick the same sampler and
+ * sigmas (checked there with its own parse_generation_parameters): the plain schedule is "Uniform",
+ * never "Normal" (which 1.9 reads as Automatic = Karras). The fixture is the expectation; no Python. */
+static const struct {
+  const char *scheduler, *fields;
+} a1111_fixture[] = {
+    {"euler", "Sampler: Euler, Schedule type: Uniform"},
+    {"euler_a", "Sampler: Euler a, Schedule type: Uniform"},
+    {"dpm++2m", "Sampler: DPM++ 2M, Schedule type: Uniform"},
+    {"dpm++2m_karras", "Sampler: DPM++ 2M, Schedule type: Karras"},
+    {"dpm++sde", "Sampler: DPM++ SDE, Schedule type: Uniform"},
+    {"dpm++sde_karras", "Sampler: DPM++ SDE, Schedule type: Karras"},
+    {"lcm", "Sampler: LCM, Schedule type: Automatic"},
+    {"tcd", "Sampler: TCD, Schedule type: Automatic"},
+    {"ddim", "Sampler: DDIM, Schedule type: Automatic"},
+};
+
+static void test_a1111_text_per_sampler(void **state) {
+  (void)state;
+  for (size_t i = 0; i < sizeof a1111_fixture / sizeof *a1111_fixture; i++) {
+    mp_gen_params p = {.prompt = "a cat", .negative_prompt = "blurry", .steps = 20,
+                       .scheduler = a1111_fixture[i].scheduler, .cfg_scale = 7, .seed = 1, .width = 512,
+                       .height = 512, .denoising_strength = -1};
+    mp_infotext it, back;
+    char *s, expected[512];
+    assert_ok(mp_infotext_from_params(&p, &it));
+    assert_ok(mp_infotext_format(&it, &s));
+    snprintf(expected, sizeof expected, "a cat\nNegative prompt: blurry\nSteps: 20, %s, CFG scale: 7, Seed: 1, Size: 512x512",
+             a1111_fixture[i].fields);
+    assert_string_equal(s, expected);
+    /* and mpass reads its own text back to the same scheduler */
+    const char *m = NULL;
+    assert_ok(mp_infotext_parse(s, &back));
+    assert_true(mp_scheduler_from_a1111(mp_infotext_get(&back, "Sampler"), mp_infotext_get(&back, "Schedule type"), &m));
+    assert_string_equal(m, a1111_fixture[i].scheduler);
+    free(s);
+    mp_infotext_free(&it);
+    mp_infotext_free(&back);
+  }
+  /* images written before the change said "Normal": still the plain schedule */
+  const char *m = NULL;
+  assert_true(mp_scheduler_from_a1111("Euler a", "Normal", &m));
+  assert_string_equal(m, "euler_a");
+  assert_true(mp_scheduler_from_a1111("DPM++ SDE", "Uniform", &m));
+  assert_string_equal(m, "dpm++sde");
+}
+
 static void test_hostile_input(void **state) {
   (void)state;
   /* Random bytes, unterminated quotes, lone escapes: never crash, always a result or a clean error. */
@@ -268,7 +315,7 @@ int main(void) {
       cmocka_unit_test(test_format_standard_fields), cmocka_unit_test(test_reads_a1111_text),
       cmocka_unit_test(test_quoting_round_trip),     cmocka_unit_test(test_parse_edge_cases),
       cmocka_unit_test(test_hostile_input),          cmocka_unit_test(test_sha256_fips_vectors),
-      cmocka_unit_test(test_hash_cache),
+      cmocka_unit_test(test_hash_cache),             cmocka_unit_test(test_a1111_text_per_sampler),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

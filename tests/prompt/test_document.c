@@ -267,15 +267,45 @@ static void test_strings(void **state) {
   mp_job_free(j);
 }
 
-/* The text ends at the first line that is a known key; before that, lines that look like
- * parameters with unknown keys are text. */
+/* The text ends at the first line that is a known key. A name=value line with an unknown name is a
+ * mistyped parameter (an error with the nearest key), wherever it is; \name=value keeps it as text. */
 static void test_text_boundary(void **state) {
   (void)state;
-  mp_job *j = parse_ok("style=old\nfoo=bar baz\r\nsteps=20\r\n\r\nseed=3\r\n");
-  assert_string_equal(j->text, "style=old\nfoo=bar baz");
+  mp_job *j = parse_ok("\\style=old\n\\foo=bar baz\r\nsteps=20\r\n\r\nseed=3\r\n");
+  assert_string_equal(j->text, "\\style=old\n\\foo=bar baz"); /* as given */
   assert_string_equal(j->passes[0].prompt, "style=old foo=bar baz");
   assert_int_equal(j->steps, 20);
   assert_int_equal(j->seed, 3);
+  mp_job_free(j);
+  /* the escape only applies at the start of a line before name=; other backslashes are text */
+  j = parse_ok("a \\b=c\n\\x y\n\\Ab=1");
+  assert_string_equal(j->passes[0].prompt, "a \\b=c \\x y \\Ab=1");
+  mp_job_free(j);
+  /* a line that only looks like a parameter further in (not at column 1) is text */
+  j = parse_ok("a cat\n stepz=20\nmood: x=y");
+  assert_string_equal(j->passes[0].prompt, "a cat stepz=20 mood: x=y");
+  mp_job_free(j);
+  parse_err("a cat\nstepz=20",
+            "line 2, column 1: unknown key \"stepz\": did you mean steps? (a prompt line of the form name=value is written \\name=value)");
+  parse_err("style=old\na cat\nsteps=2",
+            "line 1, column 1: unknown key \"style\" (a prompt line of the form name=value is written \\name=value)");
+  parse_err("a cat\nsteps=20\nnegative=blurry",
+            "line 3, column 1: unknown key \"negative\": did you mean negative_prompt? (the parameters are those of SPEC §1.1: num_images, "
+            "seed, steps, cfg_scale, w, h, ...)");
+  parse_err("a cat\nseed=1\n\ncfg=7",
+            "line 4, column 1: unknown key \"cfg\": did you mean cfg_scale? (the parameters are those of SPEC §1.1: num_images, seed, "
+            "steps, cfg_scale, w, h, ...)");
+  parse_err("a\nsuper_resolutoin=true", "line 2, column 1: unknown key \"super_resolutoin\": did you mean super_resolution? (a prompt "
+                                         "line of the form name=value is written \\name=value)");
+  /* base_model (SPEC §1.1) is a known key, kept as given for the pipeline */
+  j = parse_ok("a cat\nbase_model=sdxl-base\nsteps=3");
+  assert_string_equal(j->base_model, "sdxl-base");
+  mp_job_free(j);
+  j = parse_ok("a cat");
+  assert_null(j->base_model);
+  mp_job_free(j);
+  j = parse_json_ok("{\"prompt\": {\"text\": \"a\", \"base_model\": \"m\"}}");
+  assert_string_equal(j->base_model, "m");
   mp_job_free(j);
   j = parse_ok("text=is just text here\nsteps=5");
   assert_string_equal(j->text, "text=is just text here");
@@ -528,7 +558,10 @@ static void test_json(void **state) {
   json_err("{\"prompt\": {\"text\": \"a\", \"steps\": 1e300}}", "prompt.steps: expected an integer from 1 to 150, found \"1e+300\"");
   json_err("{\"prompt\": {\"text\": \"a\", \"w\": [512]}}", "prompt.w: expected a string, a number, true, false or null, found an array");
   json_err("{\"prompt\": {\"text\": \"a\", \"tune\": 1}}",
-           "prompt: unknown key \"tune\": expected one of the parameters of SPEC §1.1 (text, negative_prompt, num_images, seed, ...)");
+           "prompt: unknown key \"tune\" (the parameters are those of SPEC §1.1: text, negative_prompt, num_images, seed, ...)");
+  json_err("{\"prompt\": {\"text\": \"a\", \"num_image\": 1}}",
+           "prompt: unknown key \"num_image\": did you mean num_images? (the parameters are those of SPEC §1.1: text, negative_prompt, "
+           "num_images, seed, ...)");
   json_err("{\"prompt\": {\"text\": \"a\", \"seed\": 1, \"seed\": 2}}", "prompt.seed: the key is given twice");
   json_err("{\"prompt\": {\"steps\": 3}}", "prompt.text: expected the prompt text, found no text key");
   json_err("{\"prompt\": {\"text\": 5}}", "prompt.text: expected a string");
@@ -552,7 +585,7 @@ static void test_hostile(void **state) {
   parse_err("   \n\t\n", "line 1, column 1: text: expected a prompt, found no words (only flags, tags or BREAKs)");
   parse_err("steps=30", "line 1, column 1: text: expected a prompt, found nothing");
   parse_err("a\nsteps=30\nfoo=1",
-            "line 3, column 1: unknown key \"foo\": expected one of the parameters of SPEC §1.1 (num_images, seed, steps, cfg_scale, w, h, ...)");
+            "line 3, column 1: unknown key \"foo\" (the parameters are those of SPEC §1.1: num_images, seed, steps, cfg_scale, w, h, ...)");
   parse_err("a\nsteps=30\nsteps=31", "line 3, column 1: steps: the key is given twice (first on line 2)");
   parse_err("a\nsteps=30\nan afterthought",
             "line 3, column 1: expected a key=value parameter line (the parameters start on line 2 and every later line must be one), "

@@ -101,16 +101,19 @@ static void test_seed_example(void **state) {
   assert_string_equal(person->negative, "sunglasses, snow, skiing, ski resorts, snowboard");
   assert_int_equal(person->n_adapters, 1);
   assert_int_equal(person->n_embeddings, 0);
-  /* post: super_resolution -> tiled upscale -> inpaint_faces -> film_grain; face_swap skipped */
-  assert_int_equal(p->n_post, 4);
-  assert_int_equal(p->post[0].kind, MP_POST_SUPER_RESOLUTION);
-  assert_int_equal(p->post[0].scale, 2); /* 512x768 > 512x512 */
-  assert_int_equal(p->post[1].kind, MP_POST_TILED_UPSCALE);
-  assert_true(p->post[1].strength > 0.3499 && p->post[1].strength < 0.3501);
-  assert_true(p->post[1].cfg_scale == 5.5);
-  assert_int_equal(p->post[2].kind, MP_POST_INPAINT_FACES);
-  assert_true(p->post[2].strength == 0.5);
-  assert_int_equal(p->post[3].kind, MP_POST_FILM_GRAIN);
+  /* post: tiled upscale (which is the super resolution: one Real-ESRGAN x2, 512x768 >= 512x512, then
+   * the tiles) -> inpaint_faces -> film_grain; face_swap skipped. 1024x1536, not 2048x3072. */
+  assert_int_equal(p->n_post, 3);
+  assert_int_equal(p->post[0].kind, MP_POST_TILED_UPSCALE);
+  assert_int_equal(p->post[0].scale, 2);
+  assert_true(p->post[0].esrgan);
+  assert_true(p->post[0].strength > 0.3499 && p->post[0].strength < 0.3501);
+  assert_true(p->post[0].cfg_scale == 5.5);
+  assert_int_equal(p->post[1].kind, MP_POST_INPAINT_FACES);
+  assert_true(p->post[1].strength == 0.5);
+  assert_int_equal(p->post[2].kind, MP_POST_FILM_GRAIN);
+  assert_int_equal(p->final_width, 1024);
+  assert_int_equal(p->final_height, 1536);
   assert_int_equal(p->n_skipped, 1);
   assert_string_equal(p->skipped[0].what, "face_swap");
 
@@ -130,10 +133,16 @@ static void test_seed_example(void **state) {
   assert_int_equal(cJSON_GetObjectItem(pp, "seed")->valueint, 33508);
   cJSON *ad = cJSON_GetArrayItem(cJSON_GetObjectItem(pp, "adapters"), 0);
   assert_string_equal(cJSON_GetObjectItem(ad, "id")->valuestring, "753945");
-  const char *order[] = {"super_resolution", "tiled_upscale", "inpaint_faces", "film_grain"};
+  const char *order[] = {"tiled_upscale", "inpaint_faces", "film_grain"};
   cJSON *post = cJSON_GetObjectItem(root, "post");
-  assert_int_equal(cJSON_GetArraySize(post), 4);
-  for (int s = 0; s < 4; s++) assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(post, s), "step")->valuestring, order[s]);
+  assert_int_equal(cJSON_GetArraySize(post), 3);
+  for (int s = 0; s < 3; s++) assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(post, s), "step")->valuestring, order[s]);
+  cJSON *tiled = cJSON_GetArrayItem(post, 0);
+  assert_int_equal(cJSON_GetObjectItem(tiled, "scale")->valueint, 2);
+  assert_string_equal(cJSON_GetObjectItem(tiled, "upscaler")->valuestring, "realesr-general-x4v3");
+  cJSON *fs = cJSON_GetObjectItem(root, "final_size");
+  assert_int_equal(cJSON_GetObjectItem(fs, "w")->valueint, 1024);
+  assert_int_equal(cJSON_GetObjectItem(fs, "h")->valueint, 1536);
   cJSON *sk = cJSON_GetArrayItem(cJSON_GetObjectItem(root, "skipped"), 0);
   assert_string_equal(cJSON_GetObjectItem(sk, "what")->valuestring, "face_swap");
   cJSON_Delete(root);
@@ -149,12 +158,14 @@ static void test_every_post_step_in_order(void **state) {
        "film_grain=true\ncolor_grading=Ektar\ninpaint_faces=true\nhires_fix=true\nsuper_resolution=true\nface_correct=true\n"
        "face_swap=true\ncontrolnet=canny\nprompt_expansion=true",
        &j, &p);
-  assert_int_equal(p->n_post, 6);
-  for (int s = 0; s < 6; s++) assert_int_equal(p->post[s].kind, s); /* the enum is SPEC §4 order */
-  assert_int_equal(p->post[0].scale, 4);
-  assert_true(p->post[1].strength == 0.5 && p->post[1].cfg_scale == 4);
-  assert_true(p->post[2].strength == 0.3 && p->post[2].cfg_scale == 4);
-  assert_true(p->post[3].strength == 0.4);
+  /* super_resolution with --tiled_upscale is one step, the tiled one (SPEC §4.2); the rest in §4 order */
+  assert_int_equal(p->n_post, 5);
+  for (int s = 0; s < 5; s++) assert_int_equal(p->post[s].kind, s + 1); /* the enum is SPEC §4 order */
+  assert_int_equal(p->post[0].scale, 2); /* the default 512x512 has 512² pixels: x2 */
+  assert_true(p->post[0].esrgan);
+  assert_true(p->post[0].strength == 0.5 && p->post[0].cfg_scale == 4);
+  assert_true(p->post[1].strength == 0.3 && p->post[1].cfg_scale == 4);
+  assert_true(p->post[2].strength == 0.4);
   assert_int_equal(p->n_skipped, 4);
   assert_string_equal(p->skipped[0].what, "face_correct");
   assert_string_equal(p->skipped[1].what, "face_swap");
@@ -218,6 +229,61 @@ static void test_scene_modes(void **state) {
   assert_string_equal(p->skipped[0].what, "faceid");
   mp_plan_free(p);
   mp_job_free(j);
+}
+
+/* One upscale per job (SPEC §1.1, §4.2): factor 4 below 512² pixels, else 2; Real-ESRGAN when
+ * super_resolution is on, else a x2 resize for --tiled_upscale; the plan says the final size. */
+static void test_one_upscale(void **state) {
+  (void)state;
+  static const struct {
+    const char *doc;
+    mp_post_kind kind; /* of the only post step */
+    int scale;
+    bool esrgan;
+    int final_w, final_h;
+  } cases[] = {
+      {"a\nsuper_resolution=true\nw=256\nh=256", MP_POST_SUPER_RESOLUTION, 4, false, 1024, 1024},
+      {"a\nsuper_resolution=true\nw=504\nh=512", MP_POST_SUPER_RESOLUTION, 4, false, 2016, 2048},
+      {"a\nsuper_resolution=true", MP_POST_SUPER_RESOLUTION, 2, false, 1024, 1024},
+      {"a --tiled_upscale\nsuper_resolution=true\nw=448\nh=512", MP_POST_TILED_UPSCALE, 4, true, 1792, 2048},
+      {"a --tiled_upscale\nsuper_resolution=true\nw=512\nh=768", MP_POST_TILED_UPSCALE, 2, true, 1024, 1536},
+      {"a --tiled_upscale\nw=256\nh=256", MP_POST_TILED_UPSCALE, 2, false, 512, 512},
+      {"a --tiled_upscale\nw=512\nh=768", MP_POST_TILED_UPSCALE, 2, false, 1024, 1536},
+      {"x --tiled_upscale --only_upscale\ninput_image=in.png", MP_POST_TILED_UPSCALE, 0, true, 0, 0},
+  };
+  for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+    mp_job *j;
+    mp_plan *p;
+    make(cases[c].doc, &j, &p);
+    if (p->n_post != 1 || p->post[0].kind != cases[c].kind || p->post[0].scale != cases[c].scale ||
+        (cases[c].kind == MP_POST_TILED_UPSCALE && p->post[0].esrgan != cases[c].esrgan) || p->final_width != cases[c].final_w ||
+        p->final_height != cases[c].final_h)
+      fail_msg("%s: %d steps, first %s x%d esrgan %d, final %dx%d", cases[c].doc, p->n_post, mp_post_name(p->post[0].kind),
+               p->post[0].scale, p->post[0].esrgan, p->final_width, p->final_height);
+    mp_plan_free(p);
+    mp_job_free(j);
+  }
+  /* no upscale: the final size is the generation size; from the input image: null in the JSON */
+  mp_job *j;
+  mp_plan *p;
+  make("a\nw=320\nh=448", &j, &p);
+  assert_int_equal(p->n_post, 0);
+  assert_int_equal(p->final_width, 320), assert_int_equal(p->final_height, 448);
+  mp_plan_free(p);
+  mp_job_free(j);
+  make("a\ninput_image=in.png\nsuper_resolution=true", &j, &p);
+  assert_int_equal(p->final_width, 0);
+  char *text;
+  assert_ok(mp_plan_to_json(p, &text));
+  cJSON *root = cJSON_Parse(text);
+  free(text);
+  assert_true(cJSON_IsNull(cJSON_GetObjectItem(root, "final_size")));
+  cJSON_Delete(root);
+  mp_plan_free(p);
+  mp_job_free(j);
+  assert_int_equal(mp_super_resolution_scale(511, 512), 4);
+  assert_int_equal(mp_super_resolution_scale(512, 512), 2);
+  assert_int_equal(mp_super_resolution_scale(1024, 256), 2);
 }
 
 /* Seeds near the top of the range do not wrap: seed+i+k is a 64-bit number. */
@@ -287,7 +353,8 @@ static void test_print(void **state) {
   const char *want[] = {"flags (1)", "--tiled_upscale", "sections (3)", "common:    \"\"", "[lora 753945 at 1]",
                         "negative sections (3)", "embeddings (3): cyberrealistic-neg badhandv4 negative-hand",
                         "seeds 33504..33507", "512x768", "dpm++sde_karras, 30 steps",
-                        "post: super_resolution (x2) -> tiled_upscale (x2, strength 0.35, cfg 5.5) -> inpaint_faces (strength 0.5) -> film_grain",
+                        "post: tiled_upscale (x2 Real-ESRGAN, then tiles at strength 0.35, cfg 5.5) -> inpaint_faces (strength 0.5) -> film_grain",
+                        "final size 1024x1536",
                         "face_swap: no face-swap model is configured", "ar=1:1 ignored because w/h are given"};
   for (size_t i = 0; i < sizeof want / sizeof *want; i++)
     if (!strstr(out, want[i])) fail_msg("'%s' missing from:\n%s", want[i], out);
@@ -299,7 +366,7 @@ static void test_print(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_seed_example),  cmocka_unit_test(test_every_post_step_in_order), cmocka_unit_test(test_scene_modes),
-      cmocka_unit_test(test_seed_no_wrap),  cmocka_unit_test(test_api_form_same_plan),       cmocka_unit_test(test_print),
+      cmocka_unit_test(test_seed_no_wrap), cmocka_unit_test(test_one_upscale),  cmocka_unit_test(test_api_form_same_plan),       cmocka_unit_test(test_print),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Every command listed by `mpass --help` answers `--help`: exit 0, its usage on stdout (issue 11 item 6);
+# `mpass --version` names the version, the commit and the compute path.
+set -euo pipefail
+MPASS=$1
+cmds=$("$MPASS" --help | sed -n '/^commands:/,/^$/p' | awk 'NF && $1 != "commands:" {print $1}')
+[ "$(echo "$cmds" | wc -w)" -ge 12 ] || { echo "too few commands listed: $cmds"; exit 1; }
+for c in $cmds; do
+  out=$("$MPASS" "$c" --help 2>/dev/null) || { echo "mpass $c --help: exit $?"; exit 1; }
+  echo "$out" | head -1 | grep -q "usage: mpass.* $c\b\|usage: mpass $c" || { echo "mpass $c --help: no usage line: $out"; exit 1; }
+  echo "ok $c"
+done
+v=$("$MPASS" --version)
+echo "$v"
+echo "$v" | grep -q "^mpass [0-9]" && echo "$v" | grep -q "^commit " && echo "$v" | grep -q "^compute: precision "
