@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/diffusers.h"
 #include "pipeline/generate.h"
 #include "pipeline/params.h"
 #include "post/resize.h"
@@ -35,7 +36,10 @@ mp_error *mp_engine_open(mpass_ctx *ctx, const char *path, const mp_tokenizer *t
   if (!err) err = mp_vae_load(e->base, MP_PREFIX_VAE, &e->cfg.vae, &e->vae);
   char cache[4096];
   snprintf(cache, sizeof cache, "%s/.cache", ctx->models_dir);
-  if (!err) err = mp_model_short_hash_cached(cache, path, e->hash);
+  char *hashed = NULL; /* a diffusers folder is identified by its UNet weights file */
+  if (!err) err = mp_checkpoint_hash_file(path, &hashed);
+  if (!err) err = mp_model_short_hash_cached(cache, hashed, e->hash);
+  free(hashed);
   if (err) {
     mp_engine_close(e);
     return mp_error_wrap(err, "loading %s", path);

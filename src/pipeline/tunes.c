@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "io/diffusers.h"
 #include "io/weights.h"
 #include "models/sd.h"
 #include "pipeline/params.h"
@@ -572,7 +573,13 @@ mp_error *mp_default_checkpoint(const char *models_dir, char **path) {
     struct dirent *ent;
     while ((ent = readdir(d))) {
       const char *ext = weights_ext(ent->d_name);
-      if (ent->d_name[0] == '.' || !ext || strcmp(ext, ".bin") == 0) continue;
+      if (ent->d_name[0] == '.') continue;
+      if (!ext || strcmp(ext, ".bin") == 0) {
+        char *sub = pathf("%s/%s", dir, ent->d_name); /* a diffusers folder counts as a checkpoint */
+        bool folder = sub && mp_diffusers_is_folder(sub);
+        free(sub);
+        if (!folder) continue;
+      }
       if (!best || strcmp(ent->d_name, best) < 0) {
         char *c = strdup(ent->d_name);
         if (c) free(best), best = c;
@@ -582,7 +589,7 @@ mp_error *mp_default_checkpoint(const char *models_dir, char **path) {
   }
   mp_error *e = NULL;
   if (!best)
-    e = mp_errorf("no checkpoint given and none in %s (put an SD 1.5 .safetensors there, or pass --model PATH)", dir);
+    e = mp_errorf("no checkpoint given and none in %s (put an SD 1.5 .safetensors or a diffusers folder there, or pass --model PATH)", dir);
   else if (!(*path = pathf("%s/%s", dir, best)))
     e = mp_errorf("out of memory");
   free(best);
