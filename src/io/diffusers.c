@@ -322,6 +322,22 @@ mp_error *mp_diffusers_read_json(const char *folder, const char *rel, bool requi
   return e;
 }
 
+mp_error *mp_diffusers_file(const char *folder, const char *rel, char **path) {
+  *path = NULL;
+  char *p = joinf(folder, rel);
+  if (!p) return mp_errorf("out of memory");
+  struct stat st;
+  if (lstat(p, &st) != 0) {
+    free(p);
+    return NULL;
+  }
+  mp_error *e = stat(p, &st) != 0 ? mp_errorf("%s: %s", p, strerror(errno)) : check_inside(folder, p);
+  if (!e && !S_ISREG(st.st_mode)) e = mp_errorf("%s is not a regular file", p);
+  if (e) free(p);
+  else *path = p;
+  return e;
+}
+
 mp_error *mp_diffusers_weights_file(const char *folder, const char *subfolder, const char *stem, char **path) {
   *path = NULL;
   char *dir = joinf(folder, subfolder);
@@ -366,14 +382,14 @@ mp_error *mp_diffusers_weights_file(const char *folder, const char *subfolder, c
 mp_error *mp_diffusers_tokenizer(const char *folder, const char *subfolder, char **path) {
   *path = NULL;
   if (!mp_diffusers_is_folder(folder)) return NULL;
-  char *dir = joinf(folder, subfolder), *vj = dir ? joinf(dir, "vocab.json") : NULL, *mt = dir ? joinf(dir, "merges.txt") : NULL;
-  mp_error *e = !vj || !mt ? mp_errorf("out of memory") : NULL;
-  if (!e && is_regular(vj) && is_regular(mt)) {
-    e = check_inside(folder, vj);
-    if (!e) e = check_inside(folder, mt);
-    if (!e) *path = dir, dir = NULL;
-  }
-  free(dir), free(vj), free(mt);
+  char *vj_rel = NULL, *mt_rel = NULL, *vj = NULL, *mt = NULL;
+  if (asprintf(&vj_rel, "%s/vocab.json", subfolder) < 0) vj_rel = NULL;
+  if (asprintf(&mt_rel, "%s/merges.txt", subfolder) < 0) mt_rel = NULL;
+  mp_error *e = !vj_rel || !mt_rel ? mp_errorf("out of memory") : NULL;
+  if (!e) e = mp_diffusers_file(folder, vj_rel, &vj);
+  if (!e) e = mp_diffusers_file(folder, mt_rel, &mt);
+  if (!e && vj && mt && !(*path = joinf(folder, subfolder))) e = mp_errorf("out of memory");
+  free(vj_rel), free(mt_rel), free(vj), free(mt);
   return e;
 }
 

@@ -36,6 +36,10 @@ mp_error *mp_diffusers_open(const char *folder, mp_weights **out);
  * `required`, else *out is NULL. Errors name the file, and line and column for bad JSON. */
 mp_error *mp_diffusers_read_json(const char *folder, const char *rel, bool required, cJSON **out);
 
+/* <folder>/<rel> when it exists, checked to lie inside the folder; *path is NULL when it does not
+ * exist. Caller frees *path. */
+mp_error *mp_diffusers_file(const char *folder, const char *rel, char **path);
+
 /* The weights file of a part: <subfolder>/<stem>.safetensors, else <stem>.fp16.safetensors, else the
  * same with .bin (full precision first, f16 variant second). Caller frees *path. */
 mp_error *mp_diffusers_weights_file(const char *folder, const char *subfolder, const char *stem, char **path);
