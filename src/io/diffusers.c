@@ -498,9 +498,16 @@ mp_error *mp_diffusers_open(const char *folder, mp_weights **out) {
     e = mp_errorf("%s: %s is an SDXL pipeline; SDXL is not supported yet (SD 1.x only)", folder, name);
   else if (strncmp(name, "StableDiffusion", 15) != 0)
     e = mp_errorf("%s/model_index.json: pipeline %s is not a Stable Diffusion pipeline", folder, name);
-  for (size_t i = 0; !e && i < sizeof sd_components / sizeof *sd_components; i++)
-    if (!cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(index, sd_components[i].subfolder)))
-      e = mp_errorf("%s/model_index.json names no \"%s\" part", folder, sd_components[i].subfolder);
+  for (size_t i = 0; !e && i < sizeof sd_components / sizeof *sd_components; i++) {
+    const char *sub = sd_components[i].subfolder;
+    char *dir = joinf(folder, sub);
+    struct stat st;
+    if (!cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(index, sub)))
+      e = mp_errorf("%s/model_index.json names no \"%s\" part", folder, sub);
+    else if (!dir || stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+      e = mp_errorf("diffusers folder %s has no %s/ subfolder (model_index.json names one)", folder, sub);
+    free(dir);
+  }
   cJSON_Delete(index);
   MP_TRY(e);
 
