@@ -233,6 +233,25 @@ static const component sd_components[] = {
     {"text_encoder", "model", "cond_stage_model.transformer.", map_clip},
 };
 
+/* A pipeline layout: which model_index.json it is, and its components. SDXL (text_encoder ->
+ * conditioner.embedders.0.transformer., text_encoder_2 -> conditioner.embedders.1.model.) is one more
+ * row here with its own component table, reusing map_unet and map_vae. */
+typedef struct {
+  const char *name;
+  bool (*matches)(const char *class_name, const cJSON *index);
+  const component *components;
+  size_t n_components;
+} layout;
+
+static bool is_sd(const char *class_name, const cJSON *index) {
+  return strncmp(class_name, "StableDiffusion", 15) == 0 && !strstr(class_name, "XL") &&
+         !cJSON_GetObjectItemCaseSensitive(index, "text_encoder_2");
+}
+
+static const layout layouts[] = {
+    {"Stable Diffusion 1.x/2.x", is_sd, sd_components, sizeof sd_components / sizeof *sd_components},
+};
+
 /* ---------------------------------------------------------------- files inside the folder */
 
 static char *joinf(const char *a, const char *b) {
@@ -357,7 +376,7 @@ mp_error *mp_diffusers_weights_file(const char *folder, const char *subfolder, c
       break;
     }
     if (stat(p, &st) == 0) {
-      e = check_inside(folder, p);
+      e = S_ISREG(st.st_mode) ? check_inside(folder, p) : mp_errorf("%s is not a regular file", p);
       if (!e) *path = p;
       else free(p);
     } else {
@@ -493,13 +512,16 @@ mp_error *mp_diffusers_open(const char *folder, mp_weights **out) {
   MP_TRY(mp_diffusers_read_json(folder, "model_index.json", true, &index));
   const cJSON *cls = cJSON_GetObjectItemCaseSensitive(index, "_class_name");
   const char *name = cJSON_IsString(cls) ? cls->valuestring : "(no _class_name)";
+  const layout *lay = NULL;
+  for (size_t i = 0; !lay && i < sizeof layouts / sizeof *layouts; i++)
+    if (layouts[i].matches(name, index)) lay = &layouts[i];
   mp_error *e = NULL;
-  if (cJSON_GetObjectItemCaseSensitive(index, "text_encoder_2") || strstr(name, "XL"))
+  if (!lay && (cJSON_GetObjectItemCaseSensitive(index, "text_encoder_2") || strstr(name, "XL")))
     e = mp_errorf("%s: %s is an SDXL pipeline; SDXL is not supported yet (SD 1.x only)", folder, name);
-  else if (strncmp(name, "StableDiffusion", 15) != 0)
+  else if (!lay)
     e = mp_errorf("%s/model_index.json: pipeline %s is not a Stable Diffusion pipeline", folder, name);
-  for (size_t i = 0; !e && i < sizeof sd_components / sizeof *sd_components; i++) {
-    const char *sub = sd_components[i].subfolder;
+  for (size_t i = 0; !e && i < lay->n_components; i++) {
+    const char *sub = lay->components[i].subfolder;
     char *dir = joinf(folder, sub);
     struct stat st;
     if (!cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(index, sub)))
@@ -515,8 +537,7 @@ mp_error *mp_diffusers_open(const char *folder, mp_weights **out) {
   MP_TRY(read_structure(folder, &s));
   mp_weights *w = mp_weights_new(folder);
   if (!w) return mp_errorf("out of memory");
-  for (size_t i = 0; !e && i < sizeof sd_components / sizeof *sd_components; i++)
-    e = add_component(w, folder, &sd_components[i], &s);
+  for (size_t i = 0; !e && i < lay->n_components; i++) e = add_component(w, folder, &lay->components[i], &s);
   if (!e) e = mp_weights_finish(w);
   if (e) {
     mp_weights_close(w);

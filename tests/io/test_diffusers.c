@@ -244,6 +244,8 @@ static void test_missing_parts(void **state) {
   snprintf(p, sizeof p, "%s/vae/diffusion_pytorch_model.safetensors", dir);
   assert_int_equal(unlink(p), 0);
   assert_err_contains(open_and_detect(dir), "vae: no weights file (looked for diffusion_pytorch_model.safetensors");
+  assert_int_equal(mkdir(p, 0755), 0); /* a folder where the weights file should be */
+  assert_err_contains(open_and_detect(dir), "diffusion_pytorch_model.safetensors is not a regular file");
   remove_tree(dir);
   free(dir);
   dir = copy_tiny();
