@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "core/threads.h"
+#include "io/ckpt.h"
 #include "io/diffusers.h"
 #include "io/weights.h"
 #include "models/clip.h"
@@ -279,6 +280,40 @@ static void test_fp16_variant_name(void **state) {
   free(dir);
 }
 
+/* transformers' older pytorch_model.bin / diffusers' .bin: read by the pickle-free .ckpt reader. */
+static void test_bin_part(void **state) {
+  (void)state;
+  char *dir = copy_tiny(), p[1024], q[1024];
+  snprintf(p, sizeof p, "%s/text_encoder/model.safetensors", dir);
+  snprintf(q, sizeof q, "%s/text_encoder/model.bin", dir);
+  mp_weights *te;
+  assert_ok(mp_weights_open(p, &te));
+  size_t n = mp_weights_count(te);
+  const char **names = calloc(n, sizeof *names);
+  mp_tensor *ts = calloc(n, sizeof *ts);
+  assert_non_null(names);
+  assert_non_null(ts);
+  for (size_t i = 0; i < n; i++) names[i] = mp_weights_at(te, i)->name, ts[i] = mp_weights_at(te, i)->t;
+  assert_ok(mp_ckpt_write(q, n, names, ts, false));
+  free(names), free(ts);
+  mp_weights_close(te);
+  assert_int_equal(unlink(p), 0);
+  mp_weights *file, *folder;
+  char *f = test_shared_path("golden/tiny/tiny.safetensors");
+  assert_ok(mp_weights_open(f, &file));
+  assert_ok(mp_weights_open(dir, &folder));
+  const mp_weight *a = mp_weights_find(file, MP_PREFIX_CLIP "encoder.layers.1.mlp.fc2.weight");
+  const mp_weight *b = mp_weights_find(folder, MP_PREFIX_CLIP "encoder.layers.1.mlp.fc2.weight");
+  assert_non_null(a);
+  assert_non_null(b);
+  assert_memory_equal(a->t.data, b->t.data, mp_tensor_nbytes(&a->t));
+  mp_weights_close(file);
+  mp_weights_close(folder);
+  free(f);
+  remove_tree(dir);
+  free(dir);
+}
+
 /* A tensor of the wrong shape: binding the model names the CompVis key and both shapes. */
 static void test_wrong_shape(void **state) {
   (void)state;
@@ -367,6 +402,7 @@ int main(void) {
       cmocka_unit_test(test_unsupported_values),
       cmocka_unit_test(test_missing_parts),
       cmocka_unit_test(test_fp16_variant_name),
+      cmocka_unit_test(test_bin_part),
       cmocka_unit_test(test_wrong_shape),
       cmocka_unit_test(test_symlinks),
   };
