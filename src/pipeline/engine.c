@@ -25,8 +25,14 @@ mp_error *mp_engine_open(mpass_ctx *ctx, const char *path, const mp_tokenizer *t
   e->ctx = ctx;
   e->tok = tok;
   e->path = strdup(path);
-  const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path, *dot = strrchr(base, '.');
-  e->name = strndup(base, dot ? (size_t)(dot - base) : strlen(base));
+  /* the file name without extension; a diffusers folder's name as it is ("models/sd-v1.5/" -> "sd-v1.5") */
+  bool folder = mp_diffusers_is_folder(path);
+  size_t len = strlen(path);
+  while (folder && len > 1 && path[len - 1] == '/') len--;
+  const char *base = path + len;
+  while (base > path && base[-1] != '/') base--;
+  const char *dot = folder ? NULL : strrchr(base, '.');
+  e->name = strndup(base, dot ? (size_t)(dot - base) : (size_t)(path + len - base));
   mp_error *err = !e->path || !e->name ? mp_errorf("out of memory") : NULL;
   if (!err) err = mp_weights_open(path, &e->base);
   if (!err) err = mp_sd_config_detect(e->base, NULL, &e->cfg);
