@@ -22,3 +22,9 @@ set_tests_properties(conform_vision PROPERTIES TIMEOUT 900
 add_test(NAME conform_tiny_bf16 COMMAND mpass_cli --precision bf16 conform ${G}/tiny --cases te,unet,vae,lora,txt2img,inpaint)
 set_tests_properties(conform_tiny_bf16 PROPERTIES TIMEOUT 900
   ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
+# The same tiny model from its diffusers folder (unet/, vae/, text_encoder/, tokenizer/): every case
+# must pass with the same tolerances as from the single file.
+add_test(NAME conform_tiny_diffusers COMMAND mpass_cli conform ${G}/tiny --ckpt ${G}/tiny-diffusers
+  --cases tok,te,unet,vae,lora,txt2img,inpaint)
+set_tests_properties(conform_tiny_diffusers PROPERTIES TIMEOUT 900
+  ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")

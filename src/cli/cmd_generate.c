@@ -20,6 +20,7 @@
 
 #include "cli/commands.h"
 #include "core/context.h"
+#include "io/diffusers.h"
 #include "io/image.h"
 #include "models/embedding.h"
 #include "models/lora.h"
@@ -41,7 +42,7 @@
 static void usage(FILE *f) {
   fprintf(f,
           "usage: mpass generate [--model CKPT] -p PROMPT [options] [-o OUT.png]\n"
-          "  -m, --model CKPT       checkpoint (.safetensors/.ckpt); default: the first in <models>/checkpoints\n"
+          "  -m, --model CKPT       checkpoint (.safetensors/.ckpt, or a diffusers folder); default: the first in <models>/checkpoints\n"
           "  -p, --prompt TEXT      the prompt (A1111 weighting: (word:1.2), [word]; <lora:NAME:W> tags as --lora NAME:W)\n"
           "  -n, --negative TEXT    the negative prompt\n"
           "      --steps N          sampler steps, 1-150 (default 30)\n"
@@ -617,11 +618,6 @@ static mp_error *prepare(mpass_ctx *ctx, gen_options *o, resources *r, bool quie
   }
   MP_TRY(open_loras(ctx, o, &r->loras));
   MP_TRY(lora_fields(&r->loras, o->prompt, &r->lora_hashes, &r->lora_weights, &r->stored_prompt));
-  char *vocab = NULL;
-  MP_TRY(mp_tokenizer_find_vocab(o->vocab, ctx->data_dir, ctx->models_dir, &vocab));
-  mp_error *e = mp_tokenizer_load(vocab, &r->tok);
-  free(vocab);
-  MP_TRY(e);
   char *model = NULL;
   if (o->model) {
     if (access(o->model, R_OK) != 0) return mp_errorf("--model %s: %s", o->model, strerror(errno));
@@ -629,6 +625,15 @@ static mp_error *prepare(mpass_ctx *ctx, gen_options *o, resources *r, bool quie
     if (!model) return mp_errorf("out of memory");
   } else {
     MP_TRY(mp_default_checkpoint(ctx->models_dir, &model));
+  }
+  char *vocab = NULL; /* a diffusers folder's own tokenizer/, unless --vocab or MPASS_VOCAB says otherwise */
+  mp_error *e = mp_diffusers_vocab_for_model(model, o->vocab, &vocab);
+  if (!e && !vocab) e = mp_tokenizer_find_vocab(o->vocab, ctx->data_dir, ctx->models_dir, &vocab);
+  if (!e) e = mp_tokenizer_load(vocab, &r->tok);
+  free(vocab);
+  if (e) {
+    free(model);
+    return e;
   }
   e = mp_engine_open(ctx, model, r->tok, &r->eng);
   free(model);

@@ -1,4 +1,4 @@
-/* mpass inspect CKPT: what a checkpoint is and whether mpass can use it. */
+/* mpass inspect CKPT: what a checkpoint (file or diffusers folder) is and whether mpass can use it. */
 #include <stdio.h>
 #include <string.h>
 
@@ -7,6 +7,8 @@
 #include "io/weights.h"
 #include "models/clip.h"
 #include "models/sd.h"
+#include "models/unet.h"
+#include "models/vae.h"
 
 /* Tensors real SD 1.x files carry besides the three models; they are expected, not "unexpected". */
 static bool known_extra(const char *name) {
@@ -90,6 +92,18 @@ int cmd_inspect(mpass_ctx *ctx, int argc, char **argv) {
     if (e) rc = 1;
     mp_error_free(e);
     mp_clip_free(clip);
+    mp_unet *unet = NULL;
+    e = mp_unet_load(w, MP_PREFIX_UNET, &cfg.unet, &unet);
+    printf("check UNet:  %s\n", e ? mp_error_message(e) : "all tensors present with the expected shapes");
+    if (e) rc = 1;
+    mp_error_free(e);
+    mp_unet_free(unet);
+    mp_vae *vae = NULL;
+    e = mp_vae_load(w, MP_PREFIX_VAE, &cfg.vae, &vae);
+    printf("check VAE:   %s\n", e ? mp_error_message(e) : "all tensors present with the expected shapes");
+    if (e) rc = 1;
+    mp_error_free(e);
+    mp_vae_free(vae);
   }
   printf("unexpected:  %zu tensors outside the model (%lld values)\n", unexpected, other);
   if (unexpected && !list)

@@ -55,8 +55,8 @@ mp_error *conform_tensor_f32(conform *c, const char *name, mp_tensor *out) {
 
 mp_error *conform_checkpoint(conform *c, mp_weights **out) {
   const cJSON *ck = cJSON_GetObjectItemCaseSensitive(c->manifest, "ckpt");
-  if (!cJSON_IsString(ck)) return mp_errorf("%s.json has no \"ckpt\" field naming the checkpoint", c->case_name);
-  char *path = conform_path(c, ck->valuestring);
+  if (!c->ckpt_override && !cJSON_IsString(ck)) return mp_errorf("%s.json has no \"ckpt\" field naming the checkpoint", c->case_name);
+  char *path = c->ckpt_override ? strdup(c->ckpt_override) : conform_path(c, ck->valuestring);
   if (!path) return mp_errorf("out of memory");
   if (c->ckpt && strcmp(c->ckpt_path, path) == 0) {
     free(path);
@@ -372,22 +372,25 @@ static int list_cases(const char *dir, char ***out) {
 }
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: mpass conform GOLDEN_DIR [--cases a,b,...] [--dump OUT_DIR]\n"
+  fprintf(f, "usage: mpass conform GOLDEN_DIR [--cases a,b,...] [--dump OUT_DIR] [--ckpt CKPT]\n"
              "  check numerics against reference outputs (GOLDEN_DIR/<case>.json + .safetensors);\n"
+             "  --ckpt: one checkpoint (file or diffusers folder) for every model case instead of the manifests';\n"
              "  precision: mpass --precision f32|bf16 conform ... (default f32)\n");
 }
 
 int cmd_conform(mpass_ctx *ctx, int argc, char **argv) {
   static const struct option longopts[] = {{"cases", required_argument, 0, 'c'},
                                            {"dump", required_argument, 0, 'd'},
+                                           {"ckpt", required_argument, 0, 'k'},
                                            {"help", no_argument, 0, 'h'},
                                            {0, 0, 0, 0}};
-  const char *cases = NULL, *dump = NULL;
+  const char *cases = NULL, *dump = NULL, *ckpt = NULL;
   int opt;
   optind = 1;
   while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     if (opt == 'c') cases = optarg;
     else if (opt == 'd') dump = optarg;
+    else if (opt == 'k') ckpt = optarg;
     else if (opt == 'h') {
       usage(stdout);
       return 0;
@@ -400,7 +403,8 @@ int cmd_conform(mpass_ctx *ctx, int argc, char **argv) {
     usage(stderr);
     return 2;
   }
-  conform c = {.ctx = ctx, .dir = argv[optind], .dump_dir = dump, .precision = mpass_ctx_precision(ctx)};
+  conform c = {.ctx = ctx, .dir = argv[optind], .dump_dir = dump, .precision = mpass_ctx_precision(ctx),
+               .ckpt_override = ckpt};
   char **names = NULL;
   int n = 0;
   if (cases) {

@@ -23,6 +23,7 @@ typedef struct conform {
   mp_weights *golden;    /* <case>.safetensors, NULL if the case has none */
   const char *dump_dir;  /* --dump: write our outputs here */
   const char *precision; /* --precision: "f32" (default) or "bf16" */
+  const char *ckpt_override; /* --ckpt: replaces every manifest's "ckpt" (a file or a diffusers folder) */
   int n_checked, n_failed;
   /* outputs kept for --dump */
   char **dump_names;
@@ -39,7 +40,7 @@ mp_error *conform_tensor(conform *c, const char *name, const mp_tensor **out);
 mp_error *conform_tensor_f32(conform *c, const char *name, mp_tensor *out);
 /* Path of a file named relative to the golden folder; caller frees. */
 char *conform_path(const conform *c, const char *rel);
-/* The checkpoint named by the manifest's "ckpt" field, opened once and cached. */
+/* The checkpoint named by the manifest's "ckpt" field (or --ckpt), opened once and cached. */
 mp_error *conform_checkpoint(conform *c, mp_weights **out);
 
 /* Compare `got` (n floats) with golden tensor `name`: rel L2 <= tol_rel and

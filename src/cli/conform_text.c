@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli/conform.h"
+#include "io/diffusers.h"
 #include "models/clip.h"
 #include "models/sd.h"
 #include "prompt/tokenizer.h"
@@ -24,8 +25,11 @@ mp_error *conform_case_tok(conform *c) {
   const cJSON *src = cJSON_GetObjectItemCaseSensitive(c->manifest, "vocab_source");
   const cJSON *prompts = cJSON_GetObjectItemCaseSensitive(c->manifest, "prompts");
   if (!cJSON_IsString(src) || !cJSON_IsArray(prompts)) return mp_errorf("tok.json needs \"vocab_source\" and \"prompts\"");
-  char *path = conform_path(c, src->valuestring);
-  if (!path) return mp_errorf("out of memory");
+  /* With --ckpt naming a diffusers folder, its tokenizer/ (vocab.json + merges.txt) is the one to check. */
+  char *path = NULL;
+  if (c->ckpt_override) MP_TRY(mp_diffusers_tokenizer(c->ckpt_override, "tokenizer", &path));
+  if (path) printf("tokenizer: %s\n", path);
+  if (!path && !(path = conform_path(c, src->valuestring))) return mp_errorf("out of memory");
   mp_tokenizer *tok = NULL;
   mp_error *e = mp_tokenizer_load(path, &tok);
   free(path);

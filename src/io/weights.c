@@ -1,5 +1,7 @@
 #include "io/weights.h"
 
+#include "io/diffusers.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -19,6 +21,8 @@ struct mp_weights {
   void (*release)(void *, size_t);
   char *metadata;
   int finished;
+  mp_weights **parts; /* adopted readers whose tensors this one views */
+  size_t n_parts;
 };
 
 mp_weights *mp_weights_new(const char *path) {
@@ -94,6 +98,17 @@ mp_error *mp_weights_add(mp_weights *w, const char *name, mp_dtype dt, int ndim,
   return push(w, name, dt, ndim, shape, (void *)data);
 }
 
+mp_error *mp_weights_adopt(mp_weights *w, mp_weights *part) {
+  mp_weights **n = realloc(w->parts, (w->n_parts + 1) * sizeof *n);
+  if (!n) {
+    mp_weights_close(part);
+    return mp_errorf("out of memory");
+  }
+  w->parts = n;
+  w->parts[w->n_parts++] = part;
+  return NULL;
+}
+
 static int cmp_weight(const void *a, const void *b) {
   return strcmp(((const mp_weight *)a)->name, ((const mp_weight *)b)->name);
 }
@@ -133,6 +148,8 @@ void mp_weights_close(mp_weights *w) {
   for (size_t i = 0; i < w->n_owned; i++) mp_free(w->owned[i]);
   free(w->owned);
   if (w->release) w->release(w->backing, w->backing_size);
+  for (size_t i = 0; i < w->n_parts; i++) mp_weights_close(w->parts[i]);
+  free(w->parts);
   free(w->metadata);
   free(w->path);
   free(w);
@@ -188,6 +205,8 @@ mp_error *mp_weights_open_mapped(const char *path, mp_weights_parse_fn parse, mp
 
 mp_error *mp_weights_open(const char *path, mp_weights **out) {
   *out = NULL;
+  struct stat st;
+  if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return mp_diffusers_open(path, out); /* says so if not one */
   void *mem;
   size_t size;
   MP_TRY(mp_map_file(path, &mem, &size));

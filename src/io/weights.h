@@ -18,7 +18,8 @@ typedef struct {
 
 typedef struct mp_weights mp_weights;
 
-/* Open a checkpoint, choosing the reader by content: safetensors, or a PyTorch zip (.ckpt/.pt/.bin). */
+/* Open a checkpoint, choosing the reader by content: safetensors, or a PyTorch zip (.ckpt/.pt/.bin);
+ * a folder with model_index.json is a diffusers folder, read by mp_diffusers_open (io/diffusers.h). */
 mp_error *mp_weights_open(const char *path, mp_weights **out);
 void mp_weights_close(mp_weights *w);
 
@@ -40,6 +41,10 @@ mp_error *mp_weights_set_metadata(mp_weights *w, const char *json);
 mp_error *mp_weights_add(mp_weights *w, const char *name, mp_dtype dt, int ndim, const int64_t *shape, const void *data);
 /* Add a tensor whose data the mp_weights takes over (allocated with mp_alloc). */
 mp_error *mp_weights_add_owned(mp_weights *w, const char *name, mp_dtype dt, int ndim, const int64_t *shape, void *data);
+/* Make `part` live as long as w (closed by mp_weights_close(w)), so that w can hold views into its
+ * tensors: a checkpoint assembled from several files (a diffusers folder) is one mp_weights over
+ * several mapped files. On error `part` is closed. */
+mp_error *mp_weights_adopt(mp_weights *w, mp_weights *part);
 /* Sort for lookup and reject duplicate names. Call once after the last add. */
 mp_error *mp_weights_finish(mp_weights *w);
 

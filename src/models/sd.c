@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/diffusers.h"
+#include "models/sd_diffusers.h"
+
 const char *mp_family_name(mp_family f) {
   switch (f) {
     case MP_FAMILY_SD1: return "SD 1.x";
@@ -262,6 +265,12 @@ mp_error *mp_sd_config_detect(const mp_weights *w, const char *config_json, mp_s
   cfg->linear_end = 0.012f;
   cfg->timesteps = 1000;
 
+  /* A diffusers folder says its hyper-parameters in its config files. */
+  if (mp_diffusers_is_folder(mp_weights_path(w))) {
+    MP_TRY(mp_sd_config_from_diffusers(mp_weights_path(w), cfg));
+    cfg->inpainting = cfg->unet.in_channels == 9;
+    return validate(cfg);
+  }
   if (has_prefix(w, "conditioner.embedders.")) {
     cfg->family = MP_FAMILY_SDXL;
     return mp_errorf("this is an SDXL checkpoint: SDXL is not supported yet (SD 1.x only)");

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/diffusers.h"
 #include "pipeline/generate.h"
 #include "pipeline/params.h"
 #include "post/resize.h"
@@ -24,8 +25,14 @@ mp_error *mp_engine_open(mpass_ctx *ctx, const char *path, const mp_tokenizer *t
   e->ctx = ctx;
   e->tok = tok;
   e->path = strdup(path);
-  const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path, *dot = strrchr(base, '.');
-  e->name = strndup(base, dot ? (size_t)(dot - base) : strlen(base));
+  /* the file name without extension; a diffusers folder's name as it is ("models/sd-v1.5/" -> "sd-v1.5") */
+  bool folder = mp_diffusers_is_folder(path);
+  size_t len = strlen(path);
+  while (folder && len > 1 && path[len - 1] == '/') len--;
+  const char *base = path + len;
+  while (base > path && base[-1] != '/') base--;
+  const char *dot = folder ? NULL : strrchr(base, '.');
+  e->name = strndup(base, dot ? (size_t)(dot - base) : (size_t)(path + len - base));
   mp_error *err = !e->path || !e->name ? mp_errorf("out of memory") : NULL;
   if (!err) err = mp_weights_open(path, &e->base);
   if (!err) err = mp_sd_config_detect(e->base, NULL, &e->cfg);
@@ -35,7 +42,10 @@ mp_error *mp_engine_open(mpass_ctx *ctx, const char *path, const mp_tokenizer *t
   if (!err) err = mp_vae_load(e->base, MP_PREFIX_VAE, &e->cfg.vae, &e->vae);
   char cache[4096];
   snprintf(cache, sizeof cache, "%s/.cache", ctx->models_dir);
-  if (!err) err = mp_model_short_hash_cached(cache, path, e->hash);
+  char *hashed = NULL; /* a diffusers folder is identified by its UNet weights file */
+  if (!err) err = mp_checkpoint_hash_file(path, &hashed);
+  if (!err) err = mp_model_short_hash_cached(cache, hashed, e->hash);
+  free(hashed);
   if (err) {
     mp_engine_close(e);
     return mp_error_wrap(err, "loading %s", path);

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "io/diffusers.h"
 #include "io/image.h"
 #include "models/embedding.h"
 #include "models/esrgan.h"
@@ -662,13 +663,17 @@ static mp_error *prepare(run *r) {
     mp_size_round8(src.width, src.height, 1024, &r->width, &r->height);
     mp_image_free(&src);
   }
-  char *vocab = NULL;
-  MP_TRY(mp_tokenizer_find_vocab(o->vocab, r->ctx->data_dir, r->ctx->models_dir, &vocab));
-  mp_error *e = mp_tokenizer_load(vocab, &r->tok);
-  free(vocab);
-  MP_TRY(e);
   char *model = o->model_path ? strdup(o->model_path) : NULL;
   if (!model) MP_TRY(mp_default_checkpoint(r->ctx->models_dir, &model));
+  char *vocab = NULL; /* a diffusers folder's own tokenizer/, unless --vocab or MPASS_VOCAB says otherwise */
+  mp_error *e = mp_diffusers_vocab_for_model(model, o->vocab, &vocab);
+  if (!e && !vocab) e = mp_tokenizer_find_vocab(o->vocab, r->ctx->data_dir, r->ctx->models_dir, &vocab);
+  if (!e) e = mp_tokenizer_load(vocab, &r->tok);
+  free(vocab);
+  if (e) {
+    free(model);
+    return e;
+  }
   e = mp_engine_open(r->ctx, model, r->tok, &r->base);
   free(model);
   MP_TRY(e);

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "io/diffusers.h"
 #include "io/weights.h"
 #include "models/sd.h"
 #include "pipeline/params.h"
@@ -59,8 +60,9 @@ static mp_error *mkdir_p(const char *path) {
   return NULL;
 }
 
-/* Remove a flat folder (regular files only; anything else is left and reported). */
-static mp_error *remove_flat_dir(const char *dir) {
+/* Remove a tune folder: regular files, and the subfolders of a diffusers folder (depth <= 3); a
+ * symlink or anything else is left and reported. */
+static mp_error *remove_tune_dir(const char *dir, int depth) {
   DIR *d = opendir(dir);
   if (!d) return mp_errorf("cannot open folder %s (%s)", dir, strerror(errno));
   struct dirent *ent;
@@ -68,9 +70,12 @@ static mp_error *remove_flat_dir(const char *dir) {
   while (!e && (ent = readdir(d))) {
     if (strcmp(ent->d_name, ".") == 0 || strcmp(ent->d_name, "..") == 0) continue;
     char *p = pathf("%s/%s", dir, ent->d_name);
+    struct stat st;
     if (!p)
       e = mp_errorf("out of memory");
-    else if (!is_file(p))
+    else if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode) && depth < 3)
+      e = remove_tune_dir(p, depth + 1);
+    else if (lstat(p, &st) != 0 || !S_ISREG(st.st_mode))
       e = mp_errorf("%s is not a plain file; not removing %s", p, dir);
     else if (unlink(p) != 0)
       e = mp_errorf("cannot remove %s (%s)", p, strerror(errno));
@@ -80,6 +85,7 @@ static mp_error *remove_flat_dir(const char *dir) {
   if (!e && rmdir(dir) != 0) e = mp_errorf("cannot remove folder %s (%s)", dir, strerror(errno));
   return e;
 }
+static mp_error *remove_flat_dir(const char *dir) { return remove_tune_dir(dir, 0); }
 
 /* Printable text without control characters, 1..max bytes (or empty when allowed). */
 static mp_error *check_text(const char *what, const char *s, size_t max, bool allow_space) {
@@ -205,7 +211,8 @@ static mp_error *parse_tune_json(const char *models_dir, const char *id, const c
   if (!e) {
     t->file = pathf("%s/tunes/%s/%s", models_dir, id, file);
     if (!t->file) e = mp_errorf("out of memory");
-    else if (!is_file(t->file)) e = mp_errorf("%s: its weights file %s is missing", json_path, t->file);
+    else if (!is_file(t->file) && !mp_diffusers_is_folder(t->file))
+      e = mp_errorf("%s: its weights file %s is missing", json_path, t->file);
   }
   free(type), free(file);
   cJSON_Delete(root);
@@ -321,6 +328,47 @@ static mp_error *copy_with_hash(const char *src, const char *dst, char hex[65]) 
   return e;
 }
 
+/* Copy a diffusers folder as the files mpass reads from it (each checked to lie inside it; the
+ * optional ones when present). `sha` is the UNet weights file's SHA-256, as the Model hash uses. */
+static mp_error *copy_diffusers(const char *src, const char *dst, char sha[65]) {
+  static const struct {
+    const char *rel;
+    bool required;
+  } files[] = {{"model_index.json", true},          {"unet/config.json", true},
+               {"vae/config.json", true},           {"text_encoder/config.json", true},
+               {"scheduler/scheduler_config.json", false}, {"tokenizer/vocab.json", false},
+               {"tokenizer/merges.txt", false},     {"tokenizer/tokenizer_config.json", false},
+               {"tokenizer/special_tokens_map.json", false}};
+  static const char *const parts[][2] = {{"unet", "diffusion_pytorch_model"}, {"vae", "diffusion_pytorch_model"},
+                                         {"text_encoder", "model"}};
+  static const char *const subfolders[] = {"", "/unet", "/vae", "/text_encoder", "/scheduler", "/tokenizer"};
+  mp_error *e = NULL;
+  for (size_t i = 0; !e && i < sizeof subfolders / sizeof *subfolders; i++) {
+    char *d = pathf("%s%s", dst, subfolders[i]);
+    if (!d) e = mp_errorf("out of memory");
+    else if (mkdir(d, 0755) != 0) e = mp_errorf("cannot create folder %s (%s)", d, strerror(errno));
+    free(d);
+  }
+  char unused[65];
+  for (size_t i = 0; !e && i < sizeof files / sizeof *files; i++) {
+    char *from = NULL, *to = NULL;
+    e = mp_diffusers_file(src, files[i].rel, &from);
+    if (!e && !from && files[i].required) e = mp_errorf("diffusers folder %s has no %s", src, files[i].rel);
+    if (!e && from && !(to = pathf("%s/%s", dst, files[i].rel))) e = mp_errorf("out of memory");
+    if (!e && from) e = copy_with_hash(from, to, unused);
+    free(from), free(to);
+  }
+  for (size_t i = 0; !e && i < sizeof parts / sizeof *parts; i++) {
+    char *from = NULL, *to = NULL;
+    e = mp_diffusers_weights_file(src, parts[i][0], parts[i][1], &from);
+    const char *base = from ? strrchr(from, '/') + 1 : NULL;
+    if (!e && !(to = pathf("%s/%s/%s", dst, parts[i][0], base))) e = mp_errorf("out of memory");
+    if (!e) e = copy_with_hash(from, to, i == 0 ? sha : unused);
+    free(from), free(to);
+  }
+  return e;
+}
+
 static mp_error *write_tune_json(const char *path, const mp_tune_spec *spec, const char *title, const char *family,
                                  const char *file, const char *sha256) {
   char stamp[32];
@@ -362,9 +410,13 @@ mp_error *mp_tune_add(const char *models_dir, const mp_tune_spec *spec, const ch
   MP_TRY(check_text("token (--token)", spec->token, 64, false));
   if (spec->title) MP_TRY(check_text("title (--title)", spec->title, 200, true));
   if (spec->family) MP_TRY(check_family(spec->family));
-  if (!is_file(weights_path)) return mp_errorf("%s: no such file", weights_path ? weights_path : "(none)");
-  const char *ext = weights_ext(weights_path);
-  if (!ext) return mp_errorf("%s: expected a .safetensors, .ckpt, .pt or .bin file", weights_path);
+  /* A diffusers folder (checkpoints only) is copied into the tune as the files mpass reads from it. */
+  bool folder = spec->type == MP_TUNE_CHECKPOINT && mp_diffusers_is_folder(weights_path);
+  if (!folder && !is_file(weights_path)) return mp_errorf("%s: no such file", weights_path ? weights_path : "(none)");
+  const char *ext = folder ? "" : weights_ext(weights_path);
+  if (!ext)
+    return mp_errorf("%s: expected a .safetensors, .ckpt, .pt or .bin file%s", weights_path,
+                     spec->type == MP_TUNE_CHECKPOINT ? " or a diffusers folder" : "");
 
   if (mp_tune_exists(models_dir, spec->id))
     return mp_errorf("tune '%s' already exists (%s/tunes/%s); remove it first with: mpass tune remove %s", spec->id,
@@ -388,9 +440,9 @@ mp_error *mp_tune_add(const char *models_dir, const mp_tune_spec *spec, const ch
   if (!e && mkdir(tmp, 0755) != 0) e = mp_errorf("cannot create folder %s (%s)", tmp, strerror(errno));
   bool made_tmp = !e;
   char sha[65];
-  if (!e) e = copy_with_hash(weights_path, weights_dst, sha);
+  if (!e) e = folder ? copy_diffusers(weights_path, weights_dst, sha) : copy_with_hash(weights_path, weights_dst, sha);
   if (!e) e = write_tune_json(json, spec, title, family, file, sha);
-  if (!e && spec->type == MP_TUNE_CHECKPOINT) {
+  if (!e && spec->type == MP_TUNE_CHECKPOINT && !folder) {
     /* A checkpoint's LDM config beside it (what small, non-standard models need) travels with it. */
     const char *dot = strrchr(weights_path, '.');
     char *src_cfg = pathf("%.*s.json", (int)(dot - weights_path), weights_path), *dst_cfg = pathf("%s/%s.json", tmp, spec->id);
@@ -572,7 +624,13 @@ mp_error *mp_default_checkpoint(const char *models_dir, char **path) {
     struct dirent *ent;
     while ((ent = readdir(d))) {
       const char *ext = weights_ext(ent->d_name);
-      if (ent->d_name[0] == '.' || !ext || strcmp(ext, ".bin") == 0) continue;
+      if (ent->d_name[0] == '.') continue;
+      if (!ext || strcmp(ext, ".bin") == 0) {
+        char *sub = pathf("%s/%s", dir, ent->d_name); /* a diffusers folder counts as a checkpoint */
+        bool folder = sub && mp_diffusers_is_folder(sub);
+        free(sub);
+        if (!folder) continue;
+      }
       if (!best || strcmp(ent->d_name, best) < 0) {
         char *c = strdup(ent->d_name);
         if (c) free(best), best = c;
@@ -582,7 +640,7 @@ mp_error *mp_default_checkpoint(const char *models_dir, char **path) {
   }
   mp_error *e = NULL;
   if (!best)
-    e = mp_errorf("no checkpoint given and none in %s (put an SD 1.5 .safetensors there, or pass --model PATH)", dir);
+    e = mp_errorf("no checkpoint given and none in %s (put an SD 1.5 .safetensors or a diffusers folder there, or pass --model PATH)", dir);
   else if (!(*path = pathf("%s/%s", dir, best)))
     e = mp_errorf("out of memory");
   free(best);

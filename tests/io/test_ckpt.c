@@ -296,7 +296,16 @@ static void test_roundtrip_tiny(void **state) {
       assert_int_equal((uintptr_t)b->t.data % 64, 0);
     }
     mp_weights_close(wc);
-    /* and the CLI sees the same tensors */
+    /* and the CLI sees the same tensors (with the same LDM config beside it, so that the UNet binds) */
+    char cfg[520], *src_cfg = test_shared_path("golden/tiny/tiny.json");
+    snprintf(cfg, sizeof cfg, "%s/tiny%d.json", dir, nest);
+    FILE *in = fopen(src_cfg, "rb");
+    assert_non_null(in);
+    char text[1 << 14];
+    size_t got = fread(text, 1, sizeof text, in);
+    fclose(in);
+    test_write_file(cfg, text, got);
+    free(src_cfg);
     int sa, sb;
     char *ia = run_inspect(src, &sa), *ib = run_inspect(path, &sb);
     assert_true(strlen(ia) > 100);
@@ -305,6 +314,7 @@ static void test_roundtrip_tiny(void **state) {
     free(ia);
     free(ib);
     remove(path);
+    remove(cfg);
   }
   rmdir(dir);
   free(dir);

@@ -1,0 +1,548 @@
+/* diffusers folder reader: the diffusers key names mapped back to the CompVis single-file names.
+ *
+ * The mapping is the reverse of diffusers' convert_original_stable_diffusion_to_diffusers, derived
+ * from the structure the configs describe rather than listed key by key:
+ *
+ *   UNet (openaimodel.UNetModel), L = layers_per_block:
+ *     conv_in                          -> input_blocks.0.0
+ *     time_embedding.linear_1 / _2     -> time_embed.0 / time_embed.2
+ *     down_blocks.i.resnets.j          -> input_blocks.(1 + i(L+1) + j).0
+ *     down_blocks.i.attentions.j       -> input_blocks.(1 + i(L+1) + j).1
+ *     down_blocks.i.downsamplers.0.conv-> input_blocks.(1 + i(L+1) + L).0.op
+ *     mid_block.resnets.0 / attentions.0 / resnets.1 -> middle_block.0 / .1 / .2
+ *     up_blocks.i.resnets.j            -> output_blocks.(i(L+1) + j).0      (L+1 per up block)
+ *     up_blocks.i.attentions.j         -> output_blocks.(i(L+1) + j).1
+ *     up_blocks.i.upsamplers.0.conv    -> output_blocks.(i(L+1) + L).1.conv (.2 when the block has attention)
+ *     conv_norm_out / conv_out         -> out.0 / out.2
+ *     resnet parts: norm1 in_layers.0, conv1 in_layers.2, time_emb_proj emb_layers.1, norm2 out_layers.0,
+ *                   conv2 out_layers.3, conv_shortcut skip_connection; attention parts keep their names.
+ *   VAE (AutoencoderKL), n = number of blocks:
+ *     encoder.down_blocks.i.resnets.j  -> encoder.down.i.block.j
+ *     encoder.down_blocks.i.downsamplers.0.conv -> encoder.down.i.downsample.conv
+ *     decoder.up_blocks.i.resnets.j    -> decoder.up.(n-1-i).block.j   (diffusers counts from the bottom)
+ *     decoder.up_blocks.i.upsamplers.0.conv -> decoder.up.(n-1-i).upsample.conv
+ *     *.mid_block.resnets.0 / 1        -> *.mid.block_1 / block_2
+ *     *.mid_block.attentions.0.{group_norm,to_q,to_k,to_v,to_out.0} -> *.mid.attn_1.{norm,q,k,v,proj_out}
+ *       (Linear [C,C] in diffusers, 1x1 conv [C,C,1,1] in CompVis: same data, shape viewed as 4-D)
+ *     *.conv_norm_out                  -> *.norm_out; resnet conv_shortcut -> nin_shortcut
+ *   CLIP text encoder (transformers CLIPTextModel): text_model.* -> cond_stage_model.transformer.text_model.* */
+#include "io/diffusers.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define MAX_BLOCKS 8
+#define MAX_LAYERS 16
+
+/* What the mappers need to know about the folder's structure, read once from the configs. */
+typedef struct {
+  int unet_blocks, unet_layers;   /* len(block_out_channels), layers_per_block */
+  bool unet_up_attn[MAX_BLOCKS];  /* up_block_types[i] has cross-attention */
+  int vae_blocks, vae_layers;
+} structure;
+
+/* diffusers key -> CompVis key (without the component prefix). Returns false for a key the table
+ * does not know. *to_conv asks for a 2-D Linear weight to be viewed as a [O,I,1,1] conv weight. */
+typedef bool (*key_mapper)(const structure *s, const char *key, char *out, size_t cap, bool *to_conv);
+
+typedef struct {
+  const char *subfolder; /* and the key in model_index.json */
+  const char *stem;      /* weights file name without extension */
+  const char *prefix;    /* CompVis prefix of the mapped names */
+  key_mapper map;
+} component;
+
+/* ---------------------------------------------------------------- key parsing */
+
+static bool eat(const char **s, const char *lit) {
+  size_t n = strlen(lit);
+  if (strncmp(*s, lit, n) != 0) return false;
+  *s += n;
+  return true;
+}
+
+/* "<digits>." with a value below `limit`. */
+static bool eat_index(const char **s, int limit, int *v) {
+  const char *p = *s;
+  int x = 0, digits = 0;
+  while (*p >= '0' && *p <= '9' && digits < 4) x = x * 10 + (*p++ - '0'), digits++;
+  if (!digits || *p != '.' || x >= limit) return false;
+  *s = p + 1;
+  *v = x;
+  return true;
+}
+
+static bool put(char *out, size_t cap, const char *fmt_prefix, int a, int b, const char *rest) {
+  char head[96];
+  snprintf(head, sizeof head, fmt_prefix, a, b);
+  int n = snprintf(out, cap, "%s%s", head, rest);
+  return n > 0 && (size_t)n < cap;
+}
+
+/* Rename the leading part of `tail` by a table; false when nothing matches. */
+static bool rename_tail(const char *const (*table)[2], size_t n, const char *tail, char *out, size_t cap) {
+  for (size_t i = 0; i < n; i++) {
+    const char *t = tail;
+    if (eat(&t, table[i][0])) {
+      int k = snprintf(out, cap, "%s%s", table[i][1], t);
+      return k > 0 && (size_t)k < cap;
+    }
+  }
+  return false;
+}
+
+/* ---------------------------------------------------------------- UNet */
+
+static const char *const unet_resnet[][2] = {{"norm1.", "in_layers.0."},       {"conv1.", "in_layers.2."},
+                                             {"time_emb_proj.", "emb_layers.1."}, {"norm2.", "out_layers.0."},
+                                             {"conv2.", "out_layers.3."},      {"conv_shortcut.", "skip_connection."}};
+
+static bool unet_resnet_tail(const char *tail, char *out, size_t cap) {
+  return rename_tail(unet_resnet, sizeof unet_resnet / sizeof *unet_resnet, tail, out, cap);
+}
+
+static bool map_unet(const structure *s, const char *key, char *out, size_t cap, bool *to_conv) {
+  static const char *const fixed[][2] = {{"conv_in.", "input_blocks.0.0."},
+                                         {"time_embedding.linear_1.", "time_embed.0."},
+                                         {"time_embedding.linear_2.", "time_embed.2."},
+                                         {"add_embedding.linear_1.", "label_emb.0.0."}, /* SDXL */
+                                         {"add_embedding.linear_2.", "label_emb.0.2."},
+                                         {"conv_norm_out.", "out.0."},
+                                         {"conv_out.", "out.2."}};
+  *to_conv = false;
+  if (rename_tail(fixed, sizeof fixed / sizeof *fixed, key, out, cap)) return true;
+  const int L = s->unet_layers;
+  const char *p = key;
+  int i, j;
+  char tail[256];
+  if (eat(&p, "down_blocks.") && eat_index(&p, s->unet_blocks, &i)) {
+    if (eat(&p, "resnets.") && eat_index(&p, L, &j))
+      return unet_resnet_tail(p, tail, sizeof tail) && put(out, cap, "input_blocks.%d.0.", 1 + i * (L + 1) + j, 0, tail);
+    if (eat(&p, "attentions.") && eat_index(&p, L, &j)) return put(out, cap, "input_blocks.%d.1.", 1 + i * (L + 1) + j, 0, p);
+    if (eat(&p, "downsamplers.0.conv.")) return put(out, cap, "input_blocks.%d.0.op.", 1 + i * (L + 1) + L, 0, p);
+    return false;
+  }
+  p = key;
+  if (eat(&p, "mid_block.")) {
+    if (eat(&p, "resnets.") && eat_index(&p, 2, &j))
+      return unet_resnet_tail(p, tail, sizeof tail) && put(out, cap, "middle_block.%d.", 2 * j, 0, tail);
+    if (eat(&p, "attentions.0.")) return put(out, cap, "middle_block.1.", 0, 0, p);
+    return false;
+  }
+  p = key;
+  if (eat(&p, "up_blocks.") && eat_index(&p, s->unet_blocks, &i)) {
+    if (eat(&p, "resnets.") && eat_index(&p, L + 1, &j))
+      return unet_resnet_tail(p, tail, sizeof tail) && put(out, cap, "output_blocks.%d.0.", i * (L + 1) + j, 0, tail);
+    if (eat(&p, "attentions.") && eat_index(&p, L + 1, &j)) return put(out, cap, "output_blocks.%d.1.", i * (L + 1) + j, 0, p);
+    if (eat(&p, "upsamplers.0.conv."))
+      return put(out, cap, "output_blocks.%d.%d.conv.", i * (L + 1) + L, s->unet_up_attn[i] ? 2 : 1, p);
+  }
+  return false;
+}
+
+/* ---------------------------------------------------------------- VAE */
+
+static bool vae_resnet_tail(const char *tail, char *out, size_t cap) {
+  static const char *const t[][2] = {{"norm1.", "norm1."}, {"conv1.", "conv1."}, {"norm2.", "norm2."},
+                                     {"conv2.", "conv2."}, {"conv_shortcut.", "nin_shortcut."}};
+  return rename_tail(t, sizeof t / sizeof *t, tail, out, cap);
+}
+
+/* *.mid_block.attentions.0.* (p points after "mid_block."). */
+static bool vae_mid(const char *part, const char *p, char *out, size_t cap, bool *to_conv) {
+  /* to_q/to_k/to_v/to_out.0 since diffusers 0.14; query/key/value/proj_attn before. */
+  static const char *const attn[][2] = {{"group_norm.", "norm."}, {"to_q.", "q."},    {"to_k.", "k."},
+                                        {"to_v.", "v."},          {"to_out.0.", "proj_out."}, {"query.", "q."},
+                                        {"key.", "k."},           {"value.", "v."},   {"proj_attn.", "proj_out."}};
+  char tail[256];
+  if (eat(&p, "attentions.0.") && rename_tail(attn, sizeof attn / sizeof *attn, p, tail, sizeof tail)) {
+    *to_conv = strncmp(tail, "norm.", 5) != 0;
+    int n = snprintf(out, cap, "%smid.attn_1.%s", part, tail);
+    return n > 0 && (size_t)n < cap;
+  }
+  return false;
+}
+
+static bool map_vae(const structure *s, const char *key, char *out, size_t cap, bool *to_conv) {
+  static const char *const fixed[][2] = {{"quant_conv.", "quant_conv."},
+                                         {"post_quant_conv.", "post_quant_conv."},
+                                         {"encoder.conv_in.", "encoder.conv_in."},
+                                         {"encoder.conv_out.", "encoder.conv_out."},
+                                         {"encoder.conv_norm_out.", "encoder.norm_out."},
+                                         {"decoder.conv_in.", "decoder.conv_in."},
+                                         {"decoder.conv_out.", "decoder.conv_out."},
+                                         {"decoder.conv_norm_out.", "decoder.norm_out."}};
+  *to_conv = false;
+  if (rename_tail(fixed, sizeof fixed / sizeof *fixed, key, out, cap)) return true;
+  const char *p = key, *part;
+  if (eat(&p, "encoder."))
+    part = "encoder.";
+  else if (eat(&p, "decoder."))
+    part = "decoder.";
+  else
+    return false;
+  const char *q = p;
+  char tail[256];
+  int i, j, n;
+  if (eat(&q, "mid_block.")) {
+    if (eat(&q, "resnets.") && eat_index(&q, 2, &j)) {
+      if (!vae_resnet_tail(q, tail, sizeof tail)) return false;
+      n = snprintf(out, cap, "%smid.block_%d.%s", part, j + 1, tail);
+      return n > 0 && (size_t)n < cap;
+    }
+    return vae_mid(part, q, out, cap, to_conv);
+  }
+  bool enc = part[0] == 'e';
+  if (!eat(&q, enc ? "down_blocks." : "up_blocks.") || !eat_index(&q, s->vae_blocks, &i)) return false;
+  int level = enc ? i : s->vae_blocks - 1 - i;
+  const char *dir = enc ? "down" : "up";
+  if (eat(&q, "resnets.") && eat_index(&q, s->vae_layers + (enc ? 0 : 1), &j)) {
+    if (!vae_resnet_tail(q, tail, sizeof tail)) return false;
+    n = snprintf(out, cap, "%s%s.%d.block.%d.%s", part, dir, level, j, tail);
+  } else if (eat(&q, enc ? "downsamplers.0.conv." : "upsamplers.0.conv.")) {
+    n = snprintf(out, cap, "%s%s.%d.%s.conv.%s", part, dir, level, enc ? "downsample" : "upsample", q);
+  } else {
+    return false;
+  }
+  return n > 0 && (size_t)n < cap;
+}
+
+/* ---------------------------------------------------------------- CLIP text encoder */
+
+static bool map_clip(const structure *s, const char *key, char *out, size_t cap, bool *to_conv) {
+  (void)s;
+  *to_conv = false;
+  if (strncmp(key, "text_model.", 11) != 0) return false;
+  int n = snprintf(out, cap, "%s", key);
+  return n > 0 && (size_t)n < cap;
+}
+
+/* ---------------------------------------------------------------- pipeline layouts */
+
+#define PREFIX_UNET "model.diffusion_model."
+#define PREFIX_VAE "first_stage_model."
+
+/* StableDiffusionPipeline (and its img2img / inpaint variants): SD 1.x and 2.x. */
+static const component sd_components[] = {
+    {"unet", "diffusion_pytorch_model", PREFIX_UNET, map_unet},
+    {"vae", "diffusion_pytorch_model", PREFIX_VAE, map_vae},
+    {"text_encoder", "model", "cond_stage_model.transformer.", map_clip},
+};
+
+/* A pipeline layout: which model_index.json it is, and its components. SDXL (text_encoder ->
+ * conditioner.embedders.0.transformer., text_encoder_2 -> conditioner.embedders.1.model.) is one more
+ * row here with its own component table, reusing map_unet and map_vae. */
+typedef struct {
+  const char *name;
+  bool (*matches)(const char *class_name, const cJSON *index);
+  const component *components;
+  size_t n_components;
+} layout;
+
+static bool is_sd(const char *class_name, const cJSON *index) {
+  return strncmp(class_name, "StableDiffusion", 15) == 0 && !strstr(class_name, "XL") &&
+         !cJSON_GetObjectItemCaseSensitive(index, "text_encoder_2");
+}
+
+static const layout layouts[] = {
+    {"Stable Diffusion 1.x/2.x", is_sd, sd_components, sizeof sd_components / sizeof *sd_components},
+};
+
+/* ---------------------------------------------------------------- files inside the folder */
+
+static char *joinf(const char *a, const char *b) {
+  char *s = NULL;
+  if (asprintf(&s, "%s/%s", a, b) < 0) s = NULL;
+  return s;
+}
+
+static bool is_regular(const char *p) {
+  struct stat st;
+  return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+bool mp_diffusers_is_folder(const char *path) {
+  struct stat st;
+  if (!path || stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) return false;
+  char *mi = joinf(path, "model_index.json");
+  bool yes = mi && is_regular(mi);
+  free(mi);
+  return yes;
+}
+
+static bool under(const char *root, const char *real) {
+  size_t n = strlen(root);
+  return strncmp(real, root, n) == 0 && (real[n] == '/' || real[n] == 0);
+}
+
+/* `path` must resolve inside `folder` (or a hub cache's blobs/, see diffusers.h). */
+static mp_error *check_inside(const char *folder, const char *path) {
+  char root[PATH_MAX], real[PATH_MAX];
+  if (!realpath(folder, root)) return mp_errorf("%s: %s", folder, strerror(errno));
+  if (!realpath(path, real)) return mp_errorf("%s: %s", path, strerror(errno));
+  if (under(root, real)) return NULL;
+  /* Hub cache: <repo>/snapshots/<revision>/... are symlinks to <repo>/blobs/<sha256>. */
+  char *slash = strrchr(root, '/');
+  if (slash && slash > root) {
+    *slash = 0;
+    char *up = strrchr(root, '/');
+    if (up && strcmp(up, "/snapshots") == 0) {
+      strcpy(up, "/blobs");
+      if (under(root, real)) return NULL;
+    }
+  }
+  return mp_errorf("%s resolves to %s, outside the diffusers folder %s; refusing to read it", path, real, folder);
+}
+
+mp_error *mp_diffusers_read_json(const char *folder, const char *rel, bool required, cJSON **out) {
+  *out = NULL;
+  char *path = joinf(folder, rel);
+  if (!path) return mp_errorf("out of memory");
+  mp_error *e = NULL;
+  struct stat st;
+  if (stat(path, &st) != 0) {
+    if (required) e = mp_errorf("%s: missing (%s)", path, strerror(errno));
+    free(path);
+    return e;
+  }
+  if (!S_ISREG(st.st_mode)) e = mp_errorf("%s is not a regular file", path);
+  if (!e) e = check_inside(folder, path);
+  if (!e && st.st_size > (4 << 20)) e = mp_errorf("%s is larger than 4 MB; not a config file", path);
+  char *text = NULL;
+  if (!e) {
+    FILE *f = fopen(path, "rb");
+    text = f ? malloc((size_t)st.st_size + 1) : NULL;
+    size_t got = text ? fread(text, 1, (size_t)st.st_size, f) : 0;
+    if (f) fclose(f);
+    if (!text) e = f ? mp_errorf("out of memory") : mp_errorf("%s: cannot open (%s)", path, strerror(errno));
+    else text[got] = 0;
+  }
+  if (!e) {
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithOpts(text, &end, 0);
+    if (!root) {
+      int line = 1, col = 1;
+      const char *at = cJSON_GetErrorPtr();
+      for (const char *c = text; at && *c && c < at; c++) *c == '\n' ? (line++, col = 1) : col++;
+      e = mp_errorf("%s: invalid JSON near line %d, column %d", path, line, col);
+    } else if (!cJSON_IsObject(root)) {
+      cJSON_Delete(root);
+      e = mp_errorf("%s: expected a JSON object", path);
+    } else {
+      *out = root;
+    }
+  }
+  free(text);
+  free(path);
+  return e;
+}
+
+mp_error *mp_diffusers_file(const char *folder, const char *rel, char **path) {
+  *path = NULL;
+  char *p = joinf(folder, rel);
+  if (!p) return mp_errorf("out of memory");
+  struct stat st;
+  if (lstat(p, &st) != 0) {
+    free(p);
+    return NULL;
+  }
+  mp_error *e = stat(p, &st) != 0 ? mp_errorf("%s: %s", p, strerror(errno)) : check_inside(folder, p);
+  if (!e && !S_ISREG(st.st_mode)) e = mp_errorf("%s is not a regular file", p);
+  if (e) free(p);
+  else *path = p;
+  return e;
+}
+
+mp_error *mp_diffusers_weights_file(const char *folder, const char *subfolder, const char *stem, char **path) {
+  *path = NULL;
+  char *dir = joinf(folder, subfolder);
+  if (!dir) return mp_errorf("out of memory");
+  struct stat st;
+  if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+    mp_error *e = mp_errorf("diffusers folder %s has no %s/ subfolder", folder, subfolder);
+    free(dir);
+    return e;
+  }
+  static const char *const exts[] = {".safetensors", ".fp16.safetensors", ".bin", ".fp16.bin"};
+  mp_error *e = NULL;
+  for (size_t i = 0; i < 4 && !*path && !e; i++) {
+    char *p = NULL;
+    if (asprintf(&p, "%s/%s%s", dir, stem, exts[i]) < 0) {
+      e = mp_errorf("out of memory");
+      break;
+    }
+    if (stat(p, &st) == 0) {
+      e = S_ISREG(st.st_mode) ? check_inside(folder, p) : mp_errorf("%s is not a regular file", p);
+      if (!e) *path = p;
+      else free(p);
+    } else {
+      free(p);
+    }
+  }
+  if (!e && !*path) {
+    char *index = NULL;
+    if (asprintf(&index, "%s/%s.safetensors.index.json", dir, stem) < 0) index = NULL;
+    if (index && is_regular(index))
+      e = mp_errorf("%s: weights split into several files (%s) are not supported yet; merge them into %s.safetensors", dir,
+                    index, stem);
+    else
+      e = mp_errorf("%s: no weights file (looked for %s.safetensors, %s.fp16.safetensors, %s.bin, %s.fp16.bin)", dir, stem,
+                    stem, stem, stem);
+    free(index);
+  }
+  free(dir);
+  return e;
+}
+
+mp_error *mp_diffusers_tokenizer(const char *folder, const char *subfolder, char **path) {
+  *path = NULL;
+  if (!mp_diffusers_is_folder(folder)) return NULL;
+  char *vj_rel = NULL, *mt_rel = NULL, *vj = NULL, *mt = NULL;
+  if (asprintf(&vj_rel, "%s/vocab.json", subfolder) < 0) vj_rel = NULL;
+  if (asprintf(&mt_rel, "%s/merges.txt", subfolder) < 0) mt_rel = NULL;
+  mp_error *e = !vj_rel || !mt_rel ? mp_errorf("out of memory") : NULL;
+  if (!e) e = mp_diffusers_file(folder, vj_rel, &vj);
+  if (!e) e = mp_diffusers_file(folder, mt_rel, &mt);
+  if (!e && vj && mt && !(*path = joinf(folder, subfolder))) e = mp_errorf("out of memory");
+  free(vj_rel), free(mt_rel), free(vj), free(mt);
+  return e;
+}
+
+mp_error *mp_diffusers_vocab_for_model(const char *model, const char *explicit_vocab, char **path) {
+  *path = NULL;
+  const char *env = getenv("MPASS_VOCAB");
+  if (!model || explicit_vocab || (env && *env)) return NULL;
+  return mp_diffusers_tokenizer(model, "tokenizer", path);
+}
+
+mp_error *mp_checkpoint_hash_file(const char *checkpoint, char **path) {
+  *path = NULL;
+  if (mp_diffusers_is_folder(checkpoint)) return mp_diffusers_weights_file(checkpoint, "unet", "diffusion_pytorch_model", path);
+  *path = strdup(checkpoint);
+  return *path ? NULL : mp_errorf("out of memory");
+}
+
+/* ---------------------------------------------------------------- structure from the configs */
+
+static mp_error *int_field(const char *file, const cJSON *o, const char *key, int lo, int hi, int *v) {
+  const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, key);
+  if (!cJSON_IsNumber(x)) return mp_errorf("%s: \"%s\" is missing or not a number", file, key);
+  if (x->valuedouble != (double)(int)x->valuedouble || x->valueint < lo || x->valueint > hi)
+    return mp_errorf("%s: \"%s\" is %g, expected an integer in %d..%d", file, key, x->valuedouble, lo, hi);
+  *v = x->valueint;
+  return NULL;
+}
+
+static mp_error *array_len(const char *file, const cJSON *o, const char *key, int *n) {
+  const cJSON *a = cJSON_GetObjectItemCaseSensitive(o, key);
+  if (!cJSON_IsArray(a)) return mp_errorf("%s: \"%s\" is missing or not a list", file, key);
+  *n = cJSON_GetArraySize(a);
+  if (*n < 1 || *n > MAX_BLOCKS) return mp_errorf("%s: \"%s\" has %d entries, expected 1..%d", file, key, *n, MAX_BLOCKS);
+  return NULL;
+}
+
+static mp_error *read_structure(const char *folder, structure *s) {
+  memset(s, 0, sizeof *s);
+  cJSON *unet = NULL, *vae = NULL;
+  mp_error *e = mp_diffusers_read_json(folder, "unet/config.json", true, &unet);
+  if (!e) e = mp_diffusers_read_json(folder, "vae/config.json", true, &vae);
+  const char *uf = "unet/config.json", *vf = "vae/config.json";
+  if (!e) e = array_len(uf, unet, "block_out_channels", &s->unet_blocks);
+  if (!e) e = int_field(uf, unet, "layers_per_block", 1, MAX_LAYERS, &s->unet_layers);
+  int n_up = 0;
+  if (!e) e = array_len(uf, unet, "up_block_types", &n_up);
+  if (!e && n_up != s->unet_blocks)
+    e = mp_errorf("%s: %d up_block_types for %d block_out_channels", uf, n_up, s->unet_blocks);
+  for (int i = 0; !e && i < n_up; i++) {
+    const cJSON *t = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(unet, "up_block_types"), i);
+    if (!cJSON_IsString(t)) e = mp_errorf("%s: up_block_types[%d] is not a string", uf, i);
+    else s->unet_up_attn[i] = strncmp(t->valuestring, "CrossAttn", 9) == 0;
+  }
+  if (!e) e = array_len(vf, vae, "block_out_channels", &s->vae_blocks);
+  if (!e) e = int_field(vf, vae, "layers_per_block", 1, MAX_LAYERS, &s->vae_layers);
+  if (e) e = mp_error_wrap(e, "diffusers folder %s", folder);
+  cJSON_Delete(unet);
+  cJSON_Delete(vae);
+  return e;
+}
+
+/* ---------------------------------------------------------------- open */
+
+static mp_error *add_component(mp_weights *w, const char *folder, const component *c, const structure *s) {
+  char *file = NULL;
+  MP_TRY(mp_diffusers_weights_file(folder, c->subfolder, c->stem, &file));
+  mp_weights *part = NULL;
+  mp_error *e = mp_weights_open(file, &part);
+  if (!e) e = mp_weights_adopt(w, part); /* closes part on failure */
+  for (size_t i = 0; !e && i < mp_weights_count(part); i++) {
+    const mp_weight *t = mp_weights_at(part, i);
+    char mapped[512], name[600];
+    bool to_conv = false;
+    int n;
+    if (c->map(s, t->name, mapped, sizeof mapped, &to_conv))
+      n = snprintf(name, sizeof name, "%s%s", c->prefix, mapped);
+    else
+      n = snprintf(name, sizeof name, "%s/%s", c->subfolder, t->name); /* unknown: kept, shown as unexpected */
+    if (n < 0 || (size_t)n >= sizeof name) {
+      e = mp_errorf("%s: tensor name '%.80s...' is too long", file, t->name);
+      break;
+    }
+    int64_t shape[MP_MAX_DIMS];
+    int ndim = t->t.ndim;
+    memcpy(shape, t->t.shape, sizeof(int64_t) * (size_t)ndim);
+    if (to_conv && ndim == 2) shape[2] = shape[3] = 1, ndim = 4;
+    e = mp_weights_add(w, name, t->t.dtype, ndim, shape, t->t.data);
+  }
+  if (e) e = mp_error_wrap(e, "reading %s", file);
+  free(file);
+  return e;
+}
+
+mp_error *mp_diffusers_open(const char *folder, mp_weights **out) {
+  *out = NULL;
+  if (!mp_diffusers_is_folder(folder))
+    return mp_errorf("%s is a folder but not a diffusers model folder (it has no model_index.json); give a checkpoint "
+                     "file or a folder saved by diffusers",
+                     folder);
+  cJSON *index = NULL;
+  MP_TRY(mp_diffusers_read_json(folder, "model_index.json", true, &index));
+  const cJSON *cls = cJSON_GetObjectItemCaseSensitive(index, "_class_name");
+  const char *name = cJSON_IsString(cls) ? cls->valuestring : "(no _class_name)";
+  const layout *lay = NULL;
+  for (size_t i = 0; !lay && i < sizeof layouts / sizeof *layouts; i++)
+    if (layouts[i].matches(name, index)) lay = &layouts[i];
+  mp_error *e = NULL;
+  if (!lay && (cJSON_GetObjectItemCaseSensitive(index, "text_encoder_2") || strstr(name, "XL")))
+    e = mp_errorf("%s: %s is an SDXL pipeline; SDXL is not supported yet (SD 1.x only)", folder, name);
+  else if (!lay)
+    e = mp_errorf("%s/model_index.json: pipeline %s is not a Stable Diffusion pipeline", folder, name);
+  for (size_t i = 0; !e && i < lay->n_components; i++) {
+    const char *sub = lay->components[i].subfolder;
+    char *dir = joinf(folder, sub);
+    struct stat st;
+    if (!cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(index, sub)))
+      e = mp_errorf("%s/model_index.json names no \"%s\" part", folder, sub);
+    else if (!dir || stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+      e = mp_errorf("diffusers folder %s has no %s/ subfolder (model_index.json names one)", folder, sub);
+    free(dir);
+  }
+  cJSON_Delete(index);
+  MP_TRY(e);
+
+  structure s;
+  MP_TRY(read_structure(folder, &s));
+  mp_weights *w = mp_weights_new(folder);
+  if (!w) return mp_errorf("out of memory");
+  for (size_t i = 0; !e && i < lay->n_components; i++) e = add_component(w, folder, &lay->components[i], &s);
+  if (!e) e = mp_weights_finish(w);
+  if (e) {
+    mp_weights_close(w);
+    return mp_error_wrap(e, "diffusers folder %s", folder);
+  }
+  *out = w;
+  return NULL;
+}
