@@ -190,7 +190,7 @@ static mp_error *run_pass_aligned(mp_engine *e, const mp_pass_params *p, mp_prog
   }
   if (!err) err = mp_noise_for_seeds(p->rng, &p->seed, 1, &noise);
   if (!err) {
-    mp_unet_model model = {e->unet, pool};
+    mp_unet_model model = {.unet = e->unet, .pool = pool};
     step_ctx sc = {progress};
     mp_generate_params g = {
         .model = mp_unet_model_eps, .model_ctx = &model, .unet_in_channels = e->cfg.unet.in_channels,
