@@ -336,6 +336,7 @@ mp_error *mp_sd_config_detect(const mp_weights *w, const char *config_json, mp_s
     cfg->family = MP_FAMILY_SD2;
     return mp_errorf("this is an SD 2.x checkpoint (OpenCLIP text encoder): SD 2.x is not supported yet (SD 1.x and SDXL only)");
   }
+  if (xl) cfg->family = MP_FAMILY_SDXL;
   if (!has_prefix(w, MP_PREFIX_UNET))
     return mp_errorf("not a Stable Diffusion checkpoint in the CompVis or sgm layout (no %s* tensors)", MP_PREFIX_UNET);
   cfg->family = xl ? MP_FAMILY_SDXL : MP_FAMILY_SD1;
