@@ -222,4 +222,61 @@ mp_error *conform_xl_case_unet(conform *c) {
   return e;
 }
 
-mp_error *conform_xl_case_lora(conform *c) { return mp_errorf("SDXL LoRA conformance is not implemented yet"); }
+/* lora: lora_tinyxl.safetensors (kohya SDXL names) merged at multipliers 1 and 0.5, patched tensors
+ * kept in f32 (the golden merges in f32; an f16 merge is the reduced-precision path): UNet eps
+ * (lora.unet.{a,b}) and both encoders' states and the pooled vector (lora.te.{0,1}), each against
+ * diffusers' load_lora_weights and the manual merge. */
+mp_error *conform_xl_case_lora(conform *c) {
+  mp_weights *w, *lw = NULL;
+  mp_sd_config cfg;
+  MP_TRY(conform_checkpoint(c, &w));
+  MP_TRY(mp_sd_config_detect(w, NULL, &cfg));
+  const cJSON *lj = cJSON_GetObjectItemCaseSensitive(c->manifest, "lora");
+  const cJSON *fj = lj ? cJSON_GetObjectItemCaseSensitive(lj, "file") : NULL;
+  if (!cJSON_IsString(fj)) return mp_errorf("lora.json has no lora.file naming the LoRA");
+  char *lp = conform_path(c, fj->valuestring);
+  mp_error *e = lp ? mp_weights_open(lp, &lw) : mp_errorf("out of memory");
+  free(lp);
+  static const struct {
+    float mult;
+    const char *suffix;
+  } runs[] = {{1.0f, "_m1"}, {0.5f, "_m0.5"}};
+  for (int r = 0; r < 2 && !e; r++) {
+    mp_lora_spec spec = {lw, fj->valuestring, runs[r].mult, runs[r].mult};
+    mp_lora_options opt = {.f32_patches = true};
+    mp_weights *ov = NULL;
+    mp_lora_report rep;
+    if ((e = mp_lora_apply_opts(w, &cfg, &spec, 1, &opt, &ov, &rep))) break;
+    if (rep.n_unmatched) conform_fail(c, "lora.modules", "%d LoRA modules matched nothing, e.g. %s", rep.n_unmatched, rep.unmatched[0]);
+    printf("%-44s %d modules merged into %d tensors\n", "lora.modules", rep.n_modules, rep.n_patched_tensors);
+    mp_lora_report_free(&rep);
+    mp_unet *u = NULL;
+    e = mp_unet_load(ov, MP_PREFIX_UNET, &cfg.unet, &u);
+    char out[48];
+    for (int manual = 0; manual < 2 && !e; manual++) {
+      snprintf(out, sizeof out, "eps%s%s", runs[r].suffix, manual ? "_manual" : "");
+      e = xl_unet_run(c, &cfg, u, "lora.unet.a", out);
+      if (!e) e = xl_unet_run(c, &cfg, u, "lora.unet.b", out);
+    }
+    mp_unet_free(u);
+    xl_text x = {0};
+    if (!e) e = load_text(ov, &x);
+    for (int i = 0; !e; i++) {
+      char pre[32], name[64];
+      snprintf(pre, sizeof pre, "lora.te.%d", i);
+      snprintf(name, sizeof name, "%s.input_ids", pre);
+      if (!mp_weights_find(c->golden, name)) {
+        if (i == 0) e = mp_errorf("no lora.te.0.input_ids in the golden file");
+        break;
+      }
+      for (int manual = 0; manual < 2 && !e; manual++) {
+        snprintf(out, sizeof out, "%s%s", runs[r].suffix, manual ? "_manual" : "");
+        e = check_text_outputs(c, &x, pre, out, false);
+      }
+    }
+    free_text(&x);
+    mp_weights_close(ov); /* the base checkpoint is untouched: dropping the overlay removes the LoRA */
+  }
+  mp_weights_close(lw);
+  return e;
+}
