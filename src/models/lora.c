@@ -382,6 +382,35 @@ void mp_lora_report_free(mp_lora_report *r) {
   memset(r, 0, sizeof *r);
 }
 
+/* Which family a LoRA was trained for, from its names (lora_te1_/lora_te2_/text_encoder_2. are
+ * SDXL's two text encoders) and from the width its cross-attention keys read (the context: 768 for
+ * SD 1.x, 1024 for SD 2.x, 2048 for SDXL). A LoRA of another family than the model is an error that
+ * names both, rather than a pile of shape mismatches or a silent no-op. */
+static mp_error *check_family(const mp_lora_spec *spec, const char *lname, const mp_sd_config *cfg) {
+  bool xl_names = false;
+  int64_t context = 0;
+  for (size_t i = 0; i < mp_weights_count(spec->lora); i++) {
+    const mp_weight *it = mp_weights_at(spec->lora, i);
+    const char *k = it->name;
+    if (strncmp(k, "lora_te1_", 9) == 0 || strncmp(k, "lora_te2_", 9) == 0 || strncmp(k, "text_encoder_2.", 15) == 0) xl_names = true;
+    bool to_k = strstr(k, "attn2_to_k") || strstr(k, "attn2.to_k") || strstr(k, "attn2.processor.to_k");
+    bool down = strstr(k, "lora_down.weight") || strstr(k, "lora_A.weight") || strstr(k, "lora.down.weight") ||
+                strstr(k, "down.weight");
+    if (to_k && down && !context && it->t.ndim == 2) context = it->t.shape[1];
+  }
+  const bool model_xl = cfg->family == MP_FAMILY_SDXL;
+  const char *model = mp_family_name(cfg->family);
+  if (xl_names && !model_xl)
+    return mp_errorf("LoRA %s is for SDXL (it has SDXL's two text encoders), the model is %s: a LoRA works only with the family it "
+                     "was trained for", lname, model);
+  if (context && context != cfg->unet.context_dim) {
+    const char *lf = context == 2048 ? "SDXL" : context == 768 ? "SD 1.x" : context == 1024 ? "SD 2.x" : "another model";
+    return mp_errorf("LoRA %s is for %s (its cross-attention reads a %lld-wide context), the model is %s (context %d): a LoRA "
+                     "works only with the family it was trained for", lname, lf, (long long)context, model, cfg->unet.context_dim);
+  }
+  return NULL;
+}
+
 static mp_error *apply_one(const mp_weights *base, const table *tbl, const mp_lora_spec *spec, patches *ps,
                            mp_lora_report *report) {
   const char *lname = spec->name ? spec->name : mp_weights_path(spec->lora);
@@ -449,7 +478,10 @@ mp_error *mp_lora_apply_opts(const mp_weights *base, const mp_sd_config *cfg, co
   patches ps = {0};
   mp_weights *ov = NULL;
   mp_error *e = build_table(base, cfg->unet.num_res_blocks, &tbl);
-  for (int s = 0; s < n_specs && !e; s++) e = apply_one(base, &tbl, &specs[s], &ps, report);
+  for (int s = 0; s < n_specs && !e; s++) {
+    e = check_family(&specs[s], specs[s].name ? specs[s].name : mp_weights_path(specs[s].lora), cfg);
+    if (!e) e = apply_one(base, &tbl, &specs[s], &ps, report);
+  }
   if (!e && !(ov = mp_weights_new(mp_weights_path(base)))) e = mp_errorf("out of memory");
   if (!e && mp_weights_metadata(base)) e = mp_weights_set_metadata(ov, mp_weights_metadata(base));
   /* every base entry: a view, or the patched tensor in the base's dtype (which the overlay owns) */
