@@ -30,7 +30,7 @@ int cmd_make_model(mpass_ctx *ctx, int argc, char **argv) {
   }
   if (optind != argc - 1 || (strcmp(dtype, "f16") && strcmp(dtype, "f32")) ||
       (strcmp(kind, "checkpoint") && strcmp(kind, "lora") && strcmp(kind, "embedding"))) {
-    fprintf(stderr, "usage: mpass make-model [--preset tiny|sd15] [--kind checkpoint|lora|embedding] [--vectors N]\n"
+    fprintf(stderr, "usage: mpass make-model [--preset tiny|sd15|tiny-xl|sdxl] [--kind checkpoint|lora|embedding] [--vectors N]\n"
                     "                        [--dtype f16|f32] [--seed N] OUT.safetensors\n");
     return 2;
   }
