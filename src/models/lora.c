@@ -95,6 +95,8 @@ bool mp_lora_kohya_name(const char *key, int nrb, char *buf, size_t cap) {
     if (snprintf(buf, cap, "lora_unet_%s", d) >= (int)cap) return false;
   } else if (module_of(key, TE_PREFIX, module, sizeof module)) {
     if (snprintf(buf, cap, "lora_te_%s", module) >= (int)cap) return false;
+  } else if (module_of(key, "conditioner.embedders.0.transformer.", module, sizeof module)) { /* SDXL's CLIP ViT-L */
+    if (snprintf(buf, cap, "lora_te1_%s", module) >= (int)cap) return false;
   } else {
     return false;
   }

@@ -217,6 +217,7 @@ void mp_job_free(mp_job *job) {
   free(job->mask_image_url);
   free(job->controlnet);
   free(job->callback);
+  free(job->base_model);
   free(job->flags.mask_prompt);
   for (int i = 0; i < MP_MAX_SECTIONS; i++) {
     section_clear(&job->sections[i]);
@@ -381,14 +382,14 @@ static bool parse_weight(const char *s, size_t n, double *out) {
 enum key_id {
   K_TEXT, K_NEGATIVE, K_NUM_IMAGES, K_SEED, K_STEPS, K_CFG, K_W, K_H, K_AR, K_SCHEDULER, K_LPW, K_DENOISE,
   K_INPUT, K_INPUT_URL, K_MASK, K_MASK_URL, K_SR, K_HIRES, K_FACES, K_GRAIN, K_GRADING, K_FACE_CORRECT,
-  K_FACE_SWAP, K_CN, K_CN_SCALE, K_CN_TXT2IMG, K_EXPANSION, K_CALLBACK, K_COUNT
+  K_FACE_SWAP, K_CN, K_CN_SCALE, K_CN_TXT2IMG, K_EXPANSION, K_CALLBACK, K_BASE_MODEL, K_COUNT
 };
 
 static const char *const key_names[K_COUNT] = {
     "text", "negative_prompt", "num_images", "seed", "steps", "cfg_scale", "w", "h", "ar", "scheduler", "use_lpw",
     "denoising_strength", "input_image", "input_image_url", "mask_image", "mask_image_url", "super_resolution",
     "hires_fix", "inpaint_faces", "film_grain", "color_grading", "face_correct", "face_swap", "controlnet",
-    "controlnet_conditioning_scale", "controlnet_txt2img", "prompt_expansion", "callback"};
+    "controlnet_conditioning_scale", "controlnet_txt2img", "prompt_expansion", "callback", "base_model"};
 
 static int key_lookup(const char *s, size_t n) {
   for (int k = 0; k < K_COUNT; k++)
@@ -487,6 +488,7 @@ static const char *apply_value(mp_job *job, int key, const char *v, size_t n, bo
     case K_MASK_URL: *oom = !take_string(&job->mask_image_url, v, n); return NULL;
     case K_CN: *oom = !take_string(&job->controlnet, v, n); return NULL;
     case K_CALLBACK: *oom = !take_string(&job->callback, v, n); return NULL;
+    case K_BASE_MODEL: *oom = !take_string(&job->base_model, v, n); return NULL;
   }
   return "an unknown key";
 }
