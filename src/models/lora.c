@@ -188,13 +188,13 @@ static mp_error *build_table(const mp_weights *base, int nrb, table *t) {
     }
     MP_TRY(add_openclip_names(t, key, i, &mp_weights_at(base, i)->t));
   }
-  qsort(t->e, t->n, sizeof *t->e, cmp_entry);
+  if (t->n) qsort(t->e, t->n, sizeof *t->e, cmp_entry); /* no UNet/text weights at all: an empty table */
   return NULL;
 }
 
 static const entry *table_find(const table *t, const char *name) {
   entry k = {.name = (char *)name};
-  return bsearch(&k, t->e, t->n, sizeof *t->e, cmp_entry);
+  return t->n ? bsearch(&k, t->e, t->n, sizeof *t->e, cmp_entry) : NULL;
 }
 
 /* ---- LoRA file: keys grouped into modules ---- */
