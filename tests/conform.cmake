@@ -28,3 +28,11 @@ add_test(NAME conform_tiny_diffusers COMMAND mpass_cli conform ${G}/tiny --ckpt 
   --cases tok,te,unet,vae,lora,txt2img,inpaint)
 set_tests_properties(conform_tiny_diffusers PROPERTIES TIMEOUT 900
   ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
+# SDXL (tiny-xl: both text encoders, UNet with the label vector, VAE at scale 0.13025, k-diffusion on the
+# noise tape, SDXL LoRA), f32 bounds, then the bf16 path within the reduced-precision bounds.
+add_test(NAME conform_tiny_xl COMMAND mpass_cli conform ${G}/tiny-xl --cases te,unet,vae,txt2img,lora)
+set_tests_properties(conform_tiny_xl PROPERTIES TIMEOUT 900
+  ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
+add_test(NAME conform_tiny_xl_bf16 COMMAND mpass_cli --precision bf16 conform ${G}/tiny-xl --cases te,unet,vae,txt2img,lora)
+set_tests_properties(conform_tiny_xl_bf16 PROPERTIES TIMEOUT 900
+  ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")

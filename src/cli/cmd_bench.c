@@ -25,6 +25,8 @@
 #include "core/context.h"
 #include "io/weights.h"
 #include "models/clip.h"
+#include "models/openclip.h"
+#include "prompt/conditioning_xl.h"
 #include "models/sd.h"
 #include "models/unet.h"
 #include "models/vae.h"
@@ -129,13 +131,17 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
   mp_weights *wts = NULL;
   mp_sd_config cfgv;
   mp_clip *clip = NULL;
+  mp_openclip *clip2 = NULL; /* SDXL */
+  float *y = NULL, *pooled = NULL;
   mp_unet *unet = NULL;
   mp_vae *vae = NULL;
   float *ctxt = NULL, *x = NULL, *eps = NULL, *img = NULL;
   int32_t *ids = NULL;
   stamp t0 = now();
   if ((e = mp_weights_open(model, &wts)) || (e = mp_sd_config_detect(wts, NULL, &cfgv)) ||
-      (e = mp_clip_load(wts, MP_PREFIX_CLIP, &cfgv.clip, &clip)) || (e = mp_unet_load(wts, MP_PREFIX_UNET, &cfgv.unet, &unet)) ||
+      (e = mp_clip_load(wts, mp_sd_clip_prefix(&cfgv), &cfgv.clip, &clip)) ||
+      (cfgv.family == MP_FAMILY_SDXL && (e = mp_openclip_load(wts, MP_PREFIX_XL_OPENCLIP, &cfgv.clip2, &clip2))) ||
+      (e = mp_unet_load(wts, MP_PREFIX_UNET, &cfgv.unet, &unet)) ||
       (e = mp_vae_load(wts, MP_PREFIX_VAE, &cfgv.vae, &vae))) {
     e = mp_error_wrap(e, "loading %s", model);
     goto done;
@@ -149,7 +155,10 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
   eps = malloc(sizeof(float) * 2 * nx);
   img = malloc(sizeof(float) * 3 * (size_t)W * H);
   ids = malloc(sizeof(int32_t) * n_ctx);
-  if (!ctxt || !x || !eps || !img || !ids) {
+  const bool xl = cfg->family == MP_FAMILY_SDXL;
+  const int Y = cfg->unet.adm_in_channels, P = cfg->clip2.projection_dim;
+  if (xl) y = malloc(sizeof(float) * 2 * (size_t)Y), pooled = malloc(sizeof(float) * (size_t)(P > 0 ? P : 1));
+  if (!ctxt || !x || !eps || !img || !ids || (xl && (!y || !pooled))) {
     e = mp_errorf("out of memory");
     goto done;
   }
@@ -161,7 +170,16 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
     ids[0] = 49406;
     for (int i = 1; i < n_ctx - 1; i++) ids[i] = p ? 49407 : 320 + (i * 37) % 20000;
     ids[n_ctx - 1] = 49407;
-    if ((e = mp_clip_encode(clip, ctx->pool, ids, n_ctx, 1, ctxt + (size_t)p * n_ctx * D))) goto done;
+    if (xl) { /* both encoders, the pooled vector and the size conditioning (original = target = W×H) */
+      int32_t ids2[77];
+      memcpy(ids2, ids, sizeof ids2);
+      for (int i = mp_openclip_eos_index(ids2, n_ctx, 49407) + 1; i < n_ctx; i++) ids2[i] = 0;
+      if ((e = mp_xl_encode_chunk(clip, clip2, ctx->pool, ids, ids2, 49407, NULL, ctxt + (size_t)p * n_ctx * D, pooled))) goto done;
+      const float time_ids[6] = {(float)H, (float)W, 0, 0, (float)H, (float)W};
+      mp_xl_label_vector(pooled, P, time_ids, cfg->time_id_dim, y + (size_t)p * Y);
+    } else if ((e = mp_clip_encode(clip, ctx->pool, ids, n_ctx, 1, ctxt + (size_t)p * n_ctx * D))) {
+      goto done;
+    }
   }
   stamp te_s = since(t);
   report("text encoder (2 prompts)", te_s);
@@ -174,7 +192,8 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
     t = now();
     memcpy(x + nx, x, sizeof(float) * nx);
     float ts[2] = {999.0f - 50.0f * (float)s, 999.0f - 50.0f * (float)s};
-    if ((e = mp_unet_forward(unet, ctx->pool, 2, h, w, x, ts, ctxt, n_ctx, eps))) goto done;
+    const mp_unet_inputs in = {.batch = 2, .h = h, .w = w, .x = x, .t = ts, .context = ctxt, .n_ctx = n_ctx, .y = y};
+    if ((e = mp_unet_run(unet, ctx->pool, &in, eps))) goto done;
     for (size_t i = 0; i < nx; i++) {
       float guided = eps[nx + i] + (float)scale * (eps[i] - eps[nx + i]);
       x[i] = (float)(x[i] / sqrt(sigma * sigma + 1.0)) + (float)dsigma * guided;
@@ -206,8 +225,9 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
   printf("bench: precision=%s size=%dx%d threads=%d load_s=%.2f te_s=%.2f step_s=%.2f vae_decode_s=%.2f peak_rss_mb=%.0f\n",
          mpass_ctx_precision(ctx), W, H, ctx->n_threads, load_s.wall, te_s.wall, step_s.wall, vae_s.wall, peak_rss_mb());
 done:
-  free(ctxt), free(x), free(eps), free(img), free(ids);
+  free(ctxt), free(x), free(eps), free(img), free(ids), free(y), free(pooled);
   mp_clip_free(clip);
+  mp_openclip_free(clip2);
   mp_unet_free(unet);
   mp_vae_free(vae);
   mp_weights_close(wts);

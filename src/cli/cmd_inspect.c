@@ -6,6 +6,7 @@
 #include "core/context.h"
 #include "io/weights.h"
 #include "models/clip.h"
+#include "models/openclip.h"
 #include "models/sd.h"
 #include "models/unet.h"
 #include "models/vae.h"
@@ -16,14 +17,21 @@ static bool known_extra(const char *name) {
                                        "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod",
                                        "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_variance",
                                        "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
-                                       "logvar", "cond_stage_model.transformer.text_model.embeddings.position_ids"};
+                                       "logvar", "cond_stage_model.transformer.text_model.embeddings.position_ids",
+                                       /* SDXL files */
+                                       "conditioner.embedders.0.transformer.text_model.embeddings.position_ids",
+                                       "conditioner.embedders.1.model.logit_scale"};
   for (size_t i = 0; i < sizeof extras / sizeof *extras; i++)
     if (strcmp(name, extras[i]) == 0) return true;
   return strncmp(name, "model_ema.", 10) == 0 || strncmp(name, "first_stage_model.loss.", 23) == 0;
 }
 
-static const char *const components[][2] = {
-    {"UNet", MP_PREFIX_UNET}, {"VAE", MP_PREFIX_VAE}, {"text encoder", MP_PREFIX_CLIP}};
+enum { N_PARTS = 5 };
+static const char *const components[N_PARTS][2] = {{"UNet", MP_PREFIX_UNET},
+                                                   {"VAE", MP_PREFIX_VAE},
+                                                   {"text encoder", MP_PREFIX_CLIP},
+                                                   {"text enc. 1", MP_PREFIX_XL_CLIP},
+                                                   {"text enc. 2", MP_PREFIX_XL_OPENCLIP}};
 
 int cmd_inspect(mpass_ctx *ctx, int argc, char **argv) {
   (void)ctx;
@@ -43,13 +51,13 @@ int cmd_inspect(mpass_ctx *ctx, int argc, char **argv) {
   if (e) return cli_fail("inspect", e);
 
   size_t n = mp_weights_count(w);
-  long long params[3] = {0}, other = 0, dtype_count[MP_DTYPE_COUNT] = {0};
+  long long params[N_PARTS] = {0}, other = 0, dtype_count[MP_DTYPE_COUNT] = {0};
   size_t unexpected = 0;
   for (size_t i = 0; i < n; i++) {
     const mp_weight *t = mp_weights_at(w, i);
     dtype_count[t->t.dtype]++;
     int comp = -1;
-    for (int k = 0; k < 3; k++)
+    for (int k = 0; k < N_PARTS; k++)
       if (strncmp(t->name, components[k][1], strlen(components[k][1])) == 0) comp = k;
     if (comp >= 0 && !known_extra(t->name))
       params[comp] += mp_tensor_numel(&t->t);
@@ -66,7 +74,8 @@ int cmd_inspect(mpass_ctx *ctx, int argc, char **argv) {
   for (int d = 0; d < MP_DTYPE_COUNT; d++)
     if (dtype_count[d]) printf(" %s×%lld", mp_dtype_name((mp_dtype)d), dtype_count[d]);
   printf("\n");
-  for (int k = 0; k < 3; k++) printf("%-13s%lld parameters\n", components[k][0], params[k]);
+  for (int k = 0; k < N_PARTS; k++)
+    if (params[k] || k < 2) printf("%-13s%lld parameters\n", components[k][0], params[k]);
 
   mp_sd_config cfg;
   e = mp_sd_config_detect(w, NULL, &cfg);
@@ -82,12 +91,27 @@ int cmd_inspect(mpass_ctx *ctx, int argc, char **argv) {
     for (int l = 0; l < u->n_levels; l++) printf(" %d%s", u->channel_mult[l], u->attention_at_level[l] ? "*" : "");
     printf(" (* = attention), %d res blocks, context %d%s\n", u->num_res_blocks, u->context_dim,
            cfg.inpainting ? ", inpainting (9-channel input)" : "");
+    if (cfg.family == MP_FAMILY_SDXL) {
+      printf("             transformer depth per level");
+      for (int l = 0; l < u->n_levels; l++) printf(" %d", u->attention_at_level[l] ? mp_unet_level_depth(u, l) : 0);
+      printf(", middle %d; label vector %d (pooled %d + 6 x %d)\n", mp_unet_mid_depth(u), u->adm_in_channels,
+             cfg.clip2.projection_dim, cfg.time_id_dim);
+    }
     printf("VAE:         channels %d, %d levels, z %d\n", cfg.vae.ch, cfg.vae.n_levels, cfg.vae.z_channels);
+    printf("VAE scale:   %g\n", cfg.scale_factor);
     printf("text:        hidden %d, %d layers, %d heads, vocab %d\n", cfg.clip.hidden, cfg.clip.layers, cfg.clip.heads,
            cfg.clip.vocab_size);
+    if (cfg.family == MP_FAMILY_SDXL)
+      printf("text 2:      OpenCLIP, hidden %d, %d layers, %d heads, MLP %d, projection %d\n", cfg.clip2.hidden,
+             cfg.clip2.layers, cfg.clip2.heads, cfg.clip2.intermediate, cfg.clip2.projection_dim);
     /* Binding each model checks every tensor it needs: missing or mis-shaped keys are named here. */
     mp_clip *clip;
-    e = mp_clip_load(w, MP_PREFIX_CLIP, &cfg.clip, &clip);
+    e = mp_clip_load(w, mp_sd_clip_prefix(&cfg), &cfg.clip, &clip);
+    if (!e && cfg.family == MP_FAMILY_SDXL) {
+      mp_openclip *oc;
+      e = mp_openclip_load(w, MP_PREFIX_XL_OPENCLIP, &cfg.clip2, &oc);
+      mp_openclip_free(oc);
+    }
     printf("check text:  %s\n", e ? mp_error_message(e) : "all tensors present with the expected shapes");
     if (e) rc = 1;
     mp_error_free(e);
@@ -110,7 +134,7 @@ int cmd_inspect(mpass_ctx *ctx, int argc, char **argv) {
     for (size_t i = 0, shown = 0; i < n && shown < 10; i++) {
       const mp_weight *t = mp_weights_at(w, i);
       bool in_model = false;
-      for (int k = 0; k < 3; k++) in_model |= strncmp(t->name, components[k][1], strlen(components[k][1])) == 0;
+      for (int k = 0; k < N_PARTS; k++) in_model |= strncmp(t->name, components[k][1], strlen(components[k][1])) == 0;
       if (!in_model && !known_extra(t->name)) printf("  %s\n", t->name), shown++;
     }
   mp_weights_close(w);

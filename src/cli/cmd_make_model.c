@@ -8,7 +8,7 @@
 #include "models/sd_layout.h"
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: mpass make-model [--preset tiny|sd15] [--kind checkpoint|lora|embedding] [--vectors N]\n"
+  fprintf(f, "usage: mpass make-model [--preset tiny|sd15|tiny-xl|sdxl] [--kind checkpoint|lora|embedding] [--vectors N]\n"
              "                        [--dtype f16|f32] [--seed N] OUT.safetensors\n"
              "  a random-weight checkpoint, LoRA or embedding (for demos, benchmarks and tests: images are noise)\n");
 }

@@ -32,6 +32,27 @@ static const struct {
     {"face_detection_full_range_sparse", conform_case_face_detection_full_range_sparse},
 };
 
+/* The same case names on an SDXL checkpoint. */
+static const struct {
+  const char *name;
+  conform_case_fn fn;
+} xl_case_table[] = {
+    {"te", conform_xl_case_te},
+    {"unet", conform_xl_case_unet},
+    {"lora", conform_xl_case_lora},
+};
+
+bool conform_is_sdxl(conform *c) {
+  if (!cJSON_IsString(cJSON_GetObjectItemCaseSensitive(c->manifest, "ckpt"))) return false;
+  mp_weights *w = NULL;
+  mp_error *e = conform_checkpoint(c, &w);
+  mp_error_free(e);
+  if (!w) return false;
+  for (size_t i = 0; i < mp_weights_count(w); i++)
+    if (strncmp(mp_weights_at(w, i)->name, "conditioner.embedders.", 22) == 0) return true;
+  return false;
+}
+
 char *conform_path(const conform *c, const char *rel) {
   if (rel[0] == '/') return strdup(rel); /* an absolute path in a manifest is used as is */
   size_t n = strlen(c->dir) + 1 + strlen(rel) + 1;
@@ -433,6 +454,9 @@ int cmd_conform(mpass_ctx *ctx, int argc, char **argv) {
     printf("== %s\n", names[i]);
     c.case_name = names[i];
     mp_error *e = load_case(&c, names[i]);
+    if (!e && conform_is_sdxl(&c))
+      for (size_t k = 0; k < sizeof xl_case_table / sizeof *xl_case_table; k++)
+        if (strcmp(xl_case_table[k].name, names[i]) == 0) fn = xl_case_table[k].fn;
     if (!e) e = fn(&c);
     if (!e) e = write_dump(&c);
     if (e) {

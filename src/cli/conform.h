@@ -74,5 +74,11 @@ mp_error *conform_case_pose_landmark_full(conform *c);
 mp_error *conform_case_selfie_segmentation(conform *c);
 mp_error *conform_case_face_detection_full_range(conform *c);
 mp_error *conform_case_face_detection_full_range_sparse(conform *c);
+/* SDXL checkpoints (src/cli/conform_xl.c); the vae and txt2img handlers serve both families. */
+mp_error *conform_xl_case_te(conform *c);
+mp_error *conform_xl_case_unet(conform *c);
+mp_error *conform_xl_case_lora(conform *c);
+/* Whether the checkpoint the case's manifest names is an SDXL one (false when it names none). */
+bool conform_is_sdxl(conform *c);
 
 #endif

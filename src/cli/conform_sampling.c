@@ -13,6 +13,7 @@
 #include "models/unet.h"
 #include "models/vae.h"
 #include "pipeline/generate.h"
+#include "prompt/conditioning_xl.h"
 #include "sampling/noise.h"
 #include "sampling/rng.h"
 #include "sampling/sampler.h"
@@ -75,7 +76,7 @@ static mp_error *load_models(conform *c, sd_models *m) {
   memset(m, 0, sizeof *m);
   MP_TRY(conform_checkpoint(c, &m->w));
   MP_TRY(mp_sd_config_detect(m->w, NULL, &m->cfg));
-  mp_error *e = mp_clip_load(m->w, MP_PREFIX_CLIP, &m->cfg.clip, &m->clip);
+  mp_error *e = mp_clip_load(m->w, mp_sd_clip_prefix(&m->cfg), &m->cfg.clip, &m->clip);
   if (!e) e = mp_unet_load(m->w, MP_PREFIX_UNET, &m->cfg.unet, &m->unet);
   if (!e) e = mp_vae_load(m->w, MP_PREFIX_VAE, &m->cfg.vae, &m->vae);
   if (!e) e = mp_schedule_from_checkpoint(&m->sched, m->w, m->cfg.linear_start, m->cfg.linear_end, m->cfg.timesteps);
@@ -221,17 +222,17 @@ static const txt2img_run txt2img_runs[] = {
     {"txt2img.dpmpp_sde_karras", "dpm++sde_karras", true, true, 0},
 };
 
-static mp_error *run_txt2img(conform *c, sd_models *m, const txt2img_run *r, const float *context, const float *init, int steps,
-                             double cfg, int h, int w) {
+static mp_error *run_txt2img(conform *c, sd_models *m, const txt2img_run *r, const float *context, const float *y, const float *init,
+                             int steps, double cfg, int h, int w) {
   int64_t n = (int64_t)MP_LATENT_CHANNELS * h * w;
-  mp_unet_model um = {.unet = m->unet, .pool = c->ctx->pool};
+  mp_unet_model um = {.unet = m->unet, .pool = c->ctx->pool, .y = y, .y_rows = 2, .y_dim = m->cfg.unet.adm_in_channels};
   mp_generate_params p = {.model = mp_unet_model_eps,
                           .model_ctx = &um,
                           .unet_in_channels = m->cfg.unet.in_channels,
                           .schedule = &m->sched,
                           .context = context,
                           .n_ctx = 77,
-                          .ctx_dim = m->cfg.clip.hidden,
+                          .ctx_dim = m->cfg.unet.context_dim,
                           .batch = 1,
                           .lat_h = h,
                           .lat_w = w,
@@ -283,6 +284,32 @@ static mp_error *run_txt2img(conform *c, sd_models *m, const txt2img_run *r, con
   return mp_error_wrap(e, "%s", r->run);
 }
 
+/* SDXL: the reference's CFG batch as stored (txt2img.context [2, 77, d] with the zeroed negative
+ * first, text_embeds [2, proj], time_ids [2, 6]), and the label vectors y [2, adm] made from them.
+ * The text side itself is checked by the te case. */
+static mp_error *sdxl_inputs(conform *c, sd_models *m, float **context, float **y) {
+  mp_tensor ctx = {0}, pooled = {0}, ids = {0};
+  const int P = m->cfg.clip2.projection_dim, Y = m->cfg.unet.adm_in_channels;
+  mp_error *e = conform_tensor_f32(c, "txt2img.context", &ctx);
+  if (!e) e = conform_tensor_f32(c, "txt2img.text_embeds", &pooled);
+  if (!e) e = conform_tensor_f32(c, "txt2img.time_ids", &ids);
+  if (!e && (mp_tensor_numel(&ctx) != 2 * 77 * (int64_t)m->cfg.unet.context_dim || mp_tensor_numel(&pooled) != 2 * P ||
+             mp_tensor_numel(&ids) != 12))
+    e = mp_errorf("txt2img.{context,text_embeds,time_ids} must be [2,77,%d], [2,%d], [2,6]", m->cfg.unet.context_dim, P);
+  if (!e) {
+    *context = mp_alloc(sizeof(float) * (size_t)mp_tensor_numel(&ctx));
+    *y = mp_alloc(sizeof(float) * 2 * (size_t)Y);
+    if (!*context || !*y) e = mp_errorf("out of memory");
+  }
+  if (!e) {
+    memcpy(*context, ctx.data, sizeof(float) * (size_t)mp_tensor_numel(&ctx));
+    for (int b = 0; b < 2; b++)
+      mp_xl_label_vector((const float *)pooled.data + b * P, P, (const float *)ids.data + 6 * b, m->cfg.time_id_dim, *y + b * Y);
+  }
+  mp_tensor_free(&ctx), mp_tensor_free(&pooled), mp_tensor_free(&ids);
+  return e;
+}
+
 mp_error *conform_case_txt2img(conform *c) {
   const cJSON *t = cJSON_GetObjectItemCaseSensitive(c->manifest, "txt2img");
   if (!t) return mp_errorf("txt2img.json has no \"txt2img\" block");
@@ -292,16 +319,22 @@ mp_error *conform_case_txt2img(conform *c) {
   if (!prompt || steps < 1 || W < 8 || H < 8) return mp_errorf("txt2img.json: prompt, steps, width or height missing");
   sd_models m;
   MP_TRY(load_models(c, &m));
-  float *context = NULL;
+  float *context = NULL, *y = NULL;
   mp_tensor init = {0};
-  mp_error *e = encode_pair(c, &m, prompt, negative, &context);
+  const bool xl = m.cfg.family == MP_FAMILY_SDXL;
+  mp_error *e = xl ? sdxl_inputs(c, &m, &context, &y) : encode_pair(c, &m, prompt, negative, &context);
   if (!e) e = conform_tensor_f32(c, "txt2img.init_latent", &init);
   if (!e && mp_tensor_numel(&init) != (int64_t)MP_LATENT_CHANNELS * (H / 8) * (W / 8))
     e = mp_errorf("txt2img.init_latent has %lld values, expected 4x%dx%d", (long long)mp_tensor_numel(&init), H / 8, W / 8);
-  for (size_t i = 0; !e && i < sizeof txt2img_runs / sizeof *txt2img_runs; i++)
-    e = run_txt2img(c, &m, &txt2img_runs[i], context, init.data, steps, cfg, H / 8, W / 8);
+  for (size_t i = 0; !e && i < sizeof txt2img_runs / sizeof *txt2img_runs; i++) {
+    char latent[128];
+    snprintf(latent, sizeof latent, "%s.latent", txt2img_runs[i].run);
+    if (xl && !mp_weights_find(c->golden, latent)) continue; /* tiny-xl holds k-diffusion runs and diffusers' Euler only */
+    e = run_txt2img(c, &m, &txt2img_runs[i], context, y, init.data, steps, cfg, H / 8, W / 8);
+  }
   mp_tensor_free(&init);
   mp_free(context);
+  mp_free(y);
   free_models(&m);
   return e;
 }

@@ -21,7 +21,7 @@ static const struct {
     {"parse", cmd_parse, "parse FILE [--json] [--api]           the prompt document's job and pass plan (FILE - = stdin)"},
     {"inspect", cmd_inspect, "inspect CKPT                         model family, dtypes, parameter counts, key check"},
     {"upscale", cmd_upscale, "upscale IN [-o OUT.png] [--model x4fast|x4plus] [--scale 2|4] [--tile N]   Real-ESRGAN x4/x2"},
-    {"make-model", cmd_make_model, "make-model [--preset tiny|sd15] [--dtype f16|f32] OUT   random-weight checkpoint (demo, bench)"},
+    {"make-model", cmd_make_model, "make-model [--preset tiny|sd15|tiny-xl|sdxl] [--dtype f16|f32] OUT   random-weight checkpoint (demo, bench)"},
     {"tune", cmd_tune, "tune add|list|show|remove ...         register person models (LoRA or checkpoint tunes)"},
     {"conform", cmd_conform, "conform GOLDEN_DIR [--cases a,b] [--dump DIR]   check numerics against reference outputs"},
     {"detect", cmd_detect, "detect IMAGE [--out DIR]             find persons and faces: persons.json, person-<k>.png, overlay.png"},

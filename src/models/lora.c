@@ -95,6 +95,8 @@ bool mp_lora_kohya_name(const char *key, int nrb, char *buf, size_t cap) {
     if (snprintf(buf, cap, "lora_unet_%s", d) >= (int)cap) return false;
   } else if (module_of(key, TE_PREFIX, module, sizeof module)) {
     if (snprintf(buf, cap, "lora_te_%s", module) >= (int)cap) return false;
+  } else if (module_of(key, "conditioner.embedders.0.transformer.", module, sizeof module)) { /* SDXL's CLIP ViT-L */
+    if (snprintf(buf, cap, "lora_te1_%s", module) >= (int)cap) return false;
   } else {
     return false;
   }
@@ -106,6 +108,7 @@ bool mp_lora_kohya_name(const char *key, int nrb, char *buf, size_t cap) {
 typedef struct {
   char *name;
   size_t index;
+  int64_t row0, rows; /* the target is rows [row0, row0 + rows) of the weight; rows 0 = all of it */
 } entry;
 
 static int cmp_entry(const void *a, const void *b) { return strcmp(((const entry *)a)->name, ((const entry *)b)->name); }
@@ -115,7 +118,7 @@ typedef struct {
   size_t n, cap;
 } table;
 
-static mp_error *table_add(table *t, const char *name, size_t index) {
+static mp_error *table_add_rows(table *t, const char *name, size_t index, int64_t row0, int64_t rows) {
   if (t->n == t->cap) {
     size_t cap = t->cap ? 2 * t->cap : 1024;
     entry *ne = realloc(t->e, cap * sizeof *ne);
@@ -124,7 +127,37 @@ static mp_error *table_add(table *t, const char *name, size_t index) {
   }
   char *s = strdup(name);
   if (!s) return mp_errorf("out of memory");
-  t->e[t->n++] = (entry){s, index};
+  t->e[t->n++] = (entry){s, index, row0, rows};
+  return NULL;
+}
+
+static mp_error *table_add(table *t, const char *name, size_t index) { return table_add_rows(t, name, index, 0, 0); }
+
+/* SDXL's second text encoder: kohya and diffusers name it in the transformers layout
+ * (lora_te2_text_model_encoder_layers_N_self_attn_q_proj); the checkpoint has OpenCLIP's, where q, k
+ * and v are the three row blocks of one fused in_proj_weight [3d, d]. */
+static mp_error *add_openclip_names(table *t, const char *key, size_t index, const mp_tensor *w) {
+  const size_t pl = strlen(MP_PREFIX_XL_OPENCLIP);
+  char name[300];
+  int layer = 0, used = 0;
+  if (strncmp(key, MP_PREFIX_XL_OPENCLIP, pl) != 0) return NULL;
+  if (sscanf(key + pl, "transformer.resblocks.%d.%n", &layer, &used) != 1 || used == 0) return NULL;
+  const char *rest = key + pl + used;
+  static const struct {
+    const char *openclip, *hf;
+  } map[] = {{"attn.out_proj.weight", "self_attn_out_proj"}, {"mlp.c_fc.weight", "mlp_fc1"}, {"mlp.c_proj.weight", "mlp_fc2"}};
+  for (size_t k = 0; k < sizeof map / sizeof *map; k++)
+    if (strcmp(rest, map[k].openclip) == 0) {
+      snprintf(name, sizeof name, "lora_te2_text_model_encoder_layers_%d_%s", layer, map[k].hf);
+      return table_add(t, name, index);
+    }
+  if (strcmp(rest, "attn.in_proj_weight") != 0 || w->ndim != 2 || w->shape[0] % 3) return NULL;
+  const int64_t d = w->shape[0] / 3;
+  static const char *const qkv[3] = {"q_proj", "k_proj", "v_proj"};
+  for (int k = 0; k < 3; k++) {
+    snprintf(name, sizeof name, "lora_te2_text_model_encoder_layers_%d_self_attn_%s", layer, qkv[k]);
+    MP_TRY(table_add_rows(t, name, index, k * d, d));
+  }
   return NULL;
 }
 
@@ -144,14 +177,24 @@ static mp_error *build_table(const mp_weights *base, int nrb, table *t) {
       dots_to_underscores(name);
       MP_TRY(table_add(t, name, i));
     }
+    /* SDXL: the first text encoder is lora_te1_ (kohya) or lora_te_ (text_encoder. in diffusers/PEFT) */
+    if (module_of(key, "conditioner.embedders.0.transformer.", module, sizeof module)) {
+      snprintf(name, sizeof name, "lora_te1_%s", module);
+      dots_to_underscores(name);
+      MP_TRY(table_add(t, name, i));
+      snprintf(name, sizeof name, "lora_te_%s", module);
+      dots_to_underscores(name);
+      MP_TRY(table_add(t, name, i));
+    }
+    MP_TRY(add_openclip_names(t, key, i, &mp_weights_at(base, i)->t));
   }
-  qsort(t->e, t->n, sizeof *t->e, cmp_entry);
+  if (t->n) qsort(t->e, t->n, sizeof *t->e, cmp_entry); /* no UNet/text weights at all: an empty table */
   return NULL;
 }
 
 static const entry *table_find(const table *t, const char *name) {
-  entry k = {(char *)name, 0};
-  return bsearch(&k, t->e, t->n, sizeof *t->e, cmp_entry);
+  entry k = {.name = (char *)name};
+  return t->n ? bsearch(&k, t->e, t->n, sizeof *t->e, cmp_entry) : NULL;
 }
 
 /* ---- LoRA file: keys grouped into modules ---- */
@@ -195,10 +238,12 @@ static bool parse_key(const char *key, char *module, size_t cap, int *which) {
     if (p) memmove(p, p + 10, strlen(p + 10) + 1);
     size_t l = strlen(m);
     if (l > 5 && strcmp(m + l - 5, "_lora") == 0) m[l - 5] = 0;
-    if (strncmp(m, "lora_unet_", 10) == 0 || strncmp(m, "lora_te_", 8) == 0) {
+    if (strncmp(m, "lora_unet_", 10) == 0 || strncmp(m, "lora_te", 7) == 0) {
       if (snprintf(module, cap, "%s", m) >= (int)cap) return false;
     } else if (strncmp(m, "unet.", 5) == 0) {
       if (snprintf(module, cap, "lora_unet_%s", m + 5) >= (int)cap) return false;
+    } else if (strncmp(m, "text_encoder_2.", 15) == 0) {
+      if (snprintf(module, cap, "lora_te2_%s", m + 15) >= (int)cap) return false;
     } else if (strncmp(m, "text_encoder.", 13) == 0) {
       if (snprintf(module, cap, "lora_te_%s", m + 13) >= (int)cap) return false;
     } else {
@@ -253,7 +298,7 @@ static float *to_f32(const mp_tensor *t) {
 
 /* W += scale * up · (mid ·) down, checking shapes against the target. */
 static mp_error *merge_module(const char *lname, const char *module, const part *down, const part *up, const part *mid,
-                              const part *alpha, float mult, const mp_weight *target, float *W) {
+                              const part *alpha, float mult, const mp_weight *target, int64_t row0, int64_t rows, float *W) {
   char s1[96], s2[96], s3[96];
   const mp_tensor *D = down->t, *U = up->t, *M = mid ? mid->t : NULL;
   if (!is_float(D) || !is_float(U) || (M && !is_float(M)) || (alpha && !is_float(alpha->t)))
@@ -274,7 +319,8 @@ static mp_error *merge_module(const char *lname, const char *module, const part 
     K = mp_tensor_numel(D) / r;
   }
   const mp_tensor *T = &target->t;
-  if (T->shape[0] != out || mp_tensor_numel(T) != out * K)
+  const int64_t t_rows = rows > 0 ? rows : T->shape[0];
+  if (t_rows != out || mp_tensor_numel(T) != T->shape[0] * K || row0 < 0 || row0 + t_rows > T->shape[0])
     return mp_errorf("%s: %s: a delta of %lld x %lld (lora_up %s, lora_down %s%s%s) does not fit %s %s", lname, module,
                      (long long)out, (long long)K, mp_shape_str(U->ndim, U->shape, s1, sizeof s1),
                      mp_shape_str(D->ndim, D->shape, s2, sizeof s2), M ? ", lora_mid " : "",
@@ -313,7 +359,7 @@ static mp_error *merge_module(const char *lname, const char *module, const part 
     for (int64_t k = 0; k < K; k++) {
       double s = 0;
       for (int64_t b = 0; b < r; b++) s += (double)u[o * r + b] * down_k[b * K + k];
-      W[o * K + k] += (float)(scale * s);
+      W[(row0 + o) * K + k] += (float)(scale * s);
     }
 done:
   mp_free(u), mp_free(d), mp_free(m), mp_free(dm);
@@ -336,6 +382,35 @@ void mp_lora_report_free(mp_lora_report *r) {
   for (int i = 0; i < r->n_unmatched; i++) free(r->unmatched[i]);
   free(r->unmatched);
   memset(r, 0, sizeof *r);
+}
+
+/* Which family a LoRA was trained for, from its names (lora_te1_/lora_te2_/text_encoder_2. are
+ * SDXL's two text encoders) and from the width its cross-attention keys read (the context: 768 for
+ * SD 1.x, 1024 for SD 2.x, 2048 for SDXL). A LoRA of another family than the model is an error that
+ * names both, rather than a pile of shape mismatches or a silent no-op. */
+static mp_error *check_family(const mp_lora_spec *spec, const char *lname, const mp_sd_config *cfg) {
+  bool xl_names = false;
+  int64_t context = 0;
+  for (size_t i = 0; i < mp_weights_count(spec->lora); i++) {
+    const mp_weight *it = mp_weights_at(spec->lora, i);
+    const char *k = it->name;
+    if (strncmp(k, "lora_te1_", 9) == 0 || strncmp(k, "lora_te2_", 9) == 0 || strncmp(k, "text_encoder_2.", 15) == 0) xl_names = true;
+    bool to_k = strstr(k, "attn2_to_k") || strstr(k, "attn2.to_k") || strstr(k, "attn2.processor.to_k");
+    bool down = strstr(k, "lora_down.weight") || strstr(k, "lora_A.weight") || strstr(k, "lora.down.weight") ||
+                strstr(k, "down.weight");
+    if (to_k && down && !context && it->t.ndim == 2) context = it->t.shape[1];
+  }
+  const bool model_xl = cfg->family == MP_FAMILY_SDXL;
+  const char *model = mp_family_name(cfg->family);
+  if (xl_names && !model_xl)
+    return mp_errorf("LoRA %s is for SDXL (it has SDXL's two text encoders), the model is %s: a LoRA works only with the family it "
+                     "was trained for", lname, model);
+  if (context && context != cfg->unet.context_dim) {
+    const char *lf = context == 2048 ? "SDXL" : context == 768 ? "SD 1.x" : context == 1024 ? "SD 2.x" : "another model";
+    return mp_errorf("LoRA %s is for %s (its cross-attention reads a %lld-wide context), the model is %s (context %d): a LoRA "
+                     "works only with the family it was trained for", lname, lf, (long long)context, model, cfg->unet.context_dim);
+  }
+  return NULL;
 }
 
 static mp_error *apply_one(const mp_weights *base, const table *tbl, const mp_lora_spec *spec, patches *ps,
@@ -375,12 +450,13 @@ static mp_error *apply_one(const mp_weights *base, const table *tbl, const mp_lo
     if (!target || !by[PART_DOWN] || !by[PART_UP]) {
       e = report_unmatched(report, lname, !target ? module : "(module without lora_down/lora_up)");
     } else {
-      float mult = strncmp(module, "lora_te_", 8) == 0 ? spec->te_multiplier : spec->unet_multiplier;
+      float mult = strncmp(module, "lora_te", 7) == 0 ? spec->te_multiplier : spec->unet_multiplier;
       float *W = NULL;
       const mp_weight *tw = mp_weights_at(base, target->index);
       if (!is_float(&tw->t)) e = mp_errorf("%s: target %s is not a float tensor", lname, tw->name);
       if (!e) e = patch_get(ps, base, target->index, &W);
-      if (!e) e = merge_module(lname, module, by[PART_DOWN], by[PART_UP], by[PART_MID], by[PART_ALPHA], mult, tw, W);
+      if (!e) e = merge_module(lname, module, by[PART_DOWN], by[PART_UP], by[PART_MID], by[PART_ALPHA], mult, tw, target->row0,
+                               target->rows, W);
       if (!e && report) report->n_modules++;
     }
     i = j;
@@ -392,13 +468,22 @@ static mp_error *apply_one(const mp_weights *base, const table *tbl, const mp_lo
 
 mp_error *mp_lora_apply(const mp_weights *base, const mp_sd_config *cfg, const mp_lora_spec *specs, int n_specs,
                         mp_weights **overlay, mp_lora_report *report) {
+  return mp_lora_apply_opts(base, cfg, specs, n_specs, NULL, overlay, report);
+}
+
+mp_error *mp_lora_apply_opts(const mp_weights *base, const mp_sd_config *cfg, const mp_lora_spec *specs, int n_specs,
+                             const mp_lora_options *opt, mp_weights **overlay, mp_lora_report *report) {
   *overlay = NULL;
+  const bool f32_patches = opt && opt->f32_patches;
   if (report) memset(report, 0, sizeof *report);
   table tbl = {0};
   patches ps = {0};
   mp_weights *ov = NULL;
   mp_error *e = build_table(base, cfg->unet.num_res_blocks, &tbl);
-  for (int s = 0; s < n_specs && !e; s++) e = apply_one(base, &tbl, &specs[s], &ps, report);
+  for (int s = 0; s < n_specs && !e; s++) {
+    e = check_family(&specs[s], specs[s].name ? specs[s].name : mp_weights_path(specs[s].lora), cfg);
+    if (!e) e = apply_one(base, &tbl, &specs[s], &ps, report);
+  }
   if (!e && !(ov = mp_weights_new(mp_weights_path(base)))) e = mp_errorf("out of memory");
   if (!e && mp_weights_metadata(base)) e = mp_weights_set_metadata(ov, mp_weights_metadata(base));
   /* every base entry: a view, or the patched tensor in the base's dtype (which the overlay owns) */
@@ -413,7 +498,8 @@ mp_error *mp_lora_apply(const mp_weights *base, const mp_sd_config *cfg, const m
     }
     size_t n = (size_t)mp_tensor_numel(&it->t);
     void *data = W;
-    if (it->t.dtype != MP_F32) { /* keep the stored precision, as merging into an f16 model does */
+    mp_dtype dt = f32_patches ? MP_F32 : it->t.dtype;
+    if (dt != MP_F32) { /* keep the stored precision, as merging into an f16 model does */
       uint16_t *h = mp_alloc(n * 2);
       if (!h) {
         e = mp_errorf("out of memory");
@@ -425,7 +511,7 @@ mp_error *mp_lora_apply(const mp_weights *base, const mp_sd_config *cfg, const m
       for (size_t k = 0; k < ps.n; k++)
         if (ps.p[k].index == i) ps.p[k].w = NULL; /* ownership moves to the overlay */
     }
-    e = mp_weights_add_owned(ov, it->name, it->t.dtype, it->t.ndim, it->t.shape, data);
+    e = mp_weights_add_owned(ov, it->name, dt, it->t.ndim, it->t.shape, data);
     if (report) report->n_patched_tensors++;
   }
   if (!e) e = mp_weights_finish(ov);

@@ -1,10 +1,13 @@
-/* LoRA: low-rank weight deltas applied to the UNet and text encoder of an SD 1.x checkpoint.
+/* LoRA: low-rank weight deltas applied to the UNet and text encoder(s) of an SD 1.x or SDXL checkpoint.
  *
  * Formats read (by key names, in any mix):
  *   kohya     lora_unet_<module>.{lora_down,lora_up}.weight, .alpha, LoCon .lora_mid.weight;
  *             lora_te_<module>...; <module> in diffusers naming (down_blocks_0_attentions_0_...) or
- *             CompVis naming (input_blocks_1_1_...), '.' written as '_'
- *   PEFT      unet.<module>.lora_A.weight / lora_B.weight, text_encoder.<module>...
+ *             CompVis naming (input_blocks_1_1_...), '.' written as '_';
+ *             SDXL: lora_te1_<module> (CLIP ViT-L) and lora_te2_<module> (OpenCLIP bigG, named in the
+ *             transformers layout: self_attn q/k/v_proj are row blocks of the fused in_proj_weight,
+ *             out_proj, mlp fc1/fc2 are attn.out_proj, mlp.c_fc/c_proj)
+ *   PEFT      unet.<module>.lora_A.weight / lora_B.weight, text_encoder.<module>..., text_encoder_2.<module>...
  *   diffusers unet.<module>.lora.down.weight / lora.up.weight (and attn processors' to_q_lora ...)
  * Linear, 1x1 and 3x3 convolution targets; a 3x3 conv LoRA has a 3x3 down and a 1x1 up; LoCon
  * adds a 3x3 mid between 1x1 down and up. Without an alpha, alpha = rank (scale 1).
@@ -42,6 +45,15 @@ void mp_lora_report_free(mp_lora_report *r);
  * both; a module that matches no layer is listed in report->unmatched (report may be NULL). */
 mp_error *mp_lora_apply(const mp_weights *base, const mp_sd_config *cfg, const mp_lora_spec *specs, int n_specs,
                         mp_weights **overlay, mp_lora_report *report);
+
+/* f32_patches: patched tensors are stored in f32 in the overlay (the fp32 reference path) instead of
+ * the checkpoint's own dtype (what merging into an f16 model gives: a reduced-precision path). */
+typedef struct {
+  bool f32_patches;
+} mp_lora_options;
+
+mp_error *mp_lora_apply_opts(const mp_weights *base, const mp_sd_config *cfg, const mp_lora_spec *specs, int n_specs,
+                             const mp_lora_options *opt, mp_weights **overlay, mp_lora_report *report);
 
 /* The kohya-style name ("lora_unet_down_blocks_0_attentions_0_proj_in") of a CompVis checkpoint key
  * ("model.diffusion_model.input_blocks.1.1.proj_in.weight"), in diffusers naming; NULL-terminated

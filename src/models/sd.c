@@ -34,6 +34,14 @@ mp_error *mp_sd_weight(const mp_weights *w, const char *name, int ndim, const in
   return NULL;
 }
 
+int mp_unet_level_depth(const mp_unet_config *u, int level) {
+  return level >= 0 && level < MP_MAX_LEVELS && u->depth_at_level[level] > 0 ? u->depth_at_level[level] : u->transformer_depth;
+}
+
+int mp_unet_mid_depth(const mp_unet_config *u) { return u->mid_depth > 0 ? u->mid_depth : u->transformer_depth; }
+
+const char *mp_sd_clip_prefix(const mp_sd_config *cfg) { return cfg->family == MP_FAMILY_SDXL ? MP_PREFIX_XL_CLIP : MP_PREFIX_CLIP; }
+
 /* ---- helpers to read shapes ---- */
 
 static const mp_tensor *find(const mp_weights *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -56,21 +64,43 @@ static bool has_prefix(const mp_weights *w, const char *prefix) {
 
 /* ---- from tensor shapes (real checkpoints) ---- */
 
-static mp_error *clip_from_shapes(const mp_weights *w, mp_clip_config *c) {
-  const mp_tensor *tok = find(w, MP_PREFIX_CLIP "embeddings.token_embedding.weight");
-  const mp_tensor *pos = find(w, MP_PREFIX_CLIP "embeddings.position_embedding.weight");
-  const mp_tensor *fc1 = find(w, MP_PREFIX_CLIP "encoder.layers.0.mlp.fc1.weight");
+static mp_error *clip_from_shapes(const mp_weights *w, const char *prefix, mp_clip_config *c) {
+  const mp_tensor *tok = find(w, "%sembeddings.token_embedding.weight", prefix);
+  const mp_tensor *pos = find(w, "%sembeddings.position_embedding.weight", prefix);
+  const mp_tensor *fc1 = find(w, "%sencoder.layers.0.mlp.fc1.weight", prefix);
   if (!tok || !pos || !fc1 || tok->ndim != 2 || pos->ndim != 2 || fc1->ndim != 2)
-    return mp_errorf("text encoder weights (%sembeddings.token_embedding.weight, ...) are missing or malformed", MP_PREFIX_CLIP);
+    return mp_errorf("text encoder weights (%sembeddings.token_embedding.weight, ...) are missing or malformed", prefix);
   c->vocab_size = (int)tok->shape[0];
   c->hidden = (int)tok->shape[1];
   c->max_positions = (int)pos->shape[0];
   c->intermediate = (int)fc1->shape[0];
   c->layers = 0;
-  while (c->layers < 256 && find(w, MP_PREFIX_CLIP "encoder.layers.%d.self_attn.q_proj.weight", c->layers)) c->layers++;
+  while (c->layers < 256 && find(w, "%sencoder.layers.%d.self_attn.q_proj.weight", prefix, c->layers)) c->layers++;
   c->heads = c->hidden / 64 > 0 ? c->hidden / 64 : 1; /* CLIP ViT-L/14: 768 wide, 12 heads of 64 */
   c->ln_eps = 1e-5f;
   c->quick_gelu = true;
+  return NULL;
+}
+
+/* SDXL's second text encoder in the OpenCLIP layout (ViT-bigG/14: 1280 wide, 32 layers, 20 heads of
+ * 64, exact GELU, projection to 1280). */
+static mp_error *openclip_from_shapes(const mp_weights *w, mp_clip_config *c) {
+  const char *p = MP_PREFIX_XL_OPENCLIP;
+  const mp_tensor *tok = find(w, "%stoken_embedding.weight", p), *pos = find(w, "%spositional_embedding", p);
+  const mp_tensor *fc = find(w, "%stransformer.resblocks.0.mlp.c_fc.weight", p), *proj = find(w, "%stext_projection", p);
+  if (!tok || !pos || !fc || !proj || tok->ndim != 2 || pos->ndim != 2 || fc->ndim != 2 || proj->ndim != 2)
+    return mp_errorf("OpenCLIP text encoder weights (%stoken_embedding.weight, positional_embedding, text_projection, ...) are "
+                     "missing or malformed", p);
+  c->vocab_size = (int)tok->shape[0];
+  c->hidden = (int)tok->shape[1];
+  c->max_positions = (int)pos->shape[0];
+  c->intermediate = (int)fc->shape[0];
+  c->projection_dim = (int)proj->shape[1];
+  c->layers = 0;
+  while (c->layers < 256 && find(w, "%stransformer.resblocks.%d.attn.in_proj_weight", p, c->layers)) c->layers++;
+  c->heads = c->hidden / 64 > 0 ? c->hidden / 64 : 1;
+  c->ln_eps = 1e-5f;
+  c->quick_gelu = false;
   return NULL;
 }
 
@@ -95,21 +125,28 @@ static mp_error *unet_from_shapes(const mp_weights *w, mp_unet_config *u) {
     if (!rb) break;
     if (level >= MP_MAX_LEVELS) return mp_errorf("UNet has more than %d levels", MP_MAX_LEVELS);
     u->channel_mult[level] = (int)(rb->shape[0] / u->model_channels);
-    if (find(w, "%sinput_blocks.%d.1.proj_in.weight", p, i)) u->attention_at_level[level] = true;
+    if (find(w, "%sinput_blocks.%d.1.proj_in.weight", p, i)) {
+      u->attention_at_level[level] = true;
+      int d = 0;
+      while (d < 64 && find(w, "%sinput_blocks.%d.1.transformer_blocks.%d.attn1.to_q.weight", p, i, d)) d++;
+      u->depth_at_level[level] = d;
+    }
     res_in_level++;
   }
   u->n_levels = level + 1;
   if (level == 0) u->num_res_blocks = res_in_level;
-  const mp_tensor *k = find(w, "%sinput_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", p);
+  const mp_tensor *k = find(w, "%smiddle_block.1.transformer_blocks.0.attn2.to_k.weight", p);
   const mp_tensor *pin = find(w, "%sinput_blocks.1.1.proj_in.weight", p);
-  if (!k) k = find(w, "%smiddle_block.1.transformer_blocks.0.attn2.to_k.weight", p);
   if (!pin) pin = find(w, "%smiddle_block.1.proj_in.weight", p);
   if (!k || !pin) return mp_errorf("UNet has no cross-attention (attn2.to_k) weights");
   u->context_dim = (int)k->shape[1];
   u->linear_in_transformer = pin->ndim == 2;
   u->transformer_depth = 0;
-  while (u->transformer_depth < 32 && find(w, "%smiddle_block.1.transformer_blocks.%d.attn1.to_q.weight", p, u->transformer_depth))
+  while (u->transformer_depth < 64 && find(w, "%smiddle_block.1.transformer_blocks.%d.attn1.to_q.weight", p, u->transformer_depth))
     u->transformer_depth++;
+  u->mid_depth = u->transformer_depth;
+  const mp_tensor *label = find(w, "%slabel_emb.0.0.weight", p);
+  if (label && label->ndim == 2) u->adm_in_channels = (int)label->shape[1];
   /* SD 1.x fixes 8 heads; SD 2.x fixes 64 channels per head. The weights cannot tell. */
   u->num_heads = u->context_dim == 768 ? 8 : -1;
   u->num_head_channels = u->context_dim == 768 ? -1 : 64;
@@ -156,6 +193,21 @@ static int jarray(const cJSON *o, const char *key, int *out, int max) {
   return n;
 }
 
+/* A transformers CLIPTextConfig block ("text_encoder", "text_encoder_2"). */
+static void clip_from_json(const cJSON *te, mp_clip_config *c) {
+  if (!cJSON_IsObject(te)) return;
+  c->vocab_size = jint(te, "vocab_size", c->vocab_size);
+  c->max_positions = jint(te, "max_position_embeddings", c->max_positions);
+  c->hidden = jint(te, "hidden_size", c->hidden);
+  c->intermediate = jint(te, "intermediate_size", c->intermediate);
+  c->layers = jint(te, "num_hidden_layers", c->layers);
+  c->heads = jint(te, "num_attention_heads", c->heads);
+  c->ln_eps = (float)jnum(te, "layer_norm_eps", c->ln_eps);
+  c->projection_dim = jint(te, "projection_dim", c->projection_dim);
+  const cJSON *act = cJSON_GetObjectItemCaseSensitive(te, "hidden_act");
+  if (cJSON_IsString(act)) c->quick_gelu = strcmp(act->valuestring, "quick_gelu") == 0;
+}
+
 static mp_error *config_from_json(const char *path, const cJSON *root, mp_sd_config *cfg) {
   const cJSON *params = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "model"), "params");
   if (!cJSON_IsObject(params)) return mp_errorf("%s: expected model.params (LDM v1-inference.yaml layout)", path);
@@ -165,6 +217,8 @@ static mp_error *config_from_json(const char *path, const cJSON *root, mp_sd_con
   cfg->scale_factor = (float)jnum(params, "scale_factor", cfg->scale_factor);
 
   const cJSON *up = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(params, "unet_config"), "params");
+  if (!up) /* sgm (sd_xl_base.yaml) names it network_config */
+    up = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(params, "network_config"), "params");
   if (cJSON_IsObject(up)) {
     mp_unet_config *u = &cfg->unet;
     u->in_channels = jint(up, "in_channels", u->in_channels);
@@ -186,7 +240,15 @@ static mp_error *config_from_json(const char *path, const cJSON *root, mp_sd_con
     if (cJSON_GetObjectItemCaseSensitive(up, "num_heads") && !cJSON_GetObjectItemCaseSensitive(up, "num_head_channels"))
       u->num_head_channels = -1;
     u->context_dim = jint(up, "context_dim", u->context_dim);
-    u->transformer_depth = jint(up, "transformer_depth", u->transformer_depth);
+    const cJSON *td = cJSON_GetObjectItemCaseSensitive(up, "transformer_depth");
+    if (cJSON_IsArray(td)) { /* SDXL: one depth per level; the middle block takes the last unless told */
+      int nd = jarray(up, "transformer_depth", u->depth_at_level, MP_MAX_LEVELS);
+      if (nd > 0) u->transformer_depth = u->mid_depth = u->depth_at_level[nd - 1];
+    } else {
+      u->transformer_depth = jint(up, "transformer_depth", u->transformer_depth);
+    }
+    u->mid_depth = jint(up, "transformer_depth_middle", u->mid_depth);
+    u->adm_in_channels = jint(up, "adm_in_channels", u->adm_in_channels);
     const cJSON *lin = cJSON_GetObjectItemCaseSensitive(up, "use_linear_in_transformer");
     if (cJSON_IsBool(lin)) u->linear_in_transformer = cJSON_IsTrue(lin);
   }
@@ -203,18 +265,15 @@ static mp_error *config_from_json(const char *path, const cJSON *root, mp_sd_con
     int n = jarray(dd, "ch_mult", v->ch_mult, MP_MAX_LEVELS);
     if (n) v->n_levels = n;
   }
-  const cJSON *te = cJSON_GetObjectItemCaseSensitive(root, "text_encoder");
-  if (cJSON_IsObject(te)) {
-    mp_clip_config *c = &cfg->clip;
-    c->vocab_size = jint(te, "vocab_size", c->vocab_size);
-    c->max_positions = jint(te, "max_position_embeddings", c->max_positions);
-    c->hidden = jint(te, "hidden_size", c->hidden);
-    c->intermediate = jint(te, "intermediate_size", c->intermediate);
-    c->layers = jint(te, "num_hidden_layers", c->layers);
-    c->heads = jint(te, "num_attention_heads", c->heads);
-    c->ln_eps = (float)jnum(te, "layer_norm_eps", c->ln_eps);
-    const cJSON *act = cJSON_GetObjectItemCaseSensitive(te, "hidden_act");
-    if (cJSON_IsString(act)) c->quick_gelu = strcmp(act->valuestring, "quick_gelu") == 0;
+  clip_from_json(cJSON_GetObjectItemCaseSensitive(root, "text_encoder"), &cfg->clip);
+  clip_from_json(cJSON_GetObjectItemCaseSensitive(root, "text_encoder_2"), &cfg->clip2);
+  /* SDXL: the size/crop embedders (ConcatTimestepEmbedderND) say the width of each number's embedding */
+  const cJSON *cond = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(params, "conditioner_config"), "params");
+  const cJSON *emb;
+  cJSON_ArrayForEach(emb, cJSON_GetObjectItemCaseSensitive(cond, "emb_models")) {
+    const cJSON *target = cJSON_GetObjectItemCaseSensitive(emb, "target");
+    if (cJSON_IsString(target) && strstr(target->valuestring, "ConcatTimestepEmbedderND"))
+      cfg->time_id_dim = jint(cJSON_GetObjectItemCaseSensitive(emb, "params"), "outdim", cfg->time_id_dim);
   }
   return NULL;
 }
@@ -255,6 +314,16 @@ static mp_error *validate(const mp_sd_config *c) {
     return mp_errorf("VAE configuration is incomplete");
   if (t->hidden <= 0 || t->layers <= 0 || t->heads <= 0 || t->hidden % t->heads != 0 || t->max_positions <= 0)
     return mp_errorf("text encoder configuration is invalid (hidden %d, heads %d, layers %d)", t->hidden, t->heads, t->layers);
+  if (c->family != MP_FAMILY_SDXL) return u->adm_in_channels ? mp_errorf("a label embedding (label_emb) outside SDXL is not supported") : NULL;
+  const mp_clip_config *t2 = &c->clip2;
+  if (t2->hidden <= 0 || t2->layers <= 0 || t2->heads <= 0 || t2->hidden % t2->heads != 0 || t2->projection_dim <= 0)
+    return mp_errorf("second text encoder configuration is invalid (hidden %d, heads %d, layers %d, projection %d)", t2->hidden,
+                     t2->heads, t2->layers, t2->projection_dim);
+  if (u->context_dim != t->hidden + t2->hidden)
+    return mp_errorf("SDXL UNet context is %d wide, the text encoders give %d + %d", u->context_dim, t->hidden, t2->hidden);
+  if (c->time_id_dim <= 0 || c->time_id_dim % 2 || u->adm_in_channels != t2->projection_dim + 6 * c->time_id_dim)
+    return mp_errorf("SDXL label vector: label_emb takes %d values, the pooled text (%d) and six size embeddings of %d give %d",
+                     u->adm_in_channels, t2->projection_dim, c->time_id_dim, t2->projection_dim + 6 * c->time_id_dim);
   return NULL;
 }
 
@@ -271,20 +340,24 @@ mp_error *mp_sd_config_detect(const mp_weights *w, const char *config_json, mp_s
     cfg->inpainting = cfg->unet.in_channels == 9;
     return validate(cfg);
   }
-  if (has_prefix(w, "conditioner.embedders.")) {
-    cfg->family = MP_FAMILY_SDXL;
-    return mp_errorf("this is an SDXL checkpoint: SDXL is not supported yet (SD 1.x only)");
-  }
+  const bool xl = has_prefix(w, "conditioner.embedders.");
   if (has_prefix(w, "cond_stage_model.model.")) {
     cfg->family = MP_FAMILY_SD2;
-    return mp_errorf("this is an SD 2.x checkpoint (OpenCLIP text encoder): SD 2.x is not supported yet (SD 1.x only)");
+    return mp_errorf("this is an SD 2.x checkpoint (OpenCLIP text encoder): SD 2.x is not supported yet (SD 1.x and SDXL only)");
   }
+  if (xl) cfg->family = MP_FAMILY_SDXL;
   if (!has_prefix(w, MP_PREFIX_UNET))
-    return mp_errorf("not a Stable Diffusion checkpoint in the CompVis layout (no %s* tensors)", MP_PREFIX_UNET);
-  cfg->family = MP_FAMILY_SD1;
-  MP_TRY(mp_error_wrap(clip_from_shapes(w, &cfg->clip), "text encoder"));
+    return mp_errorf("not a Stable Diffusion checkpoint in the CompVis or sgm layout (no %s* tensors)", MP_PREFIX_UNET);
+  cfg->family = xl ? MP_FAMILY_SDXL : MP_FAMILY_SD1;
+  MP_TRY(mp_error_wrap(clip_from_shapes(w, xl ? MP_PREFIX_XL_CLIP : MP_PREFIX_CLIP, &cfg->clip), "text encoder"));
+  if (xl) {
+    cfg->scale_factor = 0.13025f;
+    MP_TRY(mp_error_wrap(openclip_from_shapes(w, &cfg->clip2), "second text encoder"));
+  }
   MP_TRY(mp_error_wrap(unet_from_shapes(w, &cfg->unet), "UNet"));
   MP_TRY(mp_error_wrap(vae_from_shapes(w, &cfg->vae), "VAE"));
+  if (xl && cfg->unet.adm_in_channels > cfg->clip2.projection_dim)
+    cfg->time_id_dim = (cfg->unet.adm_in_channels - cfg->clip2.projection_dim) / 6;
   const mp_weight *betas = mp_weights_find(w, "betas");
   if (betas && betas->t.ndim == 1) cfg->timesteps = (int)betas->t.shape[0];
 

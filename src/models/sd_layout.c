@@ -67,7 +67,7 @@ static void unet_resblock(layout *L, const char *p, int64_t in, int64_t out, int
   if (in != out) snprintf(n, sizeof n, "%s.skip_connection", p), conv(L, n, out, in, 1);
 }
 
-static void unet_transformer(layout *L, const char *p, int64_t ch, const mp_unet_config *u) {
+static void unet_transformer(layout *L, const char *p, int64_t ch, int depth, const mp_unet_config *u) {
   char n[256];
   snprintf(n, sizeof n, "%s.norm", p), norm(L, n, ch);
   for (int io = 0; io < 2; io++) {
@@ -77,7 +77,7 @@ static void unet_transformer(layout *L, const char *p, int64_t ch, const mp_unet
     else
       conv(L, n, ch, ch, 1);
   }
-  for (int d = 0; d < u->transformer_depth; d++) {
+  for (int d = 0; d < depth; d++) {
     char b[160];
     snprintf(b, sizeof b, "%s.transformer_blocks.%d", p, d);
     for (int a = 1; a <= 2; a++) {
@@ -99,6 +99,10 @@ static void unet_layout(layout *L, const mp_unet_config *u) {
   char n[256];
   snprintf(n, sizeof n, "%s.time_embed.0", P), linear(L, n, E, C, 1);
   snprintf(n, sizeof n, "%s.time_embed.2", P), linear(L, n, E, E, 1);
+  if (u->adm_in_channels > 0) { /* SDXL's label embedding */
+    snprintf(n, sizeof n, "%s.label_emb.0.0", P), linear(L, n, E, u->adm_in_channels, 1);
+    snprintf(n, sizeof n, "%s.label_emb.0.2", P), linear(L, n, E, E, 1);
+  }
   snprintf(n, sizeof n, "%s.input_blocks.0.0", P), conv(L, n, C, u->in_channels, 3);
   int64_t skips[64];
   int n_skips = 0, idx = 1;
@@ -109,7 +113,8 @@ static void unet_layout(layout *L, const mp_unet_config *u) {
       int64_t out = (int64_t)u->channel_mult[l] * C;
       snprintf(n, sizeof n, "%s.input_blocks.%d.0", P, idx), unet_resblock(L, n, ch, out, E);
       ch = out;
-      if (u->attention_at_level[l]) snprintf(n, sizeof n, "%s.input_blocks.%d.1", P, idx), unet_transformer(L, n, ch, u);
+      if (u->attention_at_level[l])
+        snprintf(n, sizeof n, "%s.input_blocks.%d.1", P, idx), unet_transformer(L, n, ch, mp_unet_level_depth(u, l), u);
       if (n_skips < 64) skips[n_skips++] = ch;
     }
     if (l != u->n_levels - 1) {
@@ -118,7 +123,7 @@ static void unet_layout(layout *L, const mp_unet_config *u) {
     }
   }
   snprintf(n, sizeof n, "%s.middle_block.0", P), unet_resblock(L, n, ch, ch, E);
-  snprintf(n, sizeof n, "%s.middle_block.1", P), unet_transformer(L, n, ch, u);
+  snprintf(n, sizeof n, "%s.middle_block.1", P), unet_transformer(L, n, ch, mp_unet_mid_depth(u), u);
   snprintf(n, sizeof n, "%s.middle_block.2", P), unet_resblock(L, n, ch, ch, E);
   idx = 0;
   for (int l = u->n_levels - 1; l >= 0; l--)
@@ -127,7 +132,8 @@ static void unet_layout(layout *L, const mp_unet_config *u) {
       snprintf(n, sizeof n, "%s.output_blocks.%d.0", P, idx), unet_resblock(L, n, ch + skip, out, E);
       ch = out;
       int sub = 1;
-      if (u->attention_at_level[l]) snprintf(n, sizeof n, "%s.output_blocks.%d.1", P, idx), unet_transformer(L, n, ch, u), sub = 2;
+      if (u->attention_at_level[l])
+        snprintf(n, sizeof n, "%s.output_blocks.%d.1", P, idx), unet_transformer(L, n, ch, mp_unet_level_depth(u, l), u), sub = 2;
       if (l > 0 && r == u->num_res_blocks) snprintf(n, sizeof n, "%s.output_blocks.%d.%d.conv", P, idx, sub), conv(L, n, ch, ch, 3);
     }
   snprintf(n, sizeof n, "%s.out.0", P), norm(L, n, C);
@@ -185,8 +191,8 @@ static void vae_layout(layout *L, const mp_vae_config *v) {
   snprintf(n, sizeof n, "%s.conv_out", p), conv(L, n, v->out_channels, C, 3);
 }
 
-static void clip_layout(layout *L, const mp_clip_config *c) {
-  const char *P = "cond_stage_model.transformer.text_model";
+/* P: the text model's prefix without the trailing dot */
+static void clip_layout(layout *L, const char *P, const mp_clip_config *c) {
   char n[256];
   add(L, MP_INIT_BIAS, 0, 2, (int64_t[]){c->vocab_size, c->hidden}, "%s.embeddings.token_embedding.weight", P);
   add(L, MP_INIT_BIAS, 0, 2, (int64_t[]){c->max_positions, c->hidden}, "%s.embeddings.position_embedding.weight", P);
@@ -203,16 +209,40 @@ static void clip_layout(layout *L, const mp_clip_config *c) {
   snprintf(n, sizeof n, "%s.final_layer_norm", P), norm(L, n, c->hidden);
 }
 
+/* SDXL's OpenCLIP ViT-bigG in its own layout (fused in_proj, text_projection [hidden, proj]). */
+static void openclip_layout(layout *L, const mp_clip_config *c) {
+  const char *P = "conditioner.embedders.1.model";
+  const int64_t D = c->hidden;
+  char n[256];
+  add(L, MP_INIT_BIAS, 0, 2, (int64_t[]){c->vocab_size, D}, "%s.token_embedding.weight", P);
+  add(L, MP_INIT_BIAS, 0, 2, (int64_t[]){c->max_positions, D}, "%s.positional_embedding", P);
+  for (int i = 0; i < c->layers; i++) {
+    char b[128];
+    snprintf(b, sizeof b, "%s.transformer.resblocks.%d", P, i);
+    snprintf(n, sizeof n, "%s.ln_1", b), norm(L, n, D);
+    add(L, MP_INIT_WEIGHT, D, 2, (int64_t[]){3 * D, D}, "%s.attn.in_proj_weight", b);
+    add(L, MP_INIT_BIAS, D, 1, (int64_t[]){3 * D}, "%s.attn.in_proj_bias", b);
+    snprintf(n, sizeof n, "%s.attn.out_proj", b), linear(L, n, D, D, 1);
+    snprintf(n, sizeof n, "%s.ln_2", b), norm(L, n, D);
+    snprintf(n, sizeof n, "%s.mlp.c_fc", b), linear(L, n, c->intermediate, D, 1);
+    snprintf(n, sizeof n, "%s.mlp.c_proj", b), linear(L, n, D, c->intermediate, 1);
+  }
+  snprintf(n, sizeof n, "%s.ln_final", P), norm(L, n, D);
+  add(L, MP_INIT_WEIGHT, D, 2, (int64_t[]){D, c->projection_dim}, "%s.text_projection", P);
+}
+
 mp_error *mp_sd_layout(const mp_sd_config *cfg, mp_layout_entry **out, int *n_out) {
   layout L = {0};
   static const char *const schedule[] = {"betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
                                          "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod",
                                          "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod"};
-  for (size_t i = 0; i < sizeof schedule / sizeof *schedule; i++)
+  const bool xl = cfg->family == MP_FAMILY_SDXL;
+  for (size_t i = 0; !xl && i < sizeof schedule / sizeof *schedule; i++) /* sgm files carry no schedule */
     add(&L, MP_INIT_SCHEDULE, 0, 1, (int64_t[]){cfg->timesteps}, "%s", schedule[i]);
   unet_layout(&L, &cfg->unet);
   vae_layout(&L, &cfg->vae);
-  clip_layout(&L, &cfg->clip);
+  clip_layout(&L, xl ? "conditioner.embedders.0.transformer.text_model" : "cond_stage_model.transformer.text_model", &cfg->clip);
+  if (xl) openclip_layout(&L, &cfg->clip2);
   if (L.err) {
     free(L.items);
     return L.err;
@@ -243,7 +273,32 @@ mp_error *mp_sd_preset(const char *name, mp_sd_config *c) {
                                .num_heads = 2, .num_head_channels = -1, .context_dim = 32, .transformer_depth = 1};
     return NULL;
   }
-  return mp_errorf("unknown model preset '%s' (expected tiny or sd15)", name);
+  if (strcmp(name, "sdxl") == 0 || strcmp(name, "tiny-xl") == 0) {
+    /* SDXL base 1.0 (sd_xl_base.yaml): no attention at level 0, depth 2 and 10, 64-channel heads */
+    c->family = MP_FAMILY_SDXL;
+    c->scale_factor = 0.13025f;
+    c->time_id_dim = 256;
+    c->clip2 = (mp_clip_config){.vocab_size = 49408, .max_positions = 77, .hidden = 1280, .intermediate = 5120, .layers = 32,
+                                .heads = 20, .ln_eps = 1e-5f, .quick_gelu = false, .projection_dim = 1280};
+    c->unet = (mp_unet_config){.in_channels = 4, .out_channels = 4, .model_channels = 320, .n_levels = 3,
+                               .channel_mult = {1, 2, 4}, .attention_at_level = {false, true, true}, .num_res_blocks = 2,
+                               .num_heads = -1, .num_head_channels = 64, .context_dim = 2048, .transformer_depth = 10,
+                               .depth_at_level = {0, 2, 10}, .mid_depth = 10, .linear_in_transformer = true,
+                               .adm_in_channels = 1280 + 6 * 256};
+    if (strcmp(name, "sdxl") == 0) return NULL;
+    /* the shapes of ../shared/golden/tiny-xl/tinyxl.safetensors */
+    c->time_id_dim = 8;
+    c->vae.ch = 32, c->vae.ch_mult[0] = 1, c->vae.ch_mult[1] = 1, c->vae.ch_mult[2] = 2, c->vae.ch_mult[3] = 2;
+    c->clip.hidden = 32, c->clip.intermediate = 64, c->clip.layers = 3, c->clip.heads = 4;
+    c->clip2.hidden = 48, c->clip2.intermediate = 192, c->clip2.layers = 3, c->clip2.heads = 4, c->clip2.projection_dim = 40;
+    c->unet = (mp_unet_config){.in_channels = 4, .out_channels = 4, .model_channels = 32, .n_levels = 3,
+                               .channel_mult = {1, 2, 2}, .attention_at_level = {false, true, true}, .num_res_blocks = 2,
+                               .num_heads = -1, .num_head_channels = 16, .context_dim = 80, .transformer_depth = 2,
+                               .depth_at_level = {1, 1, 2}, .mid_depth = 2, .linear_in_transformer = true,
+                               .adm_in_channels = 40 + 6 * 8};
+    return NULL;
+  }
+  return mp_errorf("unknown model preset '%s' (expected tiny, sd15, tiny-xl or sdxl)", name);
 }
 
 /* ---- random checkpoint writer ---- */
@@ -283,13 +338,15 @@ static mp_error *write_config_json(const char *ckpt_path, const mp_sd_config *c,
   size_t stem = dot && (!slash || dot > slash) ? (size_t)(dot - ckpt_path) : strlen(ckpt_path);
   snprintf(path, sizeof path, "%.*s.json", (int)stem, ckpt_path);
   cJSON *root = cJSON_CreateObject(), *model = cJSON_AddObjectToObject(root, "model");
-  cJSON_AddStringToObject(model, "target", "ldm.models.diffusion.ddpm.LatentDiffusion");
+  cJSON_AddStringToObject(model, "target", c->family == MP_FAMILY_SDXL ? "sgm.models.diffusion.DiffusionEngine"
+                                                                         : "ldm.models.diffusion.ddpm.LatentDiffusion");
   cJSON *params = cJSON_AddObjectToObject(model, "params");
   cJSON_AddNumberToObject(params, "linear_start", c->linear_start);
   cJSON_AddNumberToObject(params, "linear_end", c->linear_end);
   cJSON_AddNumberToObject(params, "timesteps", c->timesteps);
   cJSON_AddNumberToObject(params, "scale_factor", c->scale_factor);
-  cJSON *up = cJSON_AddObjectToObject(cJSON_AddObjectToObject(params, "unet_config"), "params");
+  const bool xl = c->family == MP_FAMILY_SDXL;
+  cJSON *up = cJSON_AddObjectToObject(cJSON_AddObjectToObject(params, xl ? "network_config" : "unet_config"), "params");
   const mp_unet_config *u = &c->unet;
   cJSON_AddNumberToObject(up, "in_channels", u->in_channels);
   cJSON_AddNumberToObject(up, "out_channels", u->out_channels);
@@ -299,9 +356,24 @@ static mp_error *write_config_json(const char *ckpt_path, const mp_sd_config *c,
   cJSON *att = cJSON_AddArrayToObject(up, "attention_resolutions");
   for (int l = 0, ds = 1; l < u->n_levels; l++, ds *= 2)
     if (u->attention_at_level[l]) cJSON_AddItemToArray(att, cJSON_CreateNumber(ds));
-  cJSON_AddNumberToObject(up, "num_heads", u->num_heads);
+  if (u->num_head_channels > 0) cJSON_AddNumberToObject(up, "num_head_channels", u->num_head_channels);
+  else cJSON_AddNumberToObject(up, "num_heads", u->num_heads);
   cJSON_AddNumberToObject(up, "context_dim", u->context_dim);
-  cJSON_AddNumberToObject(up, "transformer_depth", u->transformer_depth);
+  if (xl) {
+    int depth[MP_MAX_LEVELS];
+    for (int l = 0; l < u->n_levels; l++) depth[l] = mp_unet_level_depth(u, l);
+    cJSON_AddItemToObject(up, "transformer_depth", cJSON_CreateIntArray(depth, u->n_levels));
+    cJSON_AddNumberToObject(up, "transformer_depth_middle", mp_unet_mid_depth(u));
+    cJSON_AddNumberToObject(up, "adm_in_channels", u->adm_in_channels);
+    /* the size/crop embedders: what says each number's embedding width */
+    cJSON *models = cJSON_AddArrayToObject(cJSON_AddObjectToObject(params, "conditioner_config"), "emb_models");
+    cJSON *emb = cJSON_CreateObject();
+    cJSON_AddStringToObject(emb, "target", "sgm.modules.encoders.modules.ConcatTimestepEmbedderND");
+    cJSON_AddNumberToObject(cJSON_AddObjectToObject(emb, "params"), "outdim", c->time_id_dim);
+    cJSON_AddItemToArray(models, emb);
+  } else {
+    cJSON_AddNumberToObject(up, "transformer_depth", u->transformer_depth);
+  }
   cJSON_AddBoolToObject(up, "use_linear_in_transformer", u->linear_in_transformer);
   cJSON *fs = cJSON_AddObjectToObject(cJSON_AddObjectToObject(params, "first_stage_config"), "params");
   cJSON_AddNumberToObject(fs, "embed_dim", c->vae.embed_dim);
@@ -321,6 +393,18 @@ static mp_error *write_config_json(const char *ckpt_path, const mp_sd_config *c,
   cJSON_AddNumberToObject(te, "num_attention_heads", c->clip.heads);
   cJSON_AddNumberToObject(te, "layer_norm_eps", c->clip.ln_eps);
   cJSON_AddStringToObject(te, "hidden_act", c->clip.quick_gelu ? "quick_gelu" : "gelu");
+  if (xl) {
+    cJSON *t2 = cJSON_AddObjectToObject(root, "text_encoder_2");
+    cJSON_AddNumberToObject(t2, "vocab_size", c->clip2.vocab_size);
+    cJSON_AddNumberToObject(t2, "max_position_embeddings", c->clip2.max_positions);
+    cJSON_AddNumberToObject(t2, "hidden_size", c->clip2.hidden);
+    cJSON_AddNumberToObject(t2, "intermediate_size", c->clip2.intermediate);
+    cJSON_AddNumberToObject(t2, "num_hidden_layers", c->clip2.layers);
+    cJSON_AddNumberToObject(t2, "num_attention_heads", c->clip2.heads);
+    cJSON_AddNumberToObject(t2, "layer_norm_eps", c->clip2.ln_eps);
+    cJSON_AddStringToObject(t2, "hidden_act", "gelu");
+    cJSON_AddNumberToObject(t2, "projection_dim", c->clip2.projection_dim);
+  }
   cJSON *meta = cJSON_AddObjectToObject(root, "meta");
   cJSON_AddStringToObject(meta, "name", preset);
   cJSON_AddStringToObject(meta, "note", "random weights made by mpass make-model: images from it are noise");
@@ -409,7 +493,7 @@ mp_error *mp_sd_write_random(const char *path, const mp_sd_config *cfg, mp_dtype
   mp_free(buf);
   free(sched);
   free(L);
-  if (!e && strcmp(preset, "sd15") != 0) e = write_config_json(path, cfg, preset);
+  if (!e && strcmp(preset, "sd15") != 0 && strcmp(preset, "sdxl") != 0) e = write_config_json(path, cfg, preset);
   return e;
 }
 

@@ -64,6 +64,7 @@ struct mp_unet {
   mp_unet_config cfg;
   int model_ch, emb_dim;
   layer time1, time2, conv_in, conv_out;
+  layer label1, label2; /* SDXL's label_emb.0.{0,2}; w NULL without one */
   norm out_norm;
   int n_in, n_out;
   in_block *in;
@@ -164,7 +165,7 @@ static void bind_res(binder *b, resblock *r, int c_in, int c_out, int emb_dim, c
   if (c_in != c_out) snprintf(k, sizeof k, "%s.skip_connection", base), r->skip = bind_conv(b, c_out, c_in, 1, k);
 }
 
-static void bind_spatial(binder *b, spatial *s, int C, const mp_unet_config *cfg, const char *base) {
+static void bind_spatial(binder *b, spatial *s, int C, int depth, const mp_unet_config *cfg, const char *base) {
   char k[200];
   s->C = C;
   if (cfg->num_head_channels > 0) {
@@ -177,7 +178,7 @@ static void bind_spatial(binder *b, spatial *s, int C, const mp_unet_config *cfg
                                     C, cfg->num_heads, cfg->num_head_channels);
     return;
   }
-  s->depth = cfg->transformer_depth;
+  s->depth = depth;
   s->inner_ff = 4 * C;
   const int cd = cfg->context_dim;
   snprintf(k, sizeof k, "%s.norm", base), s->gn = bind_norm(b, C, k);
@@ -228,13 +229,13 @@ void mp_unet_free(mp_unet *u) {
   free(u);
 }
 
-static spatial *new_spatial(binder *b, int C, const mp_unet_config *cfg, const char *base) {
+static spatial *new_spatial(binder *b, int C, int depth, const mp_unet_config *cfg, const char *base) {
   spatial *s = calloc(1, sizeof *s);
   if (!s) {
     if (!b->err) b->err = mp_errorf("out of memory");
     return NULL;
   }
-  bind_spatial(b, s, C, cfg, base);
+  bind_spatial(b, s, C, depth, cfg, base);
   return s;
 }
 
@@ -246,7 +247,7 @@ mp_error *mp_unet_load(const mp_weights *w, const char *prefix, const mp_unet_co
   *out = NULL;
   if (cfg->n_levels < 1 || cfg->n_levels > MP_MAX_LEVELS || cfg->num_res_blocks < 1 || cfg->model_channels < GROUPS ||
       cfg->model_channels % GROUPS || cfg->in_channels < 1 || cfg->out_channels < 1 || cfg->context_dim < 1 ||
-      cfg->transformer_depth < 1)
+      cfg->transformer_depth < 1 || cfg->adm_in_channels < 0)
     return mp_errorf("unsupported UNet config (levels %d, res blocks %d, model channels %d, context %d)", cfg->n_levels,
                      cfg->num_res_blocks, cfg->model_channels, cfg->context_dim);
   mp_unet *u = calloc(1, sizeof *u);
@@ -258,6 +259,10 @@ mp_error *mp_unet_load(const mp_weights *w, const char *prefix, const mp_unet_co
   char k[160];
   u->time1 = bind_linear(&b, u->emb_dim, mc, true, "time_embed.0");
   u->time2 = bind_linear(&b, u->emb_dim, u->emb_dim, true, "time_embed.2");
+  if (cfg->adm_in_channels > 0) { /* SDXL: label_emb = Linear, SiLU, Linear on y, added to the time embedding */
+    u->label1 = bind_linear(&b, u->emb_dim, cfg->adm_in_channels, true, "label_emb.0.0");
+    u->label2 = bind_linear(&b, u->emb_dim, u->emb_dim, true, "label_emb.0.2");
+  }
 
   u->n_in = 1 + L * nrb + (L - 1);
   u->n_out = L * (nrb + 1);
@@ -282,7 +287,8 @@ mp_error *mp_unet_load(const mp_weights *w, const char *prefix, const mp_unet_co
         break;
       }
       snprintf(k, sizeof k, "input_blocks.%d.0", idx), bind_res(&b, &ib->res, ch, c_out, u->emb_dim, k);
-      if (cfg->attention_at_level[l]) snprintf(k, sizeof k, "input_blocks.%d.1", idx), ib->st = new_spatial(&b, c_out, cfg, k);
+      if (cfg->attention_at_level[l])
+        snprintf(k, sizeof k, "input_blocks.%d.1", idx), ib->st = new_spatial(&b, c_out, mp_unet_level_depth(cfg, l), cfg, k);
       ib->c_out = ch = c_out, ib->level = l;
       note_width(u, l, ch);
       skip_c[n_skip++] = ch;
@@ -296,7 +302,7 @@ mp_error *mp_unet_load(const mp_weights *w, const char *prefix, const mp_unet_co
     }
   }
   bind_res(&b, &u->mid1, ch, ch, u->emb_dim, "middle_block.0");
-  bind_spatial(&b, &u->mid_st, ch, cfg, "middle_block.1");
+  bind_spatial(&b, &u->mid_st, ch, mp_unet_mid_depth(cfg), cfg, "middle_block.1");
   bind_res(&b, &u->mid2, ch, ch, u->emb_dim, "middle_block.2");
   idx = 0;
   for (int l = L - 1; l >= 0 && !b.err; l--) {
@@ -307,7 +313,8 @@ mp_error *mp_unet_load(const mp_weights *w, const char *prefix, const mp_unet_co
       snprintf(k, sizeof k, "output_blocks.%d.0", idx), bind_res(&b, &ob->res, ch + c_skip, c_out, u->emb_dim, k);
       ch = c_out, ob->level = l;
       int sub = 1;
-      if (cfg->attention_at_level[l]) snprintf(k, sizeof k, "output_blocks.%d.1", idx), ob->st = new_spatial(&b, ch, cfg, k), sub++;
+      if (cfg->attention_at_level[l])
+        snprintf(k, sizeof k, "output_blocks.%d.1", idx), ob->st = new_spatial(&b, ch, mp_unet_level_depth(cfg, l), cfg, k), sub++;
       if (l > 0 && r == nrb) {
         ob->has_up = true;
         snprintf(k, sizeof k, "output_blocks.%d.%d.conv", idx, sub), ob->up = bind_conv(&b, ch, ch, 3, k);
@@ -411,7 +418,7 @@ static mp_error *spatial_forward(fwd *f, const spatial *s, float *x, int h, int 
 
 /* LDM's timestep_embedding (cos half first: flip_sin_to_cos=True, downscale_freq_shift=0), in the
  * float32 order of operations the reference uses. */
-static void timestep_embedding(float *emb, const float *t, int batch, int dim) {
+void mp_unet_timestep_embedding(float *emb, const float *t, int batch, int dim) {
   const int half = dim / 2;
   for (int b = 0; b < batch; b++) {
     float *e = emb + (int64_t)b * dim;
@@ -441,7 +448,8 @@ mp_error *mp_unet_forward(mp_unet *u, mp_pool *pool, int batch, int h, int w, co
 mp_error *mp_unet_run(mp_unet *u, mp_pool *pool, const mp_unet_inputs *in, float *eps) {
   const int batch = in->batch, h = in->h, w = in->w, n_ctx = in->n_ctx;
   const float *x = in->x, *t = in->t, *context = in->context;
-  if (in->y) return mp_errorf("UNet forward: this model takes no label vector (y); SDXL conditioning needs an SDXL UNet");
+  if (in->y && !u->label1.w) return mp_errorf("UNet forward: this model takes no label vector (y); SDXL conditioning needs an SDXL UNet");
+  if (!in->y && u->label1.w) return mp_errorf("UNet forward: this SDXL UNet needs its label vector y (pooled text and size embeddings)");
   if (in->control) return mp_errorf("UNet forward: ControlNet residuals are not supported yet");
   const mp_unet_config *cfg = &u->cfg;
   const int L = cfg->n_levels, div = 1 << (L - 1);
@@ -463,7 +471,7 @@ mp_error *mp_unet_run(mp_unet *u, mp_pool *pool, const mp_unet_inputs *in, float
     skip_total += (size_t)batch * (size_t)u->in[i].c_out * (size_t)(h >> l) * (size_t)(w >> l);
   }
   const size_t emb_n = (size_t)batch * (size_t)u->emb_dim;
-  size_t total = 5 * act + skip_total + 6 * hw0 * C + hw0 * ffw * 3 / 2 + 2 * (size_t)n_ctx * C + 3 * emb_n +
+  size_t total = 5 * act + skip_total + 6 * hw0 * C + hw0 * ffw * 3 / 2 + 2 * (size_t)n_ctx * C + 4 * emb_n +
                  (size_t)batch * (size_t)widest;
   mp_error *oom = mp_workspace_reserve(&u->acts, sizeof(float) * total);
   if (oom) {
@@ -480,16 +488,22 @@ mp_error *mp_unet_run(mp_unet *u, mp_pool *pool, const mp_unet_inputs *in, float
   f.tok = TAKE(hw0 * C), f.nrm = TAKE(hw0 * C), f.q = TAKE(hw0 * C), f.k = TAKE(hw0 * C), f.v = TAKE(hw0 * C);
   f.att = TAKE(hw0 * C), f.ff = TAKE(hw0 * ffw * 3 / 2);
   f.ck = TAKE((size_t)n_ctx * C), f.cv = TAKE((size_t)n_ctx * C);
-  float *temb = TAKE(emb_n), *emb = TAKE(emb_n), *emb_silu = TAKE(emb_n);
+  float *temb = TAKE(emb_n), *emb = TAKE(emb_n), *emb_silu = TAKE(emb_n), *label = TAKE(emb_n);
   f.emb_out = TAKE((size_t)batch * (size_t)widest);
 #undef TAKE
   mp_error *e = NULL;
 
   /* time embedding */
-  timestep_embedding(temb, t, batch, u->model_ch);
+  mp_unet_timestep_embedding(temb, t, batch, u->model_ch);
   if ((e = mp_dense(pool, &u->ws, emb, temb, batch, u->time1.w, u->time1.b))) goto done;
   mp_silu(emb, (int64_t)emb_n);
   if ((e = mp_dense(pool, &u->ws, emb_silu, emb, batch, u->time2.w, u->time2.b))) goto done;
+  if (in->y) { /* SDXL: emb += label_emb(y) */
+    if ((e = mp_dense(pool, &u->ws, label, in->y, batch, u->label1.w, u->label1.b))) goto done;
+    mp_silu(label, (int64_t)emb_n);
+    if ((e = mp_dense(pool, &u->ws, emb, label, batch, u->label2.w, u->label2.b))) goto done;
+    mp_add(emb_silu, emb_silu, emb, (int64_t)emb_n);
+  }
   mp_silu(emb_silu, (int64_t)emb_n); /* every ResBlock's emb_layers start with SiLU */
   f.emb_silu = emb_silu;
 

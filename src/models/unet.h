@@ -1,10 +1,11 @@
-/* The SD 1.x/2.x denoising UNet (LDM openaimodel.UNetModel, CompVis key layout).
+/* The SD 1.x/2.x/SDXL denoising UNet (LDM/sgm openaimodel.UNetModel, CompVis key layout).
  *
  *   t ─▶ sinusoidal embedding ─▶ time MLP ─┐
  *   x ─▶ conv_in ─▶ down levels [ResBlock (+ SpatialTransformer)]×n, Downsample ─▶ middle
  *     [ResBlock, SpatialTransformer, ResBlock] ─▶ up levels [concat skip, ResBlock (+ ST)]×(n+1),
  *     Upsample ─▶ GroupNorm, SiLU, conv_out ─▶ eps
- * SpatialTransformer: GroupNorm, proj_in, [self-attn, cross-attn on context, GEGLU FF]×depth, proj_out, +x. */
+ * SpatialTransformer: GroupNorm, proj_in, [self-attn, cross-attn on context, GEGLU FF]×depth, proj_out, +x.
+ * SDXL: the depth varies per level, and label_emb(y) (Linear, SiLU, Linear) is added to the time MLP's output. */
 #ifndef MP_MODELS_UNET_H
 #define MP_MODELS_UNET_H
 
@@ -44,6 +45,10 @@ typedef struct {
   const float *y; /* SDXL: [batch, adm_in_channels], the pooled text + size vector into label_emb; NULL for SD 1.x/2.x */
   const mp_unet_control *control; /* ControlNet residuals, or NULL */
 } mp_unet_inputs;
+
+/* LDM's sinusoidal embedding (cos half first, max period 10000) of n numbers t into emb [n, dim]:
+ * the timestep embedding, and SDXL's embedding of each size/crop number. */
+void mp_unet_timestep_embedding(float *emb, const float *t, int n, int dim);
 
 /* The general entry point; mp_unet_forward is this with y = control = NULL. */
 mp_error *mp_unet_run(mp_unet *unet, mp_pool *pool, const mp_unet_inputs *in, float *eps);

@@ -8,13 +8,16 @@
 #include "pipeline/generate.h"
 #include "pipeline/params.h"
 #include "post/resize.h"
+#include "prompt/conditioning_xl.h"
 
 static mp_error *bind_models(mp_engine *e) {
   const mp_weights *w = e->overlay ? e->overlay : e->base;
   mp_clip_free(e->clip);
+  mp_openclip_free(e->clip2);
   mp_unet_free(e->unet);
-  e->clip = NULL, e->unet = NULL;
-  MP_TRY(mp_clip_load(w, MP_PREFIX_CLIP, &e->cfg.clip, &e->clip));
+  e->clip = NULL, e->clip2 = NULL, e->unet = NULL;
+  MP_TRY(mp_clip_load(w, mp_sd_clip_prefix(&e->cfg), &e->cfg.clip, &e->clip));
+  if (e->cfg.family == MP_FAMILY_SDXL) MP_TRY(mp_openclip_load(w, MP_PREFIX_XL_OPENCLIP, &e->cfg.clip2, &e->clip2));
   return mp_unet_load(w, MP_PREFIX_UNET, &e->cfg.unet, &e->unet);
 }
 
@@ -57,6 +60,7 @@ mp_error *mp_engine_open(mpass_ctx *ctx, const char *path, const mp_tokenizer *t
 void mp_engine_close(mp_engine *e) {
   if (!e) return;
   mp_clip_free(e->clip);
+  mp_openclip_free(e->clip2);
   mp_unet_free(e->unet);
   mp_vae_free(e->vae);
   mp_schedule_free(&e->schedule);
@@ -152,24 +156,39 @@ static mp_error *run_pass_aligned(mp_engine *e, const mp_pass_params *p, mp_prog
   const float scale = e->cfg.scale_factor;
 
   mp_conditioning cond = {0};
+  mp_xl_conditioning xc = {0};
   mp_cond_options copt = mp_cond_options_default();
   copt.clip_skip = p->clip_skip > 0 ? p->clip_skip : 1;
   copt.use_lpw = p->use_lpw;
-  mp_error *err = mp_conditioning_encode(e->clip, pool, e->tok, p->prompt ? p->prompt : "", p->negative ? p->negative : "",
-                                         p->embeddings, &copt, &cond);
+  const bool xl = e->cfg.family == MP_FAMILY_SDXL;
+  const char *prompt = p->prompt ? p->prompt : "", *negative = p->negative ? p->negative : "";
+  mp_error *err = xl ? mp_xl_conditioning_encode(e->clip, e->clip2, pool, e->tok, prompt, negative, p->embeddings, &copt, &xc)
+                     : mp_conditioning_encode(e->clip, pool, e->tok, prompt, negative, p->embeddings, &copt, &cond);
   if (err) return mp_error_wrap(err, "conditioning");
-  if (warning && cond.warning) *warning = strdup(cond.warning);
+  const mp_tensor *t_cond = xl ? &xc.cond : &cond.cond, *t_uncond = xl ? &xc.uncond : &cond.uncond;
+  const char *cond_warning = xl ? xc.warning : cond.warning;
+  if (warning && cond_warning) *warning = strdup(cond_warning);
 
-  const int n_ctx = (int)cond.cond.shape[1], dim = (int)cond.cond.shape[2];
+  const int n_ctx = (int)t_cond->shape[1], dim = (int)t_cond->shape[2];
   float *context = mp_alloc(sizeof(float) * 2 * (size_t)n_ctx * (size_t)dim);
+  /* SDXL's label vectors [uncond, cond]: the pooled text and the size conditioning of A1111 and
+   * diffusers: original size = target size = the pass size, no crop. */
+  const int Y = e->cfg.unet.adm_in_channels;
+  float *y = xl ? mp_alloc(sizeof(float) * 2 * (size_t)Y) : NULL;
+  if (xl && y) {
+    const float time_ids[6] = {(float)H, (float)W, 0, 0, (float)H, (float)W};
+    const int P = e->cfg.clip2.projection_dim;
+    mp_xl_label_vector(xc.pooled_uncond.data, P, time_ids, e->cfg.time_id_dim, y);
+    mp_xl_label_vector(xc.pooled_cond.data, P, time_ids, e->cfg.time_id_dim, y + Y);
+  }
   float *latent = mp_alloc(sizeof(float) * (size_t)lat_n);
   float *init_latent = NULL, *lat_mask = NULL, *inpaint_cond = NULL, *image = NULL, *pixels = NULL;
   mp_noise *noise = NULL;
-  if (!context || !latent) err = mp_errorf("out of memory");
+  if (!context || !latent || (xl && !y)) err = mp_errorf("out of memory");
   if (!err) {
     /* the CFG batch: unconditional rows first, then conditional */
-    memcpy(context, cond.uncond.data, sizeof(float) * (size_t)n_ctx * dim);
-    memcpy(context + (size_t)n_ctx * dim, cond.cond.data, sizeof(float) * (size_t)n_ctx * dim);
+    memcpy(context, t_uncond->data, sizeof(float) * (size_t)n_ctx * dim);
+    memcpy(context + (size_t)n_ctx * dim, t_cond->data, sizeof(float) * (size_t)n_ctx * dim);
   }
   if (!err && p->init) {
     image = image_to_planar(p->init);
@@ -200,7 +219,7 @@ static mp_error *run_pass_aligned(mp_engine *e, const mp_pass_params *p, mp_prog
   }
   if (!err) err = mp_noise_for_seeds(p->rng, &p->seed, 1, &noise);
   if (!err) {
-    mp_unet_model model = {e->unet, pool};
+    mp_unet_model model = {.unet = e->unet, .pool = pool, .y = y, .y_rows = 2, .y_dim = Y};
     step_ctx sc = {progress};
     mp_generate_params g = {
         .model = mp_unet_model_eps, .model_ctx = &model, .unet_in_channels = e->cfg.unet.in_channels,
@@ -219,7 +238,9 @@ static mp_error *run_pass_aligned(mp_engine *e, const mp_pass_params *p, mp_prog
   mp_noise_free(noise);
   mp_free(context), mp_free(latent), mp_free(init_latent), mp_free(lat_mask), mp_free(inpaint_cond);
   mp_free(image), mp_free(pixels);
+  mp_free(y);
   mp_conditioning_free(&cond);
+  mp_xl_conditioning_free(&xc);
   if (err && warning) {
     free(*warning);
     *warning = NULL;

@@ -15,6 +15,7 @@
 #include "io/weights.h"
 #include "models/clip.h"
 #include "models/lora.h"
+#include "models/openclip.h"
 #include "models/sd.h"
 #include "models/unet.h"
 #include "models/vae.h"
@@ -35,7 +36,8 @@ typedef struct {
   mp_weights *overlay; /* LoRAs of the current pass, or NULL */
   mp_sd_config cfg;
   mp_schedule schedule;
-  mp_clip *clip;
+  mp_clip *clip;       /* SD 1.x's text encoder, SDXL's first */
+  mp_openclip *clip2;  /* SDXL's second text encoder; NULL for SD 1.x */
   mp_unet *unet;
   mp_vae *vae;
   const mp_tokenizer *tok; /* borrowed */

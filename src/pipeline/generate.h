@@ -29,6 +29,10 @@ typedef mp_error *(*mp_model_fn)(void *ctx, int rows, int h, int w, const float 
 typedef struct {
   mp_unet *unet;
   mp_pool *pool;
+  /* SDXL: the label vectors [y_rows, y_dim] in the order of the context rows (uncond first); when
+   * the denoiser runs only the conditional half, the second half is used. NULL for SD 1.x. */
+  const float *y;
+  int y_rows, y_dim;
 } mp_unet_model;
 mp_error *mp_unet_model_eps(void *ctx, int rows, int h, int w, const float *x, const float *t, const float *context, int n_ctx,
                             float *eps);

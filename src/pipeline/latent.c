@@ -10,7 +10,13 @@
 mp_error *mp_unet_model_eps(void *ctx, int rows, int h, int w, const float *x, const float *t, const float *context, int n_ctx,
                             float *eps) {
   mp_unet_model *m = ctx;
-  return mp_unet_forward(m->unet, m->pool, rows, h, w, x, t, context, n_ctx, eps);
+  mp_unet_inputs in = {.batch = rows, .h = h, .w = w, .x = x, .t = t, .context = context, .n_ctx = n_ctx};
+  if (m->y) { /* SDXL: the label rows that go with these context rows (all, or the conditional half) */
+    if (rows != m->y_rows && 2 * rows != m->y_rows)
+      return mp_errorf("UNet: %d rows to denoise, the label vector has %d", rows, m->y_rows);
+    in.y = m->y + (rows == m->y_rows ? 0 : (int64_t)rows * m->y_dim);
+  }
+  return mp_unet_run(m->unet, m->pool, &in, eps);
 }
 
 mp_error *mp_encode_latent(mp_vae *vae, mp_pool *pool, const float *image, int H, int W, mp_noise *sample_noise, float scale,

@@ -3,6 +3,7 @@
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@
 #include "models/person.h"
 #include "pipeline/engine.h"
 #include "pipeline/params.h"
+#include "pipeline/families.h"
 #include "pipeline/tunes.h"
 #include "post/contact_sheet.h"
 #include "post/grading.h"
@@ -35,6 +37,10 @@ typedef struct {
   mp_tokenizer *tok;
   mp_engine *base;
   mp_engine *tune; /* a checkpoint tune's model, kept while consecutive passes use it */
+  /* base_model chose pass 1's checkpoint: person and face passes run on the default (SD 1.5) one,
+   * opened at the first such pass. NULL path: they run on `base`. */
+  char *persons_path;
+  mp_engine *persons_engine;
   mp_person_finder finder;
   mp_esrgan *esrgan; /* loaded at the first super_resolution */
   bool finder_loaded;
@@ -201,8 +207,14 @@ static mp_error *resolve_adapters(run *r, const mp_pass_text *t, lora_set *set, 
   return NULL;
 }
 
-/* The engine a pass runs on: the base model, or a checkpoint tune (opened once, kept while used). */
-static mp_error *engine_for(run *r, const char *checkpoint, mp_engine **out) {
+/* The engine a pass runs on: the base model (a person's pass: the persons' default model), or a
+ * checkpoint tune (opened once, kept while used). */
+static mp_error *engine_for(run *r, const char *checkpoint, bool person, mp_engine **out) {
+  if (!checkpoint && person && r->persons_path) {
+    if (!r->persons_engine) MP_TRY(mp_engine_open(r->ctx, r->persons_path, r->tok, &r->persons_engine));
+    *out = r->persons_engine;
+    return NULL;
+  }
   if (!checkpoint) {
     *out = r->base;
     return NULL;
@@ -225,6 +237,7 @@ typedef struct {
   const mp_image *init;
   const mp_mask *mask;
   int width, height;
+  bool person; /* a person's or face pass: the persons' model unless a checkpoint tune says otherwise */
 } pass_request;
 
 static mp_error *run_pass(run *r, int image, const pass_request *q, mp_image *out) {
@@ -242,7 +255,7 @@ static mp_error *run_pass(run *r, int image, const pass_request *q, mp_image *ou
   char *checkpoint = NULL;
   mp_engine *eng = NULL;
   mp_error *e = resolve_adapters(r, q->text, &loras, &checkpoint, rec);
-  if (!e) e = engine_for(r, checkpoint, &eng);
+  if (!e) e = engine_for(r, checkpoint, q->person, &eng);
   char **lw = NULL;
   int nlw = 0;
   if (!e) e = mp_engine_set_loras(eng, loras.specs, loras.n, &lw, &nlw);
@@ -251,6 +264,7 @@ static mp_error *run_pass(run *r, int image, const pass_request *q, mp_image *ou
   cJSON_AddStringToObject(rec, "prompt", q->text->prompt);
   cJSON_AddStringToObject(rec, "negative_prompt", q->text->negative);
   cJSON_AddStringToObject(rec, "model", eng ? eng->name : "");
+  cJSON_AddStringToObject(rec, "family", eng ? mp_family_name(eng->cfg.family) : "");
   double t0 = mp_now();
   if (!e) {
     mp_sampler_spec spec = {0};
@@ -293,7 +307,7 @@ static mp_error *load_input(run *r, const char *given, int channels, mp_image *i
 static mp_error *scene_pass(run *r, const mp_image_plan *ip, mp_image *out) {
   const mp_job *job = r->job;
   const mp_pass *p1 = &ip->passes[0];
-  pass_request q = {"scene", p1->text, p1->seed, job->steps, job->cfg_scale, 1.0, NULL, NULL, r->width, r->height};
+  pass_request q = {"scene", p1->text, p1->seed, job->steps, job->cfg_scale, 1.0, NULL, NULL, r->width, r->height, false};
   if (r->plan->mode == MP_SCENE_TXT2IMG) return run_pass(r, ip->index, &q, out);
 
   mp_image src = {0}, fitted = {0};
@@ -367,6 +381,19 @@ static mp_error *find_persons(run *r, int image, const mp_image *img) {
   return NULL;
 }
 
+/* A person crop is rendered at about the job's size; when the persons' model is of another family
+ * than the scene's (an SDXL scene, SD 1.5 persons), at about that model's native square instead,
+ * in the job's aspect ratio. */
+static void person_target_size(run *r, int *w, int *h) {
+  if (!r->persons_path) return;
+  mp_family f = r->persons_engine ? r->persons_engine->cfg.family : MP_FAMILY_UNKNOWN;
+  if (!r->persons_engine) mp_error_free(mp_checkpoint_family(r->persons_path, &f));
+  if (f == r->base->cfg.family || f == MP_FAMILY_UNKNOWN) return;
+  double side = mp_family_native_side(f), aspect = (double)r->width / r->height;
+  *w = ((int)(side * sqrt(aspect)) + 4) / 8 * 8;
+  *h = ((int)(side / sqrt(aspect)) + 4) / 8 * 8;
+}
+
 static mp_error *person_pass(run *r, const mp_image_plan *ip, const mp_pass *pass, mp_image *running) {
   const mp_job *job = r->job;
   int k = r->person_of_section[pass->person];
@@ -396,8 +423,9 @@ static mp_error *person_pass(run *r, const mp_image_plan *ip, const mp_pass *pas
     return NULL;
   }
   mp_rect crop = mp_crop_region(box, 32, r->width, r->height, running->width, running->height);
-  int ww, wh;
-  mp_crop_work_size(crop, r->width, r->height, &ww, &wh);
+  int ww, wh, tw = r->width, th = r->height;
+  person_target_size(r, &tw, &th);
+  mp_crop_work_size(crop, tw, th, &ww, &wh);
   mp_image init = {0}, repainted = {0}, mask_img = {0};
   mp_mask work_mask = {0}, crop_mask = {0};
   char name[32];
@@ -417,7 +445,7 @@ static mp_error *person_pass(run *r, const mp_image_plan *ip, const mp_pass *pas
     snprintf(dn, sizeof dn, "person %d crop", pass->person);
     if (!e) e = save_debug(r, ip->index, dn, &init);
   }
-  pass_request q = {name, pass->text, pass->seed, job->steps, job->cfg_scale, pass->strength, &init, &work_mask, ww, wh};
+  pass_request q = {name, pass->text, pass->seed, job->steps, job->cfg_scale, pass->strength, &init, &work_mask, ww, wh, true};
   if (!e) e = run_pass(r, ip->index, &q, &repainted);
   if (!e && r->o->debug_passes) {
     char dn[48];
@@ -463,7 +491,8 @@ static mp_error *post_tiled(run *r, const mp_image_plan *ip, const mp_post_step 
   mp_tile_grid grid = {0};
   mp_tile_canvas canvas = {0};
   /* tiles at the model's native size (512² for SD 1.x), or the whole image when it is smaller */
-  int tw = up.width < 512 ? up.width & ~7 : 512, th = up.height < 512 ? up.height & ~7 : 512;
+  const int side = mp_family_native_side(r->base->cfg.family);
+  int tw = up.width < side ? up.width & ~7 : side, th = up.height < side ? up.height & ~7 : side;
   mp_error *e = mp_tile_grid_make(up.width, up.height, tw, th, 64, &grid);
   if (!e) e = mp_tile_canvas_init(&canvas, up.width, up.height, 3);
   for (int t = 0; !e && t < grid.n; t++) {
@@ -473,7 +502,7 @@ static mp_error *post_tiled(run *r, const mp_image_plan *ip, const mp_post_step 
     snprintf(name, sizeof name, "tile %d/%d", t + 1, grid.n);
     e = mp_image_crop(&up, tile->r, &crop);
     pass_request q = {name, ip->passes[0].text, ip->seed + (uint64_t)t, r->job->steps, s->cfg_scale, s->strength,
-                      &crop, NULL, crop.width, crop.height};
+                      &crop, NULL, crop.width, crop.height, false};
     if (!e) e = run_pass(r, ip->index, &q, &out);
     if (!e) e = mp_tile_canvas_add(&canvas, &out, tile);
     mp_image_free(&crop), mp_image_free(&out);
@@ -491,7 +520,7 @@ static mp_error *post_hires(run *r, const mp_image_plan *ip, const mp_post_step 
   int w = img->width & ~7, h = img->height & ~7;
   mp_image init = {0}, out = {0};
   MP_TRY(mp_image_resize(img, w, h, MP_RESIZE_LANCZOS3, &init));
-  pass_request q = {"hires fix", ip->passes[0].text, ip->seed, r->job->steps, s->cfg_scale, s->strength, &init, NULL, w, h};
+  pass_request q = {"hires fix", ip->passes[0].text, ip->seed, r->job->steps, s->cfg_scale, s->strength, &init, NULL, w, h, false};
   mp_error *e = run_pass(r, ip->index, &q, &out);
   mp_image_free(&init);
   if (!e) replace(img, &out);
@@ -554,7 +583,8 @@ static mp_error *post_faces(run *r, const mp_image_plan *ip, const mp_post_step 
     if (!e) e = mp_mask_resize(&crop_mask, ww, wh, MP_RESIZE_BILINEAR, &work_mask);
     char name[32];
     snprintf(name, sizeof name, "face %d", ++done);
-    pass_request q = {name, who->text, who->seed, r->job->steps, r->job->cfg_scale, s->strength, &init, &work_mask, ww, wh};
+    pass_request q = {name, who->text, who->seed, r->job->steps, r->job->cfg_scale, s->strength, &init, &work_mask, ww, wh,
+                      who != &ip->passes[0]};
     if (!e) e = run_pass(r, ip->index, &q, &out);
     if (!e) e = save_debug(r, ip->index, name, &out);
     if (!e) e = mp_paste_masked(img, &out, crop, &mask);
@@ -664,6 +694,14 @@ static mp_error *prepare(run *r) {
     mp_image_free(&src);
   }
   char *model = o->model_path ? strdup(o->model_path) : NULL;
+  if (job->base_model && *job->base_model) {
+    /* base_model: pass 1 on that checkpoint; persons on --model or the first SD 1.5 checkpoint */
+    r->persons_path = model;
+    model = NULL;
+    if (job->n_persons > 0 && !r->persons_path) MP_TRY(mp_default_sd15_checkpoint(r->ctx->models_dir, &r->persons_path));
+    MP_TRY(mp_base_model_path(r->ctx->models_dir, job->base_model, &model));
+    if (r->persons_path && strcmp(r->persons_path, model) == 0) free(r->persons_path), r->persons_path = NULL;
+  }
   if (!model) MP_TRY(mp_default_checkpoint(r->ctx->models_dir, &model));
   char *vocab = NULL; /* a diffusers folder's own tokenizer/, unless --vocab or MPASS_VOCAB says otherwise */
   mp_error *e = mp_diffusers_vocab_for_model(model, o->vocab, &vocab);
@@ -677,6 +715,8 @@ static mp_error *prepare(run *r) {
   e = mp_engine_open(r->ctx, model, r->tok, &r->base);
   free(model);
   MP_TRY(e);
+  if (r->base->cfg.family == MP_FAMILY_SDXL && !job->size_given && !(r->o->input_image || job->input_image))
+    mp_sdxl_default_size(job->ar, &r->width, &r->height); /* SDXL's native sizes, not SD 1.5's 512/768 */
   if (job->n_embeddings > 0) {
     char *dir = mp_embeddings_dir(r->ctx->models_dir);
     e = dir ? mp_embeddings_load(dir, job->embeddings, (size_t)job->n_embeddings, r->base->cfg.clip.hidden, &r->ti)
@@ -730,6 +770,19 @@ static mp_error *write_result(run *r, const char *started) {
   cJSON_AddBoolToObject(p, "use_lpw", job->use_lpw);
   cJSON_AddStringToObject(p, "model", r->base->path);
   cJSON_AddStringToObject(p, "model_hash", r->base->hash);
+  /* which model and family each kind of pass ran on (every pass record names its own too) */
+  cJSON *models = cJSON_AddObjectToObject(p, "models");
+  cJSON *scene = cJSON_AddObjectToObject(models, "scene");
+  cJSON_AddStringToObject(scene, "path", r->base->path);
+  cJSON_AddStringToObject(scene, "family", mp_family_name(r->base->cfg.family));
+  const mp_engine *pe = r->persons_engine ? r->persons_engine : r->persons_path ? NULL : r->base;
+  mp_family pf = pe ? pe->cfg.family : MP_FAMILY_UNKNOWN;
+  if (!pe && r->persons_path) mp_error_free(mp_checkpoint_family(r->persons_path, &pf)); /* no person pass ran */
+  if (pe || r->persons_path) {
+    cJSON *persons = cJSON_AddObjectToObject(models, "persons");
+    cJSON_AddStringToObject(persons, "path", pe ? pe->path : r->persons_path);
+    cJSON_AddStringToObject(persons, "family", mp_family_name(pf));
+  }
   cJSON_AddStringToObject(p, "rng", r->o->rng == MP_RNG_CPU ? "cpu" : "cuda");
   cJSON *seeds = cJSON_AddArrayToObject(p, "seeds");
   for (int i = 0; i < r->plan->n_images; i++) cJSON_AddItemToArray(seeds, cJSON_CreateNumber((double)r->plan->images[i].seed));
@@ -772,6 +825,8 @@ mp_error *mp_run_plan(mpass_ctx *ctx, const mp_plan *plan, const mp_run_options 
   mp_ti_set_free(&r.ti);
   mp_esrgan_free(r.esrgan);
   mp_engine_close(r.tune);
+  mp_engine_close(r.persons_engine);
+  free(r.persons_path);
   mp_engine_close(r.base);
   mp_tokenizer_free(r.tok);
   cJSON_Delete(r.result);

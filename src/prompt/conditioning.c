@@ -163,9 +163,14 @@ static mp_error *encode_chunk(const mp_clip *clip, mp_pool *pool, const mp_promp
     memcpy(emb + (size_t)fx->pos * D, e->vectors, (size_t)fx->n_vectors * D * sizeof *emb);
   }
   MP_TRY(mp_clip_encode_embeds(clip, pool, emb, T, cfg->layers - (clip_skip - 1), true, z));
+  mp_emphasis_original(z, ch->weights, T, D);
+  return NULL;
+}
+
+void mp_emphasis_original(float *z, const float *weights, int T, int D) {
   bool weighted = false;
-  for (int t = 0; t < T; t++) weighted |= ch->weights[t] != 1.0f;
-  if (!weighted) return NULL; /* z * 1 and a mean ratio of exactly 1: nothing to do */
+  for (int t = 0; t < T; t++) weighted |= weights[t] != 1.0f;
+  if (!weighted) return; /* z * 1 and a mean ratio of exactly 1: nothing to do */
   /* EmphasisOriginal: z *= w; z *= mean(z before) / mean(z after). Means in double, then rounded to
    * float32 as torch's scalar tensors are. */
   size_t total = (size_t)T * D;
@@ -174,14 +179,13 @@ static mp_error *encode_chunk(const mp_clip *clip, mp_pool *pool, const mp_promp
   for (int t = 0; t < T; t++)
     for (int d = 0; d < D; d++) {
       float *x = &z[(size_t)t * D + d];
-      *x *= ch->weights[t];
+      *x *= weights[t];
       after += *x;
     }
   float mean_before = (float)(before / (double)total), mean_after = (float)(after / (double)total);
-  if (mean_after == 0.0f) return NULL; /* A1111 would produce NaN; leave the weighted z */
+  if (mean_after == 0.0f) return; /* A1111 would produce NaN; leave the weighted z */
   float scale = mean_before / mean_after;
   for (size_t i = 0; i < total; i++) z[i] *= scale;
-  return NULL;
 }
 
 mp_error *mp_conditioning_encode_one(const mp_clip *clip, mp_pool *pool, const mp_tokenizer *tok, const char *text,

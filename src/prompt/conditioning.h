@@ -60,6 +60,10 @@ mp_error *mp_conditioning_encode(const mp_clip *clip, mp_pool *pool, const mp_to
                                  const char *negative, const mp_ti_set *ti, const mp_cond_options *opt, mp_conditioning *out);
 void mp_conditioning_free(mp_conditioning *c);
 
+/* A1111's "Original" emphasis on one encoded chunk z [T, D]: z *= weights per token, then z is
+ * rescaled so its mean is what it was (nothing happens when every weight is 1). */
+void mp_emphasis_original(float *z, const float *weights, int T, int D);
+
 /* One prompt alone, as chunks (the building block; exposed for tests and for prompt editing):
  * out is [n_chunks*77, hidden], allocated with mp_alloc. With use_lpw false exactly one chunk. */
 mp_error *mp_conditioning_encode_one(const mp_clip *clip, mp_pool *pool, const mp_tokenizer *tok, const char *text,

@@ -92,7 +92,7 @@ typedef struct {
   bool controlnet_txt2img;
   bool prompt_expansion;
   char *callback;
-  char *base_model; /* §1.1 (decision): the checkpoint for pass 1 only, by name or tune id; NULL when absent */
+  char *base_model; /* SPEC §1.1: pass 1's checkpoint (file name in checkpoints/ or a checkpoint tune id); NULL: the default */
 
   /* §1.2 flags */
   struct {

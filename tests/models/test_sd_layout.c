@@ -44,6 +44,50 @@ static void test_tiny_layout_matches_golden_checkpoint(void **state) {
   free(path);
 }
 
+/* The tiny-xl preset is exactly the golden SDXL checkpoint's layout (it lacks only OpenCLIP's unused
+ * logit_scale), and the sdxl preset has the parameter counts of sd_xl_base_1.0.safetensors. */
+static void test_sdxl_layouts(void **state) {
+  (void)state;
+  char *path = test_shared_path("golden/tiny-xl/tinyxl.safetensors");
+  mp_weights *w;
+  assert_ok(mp_weights_open(path, &w));
+  mp_sd_config cfg;
+  assert_ok(mp_sd_preset("tiny-xl", &cfg));
+  mp_layout_entry *L;
+  int n;
+  assert_ok(mp_sd_layout(&cfg, &L, &n));
+  for (int i = 0; i < n; i++) {
+    const mp_weight *t = mp_weights_find(w, L[i].name);
+    if (!t) fail_msg("layout has %s, the golden checkpoint does not", L[i].name);
+    assert_int_equal(t->t.ndim, L[i].ndim);
+    for (int d = 0; d < L[i].ndim; d++) assert_int_equal(t->t.shape[d], L[i].shape[d]);
+  }
+  assert_int_equal((int)mp_weights_count(w), n + 1);
+  assert_non_null(mp_weights_find(w, "conditioner.embedders.1.model.logit_scale"));
+  free(L);
+  mp_weights_close(w);
+  free(path);
+
+  assert_ok(mp_sd_preset("sdxl", &cfg));
+  assert_ok(mp_sd_layout(&cfg, &L, &n));
+  long long unet = 0, vae = 0, te1 = 0, te2 = 0;
+  for (int i = 0; i < n; i++) {
+    long long k = mp_shape_numel(L[i].ndim, L[i].shape);
+    if (L[i].dtype != MP_F32) continue; /* position_ids */
+    if (!strncmp(L[i].name, "model.diffusion_model.", 22)) unet += k;
+    else if (!strncmp(L[i].name, "first_stage_model.", 18)) vae += k;
+    else if (!strncmp(L[i].name, "conditioner.embedders.0.", 24)) te1 += k;
+    else if (!strncmp(L[i].name, "conditioner.embedders.1.", 24)) te2 += k;
+    else fail_msg("%s belongs to no part", L[i].name);
+  }
+  printf("sdxl preset: UNet %lld, VAE %lld, TE1 %lld, TE2 %lld\n", unet, vae, te1, te2);
+  assert_int_equal(unet, 2567463684LL);
+  assert_int_equal(vae, 83653863LL);
+  assert_int_equal(te1, 123060480LL);
+  assert_int_equal(te2, 694659840LL);
+  free(L);
+}
+
 static void test_random_checkpoint_round_trips(void **state) {
   (void)state;
   char *dir = test_tmpdir(), path[512];
@@ -72,7 +116,7 @@ static void test_random_checkpoint_round_trips(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_tiny_layout_matches_golden_checkpoint),
-      cmocka_unit_test(test_random_checkpoint_round_trips),
+      cmocka_unit_test(test_random_checkpoint_round_trips), cmocka_unit_test(test_sdxl_layouts),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

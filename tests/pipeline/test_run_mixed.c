@@ -1,0 +1,187 @@
+/* A job that mixes families (SPEC §1.1 base_model): the scene on a tiny SDXL checkpoint, the person
+ * on the tiny SD 1.5 one (random weights: the structure is tested, not the pixels). result.json must
+ * name each pass's model and family; an SDXL LoRA on the SD 1.5 person is an error naming both. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "models/sd_layout.h"
+#include "pipeline/families.h"
+#include "pipeline/run.h"
+#include "prompt/document.h"
+#include "prompt/plan.h"
+#include "testutil.h"
+
+/* Random weights turn any scene into noise (no person would be found on it), so the person passes run
+ * on the photo kept as background (leading BREAK BREAK) and the SDXL scene pass in its own job. */
+static const char *PERSONS_DOC =
+    "BREAK BREAK a woman in a red coat%s\n"
+    "base_model=scene-xl\n"
+    "input_image=%s\n"
+    "seed=7\n"
+    "steps=2\n"
+    "scheduler=euler\n";
+static const char *SCENE_DOC =
+    "a street at dusk BREAK photo\n"
+    "base_model=scene-xl\n"
+    "w=128\n"
+    "h=192\n"
+    "seed=7\n"
+    "steps=2\n"
+    "scheduler=euler\n";
+
+typedef struct {
+  char *dir, *models;
+  mpass_ctx *ctx;
+} fixture;
+
+static int setup(void **state) {
+  fixture *f = calloc(1, sizeof *f);
+  f->dir = test_tmpdir();
+  char p[1024], q[1024];
+  snprintf(p, sizeof p, "%s/models", f->dir), mkdir(p, 0755), f->models = strdup(p);
+  snprintf(p, sizeof p, "%s/checkpoints", f->models), mkdir(p, 0755);
+  snprintf(p, sizeof p, "%s/lora", f->models), mkdir(p, 0755);
+  const char *src = getenv("MPASS_SOURCE_DIR");
+  snprintf(q, sizeof q, "%s/models/vision", src ? src : ".");
+  if (access(q, R_OK)) fail_msg("%s is missing: run scripts/fetch-models.sh", q);
+  snprintf(p, sizeof p, "%s/vision", f->models);
+  assert_int_equal(symlink(q, p), 0);
+  /* "scene-xl" sorts before "tiny-sd15": the default SD 1.5 model must be found by family, not name */
+  mp_sd_config cfg;
+  assert_ok(mp_sd_preset("tiny-xl", &cfg));
+  snprintf(p, sizeof p, "%s/checkpoints/scene-xl.safetensors", f->models);
+  assert_ok(mp_sd_write_random(p, &cfg, MP_F16, 5, "tiny-xl"));
+  snprintf(p, sizeof p, "%s/lora/xl-style.safetensors", f->models);
+  assert_ok(mp_sd_write_random_lora(p, &cfg, 4, 9)); /* an SDXL LoRA (UNet attention, 80-wide context) */
+  assert_ok(mp_sd_preset("tiny", &cfg));
+  snprintf(p, sizeof p, "%s/checkpoints/tiny-sd15.safetensors", f->models);
+  assert_ok(mp_sd_write_random(p, &cfg, MP_F16, 3, "tiny"));
+  mpass_options o = {.n_threads = 2, .models_dir = f->models};
+  assert_ok(mpass_ctx_create(&o, &f->ctx));
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fixture *f = *state;
+  mpass_ctx_destroy(f->ctx);
+  free(f->dir), free(f->models);
+  free(f);
+  return 0;
+}
+
+static cJSON *read_json(const char *path) {
+  FILE *fp = fopen(path, "rb");
+  assert_non_null(fp);
+  static char buf[1 << 20];
+  size_t n = fread(buf, 1, sizeof buf - 1, fp);
+  fclose(fp);
+  buf[n] = 0;
+  cJSON *j = cJSON_Parse(buf);
+  assert_non_null(j);
+  return j;
+}
+
+static mp_error *run_doc(fixture *f, const char *fmt, const char *extra, const char *name, char **dir) {
+  const char *src = getenv("MPASS_SOURCE_DIR");
+  char img[1024], doc[4096], out[1024];
+  snprintf(img, sizeof img, "%s/models/vision/images/sample6.jpg", src ? src : ".");
+  snprintf(doc, sizeof doc, fmt, extra, img);
+  mp_job *job;
+  mp_plan *plan;
+  assert_ok(mp_job_parse_text(doc, strlen(doc), &job));
+  assert_string_equal(job->base_model, "scene-xl");
+  assert_ok(mp_plan_make(job, &plan));
+  char *v = test_shared_path("data/clip/bpe_simple_vocab_16e6.txt.gz");
+  snprintf(out, sizeof out, "%s/out", f->dir);
+  mp_run_options o = {.out_dir = out, .job_name = name, .document = doc, .vocab = v, .rng = MP_RNG_CPU, .clip_skip = 1};
+  mp_error *e = mp_run_plan(f->ctx, plan, &o, dir);
+  free(v);
+  mp_plan_free(plan);
+  mp_job_free(job);
+  return e;
+}
+
+static void test_sdxl_scene_sd15_person(void **state) {
+  fixture *f = *state;
+  char *dir = NULL, p[1200];
+  /* the scene alone on SDXL */
+  assert_ok(run_doc(f, SCENE_DOC, "", "scene", &dir));
+  snprintf(p, sizeof p, "%s/result.json", dir);
+  cJSON *res = read_json(p);
+  cJSON *pass = cJSON_GetObjectItem(res, "passes")->child;
+  assert_string_equal(cJSON_GetObjectItem(pass, "pass")->valuestring, "scene");
+  assert_string_equal(cJSON_GetObjectItem(pass, "family")->valuestring, "SDXL");
+  assert_int_equal(cJSON_GetObjectItem(pass, "width")->valueint, 128);
+  assert_null(pass->next);
+  cJSON_Delete(res);
+  free(dir);
+  /* persons on SD 1.5 while base_model names the SDXL file */
+  assert_ok(run_doc(f, PERSONS_DOC, "", "mixed", &dir));
+  snprintf(p, sizeof p, "%s/result.json", dir);
+  res = read_json(p);
+  cJSON *models = cJSON_GetObjectItem(res, "models");
+  assert_string_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(models, "scene"), "family")->valuestring, "SDXL");
+  assert_non_null(strstr(cJSON_GetObjectItem(cJSON_GetObjectItem(models, "scene"), "path")->valuestring, "scene-xl"));
+  assert_string_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(models, "persons"), "family")->valuestring, "SD 1.x");
+  assert_non_null(strstr(cJSON_GetObjectItem(cJSON_GetObjectItem(models, "persons"), "path")->valuestring, "tiny-sd15"));
+  int persons = 0;
+  for (cJSON *ps = cJSON_GetObjectItem(res, "passes")->child; ps; ps = ps->next) {
+    const char *name = cJSON_GetObjectItem(ps, "pass")->valuestring;
+    const char *model = cJSON_GetObjectItem(ps, "model")->valuestring, *family = cJSON_GetObjectItem(ps, "family")->valuestring;
+    if (!strncmp(name, "person", 6)) {
+      persons++;
+      assert_string_equal(model, "tiny-sd15"), assert_string_equal(family, "SD 1.x");
+      /* rendered near SD 1.5's native size, not the scene's */
+      int w = cJSON_GetObjectItem(ps, "width")->valueint, h = cJSON_GetObjectItem(ps, "height")->valueint;
+      assert_true(w * h <= 640 * 640 && w * h >= 384 * 384);
+    }
+  }
+  assert_int_equal(persons, 1);
+  cJSON_Delete(res);
+  free(dir);
+}
+
+static void test_sdxl_lora_on_sd15_person(void **state) {
+  fixture *f = *state;
+  char *dir = NULL;
+  mp_error *e = run_doc(f, PERSONS_DOC, " <lora:xl-style:1>", "wrong-family", &dir);
+  assert_non_null(e);
+  assert_non_null(strstr(mp_error_message(e), "is for SDXL"));
+  assert_non_null(strstr(mp_error_message(e), "the model is SD 1.x"));
+  mp_error_free(e);
+  assert_null(dir);
+}
+
+static void test_families_helpers(void **state) {
+  fixture *f = *state;
+  char *path = NULL;
+  assert_ok(mp_default_sd15_checkpoint(f->models, &path));
+  assert_non_null(strstr(path, "tiny-sd15"));
+  free(path);
+  assert_ok(mp_base_model_path(f->models, "scene-xl", &path));
+  mp_family fam;
+  assert_ok(mp_checkpoint_family(path, &fam));
+  assert_int_equal(fam, MP_FAMILY_SDXL);
+  free(path);
+  assert_err_contains(mp_base_model_path(f->models, "nope", &path), "no checkpoint tune with that id");
+  assert_err_contains(mp_base_model_path(f->models, "../x", &path), "expected a checkpoint name");
+  int w, h;
+  mp_sdxl_default_size(MP_AR_NONE, &w, &h), assert_true(w == 1024 && h == 1024);
+  mp_sdxl_default_size(MP_AR_PORTRAIT, &w, &h), assert_true(w == 832 && h == 1216);
+  mp_sdxl_default_size(MP_AR_16_9, &w, &h), assert_true(w == 1344 && h == 768);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_families_helpers),
+      cmocka_unit_test(test_sdxl_scene_sd15_person),
+      cmocka_unit_test(test_sdxl_lora_on_sd15_person),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
