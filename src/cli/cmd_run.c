@@ -64,7 +64,8 @@ int cmd_run(mpass_ctx *ctx, int argc, char **argv) {
   static const struct option longopts[] = {
       {"model", required_argument, 0, 'm'},     {"out", required_argument, 0, 'o'},     {"name", required_argument, 0, 'n'},
       {"debug-passes", no_argument, 0, 'd'},    {"quiet", no_argument, 0, 'q'},         {"rng", required_argument, 0, 'r'},
-      {"clip-skip", required_argument, 0, 'c'}, {"input-image", required_argument, 0, 'i'}, {0, 0, 0, 0}};
+      {"clip-skip", required_argument, 0, 'c'}, {"input-image", required_argument, 0, 'i'},
+      {"controlnet-model", required_argument, 0, 'C'}, {0, 0, 0, 0}};
   mpass_run_options o = {.out_dir = "out", .rng = "cuda", .clip_skip = 1};
   progress_state ps = {false};
   int opt;
@@ -82,12 +83,13 @@ int cmd_run(mpass_ctx *ctx, int argc, char **argv) {
         if (o.clip_skip < 1 || o.clip_skip > 2) return cli_fail("run", mp_errorf("--clip-skip expects 1 or 2, found '%s'", optarg));
         break;
       case 'i': o.input_image = optarg; break;
+      case 'C': o.controlnet_model = optarg; break;
       default: return 2;
     }
   }
   if (optind != argc - 1) {
     fprintf(stderr, "usage: mpass run PROMPT_FILE [--model CKPT] [--out DIR] [--name NAME] [--input-image IMG]\n"
-                    "                 [--debug-passes] [--quiet] [--rng cuda|cpu] [--clip-skip 1|2]\n");
+                    "                 [--debug-passes] [--quiet] [--rng cuda|cpu] [--clip-skip 1|2] [--controlnet-model FILE]\n");
     return 2;
   }
   const char *file = argv[optind];

@@ -193,15 +193,25 @@ mp_error *mp_controlnet_model_eps(void *ctx, int rows, int h, int w, const float
     }
     m->emb_h = h, m->emb_w = w;
   }
+  const int cn_in = m->controlnet->cfg.in_channels, x_in = m->x_channels > 0 ? m->x_channels : cn_in;
+  if (x_in < cn_in) return mp_errorf("ControlNet takes %d latent channels, the sampler gives %d", cn_in, x_in);
+  const size_t plane = (size_t)h * (size_t)w;
   float *emb = mp_alloc((size_t)rows * per * sizeof(float));
-  if (!emb) return mp_errorf("out of memory");
+  float *x_cn = x_in != cn_in ? mp_alloc((size_t)rows * cn_in * plane * sizeof(float)) : NULL;
+  if (!emb || (x_in != cn_in && !x_cn)) {
+    mp_free(emb), mp_free(x_cn);
+    return mp_errorf("out of memory");
+  }
   for (int r = 0; r < rows; r++) memcpy(emb + (size_t)r * per, m->hint_emb, per * sizeof(float));
-  mp_unet_inputs in = {.batch = rows, .h = h, .w = w, .x = x, .t = t, .context = context, .n_ctx = n_ctx};
+  for (int r = 0; x_cn && r < rows; r++) /* an inpainting UNet's x: latent, mask, masked image; keep the latent */
+    memcpy(x_cn + (size_t)r * cn_in * plane, x + (size_t)r * x_in * plane, (size_t)cn_in * plane * sizeof(float));
+  mp_unet_inputs in = {.batch = rows, .h = h, .w = w, .x = x_cn ? x_cn : x, .t = t, .context = context, .n_ctx = n_ctx};
   mp_unet_control control;
   mp_error *e = mp_controlnet_forward(m->controlnet, m->pool, &in, emb, &control);
-  mp_free(emb);
+  mp_free(emb), mp_free(x_cn);
   if (e) return e;
   control.scale = m->scale;
+  in.x = x;
   in.control = &control;
   return mp_unet_run(m->unet, m->pool, &in, eps);
 }

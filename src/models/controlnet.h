@@ -47,6 +47,8 @@ typedef struct {
   mp_pool *pool;
   const float *hint; /* [1, 3, 8 h, 8 w] in [0, 1] */
   float scale;
+  int x_channels;    /* channels of the x the sampler passes (9 for an inpainting UNet: the ControlNet
+                      * sees the first 4, the latent); 0 means the ControlNet's own in_channels */
   float *hint_emb;   /* cache: [1, model_channels, h, w], owned; free with mp_controlnet_model_free */
   int emb_h, emb_w;
 } mp_controlnet_model;

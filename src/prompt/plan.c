@@ -47,6 +47,7 @@ mp_error *mp_plan_make(const mp_job *job, mp_plan **out) {
   if (job->flags.only_upscale) p->mode = MP_SCENE_INPUT;
   else if (job->keep_background) p->mode = MP_SCENE_BACKGROUND;
   else if (has_input && has_mask) p->mode = MP_SCENE_INPAINT;
+  else if (has_input && job->controlnet && job->controlnet_txt2img) p->mode = MP_SCENE_TXT2IMG; /* guided by the input's control image */
   else if (has_input) p->mode = MP_SCENE_IMG2IMG;
   else p->mode = MP_SCENE_TXT2IMG;
 
@@ -84,7 +85,6 @@ mp_error *mp_plan_make(const mp_job *job, mp_plan **out) {
 
   if (job->face_correct) skip(p, "face_correct", "no face-restoration model is configured (mpass has none yet)");
   if (job->face_swap) skip(p, "face_swap", "no face-swap model is configured (mpass has none yet)");
-  if (job->controlnet) skip(p, "controlnet", "ControlNet weights are not supported yet");
   if (job->prompt_expansion) skip(p, "prompt_expansion", "no prompt-expansion model runs locally; the prompt is used as written");
   for (int k = 0; k < 1 + job->n_persons; k++)
     for (int a = 0; a < job->passes[k].n_adapters; a++)
