@@ -57,6 +57,7 @@ typedef struct {
   char *controlnet_path, *controlnet_name;
   char controlnet_hash[11];
   mp_image control; /* at the scene size; empty until the first scene */
+  bool control_layout; /* controlnet=pose without an input image: N standing skeletons, one per person section */
 } run;
 
 static char *path_join(const char *a, const char *b) {
@@ -302,6 +303,19 @@ static mp_error *load_input(run *r, const char *given, int channels, mp_image *i
 /* The control image, made once per job from the input image fitted to the scene size (the same for
  * every image), written as control.png beside the results and shown on the contact sheet. */
 static mp_error *scene_control(run *r, int image) {
+  if (!r->control.pixels && r->control_layout) { /* issue 16 item 4: one skeleton per person section, left to right */
+    mp_openpose_skeleton sk[MP_MAX_PERSONS];
+    int n = r->job->n_persons < MP_MAX_PERSONS ? r->job->n_persons : MP_MAX_PERSONS;
+    mp_openpose_layout(n, r->width, r->height, sk);
+    MP_TRY(mp_openpose_draw(sk, n, r->width, r->height, &r->control));
+    char *path = path_join(r->tmp_dir, "control.png");
+    mp_error *e = path ? mp_image_write_png(path, &r->control, NULL, NULL) : mp_errorf("out of memory");
+    free(path);
+    if (e) {
+      mp_image_free(&r->control);
+      return e;
+    }
+  }
   if (!r->control.pixels) {
     const mp_job *job = r->job;
     mp_image src = {0}, fitted = {0};
@@ -711,12 +725,21 @@ static void iso_time(char *buf, size_t cap) {
  * the ControlNet file is found by type (or named by --controlnet-model / MPASS_CONTROLNET_MODEL). */
 static mp_error *open_controlnet(run *r) {
   const mp_job *job = r->job;
-  if (!job->controlnet || r->plan->mode == MP_SCENE_INPUT) return NULL;
+  if (!job->controlnet) return NULL;
+  if (r->plan->mode == MP_SCENE_INPUT || r->plan->mode == MP_SCENE_BACKGROUND) {
+    warn(r, "controlnet=%s ignored: no pass draws a new scene (%s)", job->controlnet,
+         r->plan->mode == MP_SCENE_INPUT ? "--only_upscale" : "the input image is the background");
+    return NULL;
+  }
   MP_TRY(mp_control_type_parse(job->controlnet, &r->control_type));
-  if (!r->o->input_image && !job->input_image && !job->input_image_url)
-    return mp_errorf("controlnet=%s needs an input_image: the control image is computed from it (a pose layout without "
-                     "an input image is not implemented yet)",
-                     job->controlnet);
+  if (!r->o->input_image && !job->input_image && !job->input_image_url) {
+    /* pose with person sections: a built-in layout of standing skeletons, one per section */
+    if (r->control_type == MP_CONTROL_POSE && job->n_persons > 0 && !job->flags.person_layout_none) r->control_layout = true;
+    else
+      return mp_errorf("controlnet=%s needs an input_image: the control image is computed from it (only controlnet=pose with "
+                       "person sections has a built-in layout, unless --person_layout none)",
+                       job->controlnet);
+  }
   const char *override = r->o->controlnet_model ? r->o->controlnet_model : getenv("MPASS_CONTROLNET_MODEL");
   MP_TRY(mp_controlnet_find(r->ctx->models_dir, r->control_type, override, &r->controlnet_path));
   mp_error *e = mp_controlnet_open(r->controlnet_path, NULL, &r->controlnet);
@@ -829,6 +852,17 @@ static mp_error *write_result(run *r, const char *started) {
     cJSON_AddStringToObject(cn, "file", r->controlnet_path);
     cJSON_AddStringToObject(cn, "hash", r->controlnet_hash);
     cJSON_AddStringToObject(cn, "control_image", r->control.pixels ? "control.png" : "");
+    if (r->control_layout) { /* the built-in pose layout: which pose stands in which slot */
+      static const char *const poses[MP_OPENPOSE_LAYOUT_POSES] = {"arms down", "hands on hips", "right arm raised"};
+      cJSON *layout = cJSON_AddArrayToObject(cn, "person_layout");
+      for (int k = 0; k < job->n_persons && k < MP_MAX_PERSONS; k++) {
+        cJSON *slot = cJSON_CreateObject();
+        cJSON_AddNumberToObject(slot, "person", k + 1);
+        cJSON_AddStringToObject(slot, "pose", poses[k % MP_OPENPOSE_LAYOUT_POSES]);
+        cJSON_AddNumberToObject(slot, "x_center", (k + 0.5) * r->width / job->n_persons);
+        cJSON_AddItemToArray(layout, slot);
+      }
+    }
   }
   for (int i = 0; i < job->n_warnings; i++) cJSON_AddItemToArray(r->warnings, cJSON_CreateString(job->warnings[i]));
   char finished[32];

@@ -176,6 +176,40 @@ static void fill_ellipse(mp_image *img, int cx, int cy, int a, int b, int deg, c
     }
 }
 
+/* Standing poses, facing the viewer (the person's right is on the image's left), in units of body
+ * height: x from the body's centre line, y from the top of the head. Keypoints in OpenPose order. */
+static const float layout_poses[MP_OPENPOSE_LAYOUT_POSES][MP_OPENPOSE_KEYPOINTS][2] = {
+    {/* arms down */
+     {0, 0.07f}, {0, 0.17f}, {-0.10f, 0.18f}, {-0.13f, 0.33f}, {-0.14f, 0.47f}, {0.10f, 0.18f}, {0.13f, 0.33f}, {0.14f, 0.47f},
+     {-0.06f, 0.50f}, {-0.065f, 0.72f}, {-0.07f, 0.95f}, {0.06f, 0.50f}, {0.065f, 0.72f}, {0.07f, 0.95f},
+     {-0.02f, 0.055f}, {0.02f, 0.055f}, {-0.045f, 0.065f}, {0.045f, 0.065f}},
+    {/* hands on hips */
+     {0, 0.07f}, {0, 0.17f}, {-0.10f, 0.18f}, {-0.19f, 0.31f}, {-0.09f, 0.45f}, {0.10f, 0.18f}, {0.19f, 0.31f}, {0.09f, 0.45f},
+     {-0.06f, 0.50f}, {-0.08f, 0.72f}, {-0.10f, 0.95f}, {0.06f, 0.50f}, {0.08f, 0.72f}, {0.10f, 0.95f},
+     {-0.02f, 0.055f}, {0.02f, 0.055f}, {-0.045f, 0.065f}, {0.045f, 0.065f}},
+    {/* right arm raised */
+     {0, 0.07f}, {0, 0.17f}, {-0.10f, 0.18f}, {-0.18f, 0.12f}, {-0.20f, 0.02f}, {0.10f, 0.18f}, {0.12f, 0.33f}, {0.13f, 0.47f},
+     {-0.06f, 0.50f}, {-0.06f, 0.72f}, {-0.06f, 0.95f}, {0.06f, 0.50f}, {0.07f, 0.72f}, {0.08f, 0.95f},
+     {-0.02f, 0.055f}, {0.02f, 0.055f}, {-0.045f, 0.065f}, {0.045f, 0.065f}},
+};
+
+void mp_openpose_layout(int n, int w, int h, mp_openpose_skeleton *out) {
+  const float slot = n > 0 ? (float)w / (float)n : (float)w;
+  /* a body is about 0.45 of its height wide with the arms out: fit it in 90 % of the slot and the height */
+  float height = 0.9f * (float)h;
+  if (0.45f * height > 0.9f * slot) height = 0.9f * slot / 0.45f;
+  const float top = (float)h - 0.03f * (float)h - height; /* feet near the bottom edge */
+  for (int i = 0; i < n; i++) {
+    const float(*pose)[2] = layout_poses[i % MP_OPENPOSE_LAYOUT_POSES];
+    const float cx = ((float)i + 0.5f) * slot;
+    memset(&out[i], 0, sizeof out[i]);
+    for (int k = 0; k < MP_OPENPOSE_KEYPOINTS; k++) {
+      out[i].x[k] = cx + pose[k][0] * height, out[i].y[k] = top + pose[k][1] * height;
+      out[i].present[k] = out[i].x[k] >= 0 && out[i].y[k] >= 0 && out[i].x[k] < (float)w && out[i].y[k] < (float)h;
+    }
+  }
+}
+
 mp_error *mp_openpose_draw(const mp_openpose_skeleton *sk, int n, int w, int h, mp_image *out) {
   MP_TRY(mp_image_alloc(out, w, h, 3));
   memset(out->pixels, 0, (size_t)w * h * 3);

@@ -47,6 +47,12 @@ typedef struct {
 void mp_openpose_from_mediapipe(const float landmarks[MP_MEDIAPIPE_LANDMARKS][3], float min_visibility, int w, int h,
                                 mp_openpose_skeleton *out);
 
+/* A layout of n standing people side by side, for a w × h scene without an input image: slot i (left
+ * to right) holds pose i % 3 of a small built-in table (arms down, hands on hips, one arm raised),
+ * scaled to the slot and the height, feet near the bottom. */
+void mp_openpose_layout(int n, int w, int h, mp_openpose_skeleton *out);
+#define MP_OPENPOSE_LAYOUT_POSES 3
+
 /* The skeletons on black, w × h RGB (newly allocated): the 17 limbs as filled ellipses 4 px thick in
  * OpenPose's limb colours, the whole drawing dimmed to 60 %, then the keypoints as filled circles of
  * radius 4 in full colour on top. */

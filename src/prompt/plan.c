@@ -154,6 +154,7 @@ void mp_plan_print(const mp_plan *p, FILE *f) {
   if (j->flags.mask_dilate_given) fprintf(f, "  --mask_dilate %d%s\n", j->flags.mask_dilate, j->flags.mask_dilate_percent ? "%" : "");
   if (j->flags.person_denoising_strength_given) fprintf(f, "  --person_denoising_strength %g\n", j->flags.person_denoising_strength);
   if (j->flags.face_denoising_strength_given) fprintf(f, "  --face_denoising_strength %g\n", j->flags.face_denoising_strength);
+  if (j->flags.person_layout_none) fprintf(f, "  --person_layout none\n");
   fprintf(f, "sections (%d)%s\n", j->n_sections, j->keep_background ? ", leading BREAK BREAK: the input image is the background" : "");
   print_sections(f, j->sections, j->n_sections);
   fprintf(f, "negative sections (%d)%s\n", j->n_neg_sections, j->n_neg_sections == 1 ? ", no BREAK: used by every pass" : "");
@@ -254,6 +255,7 @@ static cJSON *flags_json(const mp_job *j) {
   } else cJSON_AddNullToObject(o, "mask_dilate");
   cJSON_AddNumberToObject(o, "person_denoising_strength", j->flags.person_denoising_strength);
   cJSON_AddNumberToObject(o, "face_denoising_strength", j->flags.face_denoising_strength);
+  cJSON_AddStringToObject(o, "person_layout", j->flags.person_layout_none ? "none" : "auto");
   return o;
 }
 

@@ -237,6 +237,43 @@ static void test_pose_img2img(void **state) {
   free(dir);
 }
 
+/* No input image, controlnet=pose and two person sections: the scene is guided by two standing
+ * skeletons (the built-in layout), recorded in result.json; --person_layout none turns it off. */
+static void test_pose_layout(void **state) {
+  fixture *f = *state;
+  char cn[1024];
+  snprintf(cn, sizeof cn, "%s/controlnet/control_v11p_sd15_canny.safetensors", f->models);
+  mp_error *e = NULL;
+  char *dir = run_doc(f, "a beach BREAK BREAK a woman BREAK a man\ncontrolnet=pose\nseed=5\nsteps=2\nscheduler=euler\nw=256\nh=128\n",
+                      cn, &e);
+  assert_ok(e);
+  char p[2048];
+  snprintf(p, sizeof p, "%s/result.json", dir);
+  cJSON *res = read_json(p);
+  cJSON *c = cJSON_GetObjectItem(res, "controlnet");
+  cJSON *layout = cJSON_GetObjectItem(c, "person_layout");
+  assert_int_equal(cJSON_GetArraySize(layout), 2);
+  assert_int_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(layout, 1), "person")->valueint, 2);
+  assert_true(cJSON_GetObjectItem(cJSON_GetArrayItem(layout, 1), "x_center")->valuedouble == 192);
+  cJSON *scene = cJSON_GetObjectItem(res, "passes")->child;
+  assert_true(cJSON_IsTrue(cJSON_GetObjectItem(scene, "controlnet")));
+  cJSON_Delete(res);
+  mp_image control, drawn;
+  read_png(dir, "control.png", &control);
+  read_png(dir, "debug/0-control.png", &drawn);
+  mp_openpose_skeleton s[2];
+  mp_openpose_layout(2, 256, 128, s);
+  mp_image want;
+  assert_ok(mp_openpose_draw(s, 2, 256, 128, &want));
+  assert_memory_equal(control.pixels, want.pixels, (size_t)256 * 128 * 3);
+  assert_memory_equal(drawn.pixels, want.pixels, (size_t)256 * 128 * 3);
+  mp_image_free(&control), mp_image_free(&drawn), mp_image_free(&want);
+  free(dir);
+  dir = run_doc(f, "a beach BREAK BREAK a woman --person_layout none\ncontrolnet=pose\nsteps=1\nw=64\nh=64\n", cn, &e);
+  assert_null(dir);
+  assert_err_contains(e, "needs an input_image");
+}
+
 static void test_errors(void **state) {
   fixture *f = *state;
   mp_error *e = NULL;
@@ -259,6 +296,7 @@ int main(void) {
       cmocka_unit_test(test_canny_txt2img),
       cmocka_unit_test(test_scale_zero_is_no_controlnet),
       cmocka_unit_test(test_pose_img2img),
+      cmocka_unit_test(test_pose_layout),
       cmocka_unit_test(test_errors),
   };
   return cmocka_run_group_tests(tests, setup, teardown);

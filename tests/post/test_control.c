@@ -143,12 +143,40 @@ static void test_openpose_from_mediapipe(void **state) {
   assert_true(s.present[12]);
 }
 
+/* The built-in layout: n figures side by side, left to right, whole and inside the image. */
+static void test_openpose_layout(void **state) {
+  (void)state;
+  mp_openpose_skeleton s[4];
+  mp_openpose_layout(4, 512, 256, s);
+  for (int i = 0; i < 4; i++) {
+    const float slot_lo = 128.0f * i, slot_hi = 128.0f * (i + 1);
+    for (int k = 0; k < MP_OPENPOSE_KEYPOINTS; k++) {
+      assert_true(s[i].present[k]);
+      if (!(s[i].x[k] > slot_lo && s[i].x[k] < slot_hi)) fail_msg("figure %d keypoint %d at x %.1f outside its slot", i, k, s[i].x[k]);
+      assert_true(s[i].y[k] > 0 && s[i].y[k] < 256);
+    }
+    assert_true(s[i].x[1] == 64.0f + 128.0f * i);   /* the neck on the slot's centre line */
+    assert_true(s[i].y[0] < s[i].y[1] && s[i].y[1] < s[i].y[8] && s[i].y[8] < s[i].y[10]); /* head, neck, hip, ankle */
+    assert_true(s[i].x[2] < s[i].x[5]);                /* facing us: the right shoulder on the image's left */
+  }
+  assert_true(s[0].y[10] > 256 * 0.9f);               /* feet near the bottom */
+  assert_true(s[2].y[4] < s[2].y[2]);                 /* the third pose raises its right arm */
+  /* one figure on a wide image keeps body proportions: as tall as 90 % of the image */
+  mp_openpose_layout(1, 512, 128, s);
+  assert_true(s[0].y[10] - s[0].y[0] > 0.8f * 128 * 0.88f);
+  mp_image img;
+  assert_ok(mp_openpose_draw(s, 1, 512, 128, &img));
+  expect_rgb(&img, (int)s[0].x[1], (int)s[0].y[1], 255, 85, 0); /* the neck dot */
+  mp_image_free(&img);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_canny_matches_opencv),
       cmocka_unit_test(test_control_types),
       cmocka_unit_test(test_openpose_drawing),
       cmocka_unit_test(test_openpose_from_mediapipe),
+      cmocka_unit_test(test_openpose_layout),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
