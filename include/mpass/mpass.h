@@ -74,6 +74,7 @@ typedef struct {
   int debug_passes;       /* also write every intermediate image and a contact sheet */
   mpass_progress_fn progress; /* may be NULL */
   void *progress_user;
+  const char *controlnet_model; /* controlnet=: this ControlNet file; NULL: $MPASS_CONTROLNET_MODEL, else found by type */
 } mpass_run_options;
 
 /* Run a job: every image, every pass, the outputs and result.json. On success *job_dir (may be

@@ -11,7 +11,9 @@
  * only. (mpass run/generate open the checkpoint through the pipeline engine, which also hashes the
  * file for the "Model hash" field; that is not part of load_s here.) Prints wall and CPU seconds and the load average (the machine may be shared), and ends with
  * one machine-readable line:
- *   bench: precision=f32 size=512x512 threads=2 load_s=… te_s=… step_s=… vae_decode_s=… peak_rss_mb=… */
+ *   bench: precision=f32 size=512x512 threads=2 load_s=… te_s=… step_s=… vae_decode_s=… peak_rss_mb=…
+ * With --controlnet FILE the same steps run again with that ControlNet on both CFG halves (a synthetic
+ * hint), and the line adds controlnet_step_s=… controlnet_overhead=… (the ratio to step_s, minus 1). */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -27,6 +29,7 @@
 #include "models/clip.h"
 #include "models/openclip.h"
 #include "prompt/conditioning_xl.h"
+#include "models/controlnet.h"
 #include "models/sd.h"
 #include "models/unet.h"
 #include "models/vae.h"
@@ -101,8 +104,9 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
                                            {"height", required_argument, 0, 'H'},
                                            {"no-vae", no_argument, 0, 'n'},
                                            {"help", no_argument, 0, 'h'},
+                                           {"controlnet", required_argument, 0, 'c'},
                                            {0, 0, 0, 0}};
-  const char *model = NULL;
+  const char *model = NULL, *controlnet_path = NULL;
   int W = 512, H = 512, steps = 3, opt, run_vae = 1;
   optind = 1;
   while ((opt = getopt_long(argc, argv, "W:H:", longopts, NULL)) != -1) {
@@ -111,6 +115,7 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
     else if (opt == 'W') W = atoi(optarg);
     else if (opt == 'H') H = atoi(optarg);
     else if (opt == 'n') run_vae = 0; /* profiling the UNet alone */
+    else if (opt == 'c') controlnet_path = optarg;
     else if (opt == 'h') {
       usage(stdout);
       return 0;
@@ -135,6 +140,10 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
   float *y = NULL, *pooled = NULL;
   mp_unet *unet = NULL;
   mp_vae *vae = NULL;
+  mp_controlnet *cn = NULL;
+  mp_controlnet_model cnm = {0};
+  float *hint = NULL;
+  stamp cn_step_s = {0, 0};
   float *ctxt = NULL, *x = NULL, *eps = NULL, *img = NULL;
   int32_t *ids = NULL;
   stamp t0 = now();
@@ -216,20 +225,54 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
   report("mean step (after the first)", step_s);
   report("load (incl. packing)", load_s);
 
+  if (controlnet_path) { /* the same steps with the ControlNet on both CFG halves */
+    t = now();
+    if ((e = mp_controlnet_open(controlnet_path, NULL, &cn))) goto done;
+    report("ControlNet load (map + bind)", since(t));
+    if (!(hint = malloc(sizeof(float) * 3 * (size_t)W * H))) {
+      e = mp_errorf("out of memory");
+      goto done;
+    }
+    pseudo_random(hint, (size_t)3 * W * H, 2);
+    for (size_t i = 0; i < (size_t)3 * W * H; i++) hint[i] = hint[i] > 0 ? 1.0f : 0.0f; /* an edge map's values */
+    cnm = (mp_controlnet_model){.unet = unet, .controlnet = cn, .pool = ctx->pool, .hint = hint, .scale = 1.0f, .x_channels = C};
+    stamp total = {0, 0}, first_cn = {0, 0};
+    for (int s = 0; s < steps; s++) {
+      t = now();
+      memcpy(x + nx, x, sizeof(float) * nx);
+      float ts[2] = {999.0f - 50.0f * (float)s, 999.0f - 50.0f * (float)s};
+      if ((e = mp_controlnet_model_eps(&cnm, 2, h, w, x, ts, ctxt, n_ctx, eps))) goto done;
+      stamp d = since(t);
+      total.wall += d.wall, total.cpu += d.cpu;
+      if (s == 0) first_cn = d;
+      char what[48];
+      snprintf(what, sizeof what, "step %d with ControlNet", s + 1);
+      report(what, d);
+    }
+    cn_step_s = steps > 1 ? (stamp){(total.wall - first_cn.wall) / (steps - 1), (total.cpu - first_cn.cpu) / (steps - 1)} : total;
+    report("mean ControlNet step", cn_step_s);
+  }
+
   t = now();
   if (run_vae && (e = mp_vae_decode(vae, ctx->pool, h, w, x, img))) goto done;
   stamp vae_s = since(t);
   report("VAE decode", vae_s);
   loadavg(la, sizeof la);
   printf("load average after: %s\n", la);
-  printf("bench: precision=%s size=%dx%d threads=%d load_s=%.2f te_s=%.2f step_s=%.2f vae_decode_s=%.2f peak_rss_mb=%.0f\n",
+  printf("bench: precision=%s size=%dx%d threads=%d load_s=%.2f te_s=%.2f step_s=%.2f vae_decode_s=%.2f peak_rss_mb=%.0f",
          mpass_ctx_precision(ctx), W, H, ctx->n_threads, load_s.wall, te_s.wall, step_s.wall, vae_s.wall, peak_rss_mb());
+  if (controlnet_path)
+    printf(" controlnet_step_s=%.2f controlnet_overhead=%.2f", cn_step_s.wall, step_s.wall > 0 ? cn_step_s.wall / step_s.wall - 1 : 0);
+  printf("\n");
 done:
   free(ctxt), free(x), free(eps), free(img), free(ids), free(y), free(pooled);
   mp_clip_free(clip);
   mp_openclip_free(clip2);
   mp_unet_free(unet);
   mp_vae_free(vae);
+  mp_controlnet_model_free(&cnm);
+  mp_controlnet_free(cn);
+  free(hint);
   mp_weights_close(wts);
   return e ? cli_fail("bench", e) : 0;
 }

@@ -72,7 +72,7 @@ int cmd_run(mpass_ctx *ctx, int argc, char **argv) {
       {"model", required_argument, 0, 'm'},     {"out", required_argument, 0, 'o'},     {"name", required_argument, 0, 'n'},
       {"debug-passes", no_argument, 0, 'd'},    {"quiet", no_argument, 0, 'q'},         {"rng", required_argument, 0, 'r'},
       {"clip-skip", required_argument, 0, 'c'}, {"input-image", required_argument, 0, 'i'}, {"help", no_argument, 0, 'h'},
-      {0, 0, 0, 0}};
+      {"controlnet-model", required_argument, 0, 'C'}, {0, 0, 0, 0}};
   mpass_run_options o = {.out_dir = "out", .rng = "cuda", .clip_skip = 1};
   progress_state ps = {false};
   int opt;
@@ -90,6 +90,7 @@ int cmd_run(mpass_ctx *ctx, int argc, char **argv) {
         if (o.clip_skip < 1 || o.clip_skip > 2) return cli_fail("run", mp_errorf("--clip-skip expects 1 or 2, found '%s'", optarg));
         break;
       case 'i': o.input_image = optarg; break;
+      case 'C': o.controlnet_model = optarg; break;
       case 'h': usage(stdout); return 0;
       default: usage(stderr); return 2;
     }

@@ -23,6 +23,7 @@ static const struct {
     {"unet", conform_case_unet},
     {"vae", conform_case_vae},
     {"lora", conform_case_lora},
+    {"controlnet", conform_case_controlnet},
     {"x4fast", conform_case_x4fast},
     {"x4plus", conform_case_x4plus},
     {"pose_detection", conform_case_pose_detection},

@@ -43,6 +43,12 @@ char *conform_path(const conform *c, const char *rel);
 /* The checkpoint named by the manifest's "ckpt" field (or --ckpt), opened once and cached. */
 mp_error *conform_checkpoint(conform *c, mp_weights **out);
 
+/* The ControlNet the manifest's "controlnet_ckpt" names, and the folder's hint.png as [1, 3, H, W] u8/255
+ * (conform_controlnet.c; the caller frees with mp_controlnet_free / mp_free). */
+struct mp_controlnet;
+mp_error *conform_controlnet_open(conform *c, struct mp_controlnet **out);
+mp_error *conform_controlnet_hint(conform *c, float **hint, int *H, int *W);
+
 /* Compare `got` (n floats) with golden tensor `name`: rel L2 <= tol_rel and
  * max abs <= tol_abs * max(1, max|golden|). Prints a line; returns true on PASS. */
 bool conform_check(conform *c, const char *name, const float *got, int64_t n, double tol_rel, double tol_abs);
@@ -67,6 +73,7 @@ mp_error *conform_case_inpaint(conform *c);
 mp_error *conform_case_unet(conform *c);
 mp_error *conform_case_vae(conform *c);
 mp_error *conform_case_lora(conform *c);
+mp_error *conform_case_controlnet(conform *c);
 mp_error *conform_case_x4fast(conform *c);
 mp_error *conform_case_x4plus(conform *c);
 mp_error *conform_case_pose_detection(conform *c);

@@ -9,6 +9,7 @@
 #include "cli/conform.h"
 #include "io/image.h"
 #include "models/clip.h"
+#include "models/controlnet.h"
 #include "models/sd.h"
 #include "models/unet.h"
 #include "models/vae.h"
@@ -88,6 +89,14 @@ static mp_error *load_models(conform *c, sd_models *m) {
 static mp_error *reference_ids(conform *c, const char *prompt, int32_t ids[77]) {
   char *path = conform_path(c, "tok.json");
   FILE *f = path ? fopen(path, "rb") : NULL;
+  const cJSON *ck = cJSON_GetObjectItemCaseSensitive(c->manifest, "ckpt");
+  if (!f && cJSON_IsString(ck) && strrchr(ck->valuestring, '/')) { /* a suite on another's model (tiny-controlnet): its tok.json */
+    char rel[1024];
+    snprintf(rel, sizeof rel, "%.*stok.json", (int)(strrchr(ck->valuestring, '/') + 1 - ck->valuestring), ck->valuestring);
+    free(path);
+    path = conform_path(c, rel);
+    f = path ? fopen(path, "rb") : NULL;
+  }
   if (!f) {
     mp_error *e = mp_errorf("cannot open %s (the reference token ids of the prompts)", path ? path : "tok.json");
     free(path);
@@ -222,12 +231,13 @@ static const txt2img_run txt2img_runs[] = {
     {"txt2img.dpmpp_sde_karras", "dpm++sde_karras", true, true, 0},
 };
 
+/* control: the ControlNet-guided model (golden/tiny-controlnet), or NULL for the plain UNet. */
 static mp_error *run_txt2img(conform *c, sd_models *m, const txt2img_run *r, const float *context, const float *y, const float *init,
-                             int steps, double cfg, int h, int w) {
+                             int steps, double cfg, int h, int w, mp_controlnet_model *control) {
   int64_t n = (int64_t)MP_LATENT_CHANNELS * h * w;
   mp_unet_model um = {.unet = m->unet, .pool = c->ctx->pool, .y = y, .y_rows = 2, .y_dim = m->cfg.unet.adm_in_channels};
-  mp_generate_params p = {.model = mp_unet_model_eps,
-                          .model_ctx = &um,
+  mp_generate_params p = {.model = control ? mp_controlnet_model_eps : mp_unet_model_eps,
+                          .model_ctx = control ? (void *)control : (void *)&um,
                           .unet_in_channels = m->cfg.unet.in_channels,
                           .schedule = &m->sched,
                           .context = context,
@@ -326,12 +336,29 @@ mp_error *conform_case_txt2img(conform *c) {
   if (!e) e = conform_tensor_f32(c, "txt2img.init_latent", &init);
   if (!e && mp_tensor_numel(&init) != (int64_t)MP_LATENT_CHANNELS * (H / 8) * (W / 8))
     e = mp_errorf("txt2img.init_latent has %lld values, expected 4x%dx%d", (long long)mp_tensor_numel(&init), H / 8, W / 8);
-  for (size_t i = 0; !e && i < sizeof txt2img_runs / sizeof *txt2img_runs; i++) {
-    char latent[128];
-    snprintf(latent, sizeof latent, "%s.latent", txt2img_runs[i].run);
-    if (xl && !mp_weights_find(c->golden, latent)) continue; /* tiny-xl holds k-diffusion runs and diffusers' Euler only */
-    e = run_txt2img(c, &m, &txt2img_runs[i], context, y, init.data, steps, cfg, H / 8, W / 8);
+  /* golden/tiny-controlnet: the same runs guided by a ControlNet on both CFG halves (those it has goldens for) */
+  mp_controlnet *cn = NULL;
+  mp_controlnet_model control = {0};
+  float *hint = NULL;
+  const bool guided = cJSON_GetObjectItemCaseSensitive(c->manifest, "controlnet_ckpt") != NULL;
+  if (!e && guided) {
+    int hh = 0, hw = 0;
+    e = conform_controlnet_open(c, &cn);
+    if (!e) e = conform_controlnet_hint(c, &hint, &hh, &hw);
+    if (!e && (hh != H || hw != W)) e = mp_errorf("hint.png is %dx%d, the txt2img run %dx%d", hw, hh, W, H);
+    control = (mp_controlnet_model){.unet = m.unet, .controlnet = cn, .pool = c->ctx->pool, .hint = hint,
+                                    .scale = (float)manifest_number(t, "controlnet_conditioning_scale", 1.0)};
   }
+  for (size_t i = 0; !e && i < sizeof txt2img_runs / sizeof *txt2img_runs; i++) {
+    char latent_name[256];
+    snprintf(latent_name, sizeof latent_name, "%s.latent", txt2img_runs[i].run);
+    /* tiny-xl holds k-diffusion runs and diffusers' Euler only; tiny-controlnet the guided runs it has */
+    if ((xl || guided) && !mp_weights_find(c->golden, latent_name)) continue;
+    e = run_txt2img(c, &m, &txt2img_runs[i], context, y, init.data, steps, cfg, H / 8, W / 8, guided ? &control : NULL);
+  }
+  mp_controlnet_model_free(&control);
+  mp_controlnet_free(cn);
+  mp_free(hint);
   mp_tensor_free(&init);
   mp_free(context);
   mp_free(y);

@@ -205,6 +205,21 @@ static void warp_back(const float *m, int n, mp_rotated_roi r, float *dst, int w
     }
 }
 
+/* The landmark model's 33 pose landmarks (x, y in the 256² crop's pixels, z, visibility and presence
+ * logits) mapped through the ROI back into image pixels, visibility as a probability (ControlNet's
+ * pose preprocessor draws from these). */
+static void landmarks_to_image(const float *raw, mp_rotated_roi r, float out[MP_POSE_LANDMARKS][3]) {
+  double c = cos(r.rotation), s = sin(r.rotation);
+  for (int k = 0; k < MP_POSE_LANDMARKS; k++) {
+    const float *v = raw + 5 * k;
+    double u = (v[0] / LM_N - 0.5) * r.side, w = (v[1] / LM_N - 0.5) * r.side;
+    float vis = v[3] < -80 ? -80 : v[3] > 80 ? 80 : v[3];
+    out[k][0] = (float)(r.cx + u * c - w * s);
+    out[k][1] = (float)(r.cy + u * s + w * c);
+    out[k][2] = 1.0f / (1.0f + expf(-vis));
+  }
+}
+
 /* ---- the pipeline ---- */
 
 typedef struct {
@@ -335,8 +350,10 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
     if ((e = mp_tflite_run(pf->landmark, pool, in1))) goto done;
     const float *logits = mp_tflite_output_by_name(pf->landmark, "Identity_2", NULL);
     const float *pres = mp_tflite_output_by_name(pf->landmark, "Identity_1", NULL);
-    if (!logits || !pres) {
-      e = mp_errorf("pose landmark: outputs Identity_1/Identity_2 missing");
+    int64_t n_lm = 0;
+    const float *lm = mp_tflite_output_by_name(pf->landmark, "Identity", &n_lm);
+    if (!logits || !pres || !lm || n_lm < MP_POSE_LANDMARKS * 5) {
+      e = mp_errorf("pose landmark: outputs Identity [195]/Identity_1/Identity_2 missing");
       goto done;
     }
     float *m = mp_alloc((size_t)LM_N * LM_N * sizeof *m);
@@ -356,6 +373,7 @@ mp_error *mp_persons_find(mp_person_finder *pf, mp_pool *pool, const mp_image *i
     warp_back(m, LM_N, cand[i].roi, p->mask, W, H);
     mp_free(m);
     for (size_t k = 0; k < npix; k++) p->mask[k] = fminf(p->mask[k], seg_full[k]);
+    landmarks_to_image(lm, cand[i].roi, p->landmarks);
     p->score = cand[i].score;
     p->presence = pres[0];
     p->source = cand[i].source;

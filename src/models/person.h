@@ -30,6 +30,7 @@ typedef struct {
 } mp_person_finder;
 
 enum { MP_PERSON_FROM_POSE = 0, MP_PERSON_FROM_FACE = 1 };
+#define MP_POSE_LANDMARKS 33
 
 typedef struct {
   float x0, y0, x1, y1; /* box of the mask (> 0.5), pixels */
@@ -39,6 +40,8 @@ typedef struct {
   mp_rotated_roi roi;
   mp_detection det; /* what found it: the pose detection (its box is a face box) or the face, pixels */
   float *mask;      /* [height * width], 0..1, owned */
+  /* MediaPipe's 33 pose landmarks: x, y in image pixels, visibility 0..1 (from the same landmark run) */
+  float landmarks[MP_POSE_LANDMARKS][3];
 } mp_person;
 
 #define MP_MAX_FOUND_PERSONS 32

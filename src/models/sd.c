@@ -104,14 +104,15 @@ static mp_error *openclip_from_shapes(const mp_weights *w, mp_clip_config *c) {
   return NULL;
 }
 
-static mp_error *unet_from_shapes(const mp_weights *w, mp_unet_config *u) {
-  const char *p = MP_PREFIX_UNET;
+/* The UNet under `p`; a ControlNet's encoder copy (encoder_only) has no out.2 and no output channels. */
+static mp_error *unet_shapes_at(const mp_weights *w, const char *p, bool encoder_only, mp_unet_config *u) {
   const mp_tensor *in = find(w, "%sinput_blocks.0.0.weight", p), *out = find(w, "%sout.2.weight", p);
+  if (encoder_only && in && in->ndim == 4) out = in;
   if (!in || !out || in->ndim != 4 || out->ndim != 4) return mp_errorf("UNet weights (%sinput_blocks.0.0.weight, out.2.weight) are missing", p);
   memset(u, 0, sizeof *u);
   u->model_channels = (int)in->shape[0];
   u->in_channels = (int)in->shape[1];
-  u->out_channels = (int)out->shape[0];
+  u->out_channels = encoder_only ? u->in_channels : (int)out->shape[0];
   /* Walk input_blocks: ResBlocks (with optional transformer) per level, a Downsample between levels. */
   int level = 0, res_in_level = 0;
   for (int i = 1; i < 64; i++) {
@@ -152,6 +153,8 @@ static mp_error *unet_from_shapes(const mp_weights *w, mp_unet_config *u) {
   u->num_head_channels = u->context_dim == 768 ? -1 : 64;
   return NULL;
 }
+
+static mp_error *unet_from_shapes(const mp_weights *w, mp_unet_config *u) { return unet_shapes_at(w, MP_PREFIX_UNET, false, u); }
 
 static mp_error *vae_from_shapes(const mp_weights *w, mp_vae_config *v) {
   const char *p = MP_PREFIX_VAE;
@@ -386,4 +389,48 @@ mp_error *mp_sd_config_detect(const mp_weights *w, const char *config_json, mp_s
   MP_TRY(e);
   cfg->inpainting = cfg->unet.in_channels == 9;
   return validate(cfg);
+}
+
+/* A ControlNet's UNet part. Its cldm config (cldm_v15.yaml as JSON) holds control_stage_config in the
+ * form of unet_config, so that block is read through the same parser by putting it in unet_config's place. */
+mp_error *mp_sd_control_config(const mp_weights *w, const char *prefix, const char *config_json, mp_unet_config *u) {
+  MP_TRY(mp_error_wrap(unet_shapes_at(w, prefix, true, u), "ControlNet"));
+  char *derived = NULL;
+  if (!config_json) {
+    const char *path = mp_weights_path(w);
+    const char *dot = strrchr(path, '.'), *slash = strrchr(path, '/');
+    size_t stem = dot && (!slash || dot > slash) ? (size_t)(dot - path) : strlen(path);
+    derived = malloc(stem + 6);
+    if (!derived) return mp_errorf("out of memory");
+    memcpy(derived, path, stem);
+    memcpy(derived + stem, ".json", 6);
+  }
+  const char *cpath = config_json ? config_json : derived;
+  char *text = NULL;
+  mp_error *e = read_text_file(cpath, &text);
+  if (!e && config_json && !text) e = mp_errorf("cannot open config %s", config_json);
+  if (!e && text) {
+    cJSON *root = cJSON_Parse(text);
+    cJSON *params = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "model"), "params");
+    cJSON *control = cJSON_GetObjectItemCaseSensitive(params, "control_stage_config");
+    if (!root) e = mp_errorf("%s: not valid JSON", cpath);
+    else if (!cJSON_IsObject(control)) e = mp_errorf("%s: expected model.params.control_stage_config (the cldm config)", cpath);
+    else {
+      mp_sd_config sd = {.unet = *u};
+      cJSON_DeleteItemFromObjectCaseSensitive(params, "unet_config");
+      cJSON_AddItemReferenceToObject(params, "unet_config", control);
+      e = config_from_json(cpath, root, &sd);
+      *u = sd.unet;
+    }
+    cJSON_Delete(root);
+  }
+  free(text);
+  free(derived);
+  MP_TRY(e);
+  if (u->model_channels <= 0 || u->n_levels <= 0 || u->num_res_blocks <= 0 || u->context_dim <= 0 || u->in_channels <= 0)
+    return mp_errorf("ControlNet configuration is incomplete (channels %d, levels %d, res blocks %d, context %d)", u->model_channels,
+                     u->n_levels, u->num_res_blocks, u->context_dim);
+  if ((u->num_heads <= 0) == (u->num_head_channels <= 0))
+    return mp_errorf("ControlNet configuration must fix exactly one of num_heads and num_head_channels");
+  return NULL;
 }

@@ -68,6 +68,11 @@ const char *mp_family_name(mp_family f);
  * file; when NULL, `<checkpoint path without extension>.json` is used if it exists. */
 mp_error *mp_sd_config_detect(const mp_weights *w, const char *config_json, mp_sd_config *cfg);
 
+/* The UNet hyper-parameters of a ControlNet whose encoder copy is under `prefix` ("control_model." or
+ * ""): from shapes, then from `config_json` (or `<file stem>.json` beside it, when present), a cldm
+ * config whose model.params.control_stage_config has the unet_config form. out_channels = in_channels. */
+mp_error *mp_sd_control_config(const mp_weights *w, const char *prefix, const char *config_json, mp_unet_config *u);
+
 /* A weight by full name, checked for dtype class (float) and exact shape. The error names the key
  * and the expected and found shapes. `ndim` values of `shape` are compared. */
 /* The depth of the transformer at UNet level l (SDXL varies it per level), and of the middle block. */

@@ -243,7 +243,8 @@ static void note_width(mp_unet *u, int level, int c) {
   if (c > u->max_c[level]) u->max_c[level] = c;
 }
 
-mp_error *mp_unet_load(const mp_weights *w, const char *prefix, const mp_unet_config *cfg, mp_unet **out) {
+/* encoder_only: ControlNet's copy, which has time_embed, input_blocks and middle_block but no decoder. */
+static mp_error *load(const mp_weights *w, const char *prefix, const mp_unet_config *cfg, bool encoder_only, mp_unet **out) {
   *out = NULL;
   if (cfg->n_levels < 1 || cfg->n_levels > MP_MAX_LEVELS || cfg->num_res_blocks < 1 || cfg->model_channels < GROUPS ||
       cfg->model_channels % GROUPS || cfg->in_channels < 1 || cfg->out_channels < 1 || cfg->context_dim < 1 ||
@@ -265,9 +266,9 @@ mp_error *mp_unet_load(const mp_weights *w, const char *prefix, const mp_unet_co
   }
 
   u->n_in = 1 + L * nrb + (L - 1);
-  u->n_out = L * (nrb + 1);
+  u->n_out = encoder_only ? 0 : L * (nrb + 1);
   u->in = calloc((size_t)u->n_in, sizeof *u->in);
-  u->out = calloc((size_t)u->n_out, sizeof *u->out);
+  u->out = calloc((size_t)(u->n_out ? u->n_out : 1), sizeof *u->out);
   int *skip_c = calloc((size_t)u->n_in, sizeof *skip_c), n_skip = 0;
   if (!u->in || !u->out || !skip_c) {
     free(skip_c);
@@ -305,7 +306,7 @@ mp_error *mp_unet_load(const mp_weights *w, const char *prefix, const mp_unet_co
   bind_spatial(&b, &u->mid_st, ch, mp_unet_mid_depth(cfg), cfg, "middle_block.1");
   bind_res(&b, &u->mid2, ch, ch, u->emb_dim, "middle_block.2");
   idx = 0;
-  for (int l = L - 1; l >= 0 && !b.err; l--) {
+  for (int l = L - 1; l >= 0 && !b.err && !encoder_only; l--) {
     for (int r = 0; r <= nrb; r++, idx++) {
       out_block *ob = &u->out[idx];
       int c_skip = skip_c[--n_skip], c_out = cfg->channel_mult[l] * mc;
@@ -323,9 +324,11 @@ mp_error *mp_unet_load(const mp_weights *w, const char *prefix, const mp_unet_co
     }
   }
   free(skip_c);
-  u->out_norm = bind_norm(&b, ch, "out.0");
-  u->conv_out = bind_conv(&b, cfg->out_channels, ch, 3, "out.2");
-  note_width(u, 0, cfg->out_channels);
+  if (!encoder_only) {
+    u->out_norm = bind_norm(&b, ch, "out.0");
+    u->conv_out = bind_conv(&b, cfg->out_channels, ch, 3, "out.2");
+    note_width(u, 0, cfg->out_channels);
+  }
   for (int l = 0; l < L; l++)
     if (cfg->attention_at_level[l] && cfg->channel_mult[l] * mc > u->max_tok_c) u->max_tok_c = cfg->channel_mult[l] * mc;
   if (cfg->channel_mult[L - 1] * mc > u->max_tok_c) u->max_tok_c = cfg->channel_mult[L - 1] * mc;
@@ -335,6 +338,14 @@ mp_error *mp_unet_load(const mp_weights *w, const char *prefix, const mp_unet_co
   }
   *out = u;
   return NULL;
+}
+
+mp_error *mp_unet_load(const mp_weights *w, const char *prefix, const mp_unet_config *cfg, mp_unet **out) {
+  return load(w, prefix, cfg, false, out);
+}
+
+mp_error *mp_unet_load_encoder(const mp_weights *w, const char *prefix, const mp_unet_config *cfg, mp_unet **out) {
+  return load(w, prefix, cfg, true, out);
 }
 
 /* ---- forward ---- */
@@ -432,6 +443,12 @@ void mp_unet_timestep_embedding(float *emb, const float *t, int batch, int dim) 
   }
 }
 
+/* y += scale * r, the product rounded to float first as the reference does (it scales the residuals
+ * before adding them). */
+static void add_scaled(float *y, const float *r, float scale, size_t n) {
+  for (size_t i = 0; i < n; i++) y[i] += r[i] * scale;
+}
+
 static void concat_channels(float *dst, const float *a, int ca, const float *s, int cs, int batch, int64_t hw) {
   for (int b = 0; b < batch; b++) {
     memcpy(dst + (int64_t)b * (ca + cs) * hw, a + (int64_t)b * ca * hw, sizeof(float) * (size_t)(ca * hw));
@@ -445,12 +462,18 @@ mp_error *mp_unet_forward(mp_unet *u, mp_pool *pool, int batch, int h, int w, co
   return mp_unet_run(u, pool, &in, eps);
 }
 
-mp_error *mp_unet_run(mp_unet *u, mp_pool *pool, const mp_unet_inputs *in, float *eps) {
+/* The whole UNet (enc NULL: eps out), or only its encoder (enc set: eps unused, `hint` added to the
+ * conv_in output, the block and middle outputs returned as views). */
+static mp_error *run(mp_unet *u, mp_pool *pool, const mp_unet_inputs *in, const float *hint, mp_unet_encoded *enc, float *eps) {
   const int batch = in->batch, h = in->h, w = in->w, n_ctx = in->n_ctx;
   const float *x = in->x, *t = in->t, *context = in->context;
+  const mp_unet_control *control = enc ? NULL : in->control;
   if (in->y && !u->label1.w) return mp_errorf("UNet forward: this model takes no label vector (y); SDXL conditioning needs an SDXL UNet");
   if (!in->y && u->label1.w) return mp_errorf("UNet forward: this SDXL UNet needs its label vector y (pooled text and size embeddings)");
-  if (in->control) return mp_errorf("UNet forward: ControlNet residuals are not supported yet");
+  if (!enc && u->n_out == 0) return mp_errorf("UNet forward: this is an encoder-only copy (a ControlNet); it has no decoder");
+  if (control && (control->n_down != u->n_in || !control->mid))
+    return mp_errorf("UNet forward: ControlNet gives %d residuals%s, this UNet has %d input blocks and a middle block",
+                     control->n_down, control->mid ? "" : " and no middle one", u->n_in);
   const mp_unet_config *cfg = &u->cfg;
   const int L = cfg->n_levels, div = 1 << (L - 1);
   if (batch < 1 || h < 1 || w < 1 || h % div || w % div)
@@ -518,7 +541,10 @@ mp_error *mp_unet_run(mp_unet *u, mp_pool *pool, const mp_unet_inputs *in, float
   int ch = u->model_ch, hh = h, ww = w;
   float *sp = skips;
   if ((e = mp_conv2d(pool, &u->ws, cur, x, batch, cfg->in_channels, h, w, u->conv_in.w, u->conv_in.b, 1, p1))) goto done;
+  if (hint) mp_add(cur, cur, hint, (int64_t)batch * ch * (int64_t)hw0);
   memcpy(sp, cur, sizeof(float) * (size_t)batch * (size_t)ch * hw0);
+  if (control) add_scaled(sp, control->down[n_skip], control->scale, (size_t)batch * (size_t)ch * hw0);
+  if (enc) enc->block[n_skip] = sp, enc->channels[n_skip] = ch, enc->h[n_skip] = h, enc->w[n_skip] = w;
   skip_at[n_skip] = sp, c_at[n_skip++] = ch, sp += (size_t)batch * (size_t)ch * hw0;
   for (int i = 1; i < u->n_in; i++) {
     const in_block *ib = &u->in[i];
@@ -534,12 +560,19 @@ mp_error *mp_unet_run(mp_unet *u, mp_pool *pool, const mp_unet_inputs *in, float
     cur = nxt, nxt = s;
     size_t n = (size_t)batch * (size_t)ch * (size_t)hh * (size_t)ww;
     memcpy(sp, cur, sizeof(float) * n);
+    if (control) add_scaled(sp, control->down[n_skip], control->scale, n);
+    if (enc) enc->block[n_skip] = sp, enc->channels[n_skip] = ch, enc->h[n_skip] = hh, enc->w[n_skip] = ww;
     skip_at[n_skip] = sp, c_at[n_skip++] = ch, sp += n;
   }
   /* middle */
   if ((e = res_forward(&f, &u->mid1, cur, nxt, hh, ww))) goto done;
   if ((e = spatial_forward(&f, &u->mid_st, nxt, hh, ww))) goto done;
   if ((e = res_forward(&f, &u->mid2, nxt, cur, hh, ww))) goto done;
+  if (control) add_scaled(cur, control->mid, control->scale, (size_t)batch * (size_t)ch * (size_t)hh * (size_t)ww);
+  if (enc) {
+    enc->n_blocks = n_skip, enc->mid = cur, enc->mid_channels = ch, enc->mid_h = hh, enc->mid_w = ww;
+    goto done;
+  }
   /* output blocks */
   for (int i = 0; i < u->n_out; i++) {
     const out_block *ob = &u->out[i];
@@ -563,4 +596,14 @@ mp_error *mp_unet_run(mp_unet *u, mp_pool *pool, const mp_unet_inputs *in, float
   e = mp_conv2d(pool, &u->ws, eps, nxt, batch, ch, hh, ww, u->conv_out.w, u->conv_out.b, 1, p1);
 done:
   return e ? mp_error_wrap(e, "UNet forward") : NULL;
+}
+
+mp_error *mp_unet_run(mp_unet *u, mp_pool *pool, const mp_unet_inputs *in, float *eps) {
+  return run(u, pool, in, NULL, NULL, eps);
+}
+
+mp_error *mp_unet_encode(mp_unet *u, mp_pool *pool, const mp_unet_inputs *in, const float *hint, mp_unet_encoded *out) {
+  memset(out, 0, sizeof *out);
+  if (u->n_in > MP_UNET_MAX_SKIPS) return mp_errorf("UNet encoder: %d input blocks, at most %d supported", u->n_in, MP_UNET_MAX_SKIPS);
+  return run(u, pool, in, hint, out, NULL);
 }

@@ -53,4 +53,23 @@ void mp_unet_timestep_embedding(float *emb, const float *t, int n, int dim);
 /* The general entry point; mp_unet_forward is this with y = control = NULL. */
 mp_error *mp_unet_run(mp_unet *unet, mp_pool *pool, const mp_unet_inputs *in, float *eps);
 
+/* ControlNet's trainable copy of the encoder (models/controlnet.c): the same blocks under `prefix`
+ * (time_embed, input_blocks, middle_block), no decoder and no out.*. Only mp_unet_encode runs it. */
+mp_error *mp_unet_load_encoder(const mp_weights *w, const char *prefix, const mp_unet_config *cfg, mp_unet **out);
+
+/* The encoder's activations: block[i] is the output of input block i [batch, channels[i], h[i], w[i]],
+ * mid the middle block's. Views into the UNet's own buffers, valid until its next call. */
+typedef struct {
+  int n_blocks;
+  const float *block[MP_UNET_MAX_SKIPS];
+  int channels[MP_UNET_MAX_SKIPS], h[MP_UNET_MAX_SKIPS], w[MP_UNET_MAX_SKIPS];
+  const float *mid;
+  int mid_channels, mid_h, mid_w;
+} mp_unet_encoded;
+
+/* Time embedding, conv_in, the input blocks and the middle block of `unet` (a full UNet or an
+ * encoder-only copy) on `in` (y and control must be NULL). `hint` ([batch, model_channels, h, w], or
+ * NULL) is added to conv_in's output before input block 1 sees it: ControlNet's hint embedding. */
+mp_error *mp_unet_encode(mp_unet *unet, mp_pool *pool, const mp_unet_inputs *in, const float *hint, mp_unet_encoded *out);
+
 #endif

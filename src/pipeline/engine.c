@@ -131,14 +131,16 @@ mp_error *mp_engine_run_pass(mp_engine *e, const mp_pass_params *p, mp_progress 
   if (p->width % g == 0 && p->height % g == 0) return run_pass_aligned(e, p, progress, out, warning);
   mp_pass_params q = *p;
   q.width = (p->width + g - 1) / g * g, q.height = (p->height + g - 1) / g * g;
-  mp_image init = {0}, big = {0};
+  mp_image init = {0}, big = {0}, control = {0};
   mp_mask mask = {0};
   mp_error *err = NULL;
   if (p->init) err = mp_image_resize(p->init, q.width, q.height, MP_RESIZE_LANCZOS3, &init), q.init = &init;
+  if (!err && p->controlnet && p->control) /* bilinear: an edge map or skeleton stays crisp enough, no ringing */
+    err = mp_image_resize(p->control, q.width, q.height, MP_RESIZE_BILINEAR, &control), q.control = &control;
   if (!err && p->mask) err = mp_mask_resize(p->mask, q.width, q.height, MP_RESIZE_BILINEAR, &mask), q.mask = &mask;
   if (!err) err = run_pass_aligned(e, &q, progress, &big, warning);
   if (!err) err = mp_image_resize(&big, p->width, p->height, MP_RESIZE_LANCZOS3, out);
-  mp_image_free(&init), mp_image_free(&big);
+  mp_image_free(&init), mp_image_free(&big), mp_image_free(&control);
   mp_mask_free(&mask);
   return err;
 }
@@ -218,11 +220,26 @@ static mp_error *run_pass_aligned(mp_engine *e, const mp_pass_params *p, mp_prog
     for (int64_t i = 0; !err && i < (int64_t)h * w; i++) inpaint_cond[i] = 1.0f;
   }
   if (!err) err = mp_noise_for_seeds(p->rng, &p->seed, 1, &noise);
+  /* ControlNet: the control image as its hint (RGB u8/255 at the pass size) */
+  mp_image control_fit = {0};
+  float *hint = NULL;
+  mp_controlnet_model cn = {.unet = e->unet, .controlnet = p->controlnet, .pool = pool, .scale = (float)p->control_scale,
+                            .x_channels = e->cfg.unet.in_channels};
+  if (!err && p->controlnet && p->control) {
+    const mp_image *c = p->control;
+    if (c->width != W || c->height != H || c->channels != 3)
+      err = mp_image_resize(c, W, H, MP_RESIZE_BILINEAR, &control_fit), c = &control_fit;
+    if (!err && c->channels != 3) err = mp_errorf("control image has %d channels, expected RGB", c->channels);
+    if (!err && !(hint = mp_alloc(sizeof(float) * 3 * (size_t)H * W))) err = mp_errorf("out of memory");
+    if (!err) mp_image_to_planar(c, hint, 0.0f, 1.0f), cn.hint = hint;
+  }
   if (!err) {
     mp_unet_model model = {.unet = e->unet, .pool = pool, .y = y, .y_rows = 2, .y_dim = Y};
     step_ctx sc = {progress};
+    const bool controlled = cn.controlnet && cn.hint;
     mp_generate_params g = {
-        .model = mp_unet_model_eps, .model_ctx = &model, .unet_in_channels = e->cfg.unet.in_channels,
+        .model = controlled ? mp_controlnet_model_eps : mp_unet_model_eps,
+        .model_ctx = controlled ? (void *)&cn : (void *)&model, .unet_in_channels = e->cfg.unet.in_channels,
         .schedule = &e->schedule, .context = context, .n_ctx = n_ctx, .ctx_dim = dim, .batch = 1, .lat_h = h,
         .lat_w = w, .cfg_scale = p->cfg_scale, .sampler = p->sampler, .steps = p->steps, .noise = noise,
         .seeds = &p->seed, .init_latent = init_latent, .strength = p->strength, .mask = lat_mask,
@@ -235,6 +252,9 @@ static mp_error *run_pass_aligned(mp_engine *e, const mp_pass_params *p, mp_prog
   }
   if (!err) err = mp_image_alloc(out, W, H, 3);
   if (!err) mp_image_from_planar(out, pixels, -1.0f, 1.0f);
+  mp_controlnet_model_free(&cn);
+  mp_free(hint);
+  mp_image_free(&control_fit);
   mp_noise_free(noise);
   mp_free(context), mp_free(latent), mp_free(init_latent), mp_free(lat_mask), mp_free(inpaint_cond);
   mp_free(image), mp_free(pixels);

@@ -14,6 +14,7 @@
 #include "io/image.h"
 #include "io/weights.h"
 #include "models/clip.h"
+#include "models/controlnet.h"
 #include "models/lora.h"
 #include "models/openclip.h"
 #include "models/sd.h"
@@ -67,6 +68,11 @@ typedef struct {
   double strength;
   /* inpainting: repaint where mask > 0.5 (width×height); NULL repaints everything */
   const mp_mask *mask;
+  /* ControlNet: the net and its control image (RGB, any size: resized to width×height), residuals
+   * times control_scale on both CFG halves; NULL for none */
+  mp_controlnet *controlnet;
+  const mp_image *control;
+  double control_scale;
 } mp_pass_params;
 
 /* How many sampler steps the pass will run (img2img runs strength × steps, as AUTOMATIC1111 does). */

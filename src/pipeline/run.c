@@ -17,6 +17,7 @@
 #include "models/embedding.h"
 #include "models/esrgan.h"
 #include "models/person.h"
+#include "pipeline/control.h"
 #include "pipeline/engine.h"
 #include "pipeline/params.h"
 #include "pipeline/families.h"
@@ -57,6 +58,13 @@ typedef struct {
   bool have_persons;
   int persons_w, persons_h; /* image size the person masks belong to */
   int person_of_section[MP_MAX_PERSONS + 1]; /* section k -> index in persons, -1 if none */
+  /* ControlNet (controlnet=, docs/controlnet.md): the net, and the control image made once from the input */
+  mp_controlnet *controlnet;
+  mp_control_type control_type;
+  char *controlnet_path, *controlnet_name;
+  char controlnet_hash[11];
+  mp_image control; /* at the scene size; empty until the first scene */
+  bool control_layout; /* controlnet=pose without an input image: N standing skeletons, one per person section */
 } run;
 
 static char *path_join(const char *a, const char *b) {
@@ -238,6 +246,7 @@ typedef struct {
   const mp_mask *mask;
   int width, height;
   bool person; /* a person's or face pass: the persons' model unless a checkpoint tune says otherwise */
+  const mp_image *control; /* ControlNet control image at any size, or NULL: the pass runs without */
 } pass_request;
 
 static mp_error *run_pass(run *r, int image, const pass_request *q, mp_image *out) {
@@ -250,6 +259,7 @@ static mp_error *run_pass(run *r, int image, const pass_request *q, mp_image *ou
   cJSON_AddNumberToObject(rec, "width", q->width);
   cJSON_AddNumberToObject(rec, "height", q->height);
   if (q->init) cJSON_AddNumberToObject(rec, "denoising_strength", q->strength);
+  if (q->control && r->controlnet) cJSON_AddBoolToObject(rec, "controlnet", true);
 
   lora_set loras = {0};
   char *checkpoint = NULL;
@@ -272,7 +282,8 @@ static mp_error *run_pass(run *r, int image, const pass_request *q, mp_image *ou
     mp_pass_params p = {.prompt = q->text->prompt, .negative = q->text->negative, .embeddings = &r->ti, .use_lpw = job->use_lpw,
                         .clip_skip = r->o->clip_skip, .sampler = spec, .steps = q->steps, .cfg_scale = q->cfg,
                         .seed = q->seed, .rng = r->o->rng, .width = q->width, .height = q->height, .init = q->init,
-                        .strength = q->strength, .mask = q->mask};
+                        .strength = q->strength, .mask = q->mask, .controlnet = q->control ? r->controlnet : NULL,
+                        .control = q->control, .control_scale = job->controlnet_conditioning_scale};
     char *w = NULL;
     if (!e) mp_progress_pass(&r->progress, image, q->name, mp_engine_pass_steps(eng, &p));
     if (!e) e = mp_engine_run_pass(eng, &p, &r->progress, out, &w);
@@ -304,10 +315,63 @@ static mp_error *load_input(run *r, const char *given, int channels, mp_image *i
   return e;
 }
 
+/* The control image, made once per job from the input image fitted to the scene size (the same for
+ * every image), written as control.png beside the results and shown on the contact sheet. */
+static mp_error *scene_control(run *r, int image) {
+  if (!r->control.pixels && r->control_layout) { /* issue 16 item 4: one skeleton per person section, left to right */
+    mp_openpose_skeleton sk[MP_MAX_PERSONS];
+    int n = r->job->n_persons < MP_MAX_PERSONS ? r->job->n_persons : MP_MAX_PERSONS;
+    mp_openpose_layout(n, r->width, r->height, sk);
+    MP_TRY(mp_openpose_draw(sk, n, r->width, r->height, &r->control));
+    char *path = path_join(r->tmp_dir, "control.png");
+    mp_error *e = path ? mp_image_write_png(path, &r->control, NULL, NULL) : mp_errorf("out of memory");
+    free(path);
+    if (e) {
+      mp_image_free(&r->control);
+      return e;
+    }
+  }
+  if (!r->control.pixels) {
+    const mp_job *job = r->job;
+    mp_image src = {0}, fitted = {0};
+    mp_person_result found = {0};
+    bool have_found = false;
+    MP_TRY(load_input(r, r->o->input_image ? r->o->input_image : job->input_image, 3, &src));
+    mp_error *e = mp_image_fit_crop(&src, r->width, r->height, &fitted);
+    mp_image_free(&src);
+    if (!e && r->control_type == MP_CONTROL_POSE) {
+      if (!r->finder_loaded) {
+        e = mp_person_finder_load(r->ctx->models_dir, &r->finder);
+        if (e) e = mp_error_wrap(e, "controlnet=pose finds the people with the person models (run scripts/fetch-models.sh)");
+        else r->finder_loaded = true;
+      }
+      if (!e) mp_progress_pass(&r->progress, image, "control pose", 0);
+      if (!e) e = mp_persons_find(&r->finder, r->ctx->pool, &fitted, &found);
+      have_found = !e;
+      if (!e && found.n == 0) warn(r, "controlnet=pose: no person found in the input image; the pose image is empty");
+    }
+    if (!e) e = mp_control_image(r->control_type, &fitted, have_found ? &found : NULL, &r->control);
+    if (have_found) mp_person_result_free(&found);
+    mp_image_free(&fitted);
+    char *path = e ? NULL : path_join(r->tmp_dir, "control.png");
+    if (!e) e = path ? mp_image_write_png(path, &r->control, NULL, NULL) : mp_errorf("out of memory");
+    free(path);
+    if (e) {
+      mp_image_free(&r->control);
+      return mp_error_wrap(e, "controlnet=%s control image", mp_control_type_name(r->control_type));
+    }
+  }
+  return save_debug(r, image, "control", &r->control);
+}
+
 static mp_error *scene_pass(run *r, const mp_image_plan *ip, mp_image *out) {
   const mp_job *job = r->job;
   const mp_pass *p1 = &ip->passes[0];
-  pass_request q = {"scene", p1->text, p1->seed, job->steps, job->cfg_scale, 1.0, NULL, NULL, r->width, r->height, false};
+  pass_request q = {"scene", p1->text, p1->seed, job->steps, job->cfg_scale, 1.0, NULL, NULL, r->width, r->height, false, NULL};
+  if (r->controlnet && r->plan->mode != MP_SCENE_INPUT && r->plan->mode != MP_SCENE_BACKGROUND) {
+    MP_TRY(scene_control(r, ip->index));
+    q.control = &r->control;
+  }
   if (r->plan->mode == MP_SCENE_TXT2IMG) return run_pass(r, ip->index, &q, out);
 
   mp_image src = {0}, fitted = {0};
@@ -445,8 +509,15 @@ static mp_error *person_pass(run *r, const mp_image_plan *ip, const mp_pass *pas
     snprintf(dn, sizeof dn, "person %d crop", pass->person);
     if (!e) e = save_debug(r, ip->index, dn, &init);
   }
-  pass_request q = {name, pass->text, pass->seed, job->steps, job->cfg_scale, pass->strength, &init, &work_mask, ww, wh, true};
+  pass_request q = {name, pass->text, pass->seed, job->steps, job->cfg_scale, pass->strength, &init, &work_mask, ww, wh, true, NULL};
+  /* the person pass follows the same control image, cropped to the person's box */
+  mp_image control = {0};
+  if (!e && r->controlnet && r->control.pixels && r->control.width == running->width && r->control.height == running->height) {
+    e = mp_image_crop_resize(&r->control, crop, ww, wh, MP_RESIZE_BILINEAR, &control);
+    q.control = &control;
+  }
   if (!e) e = run_pass(r, ip->index, &q, &repainted);
+  mp_image_free(&control);
   if (!e && r->o->debug_passes) {
     char dn[48];
     snprintf(dn, sizeof dn, "person %d repainted", pass->person);
@@ -502,7 +573,7 @@ static mp_error *post_tiled(run *r, const mp_image_plan *ip, const mp_post_step 
     snprintf(name, sizeof name, "tile %d/%d", t + 1, grid.n);
     e = mp_image_crop(&up, tile->r, &crop);
     pass_request q = {name, ip->passes[0].text, ip->seed + (uint64_t)t, r->job->steps, s->cfg_scale, s->strength,
-                      &crop, NULL, crop.width, crop.height, false};
+                      &crop, NULL, crop.width, crop.height, false, NULL};
     if (!e) e = run_pass(r, ip->index, &q, &out);
     if (!e) e = mp_tile_canvas_add(&canvas, &out, tile);
     mp_image_free(&crop), mp_image_free(&out);
@@ -520,7 +591,7 @@ static mp_error *post_hires(run *r, const mp_image_plan *ip, const mp_post_step 
   int w = img->width & ~7, h = img->height & ~7;
   mp_image init = {0}, out = {0};
   MP_TRY(mp_image_resize(img, w, h, MP_RESIZE_LANCZOS3, &init));
-  pass_request q = {"hires fix", ip->passes[0].text, ip->seed, r->job->steps, s->cfg_scale, s->strength, &init, NULL, w, h, false};
+  pass_request q = {"hires fix", ip->passes[0].text, ip->seed, r->job->steps, s->cfg_scale, s->strength, &init, NULL, w, h, false, NULL};
   mp_error *e = run_pass(r, ip->index, &q, &out);
   mp_image_free(&init);
   if (!e) replace(img, &out);
@@ -584,7 +655,7 @@ static mp_error *post_faces(run *r, const mp_image_plan *ip, const mp_post_step 
     char name[32];
     snprintf(name, sizeof name, "face %d", ++done);
     pass_request q = {name, who->text, who->seed, r->job->steps, r->job->cfg_scale, s->strength, &init, &work_mask, ww, wh,
-                      who != &ip->passes[0]};
+                      who != &ip->passes[0], NULL};
     if (!e) e = run_pass(r, ip->index, &q, &out);
     if (!e) e = save_debug(r, ip->index, name, &out);
     if (!e) e = mp_paste_masked(img, &out, crop, &mask);
@@ -629,6 +700,14 @@ static mp_error *write_image(run *r, const mp_image_plan *ip, const mp_image *im
   char *text = NULL, file[64];
   /* The whole prompt document rides along, so the image reproduces the multi-pass job. */
   mp_error *e = mp_infotext_set(&it, "mpass document", r->o->document ? r->o->document : job->text);
+  if (!e && r->controlnet) {
+    char short_hash[9];
+    snprintf(short_hash, sizeof short_hash, "%.8s", r->controlnet_hash); /* the ControlNet extension shows 8 digits */
+    char *unit = mp_controlnet_infotext(r->control_type, r->controlnet_name, short_hash, job->controlnet_conditioning_scale,
+                                        r->width < r->height ? r->width : r->height);
+    e = unit ? mp_infotext_set(&it, "ControlNet 0", unit) : mp_errorf("out of memory");
+    free(unit);
+  }
   if (!e) e = mp_infotext_set(&it, "Version", "mpass " MPASS_VERSION);
   if (!e) e = mp_infotext_format(&it, &text);
   snprintf(file, sizeof file, "%d.png", ip->index);
@@ -680,6 +759,48 @@ static void iso_time(char *buf, size_t cap) {
   strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+/* controlnet=TYPE: the type's preprocessor must exist, an input image must give the control image, and
+ * the ControlNet file is found by type (or named by --controlnet-model / MPASS_CONTROLNET_MODEL). */
+static mp_error *open_controlnet(run *r) {
+  const mp_job *job = r->job;
+  if (!job->controlnet) return NULL;
+  if (r->plan->mode == MP_SCENE_INPUT || r->plan->mode == MP_SCENE_BACKGROUND) {
+    warn(r, "controlnet=%s ignored: no pass draws a new scene (%s)", job->controlnet,
+         r->plan->mode == MP_SCENE_INPUT ? "--only_upscale" : "the input image is the background");
+    return NULL;
+  }
+  MP_TRY(mp_control_type_parse(job->controlnet, &r->control_type));
+  if (!r->o->input_image && !job->input_image && !job->input_image_url) {
+    /* pose with person sections: a built-in layout of standing skeletons, one per section */
+    if (r->control_type == MP_CONTROL_POSE && job->n_persons > 0 && !job->flags.person_layout_none) r->control_layout = true;
+    else
+      return mp_errorf("controlnet=%s needs an input_image: the control image is computed from it (only controlnet=pose with "
+                       "person sections has a built-in layout, unless --person_layout none)",
+                       job->controlnet);
+  }
+  const char *override = r->o->controlnet_model ? r->o->controlnet_model : getenv("MPASS_CONTROLNET_MODEL");
+  MP_TRY(mp_controlnet_find(r->ctx->models_dir, r->control_type, override, &r->controlnet_path));
+  mp_error *e = mp_controlnet_open(r->controlnet_path, NULL, &r->controlnet);
+  if (!e) {
+    const mp_unet_config *c = mp_controlnet_config(r->controlnet), *u = &r->base->cfg.unet;
+    if (c->model_channels != u->model_channels || c->n_levels != u->n_levels || c->num_res_blocks != u->num_res_blocks ||
+        c->context_dim != u->context_dim)
+      e = mp_errorf("%s does not fit the model (ControlNet: %d channels, %d levels, context %d; UNet: %d, %d, %d): an SD 1.5 "
+                    "ControlNet needs an SD 1.5 checkpoint",
+                    r->controlnet_path, c->model_channels, c->n_levels, c->context_dim, u->model_channels, u->n_levels,
+                    u->context_dim);
+  }
+  char cache[4096];
+  snprintf(cache, sizeof cache, "%s/.cache", r->ctx->models_dir);
+  if (!e) e = mp_model_short_hash_cached(cache, r->controlnet_path, r->controlnet_hash);
+  if (!e) {
+    const char *slash = strrchr(r->controlnet_path, '/'), *base = slash ? slash + 1 : r->controlnet_path, *dot = strrchr(base, '.');
+    r->controlnet_name = strndup(base, dot ? (size_t)(dot - base) : strlen(base));
+    if (!r->controlnet_name) e = mp_errorf("out of memory");
+  }
+  return e ? mp_error_wrap(e, "controlnet=%s", job->controlnet) : NULL;
+}
+
 static mp_error *prepare(run *r) {
   const mp_job *job = r->job;
   const mp_run_options *o = r->o;
@@ -717,6 +838,7 @@ static mp_error *prepare(run *r) {
   MP_TRY(e);
   if (r->base->cfg.family == MP_FAMILY_SDXL && !job->size_given && !(r->o->input_image || job->input_image))
     mp_sdxl_default_size(job->ar, &r->width, &r->height); /* SDXL's native sizes, not SD 1.5's 512/768 */
+  MP_TRY(open_controlnet(r));
   if (job->n_embeddings > 0) {
     char *dir = mp_embeddings_dir(r->ctx->models_dir);
     e = dir ? mp_embeddings_load(dir, job->embeddings, (size_t)job->n_embeddings, r->base->cfg.clip.hidden, &r->ti)
@@ -787,6 +909,26 @@ static mp_error *write_result(run *r, const char *started) {
   cJSON *seeds = cJSON_AddArrayToObject(p, "seeds");
   for (int i = 0; i < r->plan->n_images; i++) cJSON_AddItemToArray(seeds, cJSON_CreateNumber((double)r->plan->images[i].seed));
   for (int i = 0; i < r->plan->n_skipped; i++) skip(r, -1, r->plan->skipped[i].what, r->plan->skipped[i].reason);
+  if (r->controlnet) {
+    cJSON *cn = cJSON_AddObjectToObject(p, "controlnet");
+    cJSON_AddStringToObject(cn, "type", mp_control_type_name(r->control_type));
+    cJSON_AddNumberToObject(cn, "scale", job->controlnet_conditioning_scale);
+    cJSON_AddBoolToObject(cn, "txt2img", job->controlnet_txt2img);
+    cJSON_AddStringToObject(cn, "file", r->controlnet_path);
+    cJSON_AddStringToObject(cn, "hash", r->controlnet_hash);
+    cJSON_AddStringToObject(cn, "control_image", r->control.pixels ? "control.png" : "");
+    if (r->control_layout) { /* the built-in pose layout: which pose stands in which slot */
+      static const char *const poses[MP_OPENPOSE_LAYOUT_POSES] = {"arms down", "hands on hips", "right arm raised"};
+      cJSON *layout = cJSON_AddArrayToObject(cn, "person_layout");
+      for (int k = 0; k < job->n_persons && k < MP_MAX_PERSONS; k++) {
+        cJSON *slot = cJSON_CreateObject();
+        cJSON_AddNumberToObject(slot, "person", k + 1);
+        cJSON_AddStringToObject(slot, "pose", poses[k % MP_OPENPOSE_LAYOUT_POSES]);
+        cJSON_AddNumberToObject(slot, "x_center", (k + 0.5) * r->width / job->n_persons);
+        cJSON_AddItemToArray(layout, slot);
+      }
+    }
+  }
   for (int i = 0; i < job->n_warnings; i++) cJSON_AddItemToArray(r->warnings, cJSON_CreateString(job->warnings[i]));
   char finished[32];
   iso_time(finished, sizeof finished);
@@ -824,6 +966,9 @@ mp_error *mp_run_plan(mpass_ctx *ctx, const mp_plan *plan, const mp_run_options 
   if (r.finder_loaded) mp_person_finder_free(&r.finder);
   mp_ti_set_free(&r.ti);
   mp_esrgan_free(r.esrgan);
+  mp_controlnet_free(r.controlnet);
+  mp_image_free(&r.control);
+  free(r.controlnet_path), free(r.controlnet_name);
   mp_engine_close(r.tune);
   mp_engine_close(r.persons_engine);
   free(r.persons_path);

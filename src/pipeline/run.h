@@ -26,6 +26,7 @@ typedef struct {
   const char *input_image; /* replaces the document's input_image (not resolved against base_dir); may be NULL */
   const char *document;   /* the prompt document as given, stored in every PNG */
   const char *vocab;      /* NULL: the usual search (docs/tokenizer.md) */
+  const char *controlnet_model; /* controlnet=: this ControlNet file instead of the one found by type (NULL: search) */
   bool debug_passes;      /* also write every intermediate image and a contact sheet per image */
   mp_rng_kind rng;
   int clip_skip; /* 0 or 1: last layer; 2: penultimate */

@@ -544,7 +544,7 @@ static const char *apply_value(mp_job *job, int key, const char *v, size_t n, bo
 enum flag_kind { F_SWITCH, F_NUMBER, F_WORD, F_DILATE };
 enum flag_id {
   FL_TILED_UPSCALE, FL_HIRES_CFG_SCALE, FL_RESEMBLANCE, FL_HIRES_DENOISE, FL_ONLY_UPSCALE, FL_MASK_PROMPT, FL_MASK_INVERT,
-  FL_MASK_DILATE, FL_PERSON_DENOISE, FL_FACE_DENOISE
+  FL_MASK_DILATE, FL_PERSON_DENOISE, FL_FACE_DENOISE, FL_PERSON_LAYOUT
 };
 static const struct {
   const char *name;
@@ -562,6 +562,7 @@ static const struct {
     [FL_MASK_DILATE] = {"mask_dilate", F_DILATE, 0, 0, "a pixel count N (0 to 512) or a percentage N% (0 to 100)"},
     [FL_PERSON_DENOISE] = {"person_denoising_strength", F_NUMBER, 0, 1, "a number from 0 to 1"},
     [FL_FACE_DENOISE] = {"face_denoising_strength", F_NUMBER, 0, 1, "a number from 0 to 1"},
+    [FL_PERSON_LAYOUT] = {"person_layout", F_WORD, 0, 0, "auto or none"},
 };
 #define N_FLAGS (int)(sizeof flag_defs / sizeof *flag_defs)
 
@@ -620,6 +621,11 @@ static mp_error *take_flags(mp_job *job, const source *src, size_t base, char *b
           else job->flags.face_denoising_strength = d, job->flags.face_denoising_strength_given = true;
           break;
         case F_WORD:
+          if (f == FL_PERSON_LAYOUT) {
+            if (!eq_n(val, vn, "auto") && !eq_n(val, vn, "none")) return err_at(src, base + v, "--%s: expected %s, found %s", name, expected, q);
+            job->flags.person_layout_none = eq_n(val, vn, "none");
+            break;
+          }
           if (!(job->flags.mask_prompt = dup_n(val, vn))) return mp_errorf("out of memory");
           break;
         case F_DILATE: {

@@ -113,6 +113,7 @@ typedef struct {
     double person_denoising_strength; /* 0.65 */
     bool face_denoising_strength_given;
     double face_denoising_strength; /* 0.5 */
+    bool person_layout_none; /* --person_layout none: no built-in pose layout for controlnet=pose without an input */
   } flags;
   int n_flags; /* how many known flags the text carried */
 

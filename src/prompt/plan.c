@@ -49,6 +49,7 @@ mp_error *mp_plan_make(const mp_job *job, mp_plan **out) {
   if (job->flags.only_upscale) p->mode = MP_SCENE_INPUT;
   else if (job->keep_background) p->mode = MP_SCENE_BACKGROUND;
   else if (has_input && has_mask) p->mode = MP_SCENE_INPAINT;
+  else if (has_input && job->controlnet && job->controlnet_txt2img) p->mode = MP_SCENE_TXT2IMG; /* guided by the input's control image */
   else if (has_input) p->mode = MP_SCENE_IMG2IMG;
   else p->mode = MP_SCENE_TXT2IMG;
 
@@ -95,7 +96,6 @@ mp_error *mp_plan_make(const mp_job *job, mp_plan **out) {
 
   if (job->face_correct) skip(p, "face_correct", "no face-restoration model is configured (mpass has none yet)");
   if (job->face_swap) skip(p, "face_swap", "no face-swap model is configured (mpass has none yet)");
-  if (job->controlnet) skip(p, "controlnet", "ControlNet weights are not supported yet");
   if (job->prompt_expansion) skip(p, "prompt_expansion", "no prompt-expansion model runs locally; the prompt is used as written");
   for (int k = 0; k < 1 + job->n_persons; k++)
     for (int a = 0; a < job->passes[k].n_adapters; a++)
@@ -165,6 +165,7 @@ void mp_plan_print(const mp_plan *p, FILE *f) {
   if (j->flags.mask_dilate_given) fprintf(f, "  --mask_dilate %d%s\n", j->flags.mask_dilate, j->flags.mask_dilate_percent ? "%" : "");
   if (j->flags.person_denoising_strength_given) fprintf(f, "  --person_denoising_strength %g\n", j->flags.person_denoising_strength);
   if (j->flags.face_denoising_strength_given) fprintf(f, "  --face_denoising_strength %g\n", j->flags.face_denoising_strength);
+  if (j->flags.person_layout_none) fprintf(f, "  --person_layout none\n");
   fprintf(f, "sections (%d)%s\n", j->n_sections, j->keep_background ? ", leading BREAK BREAK: the input image is the background" : "");
   print_sections(f, j->sections, j->n_sections);
   fprintf(f, "negative sections (%d)%s\n", j->n_neg_sections, j->n_neg_sections == 1 ? ", no BREAK: used by every pass" : "");
@@ -271,6 +272,7 @@ static cJSON *flags_json(const mp_job *j) {
   } else cJSON_AddNullToObject(o, "mask_dilate");
   cJSON_AddNumberToObject(o, "person_denoising_strength", j->flags.person_denoising_strength);
   cJSON_AddNumberToObject(o, "face_denoising_strength", j->flags.face_denoising_strength);
+  cJSON_AddStringToObject(o, "person_layout", j->flags.person_layout_none ? "none" : "auto");
   return o;
 }
 

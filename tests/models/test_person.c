@@ -62,6 +62,21 @@ static void check_photo(const char *rel, int expected) {
   }
   for (int i = 0; i < r.n; i++)
     if (faces_of[i] != 1) fail_msg("%s: person %d holds %d faces", rel, i + 1, faces_of[i]);
+  /* the pose landmarks are in image pixels: each person's nose (landmark 0) inside their face box
+   * (grown by half its size), both shoulders (11, 12) below it and inside the person's box */
+  for (int f = 0; f < r.n_faces; f++) {
+    const mp_person *p = &r.persons[r.face_person[f]];
+    const mp_detection *d = &r.faces[f];
+    float nx = p->landmarks[0][0], ny = p->landmarks[0][1];
+    if (!(nx > d->xmin - d->w / 2 && nx < d->xmin + 1.5f * d->w && ny > d->ymin - d->h / 2 && ny < d->ymin + 1.5f * d->h))
+      fail_msg("%s face %d: the nose landmark (%.0f,%.0f) is not on the face [%.0f,%.0f %.0fx%.0f]", rel, f, nx, ny, d->xmin,
+               d->ymin, d->w, d->h);
+    for (int k = 11; k <= 12; k++) {
+      float sx = p->landmarks[k][0], sy = p->landmarks[k][1];
+      if (!(sy > ny && sx >= p->x0 - d->w && sx <= p->x1 + d->w)) fail_msg("%s face %d: shoulder %d at (%.0f,%.0f)", rel, f, k, sx, sy);
+      assert_true(p->landmarks[k][2] > 0.5f); /* visible in these photos */
+    }
+  }
   mp_person_result_free(&r);
   mp_image_free(&img);
   mp_person_finder_free(&pf);

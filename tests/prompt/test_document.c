@@ -341,6 +341,15 @@ static void test_flags(void **state) {
   assert_true(j->flags.mask_dilate_percent);
   assert_int_equal(j->n_warnings, 0);
   mp_job_free(j);
+  /* --person_layout auto|none (ControlNet pose layout, issue 16) */
+  j = parse_ok("a BREAK BREAK b --person_layout none\ncontrolnet=pose");
+  assert_true(j->flags.person_layout_none);
+  assert_int_equal(j->n_persons, 1);
+  mp_job_free(j);
+  j = parse_ok("a --person_layout auto");
+  assert_false(j->flags.person_layout_none);
+  mp_job_free(j);
+  parse_err("a --person_layout off", "line 1, column 19: --person_layout: expected auto or none, found \"off\"");
   j = parse_ok("a --mask_invert");
   assert_true(has_warning(j, "--mask_invert and --mask_dilate have no effect without a mask (mask_image or --mask_prompt)"));
   mp_job_free(j);

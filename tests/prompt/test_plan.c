@@ -166,11 +166,10 @@ static void test_every_post_step_in_order(void **state) {
   assert_true(p->post[0].strength == 0.5 && p->post[0].cfg_scale == 4);
   assert_true(p->post[1].strength == 0.3 && p->post[1].cfg_scale == 4);
   assert_true(p->post[2].strength == 0.4);
-  assert_int_equal(p->n_skipped, 4);
+  assert_int_equal(p->n_skipped, 3); /* controlnet runs (issue 16) */
   assert_string_equal(p->skipped[0].what, "face_correct");
   assert_string_equal(p->skipped[1].what, "face_swap");
-  assert_string_equal(p->skipped[2].what, "controlnet");
-  assert_string_equal(p->skipped[3].what, "prompt_expansion");
+  assert_string_equal(p->skipped[2].what, "prompt_expansion");
   mp_plan_free(p);
   mp_job_free(j);
   make("a", &j, &p);
@@ -189,6 +188,19 @@ static void test_scene_modes(void **state) {
   make("a room\ninput_image=in.png\ndenoising_strength=0.55", &j, &p);
   assert_int_equal(p->mode, MP_SCENE_IMG2IMG);
   assert_true(p->images[0].passes[0].strength == 0.55);
+  mp_plan_free(p);
+  mp_job_free(j);
+  /* ControlNet (issue 16): controlnet_txt2img=true makes pass 1 txt2img guided by the input's control
+   * image; false keeps img2img from the input with the control on top */
+  make("a room\ninput_image=in.png\ncontrolnet=canny\ncontrolnet_txt2img=true", &j, &p);
+  assert_int_equal(p->mode, MP_SCENE_TXT2IMG);
+  assert_true(p->images[0].passes[0].strength == 1.0);
+  assert_int_equal(p->n_skipped, 0);
+  mp_plan_free(p);
+  mp_job_free(j);
+  make("a room\ninput_image=in.png\ncontrolnet=pose\ndenoising_strength=0.4", &j, &p);
+  assert_int_equal(p->mode, MP_SCENE_IMG2IMG);
+  assert_true(p->images[0].passes[0].strength == 0.4);
   mp_plan_free(p);
   mp_job_free(j);
   make("a room\ninput_image=in.png\nmask_image=m.png", &j, &p);
