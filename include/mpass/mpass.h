@@ -74,6 +74,8 @@ typedef struct {
   int debug_passes;       /* also write every intermediate image and a contact sheet */
   mpass_progress_fn progress; /* may be NULL */
   void *progress_user;
+  const char *tunes_dir;  /* the folder holding tunes/<id>/ that <lora:ID:W> may name; NULL: the models folder.
+                             LoRA files are still looked up in <models>/lora (the server: one folder per token) */
 } mpass_run_options;
 
 /* Run a job: every image, every pass, the outputs and result.json. On success *job_dir (may be

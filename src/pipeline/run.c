@@ -174,7 +174,7 @@ static mp_error *resolve_adapters(run *r, const mp_pass_text *t, lora_set *set, 
       continue;
     }
     mp_lora_ref ref;
-    MP_TRY(mp_resolve_lora(r->ctx->models_dir, ad->id, &ref));
+    MP_TRY(mp_resolve_lora_in(r->ctx->models_dir, r->o->tunes_root, ad->id, &ref));
     cJSON *l = cJSON_CreateObject();
     cJSON_AddStringToObject(l, "id", ad->id);
     cJSON_AddNumberToObject(l, "weight", ad->weight);
