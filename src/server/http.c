@@ -214,7 +214,10 @@ static MHD_RESULT authenticate(ms_server *s, ms_request *r) {
   char hex[65];
   ms_token_hash(h + 7, hex);
   mp_error *e = s->store->token_lookup(s->store, hex, &r->owner);
-  if (e) mp_error_free(e);
+  if (e) { /* a store failure is the server's problem, not a wrong token: say so in the log */
+    fprintf(stderr, "mpass serve: %s\n", mp_error_message(e));
+    mp_error_free(e);
+  }
   return r->owner ? MHD_YES : MHD_NO;
 }
 
