@@ -215,7 +215,8 @@ static void test_bad_database(void **state) {
   char *dir = test_tmpdir();
   char p[1024];
   snprintf(p, sizeof p, "%s/mpass.db", dir);
-  test_write_file(p, "this is not a database, just text that is long enough to fill a header......", 78);
+  const char *junk = "this is not a database, just text that is long enough to fill a header......";
+  test_write_file(p, junk, strlen(junk));
   ms_store *s;
   assert_err_contains(ms_store_sqlite_open(p, &s), "mpass.db");
   /* a newer schema than this build knows is refused by name */
