@@ -23,7 +23,7 @@ int cmd_serve(mpass_ctx *ctx, int argc, char **argv) {
       {"workers", required_argument, 0, 'w'},       {"token-file", required_argument, 0, 't'},
       {"max-queued", required_argument, 0, 'q'},    {"max-upload-bytes", required_argument, 0, 'u'},
       {"max-image-bytes", required_argument, 0, 'i'}, {"public-url", required_argument, 0, 'p'},
-      {"quiet", no_argument, 0, 'Q'},
+      {"quiet", no_argument, 0, 'Q'},       {"allow-private-urls", no_argument, 0, 'P'},
       {0, 0, 0, 0}};
   /* --models and --threads are global options (main.c): the context carries them */
   ms_config cfg = {.listen = "127.0.0.1:8080", .data_dir = "data", .workers = 1, .max_queued = 100,
@@ -39,6 +39,7 @@ int cmd_serve(mpass_ctx *ctx, int argc, char **argv) {
       case 't': cfg.token_file = optarg; break;
       case 'p': cfg.public_url = optarg; break;
       case 'Q': cfg.quiet = true; break;
+      case 'P': cfg.allow_private_urls = true; break;
       case 'w': cfg.workers = (int)parse_size(optarg, &ok); break;
       case 'q': cfg.max_queued = atoi(optarg), ok = cfg.max_queued >= 0; break;
       case 'u': cfg.max_upload_bytes = parse_size(optarg, &ok); break;
@@ -49,7 +50,7 @@ int cmd_serve(mpass_ctx *ctx, int argc, char **argv) {
       fprintf(stderr,
               "usage: mpass serve [--listen 127.0.0.1:8080] [--data DIR] [--models DIR] [--model CKPT] [--workers N]\n"
               "                   [--token-file F] [--max-queued N] [--max-upload-bytes N] [--max-image-bytes N]\n"
-              "                   [--public-url URL] [--quiet]   (--models DIR and --threads N are global options)\n");
+              "                   [--public-url URL] [--allow-private-urls] [--quiet]   (--models DIR and --threads N are global options)\n");
       return 2;
     }
   }

@@ -245,25 +245,15 @@ static MHD_RESULT on_request(void *cls, struct MHD_Connection *c, const char *ur
     *con_cls = r;
     r->conn = c, r->method = method, r->url = url;
     if (!s->cfg.quiet) fprintf(stderr, "mpass serve: %s %s\n", method, url);
-    if (!rt) {
-      r->fail_status = path_known ? 405 : 404;
-      snprintf(r->fail_message, sizeof r->fail_message, path_known ? "method %s not allowed on %s" : "no route %s %s",
-               method, url);
-      return MHD_YES; /* answer once the body (if any) is drained */
-    }
-    if (!route_is_open(rt) && !authenticate(s, r)) {
-      r->fail_status = 401;
-      snprintf(r->fail_message, sizeof r->fail_message, "missing or unknown bearer token (Authorization: Bearer <token>)");
-      return MHD_YES;
-    }
+    /* Refusals known from the headers are answered at once: MHD then skips the body. */
+    if (!rt)
+      return ms_reply_error(c, path_known ? 405 : 404, path_known ? "method %s not allowed on %s" : "no route %s %s", method, url);
+    if (!route_is_open(rt) && !authenticate(s, r))
+      return ms_reply_error(c, 401, "missing or unknown bearer token (Authorization: Bearer <token>)");
     if (rt->body) {
       long long limit = rt->body == 2 ? s->cfg.max_upload_bytes : s->cfg.max_image_bytes * 2 + MS_MAX_FORM_TEXT;
       const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-      if (cl && atoll(cl) > limit + 65536) {
-        r->fail_status = 413;
-        snprintf(r->fail_message, sizeof r->fail_message, "the body is %s bytes; the limit is %lld", cl, limit);
-        return MHD_YES;
-      }
+      if (cl && atoll(cl) > limit + 65536) return ms_reply_error(c, 413, "the body is %s bytes; the limit is %lld", cl, limit);
       r->file_limit = rt->body == 2 ? s->cfg.max_upload_bytes : s->cfg.max_image_bytes;
       r->body_limit = MS_MAX_FORM_TEXT;
       const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
@@ -271,10 +261,7 @@ static MHD_RESULT on_request(void *cls, struct MHD_Connection *c, const char *ur
       if (ct && (!strncasecmp(ct, "multipart/form-data", 19) || !strncasecmp(ct, "application/x-www-form-urlencoded", 33))) {
         r->is_form = true;
         r->pp = MHD_create_post_processor(c, 64 * 1024, on_post_field, r);
-        if (!r->pp) {
-          r->fail_status = 400;
-          snprintf(r->fail_message, sizeof r->fail_message, "malformed multipart/form-data (is the boundary missing?)");
-        }
+        if (!r->pp) return ms_reply_error(c, 400, "malformed multipart/form-data (is the boundary missing?)");
       }
     }
     return MHD_YES;
@@ -316,6 +303,7 @@ static MHD_RESULT on_request(void *cls, struct MHD_Connection *c, const char *ur
       }
       r->form.f[i].fp = NULL;
     }
+  if (!rt) return MHD_NO; /* answered on the first call */
   return rt->fn(s, r, ids, tail);
 }
 

@@ -62,16 +62,6 @@ static bool prepare(ms_server *s, ms_request *r, const int64_t *ids, prepared *p
   else if (!r->body_len) st = 400, snprintf(msg, sizeof msg, "empty body: expected JSON {\"prompt\": {\"text\": ...}} or multipart/form-data");
   else st = ms_prompt_from_json(r->body, r->body_len, &prompt, msg);
   if (st) return *ret = ms_reply_error(c, st, "%s", msg), false;
-  for (int k = 0; k < 2; k++) {
-    const char *key = k ? "mask_image_url" : "input_image_url";
-    const cJSON *u = cJSON_GetObjectItemCaseSensitive(prompt, key);
-    if (cJSON_IsString(u) && u->valuestring[0]) {
-      cJSON_Delete(prompt);
-      return *ret = ms_reply_error(c, 422, "prompt.%s: fetching images from URLs is not supported by this server yet; upload the image as the multipart file field %s",
-                                   key, k ? "mask_image" : "input_image"),
-             false;
-    }
-  }
   if (r->is_form) {
     p->input = ms_form_get_prompt(&r->form, "input_image");
     p->mask = ms_form_get_prompt(&r->form, "mask_image");
@@ -101,9 +91,11 @@ static bool prepare(ms_server *s, ms_request *r, const int64_t *ids, prepared *p
   if (!e && !p->doc.is_json && (job->input_image || job->mask_image))
     e = mp_errorf("%s: upload the image as the multipart file field %s; a path on the server is not accepted",
                   job->input_image ? "input_image" : "mask_image", job->input_image ? "input_image" : "mask_image");
-  if (!e && (job->input_image_url || job->mask_image_url))
-    e = mp_errorf("%s: fetching images from URLs is not supported by this server yet; upload the image instead",
-                  job->input_image_url ? "input_image_url" : "mask_image_url");
+  for (int k = 0; k < 2 && !e; k++) { /* fetched when the job runs; the scheme is checked now */
+    const char *u = k ? job->mask_image_url : job->input_image_url;
+    if (u && strncmp(u, "http://", 7) && strncmp(u, "https://", 8))
+      e = mp_errorf("%s: expected an http:// or https:// URL", k ? "mask_image_url" : "input_image_url");
+  }
   if (!e && job->callback && !p->doc.callback) {
     if (strncmp(job->callback, "http://", 7) && strncmp(job->callback, "https://", 8))
       e = mp_errorf("callback: expected an http:// or https:// URL");

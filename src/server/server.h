@@ -23,6 +23,7 @@ typedef struct {
   long long max_upload_bytes; /* a tune's weights (default 1 GiB) */
   long long max_image_bytes;  /* an input or mask image (default 20 MiB) */
   bool quiet;              /* no request log on stderr */
+  bool allow_private_urls; /* input_image_url may name loopback/private addresses (tests, trusted networks) */
 } ms_config;
 
 typedef struct ms_server ms_server;

@@ -180,7 +180,8 @@ static void run_job(ms_worker *w, ms_job *j) {
     ms_owner_dir(s, j->owner, owner_dir, sizeof owner_dir);
     mpass_run_options o = {.model_path = j->model_path ? j->model_path : s->model_path, .out_dir = out, .job_name = name,
                            .base_dir = j->inputs_dir, .rng = "cuda", .clip_skip = 1, .debug_passes = 1,
-                           .progress = on_progress, .progress_user = w, .tunes_dir = owner_dir};
+                           .progress = on_progress, .progress_user = w, .tunes_dir = owner_dir,
+                           .fetch_public_only = !s->cfg.allow_private_urls};
     if (!e) e = mpass_run(w->ctx, job, &o, NULL);
     mpass_job_free(job);
     if (e) {

@@ -555,6 +555,20 @@ static void test_tunes(void **state) {
   expect_error(&r, 404);
 }
 
+static void test_image_url_private_refused(void **state) {
+  (void)state;
+  /* this server was started without --allow-private-urls: the fetch refuses loopback, the job fails saying why */
+  int64_t id = h_create(&S, TOKEN_A, "/prompts",
+                        "{\"prompt\": {\"text\": \"x\", \"steps\": 2, \"w\": 64, \"h\": 64, \"input_image_url\": \"http://127.0.0.1:9/a.png\"}}");
+  cJSON *o = h_wait_end(&S, TOKEN_A, id, 60);
+  assert_string_equal(h_status(o), "failed");
+  assert_non_null(strstr(cJSON_GetObjectItem(o, "fail_message")->valuestring, "private, loopback"));
+  cJSON_Delete(o);
+  reply r = h_req(&S, "POST", "/prompts", TOKEN_A, "application/json",
+                  "{\"prompt\": {\"text\": \"x\", \"input_image_url\": \"file:///etc/passwd\"}}", NULL, NULL);
+  expect_error(&r, 422);
+}
+
 static void test_plan_and_metrics(void **state) {
   (void)state;
   reply r = h_req(&S, "POST", "/prompts/plan", TOKEN_A, "application/json",
@@ -582,7 +596,8 @@ int main(void) {
       cmocka_unit_test(test_list_paging),       cmocka_unit_test(test_cancel),
       cmocka_unit_test(test_events),            cmocka_unit_test(test_callbacks),
       cmocka_unit_test(test_idempotency),       cmocka_unit_test(test_quota),
-      cmocka_unit_test(test_tunes),             cmocka_unit_test(test_plan_and_metrics),
+      cmocka_unit_test(test_tunes),             cmocka_unit_test(test_image_url_private_refused),
+      cmocka_unit_test(test_plan_and_metrics),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
