@@ -4,7 +4,11 @@
 #ifndef MP_TEST_SERVER_HARNESS_H
 #define MP_TEST_SERVER_HARNESS_H
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/socket.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -75,7 +79,7 @@ static void h_prepare(server *s) {
 }
 
 /* Start the binary; returns once it printed its URL (fails the test after 10 s). */
-static void h_start(server *s, const char *extra1, const char *extra2) {
+static void h_start(server *s, const char *const *extra) {
   const char *bin_dir = getenv("MPASS_BINARY_DIR");
   if (!bin_dir) fail_msg("MPASS_BINARY_DIR is not set (CTest sets it)");
   char bin[1024];
@@ -94,8 +98,7 @@ static void h_start(server *s, const char *extra1, const char *extra2) {
     argv[n++] = bin, argv[n++] = "--threads", argv[n++] = "2", argv[n++] = "--models", argv[n++] = s->models;
     argv[n++] = "serve", argv[n++] = "--listen", argv[n++] = "127.0.0.1:0", argv[n++] = "--data", argv[n++] = s->data;
     argv[n++] = "--token-file", argv[n++] = s->token_file;
-    if (extra1) argv[n++] = (char *)extra1;
-    if (extra2) argv[n++] = (char *)extra2;
+    for (int i = 0; extra && extra[i] && n < 31; i++) argv[n++] = (char *)extra[i];
     argv[n] = NULL;
     execv(bin, argv);
     _exit(127);
@@ -130,6 +133,48 @@ static int h_stop(server *s, int sig) {
 static void h_free(server *s) {
   if (s->pid) h_stop(s, SIGKILL);
   free(s->dir), free(s->models), free(s->data), free(s->token_file), free(s->log);
+}
+
+/* ---- a loopback file host: every GET is answered with the bytes given (an input_image_url) */
+typedef struct {
+  int fd, port;
+  const char *body;
+  size_t len;
+  pthread_t th;
+} file_host;
+
+static void *file_host_main(void *arg) {
+  file_host *fh = arg;
+  for (;;) {
+    int c = accept(fh->fd, NULL, NULL);
+    if (c < 0) return NULL;
+    char req[4096];
+    if (recv(c, req, sizeof req, 0) > 0) {
+      char h[160];
+      int k = snprintf(h, sizeof h, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n", fh->len);
+      send(c, h, (size_t)k, MSG_NOSIGNAL);
+      send(c, fh->body, fh->len, MSG_NOSIGNAL);
+    }
+    close(c);
+  }
+}
+
+static void file_host_start(file_host *fh, const char *body, size_t len) {
+  fh->body = body, fh->len = len;
+  fh->fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  assert_int_equal(bind(fh->fd, (struct sockaddr *)&a, sizeof a), 0);
+  socklen_t al = sizeof a;
+  getsockname(fh->fd, (struct sockaddr *)&a, &al);
+  fh->port = ntohs(a.sin_port);
+  listen(fh->fd, 8);
+  pthread_create(&fh->th, NULL, file_host_main, fh);
+}
+
+static void file_host_stop(file_host *fh) {
+  shutdown(fh->fd, SHUT_RDWR);
+  close(fh->fd);
+  pthread_join(fh->th, NULL);
 }
 
 /* ---- HTTP */

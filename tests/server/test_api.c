@@ -1,10 +1,6 @@
 /* The HTTP API end to end: the real `mpass serve` binary on a free loopback port with the tiny model
  * (random weights: pixels are noise; the service's behaviour is what is tested). */
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <pthread.h>
 #include <stdatomic.h>
-#include <sys/socket.h>
 
 #include "server_harness.h"
 
@@ -18,7 +14,7 @@ static int group_setup(void **state) {
   (void)state;
   curl_global_init(CURL_GLOBAL_DEFAULT);
   h_prepare(&S);
-  h_start(&S, "--max-queued", "3");
+  h_start(&S, (const char *const[]){"--max-queued", "3", NULL});
   return 0;
 }
 

@@ -40,7 +40,7 @@ static void test_kill9_restart(void **state) {
   (void)state;
   server s;
   h_prepare(&s);
-  h_start(&s, NULL, NULL);
+  h_start(&s, NULL);
   int64_t done0 = h_create(&s, TOKEN_A, "/prompts", FAST);
   cJSON_Delete(h_wait_end(&s, TOKEN_A, done0, 60));
   long long png0 = mtime_of(&s, done0, "0.png");
@@ -62,7 +62,7 @@ static void test_kill9_restart(void **state) {
   snprintf(stmt, sizeof stmt, "UPDATE jobs SET status = 1, attempts = 2 WHERE id = %lld", (long long)q[0]);
   sql(&s, stmt);
 
-  h_start(&s, NULL, NULL);
+  h_start(&s, NULL);
   cJSON *o = h_wait_end(&s, TOKEN_A, done0, 30);
   assert_string_equal(h_status(o), "done");
   assert_int_equal(cJSON_GetObjectItem(o, "attempts")->valueint, 1);
@@ -111,12 +111,12 @@ static void test_sigterm_requeues(void **state) {
   (void)state;
   server s;
   h_prepare(&s);
-  h_start(&s, NULL, NULL);
+  h_start(&s, NULL);
   int64_t slow = h_create(&s, TOKEN_A, "/prompts", SLOW);
   cJSON_Delete(h_wait_status(&s, TOKEN_A, slow, "running", 60));
   int st = h_stop(&s, SIGTERM);
   assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-  h_start(&s, NULL, NULL);
+  h_start(&s, NULL);
   cJSON *o = h_wait_end(&s, TOKEN_A, slow, 300);
   assert_string_equal(h_status(o), "done");
   assert_int_equal(cJSON_GetObjectItem(o, "attempts")->valueint, 1);
@@ -125,9 +125,45 @@ static void test_sigterm_requeues(void **state) {
   h_free(&s);
 }
 
+/* Two workers, and input_image_url from a loopback host (allowed with --allow-private-urls). */
+static void test_workers_and_image_url(void **state) {
+  (void)state;
+  server s;
+  h_prepare(&s);
+  h_start(&s, (const char *const[]){"--workers", "2", "--allow-private-urls", NULL});
+  char *img = test_shared_path("golden/tiny/init_image.png");
+  FILE *f = fopen(img, "rb");
+  assert_non_null(f);
+  static char png[1 << 20];
+  size_t n = fread(png, 1, sizeof png, f);
+  fclose(f), free(img);
+  file_host fh;
+  file_host_start(&fh, png, n);
+  char body[512];
+  snprintf(body, sizeof body,
+           "{\"prompt\": {\"text\": \"from a url\", \"steps\": 2, \"w\": 64, \"h\": 64, \"input_image_url\": \"http://127.0.0.1:%d/in.png\"}}",
+           fh.port);
+  int64_t ids[4];
+  ids[0] = h_create(&s, TOKEN_A, "/prompts", body);
+  for (int i = 1; i < 4; i++) ids[i] = h_create(&s, TOKEN_B, "/prompts", FAST);
+  for (int i = 0; i < 4; i++) {
+    cJSON *o = h_wait_end(&s, i ? TOKEN_B : TOKEN_A, ids[i], 120);
+    if (strcmp(h_status(o), "done")) fail_msg("prompt %d: %s", i, cJSON_Print(o));
+    cJSON_Delete(o);
+  }
+  reply r = h_req(&s, "GET", "/metrics", TOKEN_A, NULL, NULL, NULL, NULL);
+  assert_non_null(strstr(r.body, "mpass_workers 2"));
+  reply_free(&r);
+  file_host_stop(&fh);
+  int st = h_stop(&s, SIGTERM);
+  assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  h_free(&s);
+}
+
 int main(void) {
   curl_global_init(CURL_GLOBAL_DEFAULT);
-  const struct CMUnitTest tests[] = {cmocka_unit_test(test_kill9_restart), cmocka_unit_test(test_sigterm_requeues)};
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_kill9_restart), cmocka_unit_test(test_sigterm_requeues),
+                                     cmocka_unit_test(test_workers_and_image_url)};
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   curl_global_cleanup();
   return rc;
