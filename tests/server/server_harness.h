@@ -143,7 +143,7 @@ typedef struct {
   pthread_t th;
 } file_host;
 
-static void *file_host_main(void *arg) {
+static inline void *file_host_main(void *arg) {
   file_host *fh = arg;
   for (;;) {
     int c = accept(fh->fd, NULL, NULL);
@@ -159,7 +159,7 @@ static void *file_host_main(void *arg) {
   }
 }
 
-static void file_host_start(file_host *fh, const char *body, size_t len) {
+static inline void file_host_start(file_host *fh, const char *body, size_t len) {
   fh->body = body, fh->len = len;
   fh->fd = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -171,7 +171,7 @@ static void file_host_start(file_host *fh, const char *body, size_t len) {
   pthread_create(&fh->th, NULL, file_host_main, fh);
 }
 
-static void file_host_stop(file_host *fh) {
+static inline void file_host_stop(file_host *fh) {
   shutdown(fh->fd, SHUT_RDWR);
   close(fh->fd);
   pthread_join(fh->th, NULL);
