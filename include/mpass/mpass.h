@@ -75,6 +75,9 @@ typedef struct {
   mpass_progress_fn progress; /* may be NULL */
   void *progress_user;
   const char *controlnet_model; /* controlnet=: this ControlNet file; NULL: $MPASS_CONTROLNET_MODEL, else found by type */
+  const char *tunes_dir;  /* the folder holding tunes/<id>/ that <lora:ID:W> may name; NULL: the models folder.
+                             LoRA files are still looked up in <models>/lora (the server: one folder per token) */
+  int fetch_public_only;  /* input_image_url / mask_image_url may not reach private, loopback or link-local addresses */
 } mpass_run_options;
 
 /* Run a job: every image, every pass, the outputs and result.json. On success *job_dir (may be

@@ -62,7 +62,7 @@ static mp_error *read_file(const char *path, char **out, size_t *len) {
 
 static void usage(FILE *f) {
   fprintf(f, "usage: mpass run PROMPT_FILE [--model CKPT] [--out DIR] [--name NAME] [--input-image IMG]\n"
-             "                 [--debug-passes] [--quiet] [--rng cuda|cpu] [--clip-skip 1|2]\n"
+             "                 [--debug-passes] [--quiet] [--rng cuda|cpu] [--clip-skip 1|2] [--controlnet-model FILE]\n"
              "  execute a prompt document (docs/prompt-document.md) in passes; PROMPT_FILE - reads stdin,\n"
              "  a .json file is the API form. Images, result.json and a contact sheet go to DIR/NAME/.\n");
 }

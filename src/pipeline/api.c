@@ -46,7 +46,8 @@ mpass_error *mpass_run(mpass_ctx *ctx, const mpass_job *j, const mpass_run_optio
                        .base_dir = o->base_dir, .document = j->document, .debug_passes = o->debug_passes != 0,
                        .rng = MP_RNG_CUDA, .clip_skip = o->clip_skip, .progress = o->progress,
                        .progress_user = o->progress_user, .input_image = o->input_image,
-                       .controlnet_model = o->controlnet_model};
+                       .controlnet_model = o->controlnet_model, .tunes_root = o->tunes_dir,
+                       .fetch_public_only = o->fetch_public_only != 0};
   if (o->rng) MP_TRY(mp_rng_parse(o->rng, &ro.rng));
   return mp_run_plan(ctx, j->plan, &ro, job_dir);
 }

@@ -20,6 +20,7 @@
 #include "pipeline/control.h"
 #include "pipeline/engine.h"
 #include "pipeline/params.h"
+#include "io/fetch.h"
 #include "pipeline/families.h"
 #include "pipeline/tunes.h"
 #include "post/contact_sheet.h"
@@ -189,7 +190,7 @@ static mp_error *resolve_adapters(run *r, const mp_pass_text *t, lora_set *set, 
       continue;
     }
     mp_lora_ref ref;
-    MP_TRY(mp_resolve_lora(r->ctx->models_dir, ad->id, &ref));
+    MP_TRY(mp_resolve_lora_in(r->ctx->models_dir, r->o->tunes_root, ad->id, &ref));
     cJSON *l = cJSON_CreateObject();
     cJSON_AddStringToObject(l, "id", ad->id);
     cJSON_AddNumberToObject(l, "weight", ad->weight);
@@ -304,10 +305,23 @@ static mp_error *run_pass(run *r, int image, const pass_request *q, mp_image *ou
 
 /* ---- scene ---- */
 
-static mp_error *load_input(run *r, const char *given, int channels, mp_image *img) {
-  if (!given) /* only a URL was given */
-    return mp_errorf("input_image_url and mask_image_url are not downloaded (mpass runs offline): download the image "
-                     "and give its path as input_image= / mask_image= (or --input-image)");
+static mp_error *load_input(run *r, const char *given, const char *url, const char *what, int channels, mp_image *img) {
+  if (!given) { /* only a URL was given: fetch it to a temporary file, read it, drop it */
+    const char *tmp = getenv("TMPDIR");
+    char *p = path_join(tmp && *tmp ? tmp : "/tmp", "mpass-download-XXXXXX");
+    int fd = p ? mkstemp(p) : -1;
+    if (fd < 0) {
+      free(p);
+      return mp_errorf("%s: cannot create a temporary file for the download", what);
+    }
+    close(fd);
+    mp_fetch_limits lim = {.public_only = r->o->fetch_public_only};
+    mp_error *e = mp_fetch_image(what, url, &lim, p);
+    if (!e) e = mp_image_read(p, channels, img);
+    unlink(p);
+    free(p);
+    return e;
+  }
   char *p = given == r->o->input_image ? strdup(given) : input_path(r, given);
   if (!p) return mp_errorf("out of memory");
   mp_error *e = mp_image_read(p, channels, img);
@@ -336,7 +350,7 @@ static mp_error *scene_control(run *r, int image) {
     mp_image src = {0}, fitted = {0};
     mp_person_result found = {0};
     bool have_found = false;
-    MP_TRY(load_input(r, r->o->input_image ? r->o->input_image : job->input_image, 3, &src));
+    MP_TRY(load_input(r, r->o->input_image ? r->o->input_image : job->input_image, job->input_image_url, "input_image_url", 3, &src));
     mp_error *e = mp_image_fit_crop(&src, r->width, r->height, &fitted);
     mp_image_free(&src);
     if (!e && r->control_type == MP_CONTROL_POSE) {
@@ -376,7 +390,7 @@ static mp_error *scene_pass(run *r, const mp_image_plan *ip, mp_image *out) {
 
   mp_image src = {0}, fitted = {0};
   mp_mask mask = {0};
-  MP_TRY(load_input(r, r->o->input_image ? r->o->input_image : job->input_image, 3, &src));
+  MP_TRY(load_input(r, r->o->input_image ? r->o->input_image : job->input_image, job->input_image_url, "input_image_url", 3, &src));
   mp_error *e = NULL;
   if (r->plan->mode == MP_SCENE_INPUT) { /* --only_upscale: the input goes straight to the post steps */
     *out = src;
@@ -392,7 +406,7 @@ static mp_error *scene_pass(run *r, const mp_image_plan *ip, mp_image *out) {
   if (!e && r->plan->mode == MP_SCENE_INPAINT) {
     if (!job->mask_image && !job->mask_image_url) e = mp_errorf("--mask_prompt is not supported yet: give mask_image=");
     mp_image m8 = {0}, m8fit = {0};
-    if (!e) e = load_input(r, job->mask_image, 1, &m8);
+    if (!e) e = load_input(r, job->mask_image, job->mask_image_url, "mask_image_url", 1, &m8);
     if (!e) e = mp_image_fit_crop(&m8, r->width, r->height, &m8fit);
     if (!e) e = mp_mask_from_image(&m8fit, &mask);
     mp_image_free(&m8), mp_image_free(&m8fit);
@@ -808,9 +822,9 @@ static mp_error *prepare(run *r) {
   r->width = job->width, r->height = job->height;
   if (r->width <= 0 || r->height <= 0) {
     const char *input = r->o->input_image ? r->o->input_image : job->input_image;
-    if (!input) return mp_errorf("no size: give w and h (or an input_image)");
+    if (!input && !job->input_image_url) return mp_errorf("no size: give w and h (or an input_image)");
     mp_image src;
-    MP_TRY(load_input(r, input, 3, &src));
+    MP_TRY(load_input(r, input, job->input_image_url, "input_image_url", 3, &src));
     mp_size_round8(src.width, src.height, 1024, &r->width, &r->height);
     mp_image_free(&src);
   }

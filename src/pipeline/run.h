@@ -32,6 +32,8 @@ typedef struct {
   int clip_skip; /* 0 or 1: last layer; 2: penultimate */
   mpass_progress_fn progress;
   void *progress_user;
+  const char *tunes_root; /* holds tunes/<id>/ for <lora:ID>; NULL: the models folder */
+  bool fetch_public_only; /* input_image_url / mask_image_url may not name private or loopback addresses */
 } mp_run_options;
 
 /* Run the plan. On success *job_dir (may be NULL) gets the output folder (caller frees). */

@@ -575,16 +575,21 @@ static mp_error *search_files(const char *what, const char *dir, const char *ste
 }
 
 mp_error *mp_resolve_lora(const char *models_dir, const char *id, mp_lora_ref *out) {
+  return mp_resolve_lora_in(models_dir, NULL, id, out);
+}
+
+mp_error *mp_resolve_lora_in(const char *models_dir, const char *tunes_root, const char *id, mp_lora_ref *out) {
   memset(out, 0, sizeof *out);
+  if (!tunes_root) tunes_root = models_dir;
   MP_TRY(mp_error_wrap(check_stem("LoRA", id), "<lora:%s:…>", id ? id : ""));
   char *tune_json = NULL;
   mp_error *idbad = mp_tune_check_id(id);
   if (!idbad) {
-    tune_json = pathf("%s/tunes/%s/tune.json", models_dir, id);
+    tune_json = pathf("%s/tunes/%s/tune.json", tunes_root, id);
     if (!tune_json) return mp_errorf("out of memory");
     if (is_file(tune_json)) {
       free(tune_json);
-      MP_TRY(mp_tune_load(models_dir, id, &out->tune));
+      MP_TRY(mp_tune_load(tunes_root, id, &out->tune));
       out->is_tune = true;
       out->path = strdup(out->tune.file);
       if (!out->path) {

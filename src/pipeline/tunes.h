@@ -70,6 +70,9 @@ typedef struct {
   mp_tune tune;
 } mp_lora_ref;
 mp_error *mp_resolve_lora(const char *models_dir, const char *id, mp_lora_ref *out);
+/* The same with the tunes taken from tunes_root/tunes/ (NULL: models_dir) and LoRA files from
+ * models_dir/lora: the server gives each token its own tunes_root. */
+mp_error *mp_resolve_lora_in(const char *models_dir, const char *tunes_root, const char *id, mp_lora_ref *out);
 void mp_lora_ref_free(mp_lora_ref *r);
 
 /* <name>: embeddings/name.safetensors, .pt, .bin (caller frees the path). */

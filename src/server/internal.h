@@ -1,0 +1,102 @@
+/* What the server's parts share: the server object, the request, replies. Not a public interface. */
+#ifndef MP_SERVER_INTERNAL_H
+#define MP_SERVER_INTERNAL_H
+
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+
+#include <cjson/cJSON.h>
+
+#include "server/events.h"
+#include "server/request.h"
+#include "server/server.h"
+#include "server/store.h"
+
+#if MHD_VERSION < 0x00097002
+typedef int MHD_RESULT;
+#else
+typedef enum MHD_Result MHD_RESULT;
+#endif
+
+/* One worker's running job, visible to DELETE (cancel) and to shutdown. */
+typedef struct {
+  atomic_llong job_id; /* 0 when idle */
+  atomic_int cancel;   /* 1: the user cancelled; the worker stops at the next step */
+} ms_slot;
+
+#define MS_DURATION_BUCKETS 8
+struct ms_server {
+  ms_config cfg;
+  char *data_dir, *models_dir, *model_path, *public_url, *listen_url, *tmp_dir;
+  ms_store *store;
+  struct MHD_Daemon *daemon;
+  ms_events *events;
+  atomic_int stopping;
+
+  pthread_mutex_t work_mu;
+  pthread_cond_t work_cv; /* signalled when a job is enqueued */
+  int n_workers;
+  pthread_t *threads;
+  ms_slot *slots;
+  struct ms_worker *workers;
+
+  /* metrics kept in memory (the store keeps the counts) */
+  pthread_mutex_t metrics_mu;
+  double last_sec_per_step;
+  double duration_sum;
+  long long duration_count, duration_buckets[MS_DURATION_BUCKETS];
+};
+
+extern const double MS_DURATION_BOUNDS[MS_DURATION_BUCKETS];
+
+/* ---- replies (http.c) */
+MHD_RESULT ms_reply(struct MHD_Connection *c, unsigned status, const char *content_type, const void *body, size_t n);
+/* takes ownership of j */
+MHD_RESULT ms_reply_json(struct MHD_Connection *c, unsigned status, cJSON *j);
+MHD_RESULT ms_reply_error(struct MHD_Connection *c, unsigned status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* 500 with the error's message; frees e */
+MHD_RESULT ms_reply_mp_error(struct MHD_Connection *c, unsigned status, mp_error *e);
+/* "http://host:port" for absolute URLs in replies (caller frees) */
+char *ms_base_url(ms_server *s, struct MHD_Connection *c);
+
+/* ---- routes (routes_*.c); ids[] are the numeric path parameters in order */
+typedef MHD_RESULT (*ms_route_fn)(ms_server *s, ms_request *r, const int64_t *ids, const char *tail);
+MHD_RESULT ms_route_prompt_create(ms_server *s, ms_request *r, const int64_t *ids, const char *tail);
+MHD_RESULT ms_route_prompt_plan(ms_server *s, ms_request *r, const int64_t *ids, const char *tail);
+MHD_RESULT ms_route_prompt_get(ms_server *s, ms_request *r, const int64_t *ids, const char *tail);
+MHD_RESULT ms_route_prompt_list(ms_server *s, ms_request *r, const int64_t *ids, const char *tail);
+MHD_RESULT ms_route_prompt_cancel(ms_server *s, ms_request *r, const int64_t *ids, const char *tail);
+MHD_RESULT ms_route_prompt_events(ms_server *s, ms_request *r, const int64_t *ids, const char *tail);
+MHD_RESULT ms_route_tune_create(ms_server *s, ms_request *r, const int64_t *ids, const char *tail);
+MHD_RESULT ms_route_tune_get(ms_server *s, ms_request *r, const int64_t *ids, const char *tail);
+MHD_RESULT ms_route_tune_list(ms_server *s, ms_request *r, const int64_t *ids, const char *tail);
+MHD_RESULT ms_route_tune_delete(ms_server *s, ms_request *r, const int64_t *ids, const char *tail);
+MHD_RESULT ms_route_image(ms_server *s, ms_request *r, const int64_t *ids, const char *tail);
+MHD_RESULT ms_route_metrics(ms_server *s, ms_request *r, const int64_t *ids, const char *tail);
+
+/* ---- jobs as JSON (prompt_json.c) */
+/* The prompt object of the API (docs/api.md). base_url: "http://host:port" for images[]. */
+cJSON *ms_prompt_object(const ms_job *j, const char *base_url, const char *data_dir);
+cJSON *ms_tune_object(const ms_tune *t);
+
+/* ---- workers (worker.c) */
+mp_error *ms_workers_start(ms_server *s);
+void ms_workers_join(ms_server *s);
+/* the job is running here: ask its worker to stop it */
+void ms_workers_cancel(ms_server *s, int64_t job_id);
+/* at start: jobs a dead process left running are requeued once, then failed */
+mp_error *ms_recover_interrupted(ms_server *s);
+void ms_job_dir(const ms_server *s, int64_t id, char *out, size_t cap);
+/* DATA/owners/<owner>: holds that owner's tunes/ */
+void ms_owner_dir(const ms_server *s, const char *owner, char *out, size_t cap);
+
+/* ---- callbacks (callback.c): POST body to url, 3 tries with backoff, each attempt recorded */
+void ms_callback_deliver(ms_store *store, int64_t job_id, const char *url, const char *body, const atomic_int *stopping);
+
+/* ---- metrics (metrics.c): Prometheus text exposition (caller frees) */
+char *ms_metrics_render(ms_server *s);
+void ms_metrics_job_done(ms_server *s, double seconds);
+
+#endif

@@ -1,0 +1,114 @@
+/* The job store: where tokens, tunes and jobs live (issue 13, DESIGN.md "src/server").
+ *
+ * Routes and workers talk to a store only through this table of functions, so a second backend
+ * (store_pg.c: PostgreSQL, several machines sharing one queue with FOR UPDATE SKIP LOCKED) drops in
+ * without touching them. A store is shared by every thread of the server: each function is safe to
+ * call concurrently (the SQLite backend gives each call its own transaction under one connection
+ * mutex). Strings in records are owned by the record; free it with ms_job_free / ms_tune_free.
+ *
+ * Durability: every write returns only once committed (the SQLite backend runs WAL with
+ * synchronous=FULL), so a 201 answered after ms_store.job_enqueue means the job is on disk.
+ *
+ * Job life: queued -> running (claim; attempts + 1) -> done | failed | cancelled.
+ * A job left running by a dead process is requeued (or failed on its second interruption) by the
+ * server at start; a server that stops cleanly hands its running job back with requeue(uncount=1). */
+#ifndef MP_SERVER_STORE_H
+#define MP_SERVER_STORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/error.h"
+
+typedef enum { MS_QUEUED, MS_RUNNING, MS_DONE, MS_FAILED, MS_CANCELLED, MS_STATUS_COUNT } ms_status;
+const char *ms_status_name(ms_status s);
+/* -1 for an unknown name */
+int ms_status_parse(const char *s);
+
+typedef struct {
+  int64_t id;
+  char *owner;        /* the token's name */
+  int64_t tune_id;    /* 0: no tune */
+  char *document;     /* the prompt document as stored (see is_json) */
+  int is_json;        /* document is the JSON API form {"prompt": {...}}, else the text form */
+  char *params_json;  /* the document's parameters as a JSON object, computed once at creation */
+  char *model_path;   /* the checkpoint to run on (a checkpoint tune); NULL: the server's default */
+  char *inputs_dir;   /* uploaded input/mask images live here (base_dir of the run); NULL: none */
+  char *callback;     /* URL or NULL */
+  char *idempotency_key; /* NULL when none was given */
+  ms_status status;
+  double progress;    /* 0..1 */
+  int attempts;       /* claims so far */
+  char *created_at, *started_at, *finished_at, *failed_at; /* ISO 8601 UTC or NULL */
+  char *fail_message; /* NULL unless failed/cancelled */
+  char *callbacks_json; /* JSON array of callback attempts, "[]" when none */
+  bool cancel_requested;
+} ms_job;
+void ms_job_free(ms_job *j); /* frees the strings, not j itself */
+
+typedef struct {
+  int64_t id;
+  char *owner, *title, *name, *token, *model_type, *branch, *file_name, *created_at;
+} ms_tune;
+void ms_tune_free(ms_tune *t);
+
+typedef struct {
+  int64_t by_status[MS_STATUS_COUNT];
+} ms_counts;
+
+/* What enqueue answered. */
+typedef enum { MS_ENQUEUED, MS_DUPLICATE /* idempotency key seen: *id is the first job */, MS_OVER_QUOTA } ms_enqueue_result;
+
+typedef struct ms_store ms_store;
+struct ms_store {
+  void *impl;
+  void (*close)(ms_store *s); /* frees s too */
+
+  /* tokens: only SHA-256 hex digests are stored */
+  mp_error *(*token_add)(ms_store *s, const char *name, const char *sha256_hex);
+  /* *name = NULL when no token has this hash */
+  mp_error *(*token_lookup)(ms_store *s, const char *sha256_hex, char **name);
+  mp_error *(*token_count)(ms_store *s, int64_t *n);
+
+  /* tunes: ids are assigned by the store (numeric, never reused) */
+  mp_error *(*tune_create)(ms_store *s, const ms_tune *t, int64_t *id);
+  /* *found = false when the tune is absent or another owner's */
+  mp_error *(*tune_get)(ms_store *s, const char *owner, int64_t id, ms_tune *out, bool *found);
+  mp_error *(*tune_list)(ms_store *s, const char *owner, ms_tune **out, int *n);
+  /* *in_use = number of queued or running jobs using it (then nothing is deleted) */
+  mp_error *(*tune_delete)(ms_store *s, const char *owner, int64_t id, bool *found, int64_t *in_use);
+
+  /* jobs. enqueue fills *id; with an idempotency key already used by this owner, answers MS_DUPLICATE
+   * and that job's id; with max_queued > 0 and the owner already holding that many queued jobs,
+   * MS_OVER_QUOTA. One transaction. */
+  mp_error *(*job_enqueue)(ms_store *s, const ms_job *j, int max_queued, int64_t *id, ms_enqueue_result *res);
+  /* the oldest queued job becomes running (attempts + 1, started_at now); *found false if none */
+  mp_error *(*job_claim)(ms_store *s, ms_job *out, bool *found);
+  mp_error *(*job_progress)(ms_store *s, int64_t id, double progress);
+  /* running -> done | failed | cancelled; a queued job may be cancelled too */
+  mp_error *(*job_finish)(ms_store *s, int64_t id, ms_status status, const char *message);
+  /* back to queued; uncount: the attempt does not count (a clean shutdown) */
+  mp_error *(*job_requeue)(ms_store *s, int64_t id, bool uncount);
+  /* queued -> cancelled at once (*now_status = MS_CANCELLED); running -> cancel_requested (the
+   * worker stops it); finished: unchanged. *found false when absent or another owner's. */
+  mp_error *(*job_cancel)(ms_store *s, const char *owner, int64_t id, bool *found, ms_status *now_status);
+  /* owner NULL: any owner (workers, recovery) */
+  mp_error *(*job_get)(ms_store *s, const char *owner, int64_t id, ms_job *out, bool *found);
+  /* newest first; tune_id < 0: every job of the owner, 0: jobs without tune, > 0: that tune's */
+  mp_error *(*job_list)(ms_store *s, const char *owner, int64_t tune_id, int limit, int offset, ms_job **out, int *n);
+  /* the ids of jobs in the running state (what a dead process left behind) */
+  mp_error *(*job_list_running)(ms_store *s, int64_t **ids, int *n);
+  mp_error *(*job_counts)(ms_store *s, ms_counts *out);
+  /* appends one attempt {"attempt", "at", "http_status", "error"} to the job's callbacks */
+  mp_error *(*callback_attempt)(ms_store *s, int64_t id, int attempt, long http_status, const char *error);
+};
+
+/* The SQLite backend: DATA/mpass.db (created with its schema; migrated when older). */
+mp_error *ms_store_sqlite_open(const char *path, ms_store **out);
+
+void ms_job_list_free(ms_job *jobs, int n);
+void ms_tune_list_free(ms_tune *tunes, int n);
+/* "2026-12-05T13:30:00.123Z" */
+void ms_now_iso(char out[32]);
+
+#endif

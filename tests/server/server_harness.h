@@ -1,0 +1,294 @@
+/* The API tests' harness: start the real `mpass serve` binary on a free loopback port with the tiny
+ * model, talk HTTP with libcurl, stop it. Included by tests/server/test_api*.c (static functions, so
+ * each test program has its own copy and the CMake glob needs no support library for libcurl). */
+#ifndef MP_TEST_SERVER_HARNESS_H
+#define MP_TEST_SERVER_HARNESS_H
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "testutil.h"
+
+typedef struct {
+  pid_t pid;
+  char url[128];
+  char *dir, *models, *data, *token_file, *log;
+} server;
+
+static const char *TOKEN_A = "alice-token-0123456789abcdef";
+static const char *TOKEN_B = "bob-token-0123456789abcdef";
+static const char *TOKEN_C = "carol-token-0123456789abcdef";
+
+static void h_copy(const char *from, const char *to) {
+  FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
+  if (!a || !b) fail_msg("copy %s -> %s failed", from, to);
+  char buf[65536];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, a)) > 0) assert_int_equal(fwrite(buf, 1, n, b), n);
+  fclose(a), assert_int_equal(fclose(b), 0);
+}
+
+static char *h_strf(const char *fmt, const char *a, const char *b) {
+  size_t n = strlen(fmt) + strlen(a) + (b ? strlen(b) : 0) + 1;
+  char *s = malloc(n);
+  snprintf(s, n, fmt, a, b ? b : "");
+  return s;
+}
+
+/* A models folder with the tiny checkpoint (+ its config), the CLIP vocabulary and one LoRA file. */
+static void h_prepare(server *s) {
+  memset(s, 0, sizeof *s);
+  s->dir = test_tmpdir();
+  s->models = h_strf("%s/models%s", s->dir, NULL);
+  s->data = h_strf("%s/data%s", s->dir, NULL);
+  mkdir(s->models, 0755);
+  char p[2048];
+  snprintf(p, sizeof p, "%s/checkpoints", s->models), mkdir(p, 0755);
+  snprintf(p, sizeof p, "%s/lora", s->models), mkdir(p, 0755);
+  snprintf(p, sizeof p, "%s/clip", s->models), mkdir(p, 0755);
+  static const char *const files[][2] = {{"golden/tiny/tiny.safetensors", "checkpoints/tiny.safetensors"},
+                                        {"golden/tiny/tiny.json", "checkpoints/tiny.json"},
+                                        {"golden/tiny/lora_tiny.safetensors", "lora/shared_lora.safetensors"},
+                                        {"data/clip/bpe_simple_vocab_16e6.txt.gz", "clip/bpe_simple_vocab_16e6.txt.gz"}};
+  for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+    char *src = test_shared_path(files[i][0]);
+    snprintf(p, sizeof p, "%s/%s", s->models, files[i][1]);
+    h_copy(src, p);
+    free(src);
+  }
+  s->token_file = h_strf("%s/tokens.txt%s", s->dir, NULL);
+  FILE *f = fopen(s->token_file, "w");
+  fprintf(f, "# NAME TOKEN\nalice %s\nbob %s\ncarol %s\n", TOKEN_A, TOKEN_B, TOKEN_C);
+  fclose(f);
+  s->log = h_strf("%s/server.log%s", s->dir, NULL);
+}
+
+/* Start the binary; returns once it printed its URL (fails the test after 10 s). */
+static void h_start(server *s, const char *const *extra) {
+  const char *bin_dir = getenv("MPASS_BINARY_DIR");
+  if (!bin_dir) fail_msg("MPASS_BINARY_DIR is not set (CTest sets it)");
+  char bin[1024];
+  snprintf(bin, sizeof bin, "%s/mpass", bin_dir);
+  int out[2];
+  assert_int_equal(pipe(out), 0);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    dup2(out[1], 1);
+    int log = open(s->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (log >= 0) dup2(log, 2);
+    close(out[0]), close(out[1]);
+    char *argv[32];
+    int n = 0;
+    argv[n++] = bin, argv[n++] = "--threads", argv[n++] = "2", argv[n++] = "--models", argv[n++] = s->models;
+    argv[n++] = "serve", argv[n++] = "--listen", argv[n++] = "127.0.0.1:0", argv[n++] = "--data", argv[n++] = s->data;
+    argv[n++] = "--token-file", argv[n++] = s->token_file;
+    for (int i = 0; extra && extra[i] && n < 31; i++) argv[n++] = (char *)extra[i];
+    argv[n] = NULL;
+    execv(bin, argv);
+    _exit(127);
+  }
+  close(out[1]);
+  s->pid = pid;
+  char line[256] = "";
+  size_t n = 0;
+  time_t t0 = time(NULL);
+  fcntl(out[0], F_SETFL, O_NONBLOCK);
+  while (time(NULL) - t0 < 10 && !strchr(line, '\n')) {
+    ssize_t got = read(out[0], line + n, sizeof line - 1 - n);
+    if (got > 0) n += (size_t)got, line[n] = 0;
+    else if (got == 0) break;
+    else usleep(10000);
+  }
+  close(out[0]);
+  const char *u = strstr(line, "http://");
+  if (!u) fail_msg("mpass serve did not print its URL (got '%s'); see %s", line, s->log);
+  snprintf(s->url, sizeof s->url, "%.*s", (int)strcspn(u, "\n"), u);
+}
+
+static int h_stop(server *s, int sig) {
+  if (!s->pid) return -1;
+  kill(s->pid, sig);
+  int st = 0;
+  waitpid(s->pid, &st, 0);
+  s->pid = 0;
+  return st;
+}
+
+static void h_free(server *s) {
+  if (s->pid) h_stop(s, SIGKILL);
+  free(s->dir), free(s->models), free(s->data), free(s->token_file), free(s->log);
+}
+
+/* ---- a loopback file host: every GET is answered with the bytes given (an input_image_url) */
+typedef struct {
+  int fd, port;
+  const char *body;
+  size_t len;
+  pthread_t th;
+} file_host;
+
+static inline void *file_host_main(void *arg) {
+  file_host *fh = arg;
+  for (;;) {
+    int c = accept(fh->fd, NULL, NULL);
+    if (c < 0) return NULL;
+    char req[4096];
+    if (recv(c, req, sizeof req, 0) > 0) {
+      char h[160];
+      int k = snprintf(h, sizeof h, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n", fh->len);
+      send(c, h, (size_t)k, MSG_NOSIGNAL);
+      send(c, fh->body, fh->len, MSG_NOSIGNAL);
+    }
+    close(c);
+  }
+}
+
+static inline void file_host_start(file_host *fh, const char *body, size_t len) {
+  fh->body = body, fh->len = len;
+  fh->fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  assert_int_equal(bind(fh->fd, (struct sockaddr *)&a, sizeof a), 0);
+  socklen_t al = sizeof a;
+  getsockname(fh->fd, (struct sockaddr *)&a, &al);
+  fh->port = ntohs(a.sin_port);
+  listen(fh->fd, 8);
+  pthread_create(&fh->th, NULL, file_host_main, fh);
+}
+
+static inline void file_host_stop(file_host *fh) {
+  shutdown(fh->fd, SHUT_RDWR);
+  close(fh->fd);
+  pthread_join(fh->th, NULL);
+}
+
+/* ---- HTTP */
+
+typedef struct {
+  long status;
+  char *body;
+  size_t len;
+  char etag[128];
+} reply;
+
+static size_t h_write(char *p, size_t sz, size_t n, void *u) {
+  reply *r = u;
+  char *g = realloc(r->body, r->len + sz * n + 1);
+  if (!g) return 0;
+  memcpy(g + r->len, p, sz * n);
+  r->body = g, r->len += sz * n;
+  g[r->len] = 0;
+  return sz * n;
+}
+
+static size_t h_header(char *p, size_t sz, size_t n, void *u) {
+  reply *r = u;
+  if (sz * n > 6 && !strncasecmp(p, "ETag: ", 6)) snprintf(r->etag, sizeof r->etag, "%.*s", (int)strcspn(p + 6, "\r\n"), p + 6);
+  return sz * n;
+}
+
+static void reply_free(reply *r) {
+  free(r->body);
+  memset(r, 0, sizeof *r);
+}
+
+/* One request. token NULL: no Authorization. body NULL: none. mime: multipart (body ignored). */
+static reply h_req(const server *s, const char *method, const char *path, const char *token, const char *content_type,
+                   const char *body, curl_mime *mime, const char *extra_header) {
+  reply r = {0};
+  CURL *c = curl_easy_init();
+  char url[1024], auth[256], ct[256];
+  snprintf(url, sizeof url, "%s%s", strncmp(path, "http", 4) ? s->url : "", path);
+  struct curl_slist *h = NULL;
+  if (token) snprintf(auth, sizeof auth, "Authorization: Bearer %s", token), h = curl_slist_append(h, auth);
+  if (content_type) snprintf(ct, sizeof ct, "Content-Type: %s", content_type), h = curl_slist_append(h, ct);
+  if (extra_header) h = curl_slist_append(h, extra_header);
+  h = curl_slist_append(h, "Expect:");
+  curl_easy_setopt(c, CURLOPT_URL, url);
+  curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, h_write);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+  curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, h_header);
+  curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
+  if (mime) curl_easy_setopt(c, CURLOPT_MIMEPOST, mime);
+  else if (body) curl_easy_setopt(c, CURLOPT_POSTFIELDS, body), curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+  CURLcode rc = curl_easy_perform(c);
+  if (rc != CURLE_OK) fail_msg("%s %s: %s", method, url, curl_easy_strerror(rc));
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+  curl_slist_free_all(h);
+  curl_easy_cleanup(c);
+  if (!r.body) r.body = calloc(1, 1);
+  return r;
+}
+
+static cJSON *h_json(const reply *r) {
+  cJSON *j = cJSON_Parse(r->body);
+  if (!j) fail_msg("not JSON (HTTP %ld): %.300s", r->status, r->body);
+  return j;
+}
+
+/* POST a JSON create body; returns the new id (fails unless 201). */
+static int64_t h_create(const server *s, const char *token, const char *path, const char *body) {
+  reply r = h_req(s, "POST", path, token, "application/json", body, NULL, NULL);
+  if (r.status != 201) fail_msg("POST %s: HTTP %ld %s", path, r.status, r.body);
+  cJSON *j = h_json(&r);
+  int64_t id = (int64_t)cJSON_GetObjectItem(j, "id")->valuedouble;
+  cJSON_Delete(j), reply_free(&r);
+  return id;
+}
+
+/* The prompt object (caller frees). */
+static cJSON *h_get_prompt(const server *s, const char *token, int64_t id) {
+  char p[64];
+  snprintf(p, sizeof p, "/prompts/%lld", (long long)id);
+  reply r = h_req(s, "GET", p, token, NULL, NULL, NULL, NULL);
+  if (r.status != 200) fail_msg("GET %s: HTTP %ld %s", p, r.status, r.body);
+  cJSON *j = h_json(&r);
+  reply_free(&r);
+  return j;
+}
+
+static const char *h_status(const cJSON *o) { return cJSON_GetObjectItem(o, "status")->valuestring; }
+
+/* Poll until the job leaves queued/running (fails after `seconds`). Returns the prompt object. */
+static cJSON *h_wait_end(const server *s, const char *token, int64_t id, int seconds) {
+  for (int i = 0; i < seconds * 20; i++) {
+    cJSON *o = h_get_prompt(s, token, id);
+    const char *st = h_status(o);
+    if (strcmp(st, "queued") && strcmp(st, "running")) return o;
+    cJSON_Delete(o);
+    usleep(50000);
+  }
+  fail_msg("prompt %lld did not finish in %d s", (long long)id, seconds);
+  return NULL;
+}
+
+static cJSON *h_wait_status(const server *s, const char *token, int64_t id, const char *want, int seconds) {
+  for (int i = 0; i < seconds * 50; i++) {
+    cJSON *o = h_get_prompt(s, token, id);
+    if (!strcmp(h_status(o), want)) return o;
+    cJSON_Delete(o);
+    usleep(20000);
+  }
+  fail_msg("prompt %lld did not reach %s in %d s", (long long)id, want, seconds);
+  return NULL;
+}
+
+#endif

@@ -1,0 +1,170 @@
+/* Durability: kill -9 the server mid-job, restart it on the same data folder: no job is lost, none
+ * runs twice to completion, a job interrupted twice fails with the reason, finished images are
+ * intact. Slow (a job is run twice): CTest label server_slow. */
+#include <dirent.h>
+#include <sqlite3.h>
+
+#include "server_harness.h"
+
+static const char *FAST = "{\"prompt\": {\"text\": \"a red cube\", \"steps\": 2, \"w\": 64, \"h\": 64, \"scheduler\": \"euler\"}}";
+static const char *SLOW = "{\"prompt\": {\"text\": \"a slow cube\", \"steps\": 60, \"w\": 256, \"h\": 256, \"scheduler\": \"euler\"}}";
+
+static void sql(const server *s, const char *stmt) {
+  char p[2048];
+  snprintf(p, sizeof p, "%s/mpass.db", s->data);
+  sqlite3 *db;
+  assert_int_equal(sqlite3_open(p, &db), SQLITE_OK);
+  char *err = NULL;
+  if (sqlite3_exec(db, stmt, NULL, NULL, &err) != SQLITE_OK) fail_msg("%s: %s", stmt, err);
+  sqlite3_close(db);
+}
+
+static long long mtime_of(const server *s, int64_t id, const char *file) {
+  char p[2048];
+  snprintf(p, sizeof p, "%s/jobs/%lld/%s", s->data, (long long)id, file);
+  struct stat st;
+  if (stat(p, &st)) return -1;
+  return (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+}
+
+static void expect_png(const server *s, const cJSON *o) {
+  cJSON *images = cJSON_GetObjectItem(o, "images");
+  assert_int_equal(cJSON_GetArraySize(images), 1);
+  reply r = h_req(s, "GET", cJSON_GetArrayItem(images, 0)->valuestring, TOKEN_A, NULL, NULL, NULL, NULL);
+  assert_int_equal(r.status, 200);
+  assert_true(r.len > 100 && !memcmp(r.body, "\x89PNG\r\n\x1a\n", 8));
+  reply_free(&r);
+}
+
+static void test_kill9_restart(void **state) {
+  (void)state;
+  server s;
+  h_prepare(&s);
+  h_start(&s, NULL);
+  int64_t done0 = h_create(&s, TOKEN_A, "/prompts", FAST);
+  cJSON_Delete(h_wait_end(&s, TOKEN_A, done0, 60));
+  long long png0 = mtime_of(&s, done0, "0.png");
+  assert_true(png0 > 0);
+
+  int64_t slow = h_create(&s, TOKEN_A, "/prompts", SLOW);
+  int64_t q[3];
+  for (int i = 0; i < 3; i++) q[i] = h_create(&s, TOKEN_A, "/prompts", FAST);
+  cJSON_Delete(h_wait_status(&s, TOKEN_A, slow, "running", 60));
+  usleep(1500 * 1000); /* well into its steps */
+  h_stop(&s, SIGKILL);
+
+  /* Two states a crash can leave, made by hand: a job whose outputs were complete when the process
+   * died before recording it (must become done without running again), and a job already on its
+   * second attempt (must fail, not loop). */
+  char stmt[256];
+  snprintf(stmt, sizeof stmt, "UPDATE jobs SET status = 1 WHERE id = %lld", (long long)done0);
+  sql(&s, stmt);
+  snprintf(stmt, sizeof stmt, "UPDATE jobs SET status = 1, attempts = 2 WHERE id = %lld", (long long)q[0]);
+  sql(&s, stmt);
+
+  h_start(&s, NULL);
+  cJSON *o = h_wait_end(&s, TOKEN_A, done0, 30);
+  assert_string_equal(h_status(o), "done");
+  assert_int_equal(cJSON_GetObjectItem(o, "attempts")->valueint, 1);
+  assert_true(mtime_of(&s, done0, "0.png") == png0); /* not rerun */
+  expect_png(&s, o);
+  cJSON_Delete(o);
+
+  o = h_wait_end(&s, TOKEN_A, q[0], 30);
+  assert_string_equal(h_status(o), "failed");
+  assert_non_null(strstr(cJSON_GetObjectItem(o, "fail_message")->valuestring, "interrupted twice"));
+  cJSON_Delete(o);
+
+  o = h_wait_end(&s, TOKEN_A, slow, 300);
+  if (strcmp(h_status(o), "done")) fail_msg("the interrupted job: %s", cJSON_Print(o));
+  assert_int_equal(cJSON_GetObjectItem(o, "attempts")->valueint, 2); /* retried once */
+  expect_png(&s, o);
+  cJSON_Delete(o);
+  for (int i = 1; i < 3; i++) {
+    o = h_wait_end(&s, TOKEN_A, q[i], 60);
+    assert_string_equal(h_status(o), "done");
+    assert_int_equal(cJSON_GetObjectItem(o, "attempts")->valueint, 1);
+    expect_png(&s, o);
+    cJSON_Delete(o);
+  }
+  /* no half-built job folders left, one folder per finished job */
+  char p[2048];
+  snprintf(p, sizeof p, "%s/jobs", s.data);
+  DIR *d = opendir(p);
+  assert_non_null(d);
+  int folders = 0;
+  for (struct dirent *de; (de = readdir(d));) {
+    if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+    if (de->d_name[0] == '.') fail_msg("left over: %s", de->d_name);
+    folders++;
+  }
+  closedir(d);
+  assert_int_equal(folders, 4); /* done0, slow, q[1], q[2] */
+
+  int st = h_stop(&s, SIGTERM);
+  assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  h_free(&s);
+}
+
+/* SIGTERM while a job runs: the job goes back to the queue without spending an attempt. */
+static void test_sigterm_requeues(void **state) {
+  (void)state;
+  server s;
+  h_prepare(&s);
+  h_start(&s, NULL);
+  int64_t slow = h_create(&s, TOKEN_A, "/prompts", SLOW);
+  cJSON_Delete(h_wait_status(&s, TOKEN_A, slow, "running", 60));
+  int st = h_stop(&s, SIGTERM);
+  assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  h_start(&s, NULL);
+  cJSON *o = h_wait_end(&s, TOKEN_A, slow, 300);
+  assert_string_equal(h_status(o), "done");
+  assert_int_equal(cJSON_GetObjectItem(o, "attempts")->valueint, 1);
+  cJSON_Delete(o);
+  h_stop(&s, SIGTERM);
+  h_free(&s);
+}
+
+/* Two workers, and input_image_url from a loopback host (allowed with --allow-private-urls). */
+static void test_workers_and_image_url(void **state) {
+  (void)state;
+  server s;
+  h_prepare(&s);
+  h_start(&s, (const char *const[]){"--workers", "2", "--allow-private-urls", NULL});
+  char *img = test_shared_path("golden/tiny/init_image.png");
+  FILE *f = fopen(img, "rb");
+  assert_non_null(f);
+  static char png[1 << 20];
+  size_t n = fread(png, 1, sizeof png, f);
+  fclose(f), free(img);
+  file_host fh;
+  file_host_start(&fh, png, n);
+  char body[512];
+  snprintf(body, sizeof body,
+           "{\"prompt\": {\"text\": \"from a url\", \"steps\": 2, \"w\": 64, \"h\": 64, \"input_image_url\": \"http://127.0.0.1:%d/in.png\"}}",
+           fh.port);
+  int64_t ids[4];
+  ids[0] = h_create(&s, TOKEN_A, "/prompts", body);
+  for (int i = 1; i < 4; i++) ids[i] = h_create(&s, TOKEN_B, "/prompts", FAST);
+  for (int i = 0; i < 4; i++) {
+    cJSON *o = h_wait_end(&s, i ? TOKEN_B : TOKEN_A, ids[i], 120);
+    if (strcmp(h_status(o), "done")) fail_msg("prompt %d: %s", i, cJSON_Print(o));
+    cJSON_Delete(o);
+  }
+  reply r = h_req(&s, "GET", "/metrics", TOKEN_A, NULL, NULL, NULL, NULL);
+  assert_non_null(strstr(r.body, "mpass_workers 2"));
+  reply_free(&r);
+  file_host_stop(&fh);
+  int st = h_stop(&s, SIGTERM);
+  assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  h_free(&s);
+}
+
+int main(void) {
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_kill9_restart), cmocka_unit_test(test_sigterm_requeues),
+                                     cmocka_unit_test(test_workers_and_image_url)};
+  int rc = cmocka_run_group_tests(tests, NULL, NULL);
+  curl_global_cleanup();
+  return rc;
+}

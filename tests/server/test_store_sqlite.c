@@ -1,0 +1,240 @@
+/* The SQLite job store on a temporary database: tokens, tunes, the job life cycle, idempotency,
+ * quota, claim order, cancel, recovery listing, callback attempts, reopening (durability). */
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/store.h"
+#include "testutil.h"
+
+static ms_store *open_tmp(char **path) {
+  char *dir = test_tmpdir();
+  size_t n = strlen(dir) + 16;
+  *path = malloc(n);
+  snprintf(*path, n, "%s/mpass.db", dir);
+  free(dir);
+  ms_store *s;
+  assert_ok(ms_store_sqlite_open(*path, &s));
+  return s;
+}
+
+static int64_t enqueue(ms_store *s, const char *owner, const char *idem, int max_queued, ms_enqueue_result *res) {
+  ms_job j = {.owner = (char *)owner, .document = "a cat\nsteps=2\n", .params_json = "{\"steps\":2}", .idempotency_key = (char *)idem};
+  int64_t id;
+  assert_ok(s->job_enqueue(s, &j, max_queued, &id, res));
+  return id;
+}
+
+static void test_tokens(void **state) {
+  (void)state;
+  char *path;
+  ms_store *s = open_tmp(&path);
+  char *name = NULL;
+  int64_t n;
+  assert_ok(s->token_count(s, &n));
+  assert_int_equal(n, 0);
+  assert_ok(s->token_add(s, "alice", "aa11"));
+  assert_ok(s->token_lookup(s, "aa11", &name));
+  assert_string_equal(name, "alice");
+  free(name);
+  assert_ok(s->token_lookup(s, "bb22", &name));
+  assert_null(name);
+  assert_err_contains(s->token_add(s, "again", "aa11"), "UNIQUE"); /* one hash, one name */
+  s->close(s);
+  free(path);
+}
+
+static void test_job_life(void **state) {
+  (void)state;
+  char *path;
+  ms_store *s = open_tmp(&path);
+  ms_enqueue_result res;
+  int64_t a = enqueue(s, "alice", NULL, 0, &res), b = enqueue(s, "alice", NULL, 0, &res);
+  assert_int_equal(res, MS_ENQUEUED);
+  assert_true(b > a);
+  ms_job j;
+  bool found;
+  assert_ok(s->job_claim(s, &j, &found));
+  assert_true(found);
+  assert_int_equal(j.id, a); /* the oldest first */
+  assert_int_equal(j.status, MS_RUNNING);
+  assert_int_equal(j.attempts, 1);
+  assert_non_null(j.started_at);
+  assert_string_equal(j.document, "a cat\nsteps=2\n");
+  ms_job_free(&j);
+  assert_ok(s->job_progress(s, a, 0.5));
+  assert_ok(s->job_get(s, "alice", a, &j, &found));
+  assert_true(found && j.progress == 0.5);
+  ms_job_free(&j);
+  assert_ok(s->job_get(s, "bob", a, &j, &found)); /* another owner's job is absent */
+  assert_false(found);
+  /* running jobs are what a dead process leaves */
+  int64_t *ids;
+  int n;
+  assert_ok(s->job_list_running(s, &ids, &n));
+  assert_int_equal(n, 1);
+  assert_int_equal(ids[0], a);
+  free(ids);
+  /* clean shutdown: back to queued, attempt uncounted; it is claimed again before b */
+  assert_ok(s->job_requeue(s, a, true));
+  assert_ok(s->job_claim(s, &j, &found));
+  assert_int_equal(j.id, a);
+  assert_int_equal(j.attempts, 1);
+  ms_job_free(&j);
+  assert_ok(s->job_finish(s, a, MS_DONE, NULL));
+  assert_ok(s->callback_attempt(s, a, 1, 500, "the receiver answered HTTP 500"));
+  assert_ok(s->callback_attempt(s, a, 2, 200, NULL));
+  assert_ok(s->job_get(s, NULL, a, &j, &found));
+  assert_int_equal(j.status, MS_DONE);
+  assert_non_null(j.finished_at);
+  assert_non_null(strstr(j.callbacks_json, "\"attempt\":2"));
+  assert_non_null(strstr(j.callbacks_json, "HTTP 500"));
+  ms_job_free(&j);
+  /* cancel: queued -> cancelled at once; running -> requested; finished: unchanged */
+  ms_status now;
+  assert_ok(s->job_cancel(s, "alice", b, &found, &now));
+  assert_true(found);
+  assert_int_equal(now, MS_CANCELLED);
+  assert_ok(s->job_cancel(s, "alice", a, &found, &now));
+  assert_int_equal(now, MS_DONE);
+  assert_ok(s->job_cancel(s, "bob", a, &found, &now));
+  assert_false(found);
+  int64_t c = enqueue(s, "alice", NULL, 0, &res);
+  assert_ok(s->job_claim(s, &j, &found));
+  ms_job_free(&j);
+  assert_ok(s->job_cancel(s, "alice", c, &found, &now));
+  assert_int_equal(now, MS_RUNNING);
+  assert_ok(s->job_get(s, NULL, c, &j, &found));
+  assert_true(j.cancel_requested);
+  ms_job_free(&j);
+  assert_ok(s->job_finish(s, c, MS_FAILED, "boom"));
+  ms_counts counts;
+  assert_ok(s->job_counts(s, &counts));
+  assert_int_equal(counts.by_status[MS_DONE], 1);
+  assert_int_equal(counts.by_status[MS_CANCELLED], 1);
+  assert_int_equal(counts.by_status[MS_FAILED], 1);
+  assert_ok(s->job_claim(s, &j, &found));
+  assert_false(found); /* nothing queued */
+  /* durability: a reopened database has it all */
+  s->close(s);
+  assert_ok(ms_store_sqlite_open(path, &s));
+  assert_ok(s->job_get(s, NULL, c, &j, &found));
+  assert_true(found);
+  assert_string_equal(j.fail_message, "boom");
+  assert_non_null(j.failed_at);
+  ms_job_free(&j);
+  s->close(s);
+  free(path);
+}
+
+static void test_idempotency_quota_list(void **state) {
+  (void)state;
+  char *path;
+  ms_store *s = open_tmp(&path);
+  ms_enqueue_result res;
+  int64_t a = enqueue(s, "alice", "k1", 0, &res);
+  assert_int_equal(res, MS_ENQUEUED);
+  int64_t again = enqueue(s, "alice", "k1", 0, &res);
+  assert_int_equal(res, MS_DUPLICATE);
+  assert_int_equal(again, a);
+  enqueue(s, "bob", "k1", 0, &res); /* keys are per owner */
+  assert_int_equal(res, MS_ENQUEUED);
+  enqueue(s, "alice", NULL, 2, &res);
+  assert_int_equal(res, MS_ENQUEUED);
+  enqueue(s, "alice", NULL, 2, &res);
+  assert_int_equal(res, MS_OVER_QUOTA);
+  enqueue(s, "alice", "k1", 2, &res); /* a repeat is answered even over quota */
+  assert_int_equal(res, MS_DUPLICATE);
+  ms_job *jobs;
+  int n;
+  assert_ok(s->job_list(s, "alice", -1, 120, 0, &jobs, &n));
+  assert_int_equal(n, 2);
+  assert_true(jobs[0].id > jobs[1].id); /* newest first */
+  ms_job_list_free(jobs, n);
+  assert_ok(s->job_list(s, "alice", -1, 1, 1, &jobs, &n));
+  assert_int_equal(n, 1);
+  assert_int_equal(jobs[0].id, a);
+  ms_job_list_free(jobs, n);
+  assert_ok(s->job_list(s, "alice", 7, 10, 0, &jobs, &n));
+  assert_int_equal(n, 0);
+  ms_job_list_free(jobs, n);
+  s->close(s);
+  free(path);
+}
+
+static void test_tunes(void **state) {
+  (void)state;
+  char *path;
+  ms_store *s = open_tmp(&path);
+  ms_tune t = {.owner = "alice", .title = "Jane", .name = "woman", .token = "sks", .model_type = "lora", .branch = "sd15"};
+  int64_t id, id2;
+  assert_ok(s->tune_create(s, &t, &id));
+  assert_ok(s->tune_create(s, &t, &id2));
+  assert_true(id2 > id);
+  ms_tune got;
+  bool found;
+  assert_ok(s->tune_get(s, "alice", id, &got, &found));
+  assert_true(found);
+  assert_string_equal(got.title, "Jane");
+  ms_tune_free(&got);
+  assert_ok(s->tune_get(s, "bob", id, &got, &found));
+  assert_false(found);
+  /* a queued job holds its tune */
+  ms_job j = {.owner = "alice", .tune_id = id, .document = "x", .params_json = "{}"};
+  int64_t jid;
+  ms_enqueue_result res;
+  assert_ok(s->job_enqueue(s, &j, 0, &jid, &res));
+  int64_t in_use;
+  assert_ok(s->tune_delete(s, "alice", id, &found, &in_use));
+  assert_true(found);
+  assert_int_equal(in_use, 1);
+  ms_status now;
+  assert_ok(s->job_cancel(s, "alice", jid, &found, &now));
+  assert_ok(s->tune_delete(s, "bob", id, &found, &in_use));
+  assert_false(found);
+  assert_ok(s->tune_delete(s, "alice", id, &found, &in_use));
+  assert_true(found);
+  assert_int_equal(in_use, 0);
+  ms_tune *list;
+  int n;
+  assert_ok(s->tune_list(s, "alice", &list, &n));
+  assert_int_equal(n, 1);
+  assert_int_equal(list[0].id, id2);
+  ms_tune_list_free(list, n);
+  /* ids are never reused */
+  int64_t id3;
+  assert_ok(s->tune_create(s, &t, &id3));
+  assert_true(id3 > id2);
+  s->close(s);
+  free(path);
+}
+
+static void test_bad_database(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  char p[1024];
+  snprintf(p, sizeof p, "%s/mpass.db", dir);
+  const char *junk = "this is not a database, just text that is long enough to fill a header......";
+  test_write_file(p, junk, strlen(junk));
+  ms_store *s;
+  assert_err_contains(ms_store_sqlite_open(p, &s), "mpass.db");
+  /* a newer schema than this build knows is refused by name */
+  char *path;
+  s = open_tmp(&path);
+  s->close(s);
+  sqlite3 *db;
+  assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(db, "INSERT INTO schema_version VALUES(99)", NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(db);
+  assert_err_contains(ms_store_sqlite_open(path, &s), "schema version 99");
+  free(dir);
+  free(path);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_tokens), cmocka_unit_test(test_job_life),
+                                     cmocka_unit_test(test_idempotency_quota_list), cmocka_unit_test(test_tunes),
+                                     cmocka_unit_test(test_bad_database)};
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
