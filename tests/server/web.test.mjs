@@ -13,7 +13,7 @@ import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, symlinkSync, writeFileSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 
 const BIN = join(process.env.MPASS_BINARY_DIR || 'build', 'mpass');
@@ -105,8 +105,8 @@ test('the page runs a job end to end in headless Chromium', { timeout: TIMEOUT_M
   const root = mkdtempSync(join(tmpdir(), 'mpass-web-'));
   const models = join(root, 'models');
   mkdirSync(join(models, 'checkpoints'), { recursive: true });
-  symlinkSync(join(process.cwd(), tiny, 'tiny.safetensors'), join(models, 'checkpoints', 'tiny.safetensors'));
-  symlinkSync(join(process.cwd(), tiny, 'tiny.json'), join(models, 'checkpoints', 'tiny.json'));
+  symlinkSync(resolve(tiny, 'tiny.safetensors'), join(models, 'checkpoints', 'tiny.safetensors'));
+  symlinkSync(resolve(tiny, 'tiny.json'), join(models, 'checkpoints', 'tiny.json'));
   mkdirSync(OUT, { recursive: true });
   const data = join(root, 'data');
   const tok = execFileSync(BIN, ['token', 'add', 'web', '--data', data], { encoding: 'utf8' }).trim().split(/\s+/).pop();
