@@ -109,7 +109,10 @@ function fmtDuration(s) {
 }
 
 // A progress report as "image 1/2 · person 1 · step 3/20 · 1.23 s/it · ETA 0:25" and a fraction.
+// A prompt object's `progress` is the job's fraction done; the stream's pass/step events carry the
+// whole report.
 function describeProgress(p) {
+  if (typeof p === 'number') return { text: '', fraction: Math.max(0, Math.min(1, p)) };
   if (!p || typeof p !== 'object') return { text: '', fraction: 0 };
   const parts = [];
   if (p.n_images > 1) parts.push(`image ${p.image + 1}/${p.n_images}`);
@@ -124,6 +127,7 @@ function describeProgress(p) {
 function bar(fraction) { return el('span', { class: 'bar' }, el('span', { style: `width:${(fraction * 100).toFixed(1)}%` })); }
 
 const ACTIVE = new Set(['queued', 'running']);
+const STEP_EVENTS = new Set(['pass', 'step']);
 
 // ---- views --------------------------------------------------------------------------------------
 
@@ -163,9 +167,12 @@ const views = {
         showRowProgress(prog, p);
         if (ACTIVE.has(p.status)) {
           stops.push(subscribe(`/prompts/${p.id}/events`, (name, data) => {
-            const obj = data && data.prompt ? data.prompt : data;
-            if (obj && obj.status) { status.textContent = obj.status; status.className = `status ${obj.status}`; }
-            showRowProgress(prog, obj && obj.progress !== undefined ? obj : { status: status.textContent, progress: data });
+            if (STEP_EVENTS.has(name)) { showRowProgress(prog, { status: 'running', progress: data }); return; }
+            if (data && data.status) {
+              status.textContent = data.status;
+              status.className = `status ${data.status}`;
+              showRowProgress(prog, { status: data.status, progress: data.progress ?? 0 });
+            }
           }));
         }
       }
@@ -183,13 +190,11 @@ const views = {
     const p = await api('GET', `/prompts/${id}`);
     await showJob(p);
     if (ACTIVE.has(p.status)) {
+      // pass/step events carry progress; status events (queued, running, done, failed, cancelled)
+      // carry only the new status, so the whole prompt object is fetched again.
       const stop = subscribe(`/prompts/${id}/events`, async (name, data) => {
-        const obj = data && data.prompt ? data.prompt : data;
-        if (obj && obj.status && obj.id) await showJob(obj);
-        else if (name === 'progress') showJobProgress(data);
-        if (['done', 'failed', 'cancelled'].includes(name) || (obj && obj.status && !ACTIVE.has(obj.status))) {
-          await showJob(await api('GET', `/prompts/${id}`));
-        }
+        if (STEP_EVENTS.has(name)) showJobProgress(data);
+        else await showJob(await api('GET', `/prompts/${id}`));
       });
       leaveView = stop;
     }
