@@ -14,8 +14,9 @@
 #include "pipeline/params.h"
 #include "server/internal.h"
 
-extern const unsigned char mpass_web_index_html[];
-extern const size_t mpass_web_index_html_size;
+/* The web page's files, compiled in by cmake/embed.cmake from src/server/web/. */
+extern const unsigned char mpass_web_index_html[], mpass_web_app_js[], mpass_web_style_css[];
+extern const size_t mpass_web_index_html_size, mpass_web_app_js_size, mpass_web_style_css_size;
 
 /* ---------------------------------------------------------------- replies */
 
@@ -82,19 +83,35 @@ static MHD_RESULT route_health(ms_server *s, ms_request *r, const int64_t *ids, 
   return ms_reply(r->conn, 200, "application/json", "{\"status\":\"ok\"}", 15);
 }
 
-static MHD_RESULT route_index(ms_server *s, ms_request *r, const int64_t *ids, const char *tail) {
-  (void)s, (void)ids, (void)tail;
-  struct MHD_Response *resp = MHD_create_response_from_buffer(mpass_web_index_html_size, (void *)mpass_web_index_html,
-                                                              MHD_RESPMEM_PERSISTENT);
-  MHD_add_response_header(resp, "Content-Type", "text/html; charset=utf-8");
+static MHD_RESULT reply_static(ms_request *r, const unsigned char *data, size_t size, const char *type) {
+  struct MHD_Response *resp = MHD_create_response_from_buffer(size, (void *)data, MHD_RESPMEM_PERSISTENT);
+  MHD_add_response_header(resp, "Content-Type", type);
+  MHD_add_response_header(resp, "Cache-Control", "no-cache");
   MHD_RESULT ret = MHD_queue_response(r->conn, 200, resp);
   MHD_destroy_response(resp);
   return ret;
 }
 
+static MHD_RESULT route_index(ms_server *s, ms_request *r, const int64_t *ids, const char *tail) {
+  (void)s, (void)ids, (void)tail;
+  return reply_static(r, mpass_web_index_html, mpass_web_index_html_size, "text/html; charset=utf-8");
+}
+
+static MHD_RESULT route_app_js(ms_server *s, ms_request *r, const int64_t *ids, const char *tail) {
+  (void)s, (void)ids, (void)tail;
+  return reply_static(r, mpass_web_app_js, mpass_web_app_js_size, "text/javascript; charset=utf-8");
+}
+
+static MHD_RESULT route_style_css(ms_server *s, ms_request *r, const int64_t *ids, const char *tail) {
+  (void)s, (void)ids, (void)tail;
+  return reply_static(r, mpass_web_style_css, mpass_web_style_css_size, "text/css; charset=utf-8");
+}
+
 static const route ROUTES[] = {
     {"GET", "/healthz", route_health, 0},
     {"GET", "/", route_index, 0},
+    {"GET", "/app.js", route_app_js, 0},
+    {"GET", "/style.css", route_style_css, 0},
     {"GET", "/metrics", ms_route_metrics, 0},
     {"POST", "/prompts/plan", ms_route_prompt_plan, 1},
     {"POST", "/prompts", ms_route_prompt_create, 1},
@@ -115,8 +132,10 @@ static const route ROUTES[] = {
 };
 #define N_ROUTES (sizeof ROUTES / sizeof ROUTES[0])
 
-/* The open routes: the health check, and the page (it holds no data; it asks for the token). */
-static bool route_is_open(const route *rt) { return rt->fn == route_health || rt->fn == route_index; }
+/* The open routes: the health check, and the page's files (they hold no data; the page asks for the token). */
+static bool route_is_open(const route *rt) {
+  return rt->fn == route_health || rt->fn == route_index || rt->fn == route_app_js || rt->fn == route_style_css;
+}
 
 /* ---------------------------------------------------------------- bodies */
 
