@@ -8,9 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#ifndef MPASS_GIT_COMMIT
-#define MPASS_GIT_COMMIT "unknown"
-#endif
+#include "mpass_commit.h" /* MPASS_GIT_COMMIT, written at build time by cmake/git_commit.cmake */
 
 int cli_version(const mpass_options *opts) {
   printf("mpass %s\ncommit %s\n", MPASS_VERSION, MPASS_GIT_COMMIT);
