@@ -76,6 +76,7 @@ static bool eat_index(const char **s, int limit, int *v) {
   return true;
 }
 
+/* out = the head (`fmt_prefix`, one of the literals in map_unet, with at most two %d for a and b) + rest. */
 static bool put(char *out, size_t cap, const char *fmt_prefix, int a, int b, const char *rest) {
   char head[96];
   snprintf(head, sizeof head, fmt_prefix, a, b);
