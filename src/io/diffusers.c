@@ -76,6 +76,7 @@ static bool eat_index(const char **s, int limit, int *v) {
   return true;
 }
 
+/* out = the head (`fmt_prefix`, one of the literals in map_unet, with at most two %d for a and b) + rest. */
 static bool put(char *out, size_t cap, const char *fmt_prefix, int a, int b, const char *rest) {
   char head[96];
   snprintf(head, sizeof head, fmt_prefix, a, b);
@@ -483,7 +484,8 @@ static mp_error *add_component(mp_weights *w, const char *folder, const componen
     char mapped[512], name[600];
     bool to_conv = false;
     int n;
-    if (c->map(s, t->name, mapped, sizeof mapped, &to_conv))
+    bool known = c->map(s, t->name, mapped, sizeof mapped, &to_conv);
+    if (known)
       n = snprintf(name, sizeof name, "%s%s", c->prefix, mapped);
     else
       n = snprintf(name, sizeof name, "%s/%s", c->subfolder, t->name); /* unknown: kept, shown as unexpected */
@@ -496,6 +498,11 @@ static mp_error *add_component(mp_weights *w, const char *folder, const componen
     memcpy(shape, t->t.shape, sizeof(int64_t) * (size_t)ndim);
     if (to_conv && ndim == 2) shape[2] = shape[3] = 1, ndim = 4;
     e = mp_weights_add(w, name, t->t.dtype, ndim, shape, t->t.data);
+    if (!e && known) { /* so that a shape error also names the key as the folder spells it */
+      char source[600];
+      snprintf(source, sizeof source, "%s/%s", c->subfolder, t->name);
+      e = mp_weights_set_source(w, source);
+    }
   }
   if (e) e = mp_error_wrap(e, "reading %s", file);
   free(file);

@@ -72,6 +72,7 @@ static mp_error *push(mp_weights *w, const char *name, mp_dtype dt, int ndim, co
   if (!nm) return mp_errorf("out of memory");
   mp_weight *it = &w->items[w->count++];
   it->name = nm;
+  it->source = NULL;
   mp_tensor_view(&it->t, dt, ndim, shape, data);
   return NULL;
 }
@@ -96,6 +97,14 @@ mp_error *mp_weights_add(mp_weights *w, const char *name, mp_dtype dt, int ndim,
     return mp_weights_add_owned(w, name, dt, ndim, shape, copy);
   }
   return push(w, name, dt, ndim, shape, (void *)data);
+}
+
+mp_error *mp_weights_set_source(mp_weights *w, const char *source) {
+  if (!w->count) return mp_errorf("no tensor to give a source to");
+  mp_weight *it = &w->items[w->count - 1];
+  free(it->source);
+  it->source = strdup(source);
+  return it->source ? NULL : mp_errorf("out of memory");
 }
 
 mp_error *mp_weights_adopt(mp_weights *w, mp_weights *part) {
@@ -143,7 +152,7 @@ const mp_weight *mp_weights_find(const mp_weights *w, const char *name) {
 
 void mp_weights_close(mp_weights *w) {
   if (!w) return;
-  for (size_t i = 0; i < w->count; i++) free(w->items[i].name);
+  for (size_t i = 0; i < w->count; i++) free(w->items[i].name), free(w->items[i].source);
   free(w->items);
   for (size_t i = 0; i < w->n_owned; i++) mp_free(w->owned[i]);
   free(w->owned);

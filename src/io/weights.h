@@ -14,6 +14,7 @@
 typedef struct {
   char *name;
   mp_tensor t; /* contiguous view; data valid while the mp_weights is open */
+  char *source; /* a renamed tensor's original name ("unet/conv_in.weight"), for error messages; else NULL */
 } mp_weight;
 
 typedef struct mp_weights mp_weights;
@@ -45,6 +46,8 @@ mp_error *mp_weights_add_owned(mp_weights *w, const char *name, mp_dtype dt, int
  * tensors: a checkpoint assembled from several files (a diffusers folder) is one mp_weights over
  * several mapped files. On error `part` is closed. */
 mp_error *mp_weights_adopt(mp_weights *w, mp_weights *part);
+/* Record the original name of the tensor added last (a reader that renames, like the diffusers one). */
+mp_error *mp_weights_set_source(mp_weights *w, const char *source);
 /* Sort for lookup and reject duplicate names. Call once after the last add. */
 mp_error *mp_weights_finish(mp_weights *w);
 

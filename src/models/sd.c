@@ -21,14 +21,17 @@ const char *mp_family_name(mp_family f) {
 mp_error *mp_sd_weight(const mp_weights *w, const char *name, int ndim, const int64_t *shape, const mp_tensor **out) {
   char want[128], got[128];
   const mp_weight *it = mp_weights_find(w, name);
-  if (!it) return mp_errorf("missing tensor %s (expected shape %s)", name, mp_shape_str(ndim, shape, want, sizeof want));
+  if (!it)
+    return mp_errorf("missing tensor %s (expected shape %s)%s", name, mp_shape_str(ndim, shape, want, sizeof want),
+                     mp_diffusers_is_folder(mp_weights_path(w)) ? "; no key of the diffusers folder maps to it" : "");
   const mp_tensor *t = &it->t;
   if (t->dtype != MP_F32 && t->dtype != MP_F16 && t->dtype != MP_BF16)
     return mp_errorf("tensor %s has dtype %s, expected a float type", name, mp_dtype_name(t->dtype));
   bool same = t->ndim == ndim;
   for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
   if (!same)
-    return mp_errorf("tensor %s: expected shape %s, found %s", name, mp_shape_str(ndim, shape, want, sizeof want),
+    return mp_errorf("tensor %s%s%s%s: expected shape %s, found %s", name, it->source ? " (" : "", it->source ? it->source : "",
+                     it->source ? " in the diffusers folder)" : "", mp_shape_str(ndim, shape, want, sizeof want),
                      mp_shape_str(t->ndim, t->shape, got, sizeof got));
   *out = t;
   return NULL;

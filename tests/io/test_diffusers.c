@@ -344,7 +344,12 @@ static void test_wrong_shape(void **state) {
   assert_ok(mp_sd_config_detect(w, NULL, &cfg));
   mp_unet *u = NULL;
   assert_err_contains(mp_unet_load(w, MP_PREFIX_UNET, &cfg.unet, &u),
-                      "model.diffusion_model.input_blocks.0.0.weight: expected shape [32,4,3,3], found [16,4,3,3]");
+                      "model.diffusion_model.input_blocks.0.0.weight (unet/conv_in.weight in the diffusers folder): "
+                      "expected shape [32,4,3,3], found [16,4,3,3]");
+  mp_vae *vae = NULL;
+  mp_vae_config vc = cfg.vae;
+  vc.num_res_blocks = 3; /* asks for encoder.down.0.block.2, which no diffusers key maps to */
+  assert_err_contains(mp_vae_load(w, MP_PREFIX_VAE, &vc, &vae), "no key of the diffusers folder maps to it");
   mp_weights_close(w);
   remove_tree(dir);
   free(dir);
