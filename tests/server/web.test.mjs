@@ -81,7 +81,13 @@ class Browser {
     const { data } = await this.send('Page.captureScreenshot', { format: 'png', captureBeyondViewport: true }, this.session);
     writeFileSync(path, Buffer.from(data, 'base64'));
   }
-  close() { this.proc.kill('SIGKILL'); }
+  // Resolves once the browser has exited, so its profile folder can be removed.
+  close() {
+    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return Promise.resolve();
+    const gone = new Promise((r) => this.proc.once('exit', r));
+    this.proc.kill('SIGKILL');
+    return gone;
+  }
 }
 
 // ---- the server ---------------------------------------------------------------------------------
@@ -155,9 +161,9 @@ test('the page runs a job end to end in headless Chromium', { timeout: TIMEOUT_M
     e.message += `\n--- mpass serve log ---\n${server.log()}\n--- chromium ---\n${browser.stderr}`;
     throw e;
   } finally {
-    browser.close();
+    await browser.close();
     server.proc.kill('SIGTERM');
     await new Promise((r) => { server.proc.once('exit', r); setTimeout(r, 5000); });
-    rmSync(root, { recursive: true, force: true });
+    rmSync(root, { recursive: true, force: true, maxRetries: 5 });
   }
 });
