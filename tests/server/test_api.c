@@ -487,6 +487,17 @@ static void test_tunes(void **state) {
   r = h_req(&S, "POST", "/tunes", TOKEN_A, "application/json",
             "{\"tune\": {\"name\": \"man\", \"token\": \"ohwx\", \"file\": \"checkpoints/tiny.json\"}}", NULL, NULL);
   expect_error(&r, 422); /* not weights */
+  /* a form naming the file as text (not an upload) is the same as JSON naming it */
+  c = curl_easy_init();
+  m = curl_mime_init(c);
+  static const char *const kv2[][2] = {{"name", "man"}, {"token", "ohwx"}, {"file", "/etc/passwd"}};
+  for (size_t i = 0; i < sizeof kv2 / sizeof *kv2; i++) {
+    curl_mimepart *q = curl_mime_addpart(m);
+    curl_mime_name(q, kv2[i][0]), curl_mime_data(q, kv2[i][1], CURL_ZERO_TERMINATED);
+  }
+  r = h_req(&S, "POST", "/tunes", TOKEN_A, NULL, NULL, m, NULL);
+  curl_mime_free(m), curl_easy_cleanup(c);
+  expect_error(&r, 422);
 
   char path[96];
   snprintf(path, sizeof path, "/tunes/%lld", (long long)tid);
