@@ -2,6 +2,7 @@
  * routing table, bearer-token auth, body limits, multipart uploads streamed to DATA/tmp, and the
  * server's start and stop. */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -471,6 +472,14 @@ mp_error *ms_server_start(const ms_config *cfg, ms_server **out, char url[128]) 
     snprintf(p, sizeof p, "%s/tmp", s->data_dir);
     e = mkdir_p(p);
     s->tmp_dir = strdup(p);
+    DIR *d = e ? NULL : opendir(p); /* uploads a dead process left half-written */
+    for (struct dirent *de; d && (de = readdir(d));)
+      if (!strncmp(de->d_name, "upload-", 7)) {
+        char f[4400];
+        snprintf(f, sizeof f, "%s/%s", p, de->d_name);
+        unlink(f);
+      }
+    if (d) closedir(d);
     snprintf(p, sizeof p, "%s/jobs", s->data_dir);
     if (!e) e = mkdir_p(p);
   }

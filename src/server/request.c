@@ -77,6 +77,11 @@ unsigned ms_prompt_from_form(const ms_form *f, cJSON **prompt, char msg[256]) {
     }
     bool is_file_key = false;
     for (size_t j = 0; j < sizeof FILE_KEYS / sizeof *FILE_KEYS; j++) is_file_key |= !strcmp(name, FILE_KEYS[j]);
+    if (is_file_key && !x->file_path && x->len) {
+      cJSON_Delete(o);
+      snprintf(msg, 256, "%.100s: upload the image as a file field; a path on the server is not accepted", x->name);
+      return 422;
+    }
     if (x->file_path || is_file_key) continue;
     if (cJSON_GetObjectItemCaseSensitive(o, name)) {
       cJSON_Delete(o);

@@ -373,7 +373,7 @@ MHD_RESULT ms_route_prompt_events(ms_server *s, ms_request *r, const int64_t *id
     free(t);
     st->done = true;
   }
-  sse_put(st, j.status == MS_QUEUED || j.status == MS_RUNNING ? ms_status_name(j.status) : ms_status_name(j.status), data);
+  sse_put(st, ms_status_name(j.status), data);
   ms_job_free(&j);
   struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_read, st, sse_free);
   if (!resp) return free(st), MHD_NO;

@@ -87,14 +87,15 @@ MHD_RESULT ms_route_tune_create(ms_server *s, ms_request *r, const int64_t *ids,
   }
   if (e) return cJSON_Delete(root), ms_reply_mp_error(c, 422, e);
   /* the uploaded file needs the right extension for the checks in tunes.c */
-  if (r->is_form) {
-    const ms_field *f = ms_form_get(&r->form, "tune[file]");
-    if (!f) f = ms_form_get(&r->form, "file");
+  const ms_field *f = r->is_form ? ms_form_get(&r->form, "tune[file]") : NULL;
+  if (r->is_form && !f) f = ms_form_get(&r->form, "file");
+  if (f && f->file_path) {
     const char *ext = f->file_name ? strrchr(f->file_name, '.') : NULL;
     if (!ext || strlen(ext) > 16 || strchr(ext, '/')) ext = ".safetensors";
-    char *renamed = malloc(strlen(f->file_path) + strlen(ext) + 1);
-    sprintf(renamed, "%s%s", f->file_path, ext);
-    if (rename(f->file_path, renamed) == 0) {
+    size_t n = strlen(f->file_path) + strlen(ext) + 1;
+    char *renamed = malloc(n);
+    if (renamed) snprintf(renamed, n, "%s%s", f->file_path, ext);
+    if (renamed && rename(f->file_path, renamed) == 0) {
       free(((ms_field *)f)->file_path);
       ((ms_field *)f)->file_path = strdup(renamed); /* still removed with the form */
       free(weights), weights = renamed;

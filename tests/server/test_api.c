@@ -487,6 +487,17 @@ static void test_tunes(void **state) {
   r = h_req(&S, "POST", "/tunes", TOKEN_A, "application/json",
             "{\"tune\": {\"name\": \"man\", \"token\": \"ohwx\", \"file\": \"checkpoints/tiny.json\"}}", NULL, NULL);
   expect_error(&r, 422); /* not weights */
+  /* a form naming the file as text (not an upload) is the same as JSON naming it */
+  c = curl_easy_init();
+  m = curl_mime_init(c);
+  static const char *const kv2[][2] = {{"name", "man"}, {"token", "ohwx"}, {"file", "/etc/passwd"}};
+  for (size_t i = 0; i < sizeof kv2 / sizeof *kv2; i++) {
+    curl_mimepart *q = curl_mime_addpart(m);
+    curl_mime_name(q, kv2[i][0]), curl_mime_data(q, kv2[i][1], CURL_ZERO_TERMINATED);
+  }
+  r = h_req(&S, "POST", "/tunes", TOKEN_A, NULL, NULL, m, NULL);
+  curl_mime_free(m), curl_easy_cleanup(c);
+  expect_error(&r, 422);
 
   char path[96];
   snprintf(path, sizeof path, "/tunes/%lld", (long long)tid);
@@ -565,6 +576,34 @@ static void test_image_url_private_refused(void **state) {
   expect_error(&r, 422);
 }
 
+/* Binding beyond loopback without any token is refused; `mpass token add` prints a token that works. */
+static void test_public_bind_needs_token(void **state) {
+  (void)state;
+  char cmd[4096], err[2048];
+  snprintf(err, sizeof err, "%s/bind.err", S.dir);
+  snprintf(cmd, sizeof cmd, "%s/mpass --models %s serve --listen 0.0.0.0:0 --data %s/empty 2>%s", getenv("MPASS_BINARY_DIR"),
+           S.models, S.dir, err);
+  int st = system(cmd);
+  assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+  FILE *f = fopen(err, "r");
+  assert_non_null(f);
+  char line[1024] = "";
+  assert_non_null(fgets(line, sizeof line, f));
+  fclose(f);
+  assert_non_null(strstr(line, "not a loopback address and no token exists"));
+  /* a token made by the CLI, on the running server's database */
+  snprintf(cmd, sizeof cmd, "%s/mpass token add dave --data %s 2>/dev/null", getenv("MPASS_BINARY_DIR"), S.data);
+  FILE *p = popen(cmd, "r");
+  char token[128] = "";
+  assert_non_null(fgets(token, sizeof token, p));
+  assert_int_equal(pclose(p), 0);
+  token[strcspn(token, "\n")] = 0;
+  assert_int_equal(strlen(token), 43);
+  reply r = h_req(&S, "GET", "/prompts", token, NULL, NULL, NULL, NULL);
+  assert_int_equal(r.status, 200);
+  reply_free(&r);
+}
+
 static void test_plan_and_metrics(void **state) {
   (void)state;
   reply r = h_req(&S, "POST", "/prompts/plan", TOKEN_A, "application/json",
@@ -593,7 +632,7 @@ int main(void) {
       cmocka_unit_test(test_events),            cmocka_unit_test(test_callbacks),
       cmocka_unit_test(test_idempotency),       cmocka_unit_test(test_quota),
       cmocka_unit_test(test_tunes),             cmocka_unit_test(test_image_url_private_refused),
-      cmocka_unit_test(test_plan_and_metrics),
+      cmocka_unit_test(test_public_bind_needs_token), cmocka_unit_test(test_plan_and_metrics),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -70,6 +70,10 @@ static void test_form_fields(void **state) {
   f = form_of(dup, 2);
   assert_int_equal(ms_prompt_from_form(&f, &p, msg), 400);
   ms_form_free(&f);
+  static const char *const path[][2] = {{"prompt[text]", "a"}, {"prompt[mask_image]", "/etc/passwd"}};
+  f = form_of(path, 2);
+  assert_int_equal(ms_prompt_from_form(&f, &p, msg), 422); /* an image path as text is not an upload */
+  ms_form_free(&f);
 }
 
 static void test_documents(void **state) {
