@@ -16,6 +16,13 @@ static long long parse_size(const char *s, bool *ok) {
   return v;
 }
 
+static void usage(FILE *f) {
+  fprintf(f, "usage: mpass serve [--listen 127.0.0.1:8080] [--data DIR] [--models DIR] [--model CKPT] [--workers N]\n"
+             "                   [--token-file F] [--max-queued N] [--max-upload-bytes N] [--max-image-bytes N]\n"
+             "                   [--public-url URL] [--allow-private-urls] [--quiet]   (--models DIR and --threads N are global options)\n"
+             "  the prompt API over HTTP (docs/api.md): jobs in DIR/mpass.db, images under DIR/jobs/, the web page at /\n");
+}
+
 int cmd_serve(mpass_ctx *ctx, int argc, char **argv) {
   static const struct option longopts[] = {
       {"listen", required_argument, 0, 'l'},        {"data", required_argument, 0, 'd'},
@@ -24,7 +31,7 @@ int cmd_serve(mpass_ctx *ctx, int argc, char **argv) {
       {"max-queued", required_argument, 0, 'q'},    {"max-upload-bytes", required_argument, 0, 'u'},
       {"max-image-bytes", required_argument, 0, 'i'}, {"public-url", required_argument, 0, 'p'},
       {"quiet", no_argument, 0, 'Q'},       {"allow-private-urls", no_argument, 0, 'P'},
-      {0, 0, 0, 0}};
+      {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
   /* --models and --threads are global options (main.c): the context carries them */
   ms_config cfg = {.listen = "127.0.0.1:8080", .data_dir = "data", .workers = 1, .max_queued = 100,
                    .models_dir = ctx->models_dir, .n_threads = ctx->n_threads};
@@ -44,13 +51,11 @@ int cmd_serve(mpass_ctx *ctx, int argc, char **argv) {
       case 'q': cfg.max_queued = atoi(optarg), ok = cfg.max_queued >= 0; break;
       case 'u': cfg.max_upload_bytes = parse_size(optarg, &ok); break;
       case 'i': cfg.max_image_bytes = parse_size(optarg, &ok); break;
+      case 'h': usage(stdout); return 0;
       default: ok = false;
     }
     if (!ok || cfg.workers > 64) {
-      fprintf(stderr,
-              "usage: mpass serve [--listen 127.0.0.1:8080] [--data DIR] [--models DIR] [--model CKPT] [--workers N]\n"
-              "                   [--token-file F] [--max-queued N] [--max-upload-bytes N] [--max-image-bytes N]\n"
-              "                   [--public-url URL] [--allow-private-urls] [--quiet]   (--models DIR and --threads N are global options)\n");
+      usage(stderr);
       return 2;
     }
   }

@@ -6,18 +6,29 @@
 #include "cli/commands.h"
 #include "server/server.h"
 
+static void usage(FILE *f) {
+  fprintf(f, "usage: mpass token add NAME [--data DIR]\n"
+             "  a new API token for mpass serve, printed once (DIR/mpass.db keeps only its SHA-256)\n");
+}
+
 int cmd_token(mpass_ctx *ctx, int argc, char **argv) {
   (void)ctx;
-  static const struct option longopts[] = {{"data", required_argument, 0, 'd'}, {0, 0, 0, 0}};
+  static const struct option longopts[] = {{"data", required_argument, 0, 'd'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
   const char *data = "data";
   int opt;
   optind = 1;
   while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     if (opt == 'd') data = optarg;
-    else return fprintf(stderr, "usage: mpass token add NAME [--data DIR]\n"), 2;
+    else if (opt == 'h') {
+      usage(stdout);
+      return 0;
+    } else {
+      usage(stderr);
+      return 2;
+    }
   }
   if (argc - optind != 2 || strcmp(argv[optind], "add") != 0) {
-    fprintf(stderr, "usage: mpass token add NAME [--data DIR]\n");
+    usage(stderr);
     return 2;
   }
   char token[64];
