@@ -29,8 +29,8 @@ int cmd_make_model(mpass_ctx *ctx, int argc, char **argv) {
     else return 2;
   }
   if (optind != argc - 1 || (strcmp(dtype, "f16") && strcmp(dtype, "f32")) ||
-      (strcmp(kind, "checkpoint") && strcmp(kind, "lora") && strcmp(kind, "embedding"))) {
-    fprintf(stderr, "usage: mpass make-model [--preset tiny|sd15] [--kind checkpoint|lora|embedding] [--vectors N]\n"
+      (strcmp(kind, "checkpoint") && strcmp(kind, "lora") && strcmp(kind, "embedding") && strcmp(kind, "controlnet"))) {
+    fprintf(stderr, "usage: mpass make-model [--preset tiny|sd15] [--kind checkpoint|lora|embedding|controlnet] [--vectors N]\n"
                     "                        [--dtype f16|f32] [--seed N] OUT.safetensors\n");
     return 2;
   }
@@ -38,6 +38,7 @@ int cmd_make_model(mpass_ctx *ctx, int argc, char **argv) {
   mp_error *e = mp_sd_preset(preset, &cfg);
   if (!e && !strcmp(kind, "lora")) e = mp_sd_write_random_lora(argv[optind], &cfg, 4, seed);
   else if (!e && !strcmp(kind, "embedding")) e = mp_sd_write_random_embedding(argv[optind], &cfg, vectors, seed);
+  else if (!e && !strcmp(kind, "controlnet")) e = mp_sd_write_random_controlnet(argv[optind], &cfg, !strcmp(dtype, "f32") ? MP_F32 : MP_F16, seed, preset);
   else if (!e) e = mp_sd_write_random(argv[optind], &cfg, strcmp(dtype, "f16") ? MP_F32 : MP_F16, seed, preset);
   if (e) return cli_fail("make-model", e);
   fprintf(stderr, "mpass make-model: wrote %s (%s %s, random weights: images made with it are noise)\n", argv[optind], preset, kind);
