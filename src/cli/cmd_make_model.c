@@ -8,7 +8,7 @@
 #include "models/sd_layout.h"
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: mpass make-model [--preset tiny|sd15|tiny-xl|sdxl] [--kind checkpoint|lora|embedding] [--vectors N]\n"
+  fprintf(f, "usage: mpass make-model [--preset tiny|sd15|tiny-xl|sdxl] [--kind checkpoint|lora|embedding|controlnet] [--vectors N]\n"
              "                        [--dtype f16|f32] [--seed N] OUT.safetensors\n"
              "  a random-weight checkpoint, LoRA or embedding (for demos, benchmarks and tests: images are noise)\n");
 }
@@ -42,7 +42,7 @@ int cmd_make_model(mpass_ctx *ctx, int argc, char **argv) {
     }
   }
   if (optind != argc - 1 || (strcmp(dtype, "f16") && strcmp(dtype, "f32")) ||
-      (strcmp(kind, "checkpoint") && strcmp(kind, "lora") && strcmp(kind, "embedding"))) {
+      (strcmp(kind, "checkpoint") && strcmp(kind, "lora") && strcmp(kind, "embedding") && strcmp(kind, "controlnet"))) {
     usage(stderr);
     return 2;
   }
@@ -50,6 +50,7 @@ int cmd_make_model(mpass_ctx *ctx, int argc, char **argv) {
   mp_error *e = mp_sd_preset(preset, &cfg);
   if (!e && !strcmp(kind, "lora")) e = mp_sd_write_random_lora(argv[optind], &cfg, 4, seed);
   else if (!e && !strcmp(kind, "embedding")) e = mp_sd_write_random_embedding(argv[optind], &cfg, vectors, seed);
+  else if (!e && !strcmp(kind, "controlnet")) e = mp_sd_write_random_controlnet(argv[optind], &cfg, !strcmp(dtype, "f32") ? MP_F32 : MP_F16, seed, preset);
   else if (!e) e = mp_sd_write_random(argv[optind], &cfg, strcmp(dtype, "f16") ? MP_F32 : MP_F16, seed, preset);
   if (e) return cli_fail("make-model", e);
   fprintf(stderr, "mpass make-model: wrote %s (%s %s, random weights: images made with it are noise)\n", argv[optind], preset, kind);

@@ -417,11 +417,14 @@ mp_error *mp_sd_control_config(const mp_weights *w, const char *prefix, const ch
     cJSON *params = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "model"), "params");
     cJSON *control = cJSON_GetObjectItemCaseSensitive(params, "control_stage_config");
     if (!root) e = mp_errorf("%s: not valid JSON", cpath);
-    else if (!cJSON_IsObject(control)) e = mp_errorf("%s: expected model.params.control_stage_config (the cldm config)", cpath);
-    else {
+    else if (!cJSON_IsObject(control) && !cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(params, "unet_config")))
+      e = mp_errorf("%s: expected model.params.control_stage_config (the cldm config) or unet_config", cpath);
+    else { /* without control_stage_config (a plain LDM config) the ControlNet copies its UNet's hyper-parameters */
+      if (cJSON_IsObject(control)) {
+        cJSON_DeleteItemFromObjectCaseSensitive(params, "unet_config");
+        cJSON_AddItemReferenceToObject(params, "unet_config", control);
+      }
       mp_sd_config sd = {.unet = *u};
-      cJSON_DeleteItemFromObjectCaseSensitive(params, "unet_config");
-      cJSON_AddItemReferenceToObject(params, "unet_config", control);
       e = config_from_json(cpath, root, &sd);
       *u = sd.unet;
     }

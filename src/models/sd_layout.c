@@ -417,11 +417,75 @@ static mp_error *write_config_json(const char *ckpt_path, const mp_sd_config *c,
   return ok ? NULL : mp_errorf("cannot write %s", path);
 }
 
+static mp_error *write_random(const char *path, const mp_sd_config *cfg, mp_layout_entry *L, int n, mp_dtype dtype, uint64_t seed,
+                              const char *preset);
+
 mp_error *mp_sd_write_random(const char *path, const mp_sd_config *cfg, mp_dtype dtype, uint64_t seed, const char *preset) {
   if (dtype != MP_F32 && dtype != MP_F16) return mp_errorf("random checkpoints are written in F32 or F16");
   mp_layout_entry *L;
   int n;
   MP_TRY(mp_sd_layout(cfg, &L, &n));
+  return write_random(path, cfg, L, n, dtype, seed, preset);
+}
+
+/* A ControlNet for cfg's UNet in the single-file layout of the 1.0 releases: the UNet's encoder
+ * entries under control_model., the hint block, a zero conv per input block, middle_block_out. */
+mp_error *mp_sd_write_random_controlnet(const char *path, const mp_sd_config *cfg, mp_dtype dtype, uint64_t seed, const char *preset) {
+  if (dtype != MP_F32 && dtype != MP_F16) return mp_errorf("random ControlNets are written in F32 or F16");
+  mp_layout_entry *U;
+  int nu;
+  MP_TRY(mp_sd_layout(cfg, &U, &nu));
+  const mp_unet_config *u = &cfg->unet;
+  const int mc = u->model_channels, n_blocks = 1 + u->n_levels * u->num_res_blocks + u->n_levels - 1;
+  mp_layout_entry *L = calloc((size_t)nu + 2 * 8 + 2 * (size_t)n_blocks + 2, sizeof *L);
+  if (!L) {
+    free(U);
+    return mp_errorf("out of memory");
+  }
+  int n = 0;
+  const size_t pl = strlen(MP_PREFIX_UNET);
+  for (int i = 0; i < nu; i++) {
+    const char *rest = U[i].name + pl;
+    if (strncmp(U[i].name, MP_PREFIX_UNET, pl) != 0 ||
+        (strncmp(rest, "time_embed.", 11) && strncmp(rest, "input_blocks.", 13) && strncmp(rest, "middle_block.", 13)))
+      continue;
+    L[n] = U[i];
+    snprintf(L[n].name, sizeof L[n].name, "control_model.%s", rest);
+    n++;
+  }
+  free(U);
+  static const int hint_w[8] = {16, 16, 32, 32, 96, 96, 256, 0};
+  for (int i = 0, c_in = 3; i < 8; i++) {
+    int c_out = hint_w[i] ? hint_w[i] : mc;
+    L[n] = (mp_layout_entry){.dtype = MP_F32, .ndim = 4, .shape = {c_out, c_in, 3, 3}, .init = MP_INIT_WEIGHT, .fan_in = 9 * c_in};
+    snprintf(L[n++].name, sizeof L->name, "control_model.input_hint_block.%d.weight", 2 * i);
+    L[n] = (mp_layout_entry){.dtype = MP_F32, .ndim = 1, .shape = {c_out}, .init = MP_INIT_BIAS};
+    snprintf(L[n++].name, sizeof L->name, "control_model.input_hint_block.%d.bias", 2 * i);
+    c_in = c_out;
+  }
+  /* the "zero" convs get random weights too, so that the residuals are not zero */
+  int widths[64 + 4 * MP_MAX_LEVELS], nw = 0;
+  widths[nw++] = mc; /* conv_in, then per level its ResBlocks and (but the last) a Downsample */
+  for (int l = 0; l < u->n_levels; l++)
+    for (int r = 0; r < u->num_res_blocks + (l < u->n_levels - 1) && nw < n_blocks; r++) widths[nw++] = u->channel_mult[l] * mc;
+  for (int b = 0; b < nw; b++) {
+    const int c = widths[b];
+    L[n] = (mp_layout_entry){.dtype = MP_F32, .ndim = 4, .shape = {c, c, 1, 1}, .init = MP_INIT_WEIGHT, .fan_in = c};
+    snprintf(L[n++].name, sizeof L->name, "control_model.zero_convs.%d.0.weight", b);
+    L[n] = (mp_layout_entry){.dtype = MP_F32, .ndim = 1, .shape = {c}, .init = MP_INIT_BIAS};
+    snprintf(L[n++].name, sizeof L->name, "control_model.zero_convs.%d.0.bias", b);
+  }
+  const int mid = u->channel_mult[u->n_levels - 1] * mc;
+  L[n] = (mp_layout_entry){.dtype = MP_F32, .ndim = 4, .shape = {mid, mid, 1, 1}, .init = MP_INIT_WEIGHT, .fan_in = mid};
+  snprintf(L[n++].name, sizeof L->name, "control_model.middle_block_out.0.weight");
+  L[n] = (mp_layout_entry){.dtype = MP_F32, .ndim = 1, .shape = {mid}, .init = MP_INIT_BIAS};
+  snprintf(L[n++].name, sizeof L->name, "control_model.middle_block_out.0.bias");
+  return write_random(path, cfg, L, n, dtype, seed, preset);
+}
+
+/* Write the entries L[0..n) (freed here) with random values, streaming. */
+static mp_error *write_random(const char *path, const mp_sd_config *cfg, mp_layout_entry *L, int n, mp_dtype dtype, uint64_t seed,
+                              const char *preset) {
   /* Header first: the safetensors writer wants tensors in memory, so write the format by hand,
    * streaming one tensor at a time (a real-size model never sits in memory). */
   cJSON *root = cJSON_CreateObject();

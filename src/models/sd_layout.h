@@ -43,6 +43,10 @@ mp_error *mp_sd_write_random(const char *path, const mp_sd_config *cfg, mp_dtype
 
 
 
+/* A ControlNet (single-file 1.0 layout, control_model.*) for cfg's UNet with random weights, the
+ * "zero" convolutions random too; an LDM config beside it for presets other than sd15, as above. */
+mp_error *mp_sd_write_random_controlnet(const char *path, const mp_sd_config *cfg, mp_dtype dtype, uint64_t seed, const char *preset);
+
 /* A kohya-format LoRA with random weights (rank `rank`) for every attention projection of the UNet
  * and text encoder of `cfg`: what the demo registers as a person's tune. */
 mp_error *mp_sd_write_random_lora(const char *path, const mp_sd_config *cfg, int rank, uint64_t seed);

@@ -10,6 +10,7 @@
 #include "io/ckpt.h"
 #include "io/image.h"
 #include "models/controlnet.h"
+#include "models/sd_layout.h"
 #include "testutil.h"
 #include "tiny_model.h"
 
@@ -200,10 +201,40 @@ static void test_controlnet_unet_checks(void **state) {
   free(ck), free(cp);
 }
 
+/* make-model --kind controlnet: the same tensor names and shapes as the reference's tiny ControlNet,
+ * and it loads with the plain LDM config written beside it (no control_stage_config). */
+static void test_random_controlnet_layout(void **state) {
+  (void)state;
+  char *ref_path = test_shared_path("golden/tiny-controlnet/controlnet_tiny.safetensors"), *dir = test_tmpdir(), path[4096];
+  snprintf(path, sizeof path, "%s/random_cn.safetensors", dir);
+  mp_sd_config cfg;
+  assert_ok(mp_sd_preset("tiny", &cfg));
+  assert_ok(mp_sd_write_random_controlnet(path, &cfg, MP_F32, 5, "tiny"));
+  mp_weights *ref, *ours;
+  assert_ok(mp_weights_open(ref_path, &ref));
+  assert_ok(mp_weights_open(path, &ours));
+  assert_int_equal(mp_weights_count(ours), mp_weights_count(ref));
+  for (size_t i = 0; i < mp_weights_count(ref); i++) {
+    const mp_weight *r = mp_weights_at(ref, i), *o = mp_weights_find(ours, r->name);
+    if (!o) fail_msg("%s missing from the random ControlNet", r->name);
+    assert_int_equal(o->t.ndim, r->t.ndim);
+    for (int d = 0; d < r->t.ndim; d++)
+      if (o->t.shape[d] != r->t.shape[d]) fail_msg("%s: dimension %d is %lld, the reference's %lld", r->name, d, (long long)o->t.shape[d], (long long)r->t.shape[d]);
+  }
+  mp_controlnet *cn;
+  assert_ok(mp_controlnet_load(ours, NULL, &cn));
+  assert_int_equal(mp_controlnet_config(cn)->num_heads, 2);
+  mp_controlnet_free(cn);
+  mp_weights_close(ours);
+  mp_weights_close(ref);
+  free(ref_path), free(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_controlnet_golden_and_pth),
       cmocka_unit_test(test_controlnet_unet_checks),
+      cmocka_unit_test(test_random_controlnet_layout),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
