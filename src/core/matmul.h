@@ -29,6 +29,9 @@ struct dnnl_engine;
 struct dnnl_stream;
 struct dnnl_engine *mp_backend_dnnl_engine(const mp_backend *b);
 struct dnnl_stream *mp_backend_dnnl_stream(const mp_backend *b);
+struct mp_pack_cache;
+/* The backend's cache of packed weights that outlive one model (core/pack_cache.h); NULL for b NULL. */
+struct mp_pack_cache *mp_backend_pack_cache(const mp_backend *b);
 
 /* C[m, n] = A[m, k] · op(B), row-major with leading dimensions; op(B) = B [k, n] or, with trans_b,
  * Bᵀ for B [n, k]. oneDNN's f32 matmul (brgemm) on the backend's OpenMP threads, one primitive per
