@@ -1,6 +1,7 @@
 /* LoRA merging into an overlay of the checkpoint (see lora.h). */
 #include "models/lora.h"
 
+#include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -309,12 +310,11 @@ static mp_error *merge_module(const char *lname, const char *module, const part 
         }
     down_k = dm;
   }
-  for (int64_t o = 0; o < out; o++)
-    for (int64_t k = 0; k < K; k++) {
-      double s = 0;
-      for (int64_t b = 0; b < r; b++) s += (double)u[o * r + b] * down_k[b * K + k];
-      W[o * K + k] += (float)(scale * s);
-    }
+  /* W[out, K] += scale · up[out, r] · down[r, K]: one sgemm (f32 accumulation over the rank is exact
+   * to ~1e-7 relative, far below the f16 the patched weight is stored in; the scalar double loop it
+   * replaces took ~1 s of a LoRA switch at SD 1.5 size). */
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)out, (int)K, (int)r, (float)scale, u, (int)r, down_k, (int)K,
+              1.0f, W, (int)K);
 done:
   mp_free(u), mp_free(d), mp_free(m), mp_free(dm);
   return e;
@@ -419,7 +419,10 @@ mp_error *mp_lora_apply(const mp_weights *base, const mp_sd_config *cfg, const m
         e = mp_errorf("out of memory");
         break;
       }
-      for (size_t k = 0; k < n; k++) h[k] = it->t.dtype == MP_F16 ? mp_f32_to_f16(W[k]) : mp_f32_to_bf16(W[k]);
+      if (it->t.dtype == MP_F16)
+        mp_convert_f32_to_f16(h, W, n);
+      else
+        for (size_t k = 0; k < n; k++) h[k] = mp_f32_to_bf16(W[k]);
       data = h;
     } else {
       for (size_t k = 0; k < ps.n; k++)
