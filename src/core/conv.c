@@ -37,6 +37,12 @@ void mp_workspace_free(mp_workspace *ws) {
   ws->n_packs = ws->cap_packs = 0;
 }
 
+void mp_workspace_trim(mp_workspace *ws) {
+  mp_free(ws->p);
+  ws->p = NULL;
+  ws->cap = 0;
+}
+
 /* Hand the pages of a weight that is now packed back to the kernel: memory-mapped f16 pages are
  * re-read from the file if ever touched again (they are not), so the process does not hold both
  * the stored and the packed copy. PAGEOUT (not DONTNEED) because a weight may also live in

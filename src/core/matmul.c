@@ -102,6 +102,13 @@ void mp_backend_destroy(mp_backend *b) {
 }
 
 mp_precision mp_backend_precision(const mp_backend *b) { return b->precision; }
+
+void mp_backend_trim(mp_backend *b) {
+  if (!b) return;
+  mp_free(b->scratch);
+  b->scratch = NULL;
+  b->scratch_bytes = 0;
+}
 struct dnnl_engine *mp_backend_dnnl_engine(const mp_backend *b) { return b->engine; }
 struct dnnl_stream *mp_backend_dnnl_stream(const mp_backend *b) { return b->stream; }
 mp_pack_cache *mp_backend_pack_cache(const mp_backend *b) { return b ? b->packs : NULL; }

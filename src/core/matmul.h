@@ -44,6 +44,9 @@ mp_error *mp_backend_sgemm(mp_backend *b, bool trans_b, int64_t m, int64_t n, in
 mp_error *mp_backend_create(mp_precision precision, int n_threads, mp_backend **out);
 void mp_backend_destroy(mp_backend *b);
 mp_precision mp_backend_precision(const mp_backend *b);
+/* Free the backend's shared scratch (it grows to the largest activation a matmul has rounded; the next
+ * matmul allocates it again). For between the phases of a job, to lower the peak RSS. b may be NULL. */
+void mp_backend_trim(mp_backend *b);
 const char *mp_precision_name(mp_precision p);
 /* "avx512_bf16", "amx_bf16" or "" — what the CPU offers for bf16. */
 const char *mp_cpu_bf16_support(void);

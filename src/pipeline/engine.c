@@ -219,6 +219,9 @@ static mp_error *run_pass_aligned(mp_engine *e, const mp_pass_params *p, mp_prog
     err = mp_generate_latents(&g, latent);
   }
   if (!err) {
+    /* the UNet's activations are not needed while the VAE decodes: do not hold both at once */
+    mp_unet_trim(e->unet);
+    mp_backend_trim(e->ctx->backend);
     pixels = mp_alloc(sizeof(float) * 3 * (size_t)H * W);
     err = pixels ? mp_decode_latent(e->vae, pool, latent, h, w, scale, pixels) : mp_errorf("out of memory");
   }
