@@ -254,6 +254,8 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
   }
 
   t = now();
+  mp_unet_trim(unet); /* as the engine does before its decode */
+  mp_backend_trim(ctx->backend);
   if (run_vae && (e = mp_vae_decode(vae, ctx->pool, h, w, x, img))) goto done;
   stamp vae_s = since(t);
   report("VAE decode", vae_s);

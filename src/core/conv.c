@@ -11,6 +11,7 @@
 #include "core/conv_dnnl.h"
 #include "core/matmul.h"
 #include "core/ops.h"
+#include "core/pack_cache.h"
 #include "core/vmath.h"
 
 #if defined(__AVX512F__) || defined(__F16C__)
@@ -26,20 +27,20 @@ mp_error *mp_workspace_reserve(mp_workspace *ws, size_t bytes) {
   return NULL;
 }
 
-struct mp_packed_weight {
-  const void *w, *b; /* the stored weight and bias data: the key */
-  mp_matmul *mm;      /* dense layers, and convolutions oneDNN's primitive declined */
-  mp_dnnl_conv *conv; /* convolutions */
-};
-
 void mp_workspace_free(mp_workspace *ws) {
   mp_free(ws->p);
   ws->p = NULL;
   ws->cap = 0;
-  for (size_t i = 0; i < ws->n_packs; i++) mp_matmul_free(ws->packs[i].mm), mp_dnnl_conv_free(ws->packs[i].conv);
+  for (size_t i = 0; i < ws->n_packs; i++) mp_packed_weight_clear(&ws->packs[i]);
   free(ws->packs);
   ws->packs = NULL;
   ws->n_packs = ws->cap_packs = 0;
+}
+
+void mp_workspace_trim(mp_workspace *ws) {
+  mp_free(ws->p);
+  ws->p = NULL;
+  ws->cap = 0;
 }
 
 /* Hand the pages of a weight that is now packed back to the kernel: memory-mapped f16 pages are
@@ -58,9 +59,17 @@ static void release_weight_pages(const mp_tensor *W) {
 #endif
 }
 
-/* The cache entry of a weight (a new, empty one on first use). */
-static mp_error *pack_entry(mp_workspace *ws, const mp_tensor *W, const mp_tensor *bias, struct mp_packed_weight **out) {
+/* The cache entry of a weight (a new, empty one on first use): in the backend's shared cache when the
+ * weight's memory is pinned there (a base checkpoint: its packs survive rebinding the model to a LoRA
+ * overlay), else in the workspace's own list, which dies with the model. */
+static mp_error *pack_entry(mp_workspace *ws, mp_backend *be, const mp_tensor *W, const mp_tensor *bias,
+                            struct mp_packed_weight **out) {
   const void *bk = bias ? bias->data : NULL;
+  mp_pack_cache *shared = mp_backend_pack_cache(be);
+  if (shared) {
+    MP_TRY(mp_pack_cache_entry(shared, W->data, bk, out));
+    if (*out) return NULL;
+  }
   for (size_t i = 0; i < ws->n_packs; i++)
     if (ws->packs[i].w == W->data && ws->packs[i].b == bk) {
       *out = &ws->packs[i];
@@ -80,7 +89,7 @@ static mp_error *pack_entry(mp_workspace *ws, const mp_tensor *W, const mp_tenso
 /* The weight packed as a matmul for backend `b`, packing it on first use. */
 static mp_error *packed_weight(mp_workspace *ws, mp_backend *b, const mp_tensor *W, const mp_tensor *bias, mp_matmul **out) {
   struct mp_packed_weight *pw;
-  MP_TRY(pack_entry(ws, W, bias, &pw));
+  MP_TRY(pack_entry(ws, b, W, bias, &pw));
   if (!pw->mm) {
     MP_TRY(mp_matmul_create(b, W, bias, &pw->mm));
     release_weight_pages(W);
@@ -641,7 +650,7 @@ static mp_error *conv2d_packed(mp_pool *pool, mp_workspace *ws, mp_backend *be, 
                                int wo) {
   /* oneDNN's convolution primitive first (faster, see conv_dnnl.h); im2col + matmul where it declines. */
   struct mp_packed_weight *pw;
-  MP_TRY(pack_entry(ws, weight, bias, &pw));
+  MP_TRY(pack_entry(ws, be, weight, bias, &pw));
   if (!pw->conv && !pw->mm) {
     mp_error *ce = mp_dnnl_conv_create(be, weight, bias, stride, pad, batch, h, w, &pw->conv);
     mp_error_free(ce);

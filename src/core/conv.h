@@ -36,6 +36,9 @@ typedef struct {
 /* Ensure at least `bytes` bytes; contents are not preserved. */
 mp_error *mp_workspace_reserve(mp_workspace *ws, size_t bytes);
 void mp_workspace_free(mp_workspace *ws);
+/* Free the scratch buffer but keep the packed weights (between phases of a job: e.g. the UNet's
+ * scratch is not needed while the VAE decodes, and holding it raises the peak RSS). */
+void mp_workspace_trim(mp_workspace *ws);
 
 /* Convert n elements of src (f32/f16/bf16) to f32, split over the pool. */
 void mp_convert_to_f32_par(mp_pool *pool, float *dst, const void *src, mp_dtype dt, size_t n);

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/pack_cache.h"
+
 #define SGEMM_CACHE 48
 
 struct mp_backend {
@@ -25,6 +27,7 @@ struct mp_backend {
    * activations (bf16) */
   void *scratch;
   size_t scratch_bytes;
+  mp_pack_cache *packs; /* packed weights of pinned (long-lived) tensors, shared by all models */
 };
 
 #define MM_CACHE 8
@@ -78,6 +81,7 @@ mp_error *mp_backend_create(mp_precision precision, int n_threads, mp_backend **
   {
     mp_error *e = dnnl_err(dnnl_engine_create(&b->engine, dnnl_cpu, 0), "engine creation");
     if (!e) e = dnnl_err(dnnl_stream_create(&b->stream, b->engine, dnnl_stream_default_flags), "stream creation");
+    if (!e) e = mp_pack_cache_create(&b->packs);
     if (e) {
       mp_backend_destroy(b);
       return e;
@@ -89,6 +93,7 @@ mp_error *mp_backend_create(mp_precision precision, int n_threads, mp_backend **
 
 void mp_backend_destroy(mp_backend *b) {
   if (!b) return;
+  mp_pack_cache_free(b->packs); /* before the engine its packs live on */
   for (int i = 0; i < b->n_sgemm; i++) dnnl_primitive_destroy(b->sgemm[i].prim);
   if (b->stream) dnnl_stream_destroy(b->stream);
   if (b->engine) dnnl_engine_destroy(b->engine);
@@ -97,8 +102,16 @@ void mp_backend_destroy(mp_backend *b) {
 }
 
 mp_precision mp_backend_precision(const mp_backend *b) { return b->precision; }
+
+void mp_backend_trim(mp_backend *b) {
+  if (!b) return;
+  mp_free(b->scratch);
+  b->scratch = NULL;
+  b->scratch_bytes = 0;
+}
 struct dnnl_engine *mp_backend_dnnl_engine(const mp_backend *b) { return b->engine; }
 struct dnnl_stream *mp_backend_dnnl_stream(const mp_backend *b) { return b->stream; }
+mp_pack_cache *mp_backend_pack_cache(const mp_backend *b) { return b ? b->packs : NULL; }
 
 static void *scratch(mp_backend *b, size_t bytes) {
   if (bytes > b->scratch_bytes) {

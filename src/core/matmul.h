@@ -29,6 +29,9 @@ struct dnnl_engine;
 struct dnnl_stream;
 struct dnnl_engine *mp_backend_dnnl_engine(const mp_backend *b);
 struct dnnl_stream *mp_backend_dnnl_stream(const mp_backend *b);
+struct mp_pack_cache;
+/* The backend's cache of packed weights that outlive one model (core/pack_cache.h); NULL for b NULL. */
+struct mp_pack_cache *mp_backend_pack_cache(const mp_backend *b);
 
 /* C[m, n] = A[m, k] · op(B), row-major with leading dimensions; op(B) = B [k, n] or, with trans_b,
  * Bᵀ for B [n, k]. oneDNN's f32 matmul (brgemm) on the backend's OpenMP threads, one primitive per
@@ -41,6 +44,9 @@ mp_error *mp_backend_sgemm(mp_backend *b, bool trans_b, int64_t m, int64_t n, in
 mp_error *mp_backend_create(mp_precision precision, int n_threads, mp_backend **out);
 void mp_backend_destroy(mp_backend *b);
 mp_precision mp_backend_precision(const mp_backend *b);
+/* Free the backend's shared scratch (it grows to the largest activation a matmul has rounded; the next
+ * matmul allocates it again). For between the phases of a job, to lower the peak RSS. b may be NULL. */
+void mp_backend_trim(mp_backend *b);
 const char *mp_precision_name(mp_precision p);
 /* "avx512_bf16", "amx_bf16" or "" — what the CPU offers for bf16. */
 const char *mp_cpu_bf16_support(void);

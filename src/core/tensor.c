@@ -157,6 +157,15 @@ uint16_t mp_f32_to_bf16(float f) {
   return (uint16_t)(x >> 16);
 }
 
+void mp_convert_f32_to_f16(uint16_t *dst, const float *src, size_t n) {
+  size_t i = 0;
+#ifdef __F16C__
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+  for (; i < n; i++) dst[i] = mp_f32_to_f16(src[i]);
+}
+
 void mp_convert_to_f32(float *dst, const void *src, mp_dtype dt, size_t n) {
   const unsigned char *p = src;
   switch (dt) {

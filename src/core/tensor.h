@@ -62,6 +62,8 @@ void mp_convert_to_f32(float *dst, const void *src, mp_dtype dt, size_t n);
 /* Half-precision conversions (IEEE 754 binary16 and bfloat16, round-to-nearest-even). */
 float mp_f16_to_f32(uint16_t h);
 uint16_t mp_f32_to_f16(float f);
+/* dst[i] = mp_f32_to_f16(src[i]) for i < n, in hardware (F16C, round to nearest even) where available. */
+void mp_convert_f32_to_f16(uint16_t *dst, const float *src, size_t n);
 float mp_bf16_to_f32(uint16_t b);
 uint16_t mp_f32_to_bf16(float f);
 

@@ -1,9 +1,11 @@
 /* LoRA merging into an overlay of the checkpoint (see lora.h). */
 #include "models/lora.h"
 
+#include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static const char *const TE_PREFIX = "cond_stage_model.transformer.";
 
@@ -267,6 +269,18 @@ typedef struct {
   size_t n, cap;
 } patches;
 
+/* Ask the kernel to read a base tensor in one go: under bf16 its memory-mapped pages were handed back
+ * after packing (core/conv.c), and faulting them in page by page made the first LoRA switch cost ~1 s
+ * more at SD 1.5 size. Advisory only: errors are ignored. */
+static void prefetch(const void *data, size_t bytes) {
+#ifdef MADV_WILLNEED
+  const uintptr_t page = 4096, lo = (uintptr_t)data & ~(page - 1), hi = ((uintptr_t)data + bytes + page - 1) & ~(page - 1);
+  if (bytes >= 16 * page) (void)madvise((void *)lo, hi - lo, MADV_WILLNEED);
+#else
+  (void)data, (void)bytes;
+#endif
+}
+
 static mp_error *patch_get(patches *ps, const mp_weights *base, size_t index, float **out) {
   for (size_t i = 0; i < ps->n; i++)
     if (ps->p[i].index == index) return *out = ps->p[i].w, NULL;
@@ -278,6 +292,7 @@ static mp_error *patch_get(patches *ps, const mp_weights *base, size_t index, fl
   }
   const mp_tensor *t = &mp_weights_at(base, index)->t;
   size_t n = (size_t)mp_tensor_numel(t);
+  prefetch(t->data, n * mp_dtype_size(t->dtype));
   float *w = mp_alloc(n * sizeof(float));
   if (!w) return mp_errorf("out of memory patching %s", mp_weights_at(base, index)->name);
   mp_convert_to_f32(w, t->data, t->dtype, n);
@@ -355,12 +370,11 @@ static mp_error *merge_module(const char *lname, const char *module, const part 
         }
     down_k = dm;
   }
-  for (int64_t o = 0; o < out; o++)
-    for (int64_t k = 0; k < K; k++) {
-      double s = 0;
-      for (int64_t b = 0; b < r; b++) s += (double)u[o * r + b] * down_k[b * K + k];
-      W[(row0 + o) * K + k] += (float)(scale * s);
-    }
+  /* W[out, K] += scale · up[out, r] · down[r, K]: one sgemm (f32 accumulation over the rank is exact
+   * to ~1e-7 relative, far below the f16 the patched weight is stored in; the scalar double loop it
+   * replaces took ~1 s of a LoRA switch at SD 1.5 size). */
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)out, (int)K, (int)r, (float)scale, u, (int)r, down_k, (int)K,
+              1.0f, W + row0 * K, (int)K);
 done:
   mp_free(u), mp_free(d), mp_free(m), mp_free(dm);
   return e;
@@ -505,7 +519,10 @@ mp_error *mp_lora_apply_opts(const mp_weights *base, const mp_sd_config *cfg, co
         e = mp_errorf("out of memory");
         break;
       }
-      for (size_t k = 0; k < n; k++) h[k] = it->t.dtype == MP_F16 ? mp_f32_to_f16(W[k]) : mp_f32_to_bf16(W[k]);
+      if (it->t.dtype == MP_F16)
+        mp_convert_f32_to_f16(h, W, n);
+      else
+        for (size_t k = 0; k < n; k++) h[k] = mp_f32_to_bf16(W[k]);
       data = h;
     } else {
       for (size_t k = 0; k < ps.n; k++)

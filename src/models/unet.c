@@ -229,6 +229,12 @@ void mp_unet_free(mp_unet *u) {
   free(u);
 }
 
+void mp_unet_trim(mp_unet *u) {
+  if (!u) return;
+  mp_workspace_trim(&u->ws);
+  mp_workspace_trim(&u->acts);
+}
+
 static spatial *new_spatial(binder *b, int C, int depth, const mp_unet_config *cfg, const char *base) {
   spatial *s = calloc(1, sizeof *s);
   if (!s) {

@@ -18,6 +18,9 @@ typedef struct mp_unet mp_unet;
 /* Bind weights under `prefix` (MP_PREFIX_UNET), checking every shape against cfg. w must outlive it. */
 mp_error *mp_unet_load(const mp_weights *w, const char *prefix, const mp_unet_config *cfg, mp_unet **out);
 void mp_unet_free(mp_unet *unet);
+/* Free the forward's activation and scratch buffers, keeping the bound and packed weights: the next
+ * forward allocates them again. Call when the UNet is idle for a while (during the VAE decode). */
+void mp_unet_trim(mp_unet *unet);
 
 /* eps[b] = UNet(x[b], t[b], context[b]) for b < batch.
  * x [batch, in_channels, h, w] (latent size; h, w multiples of 8 for SD's 3 downsamplings),

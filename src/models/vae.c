@@ -236,22 +236,29 @@ void mp_vae_set_tiling(mp_vae *v, mp_vae_tiling t) { v->tiling = t; }
 typedef struct {
   mp_pool *pool;
   mp_workspace *ws;
-  float *t1, *t2; /* scratch, each as large as the widest activation */
+  float *t1, *t2; /* scratch: t2 as large as the widest activation, t1 as the middle block's (attention) */
   float *q, *k, *v; /* attention scratch [hw, C] (q also holds the normalised tokens) */
 } fwd;
 
 static const mp_pad PAD1 = {1, 1, 1, 1}, PAD0 = {0, 0, 0, 0};
 
-static mp_error *res_forward(fwd *f, const resblock *r, const float *x, float *y, int h, int w) {
+/* y = x + conv2(silu(gn2(conv1(silu(gn1(x)))))) (x through the 1x1 skip convolution when the width
+ * changes). x is consumed: it serves as scratch, so a block needs three activation buffers (x, y, t2)
+ * rather than four, which bounds the VAE's peak memory; the arithmetic and its order are unchanged. */
+static mp_error *res_forward(fwd *f, const resblock *r, float *x, float *y, int h, int w) {
   const int64_t hw = (int64_t)h * w;
-  mp_group_norm(f->pool, f->t1, x, 1, r->c_in, hw, GROUPS, r->n1.gamma, r->n1.beta, EPS, true);
-  MP_TRY(mp_conv2d(f->pool, f->ws, f->t2, f->t1, 1, r->c_in, h, w, r->conv1.w, r->conv1.b, 1, PAD1));
-  mp_group_norm(f->pool, f->t2, f->t2, 1, r->c_out, hw, GROUPS, r->n2.gamma, r->n2.beta, EPS, true);
-  MP_TRY(mp_conv2d(f->pool, f->ws, y, f->t2, 1, r->c_out, h, w, r->conv2.w, r->conv2.b, 1, PAD1));
   if (r->skip.w) {
-    MP_TRY(mp_conv2d(f->pool, f->ws, f->t1, x, 1, r->c_in, h, w, r->skip.w, r->skip.b, 1, PAD0));
-    mp_add(y, y, f->t1, r->c_out * hw);
+    MP_TRY(mp_conv2d(f->pool, f->ws, y, x, 1, r->c_in, h, w, r->skip.w, r->skip.b, 1, PAD0));
+    mp_group_norm(f->pool, x, x, 1, r->c_in, hw, GROUPS, r->n1.gamma, r->n1.beta, EPS, true);
+    MP_TRY(mp_conv2d(f->pool, f->ws, f->t2, x, 1, r->c_in, h, w, r->conv1.w, r->conv1.b, 1, PAD1));
+    mp_group_norm(f->pool, f->t2, f->t2, 1, r->c_out, hw, GROUPS, r->n2.gamma, r->n2.beta, EPS, true);
+    MP_TRY(mp_conv2d(f->pool, f->ws, x, f->t2, 1, r->c_out, h, w, r->conv2.w, r->conv2.b, 1, PAD1));
+    mp_add(y, x, y, r->c_out * hw);
   } else {
+    mp_group_norm(f->pool, y, x, 1, r->c_in, hw, GROUPS, r->n1.gamma, r->n1.beta, EPS, true);
+    MP_TRY(mp_conv2d(f->pool, f->ws, f->t2, y, 1, r->c_in, h, w, r->conv1.w, r->conv1.b, 1, PAD1));
+    mp_group_norm(f->pool, f->t2, f->t2, 1, r->c_out, hw, GROUPS, r->n2.gamma, r->n2.beta, EPS, true);
+    MP_TRY(mp_conv2d(f->pool, f->ws, y, f->t2, 1, r->c_out, h, w, r->conv2.w, r->conv2.b, 1, PAD1));
     mp_add(y, y, x, r->c_out * hw);
   }
   return NULL;
@@ -306,14 +313,14 @@ static mp_error *buffers_alloc(mp_vae *v, mp_pool *pool, int h, int w, buffers *
   const int L = v->cfg.n_levels;
   size_t act = widest(v, h, w);
   size_t mid_c = (size_t)v->cfg.ch * (size_t)v->cfg.ch_mult[L - 1], mid_hw = (size_t)h * (size_t)w;
-  size_t attn_n = 3 * mid_c * mid_hw;
-  size_t total = 4 * act + attn_n;
+  size_t attn_n = 4 * mid_c * mid_hw; /* t1, q, k, v */
+  size_t total = 3 * act + attn_n;
   bf->mem = mp_alloc(sizeof(float) * total);
   if (!bf->mem)
     return mp_errorf("out of memory: the VAE at %dx%d latent needs %zu MB (tiling bounds this)", h, w, (total * 4) >> 20);
   float *p = bf->mem;
-  bf->a = p, bf->b = p + act, bf->f.t1 = p + 2 * act, bf->f.t2 = p + 3 * act;
-  bf->f.q = p + 4 * act, bf->f.k = bf->f.q + mid_c * mid_hw, bf->f.v = bf->f.k + mid_c * mid_hw;
+  bf->a = p, bf->b = p + act, bf->f.t2 = p + 2 * act;
+  bf->f.t1 = p + 3 * act, bf->f.q = bf->f.t1 + mid_c * mid_hw, bf->f.k = bf->f.q + mid_c * mid_hw, bf->f.v = bf->f.k + mid_c * mid_hw;
   bf->f.pool = pool, bf->f.ws = &v->ws;
   return NULL;
 }

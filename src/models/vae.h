@@ -23,7 +23,7 @@ typedef struct {
   int tile, overlap;
 } mp_vae_tiling;
 #define MP_VAE_DEFAULT_TILE 64
-#define MP_VAE_AUTO_TILE_AREA (80 * 80) /* above 640x640 pixels */
+#define MP_VAE_AUTO_TILE_AREA (64 * 64) /* above 512x512 pixels: larger decodes would need more than a 512x512 one */
 void mp_vae_set_tiling(mp_vae *vae, mp_vae_tiling tiling);
 
 /* z [z_channels(embed_dim), h, w] -> image [3, 8h, 8w] in about [-1, 1] (one image). */

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/pack_cache.h"
 #include "io/diffusers.h"
 #include "pipeline/generate.h"
 #include "pipeline/params.h"
@@ -19,6 +20,21 @@ static mp_error *bind_models(mp_engine *e) {
   MP_TRY(mp_clip_load(w, mp_sd_clip_prefix(&e->cfg), &e->cfg.clip, &e->clip));
   if (e->cfg.family == MP_FAMILY_SDXL) MP_TRY(mp_openclip_load(w, MP_PREFIX_XL_OPENCLIP, &e->cfg.clip2, &e->clip2));
   return mp_unet_load(w, MP_PREFIX_UNET, &e->cfg.unet, &e->unet);
+}
+
+/* Pin the base checkpoint's tensors in the backend's pack cache: their memory lives as long as the
+ * engine, so their packed bf16 copies survive rebinding to a LoRA overlay (whose untouched entries view
+ * the same memory) and a LoRA switch re-packs only the layers it patched. */
+static mp_error *pin_base(mp_engine *e) {
+  mp_pack_cache *pc = mp_backend_pack_cache(e->ctx->backend);
+  if (!pc) return NULL;
+  size_t n = mp_weights_count(e->base);
+  const void **data = malloc((n ? n : 1) * sizeof *data);
+  if (!data) return mp_errorf("out of memory");
+  for (size_t i = 0; i < n; i++) data[i] = mp_weights_at(e->base, i)->t.data;
+  mp_error *err = mp_pack_cache_pin(pc, e->base, data, n);
+  free(data);
+  return err;
 }
 
 mp_error *mp_engine_open(mpass_ctx *ctx, const char *path, const mp_tokenizer *tok, mp_engine **out) {
@@ -38,6 +54,7 @@ mp_error *mp_engine_open(mpass_ctx *ctx, const char *path, const mp_tokenizer *t
   e->name = strndup(base, dot ? (size_t)(dot - base) : (size_t)(path + len - base));
   mp_error *err = !e->path || !e->name ? mp_errorf("out of memory") : NULL;
   if (!err) err = mp_weights_open(path, &e->base);
+  if (!err) err = pin_base(e);
   if (!err) err = mp_sd_config_detect(e->base, NULL, &e->cfg);
   if (!err)
     err = mp_schedule_from_checkpoint(&e->schedule, e->base, e->cfg.linear_start, e->cfg.linear_end, e->cfg.timesteps);
@@ -65,6 +82,7 @@ void mp_engine_close(mp_engine *e) {
   mp_vae_free(e->vae);
   mp_schedule_free(&e->schedule);
   mp_weights_close(e->overlay);
+  if (e->base) mp_pack_cache_release(mp_backend_pack_cache(e->ctx->backend), e->base);
   mp_weights_close(e->base);
   free(e->path);
   free(e->name);
@@ -247,6 +265,9 @@ static mp_error *run_pass_aligned(mp_engine *e, const mp_pass_params *p, mp_prog
     err = mp_generate_latents(&g, latent);
   }
   if (!err) {
+    /* the UNet's activations are not needed while the VAE decodes: do not hold both at once */
+    mp_unet_trim(e->unet);
+    mp_backend_trim(e->ctx->backend);
     pixels = mp_alloc(sizeof(float) * 3 * (size_t)H * W);
     err = pixels ? mp_decode_latent(e->vae, pool, latent, h, w, scale, pixels) : mp_errorf("out of memory");
   }
