@@ -7,7 +7,14 @@
 # 753945 and random stand-ins for its three negative embeddings. Images made with them are noise;
 # what the demo shows is the passes: person masks, per-person repaints and post steps, side by side
 # in out/demo-*/passes-0.png.
+#
+# scripts/demo.sh --mixed runs a job that mixes model families instead (examples/demo-mixed.prompt:
+# the persons repainted on the SD 1.5 model, then hires fix on an SDXL model chosen by base_model=).
+# Without checkpoints it adds a tiny random SDXL model (demo-random-tiny-xl) to models/demo/; with
+# your own, put an SDXL file in models/checkpoints/ and name it in a copy of examples/mixed-sdxl-sd15.prompt.
 set -euo pipefail
+mixed=0
+[ "${1:-}" = "--mixed" ] && mixed=1
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 scripts/fetch-models.sh
@@ -31,10 +38,14 @@ else
       --title "random demo LoRA" "$models/demo-lora.safetensors"
     rm -f "$models/demo-lora.safetensors"
   fi
+  [ "$mixed" = 0 ] || [ -f "$models/checkpoints/demo-random-tiny-xl.safetensors" ] ||
+    $MPASS make-model --preset tiny-xl "$models/checkpoints/demo-random-tiny-xl.safetensors"
   for e in cyberrealistic-neg badhandv4 negative-hand; do
     [ -f "$models/embeddings/$e.safetensors" ] ||
       $MPASS make-model --preset tiny --kind embedding --vectors 2 --seed 7 "$models/embeddings/$e.safetensors"
   done
 fi
-$MPASS --models "$models" run examples/demo-background.prompt --input-image "$M/vision/images/sample1.jpg" \
+doc=examples/demo-background.prompt
+[ "$mixed" = 0 ] || doc=examples/demo-mixed.prompt
+$MPASS --models "$models" run "$doc" --input-image "$M/vision/images/sample1.jpg" \
   --out out --name "demo-$(date -u +%Y%m%d-%H%M%S)" --debug-passes

@@ -50,7 +50,7 @@ static void usage(FILE *f) {
           "      --sampler NAME     euler, euler_a, dpm++2m, dpm++2m_karras (default), dpm++sde,\n"
           "                         dpm++sde_karras, ddim, lcm\n"
           "      --seed N           0-4294967295; -1 or absent: a random seed (printed)\n"
-          "  -W, --width W          width, a multiple of 8 from 64 to 2048 (default 512, or the init image's)\n"
+          "  -W, --width W          width, a multiple of 8 from 64 to 2048 (default 512, 1024 on SDXL, or the init image's)\n"
           "  -H, --height H         height, likewise\n"
           "      --batch N          N images with seeds seed, seed+1, ... (1-%d): OUT.png, OUT-1.png, OUT-2.png, ...\n"
           "      --init-img IMG     img2img: start from IMG (PNG/JPEG), scaled and centre-cropped to W x H\n"
@@ -601,6 +601,7 @@ static mp_error *prepare(mpass_ctx *ctx, gen_options *o, resources *r, bool quie
     mp_image_free(&src);
     MP_TRY(e);
   }
+  const bool size_defaulted = o->width == 0 && o->height == 0 && !o->mask;
   if (o->width == 0) o->width = 512;
   if (o->height == 0) o->height = 512;
   if (o->mask) {
@@ -638,6 +639,7 @@ static mp_error *prepare(mpass_ctx *ctx, gen_options *o, resources *r, bool quie
   e = mp_engine_open(ctx, model, r->tok, &r->eng);
   free(model);
   MP_TRY(e);
+  if (size_defaulted && r->eng->cfg.family == MP_FAMILY_SDXL) o->width = o->height = 1024; /* SDXL's native size */
   if (o->embeddings) {
     load_embeddings(o->embeddings, 0, o->prompt_text, o->negative, r->eng->cfg.clip.hidden, &r->ti, quiet);
   } else {
