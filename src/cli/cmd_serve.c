@@ -24,6 +24,7 @@ int cmd_serve(mpass_ctx *ctx, int argc, char **argv) {
       {"max-queued", required_argument, 0, 'q'},    {"max-upload-bytes", required_argument, 0, 'u'},
       {"max-image-bytes", required_argument, 0, 'i'}, {"public-url", required_argument, 0, 'p'},
       {"quiet", no_argument, 0, 'Q'},
+      {"db", required_argument, 0, 'D'},            {"lease-seconds", required_argument, 0, 'L'},
       {0, 0, 0, 0}};
   /* --models and --threads are global options (main.c): the context carries them */
   ms_config cfg = {.listen = "127.0.0.1:8080", .data_dir = "data", .workers = 1, .max_queued = 100,
@@ -39,7 +40,9 @@ int cmd_serve(mpass_ctx *ctx, int argc, char **argv) {
       case 't': cfg.token_file = optarg; break;
       case 'p': cfg.public_url = optarg; break;
       case 'Q': cfg.quiet = true; break;
-      case 'w': cfg.workers = (int)parse_size(optarg, &ok); break;
+      case 'w': cfg.workers = atoi(optarg), ok = optarg[strspn(optarg, "0123456789")] == 0 && *optarg; break;
+      case 'D': cfg.db = optarg; break;
+      case 'L': cfg.lease_seconds = (int)parse_size(optarg, &ok); break;
       case 'q': cfg.max_queued = atoi(optarg), ok = cfg.max_queued >= 0; break;
       case 'u': cfg.max_upload_bytes = parse_size(optarg, &ok); break;
       case 'i': cfg.max_image_bytes = parse_size(optarg, &ok); break;
@@ -49,7 +52,8 @@ int cmd_serve(mpass_ctx *ctx, int argc, char **argv) {
       fprintf(stderr,
               "usage: mpass serve [--listen 127.0.0.1:8080] [--data DIR] [--models DIR] [--model CKPT] [--workers N]\n"
               "                   [--token-file F] [--max-queued N] [--max-upload-bytes N] [--max-image-bytes N]\n"
-              "                   [--public-url URL] [--quiet]   (--models DIR and --threads N are global options)\n");
+              "                   [--public-url URL] [--quiet] [--db postgres://...|sqlite:PATH] [--lease-seconds N]\n"
+              "                   (--models DIR and --threads N are global options; --workers 0: an API node only)\n");
       return 2;
     }
   }

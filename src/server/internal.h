@@ -24,6 +24,7 @@ typedef enum MHD_Result MHD_RESULT;
 typedef struct {
   atomic_llong job_id; /* 0 when idle */
   atomic_int cancel;   /* 1: the user cancelled; the worker stops at the next step */
+  atomic_int lost;     /* 1: the lease ran out and another worker took the job: stop, record nothing */
 } ms_slot;
 
 #define MS_DURATION_BUCKETS 8
@@ -41,6 +42,8 @@ struct ms_server {
   pthread_t *threads;
   ms_slot *slots;
   struct ms_worker *workers;
+  pthread_t lease_thread; /* shared stores: renews leases, takes back expired ones, listens for enqueues */
+  bool lease_thread_started;
 
   /* metrics kept in memory (the store keeps the counts) */
   pthread_mutex_t metrics_mu;

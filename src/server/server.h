@@ -23,6 +23,10 @@ typedef struct {
   long long max_upload_bytes; /* a tune's weights (default 1 GiB) */
   long long max_image_bytes;  /* an input or mask image (default 20 MiB) */
   bool quiet;              /* no request log on stderr */
+  /* several machines (issue 14) */
+  const char *db;          /* --db: postgres://..., a libpq conninfo or sqlite:PATH; NULL: DATA/mpass.db */
+  int lease_seconds;       /* a claimed job's lease on a shared store (default 30), renewed while it runs */
+  bool no_http;            /* `mpass worker`: workers only, no HTTP daemon */
 } ms_config;
 
 typedef struct ms_server ms_server;

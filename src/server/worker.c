@@ -119,14 +119,14 @@ static int on_progress(const mpass_progress *p, void *user) {
   if (now - w->last_store_write >= 1.0) {
     w->last_store_write = now;
     mp_error_free(s->store->job_progress(s->store, w->job, w->progress));
-    /* a cancel recorded by another process sharing the store */
-    ms_job j;
-    bool found = false;
-    if (!s->store->job_get(s->store, NULL, w->job, &j, &found) && found) {
-      if (j.cancel_requested) atomic_store(&slot->cancel, 1);
-      ms_job_free(&j);
-    }
+    /* a cancel recorded by another process sharing the store; on a shared store this renews the lease */
+    bool cancel = false, lost = false;
+    mp_error *e = s->store->job_heartbeat(s->store, w->job, &cancel, &lost);
+    if (e) mp_error_free(e); /* the database is away for a moment: the lease thread keeps trying */
+    else if (cancel) atomic_store(&slot->cancel, 1);
+    else if (lost && s->store->shared) atomic_store(&slot->lost, 1);
   }
+  if (atomic_load(&slot->lost)) return 1;
   return atomic_load(&slot->cancel) || atomic_load(&s->stopping);
 }
 
@@ -159,6 +159,7 @@ static void run_job(ms_worker *w, ms_job *j) {
   ms_slot *slot = &s->slots[w->index];
   w->job = j->id, w->progress = 0, w->last_store_write = mp_now();
   atomic_store(&slot->cancel, 0);
+  atomic_store(&slot->lost, 0);
   atomic_store(&slot->job_id, j->id);
   if (j->cancel_requested) atomic_store(&slot->cancel, 1);
   double t0 = mp_now();
@@ -184,6 +185,13 @@ static void run_job(ms_worker *w, ms_job *j) {
     if (!e) e = mpass_run(w->ctx, job, &o, NULL);
     mpass_job_free(job);
     if (e) {
+      if (atomic_load(&slot->lost)) {
+        /* our lease ran out (this process stalled) and another worker owns the job now */
+        fprintf(stderr, "mpass worker: prompt %" PRId64 ": lease lost to another worker; dropped here\n", j->id);
+        mp_error_free(e);
+        atomic_store(&slot->job_id, 0);
+        return;
+      }
       if (atomic_load(&slot->cancel)) end = MS_CANCELLED, msg = "cancelled";
       else if (atomic_load(&s->stopping)) end = MS_QUEUED; /* shutdown: back to the queue, attempt uncounted */
       else end = MS_FAILED, msg = mp_error_message(e);
@@ -243,8 +251,58 @@ static void *worker_main(void *arg) {
   return NULL;
 }
 
+/* Shared stores only: every lease/3 seconds renew the leases of this process's running jobs (also
+ * while a model loads, when no progress is reported) and take back jobs whose worker died; between
+ * rounds wait on LISTEN/NOTIFY and wake the workers when a job is enqueued anywhere. */
+static void *lease_main(void *arg) {
+  ms_server *s = arg;
+  double period = s->cfg.lease_seconds / 3.0 < 1 ? 1 : s->cfg.lease_seconds / 3.0;
+  double next = 0, last_error = -1e9;
+  while (!atomic_load(&s->stopping)) {
+    mp_error *e = NULL;
+    double now = mp_now();
+    if (now >= next) {
+      next = now + period;
+      for (int i = 0; i < s->n_workers && !e; i++) {
+        int64_t id = atomic_load(&s->slots[i].job_id);
+        bool cancel = false, lost = false;
+        if (id) e = s->store->job_heartbeat(s->store, id, &cancel, &lost);
+        if (!e && id && cancel) atomic_store(&s->slots[i].cancel, 1);
+        if (!e && id && lost && atomic_load(&s->slots[i].job_id) == id) atomic_store(&s->slots[i].lost, 1);
+      }
+      int requeued = 0, failed = 0;
+      if (!e) e = s->store->job_reclaim_expired(s->store, &requeued, &failed);
+      if (!e && (requeued || failed) && !s->cfg.quiet)
+        fprintf(stderr, "mpass worker: %d job(s) whose worker died queued again, %d failed (second interruption)\n", requeued, failed);
+      if (!e && requeued) {
+        pthread_mutex_lock(&s->work_mu);
+        pthread_cond_broadcast(&s->work_cv);
+        pthread_mutex_unlock(&s->work_mu);
+      }
+    }
+    bool woken = false;
+    if (!e && s->store->job_wait) e = s->store->job_wait(s->store, 500, &woken);
+    else if (!e) usleep(500000);
+    if (woken) {
+      pthread_mutex_lock(&s->work_mu);
+      pthread_cond_broadcast(&s->work_cv);
+      pthread_mutex_unlock(&s->work_mu);
+    }
+    if (e) {
+      if (mp_now() - last_error > 30) { /* the database is away: say so, but not every second */
+        fprintf(stderr, "mpass worker: %s (retrying)\n", mp_error_message(e));
+        last_error = mp_now();
+      }
+      mp_error_free(e);
+      usleep(500000);
+    }
+  }
+  return NULL;
+}
+
 mp_error *ms_workers_start(ms_server *s) {
   s->n_workers = s->cfg.workers;
+  if (s->n_workers == 0) return NULL; /* an API node */
   s->threads = calloc((size_t)s->n_workers, sizeof *s->threads);
   s->slots = calloc((size_t)s->n_workers, sizeof *s->slots);
   s->workers = calloc((size_t)s->n_workers, sizeof *s->workers);
@@ -258,10 +316,19 @@ mp_error *ms_workers_start(ms_server *s) {
       return mp_errorf("cannot start worker threads");
     }
   }
+  if (s->store->shared) {
+    if (pthread_create(&s->lease_thread, NULL, lease_main, s) != 0) {
+      atomic_store(&s->stopping, 1);
+      ms_workers_join(s);
+      return mp_errorf("cannot start the lease thread");
+    }
+    s->lease_thread_started = true;
+  }
   return NULL;
 }
 
 void ms_workers_join(ms_server *s) {
+  if (s->lease_thread_started) pthread_join(s->lease_thread, NULL), s->lease_thread_started = false;
   for (int i = 0; i < s->n_workers; i++) pthread_join(s->threads[i], NULL);
   s->n_workers = 0;
 }
