@@ -115,6 +115,21 @@ struct ms_store {
   /* waits up to timeout_ms for a job to be enqueued by any process (LISTEN/NOTIFY); NULL when the
    * store cannot tell (in-process enqueues signal the workers directly) */
   mp_error *(*job_wait)(ms_store *s, int timeout_ms, bool *woken);
+
+  /* ---- bytes kept in the store, so that no filesystem is shared between machines (issue 14).
+   * NULL in the SQLite store: its files stay where they are under DATA and callers use them directly.
+   * A key is a path relative to DATA ("jobs/12/0001.png", "inputs/ab12.../input_image.png"); a file
+   * is kept in chunks of at most 1 MiB. */
+  /* root/rel[i] stored under key rel[i] (replacing an older one), all in one transaction */
+  mp_error *(*blob_put_files)(ms_store *s, const char *root, char *const *rel, int n);
+  /* the same, and the job marked done in that transaction: done means its outputs are committed */
+  mp_error *(*job_finish_with_files)(ms_store *s, int64_t id, const char *root, char *const *rel, int n);
+  /* the keys starting with prefix (caller frees each and the array), with their sizes in bytes */
+  mp_error *(*blob_list)(ms_store *s, const char *prefix, char ***keys, int64_t **sizes, int *n);
+  /* writes the blob to path chunk by chunk (memory stays at one chunk); *found false if absent */
+  mp_error *(*blob_get_file)(ms_store *s, const char *key, const char *path, bool *found);
+  /* deletes every key starting with prefix */
+  mp_error *(*blob_delete)(ms_store *s, const char *prefix);
 };
 
 /* The SQLite backend: DATA/mpass.db (created with its schema; migrated when older). */

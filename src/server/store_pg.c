@@ -561,6 +561,151 @@ static mp_error *job_wait(ms_store *s, int timeout_ms, bool *woken) {
   return e;
 }
 
+/* ---------------- blobs */
+
+#define CHUNK (1 << 20)
+
+/* LIKE pattern matching keys that start with prefix (its own % and _ escaped) */
+static char *like_prefix(const char *prefix) {
+  size_t n = strlen(prefix);
+  char *p = malloc(2 * n + 2), *o = p;
+  if (!p) return NULL;
+  for (const char *c = prefix; *c; c++) {
+    if (*c == '%' || *c == '_' || *c == '\\') *o++ = '\\';
+    *o++ = *c;
+  }
+  *o++ = '%', *o = 0;
+  return p;
+}
+
+static mp_error *put_file(PGconn *c, const char *root, const char *key, unsigned char *buf) {
+  char path[4400];
+  snprintf(path, sizeof path, "%s/%s", root, key);
+  const char *dv[] = {key};
+  MP_TRY(run(c, "storing a file", "DELETE FROM blobs WHERE key = $1", 1, dv, NULL));
+  FILE *f = fopen(path, "rb");
+  if (!f) return mp_errorf("cannot read %s to store it: %s", path, strerror(errno));
+  mp_error *e = NULL;
+  size_t got;
+  int chunk = 0;
+  do {
+    got = fread(buf, 1, CHUNK, f);
+    if (got == 0 && chunk > 0) break; /* an empty file still gets one (empty) chunk */
+    char num[16];
+    snprintf(num, sizeof num, "%d", chunk++);
+    const char *v[] = {key, num, (const char *)buf};
+    int len[] = {0, 0, (int)got}, fmt[] = {0, 0, 1};
+    PGresult *r = PQexecParams(c, "INSERT INTO blobs(key, chunk_no, data) VALUES($1, $2::int, $3::bytea)", 3, NULL, v, len, fmt, 0);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) e = pgerr_msg("storing a file", PQresultErrorMessage(r));
+    PQclear(r);
+  } while (!e && got == CHUNK);
+  if (!e && ferror(f)) e = mp_errorf("cannot read %s to store it", path);
+  fclose(f);
+  return e;
+}
+
+static mp_error *put_files(PGconn *c, const char *root, char *const *rel, int n) {
+  unsigned char *buf = malloc(CHUNK);
+  if (!buf) return mp_errorf("out of memory");
+  mp_error *e = NULL;
+  for (int i = 0; i < n && !e; i++) e = put_file(c, root, rel[i], buf);
+  free(buf);
+  return e;
+}
+
+static mp_error *blob_put_files(ms_store *s, const char *root, char *const *rel, int n) {
+  CONN(s);
+  mp_error *e = run0(c, "BEGIN");
+  if (!e) e = put_files(c, root, rel, n);
+  end_tx(c, &e);
+  conn_put(p, c);
+  return e;
+}
+
+static mp_error *job_finish_with_files(ms_store *s, int64_t id, const char *root, char *const *rel, int n) {
+  CONN(s);
+  char now[32], b[32];
+  ms_now_iso(now);
+  const char *v[] = {now, I64(b, id), p->worker_id};
+  PGresult *r = NULL;
+  mp_error *e = run0(c, "BEGIN");
+  /* only the lease holder commits outputs: a worker that stalled past its lease must not write
+   * over the run of the worker that took the job over */
+  if (!e) e = run(c, "finishing a job", "UPDATE jobs SET status = 2, progress = 1, finished_at = $1, lease_until = NULL"
+                  " WHERE id = $2 AND status = 1 AND worker_id = $3 RETURNING id", 3, v, &r);
+  if (!e && PQntuples(r) == 0) e = mp_errorf("job store: prompt %" PRId64 " is no longer running under this worker (lease lost or cancelled)", id);
+  PQclear(r);
+  if (!e) e = put_files(c, root, rel, n);
+  end_tx(c, &e);
+  conn_put(p, c);
+  return e;
+}
+
+static mp_error *blob_list(ms_store *s, const char *prefix, char ***keys, int64_t **sizes, int *n) {
+  *keys = NULL, *sizes = NULL, *n = 0;
+  char *pat = like_prefix(prefix);
+  if (!pat) return mp_errorf("out of memory");
+  pg *p = s->impl;
+  PGconn *c;
+  mp_error *e = conn_get(p, &c);
+  if (e) return free(pat), e;
+  const char *v[] = {pat};
+  PGresult *r;
+  e = run(c, "listing stored files", "SELECT key, SUM(length(data)) FROM blobs WHERE key LIKE $1 GROUP BY key ORDER BY key", 1, v, &r);
+  free(pat);
+  if (!e) {
+    int rows = PQntuples(r);
+    if (rows > 0) {
+      *keys = calloc((size_t)rows, sizeof **keys), *sizes = calloc((size_t)rows, sizeof **sizes);
+      if (!*keys || !*sizes) e = mp_errorf("out of memory");
+    }
+    for (int i = 0; !e && i < rows; i++) {
+      (*sizes)[i] = int_val(r, i, 1);
+      if (!((*keys)[i] = strdup(PQgetvalue(r, i, 0)))) e = mp_errorf("out of memory");
+      else (*n)++;
+    }
+    PQclear(r);
+  }
+  conn_put(p, c);
+  return e;
+}
+
+static mp_error *blob_get_file(ms_store *s, const char *key, const char *path, bool *found) {
+  *found = false;
+  CONN(s);
+  FILE *f = NULL;
+  mp_error *e = NULL;
+  for (int chunk = 0; !e; chunk++) {
+    char num[16];
+    snprintf(num, sizeof num, "%d", chunk);
+    const char *v[] = {key, num};
+    PGresult *r = PQexecParams(c, "SELECT data FROM blobs WHERE key = $1 AND chunk_no = $2::int", 2, NULL, v, NULL, NULL, 1);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) e = pgerr_msg("reading a stored file", PQresultErrorMessage(r));
+    else if (PQntuples(r) == 0) {
+      PQclear(r);
+      break;
+    } else {
+      if (!f && !(f = fopen(path, "wb"))) e = mp_errorf("cannot write %s: %s", path, strerror(errno));
+      int len = PQgetlength(r, 0, 0);
+      if (!e && len > 0 && fwrite(PQgetvalue(r, 0, 0), 1, (size_t)len, f) != (size_t)len) e = mp_errorf("cannot write %s: %s", path, strerror(errno));
+      *found = true;
+    }
+    PQclear(r);
+  }
+  if (f && fclose(f) != 0 && !e) e = mp_errorf("cannot write %s: %s", path, strerror(errno));
+  conn_put(p, c);
+  return e;
+}
+
+static mp_error *blob_delete(ms_store *s, const char *prefix) {
+  char *pat = like_prefix(prefix);
+  if (!pat) return mp_errorf("out of memory");
+  const char *v[] = {pat};
+  mp_error *e = update_job(s, "deleting stored files", "DELETE FROM blobs WHERE key LIKE $1", 1, v);
+  free(pat);
+  return e;
+}
+
 /* ---------------- open and close */
 
 static void store_close(ms_store *s) {
@@ -631,6 +776,8 @@ mp_error *ms_store_pg_open(const char *conninfo, int lease_seconds, ms_store **o
   s->job_list_running = job_list_running, s->job_counts = job_counts, s->callback_attempt = callback_attempt;
   s->shared = true;
   s->job_heartbeat = job_heartbeat, s->job_reclaim_expired = job_reclaim_expired, s->job_wait = job_wait;
+  s->blob_put_files = blob_put_files, s->job_finish_with_files = job_finish_with_files, s->blob_list = blob_list;
+  s->blob_get_file = blob_get_file, s->blob_delete = blob_delete;
   PGconn *c = NULL;
   mp_error *e = connect_one(p, &c);
   if (!e) e = migrate(c);

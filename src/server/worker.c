@@ -179,8 +179,26 @@ static void run_job(ms_worker *w, ms_job *j) {
     snprintf(out, sizeof out, "%s/jobs", s->data_dir);
     snprintf(name, sizeof name, "%" PRId64, j->id);
     ms_owner_dir(s, j->owner, owner_dir, sizeof owner_dir);
-    mpass_run_options o = {.model_path = j->model_path ? j->model_path : s->model_path, .out_dir = out, .job_name = name,
-                           .base_dir = j->inputs_dir, .rng = "cuda", .clip_skip = 1, .debug_passes = 1,
+    /* a shared store: the uploads and tunes come from the database into this machine's DATA, at the
+     * same relative paths as on the API node that took them */
+    char inputs_local[4200] = "", model_local[4200] = "";
+    const char *inputs_dir = j->inputs_dir, *model_path = j->model_path;
+    if (!e && s->store->blob_list) {
+      char prefix[4200];
+      snprintf(prefix, sizeof prefix, "owners/%s/", j->owner);
+      e = ms_blobs_fetch(s, prefix);
+      const char *in = j->inputs_dir ? strstr(j->inputs_dir, "/inputs/") : NULL;
+      if (!e && in) {
+        snprintf(prefix, sizeof prefix, "%s/", in + 1);
+        e = ms_blobs_fetch(s, prefix);
+        snprintf(inputs_local, sizeof inputs_local, "%s%s", s->data_dir, in);
+        inputs_dir = inputs_local;
+      }
+      const char *mo = j->model_path ? strstr(j->model_path, "/owners/") : NULL;
+      if (mo) snprintf(model_local, sizeof model_local, "%s%s", s->data_dir, mo), model_path = model_local;
+    }
+    mpass_run_options o = {.model_path = model_path ? model_path : s->model_path, .out_dir = out, .job_name = name,
+                           .base_dir = inputs_dir, .rng = "cuda", .clip_skip = 1, .debug_passes = 1,
                            .progress = on_progress, .progress_user = w, .tunes_dir = owner_dir};
     if (!e) e = mpass_run(w->ctx, job, &o, NULL);
     mpass_job_free(job);
@@ -197,10 +215,20 @@ static void run_job(ms_worker *w, ms_job *j) {
       else end = MS_FAILED, msg = mp_error_message(e);
     }
   }
-  mp_error *se = end == MS_QUEUED ? s->store->job_requeue(s->store, j->id, true) : s->store->job_finish(s->store, j->id, end, msg);
+  char rel[64];
+  snprintf(rel, sizeof rel, "jobs/%" PRId64, j->id);
+  /* on a shared store, done is committed together with the outputs (ms_blobs_upload_dir) */
+  mp_error *se = end == MS_QUEUED ? s->store->job_requeue(s->store, j->id, true)
+                 : end == MS_DONE ? ms_blobs_upload_dir(s, rel, j->id)
+                                  : s->store->job_finish(s->store, j->id, end, msg);
   if (se) {
     fprintf(stderr, "mpass serve: prompt %" PRId64 ": %s\n", j->id, mp_error_message(se));
     mp_error_free(se);
+    if (s->store->shared) { /* not recorded: its lease runs out and another worker runs it again */
+      mp_error_free(e);
+      atomic_store(&slot->job_id, 0);
+      return;
+    }
   }
   if (!s->cfg.quiet)
     fprintf(stderr, "mpass serve: prompt %" PRId64 " %s%s%s\n", j->id, end == MS_QUEUED ? "handed back to the queue" : ms_status_name(end),
