@@ -50,6 +50,8 @@ static mp_error *pgerr_msg(const char *what, const char *msg) {
   return mp_errorf("job store (PostgreSQL): %s: %.*s", what, n, msg);
 }
 
+static void ignore_notice(void *arg, const char *message) { (void)arg, (void)message; }
+
 static mp_error *connect_one(pg *p, PGconn **out) {
   PGconn *c = PQconnectdb(p->conninfo);
   if (!c) return mp_errorf("job store (PostgreSQL): out of memory");
@@ -59,7 +61,7 @@ static mp_error *connect_one(pg *p, PGconn **out) {
     return e;
   }
   /* notices (e.g. "relation already exists, skipping") are not the user's business */
-  PQsetNoticeProcessor(c, NULL, NULL);
+  PQsetNoticeProcessor(c, ignore_notice, NULL);
   *out = c;
   return NULL;
 }
