@@ -374,9 +374,14 @@ static mp_error *check_token_name(const char *name) {
 }
 
 mp_error *ms_token_add(const char *data_dir, const char *name, const char *token) {
+  return ms_token_add_db(NULL, data_dir, name, token);
+}
+
+mp_error *ms_token_add_db(const char *db, const char *data_dir, const char *name, const char *token) {
   MP_TRY(check_token_name(name));
   ms_store *st;
-  MP_TRY(open_store(data_dir, &st));
+  if (db && *db) MP_TRY(ms_store_open(db, data_dir, 30, &st));
+  else MP_TRY(open_store(data_dir, &st));
   char hex[65];
   ms_token_hash(token, hex);
   mp_error *e = st->token_add(st, name, hex);

@@ -43,5 +43,7 @@ mp_error *ms_token_new(char token[64]);
 void ms_token_hash(const char *token, char hex[65]);
 /* Add a token to DATA/mpass.db (creating the database when absent). */
 mp_error *ms_token_add(const char *data_dir, const char *name, const char *token);
+/* The same in the store named by --db (ms_store_open); db NULL: DATA/mpass.db. */
+mp_error *ms_token_add_db(const char *db, const char *data_dir, const char *name, const char *token);
 
 #endif

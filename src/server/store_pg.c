@@ -16,6 +16,7 @@
 #include <libpq-fe.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -766,7 +767,9 @@ mp_error *ms_store_pg_open(const char *conninfo, int lease_seconds, ms_store **o
   p->lease_seconds = lease_seconds > 0 ? lease_seconds : 30;
   char host[128] = "?";
   gethostname(host, sizeof host - 1);
-  snprintf(p->worker_id, sizeof p->worker_id, "%s:%ld", host, (long)getpid());
+  /* host:pid names the process (what an operator looks for); the suffix tells apart two stores
+   * opened by one process, which must not renew each other's leases */
+  snprintf(p->worker_id, sizeof p->worker_id, "%s:%ld/%lx", host, (long)getpid(), (unsigned long)(uintptr_t)p);
   pthread_mutex_init(&p->mu, NULL);
   pthread_mutex_init(&p->listen_mu, NULL);
   s->impl = p;

@@ -205,9 +205,62 @@ static void test_kill_worker_and_restart_api_node(void **state) {
   for (int i = 0; i < 2; i++) assert_int_equal(h_stop(&api[i], SIGTERM), 0); /* clean stops */
 }
 
+typedef struct {
+  const server *api;
+  char path[64];
+  reply r;
+} sse_call;
+
+static void *sse_main(void *arg) {
+  sse_call *c = arg;
+  c->r = h_req(c->api, "GET", c->path, TOKEN_A, NULL, NULL, NULL, NULL);
+  return NULL;
+}
+
+/* Progress and cancel across machines: an SSE stream on the API node follows a prompt that runs on
+ * a worker elsewhere (through the job row), and DELETE on the API node stops it on that worker. */
+static void test_progress_and_cancel_across_machines(void **state) {
+  cluster *cl = *state;
+  server *api = cl->api;
+  h_prepare(&api[0]);
+  if (!api[0].db) fail_msg("test_cluster needs MPASS_TEST_STORE=postgres and MPASS_TEST_PG (CTest sets them)");
+  h_start(&api[0], "--workers", "0");
+  c_worker_start(&cl->w[0], &api[0], 0, LEASE);
+  int64_t id = h_create(&api[0], TOKEN_A, "/prompts",
+                        "{\"prompt\": {\"text\": \"far away\", \"steps\": 150, \"w\": 256, \"h\": 256, \"scheduler\": \"euler\"}}");
+  sse_call sse = {.api = &api[0]};
+  snprintf(sse.path, sizeof sse.path, "/prompts/%lld/events", (long long)id);
+  pthread_t th;
+  pthread_create(&th, NULL, sse_main, &sse);
+  char sql[128];
+  snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM jobs WHERE id = %lld AND progress > 0", (long long)id);
+  int t;
+  for (t = 0; t < 600 && c_query_long(&api[0], sql) == 0; t++) usleep(50000);
+  if (t == 600) fail_msg("the worker reported no progress in 30 s");
+  usleep(1200000); /* one more progress write for the stream to see */
+  char path[64];
+  snprintf(path, sizeof path, "/prompts/%lld", (long long)id);
+  reply r = h_req(&api[0], "DELETE", path, TOKEN_A, NULL, NULL, NULL, NULL);
+  assert_int_equal(r.status, 200);
+  reply_free(&r);
+  double t0 = (double)time(NULL);
+  cJSON *o = h_wait_end(&api[0], TOKEN_A, id, 30);
+  assert_string_equal(h_status(o), "cancelled");
+  cJSON_Delete(o);
+  /* the worker reads the flag at most once a second and stops at its next sampler step */
+  assert_true((double)time(NULL) - t0 <= 5);
+  pthread_join(th, NULL); /* the stream ends with the terminal event */
+  assert_int_equal(sse.r.status, 200);
+  if (!strstr(sse.r.body, "event: progress")) fail_msg("no progress event from the row: %.500s", sse.r.body);
+  if (!strstr(sse.r.body, "event: cancelled")) fail_msg("no cancelled event: %.500s", sse.r.body);
+  reply_free(&sse.r);
+  assert_int_equal(c_count_lines(cl->w[0].log, "cancelled"), 1);
+}
+
 int main(void) {
   curl_global_init(CURL_GLOBAL_DEFAULT);
-  const struct CMUnitTest tests[] = {cmocka_unit_test_setup_teardown(test_kill_worker_and_restart_api_node, setup, teardown)};
+  const struct CMUnitTest tests[] = {cmocka_unit_test_setup_teardown(test_progress_and_cancel_across_machines, setup, teardown),
+                                     cmocka_unit_test_setup_teardown(test_kill_worker_and_restart_api_node, setup, teardown)};
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   curl_global_cleanup();
   return rc;
