@@ -25,8 +25,8 @@ case "$cmd" in
     if [ -f "$dir/data/postmaster.pid" ]; then "$0" stop "$dir"; fi
     rm -rf "$dir"; mkdir -p "$dir"
     [ "$(id -u)" -eq 0 ] && chown postgres "$dir"
-    as_pg "$bin/initdb" -D "$dir/data" -U postgres -A trust --no-sync >"$dir/../pgtest-initdb.log" 2>&1 || {
-      cat "$dir/../pgtest-initdb.log" >&2; exit 1; }
+    as_pg "$bin/initdb" -D "$dir/data" -U postgres -A trust --no-sync >"$dir/initdb.log" 2>&1 || {
+      cat "$dir/initdb.log" >&2; exit 1; }
     # no TCP; socket in DIR; fsync off: a test cluster is thrown away
     as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 \
       -o "-c listen_addresses='' -k $dir -c fsync=off -c max_connections=200" start >/dev/null
