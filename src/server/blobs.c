@@ -77,6 +77,16 @@ mp_error *ms_blobs_upload_dir(ms_server *s, const char *rel_dir, int64_t finish_
   return e;
 }
 
+/* relative, and no ".." component */
+static bool safe_key(const char *key) {
+  if (!*key || key[0] == '/') return false;
+  for (const char *c = key; c; c = strchr(c, '/')) {
+    if (*c == '/') c++;
+    if (c[0] == '.' && c[1] == '.' && (c[2] == '/' || c[2] == 0)) return false;
+  }
+  return true;
+}
+
 static bool is_result_json(const char *key) {
   const char *slash = strrchr(key, '/');
   return !strcmp(slash ? slash + 1 : key, "result.json");
@@ -93,7 +103,7 @@ mp_error *ms_blobs_fetch(ms_server *s, const char *prefix) {
   for (int pass = 0; pass < 2 && !e; pass++)
     for (int i = 0; i < n && !e; i++) {
       if (is_result_json(keys[i]) != (pass == 1)) continue;
-      if (strstr(keys[i], "..")) continue; /* keys are written by mpass; never leave DATA */
+      if (!safe_key(keys[i])) continue; /* keys are written by mpass; never leave DATA */
       char path[4400], tmp[4500];
       snprintf(path, sizeof path, "%s/%s", s->data_dir, keys[i]);
       struct stat st;

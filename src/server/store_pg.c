@@ -102,8 +102,17 @@ static void conn_put(pg *p, PGconn *c) {
 /* One statement with text parameters; *res (when wanted) holds the rows, else it is cleared. */
 static mp_error *run(PGconn *c, const char *what, const char *sql, int n, const char *const *v, PGresult **res) {
   if (res) *res = NULL;
+  bool outside_tx = PQtransactionStatus(c) == PQTRANS_IDLE;
   PGresult *r = PQexecParams(c, sql, n, NULL, v, NULL, NULL, 0);
   ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && outside_tx && PQstatus(c) == CONNECTION_BAD) {
+    /* a pooled connection the server dropped (restart, failover, idle timeout): the statement did
+     * not run inside a transaction, so reconnect and send it once more */
+    PQclear(r);
+    PQreset(c);
+    r = PQstatus(c) == CONNECTION_OK ? PQexecParams(c, sql, n, NULL, v, NULL, NULL, 0) : NULL;
+    st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+  }
   if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
     mp_error *e = pgerr_msg(what, r ? PQresultErrorMessage(r) : PQerrorMessage(c));
     PQclear(r);

@@ -60,6 +60,9 @@ static bool has_result(ms_server *s, int64_t id) {
 }
 
 mp_error *ms_recover_interrupted(ms_server *s) {
+  /* a shared store: running jobs may be alive on other machines; the lease thread takes back those
+   * whose lease ran out (same attempts rule), and outputs only count once committed to the store */
+  if (s->store->shared) return NULL;
   int64_t *ids;
   int n;
   MP_TRY(s->store->job_list_running(s->store, &ids, &n));
@@ -154,6 +157,13 @@ static void publish_end(ms_server *s, int64_t id) {
   ms_job_free(&j);
 }
 
+/* the last occurrence of part in path (the API node's DATA may itself contain "/inputs/") */
+static const char *last_part(const char *path, const char *part) {
+  const char *found = NULL;
+  for (const char *p = path ? strstr(path, part) : NULL; p; p = strstr(p + 1, part)) found = p;
+  return found;
+}
+
 static void run_job(ms_worker *w, ms_job *j) {
   ms_server *s = w->s;
   ms_slot *slot = &s->slots[w->index];
@@ -187,14 +197,14 @@ static void run_job(ms_worker *w, ms_job *j) {
       char prefix[4200];
       snprintf(prefix, sizeof prefix, "owners/%s/", j->owner);
       e = ms_blobs_fetch(s, prefix);
-      const char *in = j->inputs_dir ? strstr(j->inputs_dir, "/inputs/") : NULL;
+      const char *in = last_part(j->inputs_dir, "/inputs/");
       if (!e && in) {
         snprintf(prefix, sizeof prefix, "%s/", in + 1);
         e = ms_blobs_fetch(s, prefix);
         snprintf(inputs_local, sizeof inputs_local, "%s%s", s->data_dir, in);
         inputs_dir = inputs_local;
       }
-      const char *mo = j->model_path ? strstr(j->model_path, "/owners/") : NULL;
+      const char *mo = last_part(j->model_path, "/owners/");
       if (mo) snprintf(model_local, sizeof model_local, "%s%s", s->data_dir, mo), model_path = model_local;
     }
     mpass_run_options o = {.model_path = model_path ? model_path : s->model_path, .out_dir = out, .job_name = name,

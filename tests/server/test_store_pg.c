@@ -297,9 +297,32 @@ static void test_migrations(void **state) {
   free(db);
 }
 
+/* the server drops every connection (a restart, a failover): the next call reconnects */
+static void test_reconnect(void **state) {
+  (void)state;
+  char *db = new_db();
+  ms_store *s = open_pg(db, 30);
+  int64_t n;
+  assert_ok(s->token_add(s, "alice", "aa11"));
+  PGconn *c = PQconnectdb(db);
+  PGresult *r = PQexec(c, "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                          " WHERE datname = current_database() AND pid <> pg_backend_pid()");
+  assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+  assert_true(atoi(PQgetvalue(r, 0, 0)) >= 1);
+  PQclear(r), PQfinish(c);
+  usleep(200000);
+  assert_ok(s->token_count(s, &n));
+  assert_int_equal(n, 1);
+  ms_enqueue_result res;
+  enqueue(s, "alice", NULL, 0, &res); /* a transaction on a fresh connection */
+  assert_int_equal(res, MS_ENQUEUED);
+  s->close(s);
+  free(db);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_basics), cmocka_unit_test(test_leases),
                                      cmocka_unit_test(test_notify_on_enqueue), cmocka_unit_test(test_blobs),
-                                     cmocka_unit_test(test_migrations)};
+                                     cmocka_unit_test(test_migrations), cmocka_unit_test(test_reconnect)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
