@@ -361,7 +361,7 @@ static mp_error *job_progress(ms_store *s, int64_t id, double progress) {
   char b[32], f[32];
   snprintf(f, sizeof f, "%.6f", progress);
   const char *v[] = {f, I64(b, id)};
-  /* NOTIFY so that SSE streams on other API nodes can follow without polling */
+  /* NOTIFY mpass_progress for whoever listens (SSE on API nodes reads the row every 0.5 s for now) */
   return update_job(s, "recording progress",
                     "WITH u AS (UPDATE jobs SET progress = $1 WHERE id = $2 AND status = 1 RETURNING id)"
                     " SELECT pg_notify('mpass_progress', id::text) FROM u",
