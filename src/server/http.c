@@ -474,6 +474,11 @@ mp_error *ms_server_start(const ms_config *cfg, ms_server **out, char url[128]) 
     if (!e) e = mkdir_p(p);
   }
   if (!e) e = ms_store_open(cfg->db, s->data_dir, s->cfg.lease_seconds, &s->store);
+  /* split roles share the queue through the database; with SQLite the recovery at start of one
+   * process would take the running jobs of another */
+  if (!e && (s->cfg.workers == 0 || cfg->no_http) && !s->store->shared)
+    e = mp_errorf("%s needs a job store shared between processes: pass --db postgres://...",
+                  cfg->no_http ? "a worker" : "--workers 0 (an API node without workers)");
   if (!e && cfg->token_file) e = load_token_file(s->store, cfg->token_file);
   if (!e && !cfg->no_http && !ms_host_is_loopback(host)) {
     int64_t n = 0;
