@@ -368,27 +368,37 @@ static mp_error *job_progress(ms_store *s, int64_t id, double progress) {
                     2, v);
 }
 
+/* A running job is ended or handed back only by the worker holding its lease: one that stalled past
+ * its lease must not overwrite the run of the worker that took the job over. */
 static mp_error *job_finish(ms_store *s, int64_t id, ms_status status, const char *message) {
+  pg *p = s->impl;
   char now[32], b[32];
   ms_now_iso(now);
-  const char *v[] = {now, message ? message : "", I64(b, id)};
   if (status == MS_DONE) {
-    const char *dv[] = {now, v[2]};
-    return update_job(s, "finishing a job", "UPDATE jobs SET status = 2, progress = 1, finished_at = $1, lease_until = NULL WHERE id = $2", 2, dv);
+    const char *v[] = {now, I64(b, id), p->worker_id};
+    return update_job(s, "finishing a job",
+                      "UPDATE jobs SET status = 2, progress = 1, finished_at = $1, lease_until = NULL"
+                      " WHERE id = $2 AND (status <> 1 OR worker_id = $3)", 3, v);
   }
-  if (status == MS_FAILED)
-    return update_job(s, "finishing a job", "UPDATE jobs SET status = 3, failed_at = $1, fail_message = $2, lease_until = NULL WHERE id = $3", 3, v);
-  return update_job(s, "finishing a job", "UPDATE jobs SET status = 4, finished_at = $1, fail_message = $2, lease_until = NULL WHERE id = $3", 3, v);
+  const char *v[] = {now, message ? message : "", I64(b, id), p->worker_id};
+  return update_job(s, "finishing a job",
+                    status == MS_FAILED ? "UPDATE jobs SET status = 3, failed_at = $1, fail_message = $2, lease_until = NULL"
+                                          " WHERE id = $3 AND (status <> 1 OR worker_id = $4)"
+                                        : "UPDATE jobs SET status = 4, finished_at = $1, fail_message = $2, lease_until = NULL"
+                                          " WHERE id = $3 AND (status <> 1 OR worker_id = $4)",
+                    4, v);
 }
 
 static mp_error *job_requeue(ms_store *s, int64_t id, bool uncount) {
+  pg *p = s->impl;
   char b[32];
-  const char *v[] = {I64(b, id)};
+  const char *v[] = {I64(b, id), p->worker_id};
   return update_job(s, "requeueing a job",
                     uncount ? "UPDATE jobs SET status = 0, progress = 0, started_at = NULL, worker_id = NULL, lease_until = NULL,"
-                              " attempts = GREATEST(attempts - 1, 0) WHERE id = $1"
-                            : "UPDATE jobs SET status = 0, progress = 0, started_at = NULL, worker_id = NULL, lease_until = NULL WHERE id = $1",
-                    1, v);
+                              " attempts = GREATEST(attempts - 1, 0) WHERE id = $1 AND (status <> 1 OR worker_id = $2)"
+                            : "UPDATE jobs SET status = 0, progress = 0, started_at = NULL, worker_id = NULL, lease_until = NULL"
+                              " WHERE id = $1 AND (status <> 1 OR worker_id = $2)",
+                    2, v);
 }
 
 static mp_error *job_cancel(ms_store *s, const char *owner, int64_t id, bool *found, ms_status *now_status) {

@@ -176,6 +176,12 @@ static void test_leases(void **state) {
   assert_int_equal(j.id, j1);
   assert_int_equal(j.attempts, 2);
   ms_job_free(&j);
+  assert_ok(a->job_finish(a, j1, MS_FAILED, "stale")); /* not the holder: nothing changes */
+  assert_ok(a->job_requeue(a, j1, true));
+  j = get(a, j1);
+  assert_int_equal(j.status, MS_RUNNING);
+  assert_int_equal(j.attempts, 2);
+  ms_job_free(&j);
   assert_ok(b->job_finish_with_files(b, j2, dir, rel, 1)); /* the holder's done, outputs included */
   usleep(1300000);
   assert_ok(a->job_reclaim_expired(a, &requeued, &failed));
