@@ -19,7 +19,8 @@ static long long parse_size(const char *s, bool *ok) {
 static void usage(FILE *f) {
   fprintf(f, "usage: mpass serve [--listen 127.0.0.1:8080] [--data DIR] [--models DIR] [--model CKPT] [--workers N]\n"
              "                   [--token-file F] [--max-queued N] [--max-upload-bytes N] [--max-image-bytes N]\n"
-             "                   [--public-url URL] [--allow-private-urls] [--quiet]   (--models DIR and --threads N are global options)\n"
+             "                   [--public-url URL] [--allow-private-urls] [--quiet] [--db postgres://...|sqlite:PATH]\n"
+             "                   [--lease-seconds N]   (--models DIR and --threads N are global options; --workers 0: an API node only)\n"
              "  the prompt API over HTTP (docs/api.md): jobs in DIR/mpass.db, images under DIR/jobs/, the web page at /\n");
 }
 
@@ -31,6 +32,7 @@ int cmd_serve(mpass_ctx *ctx, int argc, char **argv) {
       {"max-queued", required_argument, 0, 'q'},    {"max-upload-bytes", required_argument, 0, 'u'},
       {"max-image-bytes", required_argument, 0, 'i'}, {"public-url", required_argument, 0, 'p'},
       {"quiet", no_argument, 0, 'Q'},       {"allow-private-urls", no_argument, 0, 'P'},
+      {"db", required_argument, 0, 'D'},    {"lease-seconds", required_argument, 0, 'L'},
       {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
   /* --models and --threads are global options (main.c): the context carries them */
   ms_config cfg = {.listen = "127.0.0.1:8080", .data_dir = "data", .workers = 1, .max_queued = 100,
@@ -47,7 +49,9 @@ int cmd_serve(mpass_ctx *ctx, int argc, char **argv) {
       case 'p': cfg.public_url = optarg; break;
       case 'Q': cfg.quiet = true; break;
       case 'P': cfg.allow_private_urls = true; break;
-      case 'w': cfg.workers = (int)parse_size(optarg, &ok); break;
+      case 'w': cfg.workers = atoi(optarg), ok = optarg[strspn(optarg, "0123456789")] == 0 && *optarg; break;
+      case 'D': cfg.db = optarg; break;
+      case 'L': cfg.lease_seconds = (int)parse_size(optarg, &ok); break;
       case 'q': cfg.max_queued = atoi(optarg), ok = cfg.max_queued >= 0; break;
       case 'u': cfg.max_upload_bytes = parse_size(optarg, &ok); break;
       case 'i': cfg.max_image_bytes = parse_size(optarg, &ok); break;

@@ -19,6 +19,7 @@ int cmd_generate(mpass_ctx *ctx, int argc, char **argv);
 int cmd_params(mpass_ctx *ctx, int argc, char **argv);
 int cmd_bench(mpass_ctx *ctx, int argc, char **argv);
 int cmd_serve(mpass_ctx *ctx, int argc, char **argv);
+int cmd_worker(mpass_ctx *ctx, int argc, char **argv);
 int cmd_token(mpass_ctx *ctx, int argc, char **argv);
 
 /* Print "mpass <cmd>: <message>" to stderr, free the error, return 1. */

@@ -26,6 +26,7 @@ static const struct {
     {"conform", cmd_conform, "conform GOLDEN_DIR [--cases a,b] [--dump DIR]   check numerics against reference outputs"},
     {"detect", cmd_detect, "detect IMAGE [--out DIR]             find persons and faces: persons.json, person-<k>.png, overlay.png"},
     {"serve", cmd_serve, "serve [--listen 127.0.0.1:8080] [--data DIR] [--model CKPT] [--workers N] [--token-file F]   the prompt API over HTTP"},
+    {"worker", cmd_worker, "worker --db postgres://... [--data DIR] [--model CKPT] [--workers N]   run prompts from a shared queue"},
     {"token", cmd_token, "token add NAME [--data DIR]          a new API token for serve (printed once)"},
     {"bench", cmd_bench, "bench --model CKPT [-W 512] [-H 512] [--steps N]   load/text-encoder/step/VAE times, peak RSS"},
 };

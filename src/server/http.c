@@ -382,9 +382,14 @@ static mp_error *check_token_name(const char *name) {
 }
 
 mp_error *ms_token_add(const char *data_dir, const char *name, const char *token) {
+  return ms_token_add_db(NULL, data_dir, name, token);
+}
+
+mp_error *ms_token_add_db(const char *db, const char *data_dir, const char *name, const char *token) {
   MP_TRY(check_token_name(name));
   ms_store *st;
-  MP_TRY(open_store(data_dir, &st));
+  if (db && *db) MP_TRY(ms_store_open(db, data_dir, 30, &st));
+  else MP_TRY(open_store(data_dir, &st));
   char hex[65];
   ms_token_hash(token, hex);
   mp_error *e = st->token_add(st, name, hex);
@@ -445,7 +450,8 @@ mp_error *ms_server_start(const ms_config *cfg, ms_server **out, char url[128]) 
   ms_server *s = calloc(1, sizeof *s);
   if (!s) return mp_errorf("out of memory");
   s->cfg = *cfg;
-  if (s->cfg.workers <= 0) s->cfg.workers = 1;
+  if (s->cfg.workers < 0) s->cfg.workers = 1; /* 0: an API node in front of a shared store */
+  if (s->cfg.lease_seconds <= 0) s->cfg.lease_seconds = 30;
   if (s->cfg.max_upload_bytes <= 0) s->cfg.max_upload_bytes = 1LL << 30;
   if (s->cfg.max_image_bytes <= 0) s->cfg.max_image_bytes = 20LL << 20;
   pthread_mutex_init(&s->work_mu, NULL);
@@ -483,9 +489,14 @@ mp_error *ms_server_start(const ms_config *cfg, ms_server **out, char url[128]) 
     snprintf(p, sizeof p, "%s/jobs", s->data_dir);
     if (!e) e = mkdir_p(p);
   }
-  if (!e) e = open_store(s->data_dir, &s->store);
+  if (!e) e = ms_store_open(cfg->db, s->data_dir, s->cfg.lease_seconds, &s->store);
+  /* split roles share the queue through the database; with SQLite the recovery at start of one
+   * process would take the running jobs of another */
+  if (!e && (s->cfg.workers == 0 || cfg->no_http) && !s->store->shared)
+    e = mp_errorf("%s needs a job store shared between processes: pass --db postgres://...",
+                  cfg->no_http ? "a worker" : "--workers 0 (an API node without workers)");
   if (!e && cfg->token_file) e = load_token_file(s->store, cfg->token_file);
-  if (!e && !ms_host_is_loopback(host)) {
+  if (!e && !cfg->no_http && !ms_host_is_loopback(host)) {
     int64_t n = 0;
     e = s->store->token_count(s->store, &n);
     if (!e && n == 0)
@@ -495,7 +506,11 @@ mp_error *ms_server_start(const ms_config *cfg, ms_server **out, char url[128]) 
   }
   if (!e && !(s->events = ms_events_new())) e = mp_errorf("out of memory");
   if (!e) e = ms_recover_interrupted(s);
-  if (!e) {
+  if (!e && cfg->no_http) {
+    snprintf(url, 128, "%s", "");
+    s->listen_url = strdup("");
+    e = ms_workers_start(s);
+  } else if (!e) {
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) e = mp_errorf("--listen: %s is not an IPv4 address", host);
     if (!e) {
@@ -506,7 +521,7 @@ mp_error *ms_server_start(const ms_config *cfg, ms_server **out, char url[128]) 
       if (!s->daemon) e = mp_errorf("cannot listen on %s:%d (in use, or not an address of this machine?)", host, port);
     }
   }
-  if (!e) {
+  if (!e && !cfg->no_http) {
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
     if (di) port = di->port;
     snprintf(url, 128, "http://%s:%d", host, port);
@@ -529,7 +544,7 @@ void ms_server_stop(ms_server *s) {
   pthread_mutex_lock(&s->work_mu);
   pthread_cond_broadcast(&s->work_cv);
   pthread_mutex_unlock(&s->work_mu);
-  MHD_stop_daemon(s->daemon);
+  if (s->daemon) MHD_stop_daemon(s->daemon);
   ms_workers_join(s);
   server_free(s);
 }

@@ -24,6 +24,7 @@ typedef enum MHD_Result MHD_RESULT;
 typedef struct {
   atomic_llong job_id; /* 0 when idle */
   atomic_int cancel;   /* 1: the user cancelled; the worker stops at the next step */
+  atomic_int lost;     /* 1: the lease ran out and another worker took the job: stop, record nothing */
 } ms_slot;
 
 #define MS_DURATION_BUCKETS 8
@@ -41,6 +42,8 @@ struct ms_server {
   pthread_t *threads;
   ms_slot *slots;
   struct ms_worker *workers;
+  pthread_t lease_thread; /* shared stores: renews leases, takes back expired ones, listens for enqueues */
+  bool lease_thread_started;
 
   /* metrics kept in memory (the store keeps the counts) */
   pthread_mutex_t metrics_mu;
@@ -91,6 +94,14 @@ mp_error *ms_recover_interrupted(ms_server *s);
 void ms_job_dir(const ms_server *s, int64_t id, char *out, size_t cap);
 /* DATA/owners/<owner>: holds that owner's tunes/ */
 void ms_owner_dir(const ms_server *s, const char *owner, char *out, size_t cap);
+
+/* ---- files in a shared store (blobs.c; no-ops on the SQLite store). Paths are relative to DATA. */
+/* stores DATA/rel_dir's files; finish_job > 0: and marks that job done in the same transaction */
+mp_error *ms_blobs_upload_dir(ms_server *s, const char *rel_dir, int64_t finish_job);
+/* brings the stored files under prefix to DATA (those missing or of another size) */
+mp_error *ms_blobs_fetch(ms_server *s, const char *prefix);
+/* a done job's outputs into DATA/jobs/<id>/ on this machine if they are not here yet */
+void ms_outputs_local(ms_server *s, const ms_job *j);
 
 /* ---- callbacks (callback.c): POST body to url, 3 tries with backoff, each attempt recorded */
 void ms_callback_deliver(ms_store *store, int64_t job_id, const char *url, const char *body, const atomic_int *stopping);

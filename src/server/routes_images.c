@@ -15,6 +15,7 @@ MHD_RESULT ms_route_image(ms_server *s, ms_request *r, const int64_t *ids, const
   if (e) return ms_reply_mp_error(r->conn, 500, e);
   if (!found) return ms_reply_error(r->conn, 404, "no prompt %" PRId64, ids[0]);
   bool done = j.status == MS_DONE;
+  if (done) ms_outputs_local(s, &j); /* finished on another machine: its outputs come from the store */
   ms_job_free(&j);
   if (!done) return ms_reply_error(r->conn, 404, "prompt %" PRId64 " has no images yet", ids[0]);
   const char *ext = strrchr(tail, '.');

@@ -11,6 +11,7 @@
 #include "mpass/mpass.h"
 #include "pipeline/tunes.h"
 #include "prompt/document.h"
+#include "core/clock.h"
 #include "server/internal.h"
 #include "server/prompt_json.h"
 
@@ -162,7 +163,9 @@ static mp_error *keep_uploads(ms_server *s, prepared *p, char **inputs_dir) {
     free(f->file_path), f->file_path = NULL; /* kept: no longer a temp file */
   }
   *inputs_dir = strdup(dir);
-  return *inputs_dir ? NULL : mp_errorf("out of memory");
+  if (!*inputs_dir) return mp_errorf("out of memory");
+  /* a shared store keeps them too: the worker may be on another machine */
+  return ms_blobs_upload_dir(s, dir + strlen(s->data_dir) + 1, 0);
 }
 
 static MHD_RESULT reply_job(ms_server *s, ms_request *r, unsigned status, int64_t id) {
@@ -172,6 +175,7 @@ static MHD_RESULT reply_job(ms_server *s, ms_request *r, unsigned status, int64_
   if (e) return ms_reply_mp_error(r->conn, 500, e);
   if (!found) return ms_reply_error(r->conn, 404, "no prompt %" PRId64, id);
   char *base = ms_base_url(s, r->conn);
+  ms_outputs_local(s, &j);
   cJSON *o = ms_prompt_object(&j, base ? base : "", s->data_dir);
   free(base);
   ms_job_free(&j);
@@ -242,6 +246,7 @@ MHD_RESULT ms_route_prompt_get(ms_server *s, ms_request *r, const int64_t *ids, 
   ms_job j;
   if (!own_job(s, r, ids, &pid, &ret, &j)) return ret;
   char *base = ms_base_url(s, r->conn);
+  ms_outputs_local(s, &j);
   cJSON *o = ms_prompt_object(&j, base ? base : "", s->data_dir);
   free(base);
   ms_job_free(&j);
@@ -280,6 +285,7 @@ MHD_RESULT ms_route_prompt_list(ms_server *s, ms_request *r, const int64_t *ids,
   if (e) return ms_reply_mp_error(r->conn, 500, e);
   char *base = ms_base_url(s, r->conn);
   cJSON *arr = cJSON_CreateArray();
+  for (int i = 0; i < n; i++) ms_outputs_local(s, &jobs[i]);
   for (int i = 0; i < n; i++) cJSON_AddItemToArray(arr, ms_prompt_object(&jobs[i], base ? base : "", s->data_dir));
   free(base);
   ms_job_list_free(jobs, n);
@@ -315,6 +321,10 @@ typedef struct {
   char buf[4096];
   size_t len, pos;
   bool done;
+  /* a shared store: workers on other machines write the row (progress at most once a second), so
+   * the stream also follows the row, every 0.5 s */
+  int row_status;
+  double row_progress, last_write;
 } sse_state;
 
 static void sse_put(sse_state *st, const char *name, const char *data) {
@@ -323,21 +333,53 @@ static void sse_put(sse_state *st, const char *name, const char *data) {
   st->pos = 0;
 }
 
+/* the job's row changed since the stream last said: one event for it. False when unchanged. */
+static bool sse_follow_row(sse_state *st) {
+  ms_job j;
+  bool found = false;
+  mp_error *e = st->s->store->job_get(st->s->store, NULL, st->job, &j, &found);
+  if (e || !found) return mp_error_free(e), false;
+  bool changed = (int)j.status != st->row_status || j.progress > st->row_progress + 1e-6;
+  if (changed) {
+    st->row_status = (int)j.status, st->row_progress = j.progress;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "id", (double)st->job);
+    cJSON_AddStringToObject(o, "status", ms_status_name(j.status));
+    bool terminal = j.status != MS_QUEUED && j.status != MS_RUNNING;
+    if (!terminal) cJSON_AddNumberToObject(o, "progress", j.progress);
+    if (j.fail_message) cJSON_AddStringToObject(o, "fail_message", j.fail_message);
+    char *t = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    sse_put(st, j.status == MS_RUNNING && j.progress > 0 ? "progress" : ms_status_name(j.status), t ? t : "{}");
+    free(t);
+    st->done = terminal;
+  }
+  ms_job_free(&j);
+  return changed;
+}
+
+
 static ssize_t sse_read(void *cls, uint64_t pos, char *out, size_t max) {
   (void)pos;
   sse_state *st = cls;
   if (st->pos >= st->len) {
     if (st->done) return MHD_CONTENT_READER_END_OF_STREAM;
     char name[16], data[2048];
-    bool terminal = false, closed = false;
-    if (ms_events_wait(st->s->events, st->job, &st->seq, name, data, sizeof data, &terminal, 15000, &closed)) {
-      sse_put(st, name, data);
-      st->done = terminal;
-    } else if (closed) {
-      return MHD_CONTENT_READER_END_OF_STREAM;
-    } else {
-      st->len = (size_t)snprintf(st->buf, sizeof st->buf, ": keep-alive\n\n"), st->pos = 0;
+    bool terminal = false, closed = false, shared = st->s->store->shared;
+    for (;;) {
+      if (ms_events_wait(st->s->events, st->job, &st->seq, name, data, sizeof data, &terminal, shared ? 500 : 15000, &closed)) {
+        sse_put(st, name, data);
+        st->done = terminal;
+      } else if (closed) {
+        return MHD_CONTENT_READER_END_OF_STREAM;
+      } else if (shared && !sse_follow_row(st) && mp_now() - st->last_write < 15) {
+        continue;
+      } else if (!shared || st->len == 0 || st->pos >= st->len) {
+        st->len = (size_t)snprintf(st->buf, sizeof st->buf, ": keep-alive\n\n"), st->pos = 0;
+      }
+      break;
     }
+    st->last_write = mp_now();
   }
   size_t n = st->len - st->pos < max ? st->len - st->pos : max;
   memcpy(out, st->buf + st->pos, n);
@@ -374,6 +416,7 @@ MHD_RESULT ms_route_prompt_events(ms_server *s, ms_request *r, const int64_t *id
     st->done = true;
   }
   sse_put(st, ms_status_name(j.status), data);
+  st->row_status = (int)j.status, st->row_progress = j.progress, st->last_write = mp_now();
   ms_job_free(&j);
   struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_read, st, sse_free);
   if (!resp) return free(st), MHD_NO;

@@ -124,6 +124,11 @@ MHD_RESULT ms_route_tune_create(ms_server *s, ms_request *r, const int64_t *ids,
     }
   }
   free(weights), cJSON_Delete(root);
+  if (!e && s->store->blob_put_files) { /* a shared store keeps the tune for workers on other machines */
+    char rel[4200];
+    snprintf(rel, sizeof rel, "%s/tunes/%s", root_dir + strlen(s->data_dir) + 1, sid);
+    e = ms_blobs_upload_dir(s, rel, 0);
+  }
   if (e) return ms_reply_mp_error(c, 500, e);
   mp_tune_free(&added);
   ms_tune got;
@@ -172,6 +177,11 @@ MHD_RESULT ms_route_tune_delete(ms_server *s, ms_request *r, const int64_t *ids,
   ms_owner_dir(s, r->owner, root_dir, sizeof root_dir);
   snprintf(sid, sizeof sid, "%" PRId64, ids[0]);
   mp_error_free(mp_tune_remove(root_dir, sid)); /* the row is gone; a leftover folder is harmless */
+  if (s->store->blob_delete) {
+    char prefix[4200];
+    snprintf(prefix, sizeof prefix, "%s/tunes/%s/", root_dir + strlen(s->data_dir) + 1, sid);
+    mp_error_free(s->store->blob_delete(s->store, prefix));
+  }
   cJSON *o = cJSON_CreateObject();
   cJSON_AddNumberToObject(o, "id", (double)ids[0]);
   cJSON_AddBoolToObject(o, "deleted", 1);

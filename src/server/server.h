@@ -24,6 +24,10 @@ typedef struct {
   long long max_image_bytes;  /* an input or mask image (default 20 MiB) */
   bool quiet;              /* no request log on stderr */
   bool allow_private_urls; /* input_image_url may name loopback/private addresses (tests, trusted networks) */
+  /* several machines (issue 14) */
+  const char *db;          /* --db: postgres://..., a libpq conninfo or sqlite:PATH; NULL: DATA/mpass.db */
+  int lease_seconds;       /* a claimed job's lease on a shared store (default 30), renewed while it runs */
+  bool no_http;            /* `mpass worker`: workers only, no HTTP daemon */
 } ms_config;
 
 typedef struct ms_server ms_server;
@@ -40,5 +44,7 @@ mp_error *ms_token_new(char token[64]);
 void ms_token_hash(const char *token, char hex[65]);
 /* Add a token to DATA/mpass.db (creating the database when absent). */
 mp_error *ms_token_add(const char *data_dir, const char *name, const char *token);
+/* The same in the store named by --db (ms_store_open); db NULL: DATA/mpass.db. */
+mp_error *ms_token_add_db(const char *db, const char *data_dir, const char *name, const char *token);
 
 #endif

@@ -101,10 +101,46 @@ struct ms_store {
   mp_error *(*job_counts)(ms_store *s, ms_counts *out);
   /* appends one attempt {"attempt", "at", "http_status", "error"} to the job's callbacks */
   mp_error *(*callback_attempt)(ms_store *s, int64_t id, int attempt, long http_status, const char *error);
+
+  /* ---- stores shared by several processes (issue 14). A claim there is a lease: the claiming
+   * process renews it with job_heartbeat while the job runs, and a job whose lease ran out (its
+   * worker died) is taken back by job_reclaim_expired, then claimed again by any worker. */
+  bool shared; /* true: running jobs may belong to live processes elsewhere (PostgreSQL) */
+  /* renew the lease of a running job; *cancel: a cancel was requested; *lost: the job is no longer
+   * running under this process (its lease ran out and it was reclaimed, or it ended) */
+  mp_error *(*job_heartbeat)(ms_store *s, int64_t id, bool *cancel, bool *lost);
+  /* running jobs whose lease ran out go back to queued, or fail on their second interruption
+   * (the attempts rule of recovery at start); the SQLite store has no leases and reclaims nothing */
+  mp_error *(*job_reclaim_expired)(ms_store *s, int *requeued, int *failed);
+  /* waits up to timeout_ms for a job to be enqueued by any process (LISTEN/NOTIFY); NULL when the
+   * store cannot tell (in-process enqueues signal the workers directly) */
+  mp_error *(*job_wait)(ms_store *s, int timeout_ms, bool *woken);
+
+  /* ---- bytes kept in the store, so that no filesystem is shared between machines (issue 14).
+   * NULL in the SQLite store: its files stay where they are under DATA and callers use them directly.
+   * A key is a path relative to DATA ("jobs/12/0001.png", "inputs/ab12.../input_image.png"); a file
+   * is kept in chunks of at most 1 MiB. */
+  /* root/rel[i] stored under key rel[i] (replacing an older one), all in one transaction */
+  mp_error *(*blob_put_files)(ms_store *s, const char *root, char *const *rel, int n);
+  /* the same, and the job marked done in that transaction: done means its outputs are committed */
+  mp_error *(*job_finish_with_files)(ms_store *s, int64_t id, const char *root, char *const *rel, int n);
+  /* the keys starting with prefix (caller frees each and the array), with their sizes in bytes */
+  mp_error *(*blob_list)(ms_store *s, const char *prefix, char ***keys, int64_t **sizes, int *n);
+  /* writes the blob to path chunk by chunk (memory stays at one chunk); *found false if absent */
+  mp_error *(*blob_get_file)(ms_store *s, const char *key, const char *path, bool *found);
+  /* deletes every key starting with prefix */
+  mp_error *(*blob_delete)(ms_store *s, const char *prefix);
 };
 
 /* The SQLite backend: DATA/mpass.db (created with its schema; migrated when older). */
 mp_error *ms_store_sqlite_open(const char *path, ms_store **out);
+/* The PostgreSQL backend (store_pg.c): conninfo is a postgres:// or postgresql:// URI or a libpq
+ * "key=value" string. The schema is created or migrated (src/server/sql/pg/NNN_*.sql) under an
+ * advisory lock. A claim holds the job for lease_seconds, renewed by job_heartbeat. */
+mp_error *ms_store_pg_open(const char *conninfo, int lease_seconds, ms_store **out);
+/* --db: "postgres://...", "postgresql://...", a libpq conninfo (contains '='), "sqlite:PATH";
+ * NULL or empty: SQLite in DATA/mpass.db */
+mp_error *ms_store_open(const char *db, const char *data_dir, int lease_seconds, ms_store **out);
 
 void ms_job_list_free(ms_job *jobs, int n);
 void ms_tune_list_free(ms_tune *tunes, int n);

@@ -524,6 +524,25 @@ static mp_error *callback_attempt(ms_store *s, int64_t id, int attempt, long htt
   return e;
 }
 
+/* One process owns a SQLite store: no leases to renew, only the cancel flag to report. */
+static mp_error *job_heartbeat(ms_store *s, int64_t id, bool *cancel, bool *lost) {
+  *cancel = false, *lost = false;
+  ms_job j;
+  bool found;
+  MP_TRY(job_get(s, NULL, id, &j, &found));
+  *lost = !found || j.status != MS_RUNNING;
+  *cancel = found && j.cancel_requested;
+  ms_job_free(&j);
+  return NULL;
+}
+
+/* Recovery at start (worker.c) handles what a dead process left: nothing expires here. */
+static mp_error *job_reclaim_expired(ms_store *s, int *requeued, int *failed) {
+  (void)s;
+  *requeued = 0, *failed = 0;
+  return NULL;
+}
+
 static void store_close(ms_store *s) {
   if (!s) return;
   sq *q = s->impl;
@@ -581,6 +600,7 @@ mp_error *ms_store_sqlite_open(const char *path, ms_store **out) {
   s->job_enqueue = job_enqueue, s->job_claim = job_claim, s->job_progress = job_progress, s->job_finish = job_finish;
   s->job_requeue = job_requeue, s->job_cancel = job_cancel, s->job_get = job_get, s->job_list = job_list;
   s->job_list_running = job_list_running, s->job_counts = job_counts, s->callback_attempt = callback_attempt;
+  s->job_heartbeat = job_heartbeat, s->job_reclaim_expired = job_reclaim_expired; /* shared = false, job_wait = NULL */
   if (e) {
     store_close(s);
     return mp_error_wrap(e, "%s", path);

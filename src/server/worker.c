@@ -60,6 +60,9 @@ static bool has_result(ms_server *s, int64_t id) {
 }
 
 mp_error *ms_recover_interrupted(ms_server *s) {
+  /* a shared store: running jobs may be alive on other machines; the lease thread takes back those
+   * whose lease ran out (same attempts rule), and outputs only count once committed to the store */
+  if (s->store->shared) return NULL;
   int64_t *ids;
   int n;
   MP_TRY(s->store->job_list_running(s->store, &ids, &n));
@@ -119,14 +122,14 @@ static int on_progress(const mpass_progress *p, void *user) {
   if (now - w->last_store_write >= 1.0) {
     w->last_store_write = now;
     mp_error_free(s->store->job_progress(s->store, w->job, w->progress));
-    /* a cancel recorded by another process sharing the store */
-    ms_job j;
-    bool found = false;
-    if (!s->store->job_get(s->store, NULL, w->job, &j, &found) && found) {
-      if (j.cancel_requested) atomic_store(&slot->cancel, 1);
-      ms_job_free(&j);
-    }
+    /* a cancel recorded by another process sharing the store; on a shared store this renews the lease */
+    bool cancel = false, lost = false;
+    mp_error *e = s->store->job_heartbeat(s->store, w->job, &cancel, &lost);
+    if (e) mp_error_free(e); /* the database is away for a moment: the lease thread keeps trying */
+    else if (cancel) atomic_store(&slot->cancel, 1);
+    else if (lost && s->store->shared) atomic_store(&slot->lost, 1);
   }
+  if (atomic_load(&slot->lost)) return 1;
   return atomic_load(&slot->cancel) || atomic_load(&s->stopping);
 }
 
@@ -154,11 +157,19 @@ static void publish_end(ms_server *s, int64_t id) {
   ms_job_free(&j);
 }
 
+/* the last occurrence of part in path (the API node's DATA may itself contain "/inputs/") */
+static const char *last_part(const char *path, const char *part) {
+  const char *found = NULL;
+  for (const char *p = path ? strstr(path, part) : NULL; p; p = strstr(p + 1, part)) found = p;
+  return found;
+}
+
 static void run_job(ms_worker *w, ms_job *j) {
   ms_server *s = w->s;
   ms_slot *slot = &s->slots[w->index];
   w->job = j->id, w->progress = 0, w->last_store_write = mp_now();
   atomic_store(&slot->cancel, 0);
+  atomic_store(&slot->lost, 0);
   atomic_store(&slot->job_id, j->id);
   if (j->cancel_requested) atomic_store(&slot->cancel, 1);
   double t0 = mp_now();
@@ -178,22 +189,57 @@ static void run_job(ms_worker *w, ms_job *j) {
     snprintf(out, sizeof out, "%s/jobs", s->data_dir);
     snprintf(name, sizeof name, "%" PRId64, j->id);
     ms_owner_dir(s, j->owner, owner_dir, sizeof owner_dir);
-    mpass_run_options o = {.model_path = j->model_path ? j->model_path : s->model_path, .out_dir = out, .job_name = name,
-                           .base_dir = j->inputs_dir, .rng = "cuda", .clip_skip = 1, .debug_passes = 1,
+    /* a shared store: the uploads and tunes come from the database into this machine's DATA, at the
+     * same relative paths as on the API node that took them */
+    char inputs_local[4200] = "", model_local[4200] = "";
+    const char *inputs_dir = j->inputs_dir, *model_path = j->model_path;
+    if (!e && s->store->blob_list) {
+      char prefix[4200];
+      snprintf(prefix, sizeof prefix, "owners/%s/", j->owner);
+      e = ms_blobs_fetch(s, prefix);
+      const char *in = last_part(j->inputs_dir, "/inputs/");
+      if (!e && in) {
+        snprintf(prefix, sizeof prefix, "%s/", in + 1);
+        e = ms_blobs_fetch(s, prefix);
+        snprintf(inputs_local, sizeof inputs_local, "%s%s", s->data_dir, in);
+        inputs_dir = inputs_local;
+      }
+      const char *mo = last_part(j->model_path, "/owners/");
+      if (mo) snprintf(model_local, sizeof model_local, "%s%s", s->data_dir, mo), model_path = model_local;
+    }
+    mpass_run_options o = {.model_path = model_path ? model_path : s->model_path, .out_dir = out, .job_name = name,
+                           .base_dir = inputs_dir, .rng = "cuda", .clip_skip = 1, .debug_passes = 1,
                            .progress = on_progress, .progress_user = w, .tunes_dir = owner_dir,
                            .fetch_public_only = !s->cfg.allow_private_urls};
     if (!e) e = mpass_run(w->ctx, job, &o, NULL);
     mpass_job_free(job);
     if (e) {
+      if (atomic_load(&slot->lost)) {
+        /* our lease ran out (this process stalled) and another worker owns the job now */
+        fprintf(stderr, "mpass worker: prompt %" PRId64 ": lease lost to another worker; dropped here\n", j->id);
+        mp_error_free(e);
+        atomic_store(&slot->job_id, 0);
+        return;
+      }
       if (atomic_load(&slot->cancel)) end = MS_CANCELLED, msg = "cancelled";
       else if (atomic_load(&s->stopping)) end = MS_QUEUED; /* shutdown: back to the queue, attempt uncounted */
       else end = MS_FAILED, msg = mp_error_message(e);
     }
   }
-  mp_error *se = end == MS_QUEUED ? s->store->job_requeue(s->store, j->id, true) : s->store->job_finish(s->store, j->id, end, msg);
+  char rel[64];
+  snprintf(rel, sizeof rel, "jobs/%" PRId64, j->id);
+  /* on a shared store, done is committed together with the outputs (ms_blobs_upload_dir) */
+  mp_error *se = end == MS_QUEUED ? s->store->job_requeue(s->store, j->id, true)
+                 : end == MS_DONE ? ms_blobs_upload_dir(s, rel, j->id)
+                                  : s->store->job_finish(s->store, j->id, end, msg);
   if (se) {
     fprintf(stderr, "mpass serve: prompt %" PRId64 ": %s\n", j->id, mp_error_message(se));
     mp_error_free(se);
+    if (s->store->shared) { /* not recorded: its lease runs out and another worker runs it again */
+      mp_error_free(e);
+      atomic_store(&slot->job_id, 0);
+      return;
+    }
   }
   if (!s->cfg.quiet)
     fprintf(stderr, "mpass serve: prompt %" PRId64 " %s%s%s\n", j->id, end == MS_QUEUED ? "handed back to the queue" : ms_status_name(end),
@@ -244,8 +290,58 @@ static void *worker_main(void *arg) {
   return NULL;
 }
 
+/* Shared stores only: every lease/3 seconds renew the leases of this process's running jobs (also
+ * while a model loads, when no progress is reported) and take back jobs whose worker died; between
+ * rounds wait on LISTEN/NOTIFY and wake the workers when a job is enqueued anywhere. */
+static void *lease_main(void *arg) {
+  ms_server *s = arg;
+  double period = s->cfg.lease_seconds / 3.0 < 1 ? 1 : s->cfg.lease_seconds / 3.0;
+  double next = 0, last_error = -1e9;
+  while (!atomic_load(&s->stopping)) {
+    mp_error *e = NULL;
+    double now = mp_now();
+    if (now >= next) {
+      next = now + period;
+      for (int i = 0; i < s->n_workers && !e; i++) {
+        int64_t id = atomic_load(&s->slots[i].job_id);
+        bool cancel = false, lost = false;
+        if (id) e = s->store->job_heartbeat(s->store, id, &cancel, &lost);
+        if (!e && id && cancel) atomic_store(&s->slots[i].cancel, 1);
+        if (!e && id && lost && atomic_load(&s->slots[i].job_id) == id) atomic_store(&s->slots[i].lost, 1);
+      }
+      int requeued = 0, failed = 0;
+      if (!e) e = s->store->job_reclaim_expired(s->store, &requeued, &failed);
+      if (!e && (requeued || failed) && !s->cfg.quiet)
+        fprintf(stderr, "mpass worker: %d job(s) whose worker died queued again, %d failed (second interruption)\n", requeued, failed);
+      if (!e && requeued) {
+        pthread_mutex_lock(&s->work_mu);
+        pthread_cond_broadcast(&s->work_cv);
+        pthread_mutex_unlock(&s->work_mu);
+      }
+    }
+    bool woken = false;
+    if (!e && s->store->job_wait) e = s->store->job_wait(s->store, 500, &woken);
+    else if (!e) usleep(500000);
+    if (woken) {
+      pthread_mutex_lock(&s->work_mu);
+      pthread_cond_broadcast(&s->work_cv);
+      pthread_mutex_unlock(&s->work_mu);
+    }
+    if (e) {
+      if (mp_now() - last_error > 30) { /* the database is away: say so, but not every second */
+        fprintf(stderr, "mpass worker: %s (retrying)\n", mp_error_message(e));
+        last_error = mp_now();
+      }
+      mp_error_free(e);
+      usleep(500000);
+    }
+  }
+  return NULL;
+}
+
 mp_error *ms_workers_start(ms_server *s) {
   s->n_workers = s->cfg.workers;
+  if (s->n_workers == 0) return NULL; /* an API node */
   s->threads = calloc((size_t)s->n_workers, sizeof *s->threads);
   s->slots = calloc((size_t)s->n_workers, sizeof *s->slots);
   s->workers = calloc((size_t)s->n_workers, sizeof *s->workers);
@@ -259,10 +355,19 @@ mp_error *ms_workers_start(ms_server *s) {
       return mp_errorf("cannot start worker threads");
     }
   }
+  if (s->store->shared) {
+    if (pthread_create(&s->lease_thread, NULL, lease_main, s) != 0) {
+      atomic_store(&s->stopping, 1);
+      ms_workers_join(s);
+      return mp_errorf("cannot start the lease thread");
+    }
+    s->lease_thread_started = true;
+  }
   return NULL;
 }
 
 void ms_workers_join(ms_server *s) {
+  if (s->lease_thread_started) pthread_join(s->lease_thread, NULL), s->lease_thread_started = false;
   for (int i = 0; i < s->n_workers; i++) pthread_join(s->threads[i], NULL);
   s->n_workers = 0;
 }

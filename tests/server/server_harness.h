@@ -21,6 +21,8 @@
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
+#include <libpq-fe.h>
+#include <stdbool.h>
 
 #include "testutil.h"
 
@@ -28,6 +30,7 @@ typedef struct {
   pid_t pid;
   char url[128];
   char *dir, *models, *data, *token_file, *log;
+  char *db; /* --db for the server; NULL: its SQLite default */
 } server;
 
 static const char *TOKEN_A = "alice-token-0123456789abcdef";
@@ -48,6 +51,38 @@ static char *h_strf(const char *fmt, const char *a, const char *b) {
   char *s = malloc(n);
   snprintf(s, n, fmt, a, b ? b : "");
   return s;
+}
+
+/* MPASS_TEST_STORE=postgres runs the suite on the PostgreSQL store: MPASS_TEST_PG is the conninfo of
+ * a throwaway server (scripts/test-pg.sh, a CTest fixture) and each call makes a fresh database in it.
+ * Returns the conninfo of that database (caller frees), or NULL on the SQLite store. Without a
+ * PostgreSQL install the program exits 77 (CTest: skipped), except under CI=true where it fails. */
+static char *h_test_db(void) {
+  const char *store = getenv("MPASS_TEST_STORE");
+  if (!store || strcmp(store, "postgres")) return NULL;
+  const char *base = getenv("MPASS_TEST_PG");
+  bool ci = getenv("CI") && !strcmp(getenv("CI"), "true");
+  PGconn *c = base && *base ? PQconnectdb(base) : NULL;
+  if (!c || PQstatus(c) != CONNECTION_OK) {
+    if (!ci && access("/usr/lib/postgresql", F_OK) != 0) {
+      fprintf(stderr, "skipped: PostgreSQL is not installed (apt-get install postgresql)\n");
+      PQfinish(c);
+      exit(77);
+    }
+    fail_msg("MPASS_TEST_PG='%s': cannot connect: %s", base ? base : "", c ? PQerrorMessage(c) : "not set");
+  }
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  char name[96], sql[160];
+  snprintf(name, sizeof name, "mpass_test_%d_%ld_%ld", (int)getpid(), (long)ts.tv_sec, ts.tv_nsec);
+  snprintf(sql, sizeof sql, "CREATE DATABASE %s", name);
+  PGresult *r = PQexec(c, sql);
+  if (PQresultStatus(r) != PGRES_COMMAND_OK) fail_msg("%s: %s", sql, PQerrorMessage(c));
+  PQclear(r), PQfinish(c);
+  size_t n = strlen(base) + strlen(name) + 16;
+  char *conninfo = malloc(n);
+  snprintf(conninfo, n, "%s dbname=%s", base, name); /* a later keyword overrides an earlier one */
+  return conninfo;
 }
 
 /* A models folder with the tiny checkpoint (+ its config), the CLIP vocabulary and one LoRA file. */
@@ -76,6 +111,7 @@ static void h_prepare(server *s) {
   fprintf(f, "# NAME TOKEN\nalice %s\nbob %s\ncarol %s\n", TOKEN_A, TOKEN_B, TOKEN_C);
   fclose(f);
   s->log = h_strf("%s/server.log%s", s->dir, NULL);
+  s->db = h_test_db();
 }
 
 /* Start the binary; returns once it printed its URL (fails the test after 10 s). */
@@ -98,6 +134,7 @@ static void h_start(server *s, const char *const *extra) {
     argv[n++] = bin, argv[n++] = "--threads", argv[n++] = "2", argv[n++] = "--models", argv[n++] = s->models;
     argv[n++] = "serve", argv[n++] = "--listen", argv[n++] = "127.0.0.1:0", argv[n++] = "--data", argv[n++] = s->data;
     argv[n++] = "--token-file", argv[n++] = s->token_file;
+    if (s->db) argv[n++] = "--db", argv[n++] = s->db;
     for (int i = 0; extra && extra[i] && n < 31; i++) argv[n++] = (char *)extra[i];
     argv[n] = NULL;
     execv(bin, argv);
@@ -132,7 +169,7 @@ static int h_stop(server *s, int sig) {
 
 static void h_free(server *s) {
   if (s->pid) h_stop(s, SIGKILL);
-  free(s->dir), free(s->models), free(s->data), free(s->token_file), free(s->log);
+  free(s->dir), free(s->models), free(s->data), free(s->token_file), free(s->log), free(s->db);
 }
 
 /* ---- a loopback file host: every GET is answered with the bytes given (an input_image_url) */

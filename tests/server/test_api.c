@@ -592,7 +592,9 @@ static void test_public_bind_needs_token(void **state) {
   fclose(f);
   assert_non_null(strstr(line, "not a loopback address and no token exists"));
   /* a token made by the CLI, on the running server's database */
-  snprintf(cmd, sizeof cmd, "%s/mpass token add dave --data %s 2>/dev/null", getenv("MPASS_BINARY_DIR"), S.data);
+  /* on PostgreSQL the token goes to the server's database (a conninfo has spaces: quoted) */
+  snprintf(cmd, sizeof cmd, "%s/mpass token add dave --data %s%s%s%s 2>/dev/null", getenv("MPASS_BINARY_DIR"), S.data,
+           S.db ? " --db '" : "", S.db ? S.db : "", S.db ? "'" : "");
   FILE *p = popen(cmd, "r");
   char token[128] = "";
   assert_non_null(fgets(token, sizeof token, p));

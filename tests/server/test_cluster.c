@@ -1,0 +1,267 @@
+/* The fault test of issue 14 (label server_slow): 2 API nodes + 3 workers on one PostgreSQL, each
+ * with its own DATA folder, 30 prompts on the tiny model. One worker is killed with SIGKILL while it
+ * runs a prompt, one API node is killed and started again. Every prompt must end done exactly once
+ * (one "done" in all the workers' logs, attempts 2 only for the killed one), the killed prompt must be
+ * finished by another worker once its lease ran out, each callback must arrive exactly once, and
+ * either API node must serve every image (the bytes live in the database). */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+
+#include "cluster_harness.h"
+
+#define N_JOBS 30
+#define N_WORKERS 3
+#define LEASE 3
+
+/* a loopback receiver counting callbacks per prompt: the URL path is /hook/<k> */
+typedef struct {
+  int fd, port;
+  atomic_int hits[N_JOBS];
+  atomic_int total;
+  pthread_t th;
+} receiver;
+
+static void *receiver_main(void *arg) {
+  receiver *rc = arg;
+  for (;;) {
+    int c = accept(rc->fd, NULL, NULL);
+    if (c < 0) return NULL;
+    char buf[65536];
+    size_t n = 0;
+    long want = -1;
+    for (;;) {
+      ssize_t got = recv(c, buf + n, sizeof buf - 1 - n, 0);
+      if (got <= 0) break;
+      n += (size_t)got;
+      buf[n] = 0;
+      char *end = strstr(buf, "\r\n\r\n");
+      if (end && want < 0) {
+        char *cl = strcasestr(buf, "Content-Length:");
+        want = (long)(end + 4 - buf) + (cl ? atol(cl + 15) : 0);
+      }
+      if (want >= 0 && (long)n >= want) break;
+    }
+    buf[n] = 0;
+    int k = -1;
+    if (sscanf(buf, "POST /hook/%d ", &k) == 1 && k >= 0 && k < N_JOBS) atomic_fetch_add(&rc->hits[k], 1), atomic_fetch_add(&rc->total, 1);
+    static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    send(c, ok, sizeof ok - 1, 0);
+    close(c);
+  }
+}
+
+static void receiver_start(receiver *rc) {
+  memset(rc, 0, sizeof *rc);
+  rc->fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  assert_int_equal(bind(rc->fd, (struct sockaddr *)&a, sizeof a), 0);
+  socklen_t al = sizeof a;
+  getsockname(rc->fd, (struct sockaddr *)&a, &al);
+  rc->port = ntohs(a.sin_port);
+  listen(rc->fd, 64);
+  pthread_create(&rc->th, NULL, receiver_main, rc);
+}
+
+static void receiver_stop(receiver *rc) {
+  shutdown(rc->fd, SHUT_RDWR);
+  close(rc->fd);
+  pthread_join(rc->th, NULL);
+}
+
+/* everything the test starts, so that teardown stops it even when an assertion failed */
+typedef struct {
+  server api[2];
+  worker w[N_WORKERS + 1];
+  receiver rc;
+  bool rc_started;
+} cluster;
+
+static int setup(void **state) {
+  cluster *cl = calloc(1, sizeof *cl);
+  *state = cl;
+  return cl ? 0 : -1;
+}
+
+static int teardown(void **state) {
+  cluster *cl = *state;
+  if (cl->rc_started) receiver_stop(&cl->rc);
+  for (int i = 0; i <= N_WORKERS; i++) c_worker_free(&cl->w[i]);
+  for (int i = 0; i < 2; i++) h_free(&cl->api[i]);
+  free(cl);
+  return 0;
+}
+
+static void test_kill_worker_and_restart_api_node(void **state) {
+  cluster *cl = *state;
+  server *api = cl->api;
+  worker *w = cl->w;
+  h_prepare(&api[0]);
+  if (!api[0].db) fail_msg("test_cluster needs MPASS_TEST_STORE=postgres and MPASS_TEST_PG (CTest sets them)");
+  h_prepare(&api[1]);
+  free(api[1].db), api[1].db = strdup(api[0].db); /* one database, two API nodes */
+  h_start(&api[0], (const char *const[]){"--workers", "0", NULL});
+  h_start(&api[1], (const char *const[]){"--workers", "0", NULL});
+  for (int i = 0; i < N_WORKERS; i++) c_worker_start(&w[i], &api[0], i, LEASE);
+  receiver *rc = &cl->rc;
+  receiver_start(rc);
+  cl->rc_started = true;
+
+  int64_t ids[N_JOBS];
+  int made_by[N_JOBS];
+  /* the first prompt is slow (several seconds), so that its worker can be caught in the middle of
+   * it; the 29 others are small and come after the kill */
+  char body[512];
+  snprintf(body, sizeof body,
+           "{\"prompt\": {\"text\": \"cluster 0\", \"steps\": 150, \"w\": 256, \"h\": 256, \"scheduler\": \"euler\", "
+           "\"callback\": \"http://127.0.0.1:%d/hook/0\"}}",
+           rc->port);
+  made_by[0] = 0;
+  ids[0] = h_create(&api[0], TOKEN_A, "/prompts", body);
+
+  /* kill -9 the worker that runs the slow prompt once it has reported progress (the lease row says
+   * which process holds it) */
+  int64_t killed_job = 0;
+  int killed = -1;
+  for (int t = 0; t < 3000 && killed < 0; t++) {
+    char *row = c_query(&api[0], "SELECT id || ' ' || worker_id FROM jobs WHERE status = 1 AND progress > 0 ORDER BY id LIMIT 1");
+    if (row) {
+      long long id;
+      char wid[256];
+      const char *colon = strrchr(row, ':');
+      if (sscanf(row, "%lld %255s", &id, wid) == 2 && colon) {
+        pid_t pid = (pid_t)atol(colon + 1);
+        for (int i = 0; i < N_WORKERS; i++)
+          if (w[i].pid == pid) {
+            c_worker_stop(&w[i], SIGKILL);
+            killed = i, killed_job = id;
+          }
+      }
+      free(row);
+    }
+    if (killed < 0) usleep(20000);
+  }
+  if (killed < 0) fail_msg("no worker was seen running a prompt");
+  assert_int_equal(killed_job, ids[0]);
+  /* the stand-in for the dead machine's replacement: the pool keeps its size */
+  c_worker_start(&w[N_WORKERS], &api[0], N_WORKERS, LEASE);
+  for (int k = 1; k < N_JOBS; k++) {
+    snprintf(body, sizeof body,
+             "{\"prompt\": {\"text\": \"cluster %d\", \"steps\": 6, \"w\": 64, \"h\": 64, \"scheduler\": \"euler\", "
+             "\"callback\": \"http://127.0.0.1:%d/hook/%d\"}}",
+             k, rc->port, k);
+    made_by[k] = k % 2;
+    ids[k] = h_create(&api[made_by[k]], TOKEN_A, "/prompts", body);
+    if (k == N_JOBS / 2) { /* an API node dies and comes back (on a new port) while jobs run */
+      h_stop(&api[1], SIGKILL);
+      h_start(&api[1], (const char *const[]){"--workers", "0", NULL});
+    }
+  }
+
+  for (int t = 0; t < 6000; t++) {
+    if (c_query_long(&api[0], "SELECT COUNT(*) FROM jobs WHERE status IN (0, 1)") == 0) break;
+    usleep(100000);
+  }
+  assert_int_equal(c_query_long(&api[0], "SELECT COUNT(*) FROM jobs"), N_JOBS);
+  assert_int_equal(c_query_long(&api[0], "SELECT COUNT(*) FROM jobs WHERE status = 2"), N_JOBS);
+  char sql[256];
+  /* the killed one ran twice (its lease ran out, another worker took it), every other once */
+  snprintf(sql, sizeof sql, "SELECT attempts FROM jobs WHERE id = %lld", (long long)killed_job);
+  assert_int_equal(c_query_long(&api[0], sql), 2);
+  snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM jobs WHERE attempts <> 1 AND id <> %lld", (long long)killed_job);
+  assert_int_equal(c_query_long(&api[0], sql), 0);
+
+  /* done exactly once: one "done" line per prompt in all the workers' logs together */
+  for (int k = 0; k < N_JOBS; k++) {
+    char needle[64];
+    snprintf(needle, sizeof needle, "prompt %lld done\n", (long long)ids[k]);
+    int done = 0;
+    for (int i = 0; i <= N_WORKERS; i++) done += c_count_lines(w[i].log, needle);
+    if (done != 1) fail_msg("prompt %lld was recorded done %d times by the workers", (long long)ids[k], done);
+    if (ids[k] == killed_job && c_count_lines(w[killed].log, needle) != 0) fail_msg("the killed worker finished its prompt");
+  }
+
+  /* any node serves any prompt and its image: ask the node that did not take it */
+  for (int k = 0; k < N_JOBS; k++) {
+    const server *other = &api[1 - made_by[k]];
+    cJSON *o = h_get_prompt(other, TOKEN_A, ids[k]);
+    assert_string_equal(h_status(o), "done");
+    cJSON *images = cJSON_GetObjectItem(o, "images");
+    if (cJSON_GetArraySize(images) != 1) fail_msg("prompt %lld lists %d images", (long long)ids[k], cJSON_GetArraySize(images));
+    reply r = h_req(other, "GET", cJSON_GetArrayItem(images, 0)->valuestring, TOKEN_A, NULL, NULL, NULL, NULL);
+    if (r.status != 200 || r.len < 8 || memcmp(r.body, "\x89PNG", 4)) fail_msg("prompt %lld image: HTTP %ld", (long long)ids[k], r.status);
+    reply_free(&r);
+    cJSON_Delete(o);
+  }
+
+  /* callbacks: once each (the killed run never committed, so it never called back) */
+  for (int t = 0; t < 300 && atomic_load(&rc->total) < N_JOBS; t++) usleep(100000);
+  usleep(1500000); /* room for a duplicate to show up */
+  for (int k = 0; k < N_JOBS; k++)
+    if (atomic_load(&rc->hits[k]) != 1) fail_msg("prompt %lld: %d callbacks", (long long)ids[k], atomic_load(&rc->hits[k]));
+
+  for (int i = 0; i < 2; i++) assert_int_equal(h_stop(&api[i], SIGTERM), 0); /* clean stops */
+}
+
+typedef struct {
+  const server *api;
+  char path[64];
+  reply r;
+} sse_call;
+
+static void *sse_main(void *arg) {
+  sse_call *c = arg;
+  c->r = h_req(c->api, "GET", c->path, TOKEN_A, NULL, NULL, NULL, NULL);
+  return NULL;
+}
+
+/* Progress and cancel across machines: an SSE stream on the API node follows a prompt that runs on
+ * a worker elsewhere (through the job row), and DELETE on the API node stops it on that worker. */
+static void test_progress_and_cancel_across_machines(void **state) {
+  cluster *cl = *state;
+  server *api = cl->api;
+  h_prepare(&api[0]);
+  if (!api[0].db) fail_msg("test_cluster needs MPASS_TEST_STORE=postgres and MPASS_TEST_PG (CTest sets them)");
+  h_start(&api[0], (const char *const[]){"--workers", "0", NULL});
+  c_worker_start(&cl->w[0], &api[0], 0, LEASE);
+  int64_t id = h_create(&api[0], TOKEN_A, "/prompts",
+                        "{\"prompt\": {\"text\": \"far away\", \"steps\": 150, \"w\": 256, \"h\": 256, \"scheduler\": \"euler\"}}");
+  sse_call sse = {.api = &api[0]};
+  snprintf(sse.path, sizeof sse.path, "/prompts/%lld/events", (long long)id);
+  pthread_t th;
+  pthread_create(&th, NULL, sse_main, &sse);
+  char sql[128];
+  snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM jobs WHERE id = %lld AND progress > 0", (long long)id);
+  int t;
+  for (t = 0; t < 600 && c_query_long(&api[0], sql) == 0; t++) usleep(50000);
+  if (t == 600) fail_msg("the worker reported no progress in 30 s");
+  usleep(1200000); /* one more progress write for the stream to see */
+  char path[64];
+  snprintf(path, sizeof path, "/prompts/%lld", (long long)id);
+  reply r = h_req(&api[0], "DELETE", path, TOKEN_A, NULL, NULL, NULL, NULL);
+  assert_int_equal(r.status, 200);
+  reply_free(&r);
+  double t0 = (double)time(NULL);
+  cJSON *o = h_wait_end(&api[0], TOKEN_A, id, 30);
+  assert_string_equal(h_status(o), "cancelled");
+  cJSON_Delete(o);
+  /* the worker reads the flag at most once a second and stops at its next sampler step */
+  assert_true((double)time(NULL) - t0 <= 5);
+  pthread_join(th, NULL); /* the stream ends with the terminal event */
+  assert_int_equal(sse.r.status, 200);
+  if (!strstr(sse.r.body, "event: progress")) fail_msg("no progress event from the row: %.500s", sse.r.body);
+  if (!strstr(sse.r.body, "event: cancelled")) fail_msg("no cancelled event: %.500s", sse.r.body);
+  reply_free(&sse.r);
+  assert_int_equal(c_count_lines(cl->w[0].log, "cancelled"), 1);
+}
+
+int main(void) {
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  const struct CMUnitTest tests[] = {cmocka_unit_test_setup_teardown(test_progress_and_cancel_across_machines, setup, teardown),
+                                     cmocka_unit_test_setup_teardown(test_kill_worker_and_restart_api_node, setup, teardown)};
+  int rc = cmocka_run_group_tests(tests, NULL, NULL);
+  curl_global_cleanup();
+  return rc;
+}

@@ -1,0 +1,334 @@
+/* The PostgreSQL job store (issue 14) on a fresh database of the test server (scripts/test-pg.sh):
+ * the interface's semantics as for SQLite, plus what only a shared store has: leases (renewal by the
+ * holder only, reclaim when they run out, failure on the second interruption, done refused to a
+ * worker that lost its lease), SKIP LOCKED claims by two stores, NOTIFY on enqueue, chunked blobs,
+ * and migrations (idempotent; a newer schema refused). */
+#pragma GCC diagnostic ignored "-Wunused-function"
+#include "server_harness.h"
+#include "server/store.h"
+
+/* a fresh database; MPASS_TEST_STORE=postgres and MPASS_TEST_PG come from CTest */
+static char *new_db(void) {
+  char *db = h_test_db();
+  if (!db) fail_msg("set MPASS_TEST_STORE=postgres and MPASS_TEST_PG (CTest does, with the pg fixture)");
+  return db;
+}
+
+static ms_store *open_pg(const char *db, int lease) {
+  ms_store *s;
+  assert_ok(ms_store_pg_open(db, lease, &s));
+  return s;
+}
+
+static int64_t enqueue(ms_store *s, const char *owner, const char *idem, int max_queued, ms_enqueue_result *res) {
+  ms_job j = {.owner = (char *)owner, .document = "a cat\nsteps=2\n", .params_json = "{\"steps\":2}", .idempotency_key = (char *)idem};
+  int64_t id;
+  assert_ok(s->job_enqueue(s, &j, max_queued, &id, res));
+  return id;
+}
+
+static ms_job get(ms_store *s, int64_t id) {
+  ms_job j;
+  bool found;
+  assert_ok(s->job_get(s, NULL, id, &j, &found));
+  assert_true(found);
+  return j;
+}
+
+static void test_basics(void **state) {
+  (void)state;
+  char *db = new_db();
+  ms_store *s = open_pg(db, 30);
+  int64_t n;
+  char *name = NULL;
+  assert_ok(s->token_add(s, "alice", "aa11"));
+  assert_ok(s->token_lookup(s, "aa11", &name));
+  assert_string_equal(name, "alice");
+  free(name);
+  assert_ok(s->token_lookup(s, "nope", &name));
+  assert_null(name);
+  assert_ok(s->token_count(s, &n));
+  assert_int_equal(n, 1);
+  /* idempotency and quota */
+  ms_enqueue_result res;
+  int64_t a = enqueue(s, "alice", "k1", 2, &res);
+  assert_int_equal(res, MS_ENQUEUED);
+  assert_int_equal(enqueue(s, "alice", "k1", 2, &res), a);
+  assert_int_equal(res, MS_DUPLICATE);
+  int64_t b = enqueue(s, "alice", NULL, 2, &res);
+  assert_int_equal(res, MS_ENQUEUED);
+  enqueue(s, "alice", NULL, 2, &res);
+  assert_int_equal(res, MS_OVER_QUOTA);
+  enqueue(s, "bob", "k1", 2, &res); /* keys are per owner */
+  assert_int_equal(res, MS_ENQUEUED);
+  /* claim order, cancel */
+  ms_job j;
+  bool found;
+  assert_ok(s->job_claim(s, &j, &found));
+  assert_true(found);
+  assert_int_equal(j.id, a);
+  assert_int_equal(j.status, MS_RUNNING);
+  assert_int_equal(j.attempts, 1);
+  assert_string_equal(j.document, "a cat\nsteps=2\n");
+  ms_job_free(&j);
+  ms_status now;
+  assert_ok(s->job_cancel(s, "bob", a, &found, &now));
+  assert_false(found); /* another owner's */
+  assert_ok(s->job_cancel(s, "alice", a, &found, &now));
+  assert_true(found);
+  assert_int_equal(now, MS_RUNNING);
+  j = get(s, a);
+  assert_true(j.cancel_requested);
+  ms_job_free(&j);
+  assert_ok(s->job_cancel(s, "alice", b, &found, &now));
+  assert_int_equal(now, MS_CANCELLED);
+  assert_ok(s->job_progress(s, a, 0.5));
+  assert_ok(s->callback_attempt(s, a, 1, 200, NULL));
+  assert_ok(s->callback_attempt(s, a, 2, 0, "refused"));
+  assert_ok(s->job_finish(s, a, MS_DONE, NULL));
+  j = get(s, a);
+  assert_int_equal(j.status, MS_DONE);
+  assert_true(j.progress == 1.0);
+  assert_non_null(j.finished_at);
+  cJSON *cbs = cJSON_Parse(j.callbacks_json);
+  assert_int_equal(cJSON_GetArraySize(cbs), 2);
+  assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(cbs, 1), "error")->valuestring, "refused");
+  cJSON_Delete(cbs);
+  ms_job_free(&j);
+  ms_job *list;
+  int nl;
+  assert_ok(s->job_list(s, "alice", -1, 10, 0, &list, &nl));
+  assert_int_equal(nl, 2);
+  assert_int_equal(list[0].id, b); /* newest first */
+  ms_job_list_free(list, nl);
+  ms_counts c;
+  assert_ok(s->job_counts(s, &c));
+  assert_int_equal(c.by_status[MS_DONE], 1);
+  assert_int_equal(c.by_status[MS_CANCELLED], 1);
+  assert_int_equal(c.by_status[MS_QUEUED], 1);
+  /* tunes */
+  ms_tune t = {.owner = "alice", .title = "me", .model_type = "lora", .branch = "sd15"};
+  int64_t tid;
+  assert_ok(s->tune_create(s, &t, &tid));
+  ms_tune got;
+  assert_ok(s->tune_get(s, "bob", tid, &got, &found));
+  assert_false(found);
+  assert_ok(s->tune_get(s, "alice", tid, &got, &found));
+  assert_true(found);
+  assert_string_equal(got.title, "me");
+  ms_tune_free(&got);
+  int64_t in_use;
+  assert_ok(s->tune_delete(s, "alice", tid, &found, &in_use));
+  assert_true(found);
+  assert_int_equal(in_use, 0);
+  s->close(s);
+  free(db);
+}
+
+static void test_leases(void **state) {
+  (void)state;
+  char *db = new_db();
+  ms_store *a = open_pg(db, 1), *b = open_pg(db, 1); /* two workers, 1 s leases */
+  ms_enqueue_result res;
+  int64_t j1 = enqueue(a, "alice", NULL, 0, &res), j2 = enqueue(a, "alice", NULL, 0, &res);
+  ms_job j;
+  bool found, cancel, lost;
+  assert_ok(a->job_claim(a, &j, &found));
+  assert_int_equal(j.id, j1);
+  ms_job_free(&j);
+  assert_ok(b->job_claim(b, &j, &found)); /* the next one, not the one a holds */
+  assert_int_equal(j.id, j2);
+  ms_job_free(&j);
+  assert_ok(a->job_heartbeat(a, j1, &cancel, &lost));
+  assert_false(lost);
+  assert_ok(b->job_heartbeat(b, j1, &cancel, &lost)); /* only the holder renews */
+  assert_true(lost);
+  int64_t *ids;
+  int n, requeued, failed;
+  assert_ok(a->job_list_running(a, &ids, &n)); /* live leases are nobody's leftovers */
+  assert_int_equal(n, 0);
+  free(ids);
+  usleep(1300000);
+  assert_ok(b->job_heartbeat(b, j2, &cancel, &lost)); /* b is alive: its job stays */
+  assert_false(lost);
+  assert_ok(b->job_reclaim_expired(b, &requeued, &failed));
+  assert_int_equal(requeued, 1);
+  assert_int_equal(failed, 0);
+  j = get(a, j1);
+  assert_int_equal(j.status, MS_QUEUED);
+  assert_int_equal(j.attempts, 1);
+  ms_job_free(&j);
+  /* a stalled past its lease: no renewal, no done */
+  assert_ok(a->job_heartbeat(a, j1, &cancel, &lost));
+  assert_true(lost);
+  char *dir = test_tmpdir(), *rel[] = {"jobs/1/result.json"};
+  char p[4096];
+  snprintf(p, sizeof p, "%s/jobs", dir), mkdir(p, 0755);
+  snprintf(p, sizeof p, "%s/jobs/1", dir), mkdir(p, 0755);
+  snprintf(p, sizeof p, "%s/jobs/1/result.json", dir);
+  FILE *f = fopen(p, "w");
+  fputs("{}", f), fclose(f);
+  mp_error *e = a->job_finish_with_files(a, j1, dir, rel, 1);
+  assert_non_null(e);
+  mp_error_free(e);
+  /* the second claim, and its lease runs out too: failed with the reason */
+  assert_ok(b->job_claim(b, &j, &found));
+  assert_int_equal(j.id, j1);
+  assert_int_equal(j.attempts, 2);
+  ms_job_free(&j);
+  assert_ok(a->job_finish(a, j1, MS_FAILED, "stale")); /* not the holder: nothing changes */
+  assert_ok(a->job_requeue(a, j1, true));
+  j = get(a, j1);
+  assert_int_equal(j.status, MS_RUNNING);
+  assert_int_equal(j.attempts, 2);
+  ms_job_free(&j);
+  assert_ok(b->job_finish_with_files(b, j2, dir, rel, 1)); /* the holder's done, outputs included */
+  usleep(1300000);
+  assert_ok(a->job_reclaim_expired(a, &requeued, &failed));
+  assert_int_equal(requeued, 0);
+  assert_int_equal(failed, 1);
+  j = get(a, j1);
+  assert_int_equal(j.status, MS_FAILED);
+  assert_non_null(strstr(j.fail_message, "worker died"));
+  ms_job_free(&j);
+  j = get(a, j2);
+  assert_int_equal(j.status, MS_DONE);
+  ms_job_free(&j);
+  char **keys;
+  int64_t *sizes;
+  assert_ok(a->blob_list(a, "jobs/1/", &keys, &sizes, &n));
+  assert_int_equal(n, 1);
+  assert_int_equal(sizes[0], 2);
+  free(keys[0]), free(keys), free(sizes);
+  a->close(a), b->close(b);
+  free(dir), free(db);
+}
+
+static void test_notify_on_enqueue(void **state) {
+  (void)state;
+  char *db = new_db();
+  ms_store *api = open_pg(db, 30), *wk = open_pg(db, 30);
+  bool woken = true;
+  assert_ok(wk->job_wait(wk, 0, &woken)); /* LISTEN from here on */
+  assert_false(woken);
+  ms_enqueue_result res;
+  enqueue(api, "alice", NULL, 0, &res);
+  assert_ok(wk->job_wait(wk, 5000, &woken));
+  assert_true(woken);
+  assert_ok(wk->job_wait(wk, 100, &woken)); /* one wake per burst, then quiet */
+  assert_false(woken);
+  api->close(api), wk->close(wk);
+  free(db);
+}
+
+static void write_file(const char *path, const unsigned char *data, size_t n) {
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(data, 1, n, f), n);
+  assert_int_equal(fclose(f), 0);
+}
+
+static void test_blobs(void **state) {
+  (void)state;
+  char *db = new_db();
+  ms_store *s = open_pg(db, 30);
+  char *dir = test_tmpdir(), p[4096];
+  snprintf(p, sizeof p, "%s/in_x", dir), mkdir(p, 0755);
+  snprintf(p, sizeof p, "%s/inyx", dir), mkdir(p, 0755);
+  size_t big_n = (5u << 20) / 2 + 17; /* three chunks, the last one short */
+  unsigned char *big = malloc(big_n);
+  for (size_t i = 0; i < big_n; i++) big[i] = (unsigned char)(i * 2654435761u >> 13);
+  snprintf(p, sizeof p, "%s/in_x/big.bin", dir), write_file(p, big, big_n);
+  snprintf(p, sizeof p, "%s/in_x/empty", dir), write_file(p, (const unsigned char *)"", 0);
+  snprintf(p, sizeof p, "%s/inyx/other", dir), write_file(p, (const unsigned char *)"abc", 3);
+  char *rel[] = {"in_x/big.bin", "in_x/empty", "inyx/other"};
+  assert_ok(s->blob_put_files(s, dir, rel, 3));
+  assert_ok(s->blob_put_files(s, dir, rel, 1)); /* storing again replaces */
+  char **keys;
+  int64_t *sizes;
+  int n;
+  assert_ok(s->blob_list(s, "in_x/", &keys, &sizes, &n)); /* '_' is a character, not a wildcard */
+  assert_int_equal(n, 2);
+  assert_string_equal(keys[0], "in_x/big.bin");
+  assert_int_equal(sizes[0], (int64_t)big_n);
+  assert_int_equal(sizes[1], 0);
+  for (int i = 0; i < n; i++) free(keys[i]);
+  free(keys), free(sizes);
+  bool found;
+  snprintf(p, sizeof p, "%s/copy.bin", dir);
+  assert_ok(s->blob_get_file(s, "in_x/big.bin", p, &found));
+  assert_true(found);
+  FILE *f = fopen(p, "rb");
+  unsigned char *back = malloc(big_n + 1);
+  assert_int_equal(fread(back, 1, big_n + 1, f), big_n);
+  fclose(f);
+  assert_memory_equal(back, big, big_n);
+  snprintf(p, sizeof p, "%s/copy-empty", dir);
+  assert_ok(s->blob_get_file(s, "in_x/empty", p, &found));
+  assert_true(found);
+  struct stat st;
+  assert_int_equal(stat(p, &st), 0);
+  assert_int_equal(st.st_size, 0);
+  assert_ok(s->blob_get_file(s, "in_x/none", p, &found));
+  assert_false(found);
+  assert_ok(s->blob_delete(s, "in_x/"));
+  assert_ok(s->blob_list(s, "in", &keys, &sizes, &n));
+  assert_int_equal(n, 1);
+  free(keys[0]), free(keys), free(sizes);
+  s->close(s);
+  free(big), free(back), free(dir), free(db);
+}
+
+static void test_migrations(void **state) {
+  (void)state;
+  char *db = new_db();
+  ms_store *s = open_pg(db, 30);
+  s->close(s);
+  s = open_pg(db, 30); /* a second start finds the schema current */
+  s->close(s);
+  PGconn *c = PQconnectdb(db);
+  PGresult *r = PQexec(c, "SELECT COUNT(*), MAX(version) FROM schema_version");
+  assert_string_equal(PQgetvalue(r, 0, 0), "1");
+  PQclear(r);
+  PQclear(PQexec(c, "INSERT INTO schema_version VALUES (99)"));
+  PQfinish(c);
+  mp_error *e = ms_store_pg_open(db, 30, &s);
+  assert_non_null(e);
+  assert_non_null(strstr(mp_error_message(e), "newer mpass"));
+  mp_error_free(e);
+  e = ms_store_pg_open("host=/nonexistent-mpass-socket dbname=x", 30, &s);
+  assert_non_null(e);
+  assert_non_null(strstr(mp_error_message(e), "cannot connect"));
+  mp_error_free(e);
+  free(db);
+}
+
+/* the server drops every connection (a restart, a failover): the next call reconnects */
+static void test_reconnect(void **state) {
+  (void)state;
+  char *db = new_db();
+  ms_store *s = open_pg(db, 30);
+  int64_t n;
+  assert_ok(s->token_add(s, "alice", "aa11"));
+  PGconn *c = PQconnectdb(db);
+  PGresult *r = PQexec(c, "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                          " WHERE datname = current_database() AND pid <> pg_backend_pid()");
+  assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+  assert_true(atoi(PQgetvalue(r, 0, 0)) >= 1);
+  PQclear(r), PQfinish(c);
+  usleep(200000);
+  assert_ok(s->token_count(s, &n));
+  assert_int_equal(n, 1);
+  ms_enqueue_result res;
+  enqueue(s, "alice", NULL, 0, &res); /* a transaction on a fresh connection */
+  assert_int_equal(res, MS_ENQUEUED);
+  s->close(s);
+  free(db);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_basics), cmocka_unit_test(test_leases),
+                                     cmocka_unit_test(test_notify_on_enqueue), cmocka_unit_test(test_blobs),
+                                     cmocka_unit_test(test_migrations), cmocka_unit_test(test_reconnect)};
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
