@@ -13,36 +13,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
 
+#include "bench_util.h"
 #include "core/context.h"
 #include "pipeline/engine.h"
-
-typedef struct {
-  double wall, cpu;
-} stamp;
-
-static stamp now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return (stamp){(double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec,
-                 (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec +
-                     1e-6 * (double)ru.ru_stime.tv_usec};
-}
-
-static stamp since(stamp a) {
-  stamp b = now();
-  return (stamp){b.wall - a.wall, b.cpu - a.cpu};
-}
-
-static double peak_rss_mb(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return (double)ru.ru_maxrss / 1024.0;
-}
 
 static int fail(mp_error *e) {
   fprintf(stderr, "bench_lora_switch: %s\n", mp_error_message(e));
@@ -76,12 +50,12 @@ int main(int argc, char **argv) {
   mp_engine *eng = NULL;
   mp_weights *lw[2] = {NULL, NULL};
   float *x = NULL, *cond = NULL, *eps = NULL;
-  stamp t = now();
+  bench_stamp t = bench_now();
   if ((e = mp_engine_open(ctx, model, NULL, &eng))) goto done;
   for (int i = 0; i < 2; i++)
     if ((e = mp_weights_open(loras[i], &lw[i]))) goto done;
   printf("%s, %s, latent %dx%d batch 2, %d threads; open %.2f s\n", model, mpass_ctx_precision(ctx), lat, lat, ctx->n_threads,
-         since(t).wall);
+         bench_since(t).wall);
   const int C = eng->cfg.unet.in_channels, D = eng->cfg.unet.context_dim, n_ctx = 77;
   const size_t nx = (size_t)C * lat * lat;
   x = malloc(sizeof(float) * 2 * nx), eps = malloc(sizeof(float) * 2 * nx), cond = malloc(sizeof(float) * 2 * n_ctx * (size_t)D);
@@ -92,11 +66,11 @@ int main(int argc, char **argv) {
   for (size_t i = 0; i < 2 * nx; i++) x[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
   for (size_t i = 0; i < 2 * (size_t)n_ctx * D; i++) cond[i] = (float)((i * 40503u) % 1000) / 1000.0f - 0.5f;
   const float ts[2] = {500.0f, 500.0f};
-  stamp steady = {0, 0};
+  bench_stamp steady = {0, 0};
   for (int r = 0; r < 2; r++) {
-    t = now();
+    t = bench_now();
     if ((e = mp_unet_forward(eng->unet, ctx->pool, 2, lat, lat, x, ts, cond, n_ctx, eps))) goto done;
-    steady = since(t);
+    steady = bench_since(t);
     printf("base evaluation %d:          %7.2f s wall %7.2f s CPU%s\n", r + 1, steady.wall, steady.cpu, r ? "  (steady)" : "  (packs)");
   }
   const int seq[6] = {0, 1, -1, 0, 1, -1};
@@ -104,18 +78,18 @@ int main(int argc, char **argv) {
   for (int k = 0; k < 6; k++) {
     mp_lora_spec spec = {0};
     if (seq[k] >= 0) spec = (mp_lora_spec){lw[seq[k]], names[seq[k]], 1.0f, 1.0f};
-    t = now();
+    t = bench_now();
     if ((e = mp_engine_set_loras(eng, &spec, seq[k] >= 0 ? 1 : 0, NULL, NULL))) goto done;
-    stamp sw = since(t);
-    t = now();
+    bench_stamp sw = bench_since(t);
+    t = bench_now();
     if ((e = mp_unet_forward(eng->unet, ctx->pool, 2, lat, lat, x, ts, cond, n_ctx, eps))) goto done;
-    stamp first = since(t);
+    bench_stamp first = bench_since(t);
     printf("switch to %-4s set_loras %6.2f s wall %6.2f s CPU; first evaluation %6.2f s wall %6.2f s CPU; "
            "excess %6.2f s wall %6.2f s CPU\n",
            seq[k] >= 0 ? names[seq[k]] : "base", sw.wall, sw.cpu, first.wall, first.cpu, sw.wall + first.wall - steady.wall,
            sw.cpu + first.cpu - steady.cpu);
   }
-  printf("peak RSS %.0f MB\n", peak_rss_mb());
+  printf("peak RSS %.0f MB\n", bench_peak_rss_mb());
 done:
   free(x), free(eps), free(cond);
   for (int i = 0; i < 2; i++) mp_weights_close(lw[i]);

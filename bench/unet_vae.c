@@ -12,17 +12,12 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "core/clock.h"
 #include "core/threads.h"
 #include "models/sd.h"
 #include "models/unet.h"
 #include "models/vae.h"
-
-static double peak_rss_mb(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return (double)ru.ru_maxrss / 1024.0;
-}
 
 static void randn_like(float *x, size_t n, unsigned seed) {
   for (size_t i = 0; i < n; i++) {
@@ -96,7 +91,7 @@ int main(int argc, char **argv) {
   if (!runs) best = sum = 0, runs = 1;
   printf("bench: precision=f32 latent=%dx%d batch=%d threads=%d load_s=%.2f unet_step_s=%.2f unet_step_mean_s=%.2f "
          "vae_decode_s=%.2f peak_rss_mb=%.0f\n",
-         latent, latent, batch, threads, load_s, best, sum / runs, vae_s, peak_rss_mb());
+         latent, latent, batch, threads, load_s, best, sum / runs, vae_s, bench_peak_rss_mb());
   mp_unet_free(u);
   mp_vae_free(v);
   mp_weights_close(w);

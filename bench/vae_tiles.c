@@ -12,38 +12,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
 
+#include "bench_util.h"
 #include "core/context.h"
 #include "io/weights.h"
 #include "models/sd.h"
 #include "models/vae.h"
-
-typedef struct {
-  double wall, cpu;
-} stamp;
-
-static stamp now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return (stamp){(double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec,
-                 (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec +
-                     1e-6 * (double)ru.ru_stime.tv_usec};
-}
-
-static stamp since(stamp a) {
-  stamp b = now();
-  return (stamp){b.wall - a.wall, b.cpu - a.cpu};
-}
-
-static double peak_rss_mb(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return (double)ru.ru_maxrss / 1024.0;
-}
 
 static void compare(const char *what, const float *a, const float *b, size_t n) {
   double d2 = 0, r2 = 0, mx = 0;
@@ -100,16 +74,16 @@ int main(int argc, char **argv) {
   }
   printf("%s: VAE decode %dx%d (latent %dx%d), %d threads, f32\n", model, W, H, w, h, threads);
   mp_vae_set_tiling(vae, (mp_vae_tiling){MP_VAE_TILE_ON, tile, overlap});
-  stamp t = now();
+  bench_stamp t = bench_now();
   if ((e = mp_vae_decode(vae, ctx->pool, h, w, z, tiled))) goto done;
-  stamp ts = since(t);
+  bench_stamp ts = bench_since(t);
   printf("tiled (tile %d, overlap %d; 0 = default)  %6.2f s wall %6.2f s CPU  peak RSS %.0f MB\n", tile, overlap, ts.wall, ts.cpu,
-         peak_rss_mb());
+         bench_peak_rss_mb());
   mp_vae_set_tiling(vae, (mp_vae_tiling){MP_VAE_TILE_OFF, 0, 0});
-  t = now();
+  t = bench_now();
   if ((e = mp_vae_decode(vae, ctx->pool, h, w, z, whole))) goto done;
-  stamp us = since(t);
-  printf("untiled                                  %6.2f s wall %6.2f s CPU  peak RSS %.0f MB\n", us.wall, us.cpu, peak_rss_mb());
+  bench_stamp us = bench_since(t);
+  printf("untiled                                  %6.2f s wall %6.2f s CPU  peak RSS %.0f MB\n", us.wall, us.cpu, bench_peak_rss_mb());
   compare("decode", tiled, whole, ni);
   if (encode) {
     const size_t nm = 2 * (size_t)cfg.vae.embed_dim * h * w;
@@ -119,13 +93,13 @@ int main(int argc, char **argv) {
     }
     for (size_t i = 0; i < ni; i++) whole[i] = fmaxf(-1.0f, fminf(1.0f, whole[i]));
     mp_vae_set_tiling(vae, (mp_vae_tiling){MP_VAE_TILE_ON, tile, overlap});
-    t = now();
+    t = bench_now();
     if ((e = mp_vae_encode(vae, ctx->pool, H, W, whole, m1))) goto done;
-    ts = since(t);
+    ts = bench_since(t);
     mp_vae_set_tiling(vae, (mp_vae_tiling){MP_VAE_TILE_OFF, 0, 0});
-    t = now();
+    t = bench_now();
     if ((e = mp_vae_encode(vae, ctx->pool, H, W, whole, m2))) goto done;
-    us = since(t);
+    us = bench_since(t);
     printf("encode: tiled %.2f s wall %.2f s CPU, untiled %.2f s wall %.2f s CPU\n", ts.wall, ts.cpu, us.wall, us.cpu);
     compare("encode (mean)", m1, m2, nm / 2);
   }

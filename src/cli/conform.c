@@ -69,6 +69,27 @@ mp_error *conform_tensor(conform *c, const char *name, const mp_tensor **out) {
   return NULL;
 }
 
+mp_error *conform_golden_f32(conform *c, const char *name, const float **data, const mp_tensor **t) {
+  const mp_tensor *g = NULL;
+  MP_TRY(conform_tensor(c, name, &g));
+  if (g->dtype != MP_F32) return mp_errorf("golden tensor %s is %s, expected F32", name, mp_dtype_name(g->dtype));
+  if (data) *data = g->data;
+  if (t) *t = g;
+  return NULL;
+}
+
+mp_error *conform_open_lora(conform *c, mp_weights **lora, const char **file) {
+  *lora = NULL, *file = NULL;
+  const cJSON *lj = cJSON_GetObjectItemCaseSensitive(c->manifest, "lora");
+  const cJSON *fj = lj ? cJSON_GetObjectItemCaseSensitive(lj, "file") : NULL;
+  if (!cJSON_IsString(fj)) return mp_errorf("lora.json has no lora.file naming the LoRA");
+  char *path = conform_path(c, fj->valuestring);
+  mp_error *e = path ? mp_weights_open(path, lora) : mp_errorf("out of memory");
+  free(path);
+  if (!e) *file = fj->valuestring;
+  return e;
+}
+
 mp_error *conform_tensor_f32(conform *c, const char *name, mp_tensor *out) {
   const mp_tensor *t = NULL;
   MP_TRY(conform_tensor(c, name, &t));

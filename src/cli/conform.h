@@ -38,6 +38,11 @@ typedef struct conform {
 mp_error *conform_tensor(conform *c, const char *name, const mp_tensor **out);
 /* The golden tensor as a newly allocated f32 tensor. */
 mp_error *conform_tensor_f32(conform *c, const char *name, mp_tensor *out);
+/* A golden tensor that must be F32: its data and/or (for the shape) the tensor; either may be NULL. */
+mp_error *conform_golden_f32(conform *c, const char *name, const float **data, const mp_tensor **t);
+/* The LoRA file the manifest's lora.file names, opened (close it with mp_weights_close); *file is
+ * that name as written, valid while the manifest is. */
+mp_error *conform_open_lora(conform *c, mp_weights **lora, const char **file);
 /* Path of a file named relative to the golden folder; caller frees. */
 char *conform_path(const conform *c, const char *rel);
 /* The checkpoint named by the manifest's "ckpt" field (or --ckpt), opened once and cached. */

@@ -36,24 +36,17 @@ mp_error *conform_controlnet_hint(conform *c, float **hint, int *H, int *W) {
   return *hint ? NULL : mp_errorf("out of memory");
 }
 
-static mp_error *golden_f32(conform *c, const char *name, const float **data, const mp_tensor **t) {
-  MP_TRY(conform_tensor(c, name, t));
-  if ((*t)->dtype != MP_F32) return mp_errorf("golden tensor %s is %s, expected F32", name, mp_dtype_name((*t)->dtype));
-  *data = (*t)->data;
-  return NULL;
-}
-
 /* controlnet.<run>.{x,t,context}: the ControlNet's outputs, then the UNet with them. */
 static mp_error *controlnet_run(conform *c, mp_unet *unet, mp_controlnet *cn, const char *run, const float *hint, int H, int W) {
   char name[160];
   const float *x = NULL, *t = NULL, *ctx = NULL;
   const mp_tensor *xt = NULL, *tt = NULL, *ct = NULL;
   snprintf(name, sizeof name, "controlnet.%s.x", run);
-  MP_TRY(golden_f32(c, name, &x, &xt));
+  MP_TRY(conform_golden_f32(c, name, &x, &xt));
   snprintf(name, sizeof name, "controlnet.%s.t", run);
-  MP_TRY(golden_f32(c, name, &t, &tt));
+  MP_TRY(conform_golden_f32(c, name, &t, &tt));
   snprintf(name, sizeof name, "controlnet.%s.context", run);
-  MP_TRY(golden_f32(c, name, &ctx, &ct));
+  MP_TRY(conform_golden_f32(c, name, &ctx, &ct));
   if (xt->ndim != 4 || ct->ndim != 3 || ct->shape[0] != xt->shape[0] || mp_tensor_numel(tt) != xt->shape[0])
     return mp_errorf("controlnet.%s: x must be [B,C,h,w], t [B] and context [B,n,dim]", run);
   const int batch = (int)xt->shape[0], h = (int)xt->shape[2], w = (int)xt->shape[3];

@@ -10,28 +10,17 @@
 #include "models/unet.h"
 #include "models/vae.h"
 
-/* A golden f32 tensor's data and element count (the view lives as long as the case). */
-static mp_error *golden_f32(conform *c, const char *name, const float **data, int64_t *n, const mp_tensor **t) {
-  const mp_tensor *g;
-  MP_TRY(conform_tensor(c, name, &g));
-  if (g->dtype != MP_F32) return mp_errorf("golden tensor %s is %s, expected F32", name, mp_dtype_name(g->dtype));
-  *data = g->data;
-  if (n) *n = mp_tensor_numel(g);
-  if (t) *t = g;
-  return NULL;
-}
-
 /* One UNet run of the golden inputs <pre>.{x,t,context} checked against <pre>.<out>. */
 static mp_error *conform_unet_run(conform *c, mp_unet *u, const char *pre, const char *in_pre, const char *out) {
   char name[160];
   const float *x = NULL, *t = NULL, *ctx = NULL;
   const mp_tensor *xt = NULL, *ct = NULL;
   snprintf(name, sizeof name, "%s.x", in_pre);
-  MP_TRY(golden_f32(c, name, &x, NULL, &xt));
+  MP_TRY(conform_golden_f32(c, name, &x, &xt));
   snprintf(name, sizeof name, "%s.t", in_pre);
-  MP_TRY(golden_f32(c, name, &t, NULL, NULL));
+  MP_TRY(conform_golden_f32(c, name, &t, NULL));
   snprintf(name, sizeof name, "%s.context", in_pre);
-  MP_TRY(golden_f32(c, name, &ctx, NULL, &ct));
+  MP_TRY(conform_golden_f32(c, name, &ctx, &ct));
   if (xt->ndim != 4 || ct->ndim != 3 || ct->shape[0] != xt->shape[0])
     return mp_errorf("%s: x must be [B,C,H,W] and context [B,n,dim]", in_pre);
   int batch = (int)xt->shape[0], h = (int)xt->shape[2], w = (int)xt->shape[3];
@@ -75,7 +64,7 @@ mp_error *conform_case_vae(conform *c) {
     const float *z = NULL;
     const mp_tensor *zt = NULL;
     snprintf(name, sizeof name, "%s.z", runs[r]);
-    if ((e = golden_f32(c, name, &z, NULL, &zt))) break;
+    if ((e = conform_golden_f32(c, name, &z, &zt))) break;
     if (zt->ndim != 4 || zt->shape[0] != 1) {
       e = mp_errorf("%s must be [1, C, h, w]", name);
       break;
@@ -93,7 +82,7 @@ mp_error *conform_case_vae(conform *c) {
   }
   const float *img = NULL;
   const mp_tensor *it = NULL;
-  if (!e) e = golden_f32(c, "vae.encode.image", &img, NULL, &it);
+  if (!e) e = conform_golden_f32(c, "vae.encode.image", &img, &it);
   if (!e && (it->ndim != 4 || it->shape[0] != 1)) e = mp_errorf("vae.encode.image must be [1, 3, H, W]");
   if (!e) {
     int H = (int)it->shape[2], W = (int)it->shape[3], f8 = 1 << (cfg.vae.n_levels - 1), E = cfg.vae.embed_dim;
@@ -126,19 +115,16 @@ mp_error *conform_case_lora(conform *c) {
   mp_sd_config cfg;
   MP_TRY(conform_checkpoint(c, &w));
   MP_TRY(mp_sd_config_detect(w, NULL, &cfg));
-  const cJSON *lj = cJSON_GetObjectItemCaseSensitive(c->manifest, "lora");
-  const cJSON *fj = lj ? cJSON_GetObjectItemCaseSensitive(lj, "file") : NULL;
-  if (!cJSON_IsString(fj)) return mp_errorf("lora.json has no lora.file naming the LoRA");
-  char *lp = conform_path(c, fj->valuestring), *tp = conform_path(c, "te.safetensors");
-  mp_error *e = lp && tp ? NULL : mp_errorf("out of memory");
-  if (!e) e = mp_weights_open(lp, &lw);
-  if (!e) e = mp_weights_open(tp, &te);
+  const char *lora_file;
+  MP_TRY(conform_open_lora(c, &lw, &lora_file));
+  char *tp = conform_path(c, "te.safetensors");
+  mp_error *e = tp ? mp_weights_open(tp, &te) : mp_errorf("out of memory");
   static const struct {
     float mult;
     const char *suffix;
   } runs[] = {{1.0f, "m1"}, {0.5f, "m0.5"}};
   for (int r = 0; r < 2 && !e; r++) {
-    mp_lora_spec spec = {lw, fj->valuestring, runs[r].mult, runs[r].mult};
+    mp_lora_spec spec = {lw, lora_file, runs[r].mult, runs[r].mult};
     mp_weights *ov = NULL;
     mp_lora_report rep;
     if ((e = mp_lora_apply(w, &cfg, &spec, 1, &ov, &rep))) break;
@@ -183,6 +169,6 @@ mp_error *conform_case_lora(conform *c) {
   }
   mp_weights_close(te);
   mp_weights_close(lw);
-  free(lp), free(tp);
+  free(tp);
   return e;
 }

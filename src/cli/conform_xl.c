@@ -26,11 +26,6 @@ static mp_error *golden_ids(conform *c, const char *name, int32_t ids[T]) {
   return NULL;
 }
 
-static mp_error *golden_f32(conform *c, const char *name, const mp_tensor **t) {
-  MP_TRY(conform_tensor(c, name, t));
-  return (*t)->dtype == MP_F32 ? NULL : mp_errorf("golden tensor %s is %s, expected F32", name, mp_dtype_name((*t)->dtype));
-}
-
 typedef struct {
   mp_sd_config cfg;
   mp_clip *clip;
@@ -180,15 +175,15 @@ static mp_error *xl_unet_run(conform *c, const mp_sd_config *cfg, mp_unet *u, co
   char name[160];
   const mp_tensor *xt, *tt, *ct, *pt, *it;
   snprintf(name, sizeof name, "%s.x", pre);
-  MP_TRY(golden_f32(c, name, &xt));
+  MP_TRY(conform_golden_f32(c, name, NULL, &xt));
   snprintf(name, sizeof name, "%s.t", pre);
-  MP_TRY(golden_f32(c, name, &tt));
+  MP_TRY(conform_golden_f32(c, name, NULL, &tt));
   snprintf(name, sizeof name, "%s.context", pre);
-  MP_TRY(golden_f32(c, name, &ct));
+  MP_TRY(conform_golden_f32(c, name, NULL, &ct));
   snprintf(name, sizeof name, "%s.text_embeds", pre);
-  MP_TRY(golden_f32(c, name, &pt));
+  MP_TRY(conform_golden_f32(c, name, NULL, &pt));
   snprintf(name, sizeof name, "%s.time_ids", pre);
-  MP_TRY(golden_f32(c, name, &it));
+  MP_TRY(conform_golden_f32(c, name, NULL, &it));
   const int P = cfg->clip2.projection_dim, Y = cfg->unet.adm_in_channels;
   if (xt->ndim != 4 || ct->ndim != 3 || ct->shape[0] != xt->shape[0] || mp_tensor_numel(pt) != xt->shape[0] * P ||
       mp_tensor_numel(it) != xt->shape[0] * 6)
@@ -231,18 +226,14 @@ mp_error *conform_xl_case_lora(conform *c) {
   mp_sd_config cfg;
   MP_TRY(conform_checkpoint(c, &w));
   MP_TRY(mp_sd_config_detect(w, NULL, &cfg));
-  const cJSON *lj = cJSON_GetObjectItemCaseSensitive(c->manifest, "lora");
-  const cJSON *fj = lj ? cJSON_GetObjectItemCaseSensitive(lj, "file") : NULL;
-  if (!cJSON_IsString(fj)) return mp_errorf("lora.json has no lora.file naming the LoRA");
-  char *lp = conform_path(c, fj->valuestring);
-  mp_error *e = lp ? mp_weights_open(lp, &lw) : mp_errorf("out of memory");
-  free(lp);
+  const char *lora_file;
+  mp_error *e = conform_open_lora(c, &lw, &lora_file);
   static const struct {
     float mult;
     const char *suffix;
   } runs[] = {{1.0f, "_m1"}, {0.5f, "_m0.5"}};
   for (int r = 0; r < 2 && !e; r++) {
-    mp_lora_spec spec = {lw, fj->valuestring, runs[r].mult, runs[r].mult};
+    mp_lora_spec spec = {lw, lora_file, runs[r].mult, runs[r].mult};
     mp_lora_options opt = {.f32_patches = true};
     mp_weights *ov = NULL;
     mp_lora_report rep;

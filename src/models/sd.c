@@ -307,6 +307,35 @@ static mp_error *read_text_file(const char *path, char **out) {
   return NULL;
 }
 
+/* The JSON config of a checkpoint: `config_json` when given (it must exist), else the file beside
+ * the checkpoint with .json for its extension (absent is fine: *root stays NULL). *path names the
+ * file for messages; the caller frees it and deletes *root. */
+static mp_error *read_config_beside(const mp_weights *w, const char *config_json, char **path, cJSON **root) {
+  *path = NULL, *root = NULL;
+  if (config_json) {
+    *path = strdup(config_json);
+  } else {
+    const char *ckpt = mp_weights_path(w);
+    const char *dot = strrchr(ckpt, '.'), *slash = strrchr(ckpt, '/');
+    size_t stem = dot && (!slash || dot > slash) ? (size_t)(dot - ckpt) : strlen(ckpt);
+    if ((*path = malloc(stem + 6))) {
+      memcpy(*path, ckpt, stem);
+      memcpy(*path + stem, ".json", 6);
+    }
+  }
+  if (!*path) return mp_errorf("out of memory");
+  char *text = NULL;
+  mp_error *e = read_text_file(*path, &text);
+  if (!e && config_json && !text) e = mp_errorf("cannot open config %s", config_json);
+  if (!e && text && !(*root = cJSON_Parse(text))) e = mp_errorf("%s: not valid JSON", *path);
+  free(text);
+  if (e) {
+    free(*path);
+    *path = NULL;
+  }
+  return e;
+}
+
 static mp_error *validate(const mp_sd_config *c) {
   const mp_unet_config *u = &c->unet;
   const mp_vae_config *v = &c->vae;
@@ -368,27 +397,12 @@ mp_error *mp_sd_config_detect(const mp_weights *w, const char *config_json, mp_s
   if (betas && betas->t.ndim == 1) cfg->timesteps = (int)betas->t.shape[0];
 
   /* A config beside the checkpoint overrides what shapes cannot say (head counts, schedules). */
-  char *derived = NULL;
-  if (!config_json) {
-    const char *path = mp_weights_path(w);
-    const char *dot = strrchr(path, '.'), *slash = strrchr(path, '/');
-    size_t stem = dot && (!slash || dot > slash) ? (size_t)(dot - path) : strlen(path);
-    derived = malloc(stem + 6);
-    if (!derived) return mp_errorf("out of memory");
-    memcpy(derived, path, stem);
-    memcpy(derived + stem, ".json", 6);
-  }
-  const char *cpath = config_json ? config_json : derived;
-  char *text = NULL;
-  mp_error *e = read_text_file(cpath, &text);
-  if (!e && config_json && !text) e = mp_errorf("cannot open config %s", config_json);
-  if (!e && text) {
-    cJSON *root = cJSON_Parse(text);
-    e = root ? config_from_json(cpath, root, cfg) : mp_errorf("%s: not valid JSON", cpath);
-    cJSON_Delete(root);
-  }
-  free(text);
-  free(derived);
+  char *cpath = NULL;
+  cJSON *root = NULL;
+  MP_TRY(read_config_beside(w, config_json, &cpath, &root));
+  mp_error *e = root ? config_from_json(cpath, root, cfg) : NULL;
+  cJSON_Delete(root);
+  free(cpath);
   MP_TRY(e);
   cfg->inpainting = cfg->unet.in_channels == 9;
   return validate(cfg);
@@ -398,26 +412,14 @@ mp_error *mp_sd_config_detect(const mp_weights *w, const char *config_json, mp_s
  * form of unet_config, so that block is read through the same parser by putting it in unet_config's place. */
 mp_error *mp_sd_control_config(const mp_weights *w, const char *prefix, const char *config_json, mp_unet_config *u) {
   MP_TRY(mp_error_wrap(unet_shapes_at(w, prefix, true, u), "ControlNet"));
-  char *derived = NULL;
-  if (!config_json) {
-    const char *path = mp_weights_path(w);
-    const char *dot = strrchr(path, '.'), *slash = strrchr(path, '/');
-    size_t stem = dot && (!slash || dot > slash) ? (size_t)(dot - path) : strlen(path);
-    derived = malloc(stem + 6);
-    if (!derived) return mp_errorf("out of memory");
-    memcpy(derived, path, stem);
-    memcpy(derived + stem, ".json", 6);
-  }
-  const char *cpath = config_json ? config_json : derived;
-  char *text = NULL;
-  mp_error *e = read_text_file(cpath, &text);
-  if (!e && config_json && !text) e = mp_errorf("cannot open config %s", config_json);
-  if (!e && text) {
-    cJSON *root = cJSON_Parse(text);
+  char *cpath = NULL;
+  cJSON *root = NULL;
+  MP_TRY(read_config_beside(w, config_json, &cpath, &root));
+  mp_error *e = NULL;
+  if (root) {
     cJSON *params = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "model"), "params");
     cJSON *control = cJSON_GetObjectItemCaseSensitive(params, "control_stage_config");
-    if (!root) e = mp_errorf("%s: not valid JSON", cpath);
-    else if (!cJSON_IsObject(control) && !cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(params, "unet_config")))
+    if (!cJSON_IsObject(control) && !cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(params, "unet_config")))
       e = mp_errorf("%s: expected model.params.control_stage_config (the cldm config) or unet_config", cpath);
     else { /* without control_stage_config (a plain LDM config) the ControlNet copies its UNet's hyper-parameters */
       if (cJSON_IsObject(control)) {
@@ -430,8 +432,7 @@ mp_error *mp_sd_control_config(const mp_weights *w, const char *prefix, const ch
     }
     cJSON_Delete(root);
   }
-  free(text);
-  free(derived);
+  free(cpath);
   MP_TRY(e);
   if (u->model_channels <= 0 || u->n_levels <= 0 || u->num_res_blocks <= 0 || u->context_dim <= 0 || u->in_channels <= 0)
     return mp_errorf("ControlNet configuration is incomplete (channels %d, levels %d, res blocks %d, context %d)", u->model_channels,

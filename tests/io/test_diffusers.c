@@ -15,6 +15,7 @@
 #include "models/sd.h"
 #include "models/unet.h"
 #include "models/vae.h"
+#include "models_folder.h"
 #include "testutil.h"
 
 static bool is_model_tensor(const char *name) {
@@ -135,17 +136,6 @@ static void test_same_outputs(void **state) {
 
 /* ---- broken folders ---- */
 
-static void copy_file(const char *from, const char *to) {
-  FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
-  assert_non_null(in);
-  assert_non_null(out);
-  char buf[1 << 16];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, in)) > 0) assert_int_equal(fwrite(buf, 1, n, out), n);
-  fclose(in);
-  assert_int_equal(fclose(out), 0);
-}
-
 static const char *const parts[] = {"unet", "vae", "text_encoder", "tokenizer", "scheduler"};
 static const char *const files[] = {"model_index.json",
                                     "unet/config.json",
@@ -168,7 +158,7 @@ static char *copy_tiny(void) {
   for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
     snprintf(p, sizeof p, "%s/%s", src, files[i]);
     snprintf(q, sizeof q, "%s/%s", dir, files[i]);
-    copy_file(p, q);
+    test_copy_file(p, q);
   }
   free(src);
   return dir;

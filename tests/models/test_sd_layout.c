@@ -12,6 +12,18 @@ static bool extra_in_real_files(const char *name) {
   return strncmp(name, "model_ema.", 10) == 0 || strncmp(name, "posterior_", 10) == 0;
 }
 
+/* Every tensor of the layout is in the checkpoint with the layout's shape. */
+static void assert_layout_in_checkpoint(const mp_layout_entry *L, int n, const mp_weights *w) {
+  for (int i = 0; i < n; i++) {
+    const mp_weight *t = mp_weights_find(w, L[i].name);
+    if (!t) fail_msg("layout has %s, the golden checkpoint does not", L[i].name);
+    assert_int_equal(t->t.ndim, L[i].ndim);
+    for (int d = 0; d < L[i].ndim; d++)
+      if (t->t.shape[d] != L[i].shape[d]) fail_msg("%s: dim %d is %lld in the golden file, %lld in the layout", L[i].name, d,
+                                                  (long long)t->t.shape[d], (long long)L[i].shape[d]);
+  }
+}
+
 static void test_tiny_layout_matches_golden_checkpoint(void **state) {
   (void)state;
   char *path = test_shared_path("golden/tiny/tiny.safetensors");
@@ -22,14 +34,7 @@ static void test_tiny_layout_matches_golden_checkpoint(void **state) {
   mp_layout_entry *L;
   int n;
   assert_ok(mp_sd_layout(&cfg, &L, &n));
-  for (int i = 0; i < n; i++) {
-    const mp_weight *t = mp_weights_find(w, L[i].name);
-    if (!t) fail_msg("layout has %s, the golden checkpoint does not", L[i].name);
-    assert_int_equal(t->t.ndim, L[i].ndim);
-    for (int d = 0; d < L[i].ndim; d++)
-      if (t->t.shape[d] != L[i].shape[d]) fail_msg("%s: dim %d is %lld in the golden file, %lld in the layout", L[i].name, d,
-                                                  (long long)t->t.shape[d], (long long)L[i].shape[d]);
-  }
+  assert_layout_in_checkpoint(L, n, w);
   int extras = 0;
   for (size_t i = 0; i < mp_weights_count(w); i++) {
     const char *name = mp_weights_at(w, i)->name;
@@ -56,12 +61,7 @@ static void test_sdxl_layouts(void **state) {
   mp_layout_entry *L;
   int n;
   assert_ok(mp_sd_layout(&cfg, &L, &n));
-  for (int i = 0; i < n; i++) {
-    const mp_weight *t = mp_weights_find(w, L[i].name);
-    if (!t) fail_msg("layout has %s, the golden checkpoint does not", L[i].name);
-    assert_int_equal(t->t.ndim, L[i].ndim);
-    for (int d = 0; d < L[i].ndim; d++) assert_int_equal(t->t.shape[d], L[i].shape[d]);
-  }
+  assert_layout_in_checkpoint(L, n, w);
   assert_int_equal((int)mp_weights_count(w), n + 1);
   assert_non_null(mp_weights_find(w, "conditioner.embedders.1.model.logit_scale"));
   free(L);

@@ -10,12 +10,12 @@
 #include <cjson/cJSON.h>
 
 #include "io/image.h"
-#include "models/sd_layout.h"
 #include "pipeline/params.h"
 #include "pipeline/run.h"
 #include "pipeline/tunes.h"
 #include "prompt/document.h"
 #include "prompt/plan.h"
+#include "models_folder.h"
 #include "testutil.h"
 
 static const char *DOC =
@@ -39,38 +39,21 @@ typedef struct {
   mpass_ctx *ctx;
 } fixture;
 
-static void copy_file(const char *from, const char *to) {
-  FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
-  assert_non_null(a), assert_non_null(b);
-  char buf[65536];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, a)) > 0) assert_int_equal(fwrite(buf, 1, n, b), n);
-  fclose(a), assert_int_equal(fclose(b), 0);
-}
-
 static int setup(void **state) {
   fixture *f = calloc(1, sizeof *f);
   f->dir = test_tmpdir();
-  char p[1024], q[1024];
-  snprintf(p, sizeof p, "%s/models", f->dir); mkdir(p, 0755); f->models = strdup(p);
+  char p[1024];
+  f->models = test_models_folder(f->dir); /* with the detection models fetched by scripts/fetch-models.sh */
   snprintf(p, sizeof p, "%s/lora", f->models); mkdir(p, 0755);
   char *lora = test_shared_path("golden/tiny/lora_tiny.safetensors");
-  snprintf(p, sizeof p, "%s/lora/lora_a.safetensors", f->models); copy_file(lora, p);
-  snprintf(p, sizeof p, "%s/lora/lora_b.safetensors", f->models); copy_file(lora, p);
+  snprintf(p, sizeof p, "%s/lora/lora_a.safetensors", f->models); test_copy_file(lora, p);
+  snprintf(p, sizeof p, "%s/lora/lora_b.safetensors", f->models); test_copy_file(lora, p);
   free(lora);
-  /* the detection models fetched by scripts/fetch-models.sh */
-  const char *src = getenv("MPASS_SOURCE_DIR");
-  snprintf(q, sizeof q, "%s/models/vision", src ? src : ".");
-  if (access(q, R_OK)) fail_msg("%s is missing: run scripts/fetch-models.sh", q);
-  snprintf(p, sizeof p, "%s/vision", f->models);
-  assert_int_equal(symlink(q, p), 0);
   snprintf(p, sizeof p, "%s/demo.safetensors", f->dir); f->ckpt = strdup(p);
-  mp_sd_config cfg;
-  assert_ok(mp_sd_preset("tiny", &cfg));
-  assert_ok(mp_sd_write_random(f->ckpt, &cfg, MP_F16, 3, "tiny"));
-  snprintf(q, sizeof q, "%s/models/vision/images/sample6.jpg", src ? src : ".");
-  char doc[4096];
-  snprintf(doc, sizeof doc, DOC, q);
+  test_write_tiny_checkpoint(f->ckpt, "tiny", 3);
+  char *photo = test_vision_path("images/sample6.jpg"), doc[4096];
+  snprintf(doc, sizeof doc, DOC, photo);
+  free(photo);
   f->doc = strdup(doc);
   mpass_options o = {.n_threads = 2, .models_dir = f->models};
   assert_ok(mpass_ctx_create(&o, &f->ctx));
@@ -88,18 +71,6 @@ static int teardown(void **state) {
 
 static char *vocab(void) { return test_shared_path("data/clip/bpe_simple_vocab_16e6.txt.gz"); }
 
-static cJSON *read_json(const char *path) {
-  FILE *fp = fopen(path, "rb");
-  assert_non_null(fp);
-  static char buf[1 << 20];
-  size_t n = fread(buf, 1, sizeof buf - 1, fp);
-  fclose(fp);
-  buf[n] = 0;
-  cJSON *j = cJSON_Parse(buf);
-  assert_non_null(j);
-  return j;
-}
-
 static void test_two_person_job(void **state) {
   fixture *f = *state;
   mp_job *job;
@@ -115,7 +86,7 @@ static void test_two_person_job(void **state) {
   /* result.json: the passes in order, with the right prompts, LoRAs and seeds */
   char p[1200];
   snprintf(p, sizeof p, "%s/result.json", dir);
-  cJSON *res = read_json(p);
+  cJSON *res = test_read_json(p);
   cJSON *passes = cJSON_GetObjectItem(res, "passes");
   int person_seen[2] = {0};
   const char *last = "";
@@ -251,7 +222,7 @@ static void test_checkpoint_tune(void **state) {
   mp_run_options o = {.model_path = f->ckpt, .out_dir = out, .job_name = "job", .document = doc, .vocab = v, .rng = MP_RNG_CPU};
   assert_ok(mp_run_plan(f->ctx, plan, &o, &dir));
   snprintf(p, sizeof p, "%s/result.json", dir);
-  cJSON *res = read_json(p);
+  cJSON *res = test_read_json(p);
   cJSON *pass = cJSON_GetObjectItem(res, "passes")->child;
   assert_string_equal(cJSON_GetObjectItem(pass, "pass")->valuestring, "person 1");
   cJSON *lora = cJSON_GetObjectItem(pass, "loras")->child;

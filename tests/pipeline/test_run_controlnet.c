@@ -11,13 +11,13 @@
 #include <cjson/cJSON.h>
 
 #include "io/image.h"
-#include "models/sd_layout.h"
 #include "pipeline/params.h"
 #include "pipeline/run.h"
 #include "post/control.h"
 #include "post/resize.h"
 #include "prompt/document.h"
 #include "prompt/plan.h"
+#include "models_folder.h"
 #include "testutil.h"
 
 typedef struct {
@@ -26,38 +26,21 @@ typedef struct {
   int runs;
 } fixture;
 
-static void copy_file(const char *from, const char *to) {
-  FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
-  assert_non_null(a), assert_non_null(b);
-  char buf[65536];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, a)) > 0) assert_int_equal(fwrite(buf, 1, n, b), n);
-  fclose(a), assert_int_equal(fclose(b), 0);
-}
-
 static int setup(void **state) {
   fixture *f = calloc(1, sizeof *f);
   f->dir = test_tmpdir();
-  char p[1024], q[1024];
-  snprintf(p, sizeof p, "%s/models", f->dir), mkdir(p, 0755), f->models = strdup(p);
+  char p[1024];
+  f->models = test_models_folder(f->dir);
   snprintf(p, sizeof p, "%s/controlnet", f->models), mkdir(p, 0755);
   /* the tiny ControlNet under the canny release name, its cldm config beside it */
   char *cn = test_shared_path("golden/tiny-controlnet/controlnet_tiny.safetensors");
   char *cj = test_shared_path("golden/tiny-controlnet/controlnet_tiny.json");
-  snprintf(p, sizeof p, "%s/controlnet/control_v11p_sd15_canny.safetensors", f->models), copy_file(cn, p);
-  snprintf(p, sizeof p, "%s/controlnet/control_v11p_sd15_canny.json", f->models), copy_file(cj, p);
+  snprintf(p, sizeof p, "%s/controlnet/control_v11p_sd15_canny.safetensors", f->models), test_copy_file(cn, p);
+  snprintf(p, sizeof p, "%s/controlnet/control_v11p_sd15_canny.json", f->models), test_copy_file(cj, p);
   free(cn), free(cj);
-  const char *src = getenv("MPASS_SOURCE_DIR");
-  snprintf(q, sizeof q, "%s/models/vision", src ? src : ".");
-  if (access(q, R_OK)) fail_msg("%s is missing: run scripts/fetch-models.sh", q);
-  snprintf(p, sizeof p, "%s/vision", f->models);
-  assert_int_equal(symlink(q, p), 0);
-  snprintf(q, sizeof q, "%s/models/vision/images/sample6.jpg", src ? src : ".");
-  f->input = strdup(q);
+  f->input = test_vision_path("images/sample6.jpg");
   snprintf(p, sizeof p, "%s/tiny.safetensors", f->dir), f->ckpt = strdup(p);
-  mp_sd_config cfg;
-  assert_ok(mp_sd_preset("tiny", &cfg));
-  assert_ok(mp_sd_write_random(f->ckpt, &cfg, MP_F16, 3, "tiny"));
+  test_write_tiny_checkpoint(f->ckpt, "tiny", 3);
   f->vocab = test_shared_path("data/clip/bpe_simple_vocab_16e6.txt.gz");
   mpass_options o = {.n_threads = 2, .models_dir = f->models};
   assert_ok(mpass_ctx_create(&o, &f->ctx));
@@ -92,18 +75,6 @@ static char *run_doc(fixture *f, const char *fmt, const char *controlnet_model, 
   return dir;
 }
 
-static cJSON *read_json(const char *path) {
-  FILE *fp = fopen(path, "rb");
-  assert_non_null(fp);
-  static char buf[1 << 20];
-  size_t n = fread(buf, 1, sizeof buf - 1, fp);
-  fclose(fp);
-  buf[n] = 0;
-  cJSON *j = cJSON_Parse(buf);
-  assert_non_null(j);
-  return j;
-}
-
 static void read_png(const char *dir, const char *file, mp_image *img) {
   char p[2048];
   snprintf(p, sizeof p, "%s/%s", dir, file);
@@ -124,7 +95,7 @@ static void test_canny_txt2img(void **state) {
   assert_ok(e);
   char p[2048];
   snprintf(p, sizeof p, "%s/result.json", dir);
-  cJSON *res = read_json(p);
+  cJSON *res = test_read_json(p);
   cJSON *cn = cJSON_GetObjectItem(res, "controlnet");
   assert_non_null(cn);
   assert_string_equal(cJSON_GetObjectItem(cn, "type")->valuestring, "canny");
@@ -215,7 +186,7 @@ static void test_pose_img2img(void **state) {
   assert_ok(e);
   char p[2048];
   snprintf(p, sizeof p, "%s/result.json", dir);
-  cJSON *res = read_json(p);
+  cJSON *res = test_read_json(p);
   cJSON *scene = cJSON_GetObjectItem(res, "passes")->child;
   assert_string_equal(cJSON_GetObjectItem(scene, "pass")->valuestring, "scene");
   assert_true(cJSON_GetObjectItem(scene, "denoising_strength")->valuedouble == 0.6); /* img2img */
@@ -249,7 +220,7 @@ static void test_pose_layout(void **state) {
   assert_ok(e);
   char p[2048];
   snprintf(p, sizeof p, "%s/result.json", dir);
-  cJSON *res = read_json(p);
+  cJSON *res = test_read_json(p);
   cJSON *c = cJSON_GetObjectItem(res, "controlnet");
   cJSON *layout = cJSON_GetObjectItem(c, "person_layout");
   assert_int_equal(cJSON_GetArraySize(layout), 2);

@@ -14,6 +14,7 @@
 #include "pipeline/run.h"
 #include "prompt/document.h"
 #include "prompt/plan.h"
+#include "models_folder.h"
 #include "testutil.h"
 
 /* Random weights turn any scene into noise (no person would be found on it), so the person passes run
@@ -42,25 +43,19 @@ typedef struct {
 static int setup(void **state) {
   fixture *f = calloc(1, sizeof *f);
   f->dir = test_tmpdir();
-  char p[1024], q[1024];
-  snprintf(p, sizeof p, "%s/models", f->dir), mkdir(p, 0755), f->models = strdup(p);
+  char p[1024];
+  f->models = test_models_folder(f->dir);
   snprintf(p, sizeof p, "%s/checkpoints", f->models), mkdir(p, 0755);
   snprintf(p, sizeof p, "%s/lora", f->models), mkdir(p, 0755);
-  const char *src = getenv("MPASS_SOURCE_DIR");
-  snprintf(q, sizeof q, "%s/models/vision", src ? src : ".");
-  if (access(q, R_OK)) fail_msg("%s is missing: run scripts/fetch-models.sh", q);
-  snprintf(p, sizeof p, "%s/vision", f->models);
-  assert_int_equal(symlink(q, p), 0);
   /* "scene-xl" sorts before "tiny-sd15": the default SD 1.5 model must be found by family, not name */
+  snprintf(p, sizeof p, "%s/checkpoints/scene-xl.safetensors", f->models);
+  test_write_tiny_checkpoint(p, "tiny-xl", 5);
   mp_sd_config cfg;
   assert_ok(mp_sd_preset("tiny-xl", &cfg));
-  snprintf(p, sizeof p, "%s/checkpoints/scene-xl.safetensors", f->models);
-  assert_ok(mp_sd_write_random(p, &cfg, MP_F16, 5, "tiny-xl"));
   snprintf(p, sizeof p, "%s/lora/xl-style.safetensors", f->models);
   assert_ok(mp_sd_write_random_lora(p, &cfg, 4, 9)); /* an SDXL LoRA (UNet attention, 80-wide context) */
-  assert_ok(mp_sd_preset("tiny", &cfg));
   snprintf(p, sizeof p, "%s/checkpoints/tiny-sd15.safetensors", f->models);
-  assert_ok(mp_sd_write_random(p, &cfg, MP_F16, 3, "tiny"));
+  test_write_tiny_checkpoint(p, "tiny", 3);
   mpass_options o = {.n_threads = 2, .models_dir = f->models};
   assert_ok(mpass_ctx_create(&o, &f->ctx));
   *state = f;
@@ -75,23 +70,10 @@ static int teardown(void **state) {
   return 0;
 }
 
-static cJSON *read_json(const char *path) {
-  FILE *fp = fopen(path, "rb");
-  assert_non_null(fp);
-  static char buf[1 << 20];
-  size_t n = fread(buf, 1, sizeof buf - 1, fp);
-  fclose(fp);
-  buf[n] = 0;
-  cJSON *j = cJSON_Parse(buf);
-  assert_non_null(j);
-  return j;
-}
-
 static mp_error *run_doc(fixture *f, const char *fmt, const char *extra, const char *name, char **dir) {
-  const char *src = getenv("MPASS_SOURCE_DIR");
-  char img[1024], doc[4096], out[1024];
-  snprintf(img, sizeof img, "%s/models/vision/images/sample6.jpg", src ? src : ".");
+  char *img = test_vision_path("images/sample6.jpg"), doc[4096], out[1024];
   snprintf(doc, sizeof doc, fmt, extra, img);
+  free(img);
   mp_job *job;
   mp_plan *plan;
   assert_ok(mp_job_parse_text(doc, strlen(doc), &job));
@@ -113,7 +95,7 @@ static void test_sdxl_scene_sd15_person(void **state) {
   /* the scene alone on SDXL */
   assert_ok(run_doc(f, SCENE_DOC, "", "scene", &dir));
   snprintf(p, sizeof p, "%s/result.json", dir);
-  cJSON *res = read_json(p);
+  cJSON *res = test_read_json(p);
   cJSON *pass = cJSON_GetObjectItem(res, "passes")->child;
   assert_string_equal(cJSON_GetObjectItem(pass, "pass")->valuestring, "scene");
   assert_string_equal(cJSON_GetObjectItem(pass, "family")->valuestring, "SDXL");
@@ -124,7 +106,7 @@ static void test_sdxl_scene_sd15_person(void **state) {
   /* persons on SD 1.5 while base_model names the SDXL file */
   assert_ok(run_doc(f, PERSONS_DOC, "", "mixed", &dir));
   snprintf(p, sizeof p, "%s/result.json", dir);
-  res = read_json(p);
+  res = test_read_json(p);
   cJSON *models = cJSON_GetObjectItem(res, "models");
   assert_string_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(models, "scene"), "family")->valuestring, "SDXL");
   assert_non_null(strstr(cJSON_GetObjectItem(cJSON_GetObjectItem(models, "scene"), "path")->valuestring, "scene-xl"));
