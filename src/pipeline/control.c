@@ -31,7 +31,10 @@ mp_error *mp_controlnet_find(const char *models_dir, mp_control_type type, const
   if (override && *override) {
     if (access(override, R_OK) != 0) return mp_errorf("ControlNet file %s (--controlnet-model / MPASS_CONTROLNET_MODEL) cannot be read", override);
     *path = strdup(override);
-    return *path ? NULL : mp_errorf("out of memory");
+    if (!*path) return mp_errorf("out of memory");
+    /* a folder given as "dir/": the name in result.json and the infotext is the folder's */
+    for (size_t n = strlen(*path); n > 1 && (*path)[n - 1] == '/'; n--) (*path)[n - 1] = 0;
+    return NULL;
   }
   const char *const *names = release_names(type);
   char tried[4096] = "";
