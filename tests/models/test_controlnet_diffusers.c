@@ -248,8 +248,8 @@ static void test_controlnet_diffusers_folder(void **state) {
   assert_non_null(strstr(found, "/controlnet/control_v11p_sd15_canny"));
   assert_ok(mp_checkpoint_hash_file(found, &hashed));
   assert_non_null(strstr(hashed, "diffusion_pytorch_model.safetensors"));
-  assert_err_contains(mp_controlnet_find(models, MP_CONTROL_POSE, NULL, &found), "control_v11p_sd15_openpose/");
   free(found);
+  assert_err_contains(mp_controlnet_find(models, MP_CONTROL_POSE, NULL, &found), "control_v11p_sd15_openpose/");
   char *slashed = NULL; /* --controlnet-model DIR/ names the folder */
   assert_true(asprintf(&slashed, "%s//", dir) > 0);
   assert_ok(mp_controlnet_find(models, MP_CONTROL_CANNY, slashed, &found));
