@@ -14,6 +14,7 @@
 #include "io/image.h"
 #include "io/weights.h"
 #include "models/controlnet.h"
+#include "models/sd_diffusers.h"
 #include "pipeline/control.h"
 #include "testutil.h"
 
@@ -344,10 +345,46 @@ static void test_controlnet_diffusers_errors(void **state) {
   cJSON_free(config);
 }
 
+/* The config.json of lllyasviel/control_v11p_sd15_canny (the keys diffusers 0.16 wrote) reads as SD 1.5's
+ * ControlNet: 320 channels x 1/2/4/4, 2 ResBlocks per level, 8 heads, CLIP ViT-L context. */
+static void test_controlnet_diffusers_sd15_config(void **state) {
+  (void)state;
+  static const char *canny =
+      "{\"_class_name\": \"ControlNetModel\", \"_diffusers_version\": \"0.16.0.dev0\", \"act_fn\": \"silu\",\n"
+      " \"attention_head_dim\": 8, \"block_out_channels\": [320, 640, 1280, 1280], \"class_embed_type\": null,\n"
+      " \"conditioning_embedding_out_channels\": [16, 32, 96, 256], \"controlnet_conditioning_channel_order\": \"rgb\",\n"
+      " \"cross_attention_dim\": 768, \"down_block_types\": [\"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\",\n"
+      " \"CrossAttnDownBlock2D\", \"DownBlock2D\"], \"downsample_padding\": 1, \"flip_sin_to_cos\": true, \"freq_shift\": 0,\n"
+      " \"in_channels\": 4, \"layers_per_block\": 2, \"mid_block_scale_factor\": 1, \"norm_eps\": 1e-05,\n"
+      " \"norm_num_groups\": 32, \"num_class_embeds\": null, \"only_cross_attention\": false,\n"
+      " \"projection_class_embeddings_input_dim\": null, \"resnet_time_scale_shift\": \"default\",\n"
+      " \"upcast_attention\": false, \"use_linear_projection\": false}\n";
+  char *root = test_tmpdir();
+  char *dir = make_folder(root, "control_v11p_sd15_canny", NULL, canny, NULL, NULL);
+  assert_true(mp_diffusers_is_controlnet(dir));
+  mp_unet_config u;
+  assert_ok(mp_controlnet_config_from_diffusers(dir, &u));
+  assert_int_equal(u.model_channels, 320);
+  assert_int_equal(u.n_levels, 4);
+  static const int mult[4] = {1, 2, 4, 4};
+  for (int l = 0; l < 4; l++) {
+    assert_int_equal(u.channel_mult[l], mult[l]);
+    assert_int_equal(u.attention_at_level[l], l < 3);
+  }
+  assert_int_equal(u.num_res_blocks, 2);
+  assert_int_equal(u.num_heads, 8);
+  assert_int_equal(u.context_dim, 768);
+  assert_int_equal(u.in_channels, 4);
+  assert_int_equal(u.out_channels, 4);
+  assert_false(u.linear_in_transformer);
+  free(dir), free(root);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_controlnet_diffusers_folder),
       cmocka_unit_test(test_controlnet_diffusers_errors),
+      cmocka_unit_test(test_controlnet_diffusers_sd15_config),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
