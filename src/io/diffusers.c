@@ -25,7 +25,13 @@
  *     *.mid_block.attentions.0.{group_norm,to_q,to_k,to_v,to_out.0} -> *.mid.attn_1.{norm,q,k,v,proj_out}
  *       (Linear [C,C] in diffusers, 1x1 conv [C,C,1,1] in CompVis: same data, shape viewed as 4-D)
  *     *.conv_norm_out                  -> *.norm_out; resnet conv_shortcut -> nin_shortcut
- *   CLIP text encoder (transformers CLIPTextModel): text_model.* -> cond_stage_model.transformer.text_model.* */
+ *   CLIP text encoder (transformers CLIPTextModel): text_model.* -> cond_stage_model.transformer.text_model.*
+ *   ControlNet (ControlNetModel, a folder of its own): the UNet encoder part as above (conv_in,
+ *   time_embedding, down_blocks, mid_block) plus what cldm.ControlNet adds, all under control_model.:
+ *     controlnet_cond_embedding.conv_in / blocks.k / conv_out -> input_hint_block.0 / .(2k+2) / .14
+ *       (cldm's nn.Sequential counts the SiLUs between the convs, hence the even indices)
+ *     controlnet_down_blocks.i         -> zero_convs.i.0   (cldm wraps each 1x1 conv in a Sequential)
+ *     controlnet_mid_block             -> middle_block_out.0 */
 #include "io/diffusers.h"
 
 #include <errno.h>
@@ -222,6 +228,33 @@ static bool map_clip(const structure *s, const char *key, char *out, size_t cap,
   return n > 0 && (size_t)n < cap;
 }
 
+/* ---------------------------------------------------------------- ControlNet */
+
+/* ControlNetConditioningEmbedding: conv_in, 2 convs per step between the 4 widths 16, 32, 96, 256
+ * (models/controlnet.c fixes the same widths), conv_out. */
+#define CONTROLNET_HINT_BLOCKS 6
+
+static bool map_controlnet(const structure *s, const char *key, char *out, size_t cap, bool *to_conv) {
+  *to_conv = false;
+  const char *p = key;
+  int i;
+  if (eat(&p, "controlnet_cond_embedding.")) {
+    if (eat(&p, "conv_in.")) return put(out, cap, "input_hint_block.0.", 0, 0, p);
+    if (eat(&p, "blocks.") && eat_index(&p, CONTROLNET_HINT_BLOCKS, &i)) return put(out, cap, "input_hint_block.%d.", 2 * i + 2, 0, p);
+    if (eat(&p, "conv_out.")) return put(out, cap, "input_hint_block.%d.", 2 * CONTROLNET_HINT_BLOCKS + 2, 0, p);
+    return false;
+  }
+  /* one zero conv per UNet input block: conv_in, then L ResBlocks and a Downsample per level but the last */
+  const int n_zero = s->unet_blocks * (s->unet_layers + 1);
+  if (eat(&p, "controlnet_down_blocks.") && eat_index(&p, n_zero, &i)) return put(out, cap, "zero_convs.%d.0.", i, 0, p);
+  p = key;
+  if (eat(&p, "controlnet_mid_block.")) return put(out, cap, "middle_block_out.0.", 0, 0, p);
+  /* the encoder copy: the UNet's names, but a ControlNet has no decoder, output head or SDXL labels */
+  p = key;
+  if (eat(&p, "up_blocks.") || eat(&p, "conv_norm_out.") || eat(&p, "conv_out.") || eat(&p, "add_embedding.")) return false;
+  return map_unet(s, key, out, cap, to_conv);
+}
+
 /* ---------------------------------------------------------------- pipeline layouts */
 
 #define PREFIX_UNET "model.diffusion_model."
@@ -249,6 +282,10 @@ static bool is_sd(const char *class_name, const cJSON *index) {
          !cJSON_GetObjectItemCaseSensitive(index, "text_encoder_2");
 }
 
+/* A diffusers ControlNet (ControlNetModel.save_pretrained) is a single model: config.json and the
+ * weights file at the top of its folder, no model_index.json. */
+static const component controlnet_component = {"", "diffusion_pytorch_model", "control_model.", map_controlnet};
+
 static const layout layouts[] = {
     {"Stable Diffusion 1.x/2.x", is_sd, sd_components, sizeof sd_components / sizeof *sd_components},
 };
@@ -272,6 +309,15 @@ bool mp_diffusers_is_folder(const char *path) {
   char *mi = joinf(path, "model_index.json");
   bool yes = mi && is_regular(mi);
   free(mi);
+  return yes;
+}
+
+bool mp_diffusers_is_controlnet(const char *path) {
+  struct stat st;
+  if (!path || stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) return false;
+  char *mi = joinf(path, "model_index.json"), *cj = joinf(path, "config.json");
+  bool yes = mi && cj && !is_regular(mi) && is_regular(cj);
+  free(mi), free(cj);
   return yes;
 }
 
@@ -360,7 +406,7 @@ mp_error *mp_diffusers_file(const char *folder, const char *rel, char **path) {
 
 mp_error *mp_diffusers_weights_file(const char *folder, const char *subfolder, const char *stem, char **path) {
   *path = NULL;
-  char *dir = joinf(folder, subfolder);
+  char *dir = *subfolder ? joinf(folder, subfolder) : strdup(folder);
   if (!dir) return mp_errorf("out of memory");
   struct stat st;
   if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
@@ -423,6 +469,7 @@ mp_error *mp_diffusers_vocab_for_model(const char *model, const char *explicit_v
 mp_error *mp_checkpoint_hash_file(const char *checkpoint, char **path) {
   *path = NULL;
   if (mp_diffusers_is_folder(checkpoint)) return mp_diffusers_weights_file(checkpoint, "unet", "diffusion_pytorch_model", path);
+  if (mp_diffusers_is_controlnet(checkpoint)) return mp_diffusers_weights_file(checkpoint, "", "diffusion_pytorch_model", path);
   *path = strdup(checkpoint);
   return *path ? NULL : mp_errorf("out of memory");
 }
@@ -471,6 +518,27 @@ static mp_error *read_structure(const char *folder, structure *s) {
   return e;
 }
 
+/* A ControlNet folder's config.json: a ControlNetModel, and the two numbers the key mapping needs
+ * (models/sd_diffusers.c reads the rest). */
+static mp_error *read_controlnet_structure(const char *folder, structure *s) {
+  memset(s, 0, sizeof *s);
+  cJSON *cfg = NULL;
+  MP_TRY(mp_diffusers_read_json(folder, "config.json", true, &cfg));
+  const char *f = "config.json";
+  const cJSON *cls = cJSON_GetObjectItemCaseSensitive(cfg, "_class_name");
+  mp_error *e = NULL;
+  if (!cJSON_IsString(cls))
+    e = mp_errorf("%s: \"_class_name\" is missing or not a string; expected \"ControlNetModel\"", f);
+  else if (strcmp(cls->valuestring, "ControlNetModel") != 0)
+    e = mp_errorf("%s: \"_class_name\" is \"%s\"; a folder without model_index.json is read as a ControlNet, expected "
+                  "\"ControlNetModel\"",
+                  f, cls->valuestring);
+  if (!e) e = array_len(f, cfg, "block_out_channels", &s->unet_blocks);
+  if (!e) e = int_field(f, cfg, "layers_per_block", 1, MAX_LAYERS, &s->unet_layers);
+  cJSON_Delete(cfg);
+  return e ? mp_error_wrap(e, "diffusers ControlNet folder %s", folder) : NULL;
+}
+
 /* ---------------------------------------------------------------- open */
 
 static mp_error *add_component(mp_weights *w, const char *folder, const component *c, const structure *s) {
@@ -488,7 +556,7 @@ static mp_error *add_component(mp_weights *w, const char *folder, const componen
     if (known)
       n = snprintf(name, sizeof name, "%s%s", c->prefix, mapped);
     else
-      n = snprintf(name, sizeof name, "%s/%s", c->subfolder, t->name); /* unknown: kept, shown as unexpected */
+      n = snprintf(name, sizeof name, "%s%s%s", c->subfolder, *c->subfolder ? "/" : "", t->name); /* unknown: kept, shown as unexpected */
     if (n < 0 || (size_t)n >= sizeof name) {
       e = mp_errorf("%s: tensor name '%.80s...' is too long", file, t->name);
       break;
@@ -500,7 +568,7 @@ static mp_error *add_component(mp_weights *w, const char *folder, const componen
     e = mp_weights_add(w, name, t->t.dtype, ndim, shape, t->t.data);
     if (!e && known) { /* so that a shape error also names the key as the folder spells it */
       char source[600];
-      snprintf(source, sizeof source, "%s/%s", c->subfolder, t->name);
+      snprintf(source, sizeof source, "%s%s%s", c->subfolder, *c->subfolder ? "/" : "", t->name);
       e = mp_weights_set_source(w, source);
     }
   }
@@ -509,11 +577,27 @@ static mp_error *add_component(mp_weights *w, const char *folder, const componen
   return e;
 }
 
+static mp_error *open_controlnet(const char *folder, mp_weights **out) {
+  structure s;
+  MP_TRY(read_controlnet_structure(folder, &s));
+  mp_weights *w = mp_weights_new(folder);
+  if (!w) return mp_errorf("out of memory");
+  mp_error *e = add_component(w, folder, &controlnet_component, &s);
+  if (!e) e = mp_weights_finish(w);
+  if (e) {
+    mp_weights_close(w);
+    return mp_error_wrap(e, "diffusers ControlNet folder %s", folder);
+  }
+  *out = w;
+  return NULL;
+}
+
 mp_error *mp_diffusers_open(const char *folder, mp_weights **out) {
   *out = NULL;
+  if (mp_diffusers_is_controlnet(folder)) return open_controlnet(folder, out);
   if (!mp_diffusers_is_folder(folder))
-    return mp_errorf("%s is a folder but not a diffusers model folder (it has no model_index.json); give a checkpoint "
-                     "file or a folder saved by diffusers",
+    return mp_errorf("%s is a folder but not a diffusers model folder (it has no model_index.json, nor the config.json of "
+                     "a ControlNet); give a checkpoint file or a folder saved by diffusers",
                      folder);
   cJSON *index = NULL;
   MP_TRY(mp_diffusers_read_json(folder, "model_index.json", true, &index));

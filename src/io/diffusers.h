@@ -26,7 +26,12 @@
 /* A folder holding a model_index.json. */
 bool mp_diffusers_is_folder(const char *path);
 
-/* Read a diffusers folder into one mp_weights with CompVis names. Tensors the table does not know
+/* A folder with a config.json and no model_index.json: one diffusers model on its own, read as a
+ * ControlNet (ControlNetModel.save_pretrained; mp_diffusers_open checks its _class_name). Its keys go
+ * to the single-file names under "control_model.". */
+bool mp_diffusers_is_controlnet(const char *path);
+
+/* Read a diffusers folder (a pipeline, or a ControlNet) into one mp_weights with CompVis names. Tensors the table does not know
  * keep their own name under "<subfolder>/" (e.g. "unet/foo.weight"), so `mpass inspect` lists them
  * as unexpected. Fails (naming the file and what is wrong) on a missing model_index.json, subfolder,
  * config or weights file, malformed JSON, a path escaping the folder, or an unsupported pipeline. */
@@ -40,7 +45,7 @@ mp_error *mp_diffusers_read_json(const char *folder, const char *rel, bool requi
  * exist. Caller frees *path. */
 mp_error *mp_diffusers_file(const char *folder, const char *rel, char **path);
 
-/* The weights file of a part: <subfolder>/<stem>.safetensors, else <stem>.fp16.safetensors, else the
+/* The weights file of a part ("" for the folder itself): <subfolder>/<stem>.safetensors, else <stem>.fp16.safetensors, else the
  * same with .bin (full precision first, f16 variant second). Caller frees *path. */
 mp_error *mp_diffusers_weights_file(const char *folder, const char *subfolder, const char *stem, char **path);
 
@@ -55,7 +60,7 @@ mp_error *mp_diffusers_tokenizer(const char *folder, const char *subfolder, char
 mp_error *mp_diffusers_vocab_for_model(const char *model, const char *explicit_vocab, char **path);
 
 /* The file whose SHA-256 identifies a checkpoint ("Model hash"): the path itself for a file, the
- * UNet weights file for a diffusers folder. Caller frees *path. */
+ * UNet weights file for a diffusers folder, the weights file of a diffusers ControlNet folder. Caller frees *path. */
 mp_error *mp_checkpoint_hash_file(const char *checkpoint, char **path);
 
 #endif

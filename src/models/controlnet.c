@@ -9,6 +9,8 @@
 
 #include "core/conv.h"
 #include "core/ops.h"
+#include "io/diffusers.h"
+#include "models/sd_diffusers.h"
 
 typedef struct {
   const mp_tensor *w, *b;
@@ -71,7 +73,11 @@ mp_error *mp_controlnet_load(const mp_weights *w, const char *config_json, mp_co
   mp_controlnet *cn = calloc(1, sizeof *cn);
   if (!cn) return mp_errorf("out of memory");
   cn->zero_ws.f32_only = true;
-  mp_error *e = mp_sd_control_config(w, prefix, config_json, &cn->cfg);
+  /* A diffusers ControlNet folder says its hyper-parameters in its config.json; the bind below checks
+   * every shape against them. */
+  const char *folder = mp_weights_path(w);
+  mp_error *e = !config_json && mp_diffusers_is_controlnet(folder) ? mp_controlnet_config_from_diffusers(folder, &cn->cfg)
+                                                                   : mp_sd_control_config(w, prefix, config_json, &cn->cfg);
   if (!e) e = mp_unet_load_encoder(w, prefix, &cn->cfg, &cn->encoder);
   const int mc = cn->cfg.model_channels;
   char base[64];

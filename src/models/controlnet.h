@@ -8,7 +8,8 @@
  *   middle block output ─▶ middle_block_out (1×1) ─▶ residual mid
  * The UNet adds scale × down[i] to its skip connection i and scale × mid to its middle block output
  * (mp_unet_control). Keys: `control_model.` + the names above (1.0 files, which also hold a whole SD
- * model), or the names alone (1.1 .pth files). */
+ * model), or the names alone (1.1 .pth files). A diffusers folder (ControlNetModel) is renamed to the
+ * control_model. names by io/diffusers.c. */
 #ifndef MP_MODELS_CONTROLNET_H
 #define MP_MODELS_CONTROLNET_H
 
@@ -22,9 +23,11 @@
 typedef struct mp_controlnet mp_controlnet;
 
 /* Bind the ControlNet in `w` (which must outlive it). `config_json`: a cldm config, or NULL to use
- * `<file stem>.json` when it exists and the tensor shapes otherwise. */
+ * `<file stem>.json` when it exists and the tensor shapes otherwise; for weights read from a
+ * diffusers ControlNet folder (io/diffusers.h), NULL means the folder's config.json. */
 mp_error *mp_controlnet_load(const mp_weights *w, const char *config_json, mp_controlnet **out);
-/* Open `path` (.safetensors, .pth, .ckpt) and bind it; the ControlNet owns the file. */
+/* Open `path` (.safetensors, .pth, .ckpt, or a diffusers ControlNet folder: config.json +
+ * diffusion_pytorch_model[.fp16].safetensors/.bin) and bind it; the ControlNet owns the file. */
 mp_error *mp_controlnet_open(const char *path, const char *config_json, mp_controlnet **out);
 void mp_controlnet_free(mp_controlnet *cn);
 const mp_unet_config *mp_controlnet_config(const mp_controlnet *cn);

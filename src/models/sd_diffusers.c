@@ -71,12 +71,14 @@ static mp_error *channels(const char *file, const int *boc, int n, int *base, in
 
 /* ---- the three models ---- */
 
-static mp_error *unet_config(const cJSON *j, mp_unet_config *u) {
-  const char *f = "unet/config.json";
+/* A UNet2DConditionModel's config, or (`f` = "config.json", controlnet) a ControlNetModel's: the same
+ * keys for the encoder, and no out_channels (the ControlNet config keeps out = in, as for cldm). */
+static mp_error *unet_config(const char *f, const cJSON *j, bool controlnet, mp_unet_config *u) {
   int boc[MP_MAX_LEVELS], n = 0, nd = 0;
   memset(u, 0, sizeof *u);
   MP_TRY(req_int(f, j, "in_channels", 1, 64, &u->in_channels));
-  MP_TRY(req_int(f, j, "out_channels", 1, 64, &u->out_channels));
+  if (controlnet) u->out_channels = u->in_channels;
+  else MP_TRY(req_int(f, j, "out_channels", 1, 64, &u->out_channels));
   MP_TRY(req_int(f, j, "layers_per_block", 1, 16, &u->num_res_blocks));
   MP_TRY(req_int(f, j, "cross_attention_dim", 1, 1 << 16, &u->context_dim));
   MP_TRY(int_list(f, j, "block_out_channels", boc, &n));
@@ -176,7 +178,7 @@ mp_error *mp_sd_config_from_diffusers(const char *folder, mp_sd_config *cfg) {
   if (!e) e = mp_diffusers_read_json(folder, "vae/config.json", true, &vae);
   if (!e) e = mp_diffusers_read_json(folder, "text_encoder/config.json", true, &te);
   if (!e) e = mp_diffusers_read_json(folder, "scheduler/scheduler_config.json", false, &sched);
-  if (!e) e = unet_config(unet, &cfg->unet);
+  if (!e) e = unet_config("unet/config.json", unet, false, &cfg->unet);
   if (!e) e = vae_config(vae, &cfg->vae, &cfg->scale_factor);
   if (!e) e = clip_config(te, &cfg->clip);
   if (!e && sched) e = scheduler_config(sched, cfg);
@@ -188,4 +190,43 @@ mp_error *mp_sd_config_from_diffusers(const char *folder, mp_sd_config *cfg) {
   }
   cJSON_Delete(unet), cJSON_Delete(vae), cJSON_Delete(te), cJSON_Delete(sched);
   return e ? mp_error_wrap(e, "diffusers folder %s", folder) : NULL;
+}
+
+/* A list key that must be absent, null, or exactly `want`. */
+static mp_error *only_list(const char *file, const cJSON *o, const char *key, const int *want, int n_want) {
+  const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, key);
+  if (!x || cJSON_IsNull(x)) return NULL;
+  int got[MP_MAX_LEVELS], n = 0;
+  MP_TRY(int_list(file, o, key, got, &n));
+  bool same = n == n_want;
+  for (int i = 0; same && i < n; i++) same = got[i] == want[i];
+  if (same) return NULL;
+  char *text = cJSON_PrintUnformatted(x);
+  mp_error *e = mp_errorf("%s: \"%s\" is %s; mpass supports only the released ControlNets' [16, 32, 96, 256]", file, key, text ? text : "?");
+  cJSON_free(text);
+  return e;
+}
+
+mp_error *mp_controlnet_config_from_diffusers(const char *folder, mp_unet_config *u) {
+  const char *f = "config.json";
+  cJSON *j = NULL;
+  MP_TRY(mp_error_wrap(mp_diffusers_read_json(folder, f, true, &j), "diffusers ControlNet folder %s", folder));
+  const cJSON *cls = cJSON_GetObjectItemCaseSensitive(j, "_class_name");
+  mp_error *e = NULL;
+  if (!cJSON_IsString(cls) || strcmp(cls->valuestring, "ControlNetModel") != 0)
+    e = mp_errorf("%s: \"_class_name\" should be \"ControlNetModel\"", f);
+  if (!e) e = unet_config(f, j, true, u);
+  /* The hint block is cldm's: RGB in, 16-32-96-256 channels (models/controlnet.c), every residual used. */
+  int hint_channels = 3;
+  static const int hint_widths[] = {16, 32, 96, 256};
+  if (!e) e = opt_int(f, j, "conditioning_channels", 1, 64, &hint_channels);
+  if (!e && hint_channels != 3)
+    e = mp_errorf("%s: \"conditioning_channels\" is %d; mpass supports only 3 (an RGB control image)", f, hint_channels);
+  if (!e) e = only_list(f, j, "conditioning_embedding_out_channels", hint_widths, 4);
+  if (!e) e = only(f, j, "controlnet_conditioning_channel_order", "rgb");
+  if (!e) e = only(f, j, "mid_block_type", "UNetMidBlock2DCrossAttn");
+  const cJSON *pool = cJSON_GetObjectItemCaseSensitive(j, "global_pool_conditions");
+  if (!e && cJSON_IsTrue(pool)) e = mp_errorf("%s: \"global_pool_conditions\" is true (a shuffle-style ControlNet); mpass supports only false", f);
+  cJSON_Delete(j);
+  return e ? mp_error_wrap(e, "diffusers ControlNet folder %s", folder) : NULL;
 }

@@ -10,4 +10,8 @@
  * the key, with what was expected and what was found. Does not validate the result as a whole. */
 mp_error *mp_sd_config_from_diffusers(const char *folder, mp_sd_config *cfg);
 
+/* The UNet hyper-parameters of a diffusers ControlNet folder from its config.json (ControlNetModel),
+ * out_channels = in_channels; refuses what the cldm hint block and mpass do not implement. */
+mp_error *mp_controlnet_config_from_diffusers(const char *folder, mp_unet_config *u);
+
 #endif

@@ -5,6 +5,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "io/diffusers.h"
+
 /* The public SD 1.5 ControlNet releases per type, preferred first: lllyasviel's 1.1 files (and the
  * fp16 safetensors conversions of them that A1111 users keep), then the 1.0 files. */
 static const char *const canny_files[] = {"control_v11p_sd15_canny", "control_v11p_sd15_canny_fp16", "control_sd15_canny", NULL};
@@ -12,7 +14,8 @@ static const char *const pose_files[] = {"control_v11p_sd15_openpose", "control_
                                          NULL};
 static const char *const tile_files[] = {"control_v11f1e_sd15_tile", "control_v11f1e_sd15_tile_fp16", "control_v11u_sd15_tile",
                                          NULL};
-static const char *const extensions[] = {".safetensors", ".pth", NULL};
+static const char *const extensions[] = {".safetensors", ".pth"};
+static const int n_extensions = sizeof extensions / sizeof *extensions;
 
 static const char *const *release_names(mp_control_type t) {
   switch (t) {
@@ -28,20 +31,24 @@ mp_error *mp_controlnet_find(const char *models_dir, mp_control_type type, const
   if (override && *override) {
     if (access(override, R_OK) != 0) return mp_errorf("ControlNet file %s (--controlnet-model / MPASS_CONTROLNET_MODEL) cannot be read", override);
     *path = strdup(override);
-    return *path ? NULL : mp_errorf("out of memory");
+    if (!*path) return mp_errorf("out of memory");
+    /* a folder given as "dir/": the name in result.json and the infotext is the folder's */
+    for (size_t n = strlen(*path); n > 1 && (*path)[n - 1] == '/'; n--) (*path)[n - 1] = 0;
+    return NULL;
   }
   const char *const *names = release_names(type);
   char tried[4096] = "";
   size_t used = 0;
   for (int i = 0; names && names[i]; i++)
-    for (int k = 0; extensions[k]; k++) {
+    for (int k = 0; k <= n_extensions; k++) { /* the single files, then a diffusers folder of that name */
+      const bool folder = k == n_extensions;
       char p[4096];
-      snprintf(p, sizeof p, "%s/controlnet/%s%s", models_dir, names[i], extensions[k]);
-      if (access(p, R_OK) == 0) {
+      snprintf(p, sizeof p, "%s/controlnet/%s%s", models_dir, names[i], folder ? "" : extensions[k]);
+      if (folder ? mp_diffusers_is_controlnet(p) : access(p, R_OK) == 0) {
         *path = strdup(p);
         return *path ? NULL : mp_errorf("out of memory");
       }
-      int n = snprintf(tried + used, sizeof tried - used, "%s%s", used ? ", " : "", p);
+      int n = snprintf(tried + used, sizeof tried - used, "%s%s%s", used ? ", " : "", p, folder ? "/" : "");
       if (n > 0 && (size_t)n < sizeof tried - used) used += (size_t)n;
     }
   return mp_errorf("controlnet=%s needs a ControlNet file: none of %s exists (put the release there, or name a file with "

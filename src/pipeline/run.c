@@ -806,7 +806,10 @@ static mp_error *open_controlnet(run *r) {
   }
   char cache[4096];
   snprintf(cache, sizeof cache, "%s/.cache", r->ctx->models_dir);
-  if (!e) e = mp_model_short_hash_cached(cache, r->controlnet_path, r->controlnet_hash);
+  char *hashed = NULL; /* a diffusers ControlNet folder is identified by its weights file */
+  if (!e) e = mp_checkpoint_hash_file(r->controlnet_path, &hashed);
+  if (!e) e = mp_model_short_hash_cached(cache, hashed, r->controlnet_hash);
+  free(hashed);
   if (!e) {
     const char *slash = strrchr(r->controlnet_path, '/'), *base = slash ? slash + 1 : r->controlnet_path, *dot = strrchr(base, '.');
     r->controlnet_name = strndup(base, dot ? (size_t)(dot - base) : strlen(base));
