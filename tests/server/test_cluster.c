@@ -317,7 +317,7 @@ static int cache_files(const worker *w, char last[128]) {
   DIR *d = opendir(dir);
   int n = 0;
   for (struct dirent *de; d && (de = readdir(d));)
-    if (strlen(de->d_name) == 64) n++, snprintf(last, 128, "%s", de->d_name);
+    if (strlen(de->d_name) == 64) n++, snprintf(last, 128, "%.64s", de->d_name);
   if (d) closedir(d);
   return n;
 }
