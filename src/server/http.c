@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "pipeline/params.h"
 #include "server/internal.h"
 
@@ -437,7 +438,10 @@ static mp_error *load_token_file(ms_store *st, const char *path) {
  * a failure to send costs only latency: streams elsewhere still follow the job row */
 static void forward_event(void *arg, int64_t job, const char *name, const char *data, bool terminal) {
   ms_server *s = arg;
-  mp_error_free(s->store->event_send(s->store, job, name, data, terminal));
+  if (!terminal && mp_now() < atomic_load(&s->events_pause_until)) return;
+  mp_error *e = s->store->event_send(s->store, job, name, data, terminal);
+  if (e) atomic_store(&s->events_pause_until, mp_now() + 5.0);
+  mp_error_free(e);
 }
 
 static void remote_event(void *arg, int64_t job, const char *name, const char *data, bool terminal) {
