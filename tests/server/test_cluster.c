@@ -372,6 +372,24 @@ static void test_tune_cache_by_sha256(void **state) {
   assert_memory_equal(want, got, want_n);
   free(got), free(want);
   assert_int_equal(cache_files(w, sha), 1);
+
+  /* the stored copy itself damaged (and the cache gone): the job fails naming both hashes */
+  char sql[512];
+  snprintf(sql, sizeof sql,
+           "WITH u AS (UPDATE blobs SET data = overlay(data placing '\\x00ff00ff'::bytea from 9) WHERE key = "
+           "'owners/bob/tunes/%lld/%lld.safetensors' AND chunk_no = 0 RETURNING 1) SELECT COUNT(*) FROM u",
+           (long long)tb, (long long)tb);
+  assert_int_equal(c_query_long(&api[0], sql), 1);
+  unlink(cache);
+  char body[256];
+  snprintf(body, sizeof body, "{\"prompt\": {\"text\": \"sks woman <lora:%lld:0.7>\", \"steps\": 2, \"w\": 64, \"h\": 64}}", (long long)tb);
+  int64_t id = h_create(&api[0], TOKEN_B, "/prompts", body);
+  cJSON *o = h_wait_end(&api[0], TOKEN_B, id, 120);
+  assert_string_equal(h_status(o), "failed");
+  const char *msg = cJSON_GetObjectItem(o, "fail_message")->valuestring;
+  if (!strstr(msg, sha) || !strstr(msg, "damaged")) fail_msg("fail_message does not name the expected sha256 %s: %s", sha, msg);
+  cJSON_Delete(o);
+  assert_int_equal(cache_files(w, sha), 0); /* nothing damaged was kept */
   assert_int_equal(h_stop(&api[0], SIGTERM), 0);
 }
 
