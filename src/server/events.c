@@ -26,6 +26,8 @@ struct ms_events {
   int n;
   uint64_t next_seq; /* global, so a job's sequence numbers only grow even after eviction */
   bool closed;
+  ms_events_forward_fn forward; /* NULL: nothing leaves this process */
+  void *forward_arg;
 };
 
 ms_events *ms_events_new(void) {
@@ -54,7 +56,17 @@ static entry *find(ms_events *ev, int64_t job) {
   return NULL;
 }
 
+void ms_events_set_forward(ms_events *ev, ms_events_forward_fn fn, void *arg) {
+  ev->forward = fn;
+  ev->forward_arg = arg;
+}
+
 void ms_events_publish(ms_events *ev, int64_t job, const char *name, const char *data, bool terminal) {
+  ms_events_publish_local(ev, job, name, data, terminal);
+  if (ev->forward) ev->forward(ev->forward_arg, job, name, data, terminal);
+}
+
+void ms_events_publish_local(ms_events *ev, int64_t job, const char *name, const char *data, bool terminal) {
   pthread_mutex_lock(&ev->mu);
   entry *x = find(ev, job);
   if (!x) {

@@ -13,6 +13,12 @@ ms_events *ms_events_new(void);
 void ms_events_free(ms_events *ev);
 /* name: "queued", "running", "progress", "done", "failed", "cancelled"; data: one line of JSON. */
 void ms_events_publish(ms_events *ev, int64_t job, const char *name, const char *data, bool terminal);
+/* A shared store: every event published here is also handed to fn (which sends it to the other
+ * processes), after the local publish and outside the table's lock. Set once, before any publish. */
+typedef void (*ms_events_forward_fn)(void *arg, int64_t job, const char *name, const char *data, bool terminal);
+void ms_events_set_forward(ms_events *ev, ms_events_forward_fn fn, void *arg);
+/* An event that came from another process: published here, not forwarded again. */
+void ms_events_publish_local(ms_events *ev, int64_t job, const char *name, const char *data, bool terminal);
 /* Wake every stream so it can end (shutdown). */
 void ms_events_close(ms_events *ev);
 

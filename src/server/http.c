@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "pipeline/params.h"
 #include "server/internal.h"
 
@@ -433,6 +434,20 @@ static mp_error *load_token_file(ms_store *st, const char *path) {
 
 /* ---------------------------------------------------------------- start and stop */
 
+/* events published in this process go to the other processes sharing the store (SSE on any node);
+ * a failure to send costs only latency: streams elsewhere still follow the job row */
+static void forward_event(void *arg, int64_t job, const char *name, const char *data, bool terminal) {
+  ms_server *s = arg;
+  if (!terminal && mp_now() < atomic_load(&s->events_pause_until)) return;
+  mp_error *e = s->store->event_send(s->store, job, name, data, terminal);
+  if (e) atomic_store(&s->events_pause_until, mp_now() + 5.0);
+  mp_error_free(e);
+}
+
+static void remote_event(void *arg, int64_t job, const char *name, const char *data, bool terminal) {
+  ms_events_publish_local(arg, job, name, data, terminal);
+}
+
 static void server_free(ms_server *s) {
   if (!s) return;
   if (s->store) s->store->close(s->store);
@@ -505,6 +520,10 @@ mp_error *ms_server_start(const ms_config *cfg, ms_server **out, char url[128]) 
                     cfg->listen, s->data_dir);
   }
   if (!e && !(s->events = ms_events_new())) e = mp_errorf("out of memory");
+  /* a shared store: events cross processes; the listener (API nodes only) stops in store->close,
+   * which server_free calls before it frees the events table */
+  if (!e && s->store->event_send) ms_events_set_forward(s->events, forward_event, s);
+  if (!e && !cfg->no_http && s->store->event_listen) e = s->store->event_listen(s->store, remote_event, s->events);
   if (!e) e = ms_recover_interrupted(s);
   if (!e && cfg->no_http) {
     snprintf(url, 128, "%s", "");

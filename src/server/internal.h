@@ -35,6 +35,9 @@ struct ms_server {
   struct MHD_Daemon *daemon;
   ms_events *events;
   atomic_int stopping;
+  /* mp_now() before which job events are not sent to other processes: a failed send (the database
+   * is away) pauses them, so that sampler steps do not each wait on a connection attempt */
+  _Atomic double events_pause_until;
 
   pthread_mutex_t work_mu;
   pthread_cond_t work_cv; /* signalled when a job is enqueued */

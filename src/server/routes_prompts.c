@@ -321,8 +321,9 @@ typedef struct {
   char buf[4096];
   size_t len, pos;
   bool done;
-  /* a shared store: workers on other machines write the row (progress at most once a second), so
-   * the stream also follows the row, every 0.5 s */
+  /* a shared store: events from workers on other machines arrive through the store's listener
+   * (LISTEN mpass_events); the stream also follows the job row (progress written at most once a
+   * second) as a fallback: every 3 s while the listener is up, every 0.5 s while it is down */
   int row_status;
   double row_progress, last_write;
 } sse_state;
@@ -367,7 +368,9 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *out, size_t max) {
     char name[16], data[2048];
     bool terminal = false, closed = false, shared = st->s->store->shared;
     for (;;) {
-      if (ms_events_wait(st->s->events, st->job, &st->seq, name, data, sizeof data, &terminal, shared ? 500 : 15000, &closed)) {
+      ms_store *store = st->s->store;
+      int wait_ms = !shared ? 15000 : store->event_listening && store->event_listening(store) ? 3000 : 500;
+      if (ms_events_wait(st->s->events, st->job, &st->seq, name, data, sizeof data, &terminal, wait_ms, &closed)) {
         sse_put(st, name, data);
         st->done = terminal;
       } else if (closed) {

@@ -116,6 +116,18 @@ struct ms_store {
    * store cannot tell (in-process enqueues signal the workers directly) */
   mp_error *(*job_wait)(ms_store *s, int timeout_ms, bool *woken);
 
+  /* ---- job events between processes, for SSE on any API node (PostgreSQL: NOTIFY mpass_events,
+   * the payload naming the sender, the job id and the event). NULL in the SQLite store. */
+  /* sends one event (name and data as in events.h) to every listening process */
+  mp_error *(*event_send)(ms_store *s, int64_t job, const char *name, const char *data, bool terminal);
+  /* starts the store's listener: one thread holding one connection of its own that LISTENs and calls
+   * fn for every event sent by another process (its own are skipped). It reconnects when the
+   * connection drops; close stops it (joins the thread, closes the connection). Once per store. */
+  mp_error *(*event_listen)(ms_store *s, void (*fn)(void *arg, int64_t job, const char *name, const char *data, bool terminal),
+                            void *arg);
+  /* true while the listener's connection is up and LISTENing (callers poll less often then) */
+  bool (*event_listening)(ms_store *s);
+
   /* ---- bytes kept in the store, so that no filesystem is shared between machines (issue 14).
    * NULL in the SQLite store: its files stay where they are under DATA and callers use them directly.
    * A key is a path relative to DATA ("jobs/12/0001.png", "inputs/ab12.../input_image.png"); a file

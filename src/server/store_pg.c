@@ -10,12 +10,15 @@
  * lease runs out and job_reclaim_expired queues the job again (or fails it on its second interruption,
  * as recovery at start does for SQLite). Time is the database's clock, so skewed machines agree.
  *
- * Enqueue sends NOTIFY mpass_jobs (delivered at commit); job_wait LISTENs on a connection of its own. */
+ * Enqueue sends NOTIFY mpass_jobs (delivered at commit); job_wait LISTENs on a connection of its own.
+ * Job events (SSE) travel as NOTIFY mpass_events "<sender> <job> <terminal> <name> <data>"; the
+ * event listener is one thread per store with one more connection of its own. */
 #include <errno.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +45,13 @@ typedef struct {
   int n_idle;
   pthread_mutex_t listen_mu; /* job_wait's connection */
   PGconn *listen;
+  /* the event listener (event_listen): its thread, the pipe that wakes it to stop, its callback */
+  pthread_t ev_thread;
+  bool ev_started;
+  int ev_pipe[2];
+  atomic_bool ev_stop, ev_up;
+  void (*ev_fn)(void *arg, int64_t job, const char *name, const char *data, bool terminal);
+  void *ev_arg;
 } pg;
 
 /* libpq's messages end in a newline: drop it */
@@ -361,7 +371,7 @@ static mp_error *job_progress(ms_store *s, int64_t id, double progress) {
   char b[32], f[32];
   snprintf(f, sizeof f, "%.6f", progress);
   const char *v[] = {f, I64(b, id)};
-  /* NOTIFY mpass_progress for whoever listens (SSE on API nodes reads the row every 0.5 s for now) */
+  /* NOTIFY mpass_progress for tools watching the table (SSE gets its events from mpass_events) */
   return update_job(s, "recording progress",
                     "WITH u AS (UPDATE jobs SET progress = $1 WHERE id = $2 AND status = 1 RETURNING id)"
                     " SELECT pg_notify('mpass_progress', id::text) FROM u",
@@ -583,6 +593,111 @@ static mp_error *job_wait(ms_store *s, int timeout_ms, bool *woken) {
   return e;
 }
 
+/* ---------------- job events between processes */
+
+static mp_error *event_send(ms_store *s, int64_t job, const char *name, const char *data, bool terminal) {
+  pg *p = s->impl;
+  size_t cap = strlen(p->worker_id) + strlen(name) + strlen(data) + 64;
+  char *payload = malloc(cap);
+  if (!payload) return mp_errorf("out of memory");
+  snprintf(payload, cap, "%s %" PRId64 " %d %s %s", p->worker_id, job, terminal ? 1 : 0, name, data);
+  const char *v[] = {payload};
+  /* outside a transaction: delivered at once (NOTIFY payloads are limited to 8000 bytes; events.c
+   * keeps data under 2 KiB) */
+  mp_error *e = update_job(s, "sending a job event", "SELECT pg_notify('mpass_events', $1)", 1, v);
+  free(payload);
+  return e;
+}
+
+/* one notification: skipped when this store sent it (the process published it already) or when it
+ * is not in the expected form (another program on the channel) */
+static void event_deliver(pg *p, const char *payload) {
+  size_t own = strlen(p->worker_id);
+  if (!strncmp(payload, p->worker_id, own) && payload[own] == ' ') return;
+  const char *sp = strchr(payload, ' ');
+  if (!sp) return;
+  char *end;
+  long long job = strtoll(sp + 1, &end, 10);
+  if (end == sp + 1 || *end != ' ' || (end[1] != '0' && end[1] != '1') || end[2] != ' ') return;
+  bool terminal = end[1] == '1';
+  const char *nm = end + 3, *nm_end = strchr(nm, ' ');
+  if (!nm_end || nm_end == nm || nm_end - nm >= 16) return;
+  char name[16];
+  snprintf(name, sizeof name, "%.*s", (int)(nm_end - nm), nm);
+  p->ev_fn(p->ev_arg, (int64_t)job, name, nm_end + 1, terminal);
+}
+
+/* sleeps up to ms unless asked to stop; true: stop */
+static bool event_pause(pg *p, int ms) {
+  struct pollfd fd = {.fd = p->ev_pipe[0], .events = POLLIN};
+  return poll(&fd, 1, ms) > 0 || atomic_load(&p->ev_stop);
+}
+
+static void *event_listener_main(void *arg) {
+  pg *p = arg;
+  PGconn *c = NULL;
+  while (!atomic_load(&p->ev_stop)) {
+    if (!c) {
+      mp_error *e = connect_one(p, &c);
+      if (!e) e = run0(c, "LISTEN mpass_events");
+      if (e) { /* the database is away: SSE streams follow the job rows meanwhile; retry in a second */
+        mp_error_free(e);
+        if (c) PQfinish(c), c = NULL;
+        if (event_pause(p, 1000)) break;
+        continue;
+      }
+      atomic_store(&p->ev_up, true);
+    }
+    struct pollfd fds[2] = {{.fd = PQsocket(c), .events = POLLIN}, {.fd = p->ev_pipe[0], .events = POLLIN}};
+    int r = poll(fds, 2, 5000);
+    if (r < 0 && errno != EINTR) break;
+    if (fds[1].revents || atomic_load(&p->ev_stop)) break;
+    if (r > 0 && fds[0].revents) {
+      if (!PQconsumeInput(c)) {
+        atomic_store(&p->ev_up, false);
+        PQfinish(c), c = NULL;
+        continue;
+      }
+      for (PGnotify *n; (n = PQnotifies(c)); PQfreemem(n)) event_deliver(p, n->extra);
+    }
+    if (PQstatus(c) != CONNECTION_OK) atomic_store(&p->ev_up, false), PQfinish(c), c = NULL;
+  }
+  atomic_store(&p->ev_up, false);
+  if (c) PQfinish(c);
+  return NULL;
+}
+
+static mp_error *event_listen(ms_store *s, void (*fn)(void *arg, int64_t job, const char *name, const char *data, bool terminal),
+                              void *arg) {
+  pg *p = s->impl;
+  if (p->ev_started) return mp_errorf("job store (PostgreSQL): the event listener is already running");
+  if (pipe(p->ev_pipe)) return mp_errorf("job store (PostgreSQL): cannot make a pipe for the event listener: %s", strerror(errno));
+  p->ev_fn = fn, p->ev_arg = arg;
+  atomic_store(&p->ev_stop, false);
+  int rc = pthread_create(&p->ev_thread, NULL, event_listener_main, p);
+  if (rc) {
+    close(p->ev_pipe[0]), close(p->ev_pipe[1]);
+    return mp_errorf("job store (PostgreSQL): cannot start the event listener thread: %s", strerror(rc));
+  }
+  p->ev_started = true;
+  return NULL;
+}
+
+static bool event_listening(ms_store *s) {
+  pg *p = s->impl;
+  return atomic_load(&p->ev_up);
+}
+
+static void event_listen_stop(pg *p) {
+  if (!p->ev_started) return;
+  atomic_store(&p->ev_stop, true);
+  ssize_t w = write(p->ev_pipe[1], "x", 1);
+  (void)w; /* the flag alone stops it within one poll round */
+  pthread_join(p->ev_thread, NULL);
+  close(p->ev_pipe[0]), close(p->ev_pipe[1]);
+  p->ev_started = false;
+}
+
 /* ---------------- blobs */
 
 #define CHUNK (1 << 20)
@@ -734,6 +849,7 @@ static void store_close(ms_store *s) {
   if (!s) return;
   pg *p = s->impl;
   if (p) {
+    event_listen_stop(p);
     for (int i = 0; i < p->n_idle; i++) PQfinish(p->idle[i]);
     if (p->listen) PQfinish(p->listen);
     pthread_mutex_destroy(&p->mu);
@@ -802,6 +918,7 @@ mp_error *ms_store_pg_open(const char *conninfo, int lease_seconds, ms_store **o
   s->job_heartbeat = job_heartbeat, s->job_reclaim_expired = job_reclaim_expired, s->job_wait = job_wait;
   s->blob_put_files = blob_put_files, s->job_finish_with_files = job_finish_with_files, s->blob_list = blob_list;
   s->blob_get_file = blob_get_file, s->blob_delete = blob_delete;
+  s->event_send = event_send, s->event_listen = event_listen, s->event_listening = event_listening;
   PGconn *c = NULL;
   mp_error *e = connect_one(p, &c);
   if (!e) e = migrate(c);

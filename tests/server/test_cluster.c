@@ -5,6 +5,7 @@
  * finished by another worker once its lease ran out, each callback must arrive exactly once, and
  * either API node must serve every image (the bytes live in the database). */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -218,7 +219,9 @@ static void *sse_main(void *arg) {
 }
 
 /* Progress and cancel across machines: an SSE stream on the API node follows a prompt that runs on
- * a worker elsewhere (through the job row), and DELETE on the API node stops it on that worker. */
+ * a worker elsewhere, step by step (the worker's events come through LISTEN/NOTIFY; the job row,
+ * polled as a fallback, only ever gives "progress" events), and DELETE on the API node stops it on
+ * that worker. */
 static void test_progress_and_cancel_across_machines(void **state) {
   cluster *cl = *state;
   server *api = cl->api;
@@ -251,15 +254,149 @@ static void test_progress_and_cancel_across_machines(void **state) {
   assert_true((double)time(NULL) - t0 <= 5);
   pthread_join(th, NULL); /* the stream ends with the terminal event */
   assert_int_equal(sse.r.status, 200);
-  if (!strstr(sse.r.body, "event: progress")) fail_msg("no progress event from the row: %.500s", sse.r.body);
+  /* the stream ran for about 1.2 s past the first progress write and more: far more sampler steps
+   * than row polls (one per 3 s while the listener is up) */
+  int steps = 0;
+  for (const char *p = strstr(sse.r.body, "event: step\n"); p; p = strstr(p + 1, "event: step\n")) steps++;
+  if (steps < 10) fail_msg("%d step events reached the stream on the API node: %.800s", steps, sse.r.body);
+  if (!strstr(sse.r.body, "\"step\":")) fail_msg("step events without their step: %.500s", sse.r.body);
   if (!strstr(sse.r.body, "event: cancelled")) fail_msg("no cancelled event: %.500s", sse.r.body);
   reply_free(&sse.r);
   assert_int_equal(c_count_lines(cl->w[0].log, "cancelled"), 1);
 }
 
+/* a whole file (caller frees); NULL when unreadable */
+static char *read_all(const char *path, size_t *n) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long len = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *b = len >= 0 ? malloc((size_t)len + 1) : NULL;
+  *n = b ? fread(b, 1, (size_t)len, f) : 0;
+  fclose(f);
+  return b;
+}
+
+/* POST /tunes: the tiny LoRA uploaded by the token's owner; the tune's id */
+static int64_t upload_lora(const server *api, const char *token) {
+  CURL *c = curl_easy_init();
+  curl_mime *m = curl_mime_init(c);
+  static const char *const kv[][2] = {{"tune[name]", "woman"}, {"tune[token]", "sks"}, {"tune[model_type]", "lora"}, {"tune[branch]", "sd15"}};
+  for (size_t i = 0; i < sizeof kv / sizeof *kv; i++) {
+    curl_mimepart *p = curl_mime_addpart(m);
+    curl_mime_name(p, kv[i][0]), curl_mime_data(p, kv[i][1], CURL_ZERO_TERMINATED);
+  }
+  char *lora = test_shared_path("golden/tiny/lora_tiny.safetensors");
+  curl_mimepart *p = curl_mime_addpart(m);
+  curl_mime_name(p, "tune[file]"), curl_mime_filedata(p, lora);
+  free(lora);
+  reply r = h_req(api, "POST", "/tunes", token, NULL, NULL, m, NULL);
+  curl_mime_free(m), curl_easy_cleanup(c);
+  if (r.status != 201) fail_msg("POST /tunes: %ld %s", r.status, r.body);
+  cJSON *t = h_json(&r);
+  int64_t id = (int64_t)cJSON_GetObjectItem(t, "id")->valuedouble;
+  cJSON_Delete(t);
+  reply_free(&r);
+  return id;
+}
+
+static void run_with_lora(const server *api, const char *token, int64_t tune) {
+  char body[256];
+  snprintf(body, sizeof body, "{\"prompt\": {\"text\": \"sks woman <lora:%lld:0.7>\", \"steps\": 2, \"w\": 64, \"h\": 64}}", (long long)tune);
+  int64_t id = h_create(api, token, "/prompts", body);
+  cJSON *o = h_wait_end(api, token, id, 120);
+  if (strcmp(h_status(o), "done")) fail_msg("prompt with tune %lld: %s", (long long)tune, cJSON_PrintUnformatted(o));
+  cJSON_Delete(o);
+}
+
+/* the entries of DATA/cache that are cached files (not their .verified stamps); the last one's name */
+static int cache_files(const worker *w, char last[128]) {
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s/cache", w->data);
+  DIR *d = opendir(dir);
+  int n = 0;
+  for (struct dirent *de; d && (de = readdir(d));)
+    if (strlen(de->d_name) == 64) n++, snprintf(last, 128, "%.64s", de->d_name);
+  if (d) closedir(d);
+  return n;
+}
+
+/* Tunes on workers are cached by sha256 (issue 14): the same LoRA uploaded by two owners is one file
+ * in the worker's DATA/cache, each owner's tunes folder links to it, and a cache file damaged on disk
+ * is noticed (its hash no longer matches) and fetched again. */
+static void test_tune_cache_by_sha256(void **state) {
+  cluster *cl = *state;
+  server *api = cl->api;
+  h_prepare(&api[0]);
+  if (!api[0].db) fail_msg("test_cluster needs MPASS_TEST_STORE=postgres and MPASS_TEST_PG (CTest sets them)");
+  h_start(&api[0], (const char *const[]){"--workers", "0", NULL});
+  worker *w = &cl->w[0];
+  c_worker_start(w, &api[0], 0, LEASE);
+  int64_t ta = upload_lora(&api[0], TOKEN_A), tb = upload_lora(&api[0], TOKEN_B);
+  run_with_lora(&api[0], TOKEN_A, ta);
+  run_with_lora(&api[0], TOKEN_B, tb);
+  char sha[128] = "", cache[4400], link[4400], target[4400];
+  assert_int_equal(cache_files(w, sha), 1);
+  snprintf(cache, sizeof cache, "%s/cache/%s", w->data, sha);
+  const char *owners[] = {"alice", "bob"};
+  int64_t tunes[] = {ta, tb};
+  for (int i = 0; i < 2; i++) {
+    snprintf(link, sizeof link, "%s/owners/%s/tunes/%lld/%lld.safetensors", w->data, owners[i], (long long)tunes[i], (long long)tunes[i]);
+    ssize_t n = readlink(link, target, sizeof target - 1);
+    if (n < 0) fail_msg("%s is not a link to the cache: %s", link, strerror(errno));
+    else target[n] = 0;
+    assert_string_equal(target, cache);
+  }
+  /* the same bytes as uploaded */
+  char *lora = test_shared_path("golden/tiny/lora_tiny.safetensors");
+  size_t want_n, got_n;
+  char *want = read_all(lora, &want_n), *got = read_all(cache, &got_n);
+  free(lora);
+  assert_non_null(want), assert_non_null(got);
+  assert_int_equal(want_n, got_n);
+  assert_memory_equal(want, got, want_n);
+  free(got);
+
+  /* damage the cache file: the next job notices and fetches it again */
+  FILE *f = fopen(cache, "r+b");
+  assert_non_null(f);
+  fseek(f, (long)(want_n / 2), SEEK_SET);
+  fputs("damaged", f);
+  fclose(f);
+  run_with_lora(&api[0], TOKEN_A, ta);
+  assert_int_equal(c_count_lines(w->log, "fetching it again"), 1);
+  got = read_all(cache, &got_n);
+  assert_non_null(got);
+  assert_int_equal(want_n, got_n);
+  assert_memory_equal(want, got, want_n);
+  free(got), free(want);
+  assert_int_equal(cache_files(w, sha), 1);
+
+  /* the stored copy itself damaged (and the cache gone): the job fails naming both hashes */
+  char sql[512];
+  snprintf(sql, sizeof sql,
+           "WITH u AS (UPDATE blobs SET data = overlay(data placing '\\x00ff00ff'::bytea from 9) WHERE key = "
+           "'owners/bob/tunes/%lld/%lld.safetensors' AND chunk_no = 0 RETURNING 1) SELECT COUNT(*) FROM u",
+           (long long)tb, (long long)tb);
+  assert_int_equal(c_query_long(&api[0], sql), 1);
+  unlink(cache);
+  char body[256];
+  snprintf(body, sizeof body, "{\"prompt\": {\"text\": \"sks woman <lora:%lld:0.7>\", \"steps\": 2, \"w\": 64, \"h\": 64}}", (long long)tb);
+  int64_t id = h_create(&api[0], TOKEN_B, "/prompts", body);
+  cJSON *o = h_wait_end(&api[0], TOKEN_B, id, 120);
+  assert_string_equal(h_status(o), "failed");
+  const char *msg = cJSON_GetObjectItem(o, "fail_message")->valuestring;
+  if (!strstr(msg, sha) || !strstr(msg, "damaged")) fail_msg("fail_message does not name the expected sha256 %s: %s", sha, msg);
+  cJSON_Delete(o);
+  assert_int_equal(cache_files(w, sha), 0); /* nothing damaged was kept */
+  assert_int_equal(h_stop(&api[0], SIGTERM), 0);
+}
+
 int main(void) {
   curl_global_init(CURL_GLOBAL_DEFAULT);
   const struct CMUnitTest tests[] = {cmocka_unit_test_setup_teardown(test_progress_and_cancel_across_machines, setup, teardown),
+                                     cmocka_unit_test_setup_teardown(test_tune_cache_by_sha256, setup, teardown),
                                      cmocka_unit_test_setup_teardown(test_kill_worker_and_restart_api_node, setup, teardown)};
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   curl_global_cleanup();

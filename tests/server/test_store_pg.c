@@ -2,7 +2,8 @@
  * the interface's semantics as for SQLite, plus what only a shared store has: leases (renewal by the
  * holder only, reclaim when they run out, failure on the second interruption, done refused to a
  * worker that lost its lease), SKIP LOCKED claims by two stores, NOTIFY on enqueue, chunked blobs,
- * and migrations (idempotent; a newer schema refused). */
+ * job events between processes (a listener thread per store; reconnects), and migrations
+ * (idempotent; a newer schema refused). */
 #pragma GCC diagnostic ignored "-Wunused-function"
 #include "server_harness.h"
 #include "server/store.h"
@@ -221,6 +222,82 @@ static void test_notify_on_enqueue(void **state) {
   free(db);
 }
 
+/* what the listener handed over */
+typedef struct {
+  pthread_mutex_t mu;
+  int n;
+  int64_t job[8];
+  char name[8][16], data[8][64];
+  bool terminal[8];
+} heard;
+
+static void on_event(void *arg, int64_t job, const char *name, const char *data, bool terminal) {
+  heard *h = arg;
+  pthread_mutex_lock(&h->mu);
+  if (h->n < 8) {
+    h->job[h->n] = job, h->terminal[h->n] = terminal;
+    snprintf(h->name[h->n], 16, "%s", name), snprintf(h->data[h->n], 64, "%s", data);
+    h->n++;
+  }
+  pthread_mutex_unlock(&h->mu);
+}
+
+static int heard_count(heard *h) {
+  pthread_mutex_lock(&h->mu);
+  int n = h->n;
+  pthread_mutex_unlock(&h->mu);
+  return n;
+}
+
+/* waits up to 5 s for the listener to hold n events */
+static void wait_heard(heard *h, int n) {
+  for (int t = 0; t < 500 && heard_count(h) < n; t++) usleep(10000);
+  assert_int_equal(heard_count(h), n);
+}
+
+static void test_events_between_stores(void **state) {
+  (void)state;
+  char *db = new_db();
+  ms_store *api = open_pg(db, 30), *wk = open_pg(db, 30);
+  heard h = {.mu = PTHREAD_MUTEX_INITIALIZER};
+  assert_ok(api->event_listen(api, on_event, &h));
+  assert_err_contains(api->event_listen(api, on_event, &h), "already running");
+  int t;
+  for (t = 0; t < 500 && !api->event_listening(api); t++) usleep(10000);
+  assert_true(api->event_listening(api));
+  assert_ok(wk->event_send(wk, 42, "step", "{\"step\":3}", false));
+  assert_ok(api->event_send(api, 42, "queued", "{}", false)); /* its own: not handed back */
+  assert_ok(wk->event_send(wk, 42, "done", "{\"id\":42, \"x\": \"a b\"}", true));
+  wait_heard(&h, 2);
+  usleep(100000);
+  assert_int_equal(heard_count(&h), 2);
+  assert_int_equal(h.job[0], 42);
+  assert_string_equal(h.name[0], "step");
+  assert_string_equal(h.data[0], "{\"step\":3}");
+  assert_false(h.terminal[0]);
+  assert_string_equal(h.name[1], "done");
+  assert_string_equal(h.data[1], "{\"id\":42, \"x\": \"a b\"}");
+  assert_true(h.terminal[1]);
+  /* something else on the channel is ignored */
+  PGconn *c = PQconnectdb(db);
+  PQclear(PQexec(c, "NOTIFY mpass_events, 'not an event'"));
+  /* the listener's connection dies: it says so, reconnects, and hears again */
+  PGresult *r = PQexec(c, "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                          " WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE 'LISTEN mpass_events%'");
+  assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+  assert_int_equal(atoi(PQgetvalue(r, 0, 0)), 1);
+  PQclear(r), PQfinish(c);
+  for (t = 0; t < 300 && api->event_listening(api); t++) usleep(10000);
+  for (t = 0; t < 500 && !api->event_listening(api); t++) usleep(10000);
+  assert_true(api->event_listening(api));
+  assert_ok(wk->event_send(wk, 43, "running", "{}", false));
+  wait_heard(&h, 3);
+  assert_int_equal(h.job[2], 43);
+  api->close(api), wk->close(wk); /* the listener stops with its store */
+  pthread_mutex_destroy(&h.mu);
+  free(db);
+}
+
 static void write_file(const char *path, const unsigned char *data, size_t n) {
   FILE *f = fopen(path, "wb");
   assert_non_null(f);
@@ -328,7 +405,8 @@ static void test_reconnect(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_basics), cmocka_unit_test(test_leases),
-                                     cmocka_unit_test(test_notify_on_enqueue), cmocka_unit_test(test_blobs),
+                                     cmocka_unit_test(test_notify_on_enqueue), cmocka_unit_test(test_events_between_stores),
+                                     cmocka_unit_test(test_blobs),
                                      cmocka_unit_test(test_migrations), cmocka_unit_test(test_reconnect)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
