@@ -67,8 +67,13 @@ int cmd_serve(mpass_ctx *ctx, int argc, char **argv) {
     fprintf(stderr, "mpass serve: unexpected argument %s\n", argv[optind]);
     return 2;
   }
-  /* Signals are taken synchronously by this thread (sigwait): every other thread starts with them
-   * blocked, so no handler runs inside the server. */
+  return cli_serve_until_signal("serve", &cfg);
+}
+
+/* Start the server (HTTP and/or workers), say so on stdout, and run until SIGTERM or SIGINT.
+ * Signals are taken synchronously by this thread (sigwait): every other thread starts with them
+ * blocked, so no handler runs inside the server. Shared by `serve` and `worker`. */
+int cli_serve_until_signal(const char *cmd, const ms_config *cfg) {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
@@ -77,13 +82,14 @@ int cmd_serve(mpass_ctx *ctx, int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   ms_server *s;
   char url[128];
-  mpass_error *e = ms_server_start(&cfg, &s, url);
-  if (e) return cli_fail("serve", e);
-  printf("mpass serve: listening on %s\n", url);
+  mpass_error *e = ms_server_start(cfg, &s, url);
+  if (e) return cli_fail(cmd, e);
+  if (cfg->no_http) printf("mpass %s: running %d job thread(s)\n", cmd, cfg->workers);
+  else printf("mpass %s: listening on %s\n", cmd, url);
   fflush(stdout);
   int sig = 0;
   sigwait(&set, &sig);
-  fprintf(stderr, "mpass serve: %s: stopping (a running prompt goes back to the queue)\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  fprintf(stderr, "mpass %s: %s: stopping (a running prompt goes back to the queue)\n", cmd, sig == SIGTERM ? "SIGTERM" : "SIGINT");
   ms_server_stop(s);
   return 0;
 }

@@ -1,7 +1,6 @@
 /* mpass worker: runs prompts from a job store shared by several machines (PostgreSQL), no HTTP.
  * Any number of workers and `mpass serve --workers 0` API nodes may share one database. */
 #include <getopt.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,21 +56,5 @@ int cmd_worker(mpass_ctx *ctx, int argc, char **argv) {
     fprintf(stderr, "mpass worker: --db is required (the PostgreSQL database the API nodes use, postgres://...)\n");
     return 2;
   }
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &set, NULL);
-  signal(SIGPIPE, SIG_IGN);
-  ms_server *s;
-  char url[128];
-  mpass_error *e = ms_server_start(&cfg, &s, url);
-  if (e) return cli_fail("worker", e);
-  printf("mpass worker: running %d job thread(s)\n", cfg.workers);
-  fflush(stdout);
-  int sig = 0;
-  sigwait(&set, &sig);
-  fprintf(stderr, "mpass worker: %s: stopping (a running prompt goes back to the queue)\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-  ms_server_stop(s);
-  return 0;
+  return cli_serve_until_signal("worker", &cfg);
 }

@@ -25,4 +25,9 @@ int cmd_token(mpass_ctx *ctx, int argc, char **argv);
 /* Print "mpass <cmd>: <message>" to stderr, free the error, return 1. */
 int cli_fail(const char *cmd, mpass_error *e);
 
+/* `serve` and `worker`: start the server with this configuration and run until SIGTERM/SIGINT
+ * (cmd_serve.c). The configuration type comes from server/server.h. */
+struct ms_config;
+int cli_serve_until_signal(const char *cmd, const struct ms_config *cfg);
+
 #endif

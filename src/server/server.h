@@ -10,7 +10,7 @@
 
 #include "core/error.h"
 
-typedef struct {
+typedef struct ms_config {
   const char *listen;      /* "127.0.0.1:8080"; port 0 picks a free port */
   const char *data_dir;    /* mpass.db, jobs/, owners/, inputs/, tmp/ */
   const char *models_dir;  /* NULL: $MPASS_MODELS, else ./models */

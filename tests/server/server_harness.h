@@ -114,6 +114,27 @@ static void h_prepare(server *s) {
   s->db = h_test_db();
 }
 
+/* Read one HTTP request from a connected socket into buf (NUL-terminated): the headers, then
+ * Content-Length bytes of body. Returns its length. For the tests' loopback callback receivers. */
+static inline size_t h_read_request(int c, char *buf, size_t cap) {
+  size_t n = 0;
+  long want = -1;
+  buf[0] = 0;
+  for (;;) {
+    ssize_t got = recv(c, buf + n, cap - 1 - n, 0);
+    if (got <= 0) break;
+    n += (size_t)got;
+    buf[n] = 0;
+    char *end = strstr(buf, "\r\n\r\n");
+    if (end && want < 0) {
+      char *cl = strcasestr(buf, "Content-Length:");
+      want = (long)(end + 4 - buf) + (cl ? atol(cl + 15) : 0);
+    }
+    if ((want >= 0 && (long)n >= want) || n + 1 >= cap) break;
+  }
+  return n;
+}
+
 /* Start the binary; returns once it printed its URL (fails the test after 10 s). */
 static void h_start(server *s, const char *const *extra) {
   const char *bin_dir = getenv("MPASS_BINARY_DIR");

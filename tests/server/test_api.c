@@ -322,21 +322,7 @@ static void *receiver_main(void *arg) {
     int c = accept(rc->fd, NULL, NULL);
     if (c < 0) return NULL;
     char buf[65536];
-    size_t n = 0;
-    /* read headers, then Content-Length bytes */
-    long want = -1;
-    for (;;) {
-      ssize_t got = recv(c, buf + n, sizeof buf - 1 - n, 0);
-      if (got <= 0) break;
-      n += (size_t)got;
-      buf[n] = 0;
-      char *end = strstr(buf, "\r\n\r\n");
-      if (end && want < 0) {
-        char *cl = strcasestr(buf, "Content-Length:");
-        want = (long)(end + 4 - buf) + (cl ? atol(cl + 15) : 0);
-      }
-      if (want >= 0 && (long)n >= want) break;
-    }
+    h_read_request(c, buf, sizeof buf);
     if (!strncmp(buf, "POST ", 5)) {
       atomic_fetch_add(&rc->posts, 1);
       if (strstr(buf, "{\"prompt\":{")) atomic_fetch_add(&rc->with_prompt, 1);

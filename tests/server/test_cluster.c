@@ -31,21 +31,7 @@ static void *receiver_main(void *arg) {
     int c = accept(rc->fd, NULL, NULL);
     if (c < 0) return NULL;
     char buf[65536];
-    size_t n = 0;
-    long want = -1;
-    for (;;) {
-      ssize_t got = recv(c, buf + n, sizeof buf - 1 - n, 0);
-      if (got <= 0) break;
-      n += (size_t)got;
-      buf[n] = 0;
-      char *end = strstr(buf, "\r\n\r\n");
-      if (end && want < 0) {
-        char *cl = strcasestr(buf, "Content-Length:");
-        want = (long)(end + 4 - buf) + (cl ? atol(cl + 15) : 0);
-      }
-      if (want >= 0 && (long)n >= want) break;
-    }
-    buf[n] = 0;
+    h_read_request(c, buf, sizeof buf);
     int k = -1;
     if (sscanf(buf, "POST /hook/%d ", &k) == 1 && k >= 0 && k < N_JOBS) atomic_fetch_add(&rc->hits[k], 1), atomic_fetch_add(&rc->total, 1);
     static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
