@@ -79,7 +79,7 @@ async function main() {
     }
     {
       const page = await (await fetch(`${base}/prompts?limit=120`, { headers })).json();
-      busyAtEnd = (Array.isArray(page) ? page : page.prompts || []).some((p) => p.status === 'running' || p.status === 'queued');
+      busyAtEnd = page.some((p) => p.status === 'running' || p.status === 'queued');
     }
 
     // Follow every accepted job to its end.
@@ -89,9 +89,8 @@ async function main() {
       finished = new Map();
       for (let off = 0; ; off += 120) {
         const page = await (await fetch(`${base}/prompts?limit=120&offset=${off}`, { headers })).json();
-        const list = Array.isArray(page) ? page : page.prompts || [];
-        for (const p of list) finished.set(p.id, p);
-        if (list.length < 120) break;
+        for (const p of page) finished.set(p.id, p);
+        if (page.length < 120) break;
       }
       if (accepted.every((id) => ['done', 'failed', 'cancelled'].includes(finished.get(id)?.status))) break;
       await sleep(500);

@@ -137,6 +137,7 @@ test('the page runs a job end to end in headless Chromium', { timeout: TIMEOUT_M
     const plan = await browser.waitFor(`(() => { const li = document.querySelector('#plan li'); return li && li.textContent; })()`, 'the live plan');
     assert.match(plan, /scene/);
     assert.match(plan, /seed 7/);
+    await browser.screenshot(join(OUT, 'new.png'));
 
     await browser.eval(`document.querySelector('#job-form').requestSubmit(), true`);
     const jobId = await browser.waitFor(`(location.hash.match(/^#\\/jobs\\/(.+)$/) || [])[1]`, 'the job page');

@@ -143,7 +143,7 @@ const views = {
       const sel = $('#tune');
       const keep = sel.value;
       sel.replaceChildren(el('option', { value: '' }, 'none (base model)'));
-      for (const t of listOf(tunes)) sel.append(el('option', { value: t.id }, `${t.id} — ${t.title} (${t.model_type || t.type})`));
+      for (const t of tunes) sel.append(el('option', { value: t.id }, `${t.id} — ${t.title} (${t.model_type})`));
       sel.value = keep;
     } catch (e) { if (e.status === 401) banner('Enter your token above.'); }
   },
@@ -154,7 +154,7 @@ const views = {
     const stops = [];
     let offset = 0;
     const load = async () => {
-      const list = listOf(await api('GET', `/prompts?limit=30&offset=${offset}`));
+      const list = await api('GET', `/prompts?limit=30&offset=${offset}`);
       offset += list.length;
       $('#more-jobs').hidden = list.length < 30;
       for (const p of list) {
@@ -206,17 +206,15 @@ const views = {
   async tunes() {
     const body = $('#tunes');
     body.replaceChildren();
-    for (const t of listOf(await api('GET', '/tunes'))) {
+    for (const t of await api('GET', '/tunes')) {
       const del = el('button', { type: 'button', class: 'secondary', onclick: async () => {
         try { await api('DELETE', `/tunes/${t.id}`); views.tunes(); } catch (e) { banner(e.message); }
       } }, 'Delete');
       body.append(el('tr', {}, el('td', {}, t.id), el('td', {}, t.title), el('td', {}, t.name), el('td', {}, t.token),
-        el('td', {}, t.model_type || t.type), el('td', {}, t.branch || t.family), el('td', {}, del)));
+        el('td', {}, t.model_type), el('td', {}, t.branch), el('td', {}, del)));
     }
   },
 };
-
-function listOf(x) { return Array.isArray(x) ? x : (x && (x.prompts || x.tunes || x.items)) || []; }
 
 function showRowProgress(td, p) {
   td.replaceChildren();
@@ -250,7 +248,7 @@ async function showJob(p) {
     el('td', {}, (q.image ?? 0) + 1), el('td', {}, q.pass), el('td', { class: 'prompt', title: q.prompt || '' }, q.prompt || ''),
     el('td', {}, (q.loras || []).map((l) => `${l.id}:${l.weight}`).join(', ')), el('td', {}, q.seed),
     el('td', {}, q.width && q.height ? `${q.width}×${q.height}` : ''), el('td', {}, q.seconds !== undefined ? q.seconds.toFixed(1) : ''))));
-  const warnings = [...(p.warnings || []), ...(p.skipped || []).map((s) => `skipped ${s.step || s.what}: ${s.reason}`)];
+  const warnings = [...(p.warnings || []), ...(p.skipped || []).map((s) => `skipped ${s.step}: ${s.reason}`)];
   $('#job-warnings').replaceChildren(...warnings.map((w) => el('li', {}, w)));
 }
 
@@ -279,7 +277,7 @@ async function showPlan() {
   if (!text.trim()) { box.textContent = 'Type a document to see its passes.'; return; }
   try {
     const res = await api('POST', '/prompts/plan', { prompt: { text } });
-    const plan = res.plan || res;
+    const plan = res.plan;
     const items = [];
     for (const img of plan.images || []) {
       for (const q of img.passes || []) {
@@ -288,10 +286,11 @@ async function showPlan() {
           ` — ${q.prompt}`);
       }
     }
-    for (const s of plan.post || []) items.push(`post · ${s.step || s.kind || s.name || JSON.stringify(s)}`);
-    const warnings = res.warnings || plan.warnings || [];
+    for (const s of plan.post || []) items.push(`post · ${s.step}${s.scale ? ` ×${s.scale}` : ''}`);
+    const warnings = res.warnings || [];
     box.className = 'plan';
-    box.replaceChildren(el('ol', {}, ...items.map((t) => el('li', {}, t))),
+    const size = plan.final_size ? el('div', { class: 'muted' }, `final size ${plan.final_size.w}×${plan.final_size.h}`) : null;
+    box.replaceChildren(el('ol', {}, ...items.map((t) => el('li', {}, t))), ...(size ? [size] : []),
       ...warnings.map((w) => el('div', { class: 'muted' }, `warning: ${w}`)));
   } catch (e) {
     box.className = 'plan error';
