@@ -51,8 +51,6 @@ static mp_error *pick_tensor(const mp_weights *w, const char *path, const mp_wei
     *out = param;
     return NULL;
   }
-  if (mp_weights_find(w, "clip_l") && mp_weights_find(w, "clip_g"))
-    return mp_errorf("%s: an SDXL embedding (clip_l + clip_g); SD 1.x needs a single-encoder embedding", path);
   if (n != 1) {
     list_names(w, names, sizeof names);
     return mp_errorf("%s: holds %zu tensors (%s); expected one embedding tensor (A1111 'emb_params' or "
@@ -103,12 +101,12 @@ static mp_error *convert(const char *path, const mp_weight *t, int expected_hidd
       return mp_errorf("%s: tensor '%s' holds a non-finite value (vector %zu, element %zu): the file is corrupt", path, t->name,
                        i / (size_t)hidden, i % (size_t)hidden);
     }
-  *out = (mp_embedding){(int)n, (int)hidden, v};
+  *out = (mp_embedding){(int)n, (int)hidden, v, 0, NULL};
   return NULL;
 }
 
 mp_error *mp_embedding_read(const char *path, int expected_hidden, mp_embedding *out) {
-  *out = (mp_embedding){0, 0, NULL};
+  *out = (mp_embedding){0, 0, NULL, 0, NULL};
   mp_weights *w = NULL;
   mp_error *e = mp_weights_open(path, &w);
   if (e && strstr(mp_error_message(e), "ParameterDict")) {
@@ -121,6 +119,24 @@ mp_error *mp_embedding_read(const char *path, int expected_hidden, mp_embedding 
     e = hint;
   }
   if (e) return strstr(mp_error_message(e), path) ? e : mp_error_wrap(e, "%s", path);
+  const mp_weight *clip_l = mp_weights_find(w, "clip_l"), *clip_g = mp_weights_find(w, "clip_g");
+  if (clip_l && clip_g) {
+    /* SDXL: one vector set per text encoder, the same number of vectors in each */
+    mp_embedding g = {0};
+    e = convert(path, clip_l, expected_hidden, out);
+    if (!e) e = convert(path, clip_g, 0, &g);
+    if (!e && g.n_vectors != out->n_vectors)
+      e = mp_errorf("%s: an SDXL embedding with %d clip_l vectors but %d clip_g vectors; both must hold the same number", path,
+                    out->n_vectors, g.n_vectors);
+    if (e) {
+      mp_embedding_free(out);
+      mp_embedding_free(&g);
+    } else {
+      out->hidden2 = g.hidden, out->vectors2 = g.vectors;
+    }
+    mp_weights_close(w);
+    return e;
+  }
   const mp_weight *t = NULL;
   e = pick_tensor(w, path, &t);
   if (!e) e = convert(path, t, expected_hidden, out);
@@ -130,13 +146,15 @@ mp_error *mp_embedding_read(const char *path, int expected_hidden, mp_embedding 
 
 void mp_embedding_free(mp_embedding *e) {
   free(e->vectors);
-  *e = (mp_embedding){0, 0, NULL};
+  free(e->vectors2);
+  *e = (mp_embedding){0, 0, NULL, 0, NULL};
 }
 
 mp_error *mp_embedding_load_file(const char *path, const char *name, int expected_hidden, mp_ti_set *set) {
   mp_embedding emb;
   MP_TRY(mp_embedding_read(path, expected_hidden, &emb));
-  mp_error *e = mp_ti_set_add(set, name, emb.vectors, emb.n_vectors, emb.hidden);
+  mp_error *e = emb.hidden2 ? mp_ti_set_add_xl(set, name, emb.vectors, emb.hidden, emb.vectors2, emb.hidden2, emb.n_vectors)
+                            : mp_ti_set_add(set, name, emb.vectors, emb.n_vectors, emb.hidden);
   mp_embedding_free(&emb);
   return e;
 }

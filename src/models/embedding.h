@@ -7,7 +7,9 @@
  *   diffusers            learned_embeds.bin / .safetensors: {"<token>": [hidden] or [n, hidden]}
  *   older .pt            {token: tensor}
  * i.e. the one tensor under "string_to_param." if there is one, else the file's only tensor. SDXL
- * embeddings (clip_l + clip_g) are refused by name. The word that triggers an embedding in a prompt is
+ * embeddings (A1111/kohya: {"clip_l": [n, 768], "clip_g": [n, 1280]}) are read as a pair, clip_l for
+ * the first text encoder and clip_g for the second; the conditioning refuses a pair on SD 1.x and a
+ * single set on SDXL. The word that triggers an embedding in a prompt is
  * the name it is loaded under (the file's stem when found by name), never the token stored inside.
  *
  * Files are looked up in <models>/embeddings/: "<name>.safetensors", "<name>.pt", "<name>.bin" in that
@@ -27,10 +29,13 @@ typedef struct {
   int n_vectors;
   int hidden;
   float *vectors;
+  /* SDXL: clip_g [n_vectors, hidden2] beside clip_l in `vectors`; 0 / NULL for a single set */
+  int hidden2;
+  float *vectors2;
 } mp_embedding;
 
-/* Read the embedding in `path`. expected_hidden: the text encoder's width (0 accepts any); a file of
- * another width is an error naming the file, the width found and the one expected. */
+/* Read the embedding in `path`. expected_hidden: the (first) text encoder's width (0 accepts any); a
+ * file of another width is an error naming the file, the width found and the one expected. */
 mp_error *mp_embedding_read(const char *path, int expected_hidden, mp_embedding *out);
 void mp_embedding_free(mp_embedding *e);
 

@@ -617,11 +617,18 @@ mp_error *mp_sd_write_random_lora(const char *path, const mp_sd_config *cfg, int
 
 mp_error *mp_sd_write_random_embedding(const char *path, const mp_sd_config *cfg, int n_vectors, uint64_t seed) {
   if (n_vectors < 1 || n_vectors > 75) return mp_errorf("an embedding has 1 to 75 vectors, not %d", n_vectors);
-  mp_tensor t;
+  mp_tensor t[2] = {0};
   uint64_t state = seed;
-  MP_TRY(random_tensor(&t, 2, (int64_t[]){n_vectors, cfg->clip.hidden}, 0.02f, &state));
+  MP_TRY(random_tensor(&t[0], 2, (int64_t[]){n_vectors, cfg->clip.hidden}, 0.02f, &state));
+  if (cfg->family == MP_FAMILY_SDXL) { /* A1111/kohya SDXL layout: one vector set per text encoder */
+    mp_error *e = random_tensor(&t[1], 2, (int64_t[]){n_vectors, cfg->clip2.hidden}, 0.02f, &state);
+    const char *names[2] = {"clip_l", "clip_g"};
+    if (!e) e = mp_safetensors_write(path, 2, names, t, NULL);
+    mp_tensor_free(&t[0]), mp_tensor_free(&t[1]);
+    return e;
+  }
   const char *name = "emb_params";
-  mp_error *e = mp_safetensors_write(path, 1, &name, &t, NULL);
-  mp_tensor_free(&t);
+  mp_error *e = mp_safetensors_write(path, 1, &name, &t[0], NULL);
+  mp_tensor_free(&t[0]);
   return e;
 }

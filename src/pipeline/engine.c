@@ -95,7 +95,12 @@ mp_error *mp_engine_set_loras(mp_engine *e, const mp_lora_spec *specs, int n, ch
   e->overlay = NULL;
   if (n > 0) {
     mp_lora_report rep = {0};
-    MP_TRY(mp_lora_apply(e->base, &e->cfg, specs, n, &e->overlay, &rep));
+    /* At f32 precision the patched layers are kept in f32: merging the delta into an f16 checkpoint's
+     * own dtype would round W + dW to f16, a reduced-precision step on the fp32 path. At bf16 the
+     * backend packs every weight to bf16 before the matmul anyway, so the checkpoint's dtype loses
+     * nothing further and keeps the overlay half the size. */
+    mp_lora_options opt = {.f32_patches = e->ctx->precision == MP_PRECISION_F32};
+    MP_TRY(mp_lora_apply_opts(e->base, &e->cfg, specs, n, &opt, &e->overlay, &rep));
     for (int i = 0; warnings && i < rep.n_unmatched; i++) {
       char **grown = realloc(*warnings, (size_t)(*n_warnings + 1) * sizeof *grown);
       if (!grown) break;

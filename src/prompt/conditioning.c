@@ -11,38 +11,44 @@
 mp_cond_options mp_cond_options_default(void) { return (mp_cond_options){.clip_skip = 1, .use_lpw = true, .comma_backtrack = 20}; }
 
 mp_error *mp_ti_set_add(mp_ti_set *set, const char *name, const float *vectors, int n_vectors, int hidden) {
+  return mp_ti_set_add_xl(set, name, vectors, hidden, NULL, 0, n_vectors);
+}
+
+mp_error *mp_ti_set_add_xl(mp_ti_set *set, const char *name, const float *vectors, int hidden, const float *vectors2, int hidden2,
+                           int n_vectors) {
   if (!name || !*name) return mp_errorf("textual inversion: empty name");
-  if (n_vectors < 1 || n_vectors > MP_CHUNK_TOKENS || hidden < 1)
+  if (n_vectors < 1 || n_vectors > MP_CHUNK_TOKENS || hidden < 1 || hidden2 < 0 || (hidden2 > 0) != (vectors2 != NULL))
     return mp_errorf("textual inversion '%s': %d vectors of size %d, expected 1..%d vectors", name, n_vectors, hidden,
                      MP_CHUNK_TOKENS);
-  size_t bytes = (size_t)n_vectors * (size_t)hidden * sizeof(float);
-  float *v = malloc(bytes);
+  size_t bytes = (size_t)n_vectors * (size_t)hidden * sizeof(float), bytes2 = (size_t)n_vectors * (size_t)hidden2 * sizeof(float);
+  float *v = malloc(bytes), *v2 = hidden2 ? malloc(bytes2) : NULL;
   char *nm = strdup(name);
-  if (!v || !nm) {
-    free(v);
-    free(nm);
+  if (!v || !nm || (hidden2 && !v2)) {
+    free(v), free(v2), free(nm);
     return mp_errorf("out of memory");
   }
   memcpy(v, vectors, bytes);
+  if (v2) memcpy(v2, vectors2, bytes2);
+  const mp_ti_embedding item = {nm, n_vectors, hidden, v, hidden2, v2};
   for (size_t i = 0; i < set->n; i++)
     if (strcmp(set->items[i].name, name) == 0) {
       free(set->items[i].name);
       free(set->items[i].vectors);
-      set->items[i] = (mp_ti_embedding){nm, n_vectors, hidden, v};
+      free(set->items[i].vectors2);
+      set->items[i] = item;
       return NULL;
     }
   if (set->n == set->cap) {
     size_t cap = set->cap ? 2 * set->cap : 8;
     mp_ti_embedding *ni = realloc(set->items, cap * sizeof *ni);
     if (!ni) {
-      free(v);
-      free(nm);
+      free(v), free(v2), free(nm);
       return mp_errorf("out of memory");
     }
     set->items = ni;
     set->cap = cap;
   }
-  set->items[set->n++] = (mp_ti_embedding){nm, n_vectors, hidden, v};
+  set->items[set->n++] = item;
   return NULL;
 }
 
@@ -50,6 +56,7 @@ void mp_ti_set_free(mp_ti_set *set) {
   for (size_t i = 0; i < set->n; i++) {
     free(set->items[i].name);
     free(set->items[i].vectors);
+    free(set->items[i].vectors2);
   }
   free(set->items);
   memset(set, 0, sizeof *set);
@@ -68,7 +75,8 @@ static void patterns_free(ti_patterns *p) {
   free(p->pat);
 }
 
-static mp_error *patterns_make(const mp_tokenizer *tok, const mp_ti_set *ti, int hidden, ti_patterns *out) {
+/* hidden2: the model's second encoder width (SDXL), 0 for SD 1.x. */
+static mp_error *patterns_make(const mp_tokenizer *tok, const mp_ti_set *ti, int hidden, int hidden2, ti_patterns *out) {
   memset(out, 0, sizeof *out);
   size_t n = ti ? ti->n : 0;
   if (!n) return NULL;
@@ -81,13 +89,20 @@ static mp_error *patterns_make(const mp_tokenizer *tok, const mp_ti_set *ti, int
   out->n = n;
   for (size_t i = 0; i < n; i++) {
     const mp_ti_embedding *e = &ti->items[i];
-    if (e->hidden != hidden) {
-      mp_error *err = mp_errorf("textual inversion '%s': vectors of size %d, the text encoder needs %d", e->name, e->hidden, hidden);
+    /* An embedding of the other family is an error only where a text uses it (family_error): a mixed
+     * job's set holds the SDXL scene's and the SD 1.x persons' embeddings side by side. */
+    const bool other_family = (e->hidden2 != 0) != (hidden2 != 0);
+    mp_error *err = NULL;
+    if (!other_family && hidden2 && e->hidden2 != hidden2)
+      err = mp_errorf("textual inversion '%s': clip_g vectors of size %d, the second text encoder needs %d", e->name, e->hidden2, hidden2);
+    else if (!other_family && e->hidden != hidden)
+      err = mp_errorf("textual inversion '%s': vectors of size %d, the text encoder needs %d", e->name, e->hidden, hidden);
+    if (err) {
       patterns_free(out);
       return err;
     }
     size_t k = 0;
-    mp_error *err = mp_tokenize(tok, e->name, &out->ids[i], &k);
+    err = mp_tokenize(tok, e->name, &out->ids[i], &k);
     if (!err && k == 0) err = mp_errorf("textual inversion '%s': the name gives no tokens", e->name);
     if (err) {
       patterns_free(out);
@@ -150,6 +165,39 @@ static mp_error *plain_chunk(const mp_tokenizer *tok, const char *text, const ti
   return NULL;
 }
 
+/* The error for a text that uses an embedding of the other family than the model's. */
+static mp_error *family_error(const mp_ti_embedding *e, int hidden, int hidden2) {
+  if (e->hidden2)
+    return mp_errorf("textual inversion '%s' is an SDXL embedding (clip_l %d + clip_g %d wide); this SD 1.x model needs a "
+                     "single-encoder embedding of width %d",
+                     e->name, e->hidden, e->hidden2, hidden);
+  return mp_errorf("textual inversion '%s' is an SD 1.x embedding (one vector set, %d wide); this SDXL model needs clip_l (%d) "
+                   "and clip_g (%d) vectors",
+                   e->name, e->hidden, hidden, hidden2);
+}
+
+mp_error *mp_ti_chunk_text(const mp_tokenizer *tok, const char *text, const mp_ti_set *ti, int hidden, int hidden2,
+                           const mp_cond_options *o, mp_prompt_chunks *out, char **warning) {
+  ti_patterns tp;
+  MP_TRY(patterns_make(tok, ti, hidden, hidden2, &tp));
+  mp_error *e;
+  if (o->use_lpw) {
+    mp_chunk_options co = {.comma_backtrack = o->comma_backtrack, .ti = tp.pat, .n_ti = tp.n};
+    e = mp_prompt_chunk_text(tok, text, &co, out);
+  } else {
+    e = plain_chunk(tok, text, &tp, out, warning);
+  }
+  patterns_free(&tp);
+  for (size_t f = 0; !e && f < out->n_fixes; f++) {
+    const mp_ti_embedding *used = &ti->items[out->fixes[f].ti];
+    if ((used->hidden2 != 0) != (hidden2 != 0)) {
+      e = family_error(used, hidden, hidden2);
+      mp_prompt_chunks_free(out);
+    }
+  }
+  return e;
+}
+
 /* One chunk through CLIP, textual-inversion vectors placed, then the emphasis weights applied. */
 static mp_error *encode_chunk(const mp_clip *clip, mp_pool *pool, const mp_prompt_chunk *ch, const mp_prompt_chunks *all,
                               size_t chunk_index, const mp_ti_set *ti, int clip_skip, float *emb, float *z) {
@@ -200,18 +248,9 @@ mp_error *mp_conditioning_encode_one(const mp_clip *clip, mp_pool *pool, const m
     return mp_errorf("clip skip %d is out of range 1..%d", o.clip_skip, cfg->layers);
   if (cfg->max_positions < MP_CLIP_MAX_LENGTH)
     return mp_errorf("the text encoder has %d positions, prompts need %d", cfg->max_positions, MP_CLIP_MAX_LENGTH);
-  ti_patterns tp;
-  MP_TRY(patterns_make(tok, ti, cfg->hidden, &tp));
   mp_prompt_chunks chunks;
-  mp_error *e;
-  if (o.use_lpw) {
-    mp_chunk_options co = {.comma_backtrack = o.comma_backtrack, .ti = tp.pat, .n_ti = tp.n};
-    e = mp_prompt_chunk_text(tok, text, &co, &chunks);
-  } else {
-    e = plain_chunk(tok, text, &tp, &chunks, warning);
-  }
-  patterns_free(&tp);
-  if (e) return e;
+  MP_TRY(mp_ti_chunk_text(tok, text, ti, cfg->hidden, 0, &o, &chunks, warning));
+  mp_error *e = NULL;
   const size_t D = (size_t)cfg->hidden, T = MP_CLIP_MAX_LENGTH;
   float *z = mp_alloc(chunks.n_chunks * T * D * sizeof *z), *emb = mp_alloc(T * D * sizeof *emb);
   if (!z || !emb) e = mp_errorf("out of memory");

@@ -21,6 +21,7 @@
 #include "core/threads.h"
 #include "models/clip.h"
 #include "prompt/tokenizer.h"
+#include "prompt/weighting.h"
 
 /* A textual-inversion embedding in memory (reading embedding files is elsewhere). */
 typedef struct {
@@ -28,6 +29,9 @@ typedef struct {
   int n_vectors;    /* 1..75 */
   int hidden;       /* must equal the CLIP hidden size */
   float *vectors;   /* [n_vectors, hidden] */
+  /* SDXL embeddings (clip_l + clip_g) also carry the second encoder's vectors; 0 / NULL for SD 1.x. */
+  int hidden2;      /* the second (OpenCLIP) encoder's width */
+  float *vectors2;  /* [n_vectors, hidden2] */
 } mp_ti_embedding;
 
 typedef struct {
@@ -37,6 +41,10 @@ typedef struct {
 
 /* Copy an embedding into the set; a name already present is replaced. */
 mp_error *mp_ti_set_add(mp_ti_set *set, const char *name, const float *vectors, int n_vectors, int hidden);
+/* An SDXL embedding: vectors [n_vectors, hidden] for the first encoder, vectors2 [n_vectors, hidden2]
+ * for the second. */
+mp_error *mp_ti_set_add_xl(mp_ti_set *set, const char *name, const float *vectors, int hidden, const float *vectors2, int hidden2,
+                           int n_vectors);
 void mp_ti_set_free(mp_ti_set *set);
 
 typedef struct {
@@ -69,5 +77,12 @@ void mp_emphasis_original(float *z, const float *weights, int T, int D);
 mp_error *mp_conditioning_encode_one(const mp_clip *clip, mp_pool *pool, const mp_tokenizer *tok, const char *text,
                                      const mp_ti_set *ti, const mp_cond_options *opt, float **out, int *n_chunks,
                                      size_t *token_count, char **warning);
+
+/* The text as chunks with its embedding names replaced by placeholder slots (mp_prompt_chunks.fixes):
+ * A1111 weighting and chunking when o->use_lpw, else one plain chunk of at most 75 tokens. hidden2 is
+ * the model's second encoder width (SDXL) or 0 (SD 1.x): an embedding of the other family is an error
+ * naming both. Shared by the SD 1.x and SDXL conditioning. */
+mp_error *mp_ti_chunk_text(const mp_tokenizer *tok, const char *text, const mp_ti_set *ti, int hidden, int hidden2,
+                           const mp_cond_options *o, mp_prompt_chunks *out, char **warning);
 
 #endif

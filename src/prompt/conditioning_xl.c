@@ -15,8 +15,11 @@ void mp_xl_label_vector(const float *pooled, int proj, const float time_ids[6], 
   for (int k = 0; k < 6; k++) mp_unet_timestep_embedding(y + proj + k * time_id_dim, &time_ids[k], 1, time_id_dim);
 }
 
-mp_error *mp_xl_encode_chunk(const mp_clip *clip, const mp_openclip *clip2, mp_pool *pool, const int32_t *ids1, const int32_t *ids2,
-                             int32_t eos_id, const float *weights, float *context, float *pooled) {
+/* One chunk; `fixes` (may be NULL) place textual-inversion vectors into each encoder's token embeddings
+ * (clip_l into the first, clip_g into the second) for the fixes of chunk `chunk_index`. */
+static mp_error *encode_chunk_ti(const mp_clip *clip, const mp_openclip *clip2, mp_pool *pool, const int32_t *ids1, const int32_t *ids2,
+                                 int32_t eos_id, const float *weights, const mp_prompt_chunks *fixes, size_t chunk_index,
+                                 const mp_ti_set *ti, float *context, float *pooled) {
   const mp_clip_config *c1 = mp_clip_get_config(clip), *c2 = mp_openclip_get_config(clip2);
   const int D1 = c1->hidden, D2 = c2->hidden, D = D1 + D2;
   float *emb = mp_alloc(sizeof(float) * T * (size_t)(D1 > D2 ? D1 : D2));
@@ -24,9 +27,17 @@ mp_error *mp_xl_encode_chunk(const mp_clip *clip, const mp_openclip *clip2, mp_p
   mp_error *e = emb && z1 && z2 ? NULL : mp_errorf("out of memory");
   /* encoder 1: CLIP ViT-L, hidden_states[-2] without the final LayerNorm */
   if (!e) e = mp_clip_embed_tokens(clip, ids1, T, emb);
+  for (size_t f = 0; !e && fixes && f < fixes->n_fixes; f++)
+    if (fixes->fixes[f].chunk == chunk_index)
+      memcpy(emb + (size_t)fixes->fixes[f].pos * D1, ti->items[fixes->fixes[f].ti].vectors,
+             (size_t)fixes->fixes[f].n_vectors * D1 * sizeof *emb);
   if (!e) e = mp_clip_encode_embeds(clip, pool, emb, T, c1->layers - 1, false, z1);
   /* encoder 2: OpenCLIP bigG, penultimate state, and the pooled EOS row of the last layer */
   if (!e) e = mp_openclip_embed_tokens(clip2, ids2, T, emb);
+  for (size_t f = 0; !e && fixes && f < fixes->n_fixes; f++)
+    if (fixes->fixes[f].chunk == chunk_index)
+      memcpy(emb + (size_t)fixes->fixes[f].pos * D2, ti->items[fixes->fixes[f].ti].vectors2,
+             (size_t)fixes->fixes[f].n_vectors * D2 * sizeof *emb);
   if (!e) e = mp_openclip_encode_embeds(clip2, pool, emb, T, mp_openclip_eos_index(ids2, T, eos_id), z2, NULL, pooled);
   if (!e && weights) {
     mp_emphasis_original(z1, weights, T, D1);
@@ -40,38 +51,18 @@ mp_error *mp_xl_encode_chunk(const mp_clip *clip, const mp_openclip *clip2, mp_p
   return e;
 }
 
-/* Plain CLIP: one chunk, the text truncated to 75 tokens, every weight 1. */
-static mp_error *plain_chunks(const mp_tokenizer *tok, const char *text, mp_prompt_chunks *out, char **warning) {
-  memset(out, 0, sizeof *out);
-  int32_t *ids;
-  size_t n;
-  MP_TRY(mp_tokenize(tok, text, &ids, &n));
-  out->chunks = malloc(sizeof *out->chunks);
-  if (!out->chunks) {
-    free(ids);
-    return mp_errorf("out of memory");
-  }
-  out->n_chunks = 1;
-  mp_prompt_empty_chunk(tok, &out->chunks[0]);
-  size_t keep = n < MP_CHUNK_TOKENS ? n : MP_CHUNK_TOKENS;
-  memcpy(out->chunks[0].ids + 1, ids, keep * sizeof *ids);
-  out->token_count = keep;
-  if (keep < n && warning && !*warning) {
-    char buf[200];
-    snprintf(buf, sizeof buf, "prompt truncated to %d tokens (CLIP's limit): %zu of %zu tokens were dropped", MP_CHUNK_TOKENS, n - keep, n);
-    *warning = strdup(buf);
-  }
-  free(ids);
-  return NULL;
+mp_error *mp_xl_encode_chunk(const mp_clip *clip, const mp_openclip *clip2, mp_pool *pool, const int32_t *ids1, const int32_t *ids2,
+                             int32_t eos_id, const float *weights, float *context, float *pooled) {
+  return encode_chunk_ti(clip, clip2, pool, ids1, ids2, eos_id, weights, NULL, 0, NULL, context, pooled);
 }
 
 /* One text: z [k*77, D] and the first chunk's pooled vector [proj], allocated with mp_alloc. */
 static mp_error *encode_text(const mp_clip *clip, const mp_openclip *clip2, mp_pool *pool, const mp_tokenizer *tok, const char *text,
-                             const mp_cond_options *o, float **z, float **pooled, int *k, size_t *tokens, char **warning) {
+                             const mp_ti_set *ti, const mp_cond_options *o, float **z, float **pooled, int *k, size_t *tokens,
+                             char **warning) {
   *z = *pooled = NULL;
   mp_prompt_chunks ch;
-  mp_chunk_options co = {.comma_backtrack = o->comma_backtrack};
-  MP_TRY(o->use_lpw ? mp_prompt_chunk_text(tok, text, &co, &ch) : plain_chunks(tok, text, &ch, warning));
+  MP_TRY(mp_ti_chunk_text(tok, text, ti, mp_clip_get_config(clip)->hidden, mp_openclip_get_config(clip2)->hidden, o, &ch, warning));
   const size_t D = (size_t)(mp_clip_get_config(clip)->hidden + mp_openclip_get_config(clip2)->hidden);
   const int P = mp_openclip_get_config(clip2)->projection_dim;
   const int32_t eos = mp_tokenizer_eos(tok);
@@ -84,8 +75,8 @@ static mp_error *encode_text(const mp_clip *clip, const mp_openclip *clip2, mp_p
     memcpy(ids2, ch.chunks[c].ids, sizeof ids2);
     int at = mp_openclip_eos_index(ids2, T, eos);
     for (int t = at + 1; t < T; t++) ids2[t] = 0; /* open_clip pads with 0 */
-    e = mp_xl_encode_chunk(clip, clip2, pool, ch.chunks[c].ids, ids2, eos, ch.chunks[c].weights, *z + c * T * D,
-                           c == 0 ? *pooled : chunk_pooled);
+    e = encode_chunk_ti(clip, clip2, pool, ch.chunks[c].ids, ids2, eos, ch.chunks[c].weights, &ch, c, ti, *z + c * T * D,
+                        c == 0 ? *pooled : chunk_pooled);
   }
   mp_free(chunk_pooled);
   if (e) {
@@ -118,15 +109,14 @@ mp_error *mp_xl_conditioning_encode(const mp_clip *clip, const mp_openclip *clip
   float *zc = NULL, *zu = NULL, *pc = NULL, *pu = NULL, *empty = NULL, *pe = NULL;
   int kc = 0, ku = 1, ke = 0;
   char *warning = NULL;
-  if (ti && ti->n) warning = strdup("textual inversions are not applied to SDXL models yet (their clip_l/clip_g vectors are ignored)");
-  mp_error *e = encode_text(clip, clip2, pool, tok, prompt, &o, &zc, &pc, &kc, &out->prompt_tokens, &warning);
+  mp_error *e = encode_text(clip, clip2, pool, tok, prompt, ti, &o, &zc, &pc, &kc, &out->prompt_tokens, &warning);
   if (e) e = mp_error_wrap(e, "prompt");
   const bool zero_negative = !negative || !*negative;
   if (!e && !zero_negative) {
-    e = encode_text(clip, clip2, pool, tok, negative, &o, &zu, &pu, &ku, &out->negative_tokens, &warning);
+    e = encode_text(clip, clip2, pool, tok, negative, ti, &o, &zu, &pu, &ku, &out->negative_tokens, &warning);
     if (e) e = mp_error_wrap(e, "negative prompt");
   }
-  if (!e && kc != ku) e = encode_text(clip, clip2, pool, tok, "", &o, &empty, &pe, &ke, NULL, NULL);
+  if (!e && kc != ku) e = encode_text(clip, clip2, pool, tok, "", NULL, &o, &empty, &pe, &ke, NULL, NULL);
   int k = kc > ku ? kc : ku;
   if (!e) e = padded(zc, kc, empty, k, D, &out->cond);
   if (!e) e = padded(zu, ku, empty, k, D, &out->uncond); /* zu NULL: the zeroed empty negative */

@@ -364,7 +364,7 @@ static void test_bad_contents(void **state) {
   nan_v[5] = NAN;
   write_st_f32(p, "emb_params", 1, 32, nan_v);
   assert_err_contains(mp_embedding_read(p, f->text.D, &e), "non-finite value (vector 0, element 5)");
-  /* several tensors: which one is meant is unknowable; SDXL pairs are named */
+  /* several tensors: which one is meant is unknowable; SDXL pairs are named and read as a pair */
   mp_tensor ts[2];
   int64_t sh[2] = {1, 32};
   mp_tensor_view(&ts[0], MP_F32, 2, sh, v);
@@ -373,7 +373,25 @@ static void test_bad_contents(void **state) {
   assert_ok(mp_safetensors_write(p, 2, two, ts, NULL));
   assert_err_contains(mp_embedding_read(p, f->text.D, &e), "holds 2 tensors ('a', 'b')");
   assert_ok(mp_safetensors_write(p, 2, sdxl, ts, NULL));
-  assert_err_contains(mp_embedding_read(p, f->text.D, &e), "SDXL embedding");
+  assert_ok(mp_embedding_read(p, f->text.D, &e));
+  assert_int_equal(e.n_vectors, 1);
+  assert_int_equal(e.hidden, 32);
+  assert_int_equal(e.hidden2, 32);
+  assert_memory_equal(e.vectors, v + 32, 32 * sizeof *v); /* clip_l is the second tensor written */
+  assert_memory_equal(e.vectors2, v, 32 * sizeof *v);
+  mp_embedding_free(&e);
+  /* on an SD 1.x model an SDXL pair is a family error naming both widths */
+  mp_ti_set set = {0};
+  assert_ok(mp_embedding_load_file(p, "mpassxl", f->text.D, &set));
+  mp_conditioning c;
+  mp_error *err = mp_conditioning_encode(f->text.clip, NULL, f->text.tok, "a mpassxl cat", "", &set, NULL, &c);
+  assert_err_contains(err, "'mpassxl' is an SDXL embedding (clip_l 32 + clip_g 32 wide); this SD 1.x model");
+  mp_ti_set_free(&set);
+  /* clip_l and clip_g with different vector counts */
+  int64_t sh2[2] = {2, 16};
+  mp_tensor_view(&ts[0], MP_F32, 2, sh2, v);
+  assert_ok(mp_safetensors_write(p, 2, sdxl, ts, NULL));
+  assert_err_contains(mp_embedding_read(p, f->text.D, &e), "1 clip_l vectors but 2 clip_g vectors");
   free(p);
 }
 

@@ -35,6 +35,16 @@ static const char *SCENE_DOC =
     "steps=2\n"
     "scheduler=euler\n";
 
+/* the scene with a textual-inversion tag (%s: the embedding's name) */
+static const char *SCENE_TI_DOC =
+    "a street at dusk <%s>\n"
+    "base_model=scene-xl\n"
+    "w=128\n"
+    "h=128\n"
+    "seed=7\n"
+    "steps=1\n"
+    "scheduler=euler\n";
+
 typedef struct {
   char *dir, *models;
   mpass_ctx *ctx;
@@ -54,6 +64,13 @@ static int setup(void **state) {
   assert_ok(mp_sd_preset("tiny-xl", &cfg));
   snprintf(p, sizeof p, "%s/lora/xl-style.safetensors", f->models);
   assert_ok(mp_sd_write_random_lora(p, &cfg, 4, 9)); /* an SDXL LoRA (UNet attention, 80-wide context) */
+  snprintf(p, sizeof p, "%s/embeddings", f->models), mkdir(p, 0755);
+  snprintf(p, sizeof p, "%s/embeddings/xl-emb.safetensors", f->models);
+  assert_ok(mp_sd_write_random_embedding(p, &cfg, 2, 11)); /* clip_l + clip_g */
+  mp_sd_config cfg15;
+  assert_ok(mp_sd_preset("tiny", &cfg15));
+  snprintf(p, sizeof p, "%s/embeddings/sd15-emb.safetensors", f->models);
+  assert_ok(mp_sd_write_random_embedding(p, &cfg15, 2, 12)); /* emb_params */
   snprintf(p, sizeof p, "%s/checkpoints/tiny-sd15.safetensors", f->models);
   test_write_tiny_checkpoint(p, "tiny", 3);
   mpass_options o = {.n_threads = 2, .models_dir = f->models};
@@ -140,6 +157,40 @@ static void test_sdxl_lora_on_sd15_person(void **state) {
   assert_null(dir);
 }
 
+/* An SDXL embedding is used by the SDXL scene pass (no warning); an SD 1.x one there is an error
+ * naming both families. */
+static void test_sdxl_textual_inversion(void **state) {
+  fixture *f = *state;
+  char *v = test_shared_path("data/clip/bpe_simple_vocab_16e6.txt.gz"), doc[1024], out[1024];
+  snprintf(out, sizeof out, "%s/out", f->dir);
+  const char *names[2] = {"xl-emb", "sd15-emb"};
+  for (int i = 0; i < 2; i++) {
+    snprintf(doc, sizeof doc, SCENE_TI_DOC, names[i]);
+    mp_job *job;
+    mp_plan *plan;
+    assert_ok(mp_job_parse_text(doc, strlen(doc), &job));
+    assert_int_equal(job->n_embeddings, 1);
+    assert_ok(mp_plan_make(job, &plan));
+    mp_run_options o = {.out_dir = out, .job_name = names[i], .document = doc, .vocab = v, .rng = MP_RNG_CPU, .clip_skip = 1};
+    char *dir = NULL;
+    mp_error *e = mp_run_plan(f->ctx, plan, &o, &dir);
+    if (i == 0) {
+      assert_ok(e);
+      char p[1200];
+      snprintf(p, sizeof p, "%s/result.json", dir);
+      cJSON *res = test_read_json(p);
+      for (cJSON *w = cJSON_GetObjectItem(res, "warnings")->child; w; w = w->next) assert_null(strstr(w->valuestring, "textual"));
+      cJSON_Delete(res);
+    } else {
+      assert_err_contains(e, "'sd15-emb' is an SD 1.x embedding (one vector set, 32 wide); this SDXL model needs clip_l");
+    }
+    free(dir);
+    mp_plan_free(plan);
+    mp_job_free(job);
+  }
+  free(v);
+}
+
 static void test_families_helpers(void **state) {
   fixture *f = *state;
   char *path = NULL;
@@ -164,6 +215,7 @@ int main(void) {
       cmocka_unit_test(test_families_helpers),
       cmocka_unit_test(test_sdxl_scene_sd15_person),
       cmocka_unit_test(test_sdxl_lora_on_sd15_person),
+      cmocka_unit_test(test_sdxl_textual_inversion),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
