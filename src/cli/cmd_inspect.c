@@ -33,6 +33,14 @@ static const char *const components[N_PARTS][2] = {{"UNet", MP_PREFIX_UNET},
                                                    {"text enc. 1", MP_PREFIX_XL_CLIP},
                                                    {"text enc. 2", MP_PREFIX_XL_OPENCLIP}};
 
+/* One "check PART: ..." line for binding a model part to the file's tensors; frees e; true if it failed. */
+static bool report_check(const char *part, mp_error *e) {
+  const bool failed = e != NULL;
+  printf("check %s%s\n", part, failed ? mp_error_message(e) : "all tensors present with the expected shapes");
+  mp_error_free(e);
+  return failed;
+}
+
 int cmd_inspect(mpass_ctx *ctx, int argc, char **argv) {
   (void)ctx;
   if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
@@ -112,21 +120,15 @@ int cmd_inspect(mpass_ctx *ctx, int argc, char **argv) {
       e = mp_openclip_load(w, MP_PREFIX_XL_OPENCLIP, &cfg.clip2, &oc);
       mp_openclip_free(oc);
     }
-    printf("check text:  %s\n", e ? mp_error_message(e) : "all tensors present with the expected shapes");
-    if (e) rc = 1;
-    mp_error_free(e);
+    if (report_check("text:  ", e)) rc = 1;
     mp_clip_free(clip);
     mp_unet *unet = NULL;
     e = mp_unet_load(w, MP_PREFIX_UNET, &cfg.unet, &unet);
-    printf("check UNet:  %s\n", e ? mp_error_message(e) : "all tensors present with the expected shapes");
-    if (e) rc = 1;
-    mp_error_free(e);
+    if (report_check("UNet:  ", e)) rc = 1;
     mp_unet_free(unet);
     mp_vae *vae = NULL;
     e = mp_vae_load(w, MP_PREFIX_VAE, &cfg.vae, &vae);
-    printf("check VAE:   %s\n", e ? mp_error_message(e) : "all tensors present with the expected shapes");
-    if (e) rc = 1;
-    mp_error_free(e);
+    if (report_check("VAE:   ", e)) rc = 1;
     mp_vae_free(vae);
   }
   printf("unexpected:  %zu tensors outside the model (%lld values)\n", unexpected, other);
