@@ -14,3 +14,5 @@ if(MPASS_SANITIZE) # the installed library is instrumented: so must its consumer
 endif()
 set_tests_properties(cli_install PROPERTIES LABELS install TIMEOUT 600
   ENVIRONMENT "CC=${CMAKE_C_COMPILER};CC_FLAGS=${MPASS_CONSUMER_FLAGS}")
+add_test(NAME cli_bench_job COMMAND ${MPASS_SH}/bench_job.sh $<TARGET_FILE:mpass_cli>)
+set_tests_properties(cli_bench_job PROPERTIES TIMEOUT 900)

@@ -45,6 +45,8 @@ typedef struct {
   double sec_per_it;     /* seconds per step so far in this pass (0 until known) */
   double eta_seconds;    /* to the end of this pass (negative when unknown) */
   double elapsed_seconds; /* since the job started */
+  int width, height;     /* the pass's image size; 0 for passes that draw nothing (finding persons, grading) */
+  int evaluations;       /* model (UNet) evaluations so far in this pass: one per denoiser call, CFG halves together */
 } mpass_progress;
 
 /* Return non-zero to cancel: the job stops within one sampler step and leaves no partial outputs. */

@@ -13,7 +13,10 @@
  * one machine-readable line:
  *   bench: precision=f32 size=512x512 threads=2 load_s=… te_s=… step_s=… vae_decode_s=… peak_rss_mb=…
  * With --controlnet FILE the same steps run again with that ControlNet on both CFG halves (a synthetic
- * hint), and the line adds controlnet_step_s=… controlnet_overhead=… (the ratio to step_s, minus 1). */
+ * hint), and the line adds controlnet_step_s=… controlnet_overhead=… (the ratio to step_s, minus 1).
+ * With --profile the steps after the first are timed by op class (core/profile.h) and a table of
+ * seconds and % per class for one step follows.
+ * With --job FILE.prompt it runs that prompt document instead, pass by pass (bench_job.c). */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -25,6 +28,7 @@
 
 #include "cli/commands.h"
 #include "core/context.h"
+#include "core/profile.h"
 #include "io/weights.h"
 #include "models/clip.h"
 #include "models/openclip.h"
@@ -93,11 +97,43 @@ static void report(const char *what, stamp s) {
 }
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: mpass [--threads N] [--precision auto|f32|bf16] bench --model CKPT [-W 512] [-H 512] [--steps N] [--no-vae]\n"
-             "  load, text-encoder, UNet step and VAE times and peak RSS; W and H: multiples of 64 from 64 to 4096; steps 1..1000\n");
+  fprintf(f, "usage: mpass [--threads N] [--precision auto|f32|bf16] bench --model CKPT [-W 512] [-H 512] [--steps N] [--no-vae] [--profile]\n"
+             "       mpass [--threads N] [--precision auto|f32|bf16] [--models DIR] bench --job FILE.prompt [--profile] [run's options]\n"
+             "  load, text-encoder, UNet step and VAE times and peak RSS; W and H: multiples of 64 from 64 to 4096; steps 1..1000;\n"
+             "  --profile: time per op class (conv 3x3, dense/1x1, attention, norms, other) for one step;\n"
+             "  --job: run a prompt document as `mpass run` does (same options) and time every pass\n");
+}
+
+/* bench --job FILE [--profile] [run's options]: run's argv is ours without --job and --profile, the file
+ * in the place of run's PROMPT_FILE. */
+static int bench_job(mpass_ctx *ctx, int argc, char **argv) {
+  char **args = calloc((size_t)argc + 1, sizeof *args);
+  if (!args) return cli_fail("bench", mp_errorf("out of memory"));
+  const char *file = NULL;
+  bool profile = false;
+  int n = 0;
+  args[n++] = argv[0];
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--job") && i + 1 < argc) file = argv[++i];
+    else if (!strncmp(argv[i], "--job=", 6)) file = argv[i] + 6;
+    else if (!strcmp(argv[i], "--profile")) profile = true;
+    else args[n++] = argv[i];
+  }
+  int rc;
+  if (!file || !*file) {
+    usage(stderr);
+    rc = 2;
+  } else {
+    args[n++] = (char *)file;
+    rc = cli_bench_job(ctx, n, args, profile);
+  }
+  free(args);
+  return rc;
 }
 
 int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
+  for (int i = 1; i < argc; i++)
+    if (!strcmp(argv[i], "--job") || !strncmp(argv[i], "--job=", 6)) return bench_job(ctx, argc, argv);
   static const struct option longopts[] = {{"model", required_argument, 0, 'm'},
                                            {"steps", required_argument, 0, 's'},
                                            {"width", required_argument, 0, 'W'},
@@ -105,9 +141,11 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
                                            {"no-vae", no_argument, 0, 'n'},
                                            {"help", no_argument, 0, 'h'},
                                            {"controlnet", required_argument, 0, 'c'},
+                                           {"profile", no_argument, 0, 'p'},
                                            {0, 0, 0, 0}};
   const char *model = NULL, *controlnet_path = NULL;
   int W = 512, H = 512, steps = 3, opt, run_vae = 1;
+  bool profile = false;
   optind = 1;
   while ((opt = getopt_long(argc, argv, "W:H:", longopts, NULL)) != -1) {
     if (opt == 'm') model = optarg;
@@ -116,6 +154,7 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
     else if (opt == 'H') H = atoi(optarg);
     else if (opt == 'n') run_vae = 0; /* profiling the UNet alone */
     else if (opt == 'c') controlnet_path = optarg;
+    else if (opt == 'p') profile = true;
     else if (opt == 'h') {
       usage(stdout);
       return 0;
@@ -196,6 +235,8 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
   /* Sampling steps: eps for (cond, uncond) in one batch-2 forward, guidance, an Euler step. */
   pseudo_random(x, nx, 1);
   stamp steps_total = {0, 0}, first = {0, 0};
+  mp_profile prof = {0}; /* --profile: the steps after the first (which also packs the weights) */
+  if (profile) mp_pool_set_profile(ctx->pool, &prof);
   const double sigma = 1.0, dsigma = -0.05, scale = 7.5;
   for (int s = 0; s < steps; s++) {
     t = now();
@@ -210,6 +251,7 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
     stamp d = since(t);
     steps_total.wall += d.wall, steps_total.cpu += d.cpu;
     if (s == 0) first = d;
+    if (s == 0 && steps > 1) mp_profile_reset(&prof);
     char what[40];
     snprintf(what, sizeof what, "step %d (UNet batch 2 + CFG)", s + 1);
     report(what, d);
@@ -224,6 +266,12 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
   }
   report("mean step (after the first)", step_s);
   report("load (incl. packing)", load_s);
+  mp_pool_set_profile(ctx->pool, NULL);
+  if (profile) {
+    printf("time per op class, one UNet step (batch 2 + CFG, %dx%d, %s; mean of %s):\n", W, H, mpass_ctx_precision(ctx),
+           steps > 1 ? "the steps after the first" : "the one step, incl. packing");
+    mp_profile_print(&prof, stdout, steps > 1 ? steps_total.wall - first.wall : steps_total.wall, steps > 1 ? steps - 1 : 1, "step");
+  }
 
   if (controlnet_path) { /* the same steps with the ControlNet on both CFG halves */
     t = now();
@@ -267,6 +315,7 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
     printf(" controlnet_step_s=%.2f controlnet_overhead=%.2f", cn_step_s.wall, step_s.wall > 0 ? cn_step_s.wall / step_s.wall - 1 : 0);
   printf("\n");
 done:
+  mp_pool_set_profile(ctx->pool, NULL); /* prof lives on this stack */
   free(ctxt), free(x), free(eps), free(img), free(ids), free(y), free(pooled);
   mp_clip_free(clip);
   mp_openclip_free(clip2);

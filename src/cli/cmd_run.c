@@ -22,6 +22,8 @@ static void on_sigint(int sig) {
 
 typedef struct {
   bool quiet;
+  mpass_progress_fn observe; /* mpass bench --job's clock, or NULL */
+  void *observe_user;
 } progress_state;
 
 static int print_progress(const mpass_progress *p, void *user) {
@@ -31,6 +33,7 @@ static int print_progress(const mpass_progress *p, void *user) {
     mp_progress_format(p, line, sizeof line);
     fprintf(stderr, "%s\n", line);
   }
+  if (s->observe && s->observe(p, s->observe_user)) return 1;
   return interrupted;
 }
 
@@ -67,14 +70,16 @@ static void usage(FILE *f) {
              "  a .json file is the API form. Images, result.json and a contact sheet go to DIR/NAME/.\n");
 }
 
-int cmd_run(mpass_ctx *ctx, int argc, char **argv) {
+int cmd_run(mpass_ctx *ctx, int argc, char **argv) { return cli_run_document(ctx, argc, argv, "run", NULL, NULL); }
+
+int cli_run_document(mpass_ctx *ctx, int argc, char **argv, const char *who, mpass_progress_fn observe, void *observe_user) {
   static const struct option longopts[] = {
       {"model", required_argument, 0, 'm'},     {"out", required_argument, 0, 'o'},     {"name", required_argument, 0, 'n'},
       {"debug-passes", no_argument, 0, 'd'},    {"quiet", no_argument, 0, 'q'},         {"rng", required_argument, 0, 'r'},
       {"clip-skip", required_argument, 0, 'c'}, {"input-image", required_argument, 0, 'i'}, {"help", no_argument, 0, 'h'},
       {"controlnet-model", required_argument, 0, 'C'}, {0, 0, 0, 0}};
   mpass_run_options o = {.out_dir = "out", .rng = "cuda", .clip_skip = 1};
-  progress_state ps = {false};
+  progress_state ps = {false, observe, observe_user};
   int opt;
   optind = 1;
   while ((opt = getopt_long(argc, argv, "o:q", longopts, NULL)) != -1) {
@@ -87,7 +92,7 @@ int cmd_run(mpass_ctx *ctx, int argc, char **argv) {
       case 'r': o.rng = optarg; break;
       case 'c':
         o.clip_skip = atoi(optarg);
-        if (o.clip_skip < 1 || o.clip_skip > 2) return cli_fail("run", mp_errorf("--clip-skip expects 1 or 2, found '%s'", optarg));
+        if (o.clip_skip < 1 || o.clip_skip > 2) return cli_fail(who, mp_errorf("--clip-skip expects 1 or 2, found '%s'", optarg));
         break;
       case 'i': o.input_image = optarg; break;
       case 'C': o.controlnet_model = optarg; break;
@@ -103,14 +108,14 @@ int cmd_run(mpass_ctx *ctx, int argc, char **argv) {
   char *doc = NULL;
   size_t len = 0;
   mp_error *e = read_file(file, &doc, &len);
-  if (e) return cli_fail("run", e);
+  if (e) return cli_fail(who, e);
   size_t flen = strlen(file);
   mpass_job *job = NULL;
   e = mpass_job_parse(doc, len, flen > 5 && !strcmp(file + flen - 5, ".json"), &job);
   free(doc);
-  if (e) return cli_fail("run", mp_error_wrap(e, "%s", file));
+  if (e) return cli_fail(who, mp_error_wrap(e, "%s", file));
   for (int i = 0; i < mpass_job_warning_count(job) && !ps.quiet; i++)
-    fprintf(stderr, "mpass run: warning: %s\n", mpass_job_warning(job, i));
+    fprintf(stderr, "mpass %s: warning: %s\n", who, mpass_job_warning(job, i));
   /* relative input paths in the document are relative to the document's folder */
   const char *slash = strrchr(file, '/');
   char *base = slash ? strndup(file, (size_t)(slash - file)) : NULL;
@@ -126,9 +131,9 @@ int cmd_run(mpass_ctx *ctx, int argc, char **argv) {
   free(base);
   mpass_job_free(job);
   if (e && interrupted) {
-    fprintf(stderr, "mpass run: cancelled; no output was written\n");
+    fprintf(stderr, "mpass %s: cancelled; no output was written\n", who);
     mp_error_free(e);
     return 130;
   }
-  return e ? cli_fail("run", e) : 0;
+  return e ? cli_fail(who, e) : 0;
 }

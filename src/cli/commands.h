@@ -2,6 +2,8 @@
 #ifndef MP_CLI_COMMANDS_H
 #define MP_CLI_COMMANDS_H
 
+#include <stdbool.h>
+
 #include "mpass/mpass.h"
 
 typedef int (*mp_command_fn)(mpass_ctx *ctx, int argc, char **argv);
@@ -21,6 +23,13 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv);
 int cmd_serve(mpass_ctx *ctx, int argc, char **argv);
 int cmd_worker(mpass_ctx *ctx, int argc, char **argv);
 int cmd_token(mpass_ctx *ctx, int argc, char **argv);
+
+/* `mpass run`'s work, shared with `mpass bench --job` (cmd_run.c): run's options and the prompt file
+ * from argv, the job run, the output folder printed. `observe` (may be NULL) sees every progress report
+ * after run has printed it; `who` names the command in messages. */
+int cli_run_document(mpass_ctx *ctx, int argc, char **argv, const char *who, mpass_progress_fn observe, void *observe_user);
+/* `mpass bench --job` (bench_job.c): argv as for run, plus whether to print the op-class profile. */
+int cli_bench_job(mpass_ctx *ctx, int argc, char **argv, bool profile);
 
 /* Print "mpass <cmd>: <message>" to stderr, free the error, return 1. */
 int cli_fail(const char *cmd, mpass_error *e);

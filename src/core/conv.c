@@ -12,6 +12,7 @@
 #include "core/matmul.h"
 #include "core/ops.h"
 #include "core/pack_cache.h"
+#include "core/profile.h"
 #include "core/vmath.h"
 
 #if defined(__AVX512F__) || defined(__F16C__)
@@ -711,8 +712,8 @@ static mp_error *dense_packed(mp_pool *pool, mp_workspace *ws, mp_backend *be, f
   return mp_matmul_run_bf16(mm, ws->p, n, y);
 }
 
-mp_error *mp_conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int batch, int c_in, int h, int w,
-                    const mp_tensor *weight, const mp_tensor *bias, int stride, mp_pad pad) {
+static mp_error *conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int batch, int c_in, int h, int w,
+                        const mp_tensor *weight, const mp_tensor *bias, int stride, mp_pad pad) {
   if (weight->ndim != 4 || weight->shape[1] != c_in)
     return mp_errorf("conv2d weight must be [out, %d, kh, kw], found %d-D with %lld input channels", c_in, weight->ndim,
                      weight->ndim > 1 ? (long long)weight->shape[1] : -1LL);
@@ -784,6 +785,15 @@ mp_error *mp_conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, i
   return NULL;
 }
 
+mp_error *mp_conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int batch, int c_in, int h, int w,
+                    const mp_tensor *weight, const mp_tensor *bias, int stride, mp_pad pad) {
+  mp_profile *prof = mp_pool_profile(pool);
+  mp_profile_begin(prof);
+  mp_error *e = conv2d(pool, ws, y, x, batch, c_in, h, w, weight, bias, stride, pad);
+  mp_profile_end(prof, weight->ndim == 4 && weight->shape[2] == 1 && weight->shape[3] == 1 ? MP_OP_DENSE : MP_OP_CONV3X3);
+  return e;
+}
+
 /* ---- dense ---- */
 typedef struct {
   float *y;
@@ -800,8 +810,8 @@ static void add_row_bias(void *ctx, int64_t begin, int64_t end, int thread) {
   }
 }
 
-mp_error *mp_dense(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int64_t n, const mp_tensor *W,
-                   const mp_tensor *bias) {
+static mp_error *dense(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int64_t n, const mp_tensor *W,
+                       const mp_tensor *bias) {
   bool conv1x1 = W->ndim == 4 && W->shape[2] == 1 && W->shape[3] == 1;
   if (W->ndim != 2 && !conv1x1) return mp_errorf("dense weight must be [out, in] (or [out, in, 1, 1]), found %d-D", W->ndim);
   if (!is_float_dtype(W->dtype)) return mp_errorf("dense weight has dtype %s", mp_dtype_name(W->dtype));
@@ -820,6 +830,15 @@ mp_error *mp_dense(mp_pool *pool, mp_workspace *ws, float *y, const float *x, in
     mp_pool_for(pool, n, n >= 64 ? 32 : n, add_row_bias, &a);
   }
   return NULL;
+}
+
+mp_error *mp_dense(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int64_t n, const mp_tensor *W,
+                   const mp_tensor *bias) {
+  mp_profile *prof = mp_pool_profile(pool);
+  mp_profile_begin(prof);
+  mp_error *e = dense(pool, ws, y, x, n, W, bias);
+  mp_profile_end(prof, MP_OP_DENSE);
+  return e;
 }
 
 /* ---- group norm ---- */
@@ -883,7 +902,9 @@ static void group_norm_tasks(void *ctx, int64_t begin, int64_t end, int thread) 
 void mp_group_norm(mp_pool *pool, float *y, const float *x, int batch, int C, int64_t hw, int groups, const float *gamma,
                    const float *beta, float eps, bool silu) {
   gn_args a = {y, x, gamma, beta, C, groups, hw, eps, silu};
+  mp_profile_begin(mp_pool_profile(pool));
   mp_pool_for(pool, (int64_t)batch * groups, 1, group_norm_tasks, &a);
+  mp_profile_end(mp_pool_profile(pool), MP_OP_NORM);
 }
 
 /* ---- upsample ---- */

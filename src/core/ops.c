@@ -1,5 +1,6 @@
 #include "core/ops.h"
 
+#include "core/profile.h"
 #include "core/vmath.h"
 
 #include <cblas.h>
@@ -89,7 +90,9 @@ static void layer_norm_rows(void *ctx, int64_t begin, int64_t end, int thread) {
 void mp_layer_norm(mp_pool *pool, float *y, const float *x, int64_t n, int64_t dim, const float *gamma, const float *beta,
                    float eps) {
   ln_args a = {y, x, gamma, beta, dim, eps};
+  mp_profile_begin(mp_pool_profile(pool));
   mp_pool_for(pool, n, n >= 64 ? 16 : n, layer_norm_rows, &a);
+  mp_profile_end(mp_pool_profile(pool), MP_OP_NORM);
 }
 
 void mp_softmax_rows(float *x, int64_t rows, int64_t len) {

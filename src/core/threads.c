@@ -1,5 +1,7 @@
 #include "core/threads.h"
 
+#include "core/profile.h"
+
 #include <omp.h>
 
 #include <pthread.h>
@@ -22,6 +24,7 @@ struct mp_pool {
   int64_t n, grain;
   atomic_int_fast64_t next;
   struct mp_backend *backend; /* not owned */
+  struct mp_profile *profile; /* not owned; NULL: the operators do not time themselves */
 };
 
 typedef struct {
@@ -144,3 +147,8 @@ void mp_pool_set_backend(mp_pool *pool, struct mp_backend *backend) {
   if (pool) pool->backend = backend;
 }
 struct mp_backend *mp_pool_backend(const mp_pool *pool) { return pool ? pool->backend : NULL; }
+
+void mp_pool_set_profile(mp_pool *pool, mp_profile *profile) {
+  if (pool) pool->profile = profile;
+}
+mp_profile *mp_pool_profile(const mp_pool *pool) { return pool ? pool->profile : NULL; }

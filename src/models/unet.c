@@ -13,6 +13,7 @@
 
 #include "core/conv.h"
 #include "core/ops.h"
+#include "core/profile.h"
 
 enum { GROUPS = 32 };
 static const float RES_EPS = 1e-5f, ST_EPS = 1e-6f, LN_EPS = 1e-5f;
@@ -399,7 +400,9 @@ static mp_error *attention_block(fwd *f, const spatial *s, float *x, int64_t n, 
   MP_TRY(mp_dense(f->pool, f->ws, f->q, f->nrm, n, Wq, NULL));
   MP_TRY(mp_dense(f->pool, f->ws, kbuf, src, n_src, Wk, NULL));
   MP_TRY(mp_dense(f->pool, f->ws, vbuf, src, n_src, Wv, NULL));
+  mp_profile_begin(mp_pool_profile(f->pool));
   mp_attention(f->pool, f->att, f->q, kbuf, vbuf, n, n_src, s->heads, s->head_dim, false);
+  mp_profile_end(mp_pool_profile(f->pool), MP_OP_ATTENTION);
   MP_TRY(mp_dense(f->pool, f->ws, f->nrm, f->att, n, out->w, out->b));
   mp_add(x, x, f->nrm, n * s->C);
   return NULL;

@@ -124,6 +124,20 @@ static mp_error *on_step(void *ctx, int step, int n_steps, float *x, int64_t n, 
   return NULL;
 }
 
+/* The model, counting its evaluations for the progress report (`mpass bench --job` prints them). */
+typedef struct {
+  mp_model_fn fn;
+  void *ctx;
+  mp_progress *progress;
+} counted_model;
+
+static mp_error *counted_eps(void *ctx, int rows, int h, int w, const float *x, const float *t, const float *context, int n_ctx,
+                             float *eps) {
+  counted_model *m = ctx;
+  if (m->progress) mp_progress_evaluation(m->progress);
+  return m->fn(m->ctx, rows, h, w, x, t, context, n_ctx, eps);
+}
+
 /* The image as planar floats in [-1, 1], the VAE's input range. */
 static float *image_to_planar(const mp_image *img) {
   float *chw = mp_alloc(sizeof(float) * 3 * (size_t)img->width * (size_t)img->height);
@@ -260,9 +274,10 @@ static mp_error *run_pass_aligned(mp_engine *e, const mp_pass_params *p, mp_prog
     mp_unet_model model = {.unet = e->unet, .pool = pool, .y = y, .y_rows = 2, .y_dim = Y};
     step_ctx sc = {progress};
     const bool controlled = cn.controlnet && cn.hint;
+    counted_model counted = {controlled ? mp_controlnet_model_eps : mp_unet_model_eps, controlled ? (void *)&cn : (void *)&model,
+                             progress};
     mp_generate_params g = {
-        .model = controlled ? mp_controlnet_model_eps : mp_unet_model_eps,
-        .model_ctx = controlled ? (void *)&cn : (void *)&model, .unet_in_channels = e->cfg.unet.in_channels,
+        .model = counted_eps, .model_ctx = &counted, .unet_in_channels = e->cfg.unet.in_channels,
         .schedule = &e->schedule, .context = context, .n_ctx = n_ctx, .ctx_dim = dim, .batch = 1, .lat_h = h,
         .lat_w = w, .cfg_scale = p->cfg_scale, .sampler = p->sampler, .steps = p->steps, .noise = noise,
         .seeds = &p->seed, .init_latent = init_latent, .strength = p->strength, .mask = lat_mask,

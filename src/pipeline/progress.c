@@ -17,7 +17,14 @@ void mp_progress_init(mp_progress *p, mpass_progress_fn fn, void *user, int n_im
 }
 
 void mp_progress_pass(mp_progress *p, int image, const char *pass, int n_steps) {
+  mp_progress_pass_sized(p, image, pass, n_steps, 0, 0);
+}
+
+void mp_progress_pass_sized(mp_progress *p, int image, const char *pass, int n_steps, int width, int height) {
   p->pass_start = mp_now();
+  p->cur.width = width;
+  p->cur.height = height;
+  p->cur.evaluations = 0;
   p->cur.image = image;
   p->cur.pass = pass;
   p->cur.step = 0;
@@ -34,6 +41,8 @@ bool mp_progress_step(mp_progress *p, int step) {
   report(p);
   return p->cancelled;
 }
+
+void mp_progress_evaluation(mp_progress *p) { p->cur.evaluations++; }
 
 bool mp_progress_cancelled(const mp_progress *p) { return p->cancelled; }
 

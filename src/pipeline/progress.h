@@ -22,6 +22,10 @@ typedef struct {
 void mp_progress_init(mp_progress *p, mpass_progress_fn fn, void *user, int n_images);
 /* A new pass (image index 0-based; name like "scene", "person 2", "hires fix"); n_steps may be 0. */
 void mp_progress_pass(mp_progress *p, int image, const char *pass, int n_steps);
+/* The same for a pass that draws an image of width x height (a diffusion pass). */
+void mp_progress_pass_sized(mp_progress *p, int image, const char *pass, int n_steps, int width, int height);
+/* The pass ran one more model (UNet) evaluation; reported with the next step. */
+void mp_progress_evaluation(mp_progress *p);
 /* A sampler step finished (1-based). Returns true when the caller asked to cancel. */
 bool mp_progress_step(mp_progress *p, int step);
 /* True once the callback asked to cancel. */

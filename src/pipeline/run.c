@@ -286,7 +286,7 @@ static mp_error *run_pass(run *r, int image, const pass_request *q, mp_image *ou
                         .strength = q->strength, .mask = q->mask, .controlnet = q->control ? r->controlnet : NULL,
                         .control = q->control, .control_scale = job->controlnet_conditioning_scale};
     char *w = NULL;
-    if (!e) mp_progress_pass(&r->progress, image, q->name, mp_engine_pass_steps(eng, &p));
+    if (!e) mp_progress_pass_sized(&r->progress, image, q->name, mp_engine_pass_steps(eng, &p), q->width, q->height);
     if (!e) e = mp_engine_run_pass(eng, &p, &r->progress, out, &w);
     if (w) warn(r, "%s: %s", q->name, w);
     free(w);
