@@ -24,6 +24,7 @@ typedef struct conform {
   const char *dump_dir;  /* --dump: write our outputs here */
   const char *precision; /* --precision: "f32" (default) or "bf16" */
   const char *ckpt_override; /* --ckpt: replaces every manifest's "ckpt" (a file or a diffusers folder) */
+  cJSON *bf16_floor;     /* bf16_floor.json's "rel_l2" (bf16 runs of a folder that has one): per-output bounds */
   int n_checked, n_failed;
   /* outputs kept for --dump */
   char **dump_names;
