@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/cpu_kernels.h"
 #include "mpass_commit.h" /* MPASS_GIT_COMMIT, written at build time by cmake/git_commit.cmake */
 
 int cli_version(const mpass_options *opts) {
@@ -30,6 +31,11 @@ int cli_version(const mpass_options *opts) {
          ""
 #endif
   );
+  char mm[96], conv[96]; /* what oneDNN dispatches the bf16 products to here (AMX, AVX512_BF16, ...) */
+  mp_error *ke = mp_bf16_kernel_names(mm, sizeof mm, conv, sizeof conv);
+  if (ke) printf("bf16 kernels: unknown (%s)\n", mp_error_message(ke));
+  else printf("bf16 kernels: matmul %s, 3x3 conv %s%s\n", mm, conv, mp_cpu_amx_usable() ? " (AMX usable)" : "");
+  mp_error_free(ke);
   mpass_ctx_destroy(ctx);
   return 0;
 }

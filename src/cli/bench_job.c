@@ -18,6 +18,7 @@
 #include "cli/commands.h"
 #include "core/clock.h"
 #include "core/context.h"
+#include "core/cpu_kernels.h"
 #include "core/profile.h"
 
 typedef struct {
@@ -108,6 +109,15 @@ static void print_table(const job_clock *c, double total, double cpu_total) {
   printf("bench-job: passes=%d evaluations=%d load_s=%.2f total_s=%.2f peak_rss_mb=%.0f\n", c->n, evals, load, total, peak_rss_mb());
 }
 
+void cli_print_bf16_kernels(const mpass_ctx *ctx) {
+  if (ctx->precision != MP_PRECISION_BF16) return;
+  char mm[96], conv[96];
+  mp_error *e = mp_bf16_kernel_names(mm, sizeof mm, conv, sizeof conv);
+  if (e) printf("bf16 kernels: unknown (%s)\n", mp_error_message(e));
+  else printf("bf16 kernels: matmul %s, 3x3 conv %s\n", mm, conv);
+  mp_error_free(e);
+}
+
 int cli_bench_job(mpass_ctx *ctx, int argc, char **argv, bool profile) {
   char la[128] = "";
   FILE *f = fopen("/proc/loadavg", "r");
@@ -119,6 +129,7 @@ int cli_bench_job(mpass_ctx *ctx, int argc, char **argv, bool profile) {
   if (nl) *nl = 0;
   char line[160];
   printf("bench --job: %s; load average before: %s\n", mpass_ctx_describe(ctx, line, sizeof line), la);
+  cli_print_bf16_kernels(ctx);
   fflush(stdout);
   mp_profile prof = {0};
   if (profile) mp_pool_set_profile(ctx->pool, &prof);
