@@ -313,17 +313,23 @@ mp_error *mp_wino_bf16_run(mp_wino_bf16 *c, mp_pool *pool, mp_workspace *ws, con
   return NULL;
 }
 
-/* Measured with bench_conv_wino_bf16 on the SD 1.5 UNet's 3x3 layers at 512x512, batch 2 (bench/RESULTS.md,
- * Intel Xeon family 6 model 167 with AMX, 2 threads):
- * - oneDNN on AVX512-BF16 without AMX (DNNL_MAX_CPU_ISA=AVX512_CORE_BF16 there; the EPYC Zen 4/5
- *   machines): the direct convolution runs at ~230 GFLOP/s and Winograd takes 0.54-0.63x its time
- *   at 64x64, 32x32 and 16x16 and 0.80x at 8x8, for every channel count measured (320-2560).
+/* Measured with bench_conv_wino_bf16 on the SD 1.5 UNet's 3x3 layers at 512x512, batch 2, and with
+ * `mpass bench` (bench/RESULTS.md; Intel Xeon family 6 model 167 with AMX, 2 threads):
  * - oneDNN with AMX: the direct convolution runs at 1.2-2.5 TFLOP/s; the 16 batched matmuls reach
- *   only about half that (small per-position products) and the transforms, bound by memory, cost
- *   as much again, so Winograd takes 1.05-1.7x the direct time: never chosen.
- * Below 256 channels or 8x8 pixels nothing was measured, so the direct convolution stays. */
+ *   about half that (small per-position products) and the transforms, bound by memory, cost as
+ *   much again, so Winograd takes 0.91-1.65x the direct time (0.91 only for 2560->1280 at 16x16,
+ *   2 ms): never chosen.
+ * - oneDNN on AVX512-BF16 without AMX (DNNL_MAX_CPU_ISA=AVX512_CORE_BF16 there; what the EPYC
+ *   Zen 4/5 machines run): the direct convolution runs at ~230 GFLOP/s and Winograd takes
+ *   0.55-0.61x its time at 64x64, 32x32 and 16x16 and 0.78x at 8x8, for every channel count
+ *   measured (320-2560). But its packed weight holds 16 values per channel pair against 9: on all
+ *   layers from 8x8 a step went from 7.72 to 6.52 s and the sampling RSS rose by 770 MB, most of it
+ *   the 1280-channel layers at 16x16 and 8x8, which give the least time per byte. So it is taken
+ *   from 32x32 pixels on (the 320- and 640-channel layers at 512x512: most of the gain for about
+ *   +100 MB; at larger images the 1280-channel layers reach 32x32 too).
+ * Below 256 channels nothing was measured, so the direct convolution stays. */
 bool mp_wino_bf16_pays(int c_in, int c_out, int h, int w, int batch) {
   (void)batch;
-  if (c_in < 256 || c_out < 256 || h < 8 || w < 8) return false;
+  if (c_in < 256 || c_out < 256 || (int64_t)h * w < 1024) return false;
   return dnnl_get_effective_cpu_isa() == dnnl_cpu_isa_avx512_core_bf16;
 }

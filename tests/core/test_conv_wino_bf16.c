@@ -141,7 +141,7 @@ static void test_many_shapes(void **state) {
 static void test_dispatch(void **state) {
   fixture *f = *state;
   if (!*mp_cpu_bf16_support()) skip();
-  const int C = 256, O = 256, h = 8, w = 8, batch = 2;
+  const int C = 256, O = 256, h = 32, w = 32, batch = 1;
   layer l;
   layer_make(&l, C, O, 300);
   const int64_t nx = (int64_t)batch * C * h * w, ny = (int64_t)batch * O * h * w;
@@ -157,9 +157,10 @@ static void test_dispatch(void **state) {
   assert_int_equal(ws.n_packs, 1); /* the weight is not pinned: the pack is the workspace's */
   assert_int_equal(ws.packs[0].wino != NULL, mp_wino_bf16_pays(C, O, h, w, batch));
   assert_int_equal(ws.packs[0].conv != NULL, !mp_wino_bf16_pays(C, O, h, w, batch));
-  /* few channels or a stride never take it */
+  /* few channels or small images never take it */
   assert_false(mp_wino_bf16_pays(32, 256, 64, 64, 2));
   assert_false(mp_wino_bf16_pays(256, 256, 4, 4, 2));
+  assert_false(mp_wino_bf16_pays(1280, 1280, 16, 16, 2)); /* memory for too little time (see the function) */
   mp_workspace_free(&ws);
   free(x), free(y), free(r);
   layer_free(&l);
