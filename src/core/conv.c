@@ -9,6 +9,7 @@
 #include <sys/mman.h>
 
 #include "core/conv_dnnl.h"
+#include "core/conv_wino_bf16.h"
 #include "core/matmul.h"
 #include "core/ops.h"
 #include "core/pack_cache.h"
@@ -82,7 +83,7 @@ static mp_error *pack_entry(mp_workspace *ws, mp_backend *be, const mp_tensor *W
     if (!np) return mp_errorf("out of memory");
     ws->packs = np, ws->cap_packs = cap;
   }
-  ws->packs[ws->n_packs] = (struct mp_packed_weight){W->data, bk, NULL, NULL};
+  ws->packs[ws->n_packs] = (struct mp_packed_weight){.w = W->data, .b = bk};
   *out = &ws->packs[ws->n_packs++];
   return NULL;
 }
@@ -646,12 +647,29 @@ static void untranspose_band(void *ctx, int64_t begin, int64_t end, int ti) {
 
 #define BF16_BAND_BYTES ((size_t)24 << 20)
 
+static bool kh_is_3x3_same(const mp_tensor *weight, int stride, mp_pad pad) {
+  return weight->shape[2] == 3 && weight->shape[3] == 3 && stride == 1 && pad.top == 1 && pad.bottom == 1 && pad.left == 1 &&
+         pad.right == 1;
+}
+
 static mp_error *conv2d_packed(mp_pool *pool, mp_workspace *ws, mp_backend *be, float *y, const float *x, int batch, int c_in,
                                int h, int w, const mp_tensor *weight, const mp_tensor *bias, int stride, mp_pad pad, int ho,
                                int wo) {
-  /* oneDNN's convolution primitive first (faster, see conv_dnnl.h); im2col + matmul where it declines. */
+  /* oneDNN's convolution primitive first (faster, see conv_dnnl.h); im2col + matmul where it declines.
+   * 3x3 layers go by Winograd instead on the CPUs and shapes where it measured faster (conv_wino_bf16.h). */
   struct mp_packed_weight *pw;
   MP_TRY(pack_entry(ws, be, weight, bias, &pw));
+  if (kh_is_3x3_same(weight, stride, pad) && mp_wino_bf16_pays(c_in, (int)weight->shape[0], h, w, batch)) {
+    if (!pw->wino) mp_error_free(mp_wino_bf16_create(be, weight, bias, &pw->wino)); /* declined: direct below */
+    if (pw->wino) {
+      mp_error *re = mp_wino_bf16_run(pw->wino, pool, ws, x, batch, h, w, y, 0);
+      if (!re) {
+        release_weight_pages(weight);
+        return NULL;
+      }
+      mp_error_free(re);
+    }
+  }
   if (!pw->conv && !pw->mm) {
     mp_error *ce = mp_dnnl_conv_create(be, weight, bias, stride, pad, batch, h, w, &pw->conv);
     mp_error_free(ce);

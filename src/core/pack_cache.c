@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/conv_dnnl.h"
+#include "core/conv_wino_bf16.h"
 #include "core/matmul.h"
 
 typedef struct {
@@ -29,7 +30,8 @@ struct mp_pack_cache {
 void mp_packed_weight_clear(struct mp_packed_weight *pw) {
   mp_matmul_free(pw->mm);
   mp_dnnl_conv_free(pw->conv);
-  pw->mm = NULL, pw->conv = NULL;
+  mp_wino_bf16_free(pw->wino);
+  pw->mm = NULL, pw->conv = NULL, pw->wino = NULL;
 }
 
 mp_error *mp_pack_cache_create(mp_pack_cache **out) {
@@ -110,7 +112,7 @@ mp_error *mp_pack_cache_entry(mp_pack_cache *c, const void *w, const void *b, st
     if (!grown) return mp_errorf("out of memory");
     c->e = grown, c->cap = cap;
   }
-  c->e[c->n] = (cache_entry){{w, b, NULL, NULL}, ow, ob};
+  c->e[c->n] = (cache_entry){{.w = w, .b = b}, ow, ob};
   *out = &c->e[c->n++].pw;
   return NULL;
 }

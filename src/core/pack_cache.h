@@ -21,12 +21,14 @@
 
 struct mp_matmul;
 struct mp_dnnl_conv;
+struct mp_wino_bf16;
 
 /* One packed weight (and bias) as the bf16 operators use it (core/conv.c). */
 struct mp_packed_weight {
   const void *w, *b;          /* the stored weight and bias data: the key */
   struct mp_matmul *mm;       /* dense layers, and convolutions oneDNN's primitive declined */
   struct mp_dnnl_conv *conv;  /* convolutions */
+  struct mp_wino_bf16 *wino;  /* 3x3 convolutions by Winograd (core/conv_wino_bf16.h), where chosen */
 };
 /* Frees what the entry holds (not the entry). */
 void mp_packed_weight_clear(struct mp_packed_weight *pw);
