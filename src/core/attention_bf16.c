@@ -9,6 +9,10 @@
  * hd2 = ceil(hd/2) pairs, so head dim 40 costs 20 pair-steps, 80 costs 40, 160 costs 80: nothing is
  * padded in the score product. dpad = hd rounded up to 16 lanes (40 -> 48, the only waste).
  *
+ * On CPUs with AMX the same layouts feed tile products (tdpbf16ps): K groups of 16 keys are B
+ * tiles as they stand ([16 pairs][16 keys][2] is the VNNI layout), V's [pairs][dpad][2] is read
+ * as B tiles of 16 dims with a row stride of dpad pairs, Q and P are A tiles of 16 rows.
+ *
  * Scores are in log2 units (the scale folds in log2(e)), so the softmax needs exp2 only: a
  * range-reduced degree-5 polynomial, relative error ~2e-6, far below the bf16 rounding of P. */
 #include "core/attention_bf16.h"
@@ -17,6 +21,8 @@
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "core/matmul.h"
 #include "core/ops.h"
@@ -24,12 +30,18 @@
 
 #define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #define BF16_INLINE BF16_TARGET __attribute__((always_inline)) static inline
+#define AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
+/* gcc's tile intrinsics are asm statements without memory operands: keep the compiler from moving
+ * plain loads and stores across them. */
+#define TILE_FENCE() __asm__ volatile("" ::: "memory")
 
 /* MR query rows per strip (register tile of the two products: MR x 32 accumulators); KB keys per
  * block, so one strip's scores (MR x KB f32, 12 KB) and its numerators stay in L1 and a key block
  * plus value block (2 x KB x hd bf16: 40 KB at hd 40, 160 KB at hd 160) in L2 while the task's QB
  * rows pass over them. */
 enum { MR = 12, KB = 256, QB = 96 };
+/* AMX: strips of 16 rows (a tile's height); keys padded to 32 so P·V runs on whole tiles. */
+enum { AMX_MR = 16, STRIP_MAX = 16 };
 
 bool mp_cpu_has_avx512_bf16(void) {
   unsigned a, b, c, d;
@@ -45,27 +57,46 @@ bool mp_cpu_has_avx512_bf16(void) {
   return (a & (1u << 5)) != 0; /* AVX512_BF16 */
 }
 
-mp_attention_kernel mp_attention_choose(bool bf16_backend, bool cpu_avx512_bf16, bool causal) {
-  return bf16_backend && cpu_avx512_bf16 && !causal ? MP_ATTENTION_AVX512_BF16 : MP_ATTENTION_F32;
+bool mp_cpu_has_amx_bf16(void) {
+  if (!mp_cpu_has_avx512_bf16()) return false; /* the softmax between the tile products is AVX-512 */
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const unsigned tile = 1u << 24, bf16 = 1u << 22;
+  if ((d & (tile | bf16)) != (tile | bf16)) return false;
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  (void)hi;
+  if ((lo & (3u << 17)) != (3u << 17)) return false; /* XTILECFG and XTILEDATA enabled by the OS */
+  /* Linux hands out the 8 KB tile state only to processes that ask (ARCH_REQ_XCOMP_PERM for
+   * XFEATURE_XTILEDATA); asking again once granted is a no-op. */
+  return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+}
+
+mp_attention_kernel mp_attention_choose(bool bf16_backend, bool cpu_avx512_bf16, bool cpu_amx_bf16, bool causal) {
+  if (!bf16_backend || causal) return MP_ATTENTION_F32;
+  if (cpu_amx_bf16 && cpu_avx512_bf16) return MP_ATTENTION_AMX_BF16;
+  return cpu_avx512_bf16 ? MP_ATTENTION_AVX512_BF16 : MP_ATTENTION_F32;
 }
 
 const char *mp_attention_kernel_name(mp_attention_kernel k) {
-  return k == MP_ATTENTION_AVX512_BF16 ? "avx512_bf16" : "f32";
+  return k == MP_ATTENTION_AMX_BF16 ? "amx_bf16" : k == MP_ATTENTION_AVX512_BF16 ? "avx512_bf16" : "f32";
 }
 
 mp_attention_kernel mp_attention_kernel_for(const mp_pool *pool, bool causal) {
   const struct mp_backend *b = mp_pool_backend(pool);
   bool bf16 = b && mp_backend_precision(b) == MP_PRECISION_BF16;
   /* cpuid only when it matters: the f32 path never asks */
-  return bf16 && !causal ? mp_attention_choose(true, mp_cpu_has_avx512_bf16(), false) : MP_ATTENTION_F32;
+  if (!bf16 || causal) return MP_ATTENTION_F32;
+  return mp_attention_choose(true, mp_cpu_has_avx512_bf16(), mp_cpu_has_amx_bf16(), false);
 }
 
 /* ---- packing ---- */
 typedef struct {
   const float *q, *k, *v;
   float *out;
-  int64_t nq, nk, ld, nk16; /* nk16: keys rounded up to 16 (the packed key count) */
+  int64_t nq, nk, ld, nk32; /* nk32: keys rounded up to 32 (the packed key count) */
   int heads, hd, hd2, dpad;
+  bool amx; /* tile products (strips of AMX_MR rows) instead of vdpbf16ps (MR rows) */
   float qscale;
   uint16_t *kp, *vp; /* packed K and V, all heads */
   void *scratch;
@@ -74,8 +105,8 @@ typedef struct {
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
-static int64_t kp_head_elems(const bf16_att *a) { return a->nk16 * a->hd2 * 2; }
-static int64_t vp_head_elems(const bf16_att *a) { return a->nk16 * a->dpad; }
+static int64_t kp_head_elems(const bf16_att *a) { return a->nk32 * a->hd2 * 2; }
+static int64_t vp_head_elems(const bf16_att *a) { return a->nk32 * a->dpad; }
 
 BF16_INLINE __mmask16 first_lanes(int64_t n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
 
@@ -116,7 +147,7 @@ BF16_TARGET static void pack_kv_group(const bf16_att *a, int h, int64_t g) {
 static void pack_tasks(void *ctx, int64_t begin, int64_t end, int thread) {
   (void)thread;
   const bf16_att *a = ctx;
-  const int64_t groups = a->nk16 / 16;
+  const int64_t groups = a->nk32 / 16;
   for (int64_t t = begin; t < end; t++) pack_kv_group(a, (int)(t / groups), t % groups);
 }
 
@@ -168,6 +199,121 @@ BF16_INLINE void value_tile(const uint16_t *P, const uint16_t *V, int64_t ldv, i
   }
 }
 
+/* ---- AMX tiles: 16-row strips ----
+ * tmm0-3: accumulators (16 x 16 f32); tmm4: A (16 rows x 16 pairs); tmm5: B (16 pairs x 16 lanes);
+ * tmm6/tmm7: A and B for the last hd2 % 16 pairs of the score product (hd 40: 4 pairs). */
+typedef struct {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+} amx_config;
+
+AMX_TARGET static void amx_configure(int hd2) {
+  amx_config c;
+  memset(&c, 0, sizeof c);
+  c.palette = 1;
+  for (int t = 0; t < 6; t++) c.colsb[t] = 64, c.rows[t] = 16;
+  const int tail = hd2 % 16;
+  if (tail) c.colsb[6] = (uint16_t)(tail * 4), c.rows[6] = 16, c.colsb[7] = 64, c.rows[7] = (uint8_t)tail;
+  _tile_loadconfig(&c);
+}
+
+AMX_TARGET static void amx_release(void) { _tile_release(); }
+
+/* S [16][16 groups) = Q strip · K groups, four key groups (64 keys) per pass over the head dim. */
+AMX_TARGET static void amx_scores(const uint16_t *Q, int hd2, const uint16_t *K, int64_t groups, float *S) {
+  const int64_t ldq = (int64_t)hd2 * 4, gstride = (int64_t)hd2 * 32, full = hd2 / 16, tail = hd2 % 16;
+  TILE_FENCE();
+  for (int64_t g = 0; g < groups; g += 4) {
+    const int64_t ng = groups - g < 4 ? groups - g : 4;
+    const uint16_t *Kg = K + g * gstride;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t c = 0; c < full; c++) {
+      _tile_loadd(4, Q + c * 32, ldq);
+      const uint16_t *Kc = Kg + c * 16 * 32;
+      _tile_loadd(5, Kc, 64);
+      _tile_dpbf16ps(0, 4, 5);
+      if (ng > 1) {
+        _tile_loadd(5, Kc + gstride, 64);
+        _tile_dpbf16ps(1, 4, 5);
+      }
+      if (ng > 2) {
+        _tile_loadd(5, Kc + 2 * gstride, 64);
+        _tile_dpbf16ps(2, 4, 5);
+      }
+      if (ng > 3) {
+        _tile_loadd(5, Kc + 3 * gstride, 64);
+        _tile_dpbf16ps(3, 4, 5);
+      }
+    }
+    if (tail) {
+      _tile_loadd(6, Q + full * 32, ldq);
+      const uint16_t *Kc = Kg + full * 16 * 32;
+      _tile_loadd(7, Kc, 64);
+      _tile_dpbf16ps(0, 6, 7);
+      if (ng > 1) {
+        _tile_loadd(7, Kc + gstride, 64);
+        _tile_dpbf16ps(1, 6, 7);
+      }
+      if (ng > 2) {
+        _tile_loadd(7, Kc + 2 * gstride, 64);
+        _tile_dpbf16ps(2, 6, 7);
+      }
+      if (ng > 3) {
+        _tile_loadd(7, Kc + 3 * gstride, 64);
+        _tile_dpbf16ps(3, 6, 7);
+      }
+    }
+    float *Sg = S + g * 16;
+    _tile_stored(0, Sg, KB * 4);
+    if (ng > 1) _tile_stored(1, Sg + 16, KB * 4);
+    if (ng > 2) _tile_stored(2, Sg + 32, KB * 4);
+    if (ng > 3) _tile_stored(3, Sg + 48, KB * 4);
+  }
+  TILE_FENCE();
+}
+
+/* O [16][dpad] += P [16][32 chunks keys] · V, up to four 16-lane column tiles per pass over the keys. */
+AMX_TARGET static void amx_values(const uint16_t *P, const uint16_t *V, int dpad, int64_t chunks, float *O) {
+  const int64_t ldv = (int64_t)dpad * 4, ldo = (int64_t)dpad * 4;
+  const int nt = dpad / 16;
+  TILE_FENCE();
+  for (int t0 = 0; t0 < nt; t0 += 4) {
+    const int n = nt - t0 < 4 ? nt - t0 : 4;
+    float *Ot = O + t0 * 16;
+    _tile_loadd(0, Ot, ldo);
+    if (n > 1) _tile_loadd(1, Ot + 16, ldo);
+    if (n > 2) _tile_loadd(2, Ot + 32, ldo);
+    if (n > 3) _tile_loadd(3, Ot + 48, ldo);
+    for (int64_t c = 0; c < chunks; c++) {
+      _tile_loadd(4, P + c * 32, KB * 2);
+      const uint16_t *Vc = V + c * 16 * dpad * 2 + t0 * 32; /* 16 key pairs down, 16 dims (x2) across */
+      _tile_loadd(5, Vc, ldv);
+      _tile_dpbf16ps(0, 4, 5);
+      if (n > 1) {
+        _tile_loadd(5, Vc + 32, ldv);
+        _tile_dpbf16ps(1, 4, 5);
+      }
+      if (n > 2) {
+        _tile_loadd(5, Vc + 64, ldv);
+        _tile_dpbf16ps(2, 4, 5);
+      }
+      if (n > 3) {
+        _tile_loadd(5, Vc + 96, ldv);
+        _tile_dpbf16ps(3, 4, 5);
+      }
+    }
+    _tile_stored(0, Ot, ldo);
+    if (n > 1) _tile_stored(1, Ot + 16, ldo);
+    if (n > 2) _tile_stored(2, Ot + 32, ldo);
+    if (n > 3) _tile_stored(3, Ot + 48, ldo);
+  }
+  TILE_FENCE();
+}
+
 /* 2^x for x <= 0 (scores minus their running max); below -126 it returns 2^-126, which the sum
  * next to a term of 1 cannot see. */
 BF16_INLINE __m512 exp2_nonpos(__m512 x) {
@@ -183,12 +329,12 @@ BF16_INLINE __m512 exp2_nonpos(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-/* Online softmax for one strip and key block: S [MR][KB] (kn valid keys) -> P [MR][KB] bf16
- * numerators (zero up to kpad), running max m and sum l updated, the accumulator rows of O
- * rescaled when the max grows. */
-BF16_TARGET static void softmax_strip(const float *S, int64_t kn, int64_t kpad, uint16_t *P, float *m, float *l, float *O,
-                                      int dpad) {
-  for (int r = 0; r < MR; r++) {
+/* Online softmax for one strip of `rows` rows and one key block: S [rows][KB] (kn valid keys) ->
+ * P [rows][KB] bf16 numerators (zero up to kpad), running max m and sum l updated, the accumulator
+ * rows of O rescaled when the max grows. */
+BF16_TARGET static void softmax_strip(int rows, const float *S, int64_t kn, int64_t kpad, uint16_t *P, float *m, float *l,
+                                      float *O, int dpad) {
+  for (int r = 0; r < rows; r++) {
     const float *s = S + r * KB;
     __m512 mv = _mm512_set1_ps(-INFINITY);
     for (int64_t j = 0; j < kn; j += 16) mv = _mm512_mask_max_ps(mv, first_lanes(kn - j), mv, _mm512_maskz_loadu_ps(first_lanes(kn - j), s + j));
@@ -217,13 +363,14 @@ BF16_TARGET static void softmax_strip(const float *S, int64_t kn, int64_t kpad, 
 BF16_TARGET static void attention_task(const bf16_att *a, int64_t task, void *scratch) {
   const int64_t nqb = (a->nq + QB - 1) / QB;
   const int h = (int)(task / nqb);
-  const int64_t q0 = (task % nqb) * QB, qn = a->nq - q0 < QB ? a->nq - q0 : QB, rows = (qn + MR - 1) / MR * MR;
+  const int mr = a->amx ? AMX_MR : MR;
+  const int64_t q0 = (task % nqb) * QB, qn = a->nq - q0 < QB ? a->nq - q0 : QB, rows = (qn + mr - 1) / mr * mr;
   const int hd2 = a->hd2, dpad = a->dpad;
   char *base = scratch;
   uint16_t *Qp = (uint16_t *)(void *)base;
   float *S = (float *)(void *)(base += align64(sizeof(uint16_t) * QB * hd2 * 2));
-  uint16_t *P = (uint16_t *)(void *)(base += align64(sizeof(float) * MR * KB));
-  float *O = (float *)(void *)(base += align64(sizeof(uint16_t) * MR * KB));
+  uint16_t *P = (uint16_t *)(void *)(base += align64(sizeof(float) * STRIP_MAX * KB));
+  float *O = (float *)(void *)(base += align64(sizeof(uint16_t) * STRIP_MAX * KB));
   float *m = (float *)(void *)(base += align64(sizeof(float) * QB * dpad));
   float *l = m + QB;
 
@@ -245,12 +392,19 @@ BF16_TARGET static void attention_task(const bf16_att *a, int64_t task, void *sc
     const int64_t kn = a->nk - k0 < KB ? a->nk - k0 : KB, groups = (kn + 15) / 16, pairs = (kn + 1) / 2;
     const uint16_t *Kb = Kh + (k0 / 16) * hd2 * 32, *Vb = Vh + (k0 / 2) * dpad * 2;
     const int64_t gstride = (int64_t)hd2 * 32;
-    for (int64_t s0 = 0; s0 < rows; s0 += MR) {
+    for (int64_t s0 = 0; s0 < rows; s0 += mr) {
       const uint16_t *Qs = Qp + s0 * hd2 * 2;
+      if (a->amx) {
+        const int64_t groups32 = (kn + 31) / 32 * 2; /* whole 32-key tiles: P·V needs pairs of 16 */
+        amx_scores(Qs, hd2, Kb, groups32, S);
+        softmax_strip(AMX_MR, S, kn, groups32 * 16, P, m + s0, l + s0, O + s0 * dpad, dpad);
+        amx_values(P, Vb, dpad, groups32 / 2, O + s0 * dpad);
+        continue;
+      }
       int64_t g = 0;
       for (; g + 2 <= groups; g += 2) score_tile(Qs, hd2, Kb + g * gstride, gstride, 2, S + g * 16);
       if (g < groups) score_tile(Qs, hd2, Kb + g * gstride, gstride, 1, S + g * 16);
-      softmax_strip(S, kn, pairs * 2, P, m + s0, l + s0, O + s0 * dpad, dpad);
+      softmax_strip(MR, S, kn, pairs * 2, P, m + s0, l + s0, O + s0 * dpad, dpad);
       int d = 0;
       for (; d + 32 <= dpad; d += 32) value_tile(P, Vb + d * 2, (int64_t)dpad * 2, pairs, 2, O + s0 * dpad + d, dpad);
       if (d < dpad) value_tile(P, Vb + d * 2, (int64_t)dpad * 2, pairs, 1, O + s0 * dpad + d, dpad);
@@ -267,15 +421,18 @@ BF16_TARGET static void attention_task(const bf16_att *a, int64_t task, void *sc
 static void attention_tasks(void *ctx, int64_t begin, int64_t end, int thread) {
   const bf16_att *a = ctx;
   void *scratch = (char *)a->scratch + (size_t)thread * a->scratch_per_thread;
+  if (a->amx) amx_configure(a->hd2);
   for (int64_t t = begin; t < end; t++) attention_task(a, t, scratch);
+  if (a->amx) amx_release();
 }
 
 /* false when the buffers cannot be allocated (the caller runs the f32 kernel) */
-static bool attention_avx512_bf16(mp_pool *pool, float *out, const float *q, const float *k, const float *v, int64_t nq,
-                                  int64_t nk, int heads, int hd) {
+static bool attention_bf16(mp_pool *pool, bool amx, float *out, const float *q, const float *k, const float *v, int64_t nq,
+                           int64_t nk, int heads, int hd) {
   if (nq <= 0 || heads <= 0 || hd <= 0) return true;
-  bf16_att a = {.q = q, .k = k, .v = v, .out = out, .nq = nq, .nk = nk, .ld = (int64_t)heads * hd, .heads = heads, .hd = hd};
-  a.nk16 = (nk + 15) / 16 * 16;
+  bf16_att a = {.q = q, .k = k, .v = v, .out = out, .nq = nq, .nk = nk, .ld = (int64_t)heads * hd, .heads = heads, .hd = hd,
+                .amx = amx};
+  a.nk32 = (nk + 31) / 32 * 32;
   a.hd2 = (hd + 1) / 2;
   a.dpad = (hd + 15) / 16 * 16;
   a.qscale = (float)(1.4426950408889634 / sqrt((double)hd)); /* log2(e) / sqrt(hd): scores in log2 units */
@@ -285,8 +442,8 @@ static bool attention_avx512_bf16(mp_pool *pool, float *out, const float *q, con
   }
   size_t kv_bytes = align64(sizeof(uint16_t) * (size_t)(heads * kp_head_elems(&a))) +
                     align64(sizeof(uint16_t) * (size_t)(heads * vp_head_elems(&a)));
-  a.scratch_per_thread = align64(sizeof(uint16_t) * QB * (size_t)a.hd2 * 2) + align64(sizeof(float) * MR * KB) +
-                         align64(sizeof(uint16_t) * MR * KB) + align64(sizeof(float) * QB * (size_t)a.dpad) +
+  a.scratch_per_thread = align64(sizeof(uint16_t) * QB * (size_t)a.hd2 * 2) + align64(sizeof(float) * STRIP_MAX * KB) +
+                         align64(sizeof(uint16_t) * STRIP_MAX * KB) + align64(sizeof(float) * QB * (size_t)a.dpad) +
                          align64(sizeof(float) * 2 * QB);
   int nt = mp_pool_size(pool);
   char *buf = mp_alloc(kv_bytes + a.scratch_per_thread * (size_t)nt);
@@ -294,7 +451,7 @@ static bool attention_avx512_bf16(mp_pool *pool, float *out, const float *q, con
   a.kp = (uint16_t *)(void *)buf;
   a.vp = (uint16_t *)(void *)(buf + align64(sizeof(uint16_t) * (size_t)(heads * kp_head_elems(&a))));
   a.scratch = buf + kv_bytes;
-  mp_pool_for(pool, (int64_t)heads * (a.nk16 / 16), 8, pack_tasks, &a);
+  mp_pool_for(pool, (int64_t)heads * (a.nk32 / 16), 8, pack_tasks, &a);
   mp_pool_for(pool, (int64_t)heads * ((nq + QB - 1) / QB), 1, attention_tasks, &a);
   mp_free(buf);
   return true;
@@ -302,8 +459,11 @@ static bool attention_avx512_bf16(mp_pool *pool, float *out, const float *q, con
 
 void mp_attention_with(mp_attention_kernel kernel, mp_pool *pool, float *out, const float *q, const float *k, const float *v,
                        int64_t nq, int64_t nk, int heads, int head_dim, bool causal) {
-  if (kernel == MP_ATTENTION_AVX512_BF16 && !causal && mp_cpu_has_avx512_bf16() &&
-      attention_avx512_bf16(pool, out, q, k, v, nq, nk, heads, head_dim))
+  if (kernel == MP_ATTENTION_AMX_BF16 && !causal && mp_cpu_has_amx_bf16() &&
+      attention_bf16(pool, true, out, q, k, v, nq, nk, heads, head_dim))
+    return;
+  if (kernel != MP_ATTENTION_F32 && !causal && mp_cpu_has_avx512_bf16() &&
+      attention_bf16(pool, false, out, q, k, v, nq, nk, heads, head_dim))
     return;
   mp_attention(pool, out, q, k, v, nq, nk, heads, head_dim, causal);
 }

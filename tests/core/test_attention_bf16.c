@@ -54,17 +54,35 @@ static diff run_case(mp_pool *pool, mp_attention_kernel kernel, int64_t nq, int6
   return d;
 }
 
-static void check_bf16(mp_pool *pool, int64_t nq, int64_t nk, int heads, int hd, float qk_amp) {
+static void check_bf16(mp_pool *pool, mp_attention_kernel kernel, int64_t nq, int64_t nk, int heads, int hd, float qk_amp) {
   const double max_bound = ldexp(1.0, qk_amp > 1 ? -5 : -7), mean_bound = ldexp(1.0, qk_amp > 1 ? -7 : -9);
-  diff d = run_case(pool, MP_ATTENTION_AVX512_BF16, nq, nk, heads, hd, qk_amp);
-  print_message("bf16 attention nq=%lld nk=%lld heads=%d hd=%d amp=%g: max_abs %.3g mean_abs %.3g\n", (long long)nq,
+  diff d = run_case(pool, kernel, nq, nk, heads, hd, qk_amp);
+  print_message("%s attention nq=%lld nk=%lld heads=%d hd=%d amp=%g: max_abs %.3g mean_abs %.3g\n", mp_attention_kernel_name(kernel), (long long)nq,
                 (long long)nk, heads, hd, (double)qk_amp, d.max_abs, d.mean_abs);
   if (!(d.max_abs <= max_bound && d.mean_abs <= mean_bound))
-    fail_msg("nq=%lld nk=%lld heads=%d hd=%d: max_abs %g (bound %g), mean_abs %g (bound %g)", (long long)nq, (long long)nk,
+    fail_msg("%s nq=%lld nk=%lld heads=%d hd=%d: max_abs %g (bound %g), mean_abs %g (bound %g)", mp_attention_kernel_name(kernel), (long long)nq, (long long)nk,
              heads, hd, d.max_abs, max_bound, d.mean_abs, mean_bound);
 }
 
-static void test_bf16_matches_reference(void **state) {
+/* Every shape through one kernel: head dims 40/64/80/160 (SD 1.5 and SDXL) and odd ones, 77 keys
+ * (cross-attention), key and query counts off the block sizes, 4097 x 4097. */
+static void check_kernel(mp_attention_kernel kernel) {
+  mp_pool *pool;
+  assert_ok(mp_pool_create(2, &pool));
+  check_bf16(pool, kernel, 300, 77, 2, 40, 1.0f);   /* cross-attention: 77 keys = 2 x 32 + 13 */
+  check_bf16(pool, kernel, 97, 77, 2, 64, 1.0f);    /* SDXL head dim; one query row past a task block */
+  check_bf16(pool, kernel, 130, 515, 3, 80, 1.0f);  /* three key blocks, the last of 3 keys (odd: a half pair) */
+  check_bf16(pool, kernel, 61, 300, 2, 160, 1.0f);  /* head dim 160: 10 lanes of 16 */
+  check_bf16(pool, kernel, 40, 33, 2, 8, 1.0f);     /* head dim under one vector */
+  check_bf16(pool, kernel, 25, 40, 1, 23, 1.0f);    /* odd head dim: a zero-padded last pair */
+  check_bf16(pool, kernel, 17, 50, 1, 72, 1.0f);    /* 36 pairs: two full tiles and a 4-pair tail */
+  check_bf16(pool, kernel, 200, 600, 2, 40, 3.0f);  /* peaked softmax: the running max changes across blocks */
+  check_bf16(NULL, kernel, 13, 29, 1, 40, 1.0f);    /* no pool: runs on the calling thread */
+  check_bf16(pool, kernel, 4097, 4097, 1, 40, 1.0f); /* SD 1.5 level 0 self-attention size, plus one */
+  mp_pool_destroy(pool);
+}
+
+static void test_avx512_bf16_matches_reference(void **state) {
   (void)state;
   if (!mp_cpu_has_avx512_bf16()) {
     /* the fallback is what runs here: it must be the f32 kernel, to f32 accuracy */
@@ -73,35 +91,40 @@ static void test_bf16_matches_reference(void **state) {
     print_message("no AVX512_BF16 on this CPU: checked the f32 fallback only\n");
     return;
   }
-  mp_pool *pool;
-  assert_ok(mp_pool_create(2, &pool));
-  check_bf16(pool, 300, 77, 2, 40, 1.0f);   /* cross-attention: 77 keys = 4 groups of 16 + 13 */
-  check_bf16(pool, 97, 77, 2, 64, 1.0f);    /* SDXL head dim; one query row past a task block */
-  check_bf16(pool, 130, 515, 3, 80, 1.0f);  /* three key blocks, the last of 3 keys (odd: a half pair) */
-  check_bf16(pool, 61, 300, 2, 160, 1.0f);  /* head dim 160: 5 value tiles of 32 lanes */
-  check_bf16(pool, 40, 33, 2, 8, 1.0f);     /* head dim under one vector */
-  check_bf16(pool, 25, 40, 1, 23, 1.0f);    /* odd head dim: a zero-padded last pair */
-  check_bf16(pool, 200, 600, 2, 40, 3.0f);  /* peaked softmax: the running max changes across blocks */
-  check_bf16(NULL, 13, 29, 1, 40, 1.0f);    /* no pool: runs on the calling thread */
-  check_bf16(pool, 4097, 4097, 1, 40, 1.0f); /* SD 1.5 level 0 self-attention size, plus one */
-  mp_pool_destroy(pool);
+  check_kernel(MP_ATTENTION_AVX512_BF16);
+}
+
+static void test_amx_bf16_matches_reference(void **state) {
+  (void)state;
+  if (!mp_cpu_has_amx_bf16()) {
+    /* steps down to the AVX-512 kernel (or f32): still within the bf16 bound */
+    diff d = run_case(NULL, MP_ATTENTION_AMX_BF16, 300, 77, 2, 40, 1.0f);
+    assert_true(d.max_abs < ldexp(1.0, -7));
+    print_message("no AMX on this CPU: checked its fallback only\n");
+    return;
+  }
+  check_kernel(MP_ATTENTION_AMX_BF16);
 }
 
 static void test_choice(void **state) {
   (void)state;
   for (int b = 0; b < 2; b++)
     for (int c = 0; c < 2; c++)
-      for (int causal = 0; causal < 2; causal++)
-        assert_int_equal(mp_attention_choose(b, c, causal),
-                         b && c && !causal ? MP_ATTENTION_AVX512_BF16 : MP_ATTENTION_F32);
+      for (int amx = 0; amx < 2; amx++)
+        for (int causal = 0; causal < 2; causal++) {
+          mp_attention_kernel want = !b || causal || !c ? MP_ATTENTION_F32 : amx ? MP_ATTENTION_AMX_BF16 : MP_ATTENTION_AVX512_BF16;
+          assert_int_equal(mp_attention_choose(b, c, amx, causal), want);
+        }
+  assert_string_equal(mp_attention_kernel_name(MP_ATTENTION_AMX_BF16), "amx_bf16");
   assert_string_equal(mp_attention_kernel_name(MP_ATTENTION_AVX512_BF16), "avx512_bf16");
   assert_string_equal(mp_attention_kernel_name(MP_ATTENTION_F32), "f32");
-  /* every CPU with AVX512_BF16 also shows up in the backend's own bf16 detection */
+  /* every CPU with AVX512_BF16 also shows up in the backend's own bf16 detection, AMX as amx_bf16 */
   if (mp_cpu_has_avx512_bf16()) assert_true(*mp_cpu_bf16_support() != '\0');
+  if (mp_cpu_has_amx_bf16()) assert_string_equal(mp_cpu_bf16_support(), "amx_bf16");
 }
 
-/* The kernel follows the pool's backend: none or f32 -> f32, bf16 -> AVX512_BF16 where the CPU has it,
- * causal -> f32. And the two kernels really are different code: the bf16 one is not bit-identical
+/* The kernel follows the pool's backend: none or f32 -> f32, bf16 -> AMX or AVX512_BF16 where the
+ * CPU has them, causal -> f32. And the two kernels really are different code: the bf16 one is not bit-identical
  * to f32, the f32 one is (to 1e-5) the reference. */
 static void test_dispatch_follows_backend(void **state) {
   (void)state;
@@ -117,7 +140,9 @@ static void test_dispatch_follows_backend(void **state) {
   assert_int_equal(mp_attention_kernel_for(pool, false), MP_ATTENTION_F32);
   mp_pool_set_backend(pool, bf16);
   const bool has = mp_cpu_has_avx512_bf16();
-  assert_int_equal(mp_attention_kernel_for(pool, false), has ? MP_ATTENTION_AVX512_BF16 : MP_ATTENTION_F32);
+  assert_int_equal(mp_attention_kernel_for(pool, false), !has ? MP_ATTENTION_F32
+                                                         : mp_cpu_has_amx_bf16() ? MP_ATTENTION_AMX_BF16
+                                                                                 : MP_ATTENTION_AVX512_BF16);
   assert_int_equal(mp_attention_kernel_for(pool, true), MP_ATTENTION_F32);
 
   enum { NQ = 50, NK = 45, H = 2, HD = 40 };
@@ -151,7 +176,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_choice),
       cmocka_unit_test(test_dispatch_follows_backend),
-      cmocka_unit_test(test_bf16_matches_reference),
+      cmocka_unit_test(test_avx512_bf16_matches_reference),
+      cmocka_unit_test(test_amx_bf16_matches_reference),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
