@@ -336,18 +336,28 @@ BF16_TARGET static void softmax_strip(int rows, const float *S, int64_t kn, int6
                                       float *O, int dpad) {
   for (int r = 0; r < rows; r++) {
     const float *s = S + r * KB;
-    __m512 mv = _mm512_set1_ps(-INFINITY);
-    for (int64_t j = 0; j < kn; j += 16) mv = _mm512_mask_max_ps(mv, first_lanes(kn - j), mv, _mm512_maskz_loadu_ps(first_lanes(kn - j), s + j));
-    float bm = _mm512_reduce_max_ps(mv), mnew = bm > m[r] ? bm : m[r];
+    const int64_t full = kn & ~(int64_t)31; /* 32-key steps without masks, two chains each */
+    __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
+    int64_t j = 0;
+    for (; j < full; j += 32) m0 = _mm512_max_ps(m0, _mm512_loadu_ps(s + j)), m1 = _mm512_max_ps(m1, _mm512_loadu_ps(s + j + 16));
+    for (; j < kn; j += 16) m1 = _mm512_mask_max_ps(m1, first_lanes(kn - j), m1, _mm512_maskz_loadu_ps(first_lanes(kn - j), s + j));
+    float bm = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1)), mnew = bm > m[r] ? bm : m[r];
     const __m512 mb = _mm512_set1_ps(mnew);
-    __m512 sum = _mm512_setzero_ps();
+    __m512 sum = _mm512_setzero_ps(), sum1 = sum;
     uint16_t *pr = P + r * KB;
-    for (int64_t j = 0; j < kpad; j += 16) {
+    for (j = 0; j < full; j += 32) {
+      __m512 e0 = exp2_nonpos(_mm512_sub_ps(_mm512_loadu_ps(s + j), mb));
+      __m512 e1 = exp2_nonpos(_mm512_sub_ps(_mm512_loadu_ps(s + j + 16), mb));
+      sum = _mm512_add_ps(sum, e0), sum1 = _mm512_add_ps(sum1, e1);
+      _mm512_storeu_si512(pr + j, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
+    }
+    for (; j < kpad; j += 16) {
       __mmask16 valid = first_lanes(kn - j > 0 ? kn - j : 0);
       __m512 e = _mm512_maskz_mov_ps(valid, exp2_nonpos(_mm512_sub_ps(_mm512_maskz_loadu_ps(valid, s + j), mb)));
       sum = _mm512_add_ps(sum, e);
       _mm256_mask_storeu_epi16(pr + j, first_lanes(kpad - j), (__m256i)_mm512_cvtneps_pbh(e));
     }
+    sum = _mm512_add_ps(sum, sum1);
     float corr = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - mnew);
     l[r] = l[r] * corr + _mm512_reduce_add_ps(sum);
     m[r] = mnew;
