@@ -215,6 +215,9 @@ AMX_TARGET static void amx_configure(int hd2) {
   for (int t = 0; t < 6; t++) c.colsb[t] = 64, c.rows[t] = 16;
   const int tail = hd2 % 16;
   if (tail) c.colsb[6] = (uint16_t)(tail * 4), c.rows[6] = 16, c.colsb[7] = 64, c.rows[7] = (uint8_t)tail;
+  /* gcc's ldtilecfg asm names only the first 8 bytes of its operand: without this the compiler may
+   * drop the stores to the rest of `c` (it did in the portable build: SIGILL at the first tile op) */
+  __asm__ volatile("" : : "r"(&c) : "memory");
   _tile_loadconfig(&c);
 }
 
