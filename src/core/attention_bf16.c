@@ -177,26 +177,23 @@ BF16_INLINE void score_tile(const uint16_t *Q, int hd2, const uint16_t *K, int64
   }
 }
 
-/* O[r][0, 16 nv) += Σ_pairs P[r][pair] · V[pair][0, 16 nv) over `pairs` key pairs. */
-BF16_INLINE void value_tile(const uint16_t *P, const uint16_t *V, int64_t ldv, int64_t pairs, int nv, float *O, int ldo) {
-  __m512 acc[MR][2];
-  for (int r = 0; r < MR; r++) {
-    acc[r][0] = _mm512_loadu_ps(O + r * ldo);
-    acc[r][1] = nv > 1 ? _mm512_loadu_ps(O + r * ldo + 16) : acc[r][0];
-  }
+/* O[r][0, 16 nv) += Σ_pairs P[r][pair] · V[pair][0, 16 nv) over `pairs` key pairs, for `rows` rows
+ * (12, or 6 with three vectors: at most 24 accumulators either way). */
+BF16_INLINE void value_tile(int rows, const uint16_t *P, const uint16_t *V, int64_t ldv, int64_t pairs, int nv, float *O,
+                            int ldo) {
+  __m512 acc[MR][3];
+  for (int r = 0; r < rows; r++)
+    for (int c = 0; c < nv; c++) acc[r][c] = _mm512_loadu_ps(O + r * ldo + 16 * c);
   for (int64_t jp = 0; jp < pairs; jp++) {
-    __m512bh v0 = (__m512bh)_mm512_loadu_si512(V + jp * ldv);
-    __m512bh v1 = nv > 1 ? (__m512bh)_mm512_loadu_si512(V + jp * ldv + 32) : v0;
-    for (int r = 0; r < MR; r++) {
+    __m512bh v[3];
+    for (int c = 0; c < nv; c++) v[c] = (__m512bh)_mm512_loadu_si512(V + jp * ldv + 32 * c);
+    for (int r = 0; r < rows; r++) {
       __m512bh pr = bcast_pair(P + r * KB + 2 * jp);
-      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], pr, v0);
-      if (nv > 1) acc[r][1] = _mm512_dpbf16_ps(acc[r][1], pr, v1);
+      for (int c = 0; c < nv; c++) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], pr, v[c]);
     }
   }
-  for (int r = 0; r < MR; r++) {
-    _mm512_storeu_ps(O + r * ldo, acc[r][0]);
-    if (nv > 1) _mm512_storeu_ps(O + r * ldo + 16, acc[r][1]);
-  }
+  for (int r = 0; r < rows; r++)
+    for (int c = 0; c < nv; c++) _mm512_storeu_ps(O + r * ldo + 16 * c, acc[r][c]);
 }
 
 /* ---- AMX tiles: 16-row strips ----
@@ -418,9 +415,18 @@ BF16_TARGET static void attention_task(const bf16_att *a, int64_t task, void *sc
       for (; g + 2 <= groups; g += 2) score_tile(Qs, hd2, Kb + g * gstride, gstride, 2, S + g * 16);
       if (g < groups) score_tile(Qs, hd2, Kb + g * gstride, gstride, 1, S + g * 16);
       softmax_strip(MR, S, kn, pairs * 2, P, m + s0, l + s0, O + s0 * dpad, dpad);
+      /* the head dim in vectors of 16: twos over 12 rows, a last three over two halves of 6 rows
+       * (hd 40 = 3 vectors: one pass over the keys instead of a 2 and a 1) */
+      float *Os = O + s0 * dpad;
+      const int64_t ldv = (int64_t)dpad * 2;
       int d = 0;
-      for (; d + 32 <= dpad; d += 32) value_tile(P, Vb + d * 2, (int64_t)dpad * 2, pairs, 2, O + s0 * dpad + d, dpad);
-      if (d < dpad) value_tile(P, Vb + d * 2, (int64_t)dpad * 2, pairs, 1, O + s0 * dpad + d, dpad);
+      for (; dpad - d >= 64 || dpad - d == 32; d += 32) value_tile(MR, P, Vb + d * 2, ldv, pairs, 2, Os + d, dpad);
+      if (dpad - d == 48) {
+        value_tile(MR / 2, P, Vb + d * 2, ldv, pairs, 3, Os + d, dpad);
+        value_tile(MR / 2, P + MR / 2 * KB, Vb + d * 2, ldv, pairs, 3, Os + MR / 2 * dpad + d, dpad);
+      } else if (dpad - d == 16) {
+        value_tile(MR, P, Vb + d * 2, ldv, pairs, 1, Os + d, dpad);
+      }
     }
   }
   for (int64_t r = 0; r < qn; r++) {
