@@ -1,23 +1,31 @@
 /* mp_attention on the UNet's self-attention shapes at 512x512 (one image; a CFG step runs each
  * twice per transformer): 4096 queries x 4096 keys x 8 heads x 40 at 64x64, 1024 x 1024 x 8 x 80
  * at 32x32, 256 x 256 x 8 x 160 at 16x16, and the 4096 x 77 cross-attention.
- * usage: bench_attention [--threads N] [--runs N] */
+ * --kernel bf16 / amx times the AVX-512 BF16 / AMX kernel (core/attention_bf16.h) instead of the f32 one.
+ * usage: bench_attention [--threads N] [--runs N] [--kernel f32|bf16|amx] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "bench_util.h"
+#include "core/attention_bf16.h"
 #include "core/clock.h"
 #include "core/ops.h"
 #include "core/threads.h"
 
 int main(int argc, char **argv) {
   int threads = 2, runs = 3;
+  mp_attention_kernel kernel = MP_ATTENTION_F32;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
     if (!strcmp(argv[i], "--runs")) runs = atoi(argv[i + 1]);
+    if (!strcmp(argv[i], "--kernel"))
+      kernel = !strcmp(argv[i + 1], "amx") ? MP_ATTENTION_AMX_BF16 : !strcmp(argv[i + 1], "bf16") ? MP_ATTENTION_AVX512_BF16 : MP_ATTENTION_F32;
   }
+  if ((kernel == MP_ATTENTION_AVX512_BF16 && !mp_cpu_has_avx512_bf16()) || (kernel == MP_ATTENTION_AMX_BF16 && !mp_cpu_has_amx_bf16()))
+    return fprintf(stderr, "this CPU lacks the %s kernel's instructions\n", mp_attention_kernel_name(kernel)), 1;
+  printf("kernel %s, %d threads\n", mp_attention_kernel_name(kernel), threads);
   static const int shapes[][4] = {{4096, 4096, 8, 40}, {1024, 1024, 8, 80}, {256, 256, 8, 160}, {4096, 77, 8, 40}};
   mp_pool *pool;
   mp_error *e = mp_pool_create(threads, &pool);
@@ -28,9 +36,9 @@ int main(int argc, char **argv) {
     const size_t dq = (size_t)nq * heads * hd, dk = (size_t)nk * heads * hd;
     float *q = malloc(dq * 4), *k = malloc(dk * 4), *v = malloc(dk * 4), *o = malloc(dq * 4);
     bench_fill(q, dq, 1, 4.0f), bench_fill(k, dk, 2, 4.0f), bench_fill(v, dk, 3, 4.0f);
-    mp_attention(pool, o, q, k, v, nq, nk, heads, hd, false);
+    mp_attention_with(kernel, pool, o, q, k, v, nq, nk, heads, hd, false);
     double t0 = mp_now();
-    for (int r = 0; r < runs; r++) mp_attention(pool, o, q, k, v, nq, nk, heads, hd, false);
+    for (int r = 0; r < runs; r++) mp_attention_with(kernel, pool, o, q, k, v, nq, nk, heads, hd, false);
     double t = (mp_now() - t0) / runs, flop = 4.0 * nq * (double)nk * heads * hd;
     double sum = 0;
     for (size_t i = 0; i < dq; i++) sum += o[i];

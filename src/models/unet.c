@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/attention_bf16.h"
 #include "core/conv.h"
 #include "core/ops.h"
 #include "core/profile.h"
@@ -401,7 +402,8 @@ static mp_error *attention_block(fwd *f, const spatial *s, float *x, int64_t n, 
   MP_TRY(mp_dense(f->pool, f->ws, kbuf, src, n_src, Wk, NULL));
   MP_TRY(mp_dense(f->pool, f->ws, vbuf, src, n_src, Wv, NULL));
   mp_profile_begin(mp_pool_profile(f->pool));
-  mp_attention(f->pool, f->att, f->q, kbuf, vbuf, n, n_src, s->heads, s->head_dim, false);
+  /* bf16 products under a bf16 backend on AVX512_BF16 CPUs, else the f32 kernel */
+  mp_attention_auto(f->pool, f->att, f->q, kbuf, vbuf, n, n_src, s->heads, s->head_dim, false);
   mp_profile_end(mp_pool_profile(f->pool), MP_OP_ATTENTION);
   MP_TRY(mp_dense(f->pool, f->ws, f->nrm, f->att, n, out->w, out->b));
   mp_add(x, x, f->nrm, n * s->C);

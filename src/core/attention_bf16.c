@@ -1,0 +1,493 @@
+/* bf16 attention on AVX-512 BF16 (see attention_bf16.h for the contract).
+ *
+ * Layouts (all bf16, zero-padded), built so that `vdpbf16ps` — 16 f32 lanes, each adding the
+ * products of one pair of bf16 — reads them with plain 64-byte loads and 32-bit broadcasts:
+ *   Q  per task   [row][hd2 pairs][2]            rows of the task, pre-scaled by log2(e)/sqrt(hd)
+ *   K  per head   [key/16][hd2 pairs][16 keys][2] lanes = keys, pairs over the head dim
+ *   V  per head   [key pairs][dpad][2]            lanes = head dims, pairs over keys
+ *   P  per strip  [row][keys]                     softmax numerators of one key block
+ * hd2 = ceil(hd/2) pairs, so head dim 40 costs 20 pair-steps, 80 costs 40, 160 costs 80: nothing is
+ * padded in the score product. dpad = hd rounded up to 16 lanes (40 -> 48, the only waste).
+ *
+ * On CPUs with AMX the same layouts feed tile products (tdpbf16ps): K groups of 16 keys are B
+ * tiles as they stand ([16 pairs][16 keys][2] is the VNNI layout), V's [pairs][dpad][2] is read
+ * as B tiles of 16 dims with a row stride of dpad pairs, Q and P are A tiles of 16 rows.
+ *
+ * Scores are in log2 units (the scale folds in log2(e)), so the softmax needs exp2 only: a
+ * range-reduced degree-5 polynomial, relative error ~2e-6, far below the bf16 rounding of P. */
+#include "core/attention_bf16.h"
+
+#include <cpuid.h>
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "core/matmul.h"
+#include "core/ops.h"
+#include "core/tensor.h"
+
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define BF16_INLINE BF16_TARGET __attribute__((always_inline)) static inline
+#define AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
+/* gcc's tile intrinsics are asm statements without memory operands: keep the compiler from moving
+ * plain loads and stores across them. */
+#define TILE_FENCE() __asm__ volatile("" ::: "memory")
+
+/* MR query rows per strip (register tile of the two products: MR x 32 accumulators); KB keys per
+ * block, so one strip's scores (MR x KB f32, 12 KB) and its numerators stay in L1 and a key block
+ * plus value block (2 x KB x hd bf16: 40 KB at hd 40, 160 KB at hd 160) in L2 while the task's QB
+ * rows pass over them. */
+enum { MR = 12, KB = 256, QB = 96 };
+/* AMX: strips of 16 rows (a tile's height); keys padded to 32 so P·V runs on whole tiles. */
+enum { AMX_MR = 16, STRIP_MAX = 16 };
+
+bool mp_cpu_has_avx512_bf16(void) {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false; /* OSXSAVE */
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  (void)hi;
+  if ((lo & 0xe6) != 0xe6) return false; /* the OS saves SSE, AVX and all three AVX-512 states */
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const unsigned f = 1u << 16, bw = 1u << 30, vl = 1u << 31;
+  if ((b & (f | bw | vl)) != (f | bw | vl)) return false;
+  if (a < 1 || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
+  return (a & (1u << 5)) != 0; /* AVX512_BF16 */
+}
+
+bool mp_cpu_has_amx_bf16(void) {
+  if (!mp_cpu_has_avx512_bf16()) return false; /* the softmax between the tile products is AVX-512 */
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const unsigned tile = 1u << 24, bf16 = 1u << 22;
+  if ((d & (tile | bf16)) != (tile | bf16)) return false;
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  (void)hi;
+  if ((lo & (3u << 17)) != (3u << 17)) return false; /* XTILECFG and XTILEDATA enabled by the OS */
+  /* Linux hands out the 8 KB tile state only to processes that ask (ARCH_REQ_XCOMP_PERM for
+   * XFEATURE_XTILEDATA); asking again once granted is a no-op. */
+  return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+}
+
+mp_attention_kernel mp_attention_choose(bool bf16_backend, bool cpu_avx512_bf16, bool cpu_amx_bf16, bool causal) {
+  if (!bf16_backend || causal) return MP_ATTENTION_F32;
+  if (cpu_amx_bf16 && cpu_avx512_bf16) return MP_ATTENTION_AMX_BF16;
+  return cpu_avx512_bf16 ? MP_ATTENTION_AVX512_BF16 : MP_ATTENTION_F32;
+}
+
+const char *mp_attention_kernel_name(mp_attention_kernel k) {
+  return k == MP_ATTENTION_AMX_BF16 ? "amx_bf16" : k == MP_ATTENTION_AVX512_BF16 ? "avx512_bf16" : "f32";
+}
+
+mp_attention_kernel mp_attention_kernel_for(const mp_pool *pool, bool causal) {
+  const struct mp_backend *b = mp_pool_backend(pool);
+  bool bf16 = b && mp_backend_precision(b) == MP_PRECISION_BF16;
+  /* cpuid only when it matters: the f32 path never asks */
+  if (!bf16 || causal) return MP_ATTENTION_F32;
+  return mp_attention_choose(true, mp_cpu_has_avx512_bf16(), mp_cpu_has_amx_bf16(), false);
+}
+
+/* ---- packing ---- */
+typedef struct {
+  const float *q, *k, *v;
+  float *out;
+  int64_t nq, nk, ld, nk32; /* nk32: keys rounded up to 32 (the packed key count) */
+  int heads, hd, hd2, dpad;
+  bool amx; /* tile products (strips of AMX_MR rows) instead of vdpbf16ps (MR rows) */
+  float qscale;
+  uint16_t *kp, *vp; /* packed K and V, all heads */
+  void *scratch;
+  size_t scratch_per_thread;
+} bf16_att;
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+static int64_t kp_head_elems(const bf16_att *a) { return a->nk32 * a->hd2 * 2; }
+static int64_t vp_head_elems(const bf16_att *a) { return a->nk32 * a->dpad; }
+
+BF16_INLINE __mmask16 first_lanes(int64_t n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
+
+/* One group of 16 keys of one head: K into [pair][16][2], V (8 key pairs) into [pair][dpad][2]. */
+BF16_TARGET static void pack_kv_group(const bf16_att *a, int h, int64_t g) {
+  uint16_t *kd = a->kp + (int64_t)h * kp_head_elems(a) + g * a->hd2 * 32;
+  uint32_t *kd32 = (uint32_t *)(void *)kd;
+  for (int i = 0; i < 16; i++) {
+    int64_t key = g * 16 + i;
+    if (key >= a->nk) {
+      for (int p = 0; p < a->hd2; p++) kd32[p * 16 + i] = 0;
+      continue;
+    }
+    const float *src = a->k + key * a->ld + (int64_t)h * a->hd;
+    for (int d0 = 0; d0 < a->hd; d0 += 32) { /* 32 dims = 16 pairs per step */
+      __m512 lo = _mm512_maskz_loadu_ps(first_lanes(a->hd - d0), src + d0);
+      __m512 hi = d0 + 16 < a->hd ? _mm512_maskz_loadu_ps(first_lanes(a->hd - d0 - 16), src + d0 + 16) : _mm512_setzero_ps();
+      uint32_t pairs[16];
+      _mm512_storeu_si512(pairs, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+      for (int p = 0; p < 16 && d0 / 2 + p < a->hd2; p++) kd32[(d0 / 2 + p) * 16 + i] = pairs[p];
+    }
+  }
+  uint16_t *vd = a->vp + (int64_t)h * vp_head_elems(a);
+  for (int64_t jp = g * 8; jp < g * 8 + 8; jp++) {
+    int64_t k0 = 2 * jp, k1 = k0 + 1;
+    const float *s0 = a->v + k0 * a->ld + (int64_t)h * a->hd, *s1 = a->v + k1 * a->ld + (int64_t)h * a->hd;
+    for (int d = 0; d < a->dpad; d += 16) {
+      __mmask16 m = first_lanes(a->hd - d < 0 ? 0 : a->hd - d);
+      __m512 x0 = k0 < a->nk ? _mm512_maskz_loadu_ps(m, s0 + d) : _mm512_setzero_ps();
+      __m512 x1 = k1 < a->nk ? _mm512_maskz_loadu_ps(m, s1 + d) : _mm512_setzero_ps();
+      __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x0));
+      __m512i hi = _mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x1)), 16);
+      _mm512_storeu_si512(vd + jp * a->dpad * 2 + d * 2, _mm512_or_si512(lo, hi)); /* [d][key pair] */
+    }
+  }
+}
+
+static void pack_tasks(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const bf16_att *a = ctx;
+  const int64_t groups = a->nk32 / 16;
+  for (int64_t t = begin; t < end; t++) pack_kv_group(a, (int)(t / groups), t % groups);
+}
+
+/* ---- the two products, MR rows at a time ---- */
+BF16_INLINE __m512bh bcast_pair(const uint16_t *p) {
+  int32_t x;
+  memcpy(&x, p, sizeof x);
+  return (__m512bh)_mm512_set1_epi32(x);
+}
+
+/* S[r][0, 16 nv) = Q[r] · K[key]ᵀ for the nv key groups at K (the second at K + kstride). */
+BF16_INLINE void score_tile(const uint16_t *Q, int hd2, const uint16_t *K, int64_t kstride, int nv, float *S) {
+  __m512 acc[MR][2];
+  for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (int p = 0; p < hd2; p++) {
+    __m512bh k0 = (__m512bh)_mm512_loadu_si512(K + p * 32);
+    __m512bh k1 = nv > 1 ? (__m512bh)_mm512_loadu_si512(K + kstride + p * 32) : k0;
+    for (int r = 0; r < MR; r++) {
+      __m512bh qr = bcast_pair(Q + (int64_t)r * hd2 * 2 + 2 * p);
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], qr, k0);
+      if (nv > 1) acc[r][1] = _mm512_dpbf16_ps(acc[r][1], qr, k1);
+    }
+  }
+  for (int r = 0; r < MR; r++) {
+    _mm512_storeu_ps(S + r * KB, acc[r][0]);
+    if (nv > 1) _mm512_storeu_ps(S + r * KB + 16, acc[r][1]);
+  }
+}
+
+/* O[r][0, 16 nv) += Σ_pairs P[r][pair] · V[pair][0, 16 nv) over `pairs` key pairs, for `rows` rows
+ * (12, or 6 with three vectors: at most 24 accumulators either way). */
+BF16_INLINE void value_tile(int rows, const uint16_t *P, const uint16_t *V, int64_t ldv, int64_t pairs, int nv, float *O,
+                            int ldo) {
+  __m512 acc[MR][3];
+  for (int r = 0; r < rows; r++)
+    for (int c = 0; c < nv; c++) acc[r][c] = _mm512_loadu_ps(O + r * ldo + 16 * c);
+  for (int64_t jp = 0; jp < pairs; jp++) {
+    __m512bh v[3];
+    for (int c = 0; c < nv; c++) v[c] = (__m512bh)_mm512_loadu_si512(V + jp * ldv + 32 * c);
+    for (int r = 0; r < rows; r++) {
+      __m512bh pr = bcast_pair(P + r * KB + 2 * jp);
+      for (int c = 0; c < nv; c++) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], pr, v[c]);
+    }
+  }
+  for (int r = 0; r < rows; r++)
+    for (int c = 0; c < nv; c++) _mm512_storeu_ps(O + r * ldo + 16 * c, acc[r][c]);
+}
+
+/* ---- AMX tiles: 16-row strips ----
+ * tmm0-3: accumulators (16 x 16 f32); tmm4: A (16 rows x 16 pairs); tmm5: B (16 pairs x 16 lanes);
+ * tmm6/tmm7: A and B for the last hd2 % 16 pairs of the score product (hd 40: 4 pairs). */
+typedef struct {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+} amx_config;
+
+AMX_TARGET static void amx_configure(int hd2) {
+  amx_config c;
+  memset(&c, 0, sizeof c);
+  c.palette = 1;
+  for (int t = 0; t < 6; t++) c.colsb[t] = 64, c.rows[t] = 16;
+  const int tail = hd2 % 16;
+  if (tail) c.colsb[6] = (uint16_t)(tail * 4), c.rows[6] = 16, c.colsb[7] = 64, c.rows[7] = (uint8_t)tail;
+  /* gcc's ldtilecfg asm names only the first 8 bytes of its operand: without this the compiler may
+   * drop the stores to the rest of `c` (it did in the portable build: SIGILL at the first tile op) */
+  __asm__ volatile("" : : "r"(&c) : "memory");
+  _tile_loadconfig(&c);
+}
+
+AMX_TARGET static void amx_release(void) { _tile_release(); }
+
+/* S [16][16 groups) = Q strip · K groups, four key groups (64 keys) per pass over the head dim. */
+AMX_TARGET static void amx_scores(const uint16_t *Q, int hd2, const uint16_t *K, int64_t groups, float *S) {
+  const int64_t ldq = (int64_t)hd2 * 4, gstride = (int64_t)hd2 * 32, full = hd2 / 16, tail = hd2 % 16;
+  TILE_FENCE();
+  for (int64_t g = 0; g < groups; g += 4) {
+    const int64_t ng = groups - g < 4 ? groups - g : 4;
+    const uint16_t *Kg = K + g * gstride;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t c = 0; c < full; c++) {
+      _tile_loadd(4, Q + c * 32, ldq);
+      const uint16_t *Kc = Kg + c * 16 * 32;
+      _tile_loadd(5, Kc, 64);
+      _tile_dpbf16ps(0, 4, 5);
+      if (ng > 1) {
+        _tile_loadd(5, Kc + gstride, 64);
+        _tile_dpbf16ps(1, 4, 5);
+      }
+      if (ng > 2) {
+        _tile_loadd(5, Kc + 2 * gstride, 64);
+        _tile_dpbf16ps(2, 4, 5);
+      }
+      if (ng > 3) {
+        _tile_loadd(5, Kc + 3 * gstride, 64);
+        _tile_dpbf16ps(3, 4, 5);
+      }
+    }
+    if (tail) {
+      _tile_loadd(6, Q + full * 32, ldq);
+      const uint16_t *Kc = Kg + full * 16 * 32;
+      _tile_loadd(7, Kc, 64);
+      _tile_dpbf16ps(0, 6, 7);
+      if (ng > 1) {
+        _tile_loadd(7, Kc + gstride, 64);
+        _tile_dpbf16ps(1, 6, 7);
+      }
+      if (ng > 2) {
+        _tile_loadd(7, Kc + 2 * gstride, 64);
+        _tile_dpbf16ps(2, 6, 7);
+      }
+      if (ng > 3) {
+        _tile_loadd(7, Kc + 3 * gstride, 64);
+        _tile_dpbf16ps(3, 6, 7);
+      }
+    }
+    float *Sg = S + g * 16;
+    _tile_stored(0, Sg, KB * 4);
+    if (ng > 1) _tile_stored(1, Sg + 16, KB * 4);
+    if (ng > 2) _tile_stored(2, Sg + 32, KB * 4);
+    if (ng > 3) _tile_stored(3, Sg + 48, KB * 4);
+  }
+  TILE_FENCE();
+}
+
+/* O [16][dpad] += P [16][32 chunks keys] · V, up to four 16-lane column tiles per pass over the keys. */
+AMX_TARGET static void amx_values(const uint16_t *P, const uint16_t *V, int dpad, int64_t chunks, float *O) {
+  const int64_t ldv = (int64_t)dpad * 4, ldo = (int64_t)dpad * 4;
+  const int nt = dpad / 16;
+  TILE_FENCE();
+  for (int t0 = 0; t0 < nt; t0 += 4) {
+    const int n = nt - t0 < 4 ? nt - t0 : 4;
+    float *Ot = O + t0 * 16;
+    _tile_loadd(0, Ot, ldo);
+    if (n > 1) _tile_loadd(1, Ot + 16, ldo);
+    if (n > 2) _tile_loadd(2, Ot + 32, ldo);
+    if (n > 3) _tile_loadd(3, Ot + 48, ldo);
+    for (int64_t c = 0; c < chunks; c++) {
+      _tile_loadd(4, P + c * 32, KB * 2);
+      const uint16_t *Vc = V + c * 16 * dpad * 2 + t0 * 32; /* 16 key pairs down, 16 dims (x2) across */
+      _tile_loadd(5, Vc, ldv);
+      _tile_dpbf16ps(0, 4, 5);
+      if (n > 1) {
+        _tile_loadd(5, Vc + 32, ldv);
+        _tile_dpbf16ps(1, 4, 5);
+      }
+      if (n > 2) {
+        _tile_loadd(5, Vc + 64, ldv);
+        _tile_dpbf16ps(2, 4, 5);
+      }
+      if (n > 3) {
+        _tile_loadd(5, Vc + 96, ldv);
+        _tile_dpbf16ps(3, 4, 5);
+      }
+    }
+    _tile_stored(0, Ot, ldo);
+    if (n > 1) _tile_stored(1, Ot + 16, ldo);
+    if (n > 2) _tile_stored(2, Ot + 32, ldo);
+    if (n > 3) _tile_stored(3, Ot + 48, ldo);
+  }
+  TILE_FENCE();
+}
+
+/* 2^x for x <= 0 (scores minus their running max); below -126 it returns 2^-126, which the sum
+ * next to a term of 1 cannot see. */
+BF16_INLINE __m512 exp2_nonpos(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));
+  __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_sub_ps(x, n); /* [-0.5, 0.5] */
+  __m512 p = _mm512_set1_ps(1.3333558e-3f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.6181291e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5504109e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022651e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9314718e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+/* Online softmax for one strip of `rows` rows and one key block: S [rows][KB] (kn valid keys) ->
+ * P [rows][KB] bf16 numerators (zero up to kpad), running max m and sum l updated, the accumulator
+ * rows of O rescaled when the max grows. */
+BF16_TARGET static void softmax_strip(int rows, const float *S, int64_t kn, int64_t kpad, uint16_t *P, float *m, float *l,
+                                      float *O, int dpad) {
+  for (int r = 0; r < rows; r++) {
+    const float *s = S + r * KB;
+    const int64_t full = kn & ~(int64_t)31; /* 32-key steps without masks, two chains each */
+    __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
+    int64_t j = 0;
+    for (; j < full; j += 32) m0 = _mm512_max_ps(m0, _mm512_loadu_ps(s + j)), m1 = _mm512_max_ps(m1, _mm512_loadu_ps(s + j + 16));
+    for (; j < kn; j += 16) m1 = _mm512_mask_max_ps(m1, first_lanes(kn - j), m1, _mm512_maskz_loadu_ps(first_lanes(kn - j), s + j));
+    float bm = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1)), mnew = bm > m[r] ? bm : m[r];
+    const __m512 mb = _mm512_set1_ps(mnew);
+    __m512 sum = _mm512_setzero_ps(), sum1 = sum;
+    uint16_t *pr = P + r * KB;
+    for (j = 0; j < full; j += 32) {
+      __m512 e0 = exp2_nonpos(_mm512_sub_ps(_mm512_loadu_ps(s + j), mb));
+      __m512 e1 = exp2_nonpos(_mm512_sub_ps(_mm512_loadu_ps(s + j + 16), mb));
+      sum = _mm512_add_ps(sum, e0), sum1 = _mm512_add_ps(sum1, e1);
+      _mm512_storeu_si512(pr + j, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
+    }
+    for (; j < kpad; j += 16) {
+      __mmask16 valid = first_lanes(kn - j > 0 ? kn - j : 0);
+      __m512 e = _mm512_maskz_mov_ps(valid, exp2_nonpos(_mm512_sub_ps(_mm512_maskz_loadu_ps(valid, s + j), mb)));
+      sum = _mm512_add_ps(sum, e);
+      _mm256_mask_storeu_epi16(pr + j, first_lanes(kpad - j), (__m256i)_mm512_cvtneps_pbh(e));
+    }
+    sum = _mm512_add_ps(sum, sum1);
+    float corr = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - mnew);
+    l[r] = l[r] * corr + _mm512_reduce_add_ps(sum);
+    m[r] = mnew;
+    if (corr != 1.0f) {
+      float *o = O + (int64_t)r * dpad;
+      const __m512 c = _mm512_set1_ps(corr);
+      for (int d = 0; d < dpad; d += 16) _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(o + d), c));
+    }
+  }
+}
+
+/* ---- tasks: one head, QB query rows ---- */
+BF16_TARGET static void attention_task(const bf16_att *a, int64_t task, void *scratch) {
+  const int64_t nqb = (a->nq + QB - 1) / QB;
+  const int h = (int)(task / nqb);
+  const int mr = a->amx ? AMX_MR : MR;
+  const int64_t q0 = (task % nqb) * QB, qn = a->nq - q0 < QB ? a->nq - q0 : QB, rows = (qn + mr - 1) / mr * mr;
+  const int hd2 = a->hd2, dpad = a->dpad;
+  char *base = scratch;
+  uint16_t *Qp = (uint16_t *)(void *)base;
+  float *S = (float *)(void *)(base += align64(sizeof(uint16_t) * QB * hd2 * 2));
+  uint16_t *P = (uint16_t *)(void *)(base += align64(sizeof(float) * STRIP_MAX * KB));
+  float *O = (float *)(void *)(base += align64(sizeof(uint16_t) * STRIP_MAX * KB));
+  float *m = (float *)(void *)(base += align64(sizeof(float) * QB * dpad));
+  float *l = m + QB;
+
+  memset(Qp, 0, sizeof(uint16_t) * (size_t)(rows * hd2 * 2));
+  const __m512 qs = _mm512_set1_ps(a->qscale);
+  for (int64_t r = 0; r < qn; r++) {
+    const float *src = a->q + (q0 + r) * a->ld + (int64_t)h * a->hd;
+    for (int d = 0; d < a->hd; d += 16) {
+      __mmask16 mk = first_lanes(a->hd - d);
+      __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, src + d), qs);
+      _mm256_mask_storeu_epi16(Qp + r * hd2 * 2 + d, mk, (__m256i)_mm512_cvtneps_pbh(x));
+    }
+  }
+  for (int64_t r = 0; r < rows; r++) m[r] = -INFINITY, l[r] = 0;
+  memset(O, 0, sizeof(float) * (size_t)(rows * dpad));
+
+  const uint16_t *Kh = a->kp + (int64_t)h * kp_head_elems(a), *Vh = a->vp + (int64_t)h * vp_head_elems(a);
+  for (int64_t k0 = 0; k0 < a->nk; k0 += KB) {
+    const int64_t kn = a->nk - k0 < KB ? a->nk - k0 : KB, groups = (kn + 15) / 16, pairs = (kn + 1) / 2;
+    const uint16_t *Kb = Kh + (k0 / 16) * hd2 * 32, *Vb = Vh + (k0 / 2) * dpad * 2;
+    const int64_t gstride = (int64_t)hd2 * 32;
+    for (int64_t s0 = 0; s0 < rows; s0 += mr) {
+      const uint16_t *Qs = Qp + s0 * hd2 * 2;
+      if (a->amx) {
+        const int64_t groups32 = (kn + 31) / 32 * 2; /* whole 32-key tiles: P·V needs pairs of 16 */
+        amx_scores(Qs, hd2, Kb, groups32, S);
+        softmax_strip(AMX_MR, S, kn, groups32 * 16, P, m + s0, l + s0, O + s0 * dpad, dpad);
+        amx_values(P, Vb, dpad, groups32 / 2, O + s0 * dpad);
+        continue;
+      }
+      int64_t g = 0;
+      for (; g + 2 <= groups; g += 2) score_tile(Qs, hd2, Kb + g * gstride, gstride, 2, S + g * 16);
+      if (g < groups) score_tile(Qs, hd2, Kb + g * gstride, gstride, 1, S + g * 16);
+      softmax_strip(MR, S, kn, pairs * 2, P, m + s0, l + s0, O + s0 * dpad, dpad);
+      /* the head dim in vectors of 16: twos over 12 rows, a last three over two halves of 6 rows
+       * (hd 40 = 3 vectors: one pass over the keys instead of a 2 and a 1) */
+      float *Os = O + s0 * dpad;
+      const int64_t ldv = (int64_t)dpad * 2;
+      int d = 0;
+      for (; dpad - d >= 64 || dpad - d == 32; d += 32) value_tile(MR, P, Vb + d * 2, ldv, pairs, 2, Os + d, dpad);
+      if (dpad - d == 48) {
+        value_tile(MR / 2, P, Vb + d * 2, ldv, pairs, 3, Os + d, dpad);
+        value_tile(MR / 2, P + MR / 2 * KB, Vb + d * 2, ldv, pairs, 3, Os + MR / 2 * dpad + d, dpad);
+      } else if (dpad - d == 16) {
+        value_tile(MR, P, Vb + d * 2, ldv, pairs, 1, Os + d, dpad);
+      }
+    }
+  }
+  for (int64_t r = 0; r < qn; r++) {
+    float *dst = a->out + (q0 + r) * a->ld + (int64_t)h * a->hd;
+    const __m512 inv = _mm512_set1_ps(l[r] > 0 ? 1.0f / l[r] : 0.0f);
+    for (int d = 0; d < a->hd; d += 16)
+      _mm512_mask_storeu_ps(dst + d, first_lanes(a->hd - d), _mm512_mul_ps(_mm512_loadu_ps(O + r * dpad + d), inv));
+  }
+}
+
+static void attention_tasks(void *ctx, int64_t begin, int64_t end, int thread) {
+  const bf16_att *a = ctx;
+  void *scratch = (char *)a->scratch + (size_t)thread * a->scratch_per_thread;
+  if (a->amx) amx_configure(a->hd2);
+  for (int64_t t = begin; t < end; t++) attention_task(a, t, scratch);
+  if (a->amx) amx_release();
+}
+
+/* false when the buffers cannot be allocated (the caller runs the f32 kernel) */
+static bool attention_bf16(mp_pool *pool, bool amx, float *out, const float *q, const float *k, const float *v, int64_t nq,
+                           int64_t nk, int heads, int hd) {
+  if (nq <= 0 || heads <= 0 || hd <= 0) return true;
+  bf16_att a = {.q = q, .k = k, .v = v, .out = out, .nq = nq, .nk = nk, .ld = (int64_t)heads * hd, .heads = heads, .hd = hd,
+                .amx = amx};
+  a.nk32 = (nk + 31) / 32 * 32;
+  a.hd2 = (hd + 1) / 2;
+  a.dpad = (hd + 15) / 16 * 16;
+  a.qscale = (float)(1.4426950408889634 / sqrt((double)hd)); /* log2(e) / sqrt(hd): scores in log2 units */
+  if (nk <= 0) { /* softmax over nothing: the f32 kernel's convention, zeros */
+    memset(out, 0, sizeof(float) * (size_t)(nq * a.ld));
+    return true;
+  }
+  size_t kv_bytes = align64(sizeof(uint16_t) * (size_t)(heads * kp_head_elems(&a))) +
+                    align64(sizeof(uint16_t) * (size_t)(heads * vp_head_elems(&a)));
+  a.scratch_per_thread = align64(sizeof(uint16_t) * QB * (size_t)a.hd2 * 2) + align64(sizeof(float) * STRIP_MAX * KB) +
+                         align64(sizeof(uint16_t) * STRIP_MAX * KB) + align64(sizeof(float) * QB * (size_t)a.dpad) +
+                         align64(sizeof(float) * 2 * QB);
+  int nt = mp_pool_size(pool);
+  char *buf = mp_alloc(kv_bytes + a.scratch_per_thread * (size_t)nt);
+  if (!buf) return false;
+  a.kp = (uint16_t *)(void *)buf;
+  a.vp = (uint16_t *)(void *)(buf + align64(sizeof(uint16_t) * (size_t)(heads * kp_head_elems(&a))));
+  a.scratch = buf + kv_bytes;
+  mp_pool_for(pool, (int64_t)heads * (a.nk32 / 16), 8, pack_tasks, &a);
+  mp_pool_for(pool, (int64_t)heads * ((nq + QB - 1) / QB), 1, attention_tasks, &a);
+  mp_free(buf);
+  return true;
+}
+
+void mp_attention_with(mp_attention_kernel kernel, mp_pool *pool, float *out, const float *q, const float *k, const float *v,
+                       int64_t nq, int64_t nk, int heads, int head_dim, bool causal) {
+  if (kernel == MP_ATTENTION_AMX_BF16 && !causal && mp_cpu_has_amx_bf16() &&
+      attention_bf16(pool, true, out, q, k, v, nq, nk, heads, head_dim))
+    return;
+  if (kernel != MP_ATTENTION_F32 && !causal && mp_cpu_has_avx512_bf16() &&
+      attention_bf16(pool, false, out, q, k, v, nq, nk, heads, head_dim))
+    return;
+  mp_attention(pool, out, q, k, v, nq, nk, heads, head_dim, causal);
+}
+
+void mp_attention_auto(mp_pool *pool, float *out, const float *q, const float *k, const float *v, int64_t nq, int64_t nk,
+                       int heads, int head_dim, bool causal) {
+  mp_attention_with(mp_attention_kernel_for(pool, causal), pool, out, q, k, v, nq, nk, heads, head_dim, causal);
+}
