@@ -45,6 +45,9 @@ set_tests_properties(conform_tiny_xl_diffusers PROPERTIES TIMEOUT 900 FIXTURES_R
 if(TEST io_test_diffusers_xl)
   set_tests_properties(io_test_diffusers_xl PROPERTIES FIXTURES_SETUP tiny_xl_diffusers)
 endif()
+if(TEST cli_test_diffusers_xl_cli)
+  set_tests_properties(cli_test_diffusers_xl_cli PROPERTIES FIXTURES_REQUIRED tiny_xl_diffusers)
+endif()
 # ControlNet (issue 16): residuals and eps at scales 1 / 0.6, and k-diffusion Euler guided on both CFG halves
 add_test(NAME conform_tiny_controlnet COMMAND mpass_cli conform ${G}/tiny-controlnet --cases controlnet,txt2img)
 set_tests_properties(conform_tiny_controlnet PROPERTIES TIMEOUT 900

@@ -26,6 +26,7 @@
 #include "models/unet.h"
 #include "models/vae.h"
 #include "models_folder.h"
+#include "pipeline/families.h"
 #include "testutil.h"
 
 /* ---------------------------------------------------------------- sgm -> diffusers names */
@@ -542,6 +543,33 @@ static void test_tokenizers(void **state) {
   free(t2);
 }
 
+/* In models/checkpoints/ a folder is a checkpoint: base_model=NAME finds checkpoints/NAME/, its family is
+ * SDXL, and the persons' default SD 1.x checkpoint may be a folder too but never this one. */
+static void test_checkpoints_folder(void **state) {
+  (void)state;
+  char *models = test_tmpdir(), p[1024], *path = NULL;
+  snprintf(p, sizeof p, "%s/checkpoints", models);
+  assert_int_equal(mkdir(p, 0755), 0);
+  snprintf(p, sizeof p, "%s/checkpoints/tinyxl-diffusers", models);
+  assert_int_equal(symlink(folder_path(), p), 0);
+  assert_ok(mp_base_model_path(models, "tinyxl-diffusers", &path));
+  assert_string_equal(path, p);
+  mp_family fam = MP_FAMILY_UNKNOWN;
+  assert_ok(mp_checkpoint_family(path, &fam));
+  assert_int_equal(fam, MP_FAMILY_SDXL);
+  free(path);
+  assert_err_contains(mp_base_model_path(models, "nothing", &path), "no diffusers folder");
+  assert_err_contains(mp_default_sd15_checkpoint(models, &path), "no SD 1.x checkpoint");
+  char *sd15 = test_shared_path("golden/tiny-diffusers");
+  snprintf(p, sizeof p, "%s/checkpoints/zz-sd15", models);
+  assert_int_equal(symlink(sd15, p), 0);
+  assert_ok(mp_default_sd15_checkpoint(models, &path));
+  assert_string_equal(path, p);
+  free(path), free(sd15);
+  remove_tree(models);
+  free(models);
+}
+
 /* ---------------------------------------------------------------- broken folders */
 
 static char *copy_fixture(void) {
@@ -720,7 +748,7 @@ static int teardown(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_same_tensors),       cmocka_unit_test(test_same_config),   cmocka_unit_test(test_same_openclip_outputs),
-      cmocka_unit_test(test_tokenizers),         cmocka_unit_test(test_hostile_text_encoder_2),
+      cmocka_unit_test(test_tokenizers),         cmocka_unit_test(test_checkpoints_folder), cmocka_unit_test(test_hostile_text_encoder_2),
       cmocka_unit_test(test_hostile_configs),
   };
   return cmocka_run_group_tests(tests, NULL, teardown);
