@@ -42,6 +42,10 @@ add_test(NAME conform_tiny_xl_diffusers COMMAND mpass_cli conform ${G}/tiny-xl
   --ckpt ${CMAKE_BINARY_DIR}/test-output/tiny-xl-diffusers --cases te,unet,vae,txt2img,lora)
 set_tests_properties(conform_tiny_xl_diffusers PROPERTIES TIMEOUT 900 FIXTURES_REQUIRED tiny_xl_diffusers
   ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
+add_test(NAME conform_tiny_xl_diffusers_bf16 COMMAND mpass_cli --precision bf16 conform ${G}/tiny-xl
+  --ckpt ${CMAKE_BINARY_DIR}/test-output/tiny-xl-diffusers --cases te,unet,vae,txt2img,lora)
+set_tests_properties(conform_tiny_xl_diffusers_bf16 PROPERTIES TIMEOUT 900 FIXTURES_REQUIRED tiny_xl_diffusers
+  ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
 if(TEST io_test_diffusers_xl)
   set_tests_properties(io_test_diffusers_xl PROPERTIES FIXTURES_SETUP tiny_xl_diffusers)
 endif()
