@@ -26,6 +26,9 @@
  *       (Linear [C,C] in diffusers, 1x1 conv [C,C,1,1] in CompVis: same data, shape viewed as 4-D)
  *     *.conv_norm_out                  -> *.norm_out; resnet conv_shortcut -> nin_shortcut
  *   CLIP text encoder (transformers CLIPTextModel): text_model.* -> cond_stage_model.transformer.text_model.*
+ *     (SDXL: conditioner.embedders.0.transformer.text_model.*)
+ *   SDXL's second text encoder (CLIPTextModelWithProjection) -> conditioner.embedders.1.model.* in
+ *     open_clip's layout, q/k/v fused into in_proj and text_projection transposed (map_openclip below)
  *   ControlNet (ControlNetModel, a folder of its own): the UNet encoder part as above (conv_in,
  *   time_embedding, down_blocks, mid_block) plus what cldm.ControlNet adds, all under control_model.:
  *     controlnet_cond_embedding.conv_in / blocks.k / conv_out -> input_hint_block.0 / .(2k+2) / .14
@@ -718,27 +721,27 @@ static bool same_shape(const mp_tensor *a, const mp_tensor *b) {
 }
 
 /* Concatenate q, k and v (parts[0..2], sorted by block) along dim 0 into one owned tensor. Every
- * block must be there once, with one dtype and one shape; errors name the file and the keys. */
-static mp_error *add_fused(mp_weights *w, const char *file, const component *c, const fuse_part *parts, size_t n) {
+ * block must be there once, with one dtype and one shape; errors name the keys (the caller, the file). */
+static mp_error *add_fused(mp_weights *w, const component *c, const fuse_part *parts, size_t n) {
   static const char *const block_name[3] = {"q_proj", "k_proj", "v_proj"};
   char have[600];
   folder_name(c, parts[0].t->name, have, sizeof have);
   for (int b = 0; b < 3; b++)
     if ((size_t)b >= n || parts[b].block != b)
-      return mp_errorf("%s: %s has no matching %s (needed to build %s, whose rows are [q; k; v])", file, have, block_name[b],
+      return mp_errorf("%s has no matching %s (needed to build %s, whose rows are [q; k; v])", have, block_name[b],
                        parts[0].target);
-  if (n > 3) return mp_errorf("%s: more than one %s for %s", file, block_name[parts[3].block], parts[0].target);
+  if (n > 3) return mp_errorf("more than one %s for %s", block_name[parts[3].block], parts[0].target);
   const mp_tensor *q = &parts[0].t->t;
-  if (q->ndim < 1 || q->ndim > 2) return mp_errorf("%s: %s is %d-D, expected a Linear weight or bias", file, have, q->ndim);
+  if (q->ndim < 1 || q->ndim > 2) return mp_errorf("%s is %d-D, expected a Linear weight or bias", have, q->ndim);
   for (int b = 1; b < 3; b++) {
     const mp_tensor *o = &parts[b].t->t;
     char other[600], sa[64], sb[64];
     folder_name(c, parts[b].t->name, other, sizeof other);
     if (o->dtype != q->dtype)
-      return mp_errorf("%s: %s is %s but %s is %s; q, k and v must share one dtype", file, other, mp_dtype_name(o->dtype), have,
+      return mp_errorf("%s is %s but %s is %s; q, k and v must share one dtype", other, mp_dtype_name(o->dtype), have,
                        mp_dtype_name(q->dtype));
     if (!same_shape(o, q))
-      return mp_errorf("%s: %s has shape %s, expected %s as %s has", file, other, mp_shape_str(o->ndim, o->shape, sa, sizeof sa),
+      return mp_errorf("%s has shape %s, expected %s as %s has", other, mp_shape_str(o->ndim, o->shape, sa, sizeof sa),
                        mp_shape_str(q->ndim, q->shape, sb, sizeof sb), have);
   }
   size_t bytes = mp_tensor_nbytes(q);
@@ -755,8 +758,8 @@ static mp_error *add_fused(mp_weights *w, const char *file, const component *c, 
 }
 
 /* The 2-D tensor t stored transposed, in new memory the mp_weights owns. */
-static mp_error *add_transposed(mp_weights *w, const char *file, const char *name, const char *source, const mp_tensor *t) {
-  if (t->ndim != 2) return mp_errorf("%s: %s is %d-D, expected a 2-D Linear weight", file, source, t->ndim);
+static mp_error *add_transposed(mp_weights *w, const char *name, const char *source, const mp_tensor *t) {
+  if (t->ndim != 2) return mp_errorf("%s is %d-D, expected a 2-D Linear weight", source, t->ndim);
   const size_t es = mp_dtype_size(t->dtype);
   const int64_t rows = t->shape[0], cols = t->shape[1];
   unsigned char *data = mp_alloc(mp_tensor_nbytes(t));
@@ -805,7 +808,7 @@ static mp_error *add_component(mp_weights *w, const char *folder, const componen
       continue;
     }
     if (known && how == MAP_TRANSPOSE) {
-      e = add_transposed(w, file, name, source, &t->t);
+      e = add_transposed(w, name, source, &t->t);
       continue;
     }
     int64_t shape[MP_MAX_DIMS];
@@ -819,7 +822,7 @@ static mp_error *add_component(mp_weights *w, const char *folder, const componen
   if (!e && n_fuse) qsort(fuse, n_fuse, sizeof *fuse, cmp_fuse);
   for (size_t i = 0, j; !e && i < n_fuse; i = j) {
     for (j = i + 1; j < n_fuse && strcmp(fuse[j].target, fuse[i].target) == 0;) j++;
-    e = add_fused(w, file, c, fuse + i, j - i);
+    e = add_fused(w, c, fuse + i, j - i);
   }
   free(fuse);
   if (e) e = mp_error_wrap(e, "reading %s", file);

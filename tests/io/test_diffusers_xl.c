@@ -621,6 +621,10 @@ static bool k_proj_short(const char *name, mp_tensor *t) {
   if (strcmp(name, "text_model.encoder.layers.1.self_attn.k_proj.weight") == 0) t->shape[0] = 40; /* [48,48] -> [40,48] */
   return true;
 }
+static bool v_proj_other_dtype(const char *name, mp_tensor *t) {
+  if (strcmp(name, "text_model.encoder.layers.0.self_attn.v_proj.weight") == 0) t->dtype = MP_F16, t->shape[0] *= 2; /* same bytes */
+  return true;
+}
 static bool no_v_proj_bias(const char *name, mp_tensor *t) {
   (void)t;
   return strcmp(name, "text_model.encoder.layers.2.self_attn.v_proj.bias") != 0;
@@ -639,7 +643,13 @@ static void test_hostile_text_encoder_2(void **state) {
   char *dir = copy_fixture(), p[1024];
   /* q/k/v of different shapes */
   rewrite_te2(dir, k_proj_short);
-  assert_err_contains(open_and_load(dir), "text_encoder_2/model.safetensors: text_encoder_2/text_model.encoder.layers.1.self_attn.k_proj.weight has shape [40,48], expected [48,48]");
+  assert_err_contains(open_and_load(dir), "text_encoder_2/model.safetensors: text_encoder_2/text_model.encoder.layers.1.self_attn.k_proj.weight has shape [40,48], expected [48,48] as text_encoder_2/text_model.encoder.layers.1.self_attn.q_proj.weight has");
+  remove_tree(dir), free(dir);
+  /* q/k/v of different dtypes */
+  dir = copy_fixture();
+  rewrite_te2(dir, v_proj_other_dtype);
+  assert_err_contains(open_and_load(dir), "text_encoder_2/text_model.encoder.layers.0.self_attn.v_proj.weight is F16 but "
+                                          "text_encoder_2/text_model.encoder.layers.0.self_attn.q_proj.weight is F32");
   remove_tree(dir), free(dir);
   /* a missing v_proj */
   dir = copy_fixture();
@@ -673,6 +683,51 @@ static void test_hostile_text_encoder_2(void **state) {
   mp_error_free(e);
   unlink(p);
   assert_err_contains(open_and_load(dir), "text_encoder_2: no weights file (looked for model.safetensors");
+  remove_tree(dir), free(dir);
+}
+
+/* The f16 variant (text_encoder_2/model.fp16.safetensors): the fused in_proj and the transposed
+ * text_projection keep the f16 bits, byte for byte those of the f16 single file. */
+static void test_fp16_text_encoder_2(void **state) {
+  (void)state;
+  char *dir = copy_fixture(), p[1024], q[1100];
+  snprintf(p, sizeof p, "%s/text_encoder_2/model.safetensors", dir);
+  snprintf(q, sizeof q, "%s/text_encoder_2/model.fp16.safetensors", dir);
+  mp_weights *te;
+  assert_ok(mp_weights_open(p, &te));
+  tensor_list half;
+  memset(&half, 0, sizeof half);
+  for (size_t i = 0; i < mp_weights_count(te); i++) {
+    const mp_weight *t = mp_weights_at(te, i);
+    mp_tensor h;
+    assert_ok(mp_tensor_alloc(&h, t->t.dtype == MP_F32 ? MP_F16 : t->t.dtype, t->t.ndim, t->t.shape));
+    if (t->t.dtype == MP_F32) mp_convert_f32_to_f16(h.data, t->t.data, (size_t)mp_tensor_numel(&t->t));
+    else memcpy(h.data, t->t.data, mp_tensor_nbytes(&t->t));
+    list_add(&half, t->name, &h);
+  }
+  mp_weights_close(te);
+  list_write(&half, q);
+  list_free(&half);
+  assert_int_equal(unlink(p), 0);
+  char *f = test_shared_path("golden/tiny-xl/tinyxl.safetensors");
+  mp_weights *file, *folder;
+  assert_ok(mp_weights_open(f, &file));
+  assert_ok(mp_weights_open(dir, &folder));
+  size_t n = 0;
+  for (size_t i = 0; i < mp_weights_count(file); i++) {
+    const mp_weight *a = mp_weights_at(file, i);
+    if (strncmp(a->name, MP_PREFIX_XL_OPENCLIP, strlen(MP_PREFIX_XL_OPENCLIP)) != 0 || not_in_folder(a->name)) continue;
+    const mp_weight *b = mp_weights_find(folder, a->name);
+    if (!b) fail_msg("%s: not in the folder", a->name);
+    assert_int_equal(a->t.dtype, MP_F16), assert_int_equal(b->t.dtype, MP_F16);
+    assert_same_values(a->name, &a->t, &b->t);
+    if (memcmp(a->t.data, b->t.data, mp_tensor_nbytes(&a->t)) != 0) fail_msg("%s: different f16 bits", a->name);
+    n++;
+  }
+  assert_true(n > 30);
+  assert_ok(open_and_load(dir));
+  mp_weights_close(file), mp_weights_close(folder);
+  free(f);
   remove_tree(dir), free(dir);
 }
 
@@ -749,7 +804,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_same_tensors),       cmocka_unit_test(test_same_config),   cmocka_unit_test(test_same_openclip_outputs),
       cmocka_unit_test(test_tokenizers),         cmocka_unit_test(test_checkpoints_folder), cmocka_unit_test(test_hostile_text_encoder_2),
-      cmocka_unit_test(test_hostile_configs),
+      cmocka_unit_test(test_hostile_configs),    cmocka_unit_test(test_fp16_text_encoder_2),
   };
   return cmocka_run_group_tests(tests, NULL, teardown);
 }
