@@ -23,6 +23,8 @@
 #include "models/clip.h"
 #include "models/openclip.h"
 #include "models/sd.h"
+#include "models/sd_diffusers.h"
+#include "models/sd_layout.h"
 #include "models/unet.h"
 #include "models/vae.h"
 #include "models_folder.h"
@@ -437,6 +439,22 @@ static void test_same_tensors(void **state) {
   free(f);
 }
 
+static void assert_same_clip(const mp_clip_config *x, const mp_clip_config *y) {
+  assert_int_equal(x->vocab_size, y->vocab_size), assert_int_equal(x->max_positions, y->max_positions);
+  assert_int_equal(x->hidden, y->hidden), assert_int_equal(x->intermediate, y->intermediate);
+  assert_int_equal(x->layers, y->layers), assert_int_equal(x->heads, y->heads);
+  assert_int_equal(x->projection_dim, y->projection_dim);
+  assert_true(x->ln_eps == y->ln_eps && x->quick_gelu == y->quick_gelu);
+}
+
+static void assert_same_vae(const mp_vae_config *a, const mp_vae_config *b) {
+  assert_int_equal(a->in_channels, b->in_channels), assert_int_equal(a->out_channels, b->out_channels);
+  assert_int_equal(a->ch, b->ch), assert_int_equal(a->n_levels, b->n_levels);
+  for (int l = 0; l < a->n_levels; l++) assert_int_equal(a->ch_mult[l], b->ch_mult[l]);
+  assert_int_equal(a->num_res_blocks, b->num_res_blocks), assert_int_equal(a->z_channels, b->z_channels);
+  assert_int_equal(a->embed_dim, b->embed_dim);
+}
+
 /* The configs give what shapes plus tinyxl.json give. */
 static void test_same_config(void **state) {
   (void)state;
@@ -452,15 +470,8 @@ static void test_same_config(void **state) {
   assert_true(a.linear_start == b.linear_start && a.linear_end == b.linear_end);
   assert_int_equal(a.timesteps, b.timesteps), assert_int_equal(a.time_id_dim, b.time_id_dim);
   assert_int_equal(a.inpainting, b.inpainting);
-  const mp_clip_config *cl[2][2] = {{&a.clip, &b.clip}, {&a.clip2, &b.clip2}};
-  for (int k = 0; k < 2; k++) {
-    const mp_clip_config *x = cl[k][0], *y = cl[k][1];
-    assert_int_equal(x->vocab_size, y->vocab_size), assert_int_equal(x->max_positions, y->max_positions);
-    assert_int_equal(x->hidden, y->hidden), assert_int_equal(x->intermediate, y->intermediate);
-    assert_int_equal(x->layers, y->layers), assert_int_equal(x->heads, y->heads);
-    assert_int_equal(x->projection_dim, y->projection_dim);
-    assert_true(x->ln_eps == y->ln_eps && x->quick_gelu == y->quick_gelu);
-  }
+  assert_same_clip(&a.clip, &b.clip);
+  assert_same_clip(&a.clip2, &b.clip2);
   const mp_unet_config *ua = &a.unet, *ub = &b.unet;
   assert_int_equal(ua->in_channels, ub->in_channels), assert_int_equal(ua->out_channels, ub->out_channels);
   assert_int_equal(ua->model_channels, ub->model_channels), assert_int_equal(ua->n_levels, ub->n_levels);
@@ -474,11 +485,7 @@ static void test_same_config(void **state) {
   assert_int_equal(ua->num_heads, ub->num_heads), assert_int_equal(ua->num_head_channels, ub->num_head_channels);
   assert_int_equal(ua->context_dim, ub->context_dim), assert_int_equal(ua->adm_in_channels, ub->adm_in_channels);
   assert_int_equal(ua->linear_in_transformer, ub->linear_in_transformer);
-  const mp_vae_config *va = &a.vae, *vb = &b.vae;
-  assert_int_equal(va->ch, vb->ch), assert_int_equal(va->n_levels, vb->n_levels);
-  for (int l = 0; l < va->n_levels; l++) assert_int_equal(va->ch_mult[l], vb->ch_mult[l]);
-  assert_int_equal(va->num_res_blocks, vb->num_res_blocks), assert_int_equal(va->z_channels, vb->z_channels);
-  assert_int_equal(va->embed_dim, vb->embed_dim);
+  assert_same_vae(&a.vae, &b.vae);
   /* every part binds from the folder */
   mp_unet *u;
   mp_vae *v;
@@ -568,6 +575,85 @@ static void test_checkpoints_folder(void **state) {
   free(path), free(sd15);
   remove_tree(models);
   free(models);
+}
+
+static void put_text(const char *dir, const char *rel, const char *text) {
+  char p[1024];
+  snprintf(p, sizeof p, "%s/%s", dir, rel);
+  unlink(p);
+  test_write_file(p, text, strlen(text));
+}
+
+/* The configs of stabilityai/stable-diffusion-xl-base-1.0 (the keys mpass reads, with their released
+ * values) give the hyper-parameters of the real SDXL, i.e. mpass's "sdxl" preset (sd_xl_base.yaml). */
+static void test_real_sdxl_configs(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  static const char *const subs[] = {"unet", "vae", "text_encoder", "text_encoder_2", "scheduler"};
+  for (size_t i = 0; i < sizeof subs / sizeof *subs; i++) make_dir(dir, subs[i]);
+  put_text(dir, "model_index.json",
+           "{\"_class_name\": \"StableDiffusionXLPipeline\", \"force_zeros_for_empty_prompt\": true, "
+           "\"text_encoder\": [\"transformers\", \"CLIPTextModel\"], \"text_encoder_2\": [\"transformers\", "
+           "\"CLIPTextModelWithProjection\"], \"unet\": [\"diffusers\", \"UNet2DConditionModel\"], \"vae\": [\"diffusers\", "
+           "\"AutoencoderKL\"]}");
+  put_text(dir, "unet/config.json",
+           "{\"_class_name\": \"UNet2DConditionModel\", \"act_fn\": \"silu\", \"addition_embed_type\": \"text_time\", "
+           "\"addition_embed_type_num_heads\": 64, \"addition_time_embed_dim\": 256, \"attention_head_dim\": [5, 10, 20], "
+           "\"block_out_channels\": [320, 640, 1280], \"center_input_sample\": false, \"class_embed_type\": null, "
+           "\"cross_attention_dim\": 2048, \"down_block_types\": [\"DownBlock2D\", \"CrossAttnDownBlock2D\", "
+           "\"CrossAttnDownBlock2D\"], \"flip_sin_to_cos\": true, \"freq_shift\": 0, \"in_channels\": 4, "
+           "\"layers_per_block\": 2, \"mid_block_type\": \"UNetMidBlock2DCrossAttn\", \"norm_num_groups\": 32, "
+           "\"num_attention_heads\": null, \"out_channels\": 4, \"projection_class_embeddings_input_dim\": 2816, "
+           "\"resnet_time_scale_shift\": \"default\", \"sample_size\": 128, \"time_embedding_type\": \"positional\", "
+           "\"transformer_layers_per_block\": [1, 2, 10], \"up_block_types\": [\"CrossAttnUpBlock2D\", "
+           "\"CrossAttnUpBlock2D\", \"UpBlock2D\"], \"upcast_attention\": null, \"use_linear_projection\": true}");
+  put_text(dir, "vae/config.json",
+           "{\"_class_name\": \"AutoencoderKL\", \"act_fn\": \"silu\", \"block_out_channels\": [128, 256, 512, 512], "
+           "\"force_upcast\": true, \"in_channels\": 3, \"latent_channels\": 4, \"layers_per_block\": 2, "
+           "\"norm_num_groups\": 32, \"out_channels\": 3, \"sample_size\": 1024, \"scaling_factor\": 0.13025}");
+  put_text(dir, "text_encoder/config.json",
+           "{\"architectures\": [\"CLIPTextModel\"], \"hidden_act\": \"quick_gelu\", \"hidden_size\": 768, "
+           "\"intermediate_size\": 3072, \"layer_norm_eps\": 1e-05, \"max_position_embeddings\": 77, "
+           "\"num_attention_heads\": 12, \"num_hidden_layers\": 12, \"pad_token_id\": 1, \"projection_dim\": 768, "
+           "\"vocab_size\": 49408}");
+  put_text(dir, "text_encoder_2/config.json",
+           "{\"architectures\": [\"CLIPTextModelWithProjection\"], \"hidden_act\": \"gelu\", \"hidden_size\": 1280, "
+           "\"intermediate_size\": 5120, \"layer_norm_eps\": 1e-05, \"max_position_embeddings\": 77, "
+           "\"num_attention_heads\": 20, \"num_hidden_layers\": 32, \"pad_token_id\": 1, \"projection_dim\": 1280, "
+           "\"vocab_size\": 49408}");
+  put_text(dir, "scheduler/scheduler_config.json",
+           "{\"_class_name\": \"EulerDiscreteScheduler\", \"beta_end\": 0.012, \"beta_schedule\": \"scaled_linear\", "
+           "\"beta_start\": 0.00085, \"interpolation_type\": \"linear\", \"num_train_timesteps\": 1000, "
+           "\"prediction_type\": \"epsilon\", \"steps_offset\": 1, \"timestep_spacing\": \"leading\", "
+           "\"trained_betas\": null, \"use_karras_sigmas\": false}");
+  mp_sd_config got, want;
+  memset(&got, 0, sizeof got);
+  got.scale_factor = 0.18215f; /* mp_sd_config_detect's defaults */
+  got.linear_start = 0.00085f, got.linear_end = 0.012f, got.timesteps = 1000;
+  assert_ok(mp_sd_config_from_diffusers(dir, &got));
+  assert_ok(mp_sd_preset("sdxl", &want));
+  assert_int_equal(got.family, MP_FAMILY_SDXL);
+  assert_true(got.scale_factor == want.scale_factor);
+  assert_true(got.linear_start == want.linear_start && got.linear_end == want.linear_end);
+  assert_int_equal(got.timesteps, want.timesteps), assert_int_equal(got.time_id_dim, want.time_id_dim);
+  assert_same_vae(&got.vae, &want.vae);
+  assert_same_clip(&got.clip, &want.clip);
+  assert_same_clip(&got.clip2, &want.clip2);
+  const mp_unet_config *a = &got.unet, *b = &want.unet;
+  assert_int_equal(a->in_channels, b->in_channels), assert_int_equal(a->out_channels, b->out_channels);
+  assert_int_equal(a->model_channels, b->model_channels), assert_int_equal(a->n_levels, b->n_levels);
+  for (int l = 0; l < b->n_levels; l++) {
+    assert_int_equal(a->channel_mult[l], b->channel_mult[l]);
+    assert_int_equal(a->attention_at_level[l], b->attention_at_level[l]);
+    if (b->attention_at_level[l]) assert_int_equal(mp_unet_level_depth(a, l), mp_unet_level_depth(b, l));
+  }
+  assert_int_equal(mp_unet_mid_depth(a), mp_unet_mid_depth(b));
+  assert_int_equal(a->num_res_blocks, b->num_res_blocks);
+  assert_int_equal(a->num_heads, b->num_heads), assert_int_equal(a->num_head_channels, b->num_head_channels);
+  assert_int_equal(a->context_dim, b->context_dim), assert_int_equal(a->adm_in_channels, b->adm_in_channels);
+  assert_int_equal(a->linear_in_transformer, b->linear_in_transformer);
+  remove_tree(dir);
+  free(dir);
 }
 
 /* ---------------------------------------------------------------- broken folders */
@@ -731,13 +817,6 @@ static void test_fp16_text_encoder_2(void **state) {
   remove_tree(dir), free(dir);
 }
 
-static void put_text(const char *dir, const char *rel, const char *text) {
-  char p[1024];
-  snprintf(p, sizeof p, "%s/%s", dir, rel);
-  unlink(p);
-  test_write_file(p, text, strlen(text));
-}
-
 /* Config and pipeline errors name the file and the key. */
 static void test_hostile_configs(void **state) {
   (void)state;
@@ -803,7 +882,7 @@ static int teardown(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_same_tensors),       cmocka_unit_test(test_same_config),   cmocka_unit_test(test_same_openclip_outputs),
-      cmocka_unit_test(test_tokenizers),         cmocka_unit_test(test_checkpoints_folder), cmocka_unit_test(test_hostile_text_encoder_2),
+      cmocka_unit_test(test_tokenizers),         cmocka_unit_test(test_real_sdxl_configs),         cmocka_unit_test(test_checkpoints_folder), cmocka_unit_test(test_hostile_text_encoder_2),
       cmocka_unit_test(test_hostile_configs),    cmocka_unit_test(test_fp16_text_encoder_2),
   };
   return cmocka_run_group_tests(tests, NULL, teardown);
