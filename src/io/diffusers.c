@@ -745,6 +745,7 @@ static mp_error *add_fused(mp_weights *w, const component *c, const fuse_part *p
                        mp_shape_str(q->ndim, q->shape, sb, sizeof sb), have);
   }
   size_t bytes = mp_tensor_nbytes(q);
+  if (!bytes) return mp_errorf("%s is empty", have);
   unsigned char *data = mp_alloc(3 * bytes);
   if (!data) return mp_errorf("out of memory fusing %s (%zu bytes)", parts[0].target, 3 * bytes);
   for (int b = 0; b < 3; b++) memcpy(data + (size_t)b * bytes, parts[b].t->t.data, bytes);
@@ -762,6 +763,7 @@ static mp_error *add_transposed(mp_weights *w, const char *name, const char *sou
   if (t->ndim != 2) return mp_errorf("%s is %d-D, expected a 2-D Linear weight", source, t->ndim);
   const size_t es = mp_dtype_size(t->dtype);
   const int64_t rows = t->shape[0], cols = t->shape[1];
+  if (!rows || !cols) return mp_errorf("%s is empty", source);
   unsigned char *data = mp_alloc(mp_tensor_nbytes(t));
   if (!data) return mp_errorf("out of memory transposing %s", source);
   const unsigned char *from = t->data;
@@ -869,9 +871,10 @@ mp_error *mp_diffusers_open(const char *folder, mp_weights **out) {
     if (!cJSON_IsArray(entry))
       e = mp_errorf("%s/model_index.json names no \"%s\" part", folder, sub);
     else if (!cJSON_IsString(cJSON_GetArrayItem(entry, 0))) /* [null, null]: the SDXL refiner has no first text encoder */
-      e = mp_errorf("%s/model_index.json: the %s pipeline has no \"%s\" (it is [null, null]); mpass needs every part of a "
-                    "%s pipeline (an SDXL refiner, which has no first text encoder, is not supported)",
-                    folder, name, sub, lay->name);
+      e = mp_errorf("%s/model_index.json: \"%s\" is not a [library, class] pair, so the %s pipeline has no %s; mpass needs "
+                    "every part of a %s pipeline (the SDXL refiner, [null, null] there, has no first text encoder and is not "
+                    "supported)",
+                    folder, sub, name, sub, lay->name);
     else if (!dir || stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
       e = mp_errorf("diffusers folder %s has no %s/ subfolder (model_index.json names one)", folder, sub);
     free(dir);
