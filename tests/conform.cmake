@@ -36,6 +36,22 @@ set_tests_properties(conform_tiny_xl PROPERTIES TIMEOUT 900
 add_test(NAME conform_tiny_xl_bf16 COMMAND mpass_cli --precision bf16 conform ${G}/tiny-xl --cases te,unet,vae,txt2img,lora)
 set_tests_properties(conform_tiny_xl_bf16 PROPERTIES TIMEOUT 900
   ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
+# An SDXL diffusers folder: io_test_diffusers_xl writes tiny-xl's single file out in the diffusers
+# layout (build/test-output/tiny-xl-diffusers); every case must pass from it with the same tolerances.
+add_test(NAME conform_tiny_xl_diffusers COMMAND mpass_cli conform ${G}/tiny-xl
+  --ckpt ${CMAKE_BINARY_DIR}/test-output/tiny-xl-diffusers --cases te,unet,vae,txt2img,lora)
+set_tests_properties(conform_tiny_xl_diffusers PROPERTIES TIMEOUT 900 FIXTURES_REQUIRED tiny_xl_diffusers
+  ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
+add_test(NAME conform_tiny_xl_diffusers_bf16 COMMAND mpass_cli --precision bf16 conform ${G}/tiny-xl
+  --ckpt ${CMAKE_BINARY_DIR}/test-output/tiny-xl-diffusers --cases te,unet,vae,txt2img,lora)
+set_tests_properties(conform_tiny_xl_diffusers_bf16 PROPERTIES TIMEOUT 900 FIXTURES_REQUIRED tiny_xl_diffusers
+  ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
+if(TEST io_test_diffusers_xl)
+  set_tests_properties(io_test_diffusers_xl PROPERTIES FIXTURES_SETUP tiny_xl_diffusers)
+endif()
+if(TEST cli_test_diffusers_xl_cli)
+  set_tests_properties(cli_test_diffusers_xl_cli PROPERTIES FIXTURES_REQUIRED tiny_xl_diffusers)
+endif()
 # ControlNet (issue 16): residuals and eps at scales 1 / 0.6, and k-diffusion Euler guided on both CFG halves
 add_test(NAME conform_tiny_controlnet COMMAND mpass_cli conform ${G}/tiny-controlnet --cases controlnet,txt2img)
 set_tests_properties(conform_tiny_controlnet PROPERTIES TIMEOUT 900

@@ -26,6 +26,9 @@
  *       (Linear [C,C] in diffusers, 1x1 conv [C,C,1,1] in CompVis: same data, shape viewed as 4-D)
  *     *.conv_norm_out                  -> *.norm_out; resnet conv_shortcut -> nin_shortcut
  *   CLIP text encoder (transformers CLIPTextModel): text_model.* -> cond_stage_model.transformer.text_model.*
+ *     (SDXL: conditioner.embedders.0.transformer.text_model.*)
+ *   SDXL's second text encoder (CLIPTextModelWithProjection) -> conditioner.embedders.1.model.* in
+ *     open_clip's layout, q/k/v fused into in_proj and text_projection transposed (map_openclip below)
  *   ControlNet (ControlNetModel, a folder of its own): the UNet encoder part as above (conv_in,
  *   time_embedding, down_blocks, mid_block) plus what cldm.ControlNet adds, all under control_model.:
  *     controlnet_cond_embedding.conv_in / blocks.k / conv_out -> input_hint_block.0 / .(2k+2) / .14
@@ -51,9 +54,20 @@ typedef struct {
   int vae_blocks, vae_layers;
 } structure;
 
+/* What becomes of a tensor besides its new name. */
+typedef enum {
+  MAP_AS_IS,
+  MAP_CONV_VIEW, /* a 2-D Linear weight viewed as a [O,I,1,1] conv weight (same data) */
+  MAP_TRANSPOSE, /* a 2-D weight stored transposed (a copy) */
+  MAP_FUSE_Q,    /* row block 0, 1 or 2 of a fused [q;k;v] tensor (a copy, built once all three are read) */
+  MAP_FUSE_K,
+  MAP_FUSE_V,
+  MAP_SKIP /* a buffer the single file does not carry either (derived, never read) */
+} map_how;
+
 /* diffusers key -> CompVis key (without the component prefix). Returns false for a key the table
- * does not know. *to_conv asks for a 2-D Linear weight to be viewed as a [O,I,1,1] conv weight. */
-typedef bool (*key_mapper)(const structure *s, const char *key, char *out, size_t cap, bool *to_conv);
+ * does not know; *how says what else happens to the tensor. */
+typedef bool (*key_mapper)(const structure *s, const char *key, char *out, size_t cap, map_how *how);
 
 typedef struct {
   const char *subfolder; /* and the key in model_index.json */
@@ -112,7 +126,7 @@ static bool unet_resnet_tail(const char *tail, char *out, size_t cap) {
   return rename_tail(unet_resnet, sizeof unet_resnet / sizeof *unet_resnet, tail, out, cap);
 }
 
-static bool map_unet(const structure *s, const char *key, char *out, size_t cap, bool *to_conv) {
+static bool map_unet(const structure *s, const char *key, char *out, size_t cap, map_how *how) {
   static const char *const fixed[][2] = {{"conv_in.", "input_blocks.0.0."},
                                          {"time_embedding.linear_1.", "time_embed.0."},
                                          {"time_embedding.linear_2.", "time_embed.2."},
@@ -120,7 +134,7 @@ static bool map_unet(const structure *s, const char *key, char *out, size_t cap,
                                          {"add_embedding.linear_2.", "label_emb.0.2."},
                                          {"conv_norm_out.", "out.0."},
                                          {"conv_out.", "out.2."}};
-  *to_conv = false;
+  *how = MAP_AS_IS;
   if (rename_tail(fixed, sizeof fixed / sizeof *fixed, key, out, cap)) return true;
   const int L = s->unet_layers;
   const char *p = key;
@@ -160,21 +174,21 @@ static bool vae_resnet_tail(const char *tail, char *out, size_t cap) {
 }
 
 /* *.mid_block.attentions.0.* (p points after "mid_block."). */
-static bool vae_mid(const char *part, const char *p, char *out, size_t cap, bool *to_conv) {
+static bool vae_mid(const char *part, const char *p, char *out, size_t cap, map_how *how) {
   /* to_q/to_k/to_v/to_out.0 since diffusers 0.14; query/key/value/proj_attn before. */
   static const char *const attn[][2] = {{"group_norm.", "norm."}, {"to_q.", "q."},    {"to_k.", "k."},
                                         {"to_v.", "v."},          {"to_out.0.", "proj_out."}, {"query.", "q."},
                                         {"key.", "k."},           {"value.", "v."},   {"proj_attn.", "proj_out."}};
   char tail[256];
   if (eat(&p, "attentions.0.") && rename_tail(attn, sizeof attn / sizeof *attn, p, tail, sizeof tail)) {
-    *to_conv = strncmp(tail, "norm.", 5) != 0;
+    *how = strncmp(tail, "norm.", 5) != 0 ? MAP_CONV_VIEW : MAP_AS_IS;
     int n = snprintf(out, cap, "%smid.attn_1.%s", part, tail);
     return n > 0 && (size_t)n < cap;
   }
   return false;
 }
 
-static bool map_vae(const structure *s, const char *key, char *out, size_t cap, bool *to_conv) {
+static bool map_vae(const structure *s, const char *key, char *out, size_t cap, map_how *how) {
   static const char *const fixed[][2] = {{"quant_conv.", "quant_conv."},
                                          {"post_quant_conv.", "post_quant_conv."},
                                          {"encoder.conv_in.", "encoder.conv_in."},
@@ -183,7 +197,7 @@ static bool map_vae(const structure *s, const char *key, char *out, size_t cap, 
                                          {"decoder.conv_in.", "decoder.conv_in."},
                                          {"decoder.conv_out.", "decoder.conv_out."},
                                          {"decoder.conv_norm_out.", "decoder.norm_out."}};
-  *to_conv = false;
+  *how = MAP_AS_IS;
   if (rename_tail(fixed, sizeof fixed / sizeof *fixed, key, out, cap)) return true;
   const char *p = key, *part;
   if (eat(&p, "encoder."))
@@ -201,7 +215,7 @@ static bool map_vae(const structure *s, const char *key, char *out, size_t cap, 
       n = snprintf(out, cap, "%smid.block_%d.%s", part, j + 1, tail);
       return n > 0 && (size_t)n < cap;
     }
-    return vae_mid(part, q, out, cap, to_conv);
+    return vae_mid(part, q, out, cap, how);
   }
   bool enc = part[0] == 'e';
   if (!eat(&q, enc ? "down_blocks." : "up_blocks.") || !eat_index(&q, s->vae_blocks, &i)) return false;
@@ -220,12 +234,63 @@ static bool map_vae(const structure *s, const char *key, char *out, size_t cap, 
 
 /* ---------------------------------------------------------------- CLIP text encoder */
 
-static bool map_clip(const structure *s, const char *key, char *out, size_t cap, bool *to_conv) {
+static bool map_clip(const structure *s, const char *key, char *out, size_t cap, map_how *how) {
   (void)s;
-  *to_conv = false;
+  *how = MAP_AS_IS;
   if (strncmp(key, "text_model.", 11) != 0) return false;
   int n = snprintf(out, cap, "%s", key);
   return n > 0 && (size_t)n < cap;
+}
+
+/* ---------------------------------------------------------------- OpenCLIP text encoder (SDXL's second) */
+
+/* transformers' CLIPTextModelWithProjection -> open_clip's text tower as sgm's FrozenOpenCLIPEmbedder2
+ * stores it (the reverse of diffusers' convert_diffusers_to_original_sdxl):
+ *   text_model.embeddings.token_embedding.weight    -> token_embedding.weight
+ *   text_model.embeddings.position_embedding.weight -> positional_embedding
+ *   text_model.encoder.layers.N.self_attn.{q,k,v}_proj.{weight,bias}
+ *                                -> transformer.resblocks.N.attn.in_proj_{weight,bias}, rows [q; k; v]
+ *                                   (torch.nn.MultiheadAttention's packed projection)
+ *   ...self_attn.out_proj        -> ...attn.out_proj
+ *   ...layer_norm1 / layer_norm2 -> ...ln_1 / ln_2
+ *   ...mlp.fc1 / mlp.fc2         -> ...mlp.c_fc / mlp.c_proj
+ *   text_model.final_layer_norm  -> ln_final
+ *   text_projection.weight       -> text_projection, transposed: a Linear weight is [proj, hidden]
+ *                                   (y = W x), open_clip keeps the [hidden, proj] matrix (y = x P)
+ * position_ids (a buffer older transformers saved) is dropped: open_clip has none. */
+static bool map_openclip(const structure *s, const char *key, char *out, size_t cap, map_how *how) {
+  (void)s;
+  *how = MAP_AS_IS;
+  static const char *const fixed[][2] = {{"text_model.embeddings.token_embedding.", "token_embedding."},
+                                         {"text_model.final_layer_norm.", "ln_final."}};
+  if (rename_tail(fixed, sizeof fixed / sizeof *fixed, key, out, cap)) return true;
+  if (strcmp(key, "text_model.embeddings.position_embedding.weight") == 0) return put(out, cap, "positional_embedding", 0, 0, "");
+  if (strcmp(key, "text_model.embeddings.position_ids") == 0) {
+    *how = MAP_SKIP;
+    return put(out, cap, "position_ids", 0, 0, "");
+  }
+  if (strcmp(key, "text_projection.weight") == 0) {
+    *how = MAP_TRANSPOSE;
+    return put(out, cap, "text_projection", 0, 0, "");
+  }
+  const char *p = key;
+  int n;
+  if (!eat(&p, "text_model.encoder.layers.") || !eat_index(&p, 1000, &n)) return false;
+  static const char *const qkv[3] = {"self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj."};
+  for (int i = 0; i < 3; i++)
+    if (eat(&p, qkv[i])) {
+      if (strcmp(p, "weight") != 0 && strcmp(p, "bias") != 0) return false;
+      *how = (map_how)(MAP_FUSE_Q + i);
+      return put(out, cap, "transformer.resblocks.%d.attn.in_proj_", n, 0, p);
+    }
+  static const char *const layer[][2] = {{"self_attn.out_proj.", "attn.out_proj."},
+                                         {"layer_norm1.", "ln_1."},
+                                         {"layer_norm2.", "ln_2."},
+                                         {"mlp.fc1.", "mlp.c_fc."},
+                                         {"mlp.fc2.", "mlp.c_proj."}};
+  char tail[256];
+  return rename_tail(layer, sizeof layer / sizeof *layer, p, tail, sizeof tail) &&
+         put(out, cap, "transformer.resblocks.%d.", n, 0, tail);
 }
 
 /* ---------------------------------------------------------------- ControlNet */
@@ -234,8 +299,8 @@ static bool map_clip(const structure *s, const char *key, char *out, size_t cap,
  * (models/controlnet.c fixes the same widths), conv_out. */
 #define CONTROLNET_HINT_BLOCKS 6
 
-static bool map_controlnet(const structure *s, const char *key, char *out, size_t cap, bool *to_conv) {
-  *to_conv = false;
+static bool map_controlnet(const structure *s, const char *key, char *out, size_t cap, map_how *how) {
+  *how = MAP_AS_IS;
   const char *p = key;
   int i;
   if (eat(&p, "controlnet_cond_embedding.")) {
@@ -252,7 +317,7 @@ static bool map_controlnet(const structure *s, const char *key, char *out, size_
   /* the encoder copy: the UNet's names, but a ControlNet has no decoder, output head or SDXL labels */
   p = key;
   if (eat(&p, "up_blocks.") || eat(&p, "conv_norm_out.") || eat(&p, "conv_out.") || eat(&p, "add_embedding.")) return false;
-  return map_unet(s, key, out, cap, to_conv);
+  return map_unet(s, key, out, cap, how);
 }
 
 /* ---------------------------------------------------------------- pipeline layouts */
@@ -267,9 +332,17 @@ static const component sd_components[] = {
     {"text_encoder", "model", "cond_stage_model.transformer.", map_clip},
 };
 
-/* A pipeline layout: which model_index.json it is, and its components. SDXL (text_encoder ->
- * conditioner.embedders.0.transformer., text_encoder_2 -> conditioner.embedders.1.model.) is one more
- * row here with its own component table, reusing map_unet and map_vae. */
+/* StableDiffusionXLPipeline (and its img2img / inpaint variants): the sgm names of sd_xl_base_1.0. The
+ * UNet and VAE map as for SD 1.x (map_unet knows SDXL's add_embedding; the per-level transformer depth
+ * and the Linear proj_in/proj_out keep their names). */
+static const component sdxl_components[] = {
+    {"unet", "diffusion_pytorch_model", PREFIX_UNET, map_unet},
+    {"vae", "diffusion_pytorch_model", PREFIX_VAE, map_vae},
+    {"text_encoder", "model", "conditioner.embedders.0.transformer.", map_clip},
+    {"text_encoder_2", "model", "conditioner.embedders.1.model.", map_openclip},
+};
+
+/* A pipeline layout: which model_index.json it is, and its components. */
 typedef struct {
   const char *name;
   bool (*matches)(const char *class_name, const cJSON *index);
@@ -282,12 +355,17 @@ static bool is_sd(const char *class_name, const cJSON *index) {
          !cJSON_GetObjectItemCaseSensitive(index, "text_encoder_2");
 }
 
+static bool is_sdxl(const char *class_name, const cJSON *index) {
+  return strncmp(class_name, "StableDiffusionXL", 17) == 0 || cJSON_GetObjectItemCaseSensitive(index, "text_encoder_2");
+}
+
 /* A diffusers ControlNet (ControlNetModel.save_pretrained) is a single model: config.json and the
  * weights file at the top of its folder, no model_index.json. */
 static const component controlnet_component = {"", "diffusion_pytorch_model", "control_model.", map_controlnet};
 
 static const layout layouts[] = {
     {"Stable Diffusion 1.x/2.x", is_sd, sd_components, sizeof sd_components / sizeof *sd_components},
+    {"Stable Diffusion XL", is_sdxl, sdxl_components, sizeof sdxl_components / sizeof *sdxl_components},
 };
 
 /* ---------------------------------------------------------------- files inside the folder */
@@ -463,7 +541,83 @@ mp_error *mp_diffusers_vocab_for_model(const char *model, const char *explicit_v
   *path = NULL;
   const char *env = getenv("MPASS_VOCAB");
   if (!model || explicit_vocab || (env && *env)) return NULL;
-  return mp_diffusers_tokenizer(model, "tokenizer", path);
+  MP_TRY(mp_diffusers_tokenizer(model, "tokenizer", path));
+  return *path ? NULL : mp_diffusers_tokenizer(model, "tokenizer_2", path); /* SDXL: the same BPE (mp_diffusers_open checks) */
+}
+
+/* ---------------------------------------------------------------- SDXL's second tokenizer */
+
+static int cmp_item_key(const void *a, const void *b) {
+  return strcmp((*(const cJSON *const *)a)->string, (*(const cJSON *const *)b)->string);
+}
+
+/* The members of a JSON object sorted by key (caller frees); NULL when out of memory. */
+static const cJSON **sorted_members(const cJSON *o, int *n) {
+  *n = cJSON_GetArraySize(o);
+  const cJSON **v = malloc(((size_t)*n + 1) * sizeof *v);
+  if (!v) return NULL;
+  int i = 0;
+  for (const cJSON *x = o->child; x && i < *n; x = x->next) v[i++] = x;
+  *n = i;
+  qsort(v, (size_t)i, sizeof *v, cmp_item_key);
+  return v;
+}
+
+/* Both vocab.json files map the same tokens to the same ids (the JSON may be formatted differently). */
+static mp_error *same_vocab(const char *folder) {
+  cJSON *a = NULL, *b = NULL;
+  mp_error *e = mp_diffusers_read_json(folder, "tokenizer/vocab.json", true, &a);
+  if (!e) e = mp_diffusers_read_json(folder, "tokenizer_2/vocab.json", true, &b);
+  int na = 0, nb = 0;
+  const cJSON **va = e ? NULL : sorted_members(a, &na), **vb = e ? NULL : sorted_members(b, &nb);
+  if (!e && (!va || !vb)) e = mp_errorf("out of memory");
+  if (!e && na != nb) e = mp_errorf("tokenizer/vocab.json has %d tokens, tokenizer_2/vocab.json %d", na, nb);
+  for (int i = 0; !e && i < na; i++) {
+    bool same = strcmp(va[i]->string, vb[i]->string) == 0 && cJSON_IsNumber(va[i]) && cJSON_IsNumber(vb[i]) &&
+                va[i]->valuedouble == vb[i]->valuedouble;
+    if (!same)
+      e = mp_errorf("tokenizer/vocab.json and tokenizer_2/vocab.json differ at token \"%.60s\" (id %g) / \"%.60s\" (id %g)",
+                    va[i]->string, va[i]->valuedouble, vb[i]->string, vb[i]->valuedouble);
+  }
+  free(va), free(vb);
+  cJSON_Delete(a), cJSON_Delete(b);
+  return e;
+}
+
+/* The merges.txt files hold the same merges, line for line (a CR before a line end is ignored). */
+static mp_error *same_merges(const char *folder) {
+  char *pa = joinf(folder, "tokenizer/merges.txt"), *pb = joinf(folder, "tokenizer_2/merges.txt");
+  FILE *fa = pa ? fopen(pa, "rb") : NULL, *fb = pb ? fopen(pb, "rb") : NULL;
+  mp_error *e = !pa || !pb ? mp_errorf("out of memory") : !fa ? mp_errorf("cannot open %s", pa) : !fb ? mp_errorf("cannot open %s", pb) : NULL;
+  char la[512], lb[512];
+  for (int line = 1; !e; line++) {
+    char *ga = fgets(la, sizeof la, fa), *gb = fgets(lb, sizeof lb, fb);
+    if (!ga && !gb) break;
+    if (ga) la[strcspn(la, "\r\n")] = 0;
+    if (gb) lb[strcspn(lb, "\r\n")] = 0;
+    if (!ga || !gb || strcmp(la, lb) != 0)
+      e = mp_errorf("tokenizer/merges.txt and tokenizer_2/merges.txt differ at line %d (\"%.60s\" / \"%.60s\")", line, ga ? la : "(end)",
+                    gb ? lb : "(end)");
+  }
+  if (fa) fclose(fa);
+  if (fb) fclose(fb);
+  free(pa), free(pb);
+  return e;
+}
+
+/* SDXL's two tokenizers are the same CLIP BPE; they differ only in the padding id (49407 for the
+ * first, 0 for the second, as open_clip pads), which the conditioning applies itself. diffusers'
+ * tokenizer_2 also declares "!" (id 0) its pad *special* token, which would turn every "!" of a prompt
+ * into 0 (huggingface/diffusers#4153); mpass follows open_clip and the single-file path there, so only
+ * the vocabulary and merges of tokenizer_2/ matter, and they must be those of tokenizer/. */
+static mp_error *check_tokenizer_2(const char *folder) {
+  char *t1 = NULL, *t2 = NULL;
+  mp_error *e = mp_diffusers_tokenizer(folder, "tokenizer", &t1);
+  if (!e) e = mp_diffusers_tokenizer(folder, "tokenizer_2", &t2);
+  if (!e && t1 && t2) e = same_vocab(folder);
+  if (!e && t1 && t2) e = same_merges(folder);
+  free(t1), free(t2);
+  return e ? mp_error_wrap(e, "mpass encodes both SDXL text encoders with one vocabulary, but tokenizer_2/ is not tokenizer/'s") : NULL;
 }
 
 mp_error *mp_checkpoint_hash_file(const char *checkpoint, char **path) {
@@ -541,37 +695,138 @@ static mp_error *read_controlnet_structure(const char *folder, structure *s) {
 
 /* ---------------------------------------------------------------- open */
 
+/* "<subfolder>/<key>": how error messages and `inspect` name a tensor of the folder. */
+static void folder_name(const component *c, const char *key, char *out, size_t cap) {
+  snprintf(out, cap, "%s%s%s", c->subfolder, *c->subfolder ? "/" : "", key);
+}
+
+/* A tensor waiting for the other two row blocks of its fused [q; k; v] target. */
+typedef struct {
+  char target[600];
+  const mp_weight *t;
+  int block; /* 0 q, 1 k, 2 v */
+} fuse_part;
+
+static int cmp_fuse(const void *a, const void *b) {
+  const fuse_part *x = a, *y = b;
+  int c = strcmp(x->target, y->target);
+  return c ? c : x->block - y->block;
+}
+
+static bool same_shape(const mp_tensor *a, const mp_tensor *b) {
+  if (a->ndim != b->ndim) return false;
+  for (int d = 0; d < a->ndim; d++)
+    if (a->shape[d] != b->shape[d]) return false;
+  return true;
+}
+
+/* Concatenate q, k and v (parts[0..2], sorted by block) along dim 0 into one owned tensor. Every
+ * block must be there once, with one dtype and one shape; errors name the keys (the caller, the file). */
+static mp_error *add_fused(mp_weights *w, const component *c, const fuse_part *parts, size_t n) {
+  static const char *const block_name[3] = {"q_proj", "k_proj", "v_proj"};
+  char have[600];
+  folder_name(c, parts[0].t->name, have, sizeof have);
+  for (int b = 0; b < 3; b++)
+    if ((size_t)b >= n || parts[b].block != b)
+      return mp_errorf("%s has no matching %s (needed to build %s, whose rows are [q; k; v])", have, block_name[b],
+                       parts[0].target);
+  if (n > 3) return mp_errorf("more than one %s for %s", block_name[parts[3].block], parts[0].target);
+  const mp_tensor *q = &parts[0].t->t;
+  if (q->ndim < 1 || q->ndim > 2) return mp_errorf("%s is %d-D, expected a Linear weight or bias", have, q->ndim);
+  for (int b = 1; b < 3; b++) {
+    const mp_tensor *o = &parts[b].t->t;
+    char other[600], sa[64], sb[64];
+    folder_name(c, parts[b].t->name, other, sizeof other);
+    if (o->dtype != q->dtype)
+      return mp_errorf("%s is %s but %s is %s; q, k and v must share one dtype", other, mp_dtype_name(o->dtype), have,
+                       mp_dtype_name(q->dtype));
+    if (!same_shape(o, q))
+      return mp_errorf("%s has shape %s, expected %s as %s has", other, mp_shape_str(o->ndim, o->shape, sa, sizeof sa),
+                       mp_shape_str(q->ndim, q->shape, sb, sizeof sb), have);
+  }
+  size_t bytes = mp_tensor_nbytes(q);
+  if (!bytes) return mp_errorf("%s is empty", have);
+  unsigned char *data = mp_alloc(3 * bytes);
+  if (!data) return mp_errorf("out of memory fusing %s (%zu bytes)", parts[0].target, 3 * bytes);
+  for (int b = 0; b < 3; b++) memcpy(data + (size_t)b * bytes, parts[b].t->t.data, bytes);
+  int64_t shape[MP_MAX_DIMS];
+  memcpy(shape, q->shape, sizeof(int64_t) * (size_t)q->ndim);
+  shape[0] *= 3;
+  MP_TRY(mp_weights_add_owned(w, parts[0].target, q->dtype, q->ndim, shape, data));
+  char source[700];
+  snprintf(source, sizeof source, "%s + k_proj + v_proj", have);
+  return mp_weights_set_source(w, source);
+}
+
+/* The 2-D tensor t stored transposed, in new memory the mp_weights owns. */
+static mp_error *add_transposed(mp_weights *w, const char *name, const char *source, const mp_tensor *t) {
+  if (t->ndim != 2) return mp_errorf("%s is %d-D, expected a 2-D Linear weight", source, t->ndim);
+  const size_t es = mp_dtype_size(t->dtype);
+  const int64_t rows = t->shape[0], cols = t->shape[1];
+  if (!rows || !cols) return mp_errorf("%s is empty", source);
+  unsigned char *data = mp_alloc(mp_tensor_nbytes(t));
+  if (!data) return mp_errorf("out of memory transposing %s", source);
+  const unsigned char *from = t->data;
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t k = 0; k < cols; k++) memcpy(data + ((size_t)k * (size_t)rows + (size_t)r) * es, from + ((size_t)r * (size_t)cols + (size_t)k) * es, es);
+  MP_TRY(mp_weights_add_owned(w, name, t->dtype, 2, (int64_t[]){cols, rows}, data));
+  return mp_weights_set_source(w, source);
+}
+
 static mp_error *add_component(mp_weights *w, const char *folder, const component *c, const structure *s) {
   char *file = NULL;
   MP_TRY(mp_diffusers_weights_file(folder, c->subfolder, c->stem, &file));
   mp_weights *part = NULL;
   mp_error *e = mp_weights_open(file, &part);
   if (!e) e = mp_weights_adopt(w, part); /* closes part on failure */
-  for (size_t i = 0; !e && i < mp_weights_count(part); i++) {
+  const size_t n_tensors = e ? 0 : mp_weights_count(part);
+  fuse_part *fuse = NULL;
+  size_t n_fuse = 0;
+  for (size_t i = 0; !e && i < n_tensors; i++) {
     const mp_weight *t = mp_weights_at(part, i);
-    char mapped[512], name[600];
-    bool to_conv = false;
+    char mapped[512], name[600], source[600];
+    map_how how = MAP_AS_IS;
     int n;
-    bool known = c->map(s, t->name, mapped, sizeof mapped, &to_conv);
+    bool known = c->map(s, t->name, mapped, sizeof mapped, &how);
+    folder_name(c, t->name, source, sizeof source);
+    if (known && how == MAP_SKIP) continue;
     if (known)
       n = snprintf(name, sizeof name, "%s%s", c->prefix, mapped);
     else
-      n = snprintf(name, sizeof name, "%s%s%s", c->subfolder, *c->subfolder ? "/" : "", t->name); /* unknown: kept, shown as unexpected */
+      n = snprintf(name, sizeof name, "%s", source); /* unknown: kept, shown as unexpected */
     if (n < 0 || (size_t)n >= sizeof name) {
       e = mp_errorf("%s: tensor name '%.80s...' is too long", file, t->name);
       break;
     }
+    if (known && how >= MAP_FUSE_Q && how <= MAP_FUSE_V) {
+      if (!fuse && !(fuse = calloc(n_tensors, sizeof *fuse))) {
+        e = mp_errorf("out of memory");
+        break;
+      }
+      fuse_part *f = &fuse[n_fuse++];
+      snprintf(f->target, sizeof f->target, "%s", name);
+      f->t = t;
+      f->block = (int)(how - MAP_FUSE_Q);
+      continue;
+    }
+    if (known && how == MAP_TRANSPOSE) {
+      e = add_transposed(w, name, source, &t->t);
+      continue;
+    }
     int64_t shape[MP_MAX_DIMS];
     int ndim = t->t.ndim;
     memcpy(shape, t->t.shape, sizeof(int64_t) * (size_t)ndim);
-    if (to_conv && ndim == 2) shape[2] = shape[3] = 1, ndim = 4;
+    if (how == MAP_CONV_VIEW && ndim == 2) shape[2] = shape[3] = 1, ndim = 4;
     e = mp_weights_add(w, name, t->t.dtype, ndim, shape, t->t.data);
-    if (!e && known) { /* so that a shape error also names the key as the folder spells it */
-      char source[600];
-      snprintf(source, sizeof source, "%s%s%s", c->subfolder, *c->subfolder ? "/" : "", t->name);
-      e = mp_weights_set_source(w, source);
-    }
+    if (!e && known) e = mp_weights_set_source(w, source); /* so that a shape error also names the key as the folder spells it */
   }
+  /* the fused tensors, one per group of the same target */
+  if (!e && n_fuse) qsort(fuse, n_fuse, sizeof *fuse, cmp_fuse);
+  for (size_t i = 0, j; !e && i < n_fuse; i = j) {
+    for (j = i + 1; j < n_fuse && strcmp(fuse[j].target, fuse[i].target) == 0;) j++;
+    e = add_fused(w, c, fuse + i, j - i);
+  }
+  free(fuse);
   if (e) e = mp_error_wrap(e, "reading %s", file);
   free(file);
   return e;
@@ -607,21 +862,25 @@ mp_error *mp_diffusers_open(const char *folder, mp_weights **out) {
   for (size_t i = 0; !lay && i < sizeof layouts / sizeof *layouts; i++)
     if (layouts[i].matches(name, index)) lay = &layouts[i];
   mp_error *e = NULL;
-  if (!lay && (cJSON_GetObjectItemCaseSensitive(index, "text_encoder_2") || strstr(name, "XL")))
-    e = mp_errorf("%s: %s is an SDXL pipeline; SDXL is not supported yet (SD 1.x only)", folder, name);
-  else if (!lay)
-    e = mp_errorf("%s/model_index.json: pipeline %s is not a Stable Diffusion pipeline", folder, name);
+  if (!lay) e = mp_errorf("%s/model_index.json: pipeline %s is not a Stable Diffusion pipeline", folder, name);
   for (size_t i = 0; !e && i < lay->n_components; i++) {
     const char *sub = lay->components[i].subfolder;
     char *dir = joinf(folder, sub);
     struct stat st;
-    if (!cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(index, sub)))
+    const cJSON *entry = cJSON_GetObjectItemCaseSensitive(index, sub);
+    if (!cJSON_IsArray(entry))
       e = mp_errorf("%s/model_index.json names no \"%s\" part", folder, sub);
+    else if (!cJSON_IsString(cJSON_GetArrayItem(entry, 0))) /* [null, null]: the SDXL refiner has no first text encoder */
+      e = mp_errorf("%s/model_index.json: \"%s\" is not a [library, class] pair, so the %s pipeline has no %s; mpass needs "
+                    "every part of a %s pipeline (the SDXL refiner, [null, null] there, has no first text encoder and is not "
+                    "supported)",
+                    folder, sub, name, sub, lay->name);
     else if (!dir || stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
       e = mp_errorf("diffusers folder %s has no %s/ subfolder (model_index.json names one)", folder, sub);
     free(dir);
   }
   cJSON_Delete(index);
+  if (!e && lay->components == sdxl_components) e = check_tokenizer_2(folder);
   MP_TRY(e);
 
   structure s;

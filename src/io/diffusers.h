@@ -5,11 +5,14 @@
  * and renames its tensors to the CompVis single-file names (model.diffusion_model.*,
  * first_stage_model.*, cond_stage_model.transformer.*), so the result binds to the same model code
  * as a single-file checkpoint: one model implementation, one mapping table (the layouts below).
- * The tensors are views into the mapped part files, which the returned mp_weights owns.
+ * The tensors are views into the mapped part files, which the returned mp_weights owns, except
+ * SDXL's second text encoder's fused in_proj and transposed text_projection (copies it also owns).
  *
  * Which subfolders a pipeline has and where each one's tensors go is a table of components per
- * pipeline layout (diffusers.c); a new family (SDXL: text_encoder_2/, conditioner.embedders.*) is a
- * new table with, where needed, a new key mapper — the UNet and VAE mappers are shared.
+ * pipeline layout (diffusers.c): SD 1.x (unet/, vae/, text_encoder/) and SDXL (the same plus
+ * text_encoder_2/, to the sgm names conditioner.embedders.0.transformer.* and
+ * conditioner.embedders.1.model.*); the UNet and VAE mappers are shared. An SDXL folder's
+ * tokenizer_2/, when present, must hold tokenizer/'s vocabulary and merges (one BPE for both encoders).
  *
  * Files are found inside the folder only: a path that resolves (through symlinks) outside it is
  * refused, except into the `blobs/` folder of a Hugging Face hub cache when the folder is one of its
@@ -56,7 +59,7 @@ mp_error *mp_diffusers_tokenizer(const char *folder, const char *subfolder, char
 
 /* The vocabulary a run should use for `model`: NULL (keep the usual lookup) when `explicit_vocab`
  * or MPASS_VOCAB is set or the model is not a diffusers folder with tokenizer files; else the
- * folder's tokenizer/. Caller frees *path. */
+ * folder's tokenizer/ (or, without one, an SDXL folder's tokenizer_2/). Caller frees *path. */
 mp_error *mp_diffusers_vocab_for_model(const char *model, const char *explicit_vocab, char **path);
 
 /* The file whose SHA-256 identifies a checkpoint ("Model hash"): the path itself for a file, the

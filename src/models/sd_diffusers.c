@@ -73,7 +73,7 @@ static mp_error *channels(const char *file, const int *boc, int n, int *base, in
 
 /* A UNet2DConditionModel's config, or (`f` = "config.json", controlnet) a ControlNetModel's: the same
  * keys for the encoder, and no out_channels (the ControlNet config keeps out = in, as for cldm). */
-static mp_error *unet_config(const char *f, const cJSON *j, bool controlnet, mp_unet_config *u) {
+static mp_error *unet_config(const char *f, const cJSON *j, bool controlnet, bool sdxl, mp_unet_config *u, int *time_id_dim) {
   int boc[MP_MAX_LEVELS], n = 0, nd = 0;
   memset(u, 0, sizeof *u);
   MP_TRY(req_int(f, j, "in_channels", 1, 64, &u->in_channels));
@@ -93,7 +93,15 @@ static mp_error *unet_config(const char *f, const cJSON *j, bool controlnet, mp_
     u->attention_at_level[i] = strncmp(t->valuestring, "CrossAttn", 9) == 0;
   }
   u->transformer_depth = 1;
-  MP_TRY(opt_int(f, j, "transformer_layers_per_block", 1, 32, &u->transformer_depth));
+  const cJSON *tl = cJSON_GetObjectItemCaseSensitive(j, "transformer_layers_per_block");
+  if (cJSON_IsArray(tl)) { /* SDXL: one depth per level; the middle block takes the last, as diffusers builds it */
+    int nt = 0;
+    MP_TRY(int_list(f, j, "transformer_layers_per_block", u->depth_at_level, &nt));
+    if (nt != n) return mp_errorf("%s: \"transformer_layers_per_block\" has %d entries for %d blocks", f, nt, n);
+    u->transformer_depth = u->mid_depth = u->depth_at_level[n - 1];
+  } else {
+    MP_TRY(opt_int(f, j, "transformer_layers_per_block", 1, 32, &u->transformer_depth));
+  }
   const cJSON *lin = cJSON_GetObjectItemCaseSensitive(j, "use_linear_projection");
   u->linear_in_transformer = cJSON_IsTrue(lin);
   /* Heads: "num_attention_heads" when set; else "attention_head_dim", which diffusers' SD 1.x configs
@@ -121,7 +129,15 @@ static mp_error *unet_config(const char *f, const cJSON *j, bool controlnet, mp_
   }
   MP_TRY(only(f, j, "time_embedding_type", "positional"));
   MP_TRY(only(f, j, "class_embed_type", NULL));
-  MP_TRY(only(f, j, "addition_embed_type", NULL));
+  if (sdxl) {
+    /* SDXL's added conditioning: add_embedding (sgm's label_emb) takes the pooled text and the six
+     * size/crop numbers, each embedded sinusoidally in addition_time_embed_dim values. */
+    MP_TRY(only(f, j, "addition_embed_type", "text_time"));
+    MP_TRY(req_int(f, j, "addition_time_embed_dim", 2, 1 << 16, time_id_dim));
+    MP_TRY(req_int(f, j, "projection_class_embeddings_input_dim", 1, 1 << 20, &u->adm_in_channels));
+  } else {
+    MP_TRY(only(f, j, "addition_embed_type", NULL));
+  }
   MP_TRY(only(f, j, "resnet_time_scale_shift", "default"));
   MP_TRY(only(f, j, "act_fn", "silu"));
   return NULL;
@@ -143,9 +159,11 @@ static mp_error *vae_config(const cJSON *j, mp_vae_config *v, float *scale_facto
   return only(f, j, "act_fn", "silu");
 }
 
-static mp_error *clip_config(const cJSON *j, mp_clip_config *c) {
-  const char *f = "text_encoder/config.json";
+/* A transformers CLIPTextConfig (text_encoder/config.json, or SDXL's text_encoder_2/config.json,
+ * whose projection_dim is the width of the pooled vector). */
+static mp_error *clip_config(const char *f, const cJSON *j, bool projection, mp_clip_config *c) {
   memset(c, 0, sizeof *c);
+  if (projection) MP_TRY(req_int(f, j, "projection_dim", 1, 1 << 16, &c->projection_dim));
   MP_TRY(req_int(f, j, "vocab_size", 1, 1 << 24, &c->vocab_size));
   MP_TRY(req_int(f, j, "max_position_embeddings", 1, 1 << 16, &c->max_positions));
   MP_TRY(req_int(f, j, "hidden_size", 1, 1 << 16, &c->hidden));
@@ -172,23 +190,41 @@ static mp_error *scheduler_config(const cJSON *j, mp_sd_config *cfg) {
   return only(f, j, "prediction_type", "epsilon");
 }
 
+/* An SDXL pipeline: model_index.json names a text_encoder_2 (as diffusers.c's layout table decides). */
+static mp_error *is_sdxl_folder(const char *folder, bool *sdxl) {
+  cJSON *index = NULL;
+  MP_TRY(mp_diffusers_read_json(folder, "model_index.json", true, &index));
+  const cJSON *cls = cJSON_GetObjectItemCaseSensitive(index, "_class_name");
+  *sdxl = cJSON_GetObjectItemCaseSensitive(index, "text_encoder_2") ||
+          (cJSON_IsString(cls) && strncmp(cls->valuestring, "StableDiffusionXL", 17) == 0);
+  cJSON_Delete(index);
+  return NULL;
+}
+
 mp_error *mp_sd_config_from_diffusers(const char *folder, mp_sd_config *cfg) {
-  cJSON *unet = NULL, *vae = NULL, *te = NULL, *sched = NULL;
-  mp_error *e = mp_diffusers_read_json(folder, "unet/config.json", true, &unet);
+  cJSON *unet = NULL, *vae = NULL, *te = NULL, *te2 = NULL, *sched = NULL;
+  bool sdxl = false;
+  mp_error *e = is_sdxl_folder(folder, &sdxl);
+  if (!e) e = mp_diffusers_read_json(folder, "unet/config.json", true, &unet);
   if (!e) e = mp_diffusers_read_json(folder, "vae/config.json", true, &vae);
   if (!e) e = mp_diffusers_read_json(folder, "text_encoder/config.json", true, &te);
+  if (!e && sdxl) e = mp_diffusers_read_json(folder, "text_encoder_2/config.json", true, &te2);
   if (!e) e = mp_diffusers_read_json(folder, "scheduler/scheduler_config.json", false, &sched);
-  if (!e) e = unet_config("unet/config.json", unet, false, &cfg->unet);
+  if (!e) e = unet_config("unet/config.json", unet, false, sdxl, &cfg->unet, &cfg->time_id_dim);
+  if (!e && sdxl) cfg->scale_factor = 0.13025f; /* SDXL's VAE, when its config does not say */
   if (!e) e = vae_config(vae, &cfg->vae, &cfg->scale_factor);
-  if (!e) e = clip_config(te, &cfg->clip);
+  if (!e) e = clip_config("text_encoder/config.json", te, false, &cfg->clip);
+  if (!e && sdxl) e = clip_config("text_encoder_2/config.json", te2, true, &cfg->clip2);
   if (!e && sched) e = scheduler_config(sched, cfg);
-  if (!e) {
+  if (!e && sdxl) {
+    cfg->family = MP_FAMILY_SDXL; /* mp_sd_config_detect's validation checks the widths fit together */
+  } else if (!e) {
     /* SD 2.x: OpenCLIP ViT-H (exact GELU) and linear projections in the transformers. */
     bool sd2 = !cfg->clip.quick_gelu || cfg->unet.linear_in_transformer || cfg->unet.num_head_channels > 0;
     cfg->family = sd2 ? MP_FAMILY_SD2 : MP_FAMILY_SD1;
     if (sd2) e = mp_errorf("this is an SD 2.x model (OpenCLIP text encoder): SD 2.x is not supported yet (SD 1.x only)");
   }
-  cJSON_Delete(unet), cJSON_Delete(vae), cJSON_Delete(te), cJSON_Delete(sched);
+  cJSON_Delete(unet), cJSON_Delete(vae), cJSON_Delete(te), cJSON_Delete(te2), cJSON_Delete(sched);
   return e ? mp_error_wrap(e, "diffusers folder %s", folder) : NULL;
 }
 
@@ -215,7 +251,8 @@ mp_error *mp_controlnet_config_from_diffusers(const char *folder, mp_unet_config
   mp_error *e = NULL;
   if (!cJSON_IsString(cls) || strcmp(cls->valuestring, "ControlNetModel") != 0)
     e = mp_errorf("%s: \"_class_name\" should be \"ControlNetModel\"", f);
-  if (!e) e = unet_config(f, j, true, u);
+  int time_id_dim = 0;
+  if (!e) e = unet_config(f, j, true, false, u, &time_id_dim);
   /* The hint block is cldm's: RGB in, 16-32-96-256 channels (models/controlnet.c), every residual used. */
   int hint_channels = 3;
   static const int hint_widths[] = {16, 32, 96, 256};

@@ -1,6 +1,7 @@
 /* The hyper-parameters of a diffusers folder, read from its config files instead of inferred from
- * tensor shapes: unet/config.json, vae/config.json, text_encoder/config.json and (optional)
- * scheduler/scheduler_config.json. mp_sd_config_detect calls this for a diffusers folder. */
+ * tensor shapes: unet/config.json, vae/config.json, text_encoder/config.json, for SDXL (a
+ * model_index.json naming text_encoder_2) text_encoder_2/config.json and the UNet's text_time keys,
+ * and (optional) scheduler/scheduler_config.json. mp_sd_config_detect calls this for a diffusers folder. */
 #ifndef MP_MODELS_SD_DIFFUSERS_H
 #define MP_MODELS_SD_DIFFUSERS_H
 

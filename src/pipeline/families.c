@@ -6,6 +6,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "io/diffusers.h"
 #include "io/weights.h"
 #include "pipeline/tunes.h"
 
@@ -38,6 +39,13 @@ mp_error *mp_base_model_path(const char *models_dir, const char *name, char **pa
     }
     free(p);
   }
+  char *folder = pathf(dir, name, ""); /* a diffusers folder checkpoints/NAME/ */
+  if (folder && mp_diffusers_is_folder(folder)) {
+    free(dir);
+    *path = folder;
+    return NULL;
+  }
+  free(folder);
   mp_error *e = NULL;
   if (mp_tune_exists(models_dir, name)) {
     mp_tune t;
@@ -47,7 +55,8 @@ mp_error *mp_base_model_path(const char *models_dir, const char *name, char **pa
     if (!e && !(*path = strdup(t.file))) e = mp_errorf("out of memory");
     mp_tune_free(&t);
   } else {
-    e = mp_errorf("base_model '%s': no %s/%s.safetensors or .ckpt, and no checkpoint tune with that id", name, dir, name);
+    e = mp_errorf("base_model '%s': no %s/%s.safetensors or .ckpt, no diffusers folder %s/%s/, and no checkpoint tune with that id",
+                  name, dir, name, dir, name);
   }
   free(dir);
   return e;
@@ -76,6 +85,11 @@ mp_error *mp_default_sd15_checkpoint(const char *models_dir, char **path) {
   for (struct dirent *ent; d && (ent = readdir(d));) {
     size_t len = strlen(ent->d_name);
     bool weights = (len > 12 && !strcasecmp(ent->d_name + len - 12, ".safetensors")) || (len > 5 && !strcasecmp(ent->d_name + len - 5, ".ckpt"));
+    if (!weights && ent->d_name[0] != '.') { /* a diffusers folder counts too */
+      char *sub = pathf(dir, ent->d_name, "");
+      weights = sub && mp_diffusers_is_folder(sub);
+      free(sub);
+    }
     if (ent->d_name[0] == '.' || !weights) continue;
     char **nn = realloc(names, (n + 1) * sizeof *nn);
     if (!nn || !(nn[n] = strdup(ent->d_name))) {

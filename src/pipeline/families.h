@@ -12,7 +12,7 @@
 #include "models/sd.h"
 #include "prompt/document.h"
 
-/* base_model=NAME: <models>/checkpoints/NAME.safetensors or .ckpt, else the checkpoint tune NAME.
+/* base_model=NAME: <models>/checkpoints/NAME.safetensors or .ckpt, or the diffusers folder checkpoints/NAME/, else the checkpoint tune NAME.
  * Not found (or a LoRA tune): an error naming what was searched. Caller frees *path. */
 mp_error *mp_base_model_path(const char *models_dir, const char *name, char **path);
 

@@ -338,16 +338,23 @@ static mp_error *copy_diffusers(const char *src, const char *dst, char sha[65]) 
                {"vae/config.json", true},           {"text_encoder/config.json", true},
                {"scheduler/scheduler_config.json", false}, {"tokenizer/vocab.json", false},
                {"tokenizer/merges.txt", false},     {"tokenizer/tokenizer_config.json", false},
-               {"tokenizer/special_tokens_map.json", false}};
+               {"tokenizer/special_tokens_map.json", false},
+               /* SDXL */
+               {"text_encoder_2/config.json", false}, {"tokenizer_2/vocab.json", false},
+               {"tokenizer_2/merges.txt", false},     {"tokenizer_2/tokenizer_config.json", false},
+               {"tokenizer_2/special_tokens_map.json", false}};
   static const char *const parts[][2] = {{"unet", "diffusion_pytorch_model"}, {"vae", "diffusion_pytorch_model"},
-                                         {"text_encoder", "model"}};
-  static const char *const subfolders[] = {"", "/unet", "/vae", "/text_encoder", "/scheduler", "/tokenizer"};
+                                         {"text_encoder", "model"}, {"text_encoder_2", "model"}};
+  static const char *const subfolders[] = {"", "/unet", "/vae", "/text_encoder", "/scheduler", "/tokenizer", "/text_encoder_2", "/tokenizer_2"};
   mp_error *e = NULL;
   for (size_t i = 0; !e && i < sizeof subfolders / sizeof *subfolders; i++) {
-    char *d = pathf("%s%s", dst, subfolders[i]);
-    if (!d) e = mp_errorf("out of memory");
-    else if (mkdir(d, 0755) != 0) e = mp_errorf("cannot create folder %s (%s)", d, strerror(errno));
-    free(d);
+    char *d = pathf("%s%s", dst, subfolders[i]), *from = pathf("%s%s", src, subfolders[i]);
+    struct stat st;
+    bool sdxl_only = i >= 6; /* made only when the source has it */
+    bool wanted = !sdxl_only || (from && stat(from, &st) == 0 && S_ISDIR(st.st_mode));
+    if (!d || !from) e = mp_errorf("out of memory");
+    else if (wanted && mkdir(d, 0755) != 0) e = mp_errorf("cannot create folder %s (%s)", d, strerror(errno));
+    free(d), free(from);
   }
   char unused[65];
   for (size_t i = 0; !e && i < sizeof files / sizeof *files; i++) {
@@ -360,6 +367,13 @@ static mp_error *copy_diffusers(const char *src, const char *dst, char sha[65]) 
   }
   for (size_t i = 0; !e && i < sizeof parts / sizeof *parts; i++) {
     char *from = NULL, *to = NULL;
+    if (i == 3) { /* text_encoder_2: SDXL only */
+      char *sub = pathf("%s/%s", src, parts[i][0]);
+      struct stat st;
+      bool has = sub && stat(sub, &st) == 0 && S_ISDIR(st.st_mode);
+      free(sub);
+      if (!has) continue;
+    }
     e = mp_diffusers_weights_file(src, parts[i][0], parts[i][1], &from);
     const char *base = from ? strrchr(from, '/') + 1 : NULL;
     if (!e && !(to = pathf("%s/%s/%s", dst, parts[i][0], base))) e = mp_errorf("out of memory");
