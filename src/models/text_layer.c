@@ -5,12 +5,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/matmul.h"
 #include "core/ops.h"
 
 /* How much of a projection matrix is converted to f32 at a time (4 MB of scratch). With ~77 token
- * rows the GEMM needs a wide block to run well: bench_clip_encoder (CLIP ViT-L, 2 threads) encoded
- * in 0.30 s with 32K-float blocks, 0.15 s with 128K, 0.104-0.106 s from 1M floats up (the whole
- * matrix at once: no better), against 0.093 s from f32 copies made at load. */
+ * rows the GEMM needs a wide block to run well: bench_clip_encoder (CLIP ViT-L, 2 threads, OpenBLAS)
+ * encoded in 0.30 s with 32K-float blocks, 0.15 s with 128K, 0.104-0.106 s from 1M floats up (the
+ * whole matrix at once: no better), against 0.093 s from f32 copies made at load; on the backend's
+ * oneDNN matmul (gemm_xwt) 0.067-0.071 s. */
 #define WEIGHT_BLOCK_FLOATS (1024 * 1024)
 
 void mp_f32_copies_free(mp_f32_copies *c) {
@@ -117,12 +119,25 @@ static void convert_rows(void *ctx, int64_t begin, int64_t end, int thread) {
   mp_convert_to_f32(c->dst + begin * c->in, c->src + (size_t)(begin * c->in) * es, c->dtype, (size_t)((end - begin) * c->in));
 }
 
+/* y[n, out] (row stride ldy) = x[n, in] · W[out, in]ᵀ for f32 W: on the backend's oneDNN f32 matmul
+ * when the pool has a backend (the pipeline's always does), else OpenBLAS. With the ~77 rows of a
+ * prompt and the matrix converted block by block, oneDNN ran SDXL's two encoders in 1.8-1.9 s for
+ * two prompts against 2.3-2.5 s on OpenBLAS (mpass bench, 2 threads, the first prompt paging the
+ * weights in). */
+static mp_error *gemm_xwt(mp_pool *pool, int64_t n, int64_t out, int64_t in, const float *x, const float *W, float *y,
+                          int64_t ldy) {
+  mp_backend *be = mp_pool_backend(pool);
+  if (be) return mp_backend_sgemm(be, true, n, out, in, x, in, W, in, y, ldy);
+  mp_gemm(false, true, n, out, in, 1.0f, x, in, W, in, 0.0f, y, ldy);
+  return NULL;
+}
+
 mp_error *mp_text_linear(mp_pool *pool, const mp_linear_weights *lin, const float *x, int n, float *y,
                          const mp_text_activations *a) {
   const mp_tensor *W = &lin->weight;
   const int64_t out = W->shape[0], in = W->shape[1];
   if (W->dtype == MP_F32) {
-    mp_gemm(false, true, n, out, in, 1.0f, x, in, W->data, in, 0.0f, y, out);
+    MP_TRY(gemm_xwt(pool, n, out, in, x, W->data, y, out));
   } else {
     /* y[:, r0:r0+rows] = x · W[r0:r0+rows]ᵀ, one block of rows converted at a time */
     const int64_t block = a->weights_floats / in;
@@ -132,7 +147,7 @@ mp_error *mp_text_linear(mp_pool *pool, const mp_linear_weights *lin, const floa
       const int64_t rows = out - r0 < block ? out - r0 : block;
       convert_rows_args c = {.dst = a->weights, .src = (const char *)W->data + (size_t)(r0 * in) * es, .dtype = W->dtype, .in = in};
       mp_pool_for(pool, rows, 0, convert_rows, &c);
-      mp_gemm(false, true, n, rows, in, 1.0f, x, in, a->weights, in, 0.0f, y + r0, out);
+      MP_TRY(gemm_xwt(pool, n, rows, in, x, a->weights, y + r0, out));
     }
   }
   for (int64_t i = 0; i < n; i++) {

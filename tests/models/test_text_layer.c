@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/matmul.h"
 #include "core/ops.h"
 #include "models/text_layer.h"
 #include "testutil.h"
@@ -45,9 +46,20 @@ static void check_dtype(mp_dtype dt) {
   float *got = malloc(sizeof(float) * N_TOK * OUT), *want = malloc(sizeof(float) * N_TOK * OUT);
   mp_linear_weights lin;
   mp_linear_rows(&lin, &W, 0, OUT, bias);
-  assert_ok(mp_text_linear(NULL, &lin, x, N_TOK, got, &a));
   mp_ref_linear(want, x, N_TOK, wf, bias, IN, OUT);
+  assert_ok(mp_text_linear(NULL, &lin, x, N_TOK, got, &a)); /* no pool: OpenBLAS */
   assert_true(rel_l2(got, want, (size_t)N_TOK * OUT) < 1e-6);
+  /* a pool with an f32 backend, as the pipeline's: oneDNN's matmul */
+  mp_pool *pool;
+  mp_backend *be;
+  assert_ok(mp_pool_create(2, &pool));
+  assert_ok(mp_backend_create(MP_PRECISION_F32, 2, &be));
+  mp_pool_set_backend(pool, be);
+  memset(got, 0, sizeof(float) * N_TOK * OUT);
+  assert_ok(mp_text_linear(pool, &lin, x, N_TOK, got, &a));
+  assert_true(rel_l2(got, want, (size_t)N_TOK * OUT) < 1e-6);
+  mp_pool_destroy(pool);
+  mp_backend_destroy(be);
 
   /* rows [300, 300 + 500) as their own layer, as OpenCLIP's q/k/v are blocks of in_proj_weight */
   mp_linear_rows(&lin, &W, 300, 500, bias + 300);
