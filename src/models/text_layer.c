@@ -88,8 +88,8 @@ mp_error *mp_bind_linear(mp_f32_copies *copies, const mp_weights *w, const char 
 
 bool mp_text_activations_alloc(const mp_clip_config *cfg, int n, mp_text_activations *a) {
   const int64_t D = cfg->hidden, F = cfg->intermediate;
-  /* at least one row of the widest matrix (fc_out: [hidden, intermediate]) */
-  const int64_t wf = WEIGHT_BLOCK_FLOATS > F ? WEIGHT_BLOCK_FLOATS : F;
+  /* at least one row of every matrix (rows of hidden or intermediate values) */
+  const int64_t widest = D > F ? D : F, wf = WEIGHT_BLOCK_FLOATS > widest ? WEIGHT_BLOCK_FLOATS : widest;
   float *mem = mp_alloc(sizeof(float) * ((size_t)n * (size_t)(6 * D + F) + (size_t)wf));
   if (!mem) return false;
   *a = (mp_text_activations){.block = mem,
