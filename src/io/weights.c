@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -23,6 +24,7 @@ struct mp_weights {
   int finished;
   mp_weights **parts; /* adopted readers whose tensors this one views */
   size_t n_parts;
+  const mp_weights *viewed; /* not owned: the weights this one holds views of (mp_weights_set_viewed) */
 };
 
 mp_weights *mp_weights_new(const char *path) {
@@ -191,6 +193,30 @@ void mp_unmap_file(void *mem, size_t size) {
 }
 
 static void release_map(void *mem, size_t size) { mp_unmap_file(mem, size); }
+
+void mp_weights_set_viewed(mp_weights *w, const mp_weights *viewed) { w->viewed = viewed; }
+
+/* Whether [lo, hi) lies in a file mapping made by mp_weights_open_mapped (PROT_READ, MAP_PRIVATE:
+ * never written, so every page equals the file's and can be read again from it). */
+static bool in_file_map(const mp_weights *w, uintptr_t lo, uintptr_t hi) {
+  for (int depth = 0; w && depth < 8; depth++, w = w->viewed) {
+    const uintptr_t b = (uintptr_t)w->backing;
+    if (w->release == release_map && lo >= b && hi <= b + w->backing_size) return true;
+    for (size_t i = 0; i < w->n_parts; i++)
+      if (in_file_map(w->parts[i], lo, hi)) return true;
+  }
+  return false;
+}
+
+bool mp_weights_drop_pages(const mp_weights *w, const void *data, size_t bytes) {
+  const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+  /* only the pages wholly inside the tensor */
+  const uintptr_t lo = ((uintptr_t)data + page - 1) & ~(page - 1), hi = ((uintptr_t)data + bytes) & ~(page - 1);
+  if (!w || !data || hi <= lo || !in_file_map(w, (uintptr_t)data, (uintptr_t)data + bytes)) return false;
+  /* DONTNEED on such a mapping unmaps the pages but leaves them in the page cache, so reading them
+   * again is a minor fault, not I/O (PAGEOUT would evict them from the cache). */
+  return madvise((void *)lo, hi - lo, MADV_DONTNEED) == 0;
+}
 
 mp_error *mp_weights_open_mapped(const char *path, mp_weights_parse_fn parse, mp_weights **out) {
   *out = NULL;

@@ -6,6 +6,7 @@
 #ifndef MP_IO_WEIGHTS_H
 #define MP_IO_WEIGHTS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "core/error.h"
@@ -31,6 +32,12 @@ const mp_weight *mp_weights_find(const mp_weights *w, const char *name);
 const char *mp_weights_path(const mp_weights *w);
 /* The safetensors __metadata__ object as JSON text, or NULL. */
 const char *mp_weights_metadata(const mp_weights *w);
+/* Let the kernel take back the resident pages of the tensor data [data, data + bytes) when it lies in
+ * a read-only file mapping that w holds (its own, an adopted part's, or that of the weights it views):
+ * the next read faults them in again from the page cache (or the file), unchanged, but meanwhile they
+ * do not count in the process's memory. Data anywhere else (copies, merged LoRA layers) is left
+ * alone. For weights used in one phase of a job (the text encoders). Returns whether it dropped. */
+bool mp_weights_drop_pages(const mp_weights *w, const void *data, size_t bytes);
 
 /* ---- for readers ---- */
 mp_weights *mp_weights_new(const char *path);
@@ -46,6 +53,9 @@ mp_error *mp_weights_add_owned(mp_weights *w, const char *name, mp_dtype dt, int
  * tensors: a checkpoint assembled from several files (a diffusers folder) is one mp_weights over
  * several mapped files. On error `part` is closed. */
 mp_error *mp_weights_adopt(mp_weights *w, mp_weights *part);
+/* Record that w holds views of `viewed`'s tensors (a LoRA overlay of its base), so that
+ * mp_weights_drop_pages knows their memory too; `viewed` must outlive w. */
+void mp_weights_set_viewed(mp_weights *w, const mp_weights *viewed);
 /* Record the original name of the tensor added last (a reader that renames, like the diffusers one). */
 mp_error *mp_weights_set_source(mp_weights *w, const char *source);
 /* Sort for lookup and reject duplicate names. Call once after the last add. */

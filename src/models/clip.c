@@ -20,13 +20,15 @@ struct mp_clip {
   const float *position_embedding; /* [max_positions, hidden] */
   clip_layer *layers;
   mp_ln_weights final_layer_norm;
-  mp_f32_copies f32; /* f32 copies of weights stored in f16/bf16 */
+  mp_f32_copies f32;   /* f32 copies of the small weights stored in f16/bf16 */
+  const mp_weights *w; /* what the matrices view, for handing their pages back after a layer */
 };
 
 static mp_error *load(mp_clip *c, const mp_weights *w, const char *p) {
   const mp_clip_config *cfg = &c->cfg;
   const int64_t D = cfg->hidden, F = cfg->intermediate;
   mp_f32_copies *f32 = &c->f32;
+  c->w = w;
   const mp_tensor *tok;
   char key[512];
   snprintf(key, sizeof key, "%sembeddings.token_embedding.weight", p);
@@ -102,12 +104,11 @@ mp_error *mp_clip_encode_embeds(const mp_clip *c, mp_pool *pool, const float *em
 
   for (int l = 0; l < n_layers && !e; l++) {
     const clip_layer *L = &c->layers[l];
+    const mp_text_layer layer = {.ln_attn = &L->layer_norm1, .ln_mlp = &L->layer_norm2, .q = &L->q_proj, .k = &L->k_proj,
+                                 .v = &L->v_proj, .out = &L->out_proj, .fc_in = &L->fc1, .fc_out = &L->fc2};
     /* x += out_proj(causal_self_attention(layer_norm1(x))); x += fc2(act(fc1(layer_norm2(x)))) */
-    e = mp_text_layer_forward(pool,
-                              &(mp_text_layer){.ln_attn = &L->layer_norm1, .ln_mlp = &L->layer_norm2, .q = &L->q_proj,
-                                               .k = &L->k_proj, .v = &L->v_proj, .out = &L->out_proj, .fc_in = &L->fc1,
-                                               .fc_out = &L->fc2},
-                              cfg, n, &a);
+    e = mp_text_layer_forward(pool, &layer, cfg, n, &a);
+    mp_text_layer_release(c->w, &layer);
   }
   if (!e) {
     if (final_ln)

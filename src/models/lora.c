@@ -499,6 +499,7 @@ mp_error *mp_lora_apply_opts(const mp_weights *base, const mp_sd_config *cfg, co
     if (!e) e = apply_one(base, &tbl, &specs[s], &ps, report);
   }
   if (!e && !(ov = mp_weights_new(mp_weights_path(base)))) e = mp_errorf("out of memory");
+  if (!e) mp_weights_set_viewed(ov, base); /* its views are the base's memory (mp_weights_drop_pages) */
   if (!e && mp_weights_metadata(base)) e = mp_weights_set_metadata(ov, mp_weights_metadata(base));
   /* every base entry: a view, or the patched tensor in the base's dtype (which the overlay owns) */
   for (size_t i = 0; i < mp_weights_count(base) && !e; i++) {

@@ -22,13 +22,15 @@ struct mp_openclip {
   resblock *blocks;
   mp_ln_weights ln_final;
   const float *text_projection; /* [hidden, projection_dim]: pooled = x @ P */
-  mp_f32_copies f32;            /* f32 copies of f16/bf16 weights */
+  mp_f32_copies f32;            /* f32 copies of the small f16/bf16 weights */
+  const mp_weights *w;          /* what the matrices view, for handing their pages back after a block */
 };
 
 static mp_error *load(mp_openclip *m, const mp_weights *w, const char *p) {
   const mp_clip_config *cfg = &m->cfg;
   const int64_t D = cfg->hidden, F = cfg->intermediate;
   mp_f32_copies *f32 = &m->f32;
+  m->w = w;
   char key[512];
   const mp_tensor *tok;
   snprintf(key, sizeof key, "%stoken_embedding.weight", p);
@@ -43,12 +45,13 @@ static mp_error *load(mp_openclip *m, const mp_weights *w, const char *p) {
     snprintf(base, sizeof base, "transformer.resblocks.%d", i);
     MP_TRY(mp_bind_ln(f32, w, p, FIELD("ln_1"), D, &B->ln_1));
     MP_TRY(mp_bind_ln(f32, w, p, FIELD("ln_2"), D, &B->ln_2));
-    const float *in_w, *in_b;
-    MP_TRY(mp_bind_f32(f32, w, p, FIELD("attn.in_proj_weight"), 2, (int64_t[]){3 * D, D}, &in_w));
+    const mp_tensor *in_w;
+    const float *in_b;
+    MP_TRY(mp_bind_matrix(w, p, FIELD("attn.in_proj_weight"), 3 * D, D, &in_w));
     MP_TRY(mp_bind_f32(f32, w, p, FIELD("attn.in_proj_bias"), 1, (int64_t[]){3 * D}, &in_b));
-    mp_linear_view(&B->q, in_w, in_b, D, D);
-    mp_linear_view(&B->k, in_w + D * D, in_b + D, D, D);
-    mp_linear_view(&B->v, in_w + 2 * D * D, in_b + 2 * D, D, D);
+    mp_linear_rows(&B->q, in_w, 0, D, in_b);
+    mp_linear_rows(&B->k, in_w, D, D, in_b + D);
+    mp_linear_rows(&B->v, in_w, 2 * D, D, in_b + 2 * D);
     MP_TRY(mp_bind_linear(f32, w, p, FIELD("attn.out_proj"), D, D, &B->out_proj));
     MP_TRY(mp_bind_linear(f32, w, p, FIELD("mlp.c_fc"), F, D, &B->c_fc));
     MP_TRY(mp_bind_linear(f32, w, p, FIELD("mlp.c_proj"), D, F, &B->c_proj));
@@ -111,11 +114,11 @@ mp_error *mp_openclip_encode_embeds(const mp_openclip *m, mp_pool *pool, const f
   for (int64_t i = 0; i < n * D; i++) x[i] = embeds[i] + m->positional_embedding[i];
   for (int l = 0; l < n_layers && !e; l++) {
     const resblock *B = &m->blocks[l];
+    const mp_text_layer layer = {.ln_attn = &B->ln_1, .ln_mlp = &B->ln_2, .q = &B->q, .k = &B->k, .v = &B->v,
+                                 .out = &B->out_proj, .fc_in = &B->c_fc, .fc_out = &B->c_proj};
     /* x += out_proj(causal_attention(ln_1(x))); x += c_proj(act(c_fc(ln_2(x)))) */
-    e = mp_text_layer_forward(pool,
-                              &(mp_text_layer){.ln_attn = &B->ln_1, .ln_mlp = &B->ln_2, .q = &B->q, .k = &B->k, .v = &B->v,
-                                               .out = &B->out_proj, .fc_in = &B->c_fc, .fc_out = &B->c_proj},
-                              cfg, n, &a);
+    e = mp_text_layer_forward(pool, &layer, cfg, n, &a);
+    mp_text_layer_release(m->w, &layer);
     if (!e && l == cfg->layers - 2 && penultimate) memcpy(penultimate, x, sizeof(float) * (size_t)(n * D));
   }
   if (!e && (last || pooled)) {
