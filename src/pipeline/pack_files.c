@@ -1,0 +1,168 @@
+/* Where a checkpoint's packed weights are kept on disk and how it is recognised (see pack_files.h). */
+#include "pipeline/pack_files.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/pack_cache.h"
+#include "core/pack_store.h"
+#include "pipeline/params.h"
+
+#define HEAD_DEFAULT ((size_t)1 << 20)
+#define HEAD_MAX ((size_t)256 << 20)
+#define TAIL_BYTES ((size_t)64 << 10)
+#define SAMPLES 64
+#define SAMPLE_BYTES 4096
+
+static mp_error *hash_range(mp_sha256 *h, int fd, const char *path, uint64_t at, size_t n, char *buf, size_t cap) {
+  while (n) {
+    size_t want = n < cap ? n : cap;
+    ssize_t got = pread(fd, buf, want, (off_t)at);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return mp_errorf("cannot read %s at byte %llu: %s", path, (unsigned long long)at, got < 0 ? strerror(errno) : "end of file");
+    mp_sha256_update(h, buf, (size_t)got);
+    at += (uint64_t)got, n -= (size_t)got;
+  }
+  return NULL;
+}
+
+/* One backing file's share of the identity (see pack_files.h). */
+static mp_error *hash_file(mp_sha256 *h, const char *path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return mp_errorf("cannot open %s: %s", path, strerror(errno));
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return mp_errorf("%s is not a regular file", path);
+  }
+  const uint64_t size = (uint64_t)st.st_size;
+  int64_t stamp[3] = {(int64_t)size, (int64_t)st.st_mtim.tv_sec, (int64_t)st.st_mtim.tv_nsec};
+  mp_sha256_update(h, stamp, sizeof stamp);
+  size_t head = size < HEAD_DEFAULT ? (size_t)size : HEAD_DEFAULT;
+  uint64_t n = 0;
+  if (size >= 8 && pread(fd, &n, 8, 0) == 8 && n > 0 && n <= HEAD_MAX && n <= size - 8) head = (size_t)n + 8; /* safetensors */
+  const size_t cap = 1 << 20;
+  char *buf = malloc(cap);
+  mp_error *e = buf ? hash_range(h, fd, path, 0, head, buf, cap) : mp_errorf("out of memory");
+  const size_t tail = size < TAIL_BYTES ? (size_t)size : TAIL_BYTES;
+  if (!e) e = hash_range(h, fd, path, size - tail, tail, buf, cap);
+  for (int i = 0; !e && size >= SAMPLE_BYTES && i < SAMPLES; i++) {
+    uint64_t at = (size - SAMPLE_BYTES) / (SAMPLES - 1) * (uint64_t)i;
+    e = hash_range(h, fd, path, at, SAMPLE_BYTES, buf, cap);
+  }
+  free(buf);
+  close(fd);
+  return e;
+}
+
+static mp_error *hash_files(mp_sha256 *h, const mp_weights *w, int *n_files) {
+  struct stat st;
+  const char *path = mp_weights_path(w);
+  if (path && *path && stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
+    MP_TRY(hash_file(h, path));
+    ++*n_files;
+  }
+  for (size_t i = 0; i < mp_weights_n_parts(w); i++) MP_TRY(hash_files(h, mp_weights_part(w, i), n_files));
+  return NULL;
+}
+
+mp_error *mp_checkpoint_identity(const mp_weights *w, char hex[65]) {
+  mp_sha256 h;
+  mp_sha256_init(&h);
+  static const char tag[] = "mpass checkpoint identity 1";
+  mp_sha256_update(&h, tag, sizeof tag);
+  int n_files = 0;
+  MP_TRY(hash_files(&h, w, &n_files));
+  if (!n_files) return mp_errorf("%s is read from no file that can identify it", mp_weights_path(w));
+  for (size_t i = 0; i < mp_weights_count(w); i++) {
+    const mp_weight *t = mp_weights_at(w, i);
+    int32_t meta[2] = {(int32_t)t->t.dtype, t->t.ndim};
+    mp_sha256_update(&h, t->name, strlen(t->name) + 1);
+    mp_sha256_update(&h, meta, sizeof meta);
+    mp_sha256_update(&h, t->t.shape, sizeof t->t.shape[0] * (size_t)t->t.ndim);
+  }
+  uint8_t d[32];
+  mp_sha256_final(&h, d);
+  mp_sha256_hex(d, hex);
+  return NULL;
+}
+
+bool mp_pack_root(const mpass_ctx *ctx, const char *path, char *buf, size_t cap) {
+  char models[PATH_MAX], ckpt[PATH_MAX];
+  int w = -1;
+  if (ctx->models_dir && realpath(ctx->models_dir, models) && realpath(path, ckpt)) {
+    size_t n = strlen(models);
+    if (strncmp(ckpt, models, n) == 0 && ckpt[n] == '/') w = snprintf(buf, cap, "%s/.cache/packs", ctx->models_dir);
+  }
+  if (w < 0) {
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    if (xdg && xdg[0] == '/') w = snprintf(buf, cap, "%s/mpass/packs", xdg);
+    else if (home && home[0] == '/') w = snprintf(buf, cap, "%s/.cache/mpass/packs", home);
+  }
+  return w > 0 && (size_t)w < cap;
+}
+
+static void warn(const mpass_ctx *ctx, const char *fmt, const char *a, const char *b) {
+  if (!ctx->warn) return;
+  char msg[8400];
+  snprintf(msg, sizeof msg, fmt, a, b);
+  ctx->warn(ctx->warn_ud, msg);
+}
+
+/* The store for w, or NULL (caching off, or it cannot be set up: warned). */
+static mp_pack_store *open_store(mpass_ctx *ctx, const mp_weights *w) {
+  if (ctx->no_pack_cache || ctx->precision != MP_PRECISION_BF16) return NULL;
+  const char *path = mp_weights_path(w);
+  char root[PATH_MAX], dir[PATH_MAX + 300], hex[65];
+  if (!path || !*path || !mp_pack_root(ctx, path, root, sizeof root)) {
+    warn(ctx, "pack cache: no folder for the packs of %s%s (set XDG_CACHE_HOME or HOME); packing in memory only", path ? path : "", "");
+    return NULL;
+  }
+  mp_error *e = mp_checkpoint_identity(w, hex);
+  if (e) {
+    warn(ctx, "pack cache: %s; packing in memory only%s", mp_error_message(e), "");
+    mp_error_free(e);
+    return NULL;
+  }
+  /* <stem>-<identity>: the stem for people clearing the cache by hand */
+  size_t len = strlen(path);
+  while (len > 1 && path[len - 1] == '/') len--;
+  const char *base = path + len;
+  while (base > path && base[-1] != '/') base--;
+  const char *dot = memchr(base, '.', (size_t)(path + len - base));
+  int stem = (int)((dot ? dot : path + len) - base);
+  if (stem > 80) stem = 80;
+  snprintf(dir, sizeof dir, "%s/%.*s-%.16s", root, stem, base, hex);
+  char identity[128];
+  snprintf(identity, sizeof identity, "checkpoint sha256-sampled %s, pack format %u", hex, MP_PACK_FORMAT_VERSION);
+  mp_pack_store *s = NULL;
+  e = mp_pack_store_open(dir, identity, ctx->warn, ctx->warn_ud, &s);
+  if (e) {
+    warn(ctx, "pack cache: %s%s", mp_error_message(e), "");
+    mp_error_free(e);
+    return NULL;
+  }
+  return s;
+}
+
+mp_error *mp_pin_checkpoint(mpass_ctx *ctx, const mp_weights *w, const void *owner) {
+  mp_pack_cache *pc = mp_backend_pack_cache(ctx->backend);
+  if (!pc) return NULL;
+  size_t n = mp_weights_count(w);
+  const void **data = malloc((n ? n : 1) * sizeof *data);
+  const char **names = malloc((n ? n : 1) * sizeof *names);
+  if (!data || !names) {
+    free(data), free(names);
+    return mp_errorf("out of memory");
+  }
+  for (size_t i = 0; i < n; i++) data[i] = mp_weights_at(w, i)->t.data, names[i] = mp_weights_at(w, i)->name;
+  mp_error *err = mp_pack_cache_pin_named(pc, owner, data, names, n, open_store(ctx, w));
+  free(data), free(names);
+  return err;
+}
