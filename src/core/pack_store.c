@@ -1,6 +1,7 @@
 /* Packed weights on disk (see pack_store.h). */
 #include "core/pack_store.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -8,6 +9,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define FIXED_BYTES 64
@@ -288,4 +290,21 @@ bool mp_pack_store_save(mp_pack_store *s, const char *kind, const char *name, co
   }
   *m = (mp_pack_map){base, header_bytes + bytes, (char *)base + header_bytes, bytes};
   return true;
+}
+
+void mp_pack_store_sweep(mp_pack_store *s) {
+  DIR *d = opendir(s->dir);
+  if (!d) return;
+  const time_t now = time(NULL);
+  struct dirent *de;
+  while ((de = readdir(d))) {
+    size_t n = strlen(de->d_name);
+    if (n < 9 || strcmp(de->d_name + n - 4, ".tmp") != 0 || !strstr(de->d_name, ".pack.")) continue;
+    char p[8192];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/%s", s->dir, de->d_name);
+    /* a write in progress keeps touching its file; one untouched for an hour was left by a killed process */
+    if (lstat(p, &st) == 0 && S_ISREG(st.st_mode) && now - st.st_mtime > 3600) (void)unlink(p);
+  }
+  closedir(d);
 }

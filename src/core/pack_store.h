@@ -40,6 +40,9 @@ typedef struct mp_pack_store mp_pack_store;
  * first failed save. */
 mp_error *mp_pack_store_open(const char *dir, const char *identity, mp_warn_fn warn, void *warn_ud, mp_pack_store **out);
 void mp_pack_store_close(mp_pack_store *s);
+/* Delete temporary record files (<record>.pack.<pid>.<n>.tmp) untouched for over an hour: left behind
+ * by a process killed while saving. Nothing else in the folder is touched. */
+void mp_pack_store_sweep(mp_pack_store *s);
 const char *mp_pack_store_dir(const mp_pack_store *s);
 
 /* A mapped record: the payload stays valid until mp_pack_map_release (the store may close before). */

@@ -148,6 +148,7 @@ static mp_pack_store *open_store(mpass_ctx *ctx, const mp_weights *w) {
     mp_error_free(e);
     return NULL;
   }
+  mp_pack_store_sweep(s);
   return s;
 }
 

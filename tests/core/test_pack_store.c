@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/pack_store.h"
@@ -183,6 +184,27 @@ static void test_unwritable_folder_warns_once(void **state) {
   mp_pack_store_close(s);
 }
 
+static void test_sweep_removes_only_stale_temporaries(void **state) {
+  fixture *f = *state;
+  char p[4096], stale[4200], fresh[4200], other[4200];
+  save(f, "w");
+  path_of(f, "w", p);
+  snprintf(stale, sizeof stale, "%s.4242.0.tmp", p);
+  snprintf(fresh, sizeof fresh, "%s.4242.1.tmp", p);
+  snprintf(other, sizeof other, "%s/notes.tmp", f->dir);
+  test_write_file(stale, "x", 1);
+  test_write_file(fresh, "x", 1);
+  test_write_file(other, "x", 1);
+  struct timespec old[2] = {{0, UTIME_OMIT}, {time(NULL) - 7200, 0}};
+  assert_int_equal(utimensat(AT_FDCWD, stale, old, 0), 0);
+  assert_int_equal(utimensat(AT_FDCWD, other, old, 0), 0);
+  mp_pack_store_sweep(f->s);
+  assert_int_equal(access(stale, F_OK), -1);
+  assert_int_equal(access(fresh, F_OK), 0); /* may still be being written */
+  assert_int_equal(access(other, F_OK), 0); /* not ours */
+  assert_true(load(f, "w"));
+}
+
 static void test_hash64_sees_every_byte(void **state) {
   (void)state;
   unsigned char b[100] = {0};
@@ -202,6 +224,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_damaged_files_are_rejected_and_rebuilt, setup, teardown),
       cmocka_unit_test_setup_teardown(test_garbage_never_crashes, setup, teardown),
       cmocka_unit_test_setup_teardown(test_unwritable_folder_warns_once, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_sweep_removes_only_stale_temporaries, setup, teardown),
       cmocka_unit_test(test_hash64_sees_every_byte),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
