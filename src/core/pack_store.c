@@ -308,3 +308,16 @@ void mp_pack_store_sweep(mp_pack_store *s) {
   }
   closedir(d);
 }
+
+bool mp_pack_store_write_note(mp_pack_store *s, const char *name, const char *text) {
+  char path[4200], tmp[4300];
+  if (strchr(name, '/') || snprintf(path, sizeof path, "%s/%s", s->dir, name) >= (int)sizeof path) return false;
+  snprintf(tmp, sizeof tmp, "%s.%ld.%u.tmp", path, (long)getpid(), s->n_tmp++);
+  if (!make_dirs(s->dir)) return false;
+  FILE *f = fopen(tmp, "wb");
+  bool ok = f && fputs(text, f) >= 0;
+  if (f && fclose(f) != 0) ok = false;
+  if (ok) ok = rename(tmp, path) == 0;
+  if (!ok) (void)unlink(tmp);
+  return ok;
+}

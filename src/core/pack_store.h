@@ -65,6 +65,9 @@ bool mp_pack_store_load(mp_pack_store *s, const char *kind, const char *name, co
 bool mp_pack_store_save(mp_pack_store *s, const char *kind, const char *name, const char *layout, const void *data, size_t bytes,
                         mp_pack_map *m);
 
+/* Write a small text file `name` into the store's folder (created if need be), atomically; false on failure. */
+bool mp_pack_store_write_note(mp_pack_store *s, const char *name, const char *text);
+
 /* The path a record has (for tests that damage one); NULL when it does not fit. */
 const char *mp_pack_store_record_path(const mp_pack_store *s, const char *kind, const char *name, const char *layout, char *buf,
                                       size_t cap);

@@ -2,7 +2,7 @@
  * its packs under <models>/.cache/packs; a second engine maps them (no file rewritten) and computes
  * bit for bit what a cold pack and the in-memory path (--no-cache) compute; damaged, truncated and
  * foreign records are warned about, rebuilt, and change nothing in the result; a checkpoint whose
- * modification time changed gets a new pack folder. */
+ * modification time changed gets a new pack folder, and its old one is removed. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -215,10 +215,20 @@ static void test_changed_checkpoint_misses(void **state) {
   assert_int_equal(l.n_dirs, 1);
   struct timespec ts[2] = {{0, UTIME_OMIT}, {1700000000, 123}}; /* same bytes, another mtime */
   assert_int_equal(utimensat(AT_FDCWD, f->ckpt, ts, 0), 0);
+  char old_dir[1200], keep[1200], note[1300];
+  snprintf(old_dir, sizeof old_dir, "%s", l.dir);
+  snprintf(keep, sizeof keep, "%.900s/other-0123456789abcdef", f->packs); /* another checkpoint's folder */
+  assert_int_equal(mkdir(keep, 0755), 0);
+  snprintf(note, sizeof note, "%.1200s/source", keep);
+  test_write_file(note, "/elsewhere/other.safetensors\n", 29);
   eval(f, 0, &w, out);
   assert_memory_equal(out, ref, sizeof ref);
   list(f, &l);
-  assert_int_equal(l.n_dirs, 2); /* a new identity: packed again into its own folder */
+  /* a new identity: packed again into its own folder; the replaced file's folder is gone, others stay */
+  assert_int_equal(l.n_dirs, 2);
+  struct stat st;
+  assert_int_equal(stat(old_dir, &st), -1);
+  assert_int_equal(stat(keep, &st), 0);
   assert_int_equal(w.n, 0);
 }
 
