@@ -7,7 +7,9 @@
  *   - <models>/.cache/packs when the checkpoint lies inside the models folder (--models, $MPASS_MODELS),
  *   - else $XDG_CACHE_HOME/mpass/packs (default ~/.cache/mpass/packs);
  * so the next process maps the packs instead of packing. `--no-cache` or MPASS_NO_CACHE=1 turn it off
- * (packing in memory as before). Nothing is stored for f32 (it packs nothing).
+ * (packing in memory as before). Nothing is stored for f32 (it packs nothing). Each folder holds a
+ * `source` note (the checkpoint's real path); making a folder removes the other folders noted for the
+ * same path (a replaced checkpoint's packs can never match again).
  *
  * The identity (SHA-256 over what follows) must change whenever the tensors' bytes may have changed,
  * without reading the whole file (SHA-256 of a 2 GB checkpoint takes seconds, loading must not): for
