@@ -181,7 +181,7 @@ bool mp_pack_store_load(mp_pack_store *s, const char *kind, const char *name, co
     free(key);
     return false;
   }
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* O_NONBLOCK: a FIFO planted there must not hang us */
   if (fd < 0) {
     free(key);
     return false; /* not cached yet */

@@ -147,6 +147,12 @@ static void test_damaged_files_are_rejected_and_rebuilt(void **state) {
   char pv[4096];
   assert_int_equal(rename(path_of(f, "v", pv), path_of(f, "w", p)), 0);
   expect_rejected(f, "w", "foreign");
+  /* a FIFO where the file should be: rejected without blocking */
+  assert_int_equal(unlink(path_of(f, "w", p)), 0);
+  assert_int_equal(mkfifo(p, 0644), 0);
+  assert_false(load(f, "w"));
+  assert_int_equal(unlink(p), 0);
+  save(f, "w");
   /* a directory where the file should be */
   assert_int_equal(unlink(path_of(f, "w", p)), 0);
   assert_int_equal(mkdir(p, 0755), 0);
