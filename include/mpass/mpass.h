@@ -26,12 +26,16 @@ typedef struct {
   const char *models_dir; /* NULL: $MPASS_MODELS, else ./models */
   const char *data_dir;   /* where the CLIP vocabulary lives; NULL: search (see README) */
   mpass_precision precision; /* AUTO (0) by default */
+  int no_cache;              /* nonzero: do not keep packed bf16 weights on disk (also $MPASS_NO_CACHE=1) */
 } mpass_options;
 
 mpass_error *mpass_ctx_create(const mpass_options *opts, mpass_ctx **out);
 void mpass_ctx_destroy(mpass_ctx *ctx);
 /* The precision the context resolved AUTO to: "f32" or "bf16". */
 const char *mpass_ctx_precision(const mpass_ctx *ctx);
+/* Where warnings that belong to no job go (e.g. a damaged pack-cache file that is being rebuilt); by
+ * default they are dropped. */
+void mpass_ctx_set_warning_handler(mpass_ctx *ctx, void (*fn)(void *ud, const char *message), void *ud);
 /* One line saying what runs the arithmetic, e.g. "precision bf16 (oneDNN, CPU: avx512_bf16), 2 threads". */
 const char *mpass_ctx_describe(const mpass_ctx *ctx, char *buf, unsigned cap);
 

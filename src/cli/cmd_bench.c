@@ -37,6 +37,8 @@
 #include "models/sd.h"
 #include "models/unet.h"
 #include "models/vae.h"
+#include "core/pack_cache.h"
+#include "pipeline/pack_files.h"
 
 typedef struct {
   double wall, cpu;
@@ -187,7 +189,8 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
   float *ctxt = NULL, *x = NULL, *eps = NULL, *img = NULL;
   int32_t *ids = NULL;
   stamp t0 = now();
-  if ((e = mp_weights_open(model, &wts)) || (e = mp_sd_config_detect(wts, NULL, &cfgv)) ||
+  /* pinned as the engine pins its checkpoint: packs shared by the models and kept on disk (pack_files.h) */
+  if ((e = mp_weights_open(model, &wts)) || (e = mp_pin_checkpoint(ctx, wts, wts)) || (e = mp_sd_config_detect(wts, NULL, &cfgv)) ||
       (e = mp_clip_load(wts, mp_sd_clip_prefix(&cfgv), &cfgv.clip, &clip)) ||
       (cfgv.family == MP_FAMILY_SDXL && (e = mp_openclip_load(wts, MP_PREFIX_XL_OPENCLIP, &cfgv.clip2, &clip2))) ||
       (e = mp_unet_load(wts, MP_PREFIX_UNET, &cfgv.unet, &unet)) ||
@@ -325,6 +328,7 @@ done:
   mp_controlnet_model_free(&cnm);
   mp_controlnet_free(cn);
   free(hint);
+  if (wts) mp_pack_cache_release(mp_backend_pack_cache(ctx->backend), wts);
   mp_weights_close(wts);
   return e ? cli_fail("bench", e) : 0;
 }

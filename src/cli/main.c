@@ -40,7 +40,7 @@ static bool runs_models(const char *cmd) {
 }
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: mpass [--threads N] [--precision auto|f32|bf16] [--models DIR] <command> [args]\n"
+  fprintf(f, "usage: mpass [--threads N] [--precision auto|f32|bf16] [--models DIR] [--no-cache] <command> [args]\n"
              "       mpass --version | <command> --help\n\ncommands:\n");
   for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) fprintf(f, "  %s\n", commands[i].usage);
   fprintf(f, "\nmpass %s\n", MPASS_VERSION);
@@ -50,6 +50,11 @@ int cli_fail(const char *cmd, mpass_error *e) {
   fprintf(stderr, "mpass %s: %s\n", cmd, mpass_error_message(e));
   mpass_error_free(e);
   return 1;
+}
+
+static void print_warning(void *ud, const char *message) {
+  (void)ud;
+  fprintf(stderr, "mpass: warning: %s\n", message);
 }
 
 int main(int argc, char **argv) {
@@ -87,6 +92,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "mpass: --precision expects auto, f32 or bf16, found '%s'\n", v);
         return 2;
       }
+    } else if (strcmp(argv[i], "--no-cache") == 0) {
+      opts.no_cache = 1;
     } else if (strcmp(argv[i], "--models") == 0 && i + 1 < argc) {
       opts.models_dir = argv[++i];
     } else {
@@ -113,6 +120,7 @@ int main(int argc, char **argv) {
     mpass_ctx *ctx;
     mpass_error *e = mpass_ctx_create(&opts, &ctx);
     if (e) return cli_fail(argv[1], e);
+    mpass_ctx_set_warning_handler(ctx, print_warning, NULL);
     bool help = argc > 2 && (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0);
     if (runs_models(argv[1]) && !help) {
       char line[160];

@@ -34,6 +34,8 @@ mpass_error *mpass_ctx_create(const mpass_options *opts, mpass_ctx **out) {
   const char *md = opts->models_dir ? opts->models_dir : getenv("MPASS_MODELS");
   c->models_dir = strdup(md && *md ? md : "models");
   c->data_dir = opts->data_dir ? strdup(opts->data_dir) : NULL;
+  const char *nc = getenv("MPASS_NO_CACHE");
+  c->no_pack_cache = opts->no_cache || (nc && *nc && strcmp(nc, "0") != 0);
   if (!c->models_dir || (opts->data_dir && !c->data_dir)) {
     mpass_ctx_destroy(c);
     return mp_errorf("out of memory");
@@ -49,6 +51,10 @@ void mpass_ctx_destroy(mpass_ctx *c) {
   free(c->models_dir);
   free(c->data_dir);
   free(c);
+}
+
+void mpass_ctx_set_warning_handler(mpass_ctx *ctx, void (*fn)(void *ud, const char *message), void *ud) {
+  ctx->warn = fn, ctx->warn_ud = ud;
 }
 
 const char *mpass_error_message(const mpass_error *e) { return mp_error_message(e); }

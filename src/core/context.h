@@ -2,6 +2,8 @@
 #ifndef MP_CORE_CONTEXT_H
 #define MP_CORE_CONTEXT_H
 
+#include <stdbool.h>
+
 #include "core/matmul.h"
 #include "core/threads.h"
 #include "mpass/mpass.h"
@@ -13,6 +15,9 @@ struct mpass_ctx {
   char *data_dir; /* may be NULL */
   mp_backend *backend; /* bf16: attached to pool; f32: NULL (the f32 operators need none) */
   mp_precision precision; /* resolved: F32 or BF16 */
+  bool no_pack_cache;     /* --no-cache / MPASS_NO_CACHE: packed weights are not kept on disk */
+  void (*warn)(void *ud, const char *message); /* mpass_ctx_set_warning_handler; NULL: dropped */
+  void *warn_ud;
 };
 
 #endif

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/pack_dnnl.h"
+
 #define SHAPES 4
 
 typedef struct {
@@ -18,6 +20,7 @@ struct mp_dnnl_conv {
   mp_pad pad;
   dnnl_memory_desc_t wei_md, bias_md;
   dnnl_memory_t weights, bias; /* packed bf16; f32 bias (owned buffer below) */
+  mp_packed_mem weights_mem;   /* what holds the packed weights: a pack-store mapping or our buffer */
   float *bias_f32;
   shape_prims shapes[SHAPES];
   int n_shapes, next_evict;
@@ -44,6 +47,42 @@ static mp_error *conv_pd(const mp_dnnl_conv *c, int batch, int h, int w, const d
   return ck(dnnl_primitive_desc_create(pd, &cd, NULL, mp_backend_dnnl_engine(c->b), NULL), "primitive descriptor");
 }
 
+typedef struct {
+  mp_dnnl_conv *c;
+  const mp_tensor *W;
+} fill_args;
+
+/* The stored weight as f32 OIHW, reordered (and rounded to bf16) into the packed layout `dst`. */
+static mp_error *fill_packed(void *ctx, dnnl_memory_t dst) {
+  const fill_args *a = ctx;
+  const mp_dnnl_conv *c = a->c;
+  dnnl_engine_t eng = mp_backend_dnnl_engine(c->b);
+  dnnl_stream_t st = mp_backend_dnnl_stream(c->b);
+  const size_t nw = (size_t)mp_tensor_numel(a->W);
+  dnnl_dims_t wd = {c->c_out, c->c_in, c->kh, c->kw};
+  dnnl_memory_desc_t wuser;
+  MP_TRY(ck(dnnl_memory_desc_init_by_tag(&wuser, 4, wd, dnnl_f32, dnnl_oihw), "weights desc"));
+  float *wf = mp_alloc(nw * 4);
+  if (!wf) return mp_errorf("out of memory packing a convolution weight");
+  mp_convert_to_f32(wf, a->W->data, a->W->dtype, nw);
+  dnnl_memory_t user = NULL;
+  dnnl_primitive_t reorder = NULL;
+  dnnl_primitive_desc_t rpd = NULL;
+  mp_error *e = ck(dnnl_memory_create(&user, &wuser, eng, wf), "weights memory");
+  if (!e) e = ck(dnnl_reorder_primitive_desc_create(&rpd, &wuser, eng, &c->wei_md, eng, NULL), "weights reorder");
+  if (!e) e = ck(dnnl_primitive_create(&reorder, rpd), "weights reorder");
+  if (!e) {
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, dst}};
+    e = ck(dnnl_primitive_execute(reorder, st, 2, args), "weights reorder");
+    if (!e) e = ck(dnnl_stream_wait(st), "stream wait");
+  }
+  if (reorder) dnnl_primitive_destroy(reorder);
+  if (rpd) dnnl_primitive_desc_destroy(rpd);
+  if (user) dnnl_memory_destroy(user);
+  mp_free(wf);
+  return e;
+}
+
 mp_error *mp_dnnl_conv_create(mp_backend *b, const mp_tensor *W, const mp_tensor *bias, int stride, mp_pad pad, int batch,
                               int h, int w, mp_dnnl_conv **out) {
   *out = NULL;
@@ -55,12 +94,7 @@ mp_error *mp_dnnl_conv_create(mp_backend *b, const mp_tensor *W, const mp_tensor
   c->c_out = (int)W->shape[0], c->c_in = (int)W->shape[1], c->kh = (int)W->shape[2], c->kw = (int)W->shape[3];
   c->stride = stride, c->pad = pad;
   dnnl_engine_t eng = mp_backend_dnnl_engine(b);
-  dnnl_stream_t st = mp_backend_dnnl_stream(b);
-  const size_t nw = (size_t)mp_tensor_numel(W);
-  float *wf = NULL;
-  dnnl_memory_t user = NULL;
-  dnnl_primitive_t reorder = NULL;
-  dnnl_primitive_desc_t pd = NULL, rpd = NULL;
+  dnnl_primitive_desc_t pd = NULL;
   dnnl_dims_t bd = {c->c_out}, wd = {c->c_out, c->c_in, c->kh, c->kw};
   mp_error *e = ck(dnnl_memory_desc_init_by_tag(&c->bias_md, 1, bd, dnnl_f32, dnnl_a), "bias desc");
   if (!e && bias) {
@@ -72,38 +106,26 @@ mp_error *mp_dnnl_conv_create(mp_backend *b, const mp_tensor *W, const mp_tensor
   /* The packed layout the primitive wants for the first shape it runs on (it depends on the shape:
    * forcing one shape's layout on a very different shape can leave only oneDNN's slow reference
    * kernel, which mp_dnnl_conv_run declines). */
-  dnnl_memory_desc_t wany, wuser;
+  dnnl_memory_desc_t wany;
   if (!e) e = ck(dnnl_memory_desc_init_by_tag(&wany, 4, wd, dnnl_bf16, dnnl_format_tag_any), "weights desc");
-  if (!e) e = ck(dnnl_memory_desc_init_by_tag(&wuser, 4, wd, dnnl_f32, dnnl_oihw), "weights desc");
   if (!e) e = conv_pd(c, batch, h, w, &wany, &pd);
   if (!e) c->wei_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
   const char *impl = "";
   if (!e && dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && strncmp(impl, "ref", 3) == 0)
     e = mp_errorf("oneDNN has only its reference convolution for this shape");
-  if (!e && !(wf = mp_alloc(nw * 4))) e = mp_errorf("out of memory packing a convolution weight");
-  if (!e) {
-    mp_convert_to_f32(wf, W->data, W->dtype, nw);
-    e = ck(dnnl_memory_create(&user, &wuser, eng, wf), "weights memory");
-  }
-  if (!e) e = ck(dnnl_memory_create(&c->weights, &c->wei_md, eng, DNNL_MEMORY_ALLOCATE), "packed weights");
-  if (!e) e = ck(dnnl_reorder_primitive_desc_create(&rpd, &wuser, eng, &c->wei_md, eng, NULL), "weights reorder");
-  if (!e) e = ck(dnnl_primitive_create(&reorder, rpd), "weights reorder");
-  if (!e) {
-    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, c->weights}};
-    e = ck(dnnl_primitive_execute(reorder, st, 2, args), "weights reorder");
-    if (!e) e = ck(dnnl_stream_wait(st), "stream wait");
-  }
-  if (reorder) dnnl_primitive_destroy(reorder);
-  if (rpd) dnnl_primitive_desc_destroy(rpd);
   if (pd) dnnl_primitive_desc_destroy(pd);
-  if (user) dnnl_memory_destroy(user);
-  mp_free(wf);
+  fill_args fa = {c, W};
+  if (!e) e = mp_pack_dnnl_weight(b, W->data, "dnnl-conv-bf16", &c->wei_md, fill_packed, &fa, &c->weights, &c->weights_mem);
   if (e) {
     mp_dnnl_conv_free(c);
     return e;
   }
   *out = c;
   return NULL;
+}
+
+void mp_dnnl_conv_drop_resident(mp_dnnl_conv *c) {
+  if (c) mp_packed_mem_drop_resident(&c->weights_mem);
 }
 
 static void free_shape(shape_prims *s) {
@@ -117,6 +139,7 @@ void mp_dnnl_conv_free(mp_dnnl_conv *c) {
   if (!c) return;
   for (int i = 0; i < c->n_shapes; i++) free_shape(&c->shapes[i]);
   if (c->weights) dnnl_memory_destroy(c->weights);
+  mp_packed_mem_free(&c->weights_mem);
   if (c->bias) dnnl_memory_destroy(c->bias);
   mp_free(c->bias_f32);
   free(c);

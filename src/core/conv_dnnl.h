@@ -16,6 +16,8 @@ typedef struct mp_dnnl_conv mp_dnnl_conv;
 mp_error *mp_dnnl_conv_create(mp_backend *b, const mp_tensor *W, const mp_tensor *bias, int stride, mp_pad pad, int batch,
                               int h, int w, mp_dnnl_conv **out);
 void mp_dnnl_conv_free(mp_dnnl_conv *c);
+/* Take the packed weight's pages out of the resident set when mapped from the pack store; NULL: no-op. */
+void mp_dnnl_conv_drop_resident(mp_dnnl_conv *c);
 /* y [batch, c_out, ho, wo] = conv(x [batch, c_in, h, w]); scratch for the blocked copies comes from ws.
  * Fails (and the caller falls back) where the packed layout leaves only the reference kernel. */
 mp_error *mp_dnnl_conv_run(mp_dnnl_conv *c, mp_workspace *ws, const float *x, int batch, int h, int w, float *y);

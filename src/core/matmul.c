@@ -4,10 +4,14 @@
 #include <cpuid.h>
 #include <oneapi/dnnl/dnnl.h>
 #include <omp.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/pack_cache.h"
+#include "core/pack_dnnl.h"
 
 #define SGEMM_CACHE 48
 
@@ -39,6 +43,7 @@ struct mp_matmul {
   float *bias;        /* owned f32 copy, or NULL */
   /* bf16 path */
   dnnl_memory_t weights; /* packed bf16 */
+  mp_packed_mem weights_mem; /* what holds it: a pack-store mapping or our own buffer */
   dnnl_memory_t bias_mem;
   dnnl_memory_desc_t w_packed_md;
   /* Primitives for the row counts seen so far. oneDNN 2.6 picks its fast brgemm kernels only for
@@ -108,6 +113,13 @@ void mp_backend_trim(mp_backend *b) {
   mp_free(b->scratch);
   b->scratch = NULL;
   b->scratch_bytes = 0;
+  /* Packs mapped from the pack store leave the resident set (clean file pages: they stay in the page
+   * cache and come back on the next step), and freed heap returns to the kernel, so that the next phase
+   * (the VAE decode) does not stack its peak on top of the UNet's weights. */
+  mp_pack_cache_drop_resident(b->packs);
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
 }
 struct dnnl_engine *mp_backend_dnnl_engine(const mp_backend *b) { return b->engine; }
 struct dnnl_stream *mp_backend_dnnl_stream(const mp_backend *b) { return b->stream; }
@@ -166,19 +178,17 @@ static mp_error *make_primitive(mp_matmul *mm, int64_t M, const dnnl_memory_desc
   return e;
 }
 
-static mp_error *create_bf16(mp_matmul *mm) {
+/* Round the weights to bf16 (from whatever they are stored as), then reorder into the packed layout `dst`. */
+static mp_error *fill_packed(void *ctx, dnnl_memory_t dst) {
+  mp_matmul *mm = ctx;
   mp_backend *b = mm->b;
   const int64_t N = mm->N, K = mm->K;
   dnnl_dims_t wd = {K, N};
-  dnnl_memory_desc_t w_any, w_user, w_packed;
-  MP_TRY(dnnl_err(dnnl_memory_desc_init_by_tag(&w_any, 2, wd, dnnl_bf16, dnnl_format_tag_any), "weights desc"));
+  dnnl_memory_desc_t w_user;
   /* The stored [N, K] row-major weight is the [K, N] matrix in "ba" order. */
   MP_TRY(dnnl_err(dnnl_memory_desc_init_by_tag(&w_user, 2, wd, dnnl_bf16, dnnl_ba), "weights desc"));
-  /* The packed layout the kernels want for a large M (the layout depends on N and K). */
-  MP_TRY(make_primitive(mm, 4096, &w_any, false, NULL, &w_packed));
-  mm->w_packed_md = w_packed;
-
-  /* Round the weights to bf16 (from whatever they are stored as), then reorder into the packed layout. */
+  const dnnl_memory_desc_t *w_packed;
+  MP_TRY(dnnl_err(dnnl_memory_get_memory_desc(dst, &w_packed), "packed weights desc"));
   size_t n = (size_t)(N * K);
   uint16_t *wb = mp_alloc(n * 2);
   float *row = mp_alloc((size_t)K * 4);
@@ -196,11 +206,10 @@ static mp_error *create_bf16(mp_matmul *mm) {
   dnnl_primitive_desc_t rpd = NULL;
   dnnl_primitive_t reorder = NULL;
   mp_error *e = dnnl_err(dnnl_memory_create(&user, &w_user, b->engine, wb), "weights memory");
-  if (!e) e = dnnl_err(dnnl_memory_create(&mm->weights, &w_packed, b->engine, DNNL_MEMORY_ALLOCATE), "packed weights");
-  if (!e) e = dnnl_err(dnnl_reorder_primitive_desc_create(&rpd, &w_user, b->engine, &w_packed, b->engine, NULL), "reorder desc");
+  if (!e) e = dnnl_err(dnnl_reorder_primitive_desc_create(&rpd, &w_user, b->engine, w_packed, b->engine, NULL), "reorder desc");
   if (!e) e = dnnl_err(dnnl_primitive_create(&reorder, rpd), "reorder");
   if (!e) {
-    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, mm->weights}};
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, dst}};
     e = dnnl_err(dnnl_primitive_execute(reorder, b->stream, 2, args), "weight reorder");
     if (!e) e = dnnl_err(dnnl_stream_wait(b->stream), "stream wait");
   }
@@ -208,7 +217,22 @@ static mp_error *create_bf16(mp_matmul *mm) {
   if (rpd) dnnl_primitive_desc_destroy(rpd);
   if (user) dnnl_memory_destroy(user);
   mp_free(wb);
-  if (!e && mm->bias) {
+  return e;
+}
+
+static mp_error *create_bf16(mp_matmul *mm) {
+  mp_backend *b = mm->b;
+  const int64_t N = mm->N, K = mm->K;
+  dnnl_dims_t wd = {K, N};
+  dnnl_memory_desc_t w_any, w_packed;
+  MP_TRY(dnnl_err(dnnl_memory_desc_init_by_tag(&w_any, 2, wd, dnnl_bf16, dnnl_format_tag_any), "weights desc"));
+  /* The packed layout the kernels want for a large M (the layout depends on N and K). */
+  MP_TRY(make_primitive(mm, 4096, &w_any, false, NULL, &w_packed));
+  mm->w_packed_md = w_packed;
+
+  MP_TRY(mp_pack_dnnl_weight(b, mm->W->data, "dnnl-matmul-bf16", &w_packed, fill_packed, mm, &mm->weights, &mm->weights_mem));
+  mp_error *e = NULL;
+  if (mm->bias) {
     dnnl_memory_desc_t bias_md;
     dnnl_dims_t bd = {1, N};
     dnnl_memory_desc_init_by_tag(&bias_md, 2, bd, dnnl_f32, dnnl_ab);
@@ -362,9 +386,14 @@ void mp_matmul_free(mp_matmul *mm) {
   if (!mm) return;
   for (int i = 0; i < mm->n_cache; i++) dnnl_primitive_destroy(mm->cache[i].prim);
   if (mm->weights) dnnl_memory_destroy(mm->weights);
+  mp_packed_mem_free(&mm->weights_mem);
   if (mm->bias_mem) dnnl_memory_destroy(mm->bias_mem);
   mp_free(mm->bias);
   free(mm);
+}
+
+void mp_matmul_drop_resident(mp_matmul *mm) {
+  if (mm) mp_packed_mem_drop_resident(&mm->weights_mem);
 }
 
 int64_t mp_matmul_n(const mp_matmul *mm) { return mm->N; }

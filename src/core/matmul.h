@@ -45,7 +45,8 @@ mp_error *mp_backend_create(mp_precision precision, int n_threads, mp_backend **
 void mp_backend_destroy(mp_backend *b);
 mp_precision mp_backend_precision(const mp_backend *b);
 /* Free the backend's shared scratch (it grows to the largest activation a matmul has rounded; the next
- * matmul allocates it again). For between the phases of a job, to lower the peak RSS. b may be NULL. */
+ * matmul allocates it again), take the packs mapped from the pack store out of the resident set and
+ * return freed heap to the kernel. For between the phases of a job, to lower the peak RSS. b may be NULL. */
 void mp_backend_trim(mp_backend *b);
 const char *mp_precision_name(mp_precision p);
 /* "avx512_bf16", "amx_bf16" or "" — what the CPU offers for bf16. */
@@ -55,6 +56,9 @@ const char *mp_cpu_bf16_support(void);
  * matmul in the f32 path when it is already f32 (it is used in place). */
 mp_error *mp_matmul_create(mp_backend *b, const mp_tensor *W, const mp_tensor *bias, mp_matmul **out);
 void mp_matmul_free(mp_matmul *mm);
+/* Take the packed weight's pages out of the resident set when they are mapped from the pack store (they
+ * come back from the page cache on the next use); no-op otherwise or for NULL. */
+void mp_matmul_drop_resident(mp_matmul *mm);
 int64_t mp_matmul_n(const mp_matmul *mm);
 int64_t mp_matmul_k(const mp_matmul *mm);
 

@@ -15,6 +15,7 @@
 #ifndef MP_CORE_PACK_CACHE_H
 #define MP_CORE_PACK_CACHE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "core/error.h"
@@ -22,6 +23,7 @@
 struct mp_matmul;
 struct mp_dnnl_conv;
 struct mp_wino_bf16;
+struct mp_pack_store;
 
 /* One packed weight (and bias) as the bf16 operators use it (core/conv.c). */
 struct mp_packed_weight {
@@ -42,6 +44,18 @@ void mp_pack_cache_free(mp_pack_cache *c);
 /* Pin n data addresses for `owner` (any unique address, e.g. the mp_weights they belong to). An
  * owner may pin once; NULL entries are skipped. */
 mp_error *mp_pack_cache_pin(mp_pack_cache *c, const void *owner, const void *const *data, size_t n);
+/* The same with the tensors' names (names[i] for data[i]; copied) and the on-disk store their packs are
+ * saved to and loaded from (core/pack_store.h; taken over, closed on release; may be NULL). On error the
+ * store is closed. */
+mp_error *mp_pack_cache_pin_named(mp_pack_cache *c, const void *owner, const void *const *data, const char *const *names,
+                                  size_t n, struct mp_pack_store *store);
+/* Where the pack of pinned data may be kept on disk: true with its store and tensor name, false when
+ * the data is not pinned or its owner gave no names or store (the operator packs in memory only). The
+ * results are valid while the owner stays pinned. c may be NULL. */
+bool mp_pack_cache_source(const mp_pack_cache *c, const void *data, struct mp_pack_store **store, const char **name);
+/* Take every cached pack that is mapped from disk out of the resident set (mp_backend_trim, between
+ * the phases of a job: the UNet's packs need not be resident while the VAE decodes). */
+void mp_pack_cache_drop_resident(mp_pack_cache *c);
 /* Unpin the owner's addresses and free the packs that used them. Unknown owners are a no-op. */
 void mp_pack_cache_release(mp_pack_cache *c, const void *owner);
 

@@ -136,6 +136,8 @@ size_t mp_weights_count(const mp_weights *w) { return w ? w->count : 0; }
 const mp_weight *mp_weights_at(const mp_weights *w, size_t i) { return i < w->count ? &w->items[i] : NULL; }
 const char *mp_weights_path(const mp_weights *w) { return w->path; }
 const char *mp_weights_metadata(const mp_weights *w) { return w->metadata; }
+size_t mp_weights_n_parts(const mp_weights *w) { return w ? w->n_parts : 0; }
+const mp_weights *mp_weights_part(const mp_weights *w, size_t i) { return i < w->n_parts ? w->parts[i] : NULL; }
 
 const mp_weight *mp_weights_find(const mp_weights *w, const char *name) {
   if (!w || !w->finished) return NULL;

@@ -30,6 +30,9 @@ const mp_weight *mp_weights_at(const mp_weights *w, size_t i);
 /* NULL if absent. O(log n). */
 const mp_weight *mp_weights_find(const mp_weights *w, const char *name);
 const char *mp_weights_path(const mp_weights *w);
+/* The readers w adopted (a diffusers folder: one per weights file), each with its own path. */
+size_t mp_weights_n_parts(const mp_weights *w);
+const mp_weights *mp_weights_part(const mp_weights *w, size_t i);
 /* The safetensors __metadata__ object as JSON text, or NULL. */
 const char *mp_weights_metadata(const mp_weights *w);
 /* Let the kernel take back the resident pages of the tensor data [data, data + bytes) when it lies in

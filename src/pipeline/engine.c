@@ -6,6 +6,7 @@
 
 #include "core/pack_cache.h"
 #include "io/diffusers.h"
+#include "pipeline/pack_files.h"
 #include "pipeline/generate.h"
 #include "pipeline/params.h"
 #include "post/resize.h"
@@ -24,18 +25,9 @@ static mp_error *bind_models(mp_engine *e) {
 
 /* Pin the base checkpoint's tensors in the backend's pack cache: their memory lives as long as the
  * engine, so their packed bf16 copies survive rebinding to a LoRA overlay (whose untouched entries view
- * the same memory) and a LoRA switch re-packs only the layers it patched. */
-static mp_error *pin_base(mp_engine *e) {
-  mp_pack_cache *pc = mp_backend_pack_cache(e->ctx->backend);
-  if (!pc) return NULL;
-  size_t n = mp_weights_count(e->base);
-  const void **data = malloc((n ? n : 1) * sizeof *data);
-  if (!data) return mp_errorf("out of memory");
-  for (size_t i = 0; i < n; i++) data[i] = mp_weights_at(e->base, i)->t.data;
-  mp_error *err = mp_pack_cache_pin(pc, e->base, data, n);
-  free(data);
-  return err;
-}
+ * the same memory) and a LoRA switch re-packs only the layers it patched. With them goes the
+ * checkpoint's on-disk pack store (pipeline/pack_files.h), so the next process maps its packs. */
+static mp_error *pin_base(mp_engine *e) { return mp_pin_checkpoint(e->ctx, e->base, e->base); }
 
 mp_error *mp_engine_open(mpass_ctx *ctx, const char *path, const mp_tokenizer *tok, mp_engine **out) {
   *out = NULL;

@@ -1,0 +1,97 @@
+/* Packed oneDNN weights from the pack store or memory (see pack_dnnl.h). */
+#include "core/pack_dnnl.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/pack_cache.h"
+#include "core/tensor.h"
+
+typedef struct {
+  char *p;
+  size_t left;
+  bool ok;
+} text;
+
+static void put(text *t, const char *fmt, ...) {
+  if (!t->ok) return;
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(t->p, t->left, fmt, ap);
+  va_end(ap);
+  if (n < 0 || (size_t)n >= t->left) {
+    t->ok = false;
+    return;
+  }
+  t->p += n, t->left -= (size_t)n;
+}
+
+static void put_dims(text *t, const char *what, const dnnl_dim_t *d, int n) {
+  put(t, " %s=", what);
+  for (int i = 0; i < n; i++) put(t, i ? ",%lld" : "%lld", (long long)d[i]);
+}
+
+bool mp_dnnl_layout_text(const dnnl_memory_desc_t *md, char *buf, size_t cap) {
+  if (md->format_kind != dnnl_blocked || md->ndims < 1 || md->ndims > DNNL_MAX_NDIMS) return false;
+  const dnnl_blocking_desc_t *bd = &md->format_desc.blocking;
+  if (bd->inner_nblks < 0 || bd->inner_nblks > DNNL_MAX_NDIMS) return false;
+  const dnnl_version_t *v = dnnl_version();
+  text t = {buf, cap, cap > 0};
+  put(&t, "onednn %d.%d.%d %s isa=%d type=%d", v->major, v->minor, v->patch, v->hash ? v->hash : "", (int)dnnl_get_effective_cpu_isa(),
+      (int)md->data_type);
+  put_dims(&t, "dims", md->dims, md->ndims);
+  put_dims(&t, "padded", md->padded_dims, md->ndims);
+  put_dims(&t, "offsets", md->padded_offsets, md->ndims);
+  put(&t, " offset0=%lld", (long long)md->offset0);
+  put_dims(&t, "strides", bd->strides, md->ndims);
+  put_dims(&t, "blocks", bd->inner_blks, bd->inner_nblks);
+  put_dims(&t, "block_dims", bd->inner_idxs, bd->inner_nblks);
+  put(&t, " extra=%llu,%d,%a,%d", (unsigned long long)md->extra.flags, md->extra.compensation_mask, (double)md->extra.scale_adjust,
+      md->extra.asymm_compensation_mask);
+  return t.ok;
+}
+
+void mp_packed_mem_free(mp_packed_mem *m) {
+  mp_pack_map_release(&m->map);
+  mp_free(m->heap);
+  m->heap = NULL;
+}
+
+void mp_packed_mem_drop_resident(mp_packed_mem *m) { mp_pack_map_drop_resident(&m->map); }
+
+static mp_error *ck(dnnl_status_t s, const char *what) {
+  return s == dnnl_success ? NULL : mp_errorf("oneDNN %s failed (status %d)", what, (int)s);
+}
+
+mp_error *mp_pack_dnnl_weight(mp_backend *b, const void *w_data, const char *kind, const dnnl_memory_desc_t *md, mp_pack_fill_fn fill,
+                              void *fill_ctx, dnnl_memory_t *out, mp_packed_mem *mem) {
+  *out = NULL;
+  memset(mem, 0, sizeof *mem);
+  dnnl_engine_t eng = mp_backend_dnnl_engine(b);
+  const size_t bytes = dnnl_memory_desc_get_size(md);
+  mp_pack_store *store = NULL;
+  const char *name = NULL;
+  char layout[1024];
+  if (!mp_pack_cache_source(mp_backend_pack_cache(b), w_data, &store, &name) || !mp_dnnl_layout_text(md, layout, sizeof layout))
+    store = NULL;
+  if (store && mp_pack_store_load(store, kind, name, layout, bytes, &mem->map)) {
+    mp_error *e = ck(dnnl_memory_create(out, md, eng, mem->map.payload), "packed weights memory");
+    if (e) mp_packed_mem_free(mem);
+    return e;
+  }
+  if (!(mem->heap = mp_alloc(bytes ? bytes : 1))) return mp_errorf("out of memory packing a weight (%zu MB)", bytes >> 20);
+  mp_error *e = ck(dnnl_memory_create(out, md, eng, mem->heap), "packed weights memory");
+  if (!e) e = fill(fill_ctx, *out);
+  if (!e && store && mp_pack_store_save(store, kind, name, layout, mem->heap, bytes, &mem->map)) {
+    /* the same bytes, now clean and file-backed */
+    e = ck(dnnl_memory_set_data_handle(*out, mem->map.payload), "packed weights handle");
+    if (!e) mp_free(mem->heap), mem->heap = NULL;
+  }
+  if (e) {
+    if (*out) dnnl_memory_destroy(*out);
+    *out = NULL;
+    mp_packed_mem_free(mem);
+  }
+  return e;
+}
