@@ -28,7 +28,7 @@ static const struct {
     {"serve", cmd_serve, "serve [--listen 127.0.0.1:8080] [--data DIR] [--model CKPT] [--workers N] [--token-file F]   the prompt API over HTTP"},
     {"worker", cmd_worker, "worker --db postgres://... [--data DIR] [--model CKPT] [--workers N]   run prompts from a shared queue"},
     {"token", cmd_token, "token add NAME [--data DIR]          a new API token for serve (printed once)"},
-    {"bench", cmd_bench, "bench --model CKPT [-W 512] [-H 512] [--steps N]   load/text-encoder/step/VAE times, peak RSS"},
+    {"bench", cmd_bench, "bench --model CKPT [-W 512] [-H 512] [--steps N] [--profile] | --job FILE.prompt   step/VAE times, op classes, per-pass job times, peak RSS"},
 };
 
 /* Commands that run models say once, at start, which precision/backend does the arithmetic. */
