@@ -189,7 +189,7 @@ mp_error *mp_vae_load(const mp_weights *w, const char *prefix, const mp_vae_conf
    * the 1x1 skips 2.1e-3. The errors add about in quadrature, and the low-resolution parts, which
    * hold the most error, are the cheap ones (the work grows with the resolution). So bf16 takes the
    * decoder's two highest-resolution levels (0 and 1, their 3x3 convolutions) and the upsample into
-   * level 0: tiny 8.2e-3, tiny-xl 7.6e-3, SD 1.5 size 3.8e-3 / 1.4e-2 (bf16_floor 1.7e-2 / 1.8e-2).
+   * level 0: tiny 8.2e-3, tiny-xl 7.6e-3, SD 1.5 size 3.8e-3 / 3.9e-3 (bf16_floor 1.7e-2 / 1.8e-2).
    * The encoder likewise (one part in bf16, tiny moments: level 0 8.2e-3, level 1 5.3e-3, level 2
    * 4.8e-3, level 3 3.0e-3, downsamples 4.6e-3 / 3.8e-3 / 2.7e-3, mid ResBlocks 2.1e-3): bf16 takes
    * levels 1 and 2 and the downsample between them (tiny moments 7.7e-3). Everything else (mid
