@@ -76,12 +76,22 @@ static void layer_norm_rows(void *ctx, int64_t begin, int64_t end, int thread) {
   for (int64_t r = begin; r < end; r++) {
     const float *x = a->x + r * a->dim;
     float *y = a->y + r * a->dim;
-    /* Two-pass mean/variance in double: rows are short and this keeps us within fp32 of torch. */
+    /* Two-pass mean/variance in double: rows are short and this keeps us within fp32 of torch. Eight
+     * double lanes per sum: one accumulator would be a serial chain of adds (IEEE order is kept),
+     * 0.78 -> 0.33 ms for 4096 x 320 (about 25 ms of a 512x512 CFG step over the UNet's norms). */
+    const int64_t dim = a->dim, d8 = dim & ~(int64_t)7;
+    double acc[8] = {0};
+    for (int64_t i = 0; i < d8; i += 8)
+      for (int l = 0; l < 8; l++) acc[l] += x[i + l];
+    for (int64_t i = d8; i < dim; i++) acc[i & 7] += x[i];
     double mean = 0, var = 0;
-    for (int64_t i = 0; i < a->dim; i++) mean += x[i];
-    mean /= (double)a->dim;
-    for (int64_t i = 0; i < a->dim; i++) var += (x[i] - mean) * (x[i] - mean);
-    var /= (double)a->dim;
+    for (int l = 0; l < 8; l++) mean += acc[l], acc[l] = 0;
+    mean /= (double)dim;
+    for (int64_t i = 0; i < d8; i += 8)
+      for (int l = 0; l < 8; l++) acc[l] += (x[i + l] - mean) * (x[i + l] - mean);
+    for (int64_t i = d8; i < dim; i++) acc[i & 7] += (x[i] - mean) * (x[i] - mean);
+    for (int l = 0; l < 8; l++) var += acc[l];
+    var /= (double)dim;
     float inv = (float)(1.0 / sqrt(var + a->eps)), m = (float)mean;
     for (int64_t i = 0; i < a->dim; i++) y[i] = (x[i] - m) * inv * a->gamma[i] + a->beta[i];
   }

@@ -37,6 +37,7 @@ typedef struct {
   int c_in, c_out;
   norm n1, n2;
   layer conv1, conv2, skip;
+  bool bf16; /* conv1/conv2 take the backend's bf16 path (see PRECISION below); the 1x1 skip stays f32 */
 } resblock;
 
 typedef struct {
@@ -50,6 +51,7 @@ typedef struct {
   int n_blocks;
   bool has_resample;
   layer resample;
+  bool resample_bf16;
   int c_out;
 } level;
 
@@ -179,9 +181,19 @@ mp_error *mp_vae_load(const mp_weights *w, const char *prefix, const mp_vae_conf
   if (!v) return mp_errorf("out of memory");
   v->cfg = *cfg;
   v->tiling = (mp_vae_tiling){MP_VAE_TILE_AUTO, 0, 0};
-  /* The VAE keeps f32 arithmetic under --precision bf16: in bf16 its decoded image misses the
-   * golden reduced-precision bound (rel L2 1.8e-2 > 1e-2 on the tiny model, about half of it from
-   * rounding the weights alone), see docs/speed.md. */
+  /* PRECISION. Under --precision bf16 only some convolutions take the bf16 path; the rest stay f32.
+   * All in bf16, the decoded image misses the golden reduced-precision bound (tiny model: rel L2
+   * 1.8e-2 > 1e-2). Measured one part at a time in bf16, the rest f32 (tiny decode_a, rel L2):
+   * mid ResBlocks 1.0e-2, mid attention 1.3e-3, up level 3 blocks 7.5e-3, level 2 7.0e-3, level 1
+   * 6.3e-3, level 0 3.9e-3; the upsample convolutions into levels 2/1/0 5.7e-3 / 4.7e-3 / 3.3e-3;
+   * the 1x1 skips 2.1e-3. The errors add about in quadrature, and the low-resolution parts, which
+   * hold the most error, are the cheap ones (the work grows with the resolution). So bf16 takes the
+   * decoder's two highest-resolution levels (0 and 1, their 3x3 convolutions) and the upsample into
+   * level 0: tiny 8.2e-3, tiny-xl 7.6e-3, SD 1.5 size 3.8e-3 / 3.9e-3 (bf16_floor 1.7e-2 / 1.8e-2).
+   * The encoder likewise (one part in bf16, tiny moments: level 0 8.2e-3, level 1 5.3e-3, level 2
+   * 4.8e-3, level 3 3.0e-3, downsamples 4.6e-3 / 3.8e-3 / 2.7e-3, mid ResBlocks 2.1e-3): bf16 takes
+   * levels 1 and 2 and the downsample between them (tiny moments 7.7e-3). Everything else (mid
+   * blocks and attention, the 1x1 skips, conv_in/out) stays f32. */
   v->ws.f32_only = true;
   binder b = {w, prefix ? prefix : "", v, NULL};
   char k[160];
@@ -198,6 +210,8 @@ mp_error *mp_vae_load(const mp_weights *w, const char *prefix, const mp_vae_conf
     for (int j = 0; j < nrb && !b.err; j++, c = c_out)
       snprintf(k, sizeof k, "encoder.down.%d.block.%d", l, j), bind_res(&b, &lv->blocks[j], c, c_out, k);
     lv->c_out = c;
+    for (int j = 0; j < nrb && lv->blocks; j++) lv->blocks[j].bf16 = l >= 1 && l <= L - 2;
+    lv->resample_bf16 = l == 1 && l <= L - 2;
     if (l != L - 1) lv->has_resample = true, snprintf(k, sizeof k, "encoder.down.%d.downsample.conv", l), lv->resample = bind_conv(&b, c, c, 3, k);
   }
   bind_mid(&b, en, c, "encoder");
@@ -218,6 +232,8 @@ mp_error *mp_vae_load(const mp_weights *w, const char *prefix, const mp_vae_conf
     for (int j = 0; j <= nrb && !b.err; j++, c = c_out)
       snprintf(k, sizeof k, "decoder.up.%d.block.%d", l, j), bind_res(&b, &lv->blocks[j], c, c_out, k);
     lv->c_out = c;
+    for (int j = 0; j <= nrb && lv->blocks; j++) lv->blocks[j].bf16 = l <= 1;
+    lv->resample_bf16 = l == 1;
     if (l != 0) lv->has_resample = true, snprintf(k, sizeof k, "decoder.up.%d.upsample.conv", l), lv->resample = bind_conv(&b, c, c, 3, k);
   }
   de->norm_out = bind_norm(&b, c, "decoder.norm_out");
@@ -242,19 +258,25 @@ typedef struct {
 
 static const mp_pad PAD1 = {1, 1, 1, 1}, PAD0 = {0, 0, 0, 0};
 
+/* The next ops' precision (the backend's bf16 where allowed, else f32); see PRECISION in mp_vae_load. */
+static void use_bf16(fwd *f, bool bf16) { f->ws->f32_only = !bf16; }
+
 /* y = x + conv2(silu(gn2(conv1(silu(gn1(x)))))) (x through the 1x1 skip convolution when the width
  * changes). x is consumed: it serves as scratch, so a block needs three activation buffers (x, y, t2)
  * rather than four, which bounds the VAE's peak memory; the arithmetic and its order are unchanged. */
 static mp_error *res_forward(fwd *f, const resblock *r, float *x, float *y, int h, int w) {
   const int64_t hw = (int64_t)h * w;
   if (r->skip.w) {
+    use_bf16(f, false);
     MP_TRY(mp_conv2d(f->pool, f->ws, y, x, 1, r->c_in, h, w, r->skip.w, r->skip.b, 1, PAD0));
     mp_group_norm(f->pool, x, x, 1, r->c_in, hw, GROUPS, r->n1.gamma, r->n1.beta, EPS, true);
+    use_bf16(f, r->bf16);
     MP_TRY(mp_conv2d(f->pool, f->ws, f->t2, x, 1, r->c_in, h, w, r->conv1.w, r->conv1.b, 1, PAD1));
     mp_group_norm(f->pool, f->t2, f->t2, 1, r->c_out, hw, GROUPS, r->n2.gamma, r->n2.beta, EPS, true);
     MP_TRY(mp_conv2d(f->pool, f->ws, x, f->t2, 1, r->c_out, h, w, r->conv2.w, r->conv2.b, 1, PAD1));
     mp_add(y, x, y, r->c_out * hw);
   } else {
+    use_bf16(f, r->bf16);
     mp_group_norm(f->pool, y, x, 1, r->c_in, hw, GROUPS, r->n1.gamma, r->n1.beta, EPS, true);
     MP_TRY(mp_conv2d(f->pool, f->ws, f->t2, y, 1, r->c_in, h, w, r->conv1.w, r->conv1.b, 1, PAD1));
     mp_group_norm(f->pool, f->t2, f->t2, 1, r->c_out, hw, GROUPS, r->n2.gamma, r->n2.beta, EPS, true);
@@ -267,6 +289,7 @@ static mp_error *res_forward(fwd *f, const resblock *r, float *x, float *y, int 
 /* x [C, hw] += proj_out(softmax(q kᵀ / sqrt(C)) v), one head over all pixels. */
 static mp_error *attn_forward(fwd *f, const attn *a, float *x, int h, int w) {
   const int64_t hw = (int64_t)h * w;
+  use_bf16(f, false);
   mp_group_norm(f->pool, f->t1, x, 1, a->C, hw, GROUPS, a->gn.gamma, a->gn.beta, EPS, false);
   mp_transpose(f->pool, f->t2, f->t1, a->C, hw); /* tokens [hw, C] */
   MP_TRY(mp_dense(f->pool, f->ws, f->q, f->t2, hw, a->q.w, a->q.b));
@@ -335,6 +358,7 @@ static mp_error *decode_whole(mp_vae *v, mp_pool *pool, int h, int w, const floa
   float *cur = bf.a, *nxt = bf.b;
   mp_error *e = NULL;
   int hh = h, ww = w;
+  use_bf16(f, false);
   if ((e = mp_conv2d(pool, f->ws, f->t1, z, 1, cfg->embed_dim, h, w, v->post_quant.w, v->post_quant.b, 1, PAD0))) goto done;
   if ((e = mp_conv2d(pool, f->ws, cur, f->t1, 1, cfg->z_channels, h, w, de->conv_in.w, de->conv_in.b, 1, PAD1))) goto done;
   if ((e = mid_forward(f, de, &cur, &nxt, hh, ww))) goto done;
@@ -348,13 +372,16 @@ static mp_error *decode_whole(mp_vae *v, mp_pool *pool, int h, int w, const floa
     if (lv->has_resample) {
       mp_upsample_nearest2x(pool, nxt, cur, lv->c_out, hh, ww);
       hh *= 2, ww *= 2;
+      use_bf16(f, lv->resample_bf16);
       if ((e = mp_conv2d(pool, f->ws, cur, nxt, 1, lv->c_out, hh, ww, lv->resample.w, lv->resample.b, 1, PAD1))) goto done;
     }
   }
   const int c = de->lv[0].c_out;
+  use_bf16(f, false);
   mp_group_norm(pool, nxt, cur, 1, c, (int64_t)hh * ww, GROUPS, de->norm_out.gamma, de->norm_out.beta, EPS, true);
   e = mp_conv2d(pool, f->ws, image, nxt, 1, c, hh, ww, de->conv_out.w, de->conv_out.b, 1, PAD1);
 done:
+  use_bf16(f, false);
   mp_free(bf.mem);
   return e;
 }
@@ -370,6 +397,7 @@ static mp_error *encode_whole(mp_vae *v, mp_pool *pool, int H, int W, const floa
   float *cur = bf.a, *nxt = bf.b;
   mp_error *e = NULL;
   int hh = H, ww = W;
+  use_bf16(f, false);
   if ((e = mp_conv2d(pool, f->ws, cur, image, 1, cfg->in_channels, H, W, en->conv_in.w, en->conv_in.b, 1, PAD1))) goto done;
   for (int l = 0; l < cfg->n_levels; l++) {
     const level *lv = &en->lv[l];
@@ -379,6 +407,7 @@ static mp_error *encode_whole(mp_vae *v, mp_pool *pool, int H, int W, const floa
       cur = nxt, nxt = s;
     }
     if (lv->has_resample) { /* torch pads (0, 1, 0, 1): one zero column right, one row below */
+      use_bf16(f, lv->resample_bf16);
       if ((e = mp_conv2d(pool, f->ws, nxt, cur, 1, lv->c_out, hh, ww, lv->resample.w, lv->resample.b, 2, (mp_pad){0, 1, 0, 1})))
         goto done;
       hh = mp_conv_out_size(hh, 3, 2, 0, 1), ww = mp_conv_out_size(ww, 3, 2, 0, 1);
@@ -388,10 +417,12 @@ static mp_error *encode_whole(mp_vae *v, mp_pool *pool, int H, int W, const floa
   }
   if ((e = mid_forward(f, en, &cur, &nxt, hh, ww))) goto done;
   const int c = en->c_mid;
+  use_bf16(f, false);
   mp_group_norm(pool, nxt, cur, 1, c, (int64_t)hh * ww, GROUPS, en->norm_out.gamma, en->norm_out.beta, EPS, true);
   if ((e = mp_conv2d(pool, f->ws, cur, nxt, 1, c, hh, ww, en->conv_out.w, en->conv_out.b, 1, PAD1))) goto done;
   e = mp_conv2d(pool, f->ws, moments, cur, 1, 2 * cfg->z_channels, hh, ww, v->quant.w, v->quant.b, 1, PAD0);
 done:
+  use_bf16(f, false);
   mp_free(bf.mem);
   return e;
 }

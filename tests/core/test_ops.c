@@ -71,6 +71,21 @@ static void test_layer_norm(void **state) {
   assert_true(max_diff(y, r, N * D) < 1e-5);
 }
 
+/* Rows whose length is not a multiple of the op's 8 summation lanes, with an offset mean. */
+static void test_layer_norm_ragged_rows(void **state) {
+  (void)state;
+  enum { N = 3, D = 333 };
+  float x[N * D], g[D], b[D], y[N * D], r[N * D];
+  fill(x, N * D, 7), fill(g, D, 8), fill(b, D, 9);
+  for (int i = 0; i < N * D; i++) x[i] = 4.0f * x[i] + 50.0f;
+  mp_layer_norm(NULL, y, x, N, D, g, b, 1e-5f);
+  mp_ref_layer_norm(r, x, N, D, g, b, 1e-5f);
+  assert_true(max_diff(y, r, N * D) < 1e-5);
+  mp_layer_norm(NULL, y, x, N, 13, g, b, 1e-5f); /* shorter than one lane group */
+  mp_ref_layer_norm(r, x, N, 13, g, b, 1e-5f);
+  assert_true(max_diff(y, r, N * 13) < 1e-5);
+}
+
 static void check_attention(mp_pool *pool, int64_t nq, int64_t nk, int heads, int hd, bool causal) {
   int64_t ld = (int64_t)heads * hd;
   float *q = malloc(sizeof(float) * nq * ld), *k = malloc(sizeof(float) * nk * ld), *v = malloc(sizeof(float) * nk * ld);
@@ -108,7 +123,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_half_conversions),
       cmocka_unit_test(test_linear_matches_reference),
-      cmocka_unit_test(test_layer_norm),
+      cmocka_unit_test(test_layer_norm), cmocka_unit_test(test_layer_norm_ragged_rows),
       cmocka_unit_test(test_attention_blocked_matches_reference),
       cmocka_unit_test(test_embedding_rejects_bad_ids),
   };
