@@ -14,7 +14,8 @@ void mp_vae_free(mp_vae *vae);
 
 /* Tiled decoding/encoding for large images: overlapping tiles of `tile` latent cells (8 pixels each for
  * SD) overlapping by `overlap` cells, blended with linear ramps; activation memory is bounded by the
- * tile. AUTO (the default) tiles when the latent area exceeds MP_VAE_AUTO_TILE_AREA cells. 0 for tile
+ * tile. AUTO (the default) tiles when the latent area exceeds MP_VAE_AUTO_TILE_AREA cells, with the fewest
+ * tiles of at most 5/4 of `tile` cells per side, each as small as that count allows (vae.c: auto_tile). 0 for tile
  * or overlap picks the defaults (64 and tile/4). Tiles normalise with their own statistics, so tiled
  * output is close to, not bit-equal to, untiled output. */
 typedef enum { MP_VAE_TILE_AUTO, MP_VAE_TILE_ON, MP_VAE_TILE_OFF } mp_vae_tile_mode;
@@ -23,7 +24,10 @@ typedef struct {
   int tile, overlap;
 } mp_vae_tiling;
 #define MP_VAE_DEFAULT_TILE 64
-#define MP_VAE_AUTO_TILE_AREA (64 * 64) /* above 512x512 pixels: larger decodes would need more than a 512x512 one */
+/* Above 640x640 pixels (5/4 of the default tile per side, 1.56x a 512x512 decode's activations): below
+ * it a whole decode is faster than tiles (768x512 whole 1.5x a 512x512 decode, in two tiles 2x) and its
+ * memory stays under the UNet step's, which is the peak of a job. */
+#define MP_VAE_AUTO_TILE_AREA (80 * 80)
 void mp_vae_set_tiling(mp_vae *vae, mp_vae_tiling tiling);
 
 /* z [z_channels(embed_dim), h, w] -> image [3, 8h, 8w] in about [-1, 1] (one image). */

@@ -117,15 +117,16 @@ static void test_vae_tiled_close_to_untiled(void **state) {
   free(z), free(a), free(b), free(m1), free(m2);
 }
 
-/* AUTO tiles exactly above 512x512 (64x64 latent cells), with the default tiles, and leaves 512x512
- * itself whole. */
+/* AUTO decodes up to 80x80 latent cells whole (512x512, 576x512), and covers a 128-cell side in two
+ * 72-cell tiles (the fewest tiles of at most 80 cells, each as small as that count allows) where the
+ * fixed 64-cell tile took three. */
 static void test_vae_auto_tiles_above_512(void **state) {
   fixture *f = *state;
-  enum { S = 64, W2 = 72 };
-  const int64_t n_big = 3 * 64 * (int64_t)S * W2;
-  float *z = malloc(sizeof(float) * 4 * S * W2), *a = malloc(sizeof(float) * n_big), *b = malloc(sizeof(float) * n_big);
+  enum { S = 64, W2 = 72, W3 = 128 };
+  const int64_t n_big = 3 * 64 * (int64_t)S * W3;
+  float *z = malloc(sizeof(float) * 4 * S * W3), *a = malloc(sizeof(float) * n_big), *b = malloc(sizeof(float) * n_big);
   assert_non_null(z), assert_non_null(a), assert_non_null(b);
-  for (int i = 0; i < 4 * S * W2; i++) z[i] = 0.5f * sinf(0.05f * (float)i);
+  for (int i = 0; i < 4 * S * W3; i++) z[i] = 0.5f * sinf(0.05f * (float)i);
   mp_vae_set_tiling(f->vae, (mp_vae_tiling){MP_VAE_TILE_AUTO, 0, 0});
   assert_ok(mp_vae_decode(f->vae, f->pool, S, S, z, a));
   mp_vae_set_tiling(f->vae, (mp_vae_tiling){MP_VAE_TILE_OFF, 0, 0});
@@ -133,12 +134,17 @@ static void test_vae_auto_tiles_above_512(void **state) {
   assert_memory_equal(a, b, sizeof(float) * 3 * 64 * S * S); /* 512x512: whole */
   mp_vae_set_tiling(f->vae, (mp_vae_tiling){MP_VAE_TILE_AUTO, 0, 0});
   assert_ok(mp_vae_decode(f->vae, f->pool, S, W2, z, a));
-  mp_vae_set_tiling(f->vae, (mp_vae_tiling){MP_VAE_TILE_ON, MP_VAE_DEFAULT_TILE, MP_VAE_DEFAULT_TILE / 4});
-  assert_ok(mp_vae_decode(f->vae, f->pool, S, W2, z, b));
-  assert_memory_equal(a, b, sizeof(float) * n_big); /* 576x512: the default tiles */
   mp_vae_set_tiling(f->vae, (mp_vae_tiling){MP_VAE_TILE_OFF, 0, 0});
   assert_ok(mp_vae_decode(f->vae, f->pool, S, W2, z, b));
-  assert_memory_not_equal(a, b, sizeof(float) * n_big);
+  assert_memory_equal(a, b, sizeof(float) * 3 * 64 * S * W2); /* 576x512: whole */
+  mp_vae_set_tiling(f->vae, (mp_vae_tiling){MP_VAE_TILE_AUTO, 0, 0});
+  assert_ok(mp_vae_decode(f->vae, f->pool, S, W3, z, a));
+  mp_vae_set_tiling(f->vae, (mp_vae_tiling){MP_VAE_TILE_ON, 72, MP_VAE_DEFAULT_TILE / 4});
+  assert_ok(mp_vae_decode(f->vae, f->pool, S, W3, z, b));
+  assert_memory_equal(a, b, sizeof(float) * n_big); /* 1024x512: two 72-cell tiles */
+  mp_vae_set_tiling(f->vae, (mp_vae_tiling){MP_VAE_TILE_ON, MP_VAE_DEFAULT_TILE, MP_VAE_DEFAULT_TILE / 4});
+  assert_ok(mp_vae_decode(f->vae, f->pool, S, W3, z, b));
+  assert_memory_not_equal(a, b, sizeof(float) * n_big); /* not the fixed 64-cell tiles */
   mp_vae_set_tiling(f->vae, (mp_vae_tiling){MP_VAE_TILE_AUTO, 0, 0});
   free(z), free(a), free(b);
 }
