@@ -4,9 +4,10 @@
  *
  * Runs the document exactly as `mpass run` does (same options, same outputs) and times it from the
  * pipeline's own progress reports: a pass runs from its report to the next one (or the end of the job),
- * so its seconds include what follows its last step (the VAE decode, writing the image). Its sampling
- * seconds run to its last step's report (conditioning, image encode and the model evaluations); s/eval
- * divides them by its model evaluations (one per denoiser call, CFG halves in one batch). Each pass is
+ * so its seconds include what follows its last step (the VAE decode, writing the image). Its steps
+ * seconds run from the start of its sampler (after conditioning, LoRA and image encode) to its last
+ * step's report, i.e. the model evaluations and the sampler; s/eval divides them by its model
+ * evaluations (one per denoiser call, CFG halves in one batch). Each pass is
  * compared with the first pass of the same size: a whole job runs "at the speed of its steps" when
  * that ratio stays near 1. Ends with the total, the peak RSS and one machine-readable line:
  *   bench-job: passes=… evaluations=… load_s=… total_s=… peak_rss_mb=… */
@@ -25,6 +26,7 @@ typedef struct {
   char *name;
   int image, width, height, evaluations;
   double start, last_step, end; /* seconds since the job started */
+  double steps;                  /* seconds from the start of its sampler to its last step */
   double cpu_start, cpu_end;
 } pass_time;
 
@@ -50,7 +52,10 @@ static int on_progress(const mpass_progress *p, void *user) {
   job_clock *c = user;
   const double now = mp_now() - c->t0, cpu = cpu_seconds() - c->cpu0;
   if (p->step > 0) { /* a step of the current pass */
-    if (c->n > 0) c->passes[c->n - 1].last_step = now, c->passes[c->n - 1].evaluations = p->evaluations;
+    if (c->n > 0) {
+      pass_time *t = &c->passes[c->n - 1];
+      t->last_step = now, t->evaluations = p->evaluations, t->steps = p->sec_per_it * p->step;
+    }
     return 0;
   }
   close_pass(c, now, cpu);
@@ -78,7 +83,7 @@ static double peak_rss_mb(void) {
 }
 
 static void print_table(const job_clock *c, double total, double cpu_total) {
-  printf("\n%-7s %-22s %10s %6s %9s %9s %9s %8s %9s\n", "image", "pass", "size", "evals", "seconds", "sampling", "s/eval",
+  printf("\n%-7s %-22s %10s %6s %9s %9s %9s %8s %9s\n", "image", "pass", "size", "evals", "seconds", "steps", "s/eval",
          "CPU/wall", "vs first");
   const double load = c->n > 0 ? c->passes[0].start : total;
   printf("%-7s %-22s %10s %6s %9.2f\n", "-", "load (models, tokenizer)", "-", "-", load);
@@ -89,13 +94,13 @@ static void print_table(const job_clock *c, double total, double cpu_total) {
     const double secs = t->end - t->start, cpu = t->cpu_end - t->cpu_start;
     if (t->width > 0) snprintf(size, sizeof size, "%dx%d", t->width, t->height);
     if (t->evaluations > 0 && t->last_step >= 0) {
-      const double s = t->last_step - t->start, spe = s / t->evaluations;
+      const double s = t->steps, spe = s / t->evaluations;
       snprintf(sampling, sizeof sampling, "%.2f", s);
       snprintf(per, sizeof per, "%.3f", spe);
       for (int j = 0; j <= i; j++) { /* the first pass of this size with evaluations */
         const pass_time *f = &c->passes[j];
         if (f->width == t->width && f->height == t->height && f->evaluations > 0 && f->last_step >= 0) {
-          snprintf(ratio, sizeof ratio, "%.2f", spe / ((f->last_step - f->start) / f->evaluations));
+          snprintf(ratio, sizeof ratio, "%.2f", spe / (f->steps / f->evaluations));
           break;
         }
       }

@@ -274,6 +274,7 @@ static mp_error *run_pass_aligned(mp_engine *e, const mp_pass_params *p, mp_prog
         .lat_w = w, .cfg_scale = p->cfg_scale, .sampler = p->sampler, .steps = p->steps, .noise = noise,
         .seeds = &p->seed, .init_latent = init_latent, .strength = p->strength, .mask = lat_mask,
         .inpaint_cond = inpaint_cond, .on_step = on_step, .step_ctx = &sc};
+    if (progress) mp_progress_sampling_starts(progress);
     err = mp_generate_latents(&g, latent);
   }
   if (!err) {

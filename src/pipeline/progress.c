@@ -13,7 +13,7 @@ void mp_progress_init(mp_progress *p, mpass_progress_fn fn, void *user, int n_im
   p->user = user;
   p->cur.n_images = n_images;
   p->cur.eta_seconds = -1;
-  p->job_start = p->pass_start = mp_now();
+  p->job_start = p->pass_start = p->steps_start = mp_now();
 }
 
 void mp_progress_pass(mp_progress *p, int image, const char *pass, int n_steps) {
@@ -21,7 +21,7 @@ void mp_progress_pass(mp_progress *p, int image, const char *pass, int n_steps) 
 }
 
 void mp_progress_pass_sized(mp_progress *p, int image, const char *pass, int n_steps, int width, int height) {
-  p->pass_start = mp_now();
+  p->pass_start = p->steps_start = mp_now();
   p->cur.width = width;
   p->cur.height = height;
   p->cur.evaluations = 0;
@@ -36,11 +36,13 @@ void mp_progress_pass_sized(mp_progress *p, int image, const char *pass, int n_s
 
 bool mp_progress_step(mp_progress *p, int step) {
   p->cur.step = step;
-  p->cur.sec_per_it = step > 0 ? (mp_now() - p->pass_start) / step : 0;
+  p->cur.sec_per_it = step > 0 ? (mp_now() - p->steps_start) / step : 0;
   p->cur.eta_seconds = p->cur.n_steps > 0 ? p->cur.sec_per_it * (p->cur.n_steps - step) : -1;
   report(p);
   return p->cancelled;
 }
+
+void mp_progress_sampling_starts(mp_progress *p) { p->steps_start = mp_now(); }
 
 void mp_progress_evaluation(mp_progress *p) { p->cur.evaluations++; }
 

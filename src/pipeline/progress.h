@@ -16,6 +16,7 @@ typedef struct {
   void *user;
   mpass_progress cur;
   double job_start, pass_start;
+  double steps_start; /* s/it and ETA count from here: the pass start, then the start of sampling */
   bool cancelled;
 } mp_progress;
 
@@ -24,6 +25,9 @@ void mp_progress_init(mp_progress *p, mpass_progress_fn fn, void *user, int n_im
 void mp_progress_pass(mp_progress *p, int image, const char *pass, int n_steps);
 /* The same for a pass that draws an image of width x height (a diffusion pass). */
 void mp_progress_pass_sized(mp_progress *p, int image, const char *pass, int n_steps, int width, int height);
+/* The pass's set-up (conditioning, LoRA, image encode) is done and its sampler starts: s/it and ETA
+ * count its steps from here, so the first step's figure is not inflated by the set-up. */
+void mp_progress_sampling_starts(mp_progress *p);
 /* The pass ran one more model (UNet) evaluation; reported with the next step. */
 void mp_progress_evaluation(mp_progress *p);
 /* A sampler step finished (1-based). Returns true when the caller asked to cancel. */
