@@ -11,6 +11,7 @@
 #include "bench_util.h"
 #include "core/attention_bf16.h"
 #include "core/clock.h"
+#include "core/cpu_kernels.h"
 #include "core/ops.h"
 #include "core/threads.h"
 
@@ -23,7 +24,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[i], "--kernel"))
       kernel = !strcmp(argv[i + 1], "amx") ? MP_ATTENTION_AMX_BF16 : !strcmp(argv[i + 1], "bf16") ? MP_ATTENTION_AVX512_BF16 : MP_ATTENTION_F32;
   }
-  if ((kernel == MP_ATTENTION_AVX512_BF16 && !mp_cpu_has_avx512_bf16()) || (kernel == MP_ATTENTION_AMX_BF16 && !mp_cpu_has_amx_bf16()))
+  if ((kernel == MP_ATTENTION_AVX512_BF16 && !mp_cpu_avx512_bf16()) || (kernel == MP_ATTENTION_AMX_BF16 && !(mp_cpu_avx512_bf16() && mp_cpu_amx_usable())))
     return fprintf(stderr, "this CPU lacks the %s kernel's instructions\n", mp_attention_kernel_name(kernel)), 1;
   printf("kernel %s, %d threads\n", mp_attention_kernel_name(kernel), threads);
   static const int shapes[][4] = {{4096, 4096, 8, 40}, {1024, 1024, 8, 80}, {256, 256, 8, 160}, {4096, 77, 8, 40}};

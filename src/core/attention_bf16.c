@@ -17,13 +17,11 @@
  * range-reduced degree-5 polynomial, relative error ~2e-6, far below the bf16 rounding of P. */
 #include "core/attention_bf16.h"
 
-#include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
+#include "core/cpu_kernels.h"
 #include "core/matmul.h"
 #include "core/ops.h"
 #include "core/tensor.h"
@@ -43,35 +41,6 @@ enum { MR = 12, KB = 256, QB = 96 };
 /* AMX: strips of 16 rows (a tile's height); keys padded to 32 so P·V runs on whole tiles. */
 enum { AMX_MR = 16, STRIP_MAX = 16 };
 
-bool mp_cpu_has_avx512_bf16(void) {
-  unsigned a, b, c, d;
-  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false; /* OSXSAVE */
-  unsigned lo, hi;
-  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-  (void)hi;
-  if ((lo & 0xe6) != 0xe6) return false; /* the OS saves SSE, AVX and all three AVX-512 states */
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  const unsigned f = 1u << 16, bw = 1u << 30, vl = 1u << 31;
-  if ((b & (f | bw | vl)) != (f | bw | vl)) return false;
-  if (a < 1 || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
-  return (a & (1u << 5)) != 0; /* AVX512_BF16 */
-}
-
-bool mp_cpu_has_amx_bf16(void) {
-  if (!mp_cpu_has_avx512_bf16()) return false; /* the softmax between the tile products is AVX-512 */
-  unsigned a, b, c, d;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  const unsigned tile = 1u << 24, bf16 = 1u << 22;
-  if ((d & (tile | bf16)) != (tile | bf16)) return false;
-  unsigned lo, hi;
-  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-  (void)hi;
-  if ((lo & (3u << 17)) != (3u << 17)) return false; /* XTILECFG and XTILEDATA enabled by the OS */
-  /* Linux hands out the 8 KB tile state only to processes that ask (ARCH_REQ_XCOMP_PERM for
-   * XFEATURE_XTILEDATA); asking again once granted is a no-op. */
-  return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-}
-
 mp_attention_kernel mp_attention_choose(bool bf16_backend, bool cpu_avx512_bf16, bool cpu_amx_bf16, bool causal) {
   if (!bf16_backend || causal) return MP_ATTENTION_F32;
   if (cpu_amx_bf16 && cpu_avx512_bf16) return MP_ATTENTION_AMX_BF16;
@@ -87,7 +56,7 @@ mp_attention_kernel mp_attention_kernel_for(const mp_pool *pool, bool causal) {
   bool bf16 = b && mp_backend_precision(b) == MP_PRECISION_BF16;
   /* cpuid only when it matters: the f32 path never asks */
   if (!bf16 || causal) return MP_ATTENTION_F32;
-  return mp_attention_choose(true, mp_cpu_has_avx512_bf16(), mp_cpu_has_amx_bf16(), false);
+  return mp_attention_choose(true, mp_cpu_avx512_bf16(), (mp_cpu_avx512_bf16() && mp_cpu_amx_usable()), false);
 }
 
 /* ---- packing ---- */
@@ -478,10 +447,10 @@ static bool attention_bf16(mp_pool *pool, bool amx, float *out, const float *q, 
 
 void mp_attention_with(mp_attention_kernel kernel, mp_pool *pool, float *out, const float *q, const float *k, const float *v,
                        int64_t nq, int64_t nk, int heads, int head_dim, bool causal) {
-  if (kernel == MP_ATTENTION_AMX_BF16 && !causal && mp_cpu_has_amx_bf16() &&
+  if (kernel == MP_ATTENTION_AMX_BF16 && !causal && (mp_cpu_avx512_bf16() && mp_cpu_amx_usable()) &&
       attention_bf16(pool, true, out, q, k, v, nq, nk, heads, head_dim))
     return;
-  if (kernel != MP_ATTENTION_F32 && !causal && mp_cpu_has_avx512_bf16() &&
+  if (kernel != MP_ATTENTION_F32 && !causal && mp_cpu_avx512_bf16() &&
       attention_bf16(pool, false, out, q, k, v, nq, nk, heads, head_dim))
     return;
   mp_attention(pool, out, q, k, v, nq, nk, heads, head_dim, causal);

@@ -24,12 +24,6 @@ typedef enum {
   MP_ATTENTION_AMX_BF16,    /* the same with the products on AMX tiles (tdpbf16ps) */
 } mp_attention_kernel;
 
-/* Whether this CPU (and its OS, which must save the zmm state) runs AVX-512 F/BW/VL + BF16. */
-bool mp_cpu_has_avx512_bf16(void);
-/* Whether it also runs AMX-TILE + AMX-BF16 and Linux grants this process the tile state
- * (arch_prctl ARCH_REQ_XCOMP_PERM, asked here). */
-bool mp_cpu_has_amx_bf16(void);
-
 /* The choice itself, pure so tests can check every case: bf16 only for a bf16 backend, a CPU that
  * has AVX512_BF16, and no causal mask; AMX where the CPU has it too. */
 mp_attention_kernel mp_attention_choose(bool bf16_backend, bool cpu_avx512_bf16, bool cpu_amx_bf16, bool causal);

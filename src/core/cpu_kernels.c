@@ -23,7 +23,13 @@ static uint64_t xcr0(void) {
 
 bool mp_cpu_avx512_bf16(void) {
   unsigned a, b, c, d;
-  return __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5));
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false; /* OSXSAVE: xgetbv is there */
+  if ((xcr0() & 0xe6) != 0xe6) return false; /* the OS saves SSE, AVX and all three AVX-512 states */
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const unsigned f = 1u << 16, bw = 1u << 30, vl = 1u << 31;
+  if ((b & (f | bw | vl)) != (f | bw | vl)) return false;
+  if (a < 1 || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
+  return (a & (1u << 5)) != 0; /* AVX512_BF16 */
 }
 
 bool mp_cpu_amx_usable(void) {

@@ -17,7 +17,8 @@
 /* cpuid says AMX-TILE and AMX-BF16, the OS has enabled the tile state in XCR0, and (Linux) the kernel
  * grants this process the tile data (arch_prctl ARCH_REQ_XCOMP_PERM, which oneDNN requests as well). */
 bool mp_cpu_amx_usable(void);
-/* cpuid says AVX512_BF16 (vdpbf16ps). */
+/* cpuid says AVX-512 F/BW/VL and AVX512_BF16 (vdpbf16ps), and the OS saves the zmm state. The one place
+ * mpass asks cpuid about bf16 (the bf16 attention chooses its kernel with these two). */
 bool mp_cpu_avx512_bf16(void);
 
 /* oneDNN's implementation names for a bf16 matmul (4096x320 · 320x320, f32 out) and a bf16 3x3

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "core/attention_bf16.h"
+#include "core/cpu_kernels.h"
 #include "core/matmul.h"
 #include "core/ops.h"
 #include "testutil.h"
@@ -84,7 +85,7 @@ static void check_kernel(mp_attention_kernel kernel) {
 
 static void test_avx512_bf16_matches_reference(void **state) {
   (void)state;
-  if (!mp_cpu_has_avx512_bf16()) {
+  if (!mp_cpu_avx512_bf16()) {
     /* the fallback is what runs here: it must be the f32 kernel, to f32 accuracy */
     diff d = run_case(NULL, MP_ATTENTION_AVX512_BF16, 300, 77, 2, 40, 1.0f);
     assert_true(d.max_abs < 1e-5);
@@ -96,7 +97,7 @@ static void test_avx512_bf16_matches_reference(void **state) {
 
 static void test_amx_bf16_matches_reference(void **state) {
   (void)state;
-  if (!mp_cpu_has_amx_bf16()) {
+  if (!(mp_cpu_avx512_bf16() && mp_cpu_amx_usable())) {
     /* steps down to the AVX-512 kernel (or f32): still within the bf16 bound */
     diff d = run_case(NULL, MP_ATTENTION_AMX_BF16, 300, 77, 2, 40, 1.0f);
     assert_true(d.max_abs < ldexp(1.0, -7));
@@ -119,8 +120,8 @@ static void test_choice(void **state) {
   assert_string_equal(mp_attention_kernel_name(MP_ATTENTION_AVX512_BF16), "avx512_bf16");
   assert_string_equal(mp_attention_kernel_name(MP_ATTENTION_F32), "f32");
   /* every CPU with AVX512_BF16 also shows up in the backend's own bf16 detection, AMX as amx_bf16 */
-  if (mp_cpu_has_avx512_bf16()) assert_true(*mp_cpu_bf16_support() != '\0');
-  if (mp_cpu_has_amx_bf16()) assert_string_equal(mp_cpu_bf16_support(), "amx_bf16");
+  if (mp_cpu_avx512_bf16()) assert_true(*mp_cpu_bf16_support() != '\0');
+  if ((mp_cpu_avx512_bf16() && mp_cpu_amx_usable())) assert_string_equal(mp_cpu_bf16_support(), "amx_bf16");
 }
 
 /* The kernel follows the pool's backend: none or f32 -> f32, bf16 -> AMX or AVX512_BF16 where the
@@ -139,9 +140,9 @@ static void test_dispatch_follows_backend(void **state) {
   mp_pool_set_backend(pool, f32);
   assert_int_equal(mp_attention_kernel_for(pool, false), MP_ATTENTION_F32);
   mp_pool_set_backend(pool, bf16);
-  const bool has = mp_cpu_has_avx512_bf16();
+  const bool has = mp_cpu_avx512_bf16();
   assert_int_equal(mp_attention_kernel_for(pool, false), !has ? MP_ATTENTION_F32
-                                                         : mp_cpu_has_amx_bf16() ? MP_ATTENTION_AMX_BF16
+                                                         : (mp_cpu_avx512_bf16() && mp_cpu_amx_usable()) ? MP_ATTENTION_AMX_BF16
                                                                                  : MP_ATTENTION_AVX512_BF16);
   assert_int_equal(mp_attention_kernel_for(pool, true), MP_ATTENTION_F32);
 
