@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "io/image.h"
@@ -21,6 +20,8 @@ static fixture F;
 
 static int setup(void **state) {
   (void)state;
+  /* the folder's own tokenizer must be what the commands below use, not a vocabulary from the environment */
+  unsetenv("MPASS_VOCAB");
   const char *b = getenv("MPASS_BINARY_DIR");
   snprintf(F.bin, sizeof F.bin, "%s/mpass", b ? b : "build");
   F.dir = test_tmpdir();
@@ -39,48 +40,20 @@ static int teardown(void **state) {
   return 0;
 }
 
-/* Run a shell command (MPASS_VOCAB unset), capture stdout+stderr; returns the exit status. */
-static int run(char **output, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int run(char **output, const char *fmt, ...) {
-  char cmd[4096], line[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  int n = snprintf(cmd, sizeof cmd, "unset MPASS_VOCAB; ");
-  vsnprintf(cmd + n, sizeof cmd - (size_t)n, fmt, ap);
-  va_end(ap);
-  strncat(cmd, " 2>&1", sizeof cmd - strlen(cmd) - 1);
-  FILE *p = popen(cmd, "r");
-  assert_non_null(p);
-  size_t cap = 1 << 16, len = 0;
-  char *out = calloc(cap, 1);
-  assert_non_null(out);
-  while (fgets(line, sizeof line, p)) {
-    size_t k = strlen(line);
-    if (len + k + 1 < cap) memcpy(out + len, line, k + 1), len += k;
-  }
-  int st = pclose(p);
-  if (output) *output = out;
-  else free(out);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static void assert_contains(const char *text, const char *needle) {
-  if (!strstr(text, needle)) fail_msg("expected '%s' in:\n%s", needle, text);
-}
 
 static void test_inspect(void **state) {
   (void)state;
   char *out;
-  assert_int_equal(run(&out, "'%s' inspect '%s'", F.bin, F.folder), 0);
-  assert_contains(out, "family:      SD 1.x");
-  assert_contains(out, "check text:  all tensors present with the expected shapes");
-  assert_contains(out, "check UNet:  all tensors present with the expected shapes");
-  assert_contains(out, "check VAE:   all tensors present with the expected shapes");
-  assert_contains(out, "unexpected:  0 tensors");
+  assert_int_equal(test_shell(&out, "'%s' inspect '%s'", F.bin, F.folder), 0);
+  test_assert_contains(out, "family:      SD 1.x");
+  test_assert_contains(out, "check text:  all tensors present with the expected shapes");
+  test_assert_contains(out, "check UNet:  all tensors present with the expected shapes");
+  test_assert_contains(out, "check VAE:   all tensors present with the expected shapes");
+  test_assert_contains(out, "unexpected:  0 tensors");
   free(out);
   /* a folder that is not a diffusers folder says so */
-  assert_int_equal(run(&out, "'%s' inspect '%s'", F.bin, F.dir), 1);
-  assert_contains(out, "has no model_index.json");
+  assert_int_equal(test_shell(&out, "'%s' inspect '%s'", F.bin, F.dir), 1);
+  test_assert_contains(out, "has no model_index.json");
   free(out);
 }
 
@@ -95,9 +68,9 @@ static void test_generate_same_pixels(void **state) {
   snprintf(a, sizeof a, "%s/folder.png", F.dir);
   snprintf(b, sizeof b, "%s/file.png", F.dir);
   const char *args = "-p 'a red cube' -n blurry --steps 3 -W 64 -H 64 --seed 7 -q";
-  assert_int_equal(run(&out, "cd '%s' && '%s' --models '%s' generate -m '%s' %s -o '%s'", F.dir, F.bin, models, F.folder, args, a), 0);
+  assert_int_equal(test_shell(&out, "cd '%s' && '%s' --models '%s' generate -m '%s' %s -o '%s'", F.dir, F.bin, models, F.folder, args, a), 0);
   free(out);
-  assert_int_equal(run(&out, "'%s' --models '%s' generate -m '%s' --vocab '%s' %s -o '%s'", F.bin, models, F.file, F.vocab, args, b), 0);
+  assert_int_equal(test_shell(&out, "'%s' --models '%s' generate -m '%s' --vocab '%s' %s -o '%s'", F.bin, models, F.file, F.vocab, args, b), 0);
   free(out);
   mp_image ia, ib;
   read_pixels(a, &ia);
@@ -112,8 +85,8 @@ static void test_generate_same_pixels(void **state) {
   snprintf(unet, sizeof unet, "%s/unet/diffusion_pytorch_model.safetensors", F.folder);
   assert_ok(mp_model_short_hash(unet, hash));
   snprintf(want, sizeof want, "Model hash: %s", hash);
-  assert_contains(text, want);
-  assert_contains(text, "Model: tiny-diffusers");
+  test_assert_contains(text, want);
+  test_assert_contains(text, "Model: tiny-diffusers");
   free(text);
 }
 
@@ -123,35 +96,35 @@ static void test_default_checkpoint_and_tune(void **state) {
   char models[1100], link[1200], png[1100], *out;
   snprintf(models, sizeof models, "%s/models", F.dir);
   snprintf(link, sizeof link, "%s/checkpoints", models);
-  assert_int_equal(run(NULL, "mkdir -p '%s'", link), 0);
+  assert_int_equal(test_shell(NULL, "mkdir -p '%s'", link), 0);
   snprintf(link, sizeof link, "%s/checkpoints/my-sd", models);
   assert_int_equal(symlink(F.folder, link), 0);
   snprintf(png, sizeof png, "%s/default.png", F.dir);
-  assert_int_equal(run(&out, "'%s' --models '%s' generate -p cat --steps 2 -W 64 -H 64 --seed 1 -q -o '%s'", F.bin, models, png), 0);
+  assert_int_equal(test_shell(&out, "'%s' --models '%s' generate -p cat --steps 2 -W 64 -H 64 --seed 1 -q -o '%s'", F.bin, models, png), 0);
   free(out);
   char *text = NULL;
   assert_ok(mp_image_read_png_text(png, "parameters", &text));
-  assert_contains(text, "Model: my-sd");
+  test_assert_contains(text, "Model: my-sd");
   free(text);
 
-  assert_int_equal(run(&out, "'%s' --models '%s' tune add --type checkpoint --id tinyd --name cube --token sks '%s'", F.bin,
+  assert_int_equal(test_shell(&out, "'%s' --models '%s' tune add --type checkpoint --id tinyd --name cube --token sks '%s'", F.bin,
                        models, F.folder),
                    0);
   free(out);
-  assert_int_equal(run(&out, "'%s' --models '%s' tune show tinyd", F.bin, models), 0);
-  assert_contains(out, "family:     sd15");
+  assert_int_equal(test_shell(&out, "'%s' --models '%s' tune show tinyd", F.bin, models), 0);
+  test_assert_contains(out, "family:     sd15");
   free(out);
-  assert_int_equal(run(&out, "'%s' inspect '%s/tunes/tinyd/tinyd'", F.bin, models), 0);
-  assert_contains(out, "unexpected:  0 tensors");
+  assert_int_equal(test_shell(&out, "'%s' inspect '%s/tunes/tinyd/tinyd'", F.bin, models), 0);
+  test_assert_contains(out, "unexpected:  0 tensors");
   free(out);
-  assert_int_equal(run(&out, "'%s' --models '%s' tune remove tinyd", F.bin, models), 0);
+  assert_int_equal(test_shell(&out, "'%s' --models '%s' tune remove tinyd", F.bin, models), 0);
   free(out);
   char gone[1200];
   snprintf(gone, sizeof gone, "%s/tunes/tinyd", models);
   assert_int_not_equal(access(gone, F_OK), 0);
   /* a LoRA tune is never a folder */
-  assert_int_not_equal(run(&out, "'%s' --models '%s' tune add --type lora --id l --name x --token y '%s'", F.bin, models, F.folder), 0);
-  assert_contains(out, "no such file");
+  assert_int_not_equal(test_shell(&out, "'%s' --models '%s' tune add --type lora --id l --name x --token y '%s'", F.bin, models, F.folder), 0);
+  test_assert_contains(out, "no such file");
   free(out);
 }
 

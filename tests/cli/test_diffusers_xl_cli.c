@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "io/image.h"
@@ -38,33 +37,6 @@ static int teardown(void **state) {
   return 0;
 }
 
-/* Run a shell command, capture stdout+stderr; returns the exit status. */
-static int run(char **output, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int run(char **output, const char *fmt, ...) {
-  char cmd[4096], line[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(cmd, sizeof cmd, fmt, ap);
-  va_end(ap);
-  strncat(cmd, " 2>&1", sizeof cmd - strlen(cmd) - 1);
-  FILE *p = popen(cmd, "r");
-  assert_non_null(p);
-  size_t cap = 1 << 16, len = 0;
-  char *out = calloc(cap, 1);
-  assert_non_null(out);
-  while (fgets(line, sizeof line, p)) {
-    size_t k = strlen(line);
-    if (len + k + 1 < cap) memcpy(out + len, line, k + 1), len += k;
-  }
-  int st = pclose(p);
-  if (output) *output = out;
-  else free(out);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static void assert_contains(const char *text, const char *needle) {
-  if (!strstr(text, needle)) fail_msg("expected '%s' in:\n%s", needle, text);
-}
 
 static void test_fixture_there(void **state) {
   (void)state;
@@ -77,11 +49,11 @@ static void test_fixture_there(void **state) {
 static void test_inspect(void **state) {
   (void)state;
   char *a, *b;
-  assert_int_equal(run(&a, "'%s' inspect '%s'", F.bin, F.folder), 0);
-  assert_int_equal(run(&b, "'%s' inspect '%s'", F.bin, F.file), 0);
-  assert_contains(a, "family:      SDXL");
-  assert_contains(a, "unexpected:  0 tensors");
-  assert_contains(a, "text 2:      OpenCLIP, hidden 48, 3 layers, 4 heads, MLP 192, projection 40");
+  assert_int_equal(test_shell(&a, "'%s' inspect '%s'", F.bin, F.folder), 0);
+  assert_int_equal(test_shell(&b, "'%s' inspect '%s'", F.bin, F.file), 0);
+  test_assert_contains(a, "family:      SDXL");
+  test_assert_contains(a, "unexpected:  0 tensors");
+  test_assert_contains(a, "text 2:      OpenCLIP, hidden 48, 3 layers, 4 heads, MLP 192, projection 40");
   static const char *const parts[] = {"UNet         ", "VAE          ", "text enc. 1  ", "text enc. 2  "};
   for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
     const char *x = strstr(a, parts[i]), *y = strstr(b, parts[i]);
@@ -100,9 +72,9 @@ static void test_generate_same_pixels(void **state) {
   snprintf(a, sizeof a, "%s/folder.png", F.dir);
   snprintf(b, sizeof b, "%s/file.png", F.dir);
   const char *args = "-p 'a red cube!' -n '' --steps 3 -W 64 -H 64 --seed 7 -q";
-  assert_int_equal(run(&out, "'%s' generate -m '%s' %s -o '%s'", F.bin, F.folder, args, a), 0);
+  assert_int_equal(test_shell(&out, "'%s' generate -m '%s' %s -o '%s'", F.bin, F.folder, args, a), 0);
   free(out);
-  assert_int_equal(run(&out, "'%s' generate -m '%s' %s -o '%s'", F.bin, F.file, args, b), 0);
+  assert_int_equal(test_shell(&out, "'%s' generate -m '%s' %s -o '%s'", F.bin, F.file, args, b), 0);
   free(out);
   mp_image ia, ib;
   assert_ok(mp_image_read(a, 3, &ia));
@@ -120,35 +92,35 @@ static void test_base_model_and_tune(void **state) {
   char models[1100], p[1300], *out;
   snprintf(models, sizeof models, "%s/models", F.dir);
   snprintf(p, sizeof p, "%s/checkpoints", models);
-  assert_int_equal(run(NULL, "mkdir -p '%s'", p), 0);
+  assert_int_equal(test_shell(NULL, "mkdir -p '%s'", p), 0);
   snprintf(p, sizeof p, "%s/checkpoints/xl-folder", models);
   assert_int_equal(symlink(F.folder, p), 0);
   snprintf(p, sizeof p, "%s/scene.prompt", F.dir);
   const char *doc = "a small house\nbase_model=xl-folder\nsteps=2\nw=64\nh=64\n";
   test_write_file(p, doc, strlen(doc));
-  assert_int_equal(run(&out, "cd '%s' && '%s' --models '%s' run scene.prompt --out out --quiet", F.dir, F.bin, models), 0);
+  assert_int_equal(test_shell(&out, "cd '%s' && '%s' --models '%s' run scene.prompt --out out --quiet", F.dir, F.bin, models), 0);
   free(out);
-  assert_int_equal(run(&out, "cat '%s'/out/*/result.json", F.dir), 0);
-  assert_contains(out, "\"family\":\t\"SDXL\"");
-  assert_contains(out, "xl-folder");
+  assert_int_equal(test_shell(&out, "cat '%s'/out/*/result.json", F.dir), 0);
+  test_assert_contains(out, "\"family\":\t\"SDXL\"");
+  test_assert_contains(out, "xl-folder");
   free(out);
 
-  assert_int_equal(run(&out, "'%s' --models '%s' tune add --type checkpoint --id xlt --name scene --token sks '%s'", F.bin, models, F.folder), 0);
+  assert_int_equal(test_shell(&out, "'%s' --models '%s' tune add --type checkpoint --id xlt --name scene --token sks '%s'", F.bin, models, F.folder), 0);
   free(out);
-  assert_int_equal(run(&out, "'%s' --models '%s' tune show xlt", F.bin, models), 0);
-  assert_contains(out, "sdxl");
+  assert_int_equal(test_shell(&out, "'%s' --models '%s' tune show xlt", F.bin, models), 0);
+  test_assert_contains(out, "sdxl");
   free(out);
-  assert_int_equal(run(&out, "'%s' inspect '%s/tunes/xlt/xlt'", F.bin, models), 0);
-  assert_contains(out, "family:      SDXL");
-  assert_contains(out, "unexpected:  0 tensors");
+  assert_int_equal(test_shell(&out, "'%s' inspect '%s/tunes/xlt/xlt'", F.bin, models), 0);
+  test_assert_contains(out, "family:      SDXL");
+  test_assert_contains(out, "unexpected:  0 tensors");
   free(out);
   snprintf(p, sizeof p, "%s/tune.prompt", F.dir);
   doc = "a small house\nbase_model=xlt\nsteps=2\nw=64\nh=64\n";
   test_write_file(p, doc, strlen(doc));
-  assert_int_equal(run(&out, "cd '%s' && '%s' --models '%s' run tune.prompt --out out2 --quiet", F.dir, F.bin, models), 0);
+  assert_int_equal(test_shell(&out, "cd '%s' && '%s' --models '%s' run tune.prompt --out out2 --quiet", F.dir, F.bin, models), 0);
   free(out);
-  assert_int_equal(run(&out, "cat '%s'/out2/*/result.json", F.dir), 0);
-  assert_contains(out, "\"family\":\t\"SDXL\"");
+  assert_int_equal(test_shell(&out, "cat '%s'/out2/*/result.json", F.dir), 0);
+  test_assert_contains(out, "\"family\":\t\"SDXL\"");
   free(out);
 }
 

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 char *test_shared_path(const char *rel) {
@@ -28,4 +29,30 @@ void test_write_file(const char *path, const void *data, size_t n) {
   assert_non_null(f);
   assert_int_equal(fwrite(data, 1, n, f), n);
   assert_int_equal(fclose(f), 0);
+}
+
+int test_shell(char **output, const char *fmt, ...) {
+  char cmd[4096], line[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(cmd, sizeof cmd, fmt, ap);
+  va_end(ap);
+  strncat(cmd, " 2>&1", sizeof cmd - strlen(cmd) - 1);
+  FILE *p = popen(cmd, "r");
+  assert_non_null(p);
+  size_t cap = 1 << 16, len = 0;
+  char *out = calloc(cap, 1);
+  assert_non_null(out);
+  while (fgets(line, sizeof line, p)) {
+    size_t k = strlen(line);
+    if (len + k + 1 < cap) memcpy(out + len, line, k + 1), len += k;
+  }
+  int st = pclose(p);
+  if (output) *output = out;
+  else free(out);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+void test_assert_contains(const char *text, const char *needle) {
+  if (!strstr(text, needle)) fail_msg("expected '%s' in:\n%s", needle, text);
 }
