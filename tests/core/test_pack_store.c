@@ -15,20 +15,9 @@
 enum { BYTES = 3 * 4096 + 100 };
 
 typedef struct {
-  int n;
-  char last[1024];
-} warnings;
-
-static void on_warn(void *ud, const char *msg) {
-  warnings *w = ud;
-  w->n++;
-  snprintf(w->last, sizeof w->last, "%s", msg);
-}
-
-typedef struct {
   char *dir;
   mp_pack_store *s;
-  warnings w;
+  test_warnings w;
   unsigned char data[BYTES];
 } fixture;
 
@@ -39,7 +28,7 @@ static int setup(void **state) {
   f->dir = malloc(n);
   snprintf(f->dir, n, "%s/packs/ckpt-1", tmp); /* not there yet: the first save makes it */
   free(tmp);
-  assert_ok(mp_pack_store_open(f->dir, "checkpoint 1", on_warn, &f->w, &f->s));
+  assert_ok(mp_pack_store_open(f->dir, "checkpoint 1", test_collect_warning, &f->w, &f->s));
   for (size_t i = 0; i < BYTES; i++) f->data[i] = (unsigned char)(i * 131u + 7u);
   *state = f;
   return 0;
@@ -180,8 +169,8 @@ static void test_garbage_never_crashes(void **state) {
 static void test_unwritable_folder_warns_once(void **state) {
   fixture *f = *state;
   mp_pack_store *s;
-  warnings w = {0};
-  assert_ok(mp_pack_store_open("/proc/no-such-folder/packs", "checkpoint 1", on_warn, &w, &s));
+  test_warnings w = {0};
+  assert_ok(mp_pack_store_open("/proc/no-such-folder/packs", "checkpoint 1", test_collect_warning, &w, &s));
   mp_pack_map m;
   assert_false(mp_pack_store_save(s, "kind-a", "w", "layout 1", f->data, BYTES, &m));
   assert_false(mp_pack_store_save(s, "kind-a", "v", "layout 1", f->data, BYTES, &m));

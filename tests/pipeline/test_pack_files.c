@@ -19,17 +19,6 @@
 enum { LAT = 8, N_CTX = 8, N = 2 * 4 * LAT * LAT, MAX_FILES = 512 };
 
 typedef struct {
-  int n;
-  char last[1024];
-} warnings;
-
-static void on_warn(void *ud, const char *msg) {
-  warnings *w = ud;
-  w->n++;
-  snprintf(w->last, sizeof w->last, "%s", msg);
-}
-
-typedef struct {
   char models[1024], ckpt[1100], packs[1100];
   float x[N], cond[2 * N_CTX * 32];
 } fixture;
@@ -71,11 +60,11 @@ static int teardown(void **state) {
 }
 
 /* A UNet forward in a fresh context and engine (a new process as far as packing is concerned). */
-static void eval(fixture *f, int no_cache, warnings *w, float *eps) {
+static void eval(fixture *f, int no_cache, test_warnings *w, float *eps) {
   mpass_options o = {.n_threads = 2, .models_dir = f->models, .precision = MPASS_PRECISION_BF16, .no_cache = no_cache};
   mpass_ctx *ctx;
   assert_ok(mpass_ctx_create(&o, &ctx));
-  mpass_ctx_set_warning_handler(ctx, on_warn, w);
+  mpass_ctx_set_warning_handler(ctx, test_collect_warning, w);
   mp_engine *e;
   assert_ok(mp_engine_open(ctx, f->ckpt, NULL, &e));
   const float ts[2] = {500.0f, 500.0f};
@@ -145,7 +134,7 @@ static void test_warm_load_maps_the_same_packs(void **state) {
   if (skip_without_bf16()) skip();
   fixture *f = *state;
   float ref[N], cold[N], warm[N];
-  warnings w = {0};
+  test_warnings w = {0};
   listing before, after;
   eval(f, 1, &w, ref); /* --no-cache: packs in memory, nothing on disk */
   list(f, &before);
@@ -170,7 +159,7 @@ static void test_damaged_records_are_rebuilt(void **state) {
   if (skip_without_bf16()) skip();
   fixture *f = *state;
   float ref[N], out[N];
-  warnings w = {0};
+  test_warnings w = {0};
   listing l;
   eval(f, 0, &w, ref);
   list(f, &l);
@@ -208,7 +197,7 @@ static void test_changed_checkpoint_misses(void **state) {
   if (skip_without_bf16()) skip();
   fixture *f = *state;
   float ref[N], out[N];
-  warnings w = {0};
+  test_warnings w = {0};
   listing l;
   eval(f, 0, &w, ref);
   list(f, &l);

@@ -56,3 +56,9 @@ int test_shell(char **output, const char *fmt, ...) {
 void test_assert_contains(const char *text, const char *needle) {
   if (!strstr(text, needle)) fail_msg("expected '%s' in:\n%s", needle, text);
 }
+
+void test_collect_warning(void *ud, const char *msg) {
+  test_warnings *w = ud;
+  w->n++;
+  snprintf(w->last, sizeof w->last, "%s", msg);
+}

@@ -20,6 +20,14 @@ void test_write_file(const char *path, const void *data, size_t n);
 /* Run a shell command (printf-style), capturing stdout and stderr (the first 64 KiB) into *output
  * (caller frees; NULL output: discarded). Returns the exit status, -1 if it did not exit. */
 int test_shell(char **output, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Warnings collected through a warning callback (e.g. mpass_ctx_set_warning_handler): how many, and
+ * the last one's text. */
+typedef struct {
+  int n;
+  char last[1024];
+} test_warnings;
+/* The callback: ud is a test_warnings. */
+void test_collect_warning(void *ud, const char *msg);
 /* Fail the test, showing the text, unless it contains needle. */
 void test_assert_contains(const char *text, const char *needle);
 
