@@ -171,12 +171,6 @@ static void put_text(const char *dir, const char *rel, const char *text) {
   test_write_file(p, text, strlen(text));
 }
 
-static void remove_tree(const char *dir) {
-  char cmd[1200];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-  assert_int_equal(system(cmd), 0);
-}
-
 static mp_error *open_and_detect(const char *dir) {
   mp_weights *w = NULL;
   MP_TRY(mp_weights_open(dir, &w));
@@ -195,7 +189,7 @@ static void test_copy_opens(void **state) {
   assert_ok(mp_diffusers_tokenizer(dir, "tokenizer", &tok));
   assert_non_null(tok);
   free(tok);
-  remove_tree(dir);
+  test_remove_tree(dir);
   free(dir);
 }
 
@@ -213,7 +207,7 @@ static void test_malformed_config(void **state) {
   assert_err_contains(open_and_detect(dir), "model_index.json names no \"unet\" part"); /* read as SDXL (tests/io/test_diffusers_xl.c) */
   put_text(dir, "model_index.json", "{\"_class_name\": \"KandinskyPipeline\"}");
   assert_err_contains(open_and_detect(dir), "is not a Stable Diffusion pipeline");
-  remove_tree(dir);
+  test_remove_tree(dir);
   free(dir);
 }
 
@@ -225,7 +219,7 @@ static void test_unsupported_values(void **state) {
   assert_err_contains(open_and_detect(dir), "scheduler/scheduler_config.json: \"prediction_type\" is \"v_prediction\"");
   put_text(dir, "scheduler/scheduler_config.json", "{\"beta_start\": \"x\"}");
   assert_err_contains(open_and_detect(dir), "\"beta_start\" should be a number");
-  remove_tree(dir);
+  test_remove_tree(dir);
   free(dir);
 }
 
@@ -237,13 +231,13 @@ static void test_missing_parts(void **state) {
   assert_err_contains(open_and_detect(dir), "vae: no weights file (looked for diffusion_pytorch_model.safetensors");
   assert_int_equal(mkdir(p, 0755), 0); /* a folder where the weights file should be */
   assert_err_contains(open_and_detect(dir), "diffusion_pytorch_model.safetensors is not a regular file");
-  remove_tree(dir);
+  test_remove_tree(dir);
   free(dir);
   dir = copy_tiny();
   snprintf(p, sizeof p, "rm -rf '%s/text_encoder'", dir);
   assert_int_equal(system(p), 0);
   assert_err_contains(open_and_detect(dir), "has no text_encoder/ subfolder");
-  remove_tree(dir);
+  test_remove_tree(dir);
   free(dir);
   /* a folder without model_index.json is not taken for a model */
   dir = test_tmpdir();
@@ -266,7 +260,7 @@ static void test_fp16_variant_name(void **state) {
   assert_string_equal(file, q);
   free(file);
   assert_ok(open_and_detect(dir));
-  remove_tree(dir);
+  test_remove_tree(dir);
   free(dir);
 }
 
@@ -300,7 +294,7 @@ static void test_bin_part(void **state) {
   mp_weights_close(file);
   mp_weights_close(folder);
   free(f);
-  remove_tree(dir);
+  test_remove_tree(dir);
   free(dir);
 }
 
@@ -341,7 +335,7 @@ static void test_wrong_shape(void **state) {
   vc.num_res_blocks = 3; /* asks for encoder.down.0.block.2, which no diffusers key maps to */
   assert_err_contains(mp_vae_load(w, MP_PREFIX_VAE, &vc, &vae), "no key of the diffusers folder maps to it");
   mp_weights_close(w);
-  remove_tree(dir);
+  test_remove_tree(dir);
   free(dir);
 }
 
@@ -355,7 +349,7 @@ static void test_symlinks(void **state) {
   assert_int_equal(symlink(outside, p), 0);
   assert_err_contains(open_and_detect(dir), "outside the diffusers folder");
   free(outside);
-  remove_tree(dir);
+  test_remove_tree(dir);
   free(dir);
 
   /* hub cache: <repo>/snapshots/<rev>/<file> -> ../../blobs/<name> */
@@ -382,8 +376,8 @@ static void test_symlinks(void **state) {
   }
   snprintf(p, sizeof p, "%s/snapshots/abc123", root);
   assert_ok(open_and_detect(p));
-  remove_tree(root);
-  remove_tree(model);
+  test_remove_tree(root);
+  test_remove_tree(model);
   free(root), free(model);
 }
 

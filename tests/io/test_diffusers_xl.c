@@ -238,12 +238,6 @@ static cJSON *config_from(const cJSON *block, const char *key, const char *value
   return o;
 }
 
-static void remove_tree(const char *dir) {
-  char cmd[1200];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-  assert_int_equal(system(cmd), 0);
-}
-
 static void make_dir(const char *dir, const char *sub) {
   char p[1024];
   snprintf(p, sizeof p, "%s%s%s", dir, *sub ? "/" : "", sub);
@@ -377,7 +371,7 @@ static char *fixture_folder(void) {
   snprintf(out, sizeof out, "%s/test-output", bin && *bin ? bin : "build");
   mkdir(out, 0755);
   assert_true(asprintf(&dir, "%s/tiny-xl-diffusers", out) > 0);
-  remove_tree(dir);
+  test_remove_tree(dir);
   write_xl_folder(dir);
   return dir;
 }
@@ -573,7 +567,7 @@ static void test_checkpoints_folder(void **state) {
   assert_ok(mp_default_sd15_checkpoint(models, &path));
   assert_string_equal(path, p);
   free(path), free(sd15);
-  remove_tree(models);
+  test_remove_tree(models);
   free(models);
 }
 
@@ -652,7 +646,7 @@ static void test_real_sdxl_configs(void **state) {
   assert_int_equal(a->num_heads, b->num_heads), assert_int_equal(a->num_head_channels, b->num_head_channels);
   assert_int_equal(a->context_dim, b->context_dim), assert_int_equal(a->adm_in_channels, b->adm_in_channels);
   assert_int_equal(a->linear_in_transformer, b->linear_in_transformer);
-  remove_tree(dir);
+  test_remove_tree(dir);
   free(dir);
 }
 
@@ -730,28 +724,28 @@ static void test_hostile_text_encoder_2(void **state) {
   /* q/k/v of different shapes */
   rewrite_te2(dir, k_proj_short);
   assert_err_contains(open_and_load(dir), "text_encoder_2/model.safetensors: text_encoder_2/text_model.encoder.layers.1.self_attn.k_proj.weight has shape [40,48], expected [48,48] as text_encoder_2/text_model.encoder.layers.1.self_attn.q_proj.weight has");
-  remove_tree(dir), free(dir);
+  test_remove_tree(dir), free(dir);
   /* q/k/v of different dtypes */
   dir = copy_fixture();
   rewrite_te2(dir, v_proj_other_dtype);
   assert_err_contains(open_and_load(dir), "text_encoder_2/text_model.encoder.layers.0.self_attn.v_proj.weight is F16 but "
                                           "text_encoder_2/text_model.encoder.layers.0.self_attn.q_proj.weight is F32");
-  remove_tree(dir), free(dir);
+  test_remove_tree(dir), free(dir);
   /* a missing v_proj */
   dir = copy_fixture();
   rewrite_te2(dir, no_v_proj_bias);
   assert_err_contains(open_and_load(dir), "text_encoder_2/text_model.encoder.layers.2.self_attn.q_proj.bias has no matching v_proj");
-  remove_tree(dir), free(dir);
+  test_remove_tree(dir), free(dir);
   /* a text_projection that is not a matrix */
   dir = copy_fixture();
   rewrite_te2(dir, projection_3d);
   assert_err_contains(open_and_load(dir), "text_encoder_2/text_projection.weight is 3-D, expected a 2-D Linear weight");
-  remove_tree(dir), free(dir);
+  test_remove_tree(dir), free(dir);
   /* a whole layer missing: binding names the sgm key it needs */
   dir = copy_fixture();
   rewrite_te2(dir, no_layer_2);
   assert_err_contains(open_and_load(dir), MP_PREFIX_XL_OPENCLIP "transformer.resblocks.2.");
-  remove_tree(dir), free(dir);
+  test_remove_tree(dir), free(dir);
   /* a truncated weights file */
   dir = copy_fixture();
   snprintf(p, sizeof p, "%s/text_encoder_2/model.safetensors", dir);
@@ -769,7 +763,7 @@ static void test_hostile_text_encoder_2(void **state) {
   mp_error_free(e);
   unlink(p);
   assert_err_contains(open_and_load(dir), "text_encoder_2: no weights file (looked for model.safetensors");
-  remove_tree(dir), free(dir);
+  test_remove_tree(dir), free(dir);
 }
 
 /* The f16 variant (text_encoder_2/model.fp16.safetensors): the fused in_proj and the transposed
@@ -814,7 +808,7 @@ static void test_fp16_text_encoder_2(void **state) {
   assert_ok(open_and_load(dir));
   mp_weights_close(file), mp_weights_close(folder);
   free(f);
-  remove_tree(dir), free(dir);
+  test_remove_tree(dir), free(dir);
 }
 
 /* Config and pipeline errors name the file and the key. */
@@ -834,7 +828,7 @@ static void test_hostile_configs(void **state) {
            "{\"vocab_size\": 49408, \"max_position_embeddings\": 77, \"hidden_act\": \"gelu\", \"hidden_size\": 48, "
            "\"intermediate_size\": 96, \"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"projection_dim\": 40}");
   assert_err_contains(open_and_load(dir), "(text_encoder_2/text_model.encoder.layers.0.mlp.fc1.weight in the diffusers folder): expected shape [96,48], found [192,48]");
-  remove_tree(dir), free(dir);
+  test_remove_tree(dir), free(dir);
   dir = copy_fixture();
   char p[1024];
   snprintf(p, sizeof p, "%s/unet/config.json", dir);
@@ -848,7 +842,7 @@ static void test_hostile_configs(void **state) {
   cJSON_DeleteItemFromObject(unet, "addition_time_embed_dim");
   write_json(dir, "unet/config.json", unet);
   assert_err_contains(open_and_load(dir), "unet/config.json: \"addition_time_embed_dim\" is missing or not a number");
-  remove_tree(dir), free(dir);
+  test_remove_tree(dir), free(dir);
   /* the refiner: no first text encoder */
   dir = copy_fixture();
   put_text(dir, "model_index.json",
@@ -856,7 +850,7 @@ static void test_hostile_configs(void **state) {
            "\"vae\": [\"diffusers\", \"AutoencoderKL\"], \"text_encoder\": [null, null], "
            "\"text_encoder_2\": [\"transformers\", \"CLIPTextModelWithProjection\"]}");
   assert_err_contains(open_and_load(dir), "\"text_encoder\" is not a [library, class] pair, so the StableDiffusionXLImg2ImgPipeline pipeline has no text_encoder");
-  remove_tree(dir), free(dir);
+  test_remove_tree(dir), free(dir);
   /* a second tokenizer that is not the first's BPE */
   dir = copy_fixture();
   put_text(dir, "tokenizer_2/merges.txt", "#version: 0.2\nx y\n");
@@ -869,7 +863,7 @@ static void test_hostile_configs(void **state) {
   assert_ok(open_and_load(dir));
   put_text(dir, "tokenizer_2/vocab.json", "{\"a\": 0, \"b\": 1}");
   assert_err_contains(open_and_load(dir), "tokenizer/vocab.json has 49408 tokens, tokenizer_2/vocab.json 2");
-  remove_tree(dir), free(dir);
+  test_remove_tree(dir), free(dir);
 }
 
 static int teardown(void **state) {

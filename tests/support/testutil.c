@@ -62,3 +62,9 @@ void test_collect_warning(void *ud, const char *msg) {
   w->n++;
   snprintf(w->last, sizeof w->last, "%s", msg);
 }
+
+void test_remove_tree(const char *dir) {
+  char cmd[1200];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  assert_int_equal(system(cmd), 0);
+}

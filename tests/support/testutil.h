@@ -17,6 +17,8 @@ char *test_shared_path(const char *rel);
 char *test_tmpdir(void);
 /* Write bytes to a file; fails the test on error. */
 void test_write_file(const char *path, const void *data, size_t n);
+/* rm -rf a directory made for the test; fails the test if that fails. */
+void test_remove_tree(const char *dir);
 /* Run a shell command (printf-style), capturing stdout and stderr (the first 64 KiB) into *output
  * (caller frees; NULL output: discarded). Returns the exit status, -1 if it did not exit. */
 int test_shell(char **output, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
