@@ -54,9 +54,8 @@ const char *mp_attention_kernel_name(mp_attention_kernel k) {
 mp_attention_kernel mp_attention_kernel_for(const mp_pool *pool, bool causal) {
   const struct mp_backend *b = mp_pool_backend(pool);
   bool bf16 = b && mp_backend_precision(b) == MP_PRECISION_BF16;
-  /* cpuid only when it matters: the f32 path never asks */
   if (!bf16 || causal) return MP_ATTENTION_F32;
-  return mp_attention_choose(true, mp_cpu_avx512_bf16(), (mp_cpu_avx512_bf16() && mp_cpu_amx_usable()), false);
+  return mp_attention_choose(true, mp_backend_cpu_avx512_bf16(b), mp_backend_cpu_amx(b), false);
 }
 
 /* ---- packing ---- */
@@ -445,18 +444,25 @@ static bool attention_bf16(mp_pool *pool, bool amx, float *out, const float *q, 
   return true;
 }
 
-void mp_attention_with(mp_attention_kernel kernel, mp_pool *pool, float *out, const float *q, const float *k, const float *v,
+/* Runs `kernel`, which the CPU is known to have; a bf16 kernel that cannot allocate falls back to f32. */
+static void run_kernel(mp_attention_kernel kernel, mp_pool *pool, float *out, const float *q, const float *k, const float *v,
                        int64_t nq, int64_t nk, int heads, int head_dim, bool causal) {
-  if (kernel == MP_ATTENTION_AMX_BF16 && !causal && (mp_cpu_avx512_bf16() && mp_cpu_amx_usable()) &&
-      attention_bf16(pool, true, out, q, k, v, nq, nk, heads, head_dim))
-    return;
-  if (kernel != MP_ATTENTION_F32 && !causal && mp_cpu_avx512_bf16() &&
-      attention_bf16(pool, false, out, q, k, v, nq, nk, heads, head_dim))
+  if (kernel != MP_ATTENTION_F32 && !causal &&
+      attention_bf16(pool, kernel == MP_ATTENTION_AMX_BF16, out, q, k, v, nq, nk, heads, head_dim))
     return;
   mp_attention(pool, out, q, k, v, nq, nk, heads, head_dim, causal);
 }
 
+void mp_attention_with(mp_attention_kernel kernel, mp_pool *pool, float *out, const float *q, const float *k, const float *v,
+                       int64_t nq, int64_t nk, int heads, int head_dim, bool causal) {
+  const bool avx512_bf16 = mp_cpu_avx512_bf16(), amx = avx512_bf16 && mp_cpu_amx_usable();
+  if (kernel == MP_ATTENTION_AMX_BF16 && !amx) kernel = MP_ATTENTION_AVX512_BF16;
+  if (kernel == MP_ATTENTION_AVX512_BF16 && !avx512_bf16) kernel = MP_ATTENTION_F32;
+  run_kernel(kernel, pool, out, q, k, v, nq, nk, heads, head_dim, causal);
+}
+
 void mp_attention_auto(mp_pool *pool, float *out, const float *q, const float *k, const float *v, int64_t nq, int64_t nk,
                        int heads, int head_dim, bool causal) {
-  mp_attention_with(mp_attention_kernel_for(pool, causal), pool, out, q, k, v, nq, nk, heads, head_dim, causal);
+  /* the kernel the backend found the CPU to have: no cpuid per call */
+  run_kernel(mp_attention_kernel_for(pool, causal), pool, out, q, k, v, nq, nk, heads, head_dim, causal);
 }

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/cpu_kernels.h"
 #include "core/pack_cache.h"
 #include "core/pack_dnnl.h"
 
@@ -17,6 +18,9 @@
 
 struct mp_backend {
   mp_precision precision;
+  /* what the CPU offers the hand-written bf16 kernels (core/cpu_kernels.h), asked once here: cpuid
+   * traps to the hypervisor in a VM, too slow to ask on every attention call */
+  bool cpu_avx512_bf16, cpu_amx;
   dnnl_engine_t engine;
   dnnl_stream_t stream;
   /* f32 matmul primitives by shape for mp_backend_sgemm (weights are plain and change per call,
@@ -79,6 +83,8 @@ mp_error *mp_backend_create(mp_precision precision, int n_threads, mp_backend **
   if (!b) return mp_errorf("out of memory");
   if (precision == MP_PRECISION_AUTO) precision = *mp_cpu_bf16_support() ? MP_PRECISION_BF16 : MP_PRECISION_F32;
   b->precision = precision;
+  b->cpu_avx512_bf16 = mp_cpu_avx512_bf16();
+  b->cpu_amx = b->cpu_avx512_bf16 && mp_cpu_amx_usable();
   if (n_threads > 0) {
     omp_set_num_threads(n_threads); /* oneDNN's threads */
     openblas_set_num_threads(n_threads);
@@ -107,6 +113,8 @@ void mp_backend_destroy(mp_backend *b) {
 }
 
 mp_precision mp_backend_precision(const mp_backend *b) { return b->precision; }
+bool mp_backend_cpu_avx512_bf16(const mp_backend *b) { return b->cpu_avx512_bf16; }
+bool mp_backend_cpu_amx(const mp_backend *b) { return b->cpu_amx; }
 
 void mp_backend_trim(mp_backend *b) {
   if (!b) return;

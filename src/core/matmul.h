@@ -44,6 +44,9 @@ mp_error *mp_backend_sgemm(mp_backend *b, bool trans_b, int64_t m, int64_t n, in
 mp_error *mp_backend_create(mp_precision precision, int n_threads, mp_backend **out);
 void mp_backend_destroy(mp_backend *b);
 mp_precision mp_backend_precision(const mp_backend *b);
+/* mp_cpu_avx512_bf16() and (with it) mp_cpu_amx_usable(), asked when the backend was made. */
+bool mp_backend_cpu_avx512_bf16(const mp_backend *b);
+bool mp_backend_cpu_amx(const mp_backend *b);
 /* Free the backend's shared scratch (it grows to the largest activation a matmul has rounded; the next
  * matmul allocates it again), take the packs mapped from the pack store out of the resident set and
  * return freed heap to the kernel. For between the phases of a job, to lower the peak RSS. b may be NULL. */
