@@ -1,8 +1,10 @@
 /* mp_attention on the UNet's self-attention shapes at 512x512 (one image; a CFG step runs each
  * twice per transformer): 4096 queries x 4096 keys x 8 heads x 40 at 64x64, 1024 x 1024 x 8 x 80
  * at 32x32, 256 x 256 x 8 x 160 at 16x16, and the 4096 x 77 cross-attention.
- * --kernel bf16 / amx times the AVX-512 BF16 / AMX kernel (core/attention_bf16.h) instead of the f32 one.
- * usage: bench_attention [--threads N] [--runs N] [--kernel f32|bf16|amx] */
+ * --kernel bf16 / amx times the AVX-512 BF16 / AMX kernel (core/attention_bf16.h) instead of the f32 one;
+ * --hires adds the 1024x1024 level-0 shape, 16384 x 16384 x 8 x 40 (16x the work of the first).
+ * usage: bench_attention [--threads N] [--runs N] [--kernel f32|bf16|amx] [--hires] */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +19,10 @@
 
 int main(int argc, char **argv) {
   int threads = 2, runs = 3;
+  bool hires = false;
   mp_attention_kernel kernel = MP_ATTENTION_F32;
+  for (int i = 1; i < argc; i++)
+    if (!strcmp(argv[i], "--hires")) hires = true, memmove(argv + i, argv + i + 1, sizeof *argv * (size_t)(argc - i)), argc--, i--;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
     if (!strcmp(argv[i], "--runs")) runs = atoi(argv[i + 1]);
@@ -27,12 +32,12 @@ int main(int argc, char **argv) {
   if ((kernel == MP_ATTENTION_AVX512_BF16 && !mp_cpu_avx512_bf16()) || (kernel == MP_ATTENTION_AMX_BF16 && !(mp_cpu_avx512_bf16() && mp_cpu_amx_usable())))
     return fprintf(stderr, "this CPU lacks the %s kernel's instructions\n", mp_attention_kernel_name(kernel)), 1;
   printf("kernel %s, %d threads\n", mp_attention_kernel_name(kernel), threads);
-  static const int shapes[][4] = {{4096, 4096, 8, 40}, {1024, 1024, 8, 80}, {256, 256, 8, 160}, {4096, 77, 8, 40}};
+  static const int shapes[][4] = {{4096, 4096, 8, 40}, {1024, 1024, 8, 80}, {256, 256, 8, 160}, {4096, 77, 8, 40}, {16384, 16384, 8, 40}};
   mp_pool *pool;
   mp_error *e = mp_pool_create(threads, &pool);
   if (e) return fprintf(stderr, "%s\n", mp_error_message(e)), 1;
   double total = 0;
-  for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+  for (size_t s = 0; s < sizeof shapes / sizeof *shapes - (hires ? 0 : 1); s++) {
     const int nq = shapes[s][0], nk = shapes[s][1], heads = shapes[s][2], hd = shapes[s][3];
     const size_t dq = (size_t)nq * heads * hd, dk = (size_t)nk * heads * hd;
     float *q = malloc(dq * 4), *k = malloc(dk * 4), *v = malloc(dk * 4), *o = malloc(dq * 4);

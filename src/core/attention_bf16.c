@@ -14,7 +14,15 @@
  * as B tiles of 16 dims with a row stride of dpad pairs, Q and P are A tiles of 16 rows.
  *
  * Scores are in log2 units (the scale folds in log2(e)), so the softmax needs exp2 only: a
- * range-reduced degree-5 polynomial, relative error ~2e-6, far below the bf16 rounding of P. */
+ * range-reduced cubic, relative error 1e-4, well below the bf16 rounding of P (2e-3).
+ *
+ * The running row maximum m moves only when a key block's maximum exceeds it by more than
+ * MAX_SLACK (log2 units): numerators then reach at most 2^MAX_SLACK, harmless in f32 sums and in
+ * bf16 (same relative precision at any magnitude), and the accumulator rows are rescaled once or
+ * twice per row instead of at nearly every block. Besides the multiplies saved, it keeps O out of
+ * the vector stores between the tile products (a tile load right after a vector store to the same
+ * lines stalls until the stores drain). For the same reason the AMX path pipelines its strips: the
+ * scores of strip s+1 and the softmax of strip s sit between writing P and loading it as a tile. */
 #include "core/attention_bf16.h"
 
 #include <immintrin.h>
@@ -26,9 +34,9 @@
 #include "core/ops.h"
 #include "core/tensor.h"
 
-#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")))
 #define BF16_INLINE BF16_TARGET __attribute__((always_inline)) static inline
-#define AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
+#define AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,amx-tile,amx-bf16")))
 /* gcc's tile intrinsics are asm statements without memory operands: keep the compiler from moving
  * plain loads and stores across them. */
 #define TILE_FENCE() __asm__ volatile("" ::: "memory")
@@ -40,6 +48,8 @@
 enum { MR = 12, KB = 256, QB = 96 };
 /* AMX: strips of 16 rows (a tile's height); keys padded to 32 so P·V runs on whole tiles. */
 enum { AMX_MR = 16, STRIP_MAX = 16 };
+/* how far (log2 units) a block's maximum may exceed the running one before the rows are rescaled */
+#define MAX_SLACK 8.0f
 
 mp_attention_kernel mp_attention_choose(bool bf16_backend, bool cpu_avx512_bf16, bool cpu_amx_bf16, bool causal) {
   if (!bf16_backend || causal) return MP_ATTENTION_F32;
@@ -282,24 +292,67 @@ AMX_TARGET static void amx_values(const uint16_t *P, const uint16_t *V, int dpad
   TILE_FENCE();
 }
 
-/* 2^x for x <= 0 (scores minus their running max); below -126 it returns 2^-126, which the sum
- * next to a term of 1 cannot see. */
-BF16_INLINE __m512 exp2_nonpos(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));
-  __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_sub_ps(x, n); /* [-0.5, 0.5] */
-  __m512 p = _mm512_set1_ps(1.3333558e-3f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.6181291e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5504109e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022651e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9314718e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
+/* The softmax numerators 2^(s - m) of one row, 16 scores at a time. vreduceps gives the fraction
+ * r = s - floor(s) in [0, 1) and vscalefps multiplies by 2^floor(s) itself; the cubic for 2^r is
+ * Chebyshev-interpolated (relative error 1e-4). m is kept an integer, so 2^-m is exact and folds
+ * into the cubic's coefficients: no subtraction per score (where |m| > 100, never seen in a UNet,
+ * 2^-m would leave the normal range and the row subtracts m instead). Scores below m - 120 count as
+ * m - 120 (2^-120: no denormals, which cost microcode assists, and nothing a sum with a term >= 1
+ * can see). */
+typedef struct {
+  __m512 c0, c1, c2, c3, floor, m;
+  bool subtract; /* |m| > 100 */
+} exp2_row;
+
+BF16_INLINE exp2_row exp2_row_for(float m) {
+  const bool subtract = !(fabsf(m) <= 100.0f);
+  float scale = 1.0f; /* 2^-m from its exponent bits (ldexpf is a libm call: 4M rows per call at 1024²) */
+  if (!subtract) {
+    const uint32_t bits = (uint32_t)(127 - (int)m) << 23;
+    memcpy(&scale, &bits, sizeof scale);
+  }
+  return (exp2_row){_mm512_set1_ps(0.999900288f * scale),
+                    _mm512_set1_ps(0.696324771f * scale),
+                    _mm512_set1_ps(0.224693156f * scale),
+                    _mm512_set1_ps(0.0789672570f * scale),
+                    _mm512_set1_ps(subtract ? -120.0f : m - 120.0f),
+                    _mm512_set1_ps(m),
+                    subtract};
+}
+
+BF16_INLINE __m512 exp2_minus_m(const exp2_row *e, bool subtract, __m512 s) {
+  if (subtract) s = _mm512_sub_ps(s, e->m);
+  s = _mm512_max_ps(s, e->floor);
+  const __m512 r = _mm512_reduce_ps(s, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 p = _mm512_fmadd_ps(e->c3, r, e->c2);
+  p = _mm512_fmadd_ps(p, r, e->c1);
+  p = _mm512_fmadd_ps(p, r, e->c0);
+  return _mm512_scalef_ps(p, s);
+}
+
+/* P row [0, kpad) = 2^(s - m) as bf16 (zero past kn); returns their sum. */
+BF16_INLINE float numerators_row(const exp2_row *e, bool subtract, const float *s, int64_t kn, int64_t kpad, uint16_t *pr) {
+  const int64_t full = kn & ~(int64_t)31;
+  __m512 sum = _mm512_setzero_ps(), sum1 = sum;
+  int64_t j = 0;
+  for (; j < full; j += 32) {
+    __m512 e0 = exp2_minus_m(e, subtract, _mm512_loadu_ps(s + j));
+    __m512 e1 = exp2_minus_m(e, subtract, _mm512_loadu_ps(s + j + 16));
+    sum = _mm512_add_ps(sum, e0), sum1 = _mm512_add_ps(sum1, e1);
+    _mm512_storeu_si512(pr + j, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
+  }
+  for (; j < kpad; j += 16) {
+    __mmask16 valid = first_lanes(kn - j > 0 ? kn - j : 0);
+    __m512 v = _mm512_maskz_mov_ps(valid, exp2_minus_m(e, subtract, _mm512_maskz_loadu_ps(valid, s + j)));
+    sum = _mm512_add_ps(sum, v);
+    _mm256_mask_storeu_epi16(pr + j, first_lanes(kpad - j), (__m256i)_mm512_cvtneps_pbh(v));
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(sum, sum1));
 }
 
 /* Online softmax for one strip of `rows` rows and one key block: S [rows][KB] (kn valid keys) ->
- * P [rows][KB] bf16 numerators (zero up to kpad), running max m and sum l updated, the accumulator
- * rows of O rescaled when the max grows. */
+ * P [rows][KB] bf16 numerators (zero up to kpad), running max m (an integer) and sum l updated; the
+ * accumulator rows of O are rescaled when m moves (see MAX_SLACK). */
 BF16_TARGET static void softmax_strip(int rows, const float *S, int64_t kn, int64_t kpad, uint16_t *P, float *m, float *l,
                                       float *O, int dpad) {
   for (int r = 0; r < rows; r++) {
@@ -309,32 +362,38 @@ BF16_TARGET static void softmax_strip(int rows, const float *S, int64_t kn, int6
     int64_t j = 0;
     for (; j < full; j += 32) m0 = _mm512_max_ps(m0, _mm512_loadu_ps(s + j)), m1 = _mm512_max_ps(m1, _mm512_loadu_ps(s + j + 16));
     for (; j < kn; j += 16) m1 = _mm512_mask_max_ps(m1, first_lanes(kn - j), m1, _mm512_maskz_loadu_ps(first_lanes(kn - j), s + j));
-    float bm = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1)), mnew = bm > m[r] ? bm : m[r];
-    const __m512 mb = _mm512_set1_ps(mnew);
-    __m512 sum = _mm512_setzero_ps(), sum1 = sum;
-    uint16_t *pr = P + r * KB;
-    for (j = 0; j < full; j += 32) {
-      __m512 e0 = exp2_nonpos(_mm512_sub_ps(_mm512_loadu_ps(s + j), mb));
-      __m512 e1 = exp2_nonpos(_mm512_sub_ps(_mm512_loadu_ps(s + j + 16), mb));
-      sum = _mm512_add_ps(sum, e0), sum1 = _mm512_add_ps(sum1, e1);
-      _mm512_storeu_si512(pr + j, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
-    }
-    for (; j < kpad; j += 16) {
-      __mmask16 valid = first_lanes(kn - j > 0 ? kn - j : 0);
-      __m512 e = _mm512_maskz_mov_ps(valid, exp2_nonpos(_mm512_sub_ps(_mm512_maskz_loadu_ps(valid, s + j), mb)));
-      sum = _mm512_add_ps(sum, e);
-      _mm256_mask_storeu_epi16(pr + j, first_lanes(kpad - j), (__m256i)_mm512_cvtneps_pbh(e));
-    }
-    sum = _mm512_add_ps(sum, sum1);
-    float corr = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - mnew);
-    l[r] = l[r] * corr + _mm512_reduce_add_ps(sum);
-    m[r] = mnew;
-    if (corr != 1.0f) {
+    const __m512 bmax = _mm512_max_ps(m0, m1);
+    /* the horizontal maximum only when some lane passes the slack: also the first block (m = -inf) */
+    if (_mm512_cmp_ps_mask(bmax, _mm512_set1_ps(m[r] + MAX_SLACK), _CMP_GT_OQ)) {
+      const float mnew = ceilf(_mm512_reduce_max_ps(bmax));
+      const float corr = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - mnew);
+      l[r] *= corr;
+      m[r] = mnew;
       float *o = O + (int64_t)r * dpad;
       const __m512 c = _mm512_set1_ps(corr);
       for (int d = 0; d < dpad; d += 16) _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(o + d), c));
     }
+    const exp2_row e = exp2_row_for(m[r]);
+    uint16_t *pr = P + r * KB;
+    l[r] += e.subtract ? numerators_row(&e, true, s, kn, kpad, pr) : numerators_row(&e, false, s, kn, kpad, pr);
   }
+}
+
+/* One key block on AMX for all strips of a task, pipelined so that no tile load follows the vector
+ * stores it reads: scores(s+1) are issued before softmax(s), and P·V of strip s runs one softmax
+ * later, from the other of two P buffers. */
+AMX_TARGET static void amx_key_block(const bf16_att *a, const uint16_t *Qp, int64_t rows, const uint16_t *Kb, const uint16_t *Vb,
+                                     int64_t kn, float *S[2], uint16_t *P[2], float *O, float *m, float *l) {
+  const int hd2 = a->hd2, dpad = a->dpad;
+  const int64_t groups32 = (kn + 31) / 32 * 2; /* whole 32-key tiles: P·V needs pairs of 16 */
+  const int64_t strips = rows / AMX_MR;
+  amx_scores(Qp, hd2, Kb, groups32, S[0]);
+  for (int64_t s = 0; s < strips; s++) {
+    if (s + 1 < strips) amx_scores(Qp + (s + 1) * AMX_MR * hd2 * 2, hd2, Kb, groups32, S[(s + 1) & 1]);
+    softmax_strip(AMX_MR, S[s & 1], kn, groups32 * 16, P[s & 1], m + s * AMX_MR, l + s * AMX_MR, O + s * AMX_MR * dpad, dpad);
+    if (s > 0) amx_values(P[(s - 1) & 1], Vb, dpad, groups32 / 2, O + (s - 1) * AMX_MR * dpad);
+  }
+  amx_values(P[(strips - 1) & 1], Vb, dpad, groups32 / 2, O + (strips - 1) * AMX_MR * dpad);
 }
 
 /* ---- tasks: one head, QB query rows ---- */
@@ -346,11 +405,15 @@ BF16_TARGET static void attention_task(const bf16_att *a, int64_t task, void *sc
   const int hd2 = a->hd2, dpad = a->dpad;
   char *base = scratch;
   uint16_t *Qp = (uint16_t *)(void *)base;
-  float *S = (float *)(void *)(base += align64(sizeof(uint16_t) * QB * hd2 * 2));
-  uint16_t *P = (uint16_t *)(void *)(base += align64(sizeof(float) * STRIP_MAX * KB));
-  float *O = (float *)(void *)(base += align64(sizeof(uint16_t) * STRIP_MAX * KB));
-  float *m = (float *)(void *)(base += align64(sizeof(float) * QB * dpad));
-  float *l = m + QB;
+  float *S[2], *O, *m, *l;
+  uint16_t *P[2];
+  S[0] = (float *)(void *)(base += align64(sizeof(uint16_t) * QB * hd2 * 2));
+  S[1] = (float *)(void *)(base += align64(sizeof(float) * STRIP_MAX * KB));
+  P[0] = (uint16_t *)(void *)(base += align64(sizeof(float) * STRIP_MAX * KB));
+  P[1] = (uint16_t *)(void *)(base += align64(sizeof(uint16_t) * STRIP_MAX * KB));
+  O = (float *)(void *)(base += align64(sizeof(uint16_t) * STRIP_MAX * KB));
+  m = (float *)(void *)(base += align64(sizeof(float) * QB * dpad));
+  l = m + QB;
 
   memset(Qp, 0, sizeof(uint16_t) * (size_t)(rows * hd2 * 2));
   const __m512 qs = _mm512_set1_ps(a->qscale);
@@ -370,30 +433,27 @@ BF16_TARGET static void attention_task(const bf16_att *a, int64_t task, void *sc
     const int64_t kn = a->nk - k0 < KB ? a->nk - k0 : KB, groups = (kn + 15) / 16, pairs = (kn + 1) / 2;
     const uint16_t *Kb = Kh + (k0 / 16) * hd2 * 32, *Vb = Vh + (k0 / 2) * dpad * 2;
     const int64_t gstride = (int64_t)hd2 * 32;
+    if (a->amx) {
+      amx_key_block(a, Qp, rows, Kb, Vb, kn, S, P, O, m, l);
+      continue;
+    }
     for (int64_t s0 = 0; s0 < rows; s0 += mr) {
       const uint16_t *Qs = Qp + s0 * hd2 * 2;
-      if (a->amx) {
-        const int64_t groups32 = (kn + 31) / 32 * 2; /* whole 32-key tiles: P·V needs pairs of 16 */
-        amx_scores(Qs, hd2, Kb, groups32, S);
-        softmax_strip(AMX_MR, S, kn, groups32 * 16, P, m + s0, l + s0, O + s0 * dpad, dpad);
-        amx_values(P, Vb, dpad, groups32 / 2, O + s0 * dpad);
-        continue;
-      }
       int64_t g = 0;
-      for (; g + 2 <= groups; g += 2) score_tile(Qs, hd2, Kb + g * gstride, gstride, 2, S + g * 16);
-      if (g < groups) score_tile(Qs, hd2, Kb + g * gstride, gstride, 1, S + g * 16);
-      softmax_strip(MR, S, kn, pairs * 2, P, m + s0, l + s0, O + s0 * dpad, dpad);
+      for (; g + 2 <= groups; g += 2) score_tile(Qs, hd2, Kb + g * gstride, gstride, 2, S[0] + g * 16);
+      if (g < groups) score_tile(Qs, hd2, Kb + g * gstride, gstride, 1, S[0] + g * 16);
+      softmax_strip(MR, S[0], kn, pairs * 2, P[0], m + s0, l + s0, O + s0 * dpad, dpad);
       /* the head dim in vectors of 16: twos over 12 rows, a last three over two halves of 6 rows
        * (hd 40 = 3 vectors: one pass over the keys instead of a 2 and a 1) */
       float *Os = O + s0 * dpad;
       const int64_t ldv = (int64_t)dpad * 2;
       int d = 0;
-      for (; dpad - d >= 64 || dpad - d == 32; d += 32) value_tile(MR, P, Vb + d * 2, ldv, pairs, 2, Os + d, dpad);
+      for (; dpad - d >= 64 || dpad - d == 32; d += 32) value_tile(MR, P[0], Vb + d * 2, ldv, pairs, 2, Os + d, dpad);
       if (dpad - d == 48) {
-        value_tile(MR / 2, P, Vb + d * 2, ldv, pairs, 3, Os + d, dpad);
-        value_tile(MR / 2, P + MR / 2 * KB, Vb + d * 2, ldv, pairs, 3, Os + MR / 2 * dpad + d, dpad);
+        value_tile(MR / 2, P[0], Vb + d * 2, ldv, pairs, 3, Os + d, dpad);
+        value_tile(MR / 2, P[0] + MR / 2 * KB, Vb + d * 2, ldv, pairs, 3, Os + MR / 2 * dpad + d, dpad);
       } else if (dpad - d == 16) {
-        value_tile(MR, P, Vb + d * 2, ldv, pairs, 1, Os + d, dpad);
+        value_tile(MR, P[0], Vb + d * 2, ldv, pairs, 1, Os + d, dpad);
       }
     }
   }
@@ -429,18 +489,21 @@ static bool attention_bf16(mp_pool *pool, bool amx, float *out, const float *q, 
   }
   size_t kv_bytes = align64(sizeof(uint16_t) * (size_t)(heads * kp_head_elems(&a))) +
                     align64(sizeof(uint16_t) * (size_t)(heads * vp_head_elems(&a)));
-  a.scratch_per_thread = align64(sizeof(uint16_t) * QB * (size_t)a.hd2 * 2) + align64(sizeof(float) * STRIP_MAX * KB) +
-                         align64(sizeof(uint16_t) * STRIP_MAX * KB) + align64(sizeof(float) * QB * (size_t)a.dpad) +
+  a.scratch_per_thread = align64(sizeof(uint16_t) * QB * (size_t)a.hd2 * 2) + 2 * align64(sizeof(float) * STRIP_MAX * KB) +
+                         2 * align64(sizeof(uint16_t) * STRIP_MAX * KB) + align64(sizeof(float) * QB * (size_t)a.dpad) +
                          align64(sizeof(float) * 2 * QB);
-  int nt = mp_pool_size(pool);
-  char *buf = mp_alloc(kv_bytes + a.scratch_per_thread * (size_t)nt);
+  const size_t bytes = kv_bytes + a.scratch_per_thread * (size_t)mp_pool_size(pool);
+  /* the backend's scratch when the pool has one: ~23 MB of packs at 1024x1024 would otherwise be
+   * mapped, faulted in and unmapped on every call */
+  struct mp_backend *backend = mp_pool_backend(pool);
+  char *own = backend ? NULL : mp_alloc(bytes), *buf = backend ? mp_backend_scratch(backend, bytes) : own;
   if (!buf) return false;
   a.kp = (uint16_t *)(void *)buf;
   a.vp = (uint16_t *)(void *)(buf + align64(sizeof(uint16_t) * (size_t)(heads * kp_head_elems(&a))));
   a.scratch = buf + kv_bytes;
   mp_pool_for(pool, (int64_t)heads * (a.nk32 / 16), 8, pack_tasks, &a);
   mp_pool_for(pool, (int64_t)heads * ((nq + QB - 1) / QB), 1, attention_tasks, &a);
-  mp_free(buf);
+  mp_free(own);
   return true;
 }
 

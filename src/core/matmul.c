@@ -142,6 +142,8 @@ static void *scratch(mp_backend *b, size_t bytes) {
   return b->scratch;
 }
 
+void *mp_backend_scratch(mp_backend *b, size_t bytes) { return b ? scratch(b, bytes) : NULL; }
+
 /* ---- bf16 via oneDNN ---- */
 
 static inline uint16_t bf16_round(float f) { /* round to nearest even, NaN stays NaN */

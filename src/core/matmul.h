@@ -51,6 +51,9 @@ bool mp_backend_cpu_amx(const mp_backend *b);
  * matmul allocates it again), take the packs mapped from the pack store out of the resident set and
  * return freed heap to the kernel. For between the phases of a job, to lower the peak RSS. b may be NULL. */
 void mp_backend_trim(mp_backend *b);
+/* That scratch, at least `bytes` long (NULL when it cannot grow, or b is NULL), for an operator that runs
+ * between matmuls (the bf16 attention's packs): valid until the next matmul or trim of b. */
+void *mp_backend_scratch(mp_backend *b, size_t bytes);
 const char *mp_precision_name(mp_precision p);
 /* "avx512_bf16", "amx_bf16" or "" — what the CPU offers for bf16. */
 const char *mp_cpu_bf16_support(void);

@@ -40,13 +40,21 @@ static diff compare(const float *a, const float *b, int64_t n) {
   return d;
 }
 
-/* Runs `kernel` and the reference on one shape; v in [-1, 1], q and k in [-qk_amp, qk_amp]. */
-static diff run_case(mp_pool *pool, mp_attention_kernel kernel, int64_t nq, int64_t nk, int heads, int hd, float qk_amp) {
+/* Runs `kernel` and the reference on one shape; v in [-1, 1], q and k in [-qk_amp, qk_amp]. A nonzero
+ * `shift` sets each head's first query dimension to it and the first key dimension to 1: every score
+ * of a row moves by the same amount (shift / sqrt(hd)), which the softmax must not see. */
+static diff run_shifted(mp_pool *pool, mp_attention_kernel kernel, int64_t nq, int64_t nk, int heads, int hd, float qk_amp,
+                        float shift) {
   int64_t ld = (int64_t)heads * hd;
   float *q = malloc(sizeof(float) * nq * ld), *k = malloc(sizeof(float) * nk * ld), *v = malloc(sizeof(float) * nk * ld);
   float *o = malloc(sizeof(float) * nq * ld), *r = malloc(sizeof(float) * nq * ld);
   assert_non_null(q), assert_non_null(k), assert_non_null(v), assert_non_null(o), assert_non_null(r);
   fill(q, nq * ld, 11, qk_amp), fill(k, nk * ld, 12, qk_amp), fill(v, nk * ld, 13, 1.0f);
+  if (shift != 0)
+    for (int h = 0; h < heads; h++) {
+      for (int64_t i = 0; i < nq; i++) q[i * ld + h * hd] = shift;
+      for (int64_t i = 0; i < nk; i++) k[i * ld + h * hd] = 1.0f;
+    }
   for (int64_t i = 0; i < nq * ld; i++) o[i] = NAN; /* every output must be written */
   mp_attention_with(kernel, pool, o, q, k, v, nq, nk, heads, hd, false);
   mp_ref_attention(r, q, k, v, nq, nk, heads, hd, false);
@@ -55,14 +63,24 @@ static diff run_case(mp_pool *pool, mp_attention_kernel kernel, int64_t nq, int6
   return d;
 }
 
-static void check_bf16(mp_pool *pool, mp_attention_kernel kernel, int64_t nq, int64_t nk, int heads, int hd, float qk_amp) {
+static diff run_case(mp_pool *pool, mp_attention_kernel kernel, int64_t nq, int64_t nk, int heads, int hd, float qk_amp) {
+  return run_shifted(pool, kernel, nq, nk, heads, hd, qk_amp, 0.0f);
+}
+
+static void check_shifted(mp_pool *pool, mp_attention_kernel kernel, int64_t nq, int64_t nk, int heads, int hd, float qk_amp,
+                          float shift) {
   const double max_bound = ldexp(1.0, qk_amp > 1 ? -5 : -7), mean_bound = ldexp(1.0, qk_amp > 1 ? -7 : -9);
-  diff d = run_case(pool, kernel, nq, nk, heads, hd, qk_amp);
-  print_message("%s attention nq=%lld nk=%lld heads=%d hd=%d amp=%g: max_abs %.3g mean_abs %.3g\n", mp_attention_kernel_name(kernel), (long long)nq,
-                (long long)nk, heads, hd, (double)qk_amp, d.max_abs, d.mean_abs);
+  diff d = run_shifted(pool, kernel, nq, nk, heads, hd, qk_amp, shift);
+  print_message("%s attention nq=%lld nk=%lld heads=%d hd=%d amp=%g shift=%g: max_abs %.3g mean_abs %.3g\n",
+                mp_attention_kernel_name(kernel), (long long)nq, (long long)nk, heads, hd, (double)qk_amp, (double)shift, d.max_abs,
+                d.mean_abs);
   if (!(d.max_abs <= max_bound && d.mean_abs <= mean_bound))
     fail_msg("%s nq=%lld nk=%lld heads=%d hd=%d: max_abs %g (bound %g), mean_abs %g (bound %g)", mp_attention_kernel_name(kernel), (long long)nq, (long long)nk,
              heads, hd, d.max_abs, max_bound, d.mean_abs, mean_bound);
+}
+
+static void check_bf16(mp_pool *pool, mp_attention_kernel kernel, int64_t nq, int64_t nk, int heads, int hd, float qk_amp) {
+  check_shifted(pool, kernel, nq, nk, heads, hd, qk_amp, 0.0f);
 }
 
 /* Every shape through one kernel: head dims 40/64/80/160 (SD 1.5 and SDXL) and odd ones, 77 keys
@@ -80,6 +98,11 @@ static void check_kernel(mp_attention_kernel kernel) {
   check_bf16(pool, kernel, 200, 600, 2, 40, 3.0f);  /* peaked softmax: the running max changes across blocks */
   check_bf16(NULL, kernel, 13, 29, 1, 40, 1.0f);    /* no pool: runs on the calling thread */
   check_bf16(pool, kernel, 4097, 4097, 1, 40, 1.0f); /* SD 1.5 level 0 self-attention size, plus one */
+  /* rows whose scores share a large offset (log2 units: shift x 0.228 at hd 40): the running max is
+   * ~46 (2^-m folded into the exp's coefficients), ~114 and ~-114 (past +-100: m subtracted instead) */
+  check_shifted(pool, kernel, 70, 300, 2, 40, 1.0f, 200.0f);
+  check_shifted(pool, kernel, 70, 300, 2, 40, 1.0f, 500.0f);
+  check_shifted(pool, kernel, 70, 300, 2, 40, 1.0f, -500.0f);
   mp_pool_destroy(pool);
 }
 
