@@ -66,14 +66,23 @@ static mp_error *ck(dnnl_status_t s, const char *what) {
 
 mp_error *mp_pack_dnnl_weight(mp_backend *b, const void *w_data, const char *kind, const dnnl_memory_desc_t *md, mp_pack_fill_fn fill,
                               void *fill_ctx, dnnl_memory_t *out, mp_packed_mem *mem) {
+  return mp_pack_dnnl_weight_as(b, w_data, kind, NULL, md, fill, fill_ctx, out, mem);
+}
+
+mp_error *mp_pack_dnnl_weight_as(mp_backend *b, const void *w_data, const char *kind, const char *form,
+                                 const dnnl_memory_desc_t *md, mp_pack_fill_fn fill, void *fill_ctx, dnnl_memory_t *out,
+                                 mp_packed_mem *mem) {
   *out = NULL;
   memset(mem, 0, sizeof *mem);
   dnnl_engine_t eng = mp_backend_dnnl_engine(b);
   const size_t bytes = dnnl_memory_desc_get_size(md);
   mp_pack_store *store = NULL;
   const char *name = NULL;
-  char layout[1024];
-  if (!mp_pack_cache_source(mp_backend_pack_cache(b), w_data, &store, &name) || !mp_dnnl_layout_text(md, layout, sizeof layout))
+  char layout[1536];
+  const int lead = form ? snprintf(layout, sizeof layout, "%s | ", form) : 0;
+  if (lead < 0 || (size_t)lead >= sizeof layout / 2 ||
+      !mp_pack_cache_source(mp_backend_pack_cache(b), w_data, &store, &name) ||
+      !mp_dnnl_layout_text(md, layout + lead, sizeof layout - (size_t)lead))
     store = NULL;
   if (store && mp_pack_store_load(store, kind, name, layout, bytes, &mem->map)) {
     mp_error *e = ck(dnnl_memory_create(out, md, eng, mem->map.payload), "packed weights memory");
