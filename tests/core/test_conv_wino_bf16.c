@@ -433,10 +433,36 @@ static void test_store_damaged_record_is_repacked(void **state) {
   store_case_free(&sc);
 }
 
+/* A store that cannot be written: warned once, the pack stays in memory and computes the same. */
+static void test_store_unwritable_keeps_the_pack_in_memory(void **state) {
+  fixture *f = *state;
+  if (!*mp_cpu_bf16_support()) skip();
+  store_case sc;
+  store_case_make(f, &sc);
+  test_warnings w = {0};
+  process p;
+  process_start(f, &p, &sc.l, "/proc/no-such-folder/packs", &w);
+  assert_int_equal(w.n, 1);
+  assert_non_null(strstr(w.last, "cannot save"));
+  size_t bytes;
+  const void *packed = mp_wino_bf16_packed(p.wc, &bytes);
+  assert_int_equal(bytes, sc.bytes);
+  assert_memory_equal(packed, sc.packed, bytes);
+  assert_int_equal(pack_mapping_rss_kb(packed), -1);
+  mp_pack_cache_drop_resident(mp_backend_pack_cache(p.be)); /* nothing to drop: memory it owns stays */
+  float *y = malloc(sizeof(float) * sc.ny);
+  process_run(f, &p, sc.x, y);
+  assert_memory_equal(y, sc.y, sizeof(float) * sc.ny);
+  free(y);
+  process_end(f, &p);
+  store_case_free(&sc);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_against_reference), cmocka_unit_test(test_many_shapes),
                                      cmocka_unit_test(test_dispatch), cmocka_unit_test(test_refusals),
                                      cmocka_unit_test(test_store_round_trip),
-                                     cmocka_unit_test(test_store_damaged_record_is_repacked)};
+                                     cmocka_unit_test(test_store_damaged_record_is_repacked),
+                                     cmocka_unit_test(test_store_unwritable_keeps_the_pack_in_memory)};
   return cmocka_run_group_tests(tests, setup, teardown);
 }
