@@ -1,8 +1,11 @@
 #include "core/conv_wino_bf16.h"
 
 #include <oneapi/dnnl/dnnl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "core/pack_dnnl.h"
 
 /* XI: the 16 positions of a 4x4 transformed tile. CB: channels per transform task (one cache
  * line of bf16 V, two of f32 M). CHUNK: tiles of one tile row transformed from one staged strip
@@ -17,6 +20,7 @@ struct mp_wino_bf16 {
   float *bias; /* f32 copy, or NULL */
   dnnl_memory_desc_t wei_md;
   dnnl_memory_t weights; /* U [16][C][O] in the matmul's packed bf16 layout */
+  mp_packed_mem weights_mem; /* what holds it: a pack-store mapping or our own buffer */
   /* oneDNN 2.6 takes its brgemm kernels only for a known row count: one primitive per band height
    * seen (a layer sees one or two per image size). */
   struct {
@@ -61,6 +65,7 @@ void mp_wino_bf16_free(mp_wino_bf16 *c) {
   if (!c) return;
   for (int i = 0; i < c->n_prims; i++) dnnl_primitive_destroy(c->prims[i].prim);
   if (c->weights) dnnl_memory_destroy(c->weights);
+  mp_packed_mem_free(&c->weights_mem);
   mp_free(c->bias);
   free(c);
 }
@@ -82,6 +87,50 @@ static void transform_weights(uint16_t *U, const float *w, int o, int O, int C) 
   }
 }
 
+typedef struct {
+  const mp_wino_bf16 *c;
+  const mp_tensor *W;
+} weights_fill;
+
+/* The packed U into dst: transformed in f32 into the plain [16][C][O] order, rounded to bf16, then
+ * reordered into dst's blocked layout by oneDNN. */
+static mp_error *fill_weights(void *ctx, dnnl_memory_t dst) {
+  const weights_fill *f = ctx;
+  const int O = f->c->O, C = f->c->C;
+  dnnl_engine_t eng = mp_backend_dnnl_engine(f->c->b);
+  uint16_t *U = mp_alloc((size_t)XI * O * C * 2);
+  float *w32 = mp_alloc((size_t)C * 9 * 4);
+  mp_error *e = U && w32 ? NULL : mp_errorf("out of memory transforming a %dx%dx3x3 weight", O, C);
+  if (!e) {
+    const size_t row = (size_t)C * 9, es = mp_dtype_size(f->W->dtype);
+    for (int o = 0; o < O; o++) {
+      mp_convert_to_f32(w32, (const char *)f->W->data + (size_t)o * row * es, f->W->dtype, row);
+      transform_weights(U, w32, o, O, C);
+    }
+  }
+  dnnl_dims_t wd = {XI, C, O};
+  dnnl_memory_desc_t wuser;
+  dnnl_memory_t user = NULL;
+  dnnl_primitive_desc_t rpd = NULL;
+  dnnl_primitive_t reorder = NULL;
+  if (!e) e = ck(dnnl_memory_desc_init_by_tag(&wuser, 3, wd, dnnl_bf16, dnnl_acb), "weights desc");
+  if (!e) e = ck(dnnl_memory_create(&user, &wuser, eng, U), "weights memory");
+  if (!e) e = ck(dnnl_reorder_primitive_desc_create(&rpd, &wuser, eng, &f->c->wei_md, eng, NULL), "weights reorder");
+  if (!e) e = ck(dnnl_primitive_create(&reorder, rpd), "weights reorder");
+  if (!e) {
+    dnnl_stream_t st = mp_backend_dnnl_stream(f->c->b);
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, dst}};
+    e = ck(dnnl_primitive_execute(reorder, st, 2, args), "weights reorder");
+    if (!e) e = ck(dnnl_stream_wait(st), "stream wait");
+  }
+  if (reorder) dnnl_primitive_destroy(reorder);
+  if (rpd) dnnl_primitive_desc_destroy(rpd);
+  if (user) dnnl_memory_destroy(user);
+  mp_free(U);
+  mp_free(w32);
+  return e;
+}
+
 mp_error *mp_wino_bf16_create(mp_backend *b, const mp_tensor *W, const mp_tensor *bias, mp_wino_bf16 **out) {
   *out = NULL;
   if (W->ndim != 4 || W->shape[2] != 3 || W->shape[3] != 3 || !mp_tensor_is_contiguous(W))
@@ -93,7 +142,6 @@ mp_error *mp_wino_bf16_create(mp_backend *b, const mp_tensor *W, const mp_tensor
   if (!c) return mp_errorf("out of memory");
   c->b = b, c->O = (int)W->shape[0], c->C = (int)W->shape[1];
   const int O = c->O, C = c->C;
-  dnnl_engine_t eng = mp_backend_dnnl_engine(b);
   mp_error *e = NULL;
   if (bias) {
     if (mp_tensor_numel(bias) != O) e = mp_errorf("bias has %lld values for %d outputs", (long long)mp_tensor_numel(bias), O);
@@ -102,47 +150,38 @@ mp_error *mp_wino_bf16_create(mp_backend *b, const mp_tensor *W, const mp_tensor
   }
   /* The packed layout oneDNN picks for a band of a few hundred tiles. */
   dnnl_dims_t wd = {XI, C, O};
-  dnnl_memory_desc_t wany, wuser;
-  dnnl_primitive_desc_t pd = NULL, rpd = NULL;
+  dnnl_memory_desc_t wany;
+  dnnl_primitive_desc_t pd = NULL;
   if (!e) e = ck(dnnl_memory_desc_init_by_tag(&wany, 3, wd, dnnl_bf16, dnnl_format_tag_any), "weights desc");
-  if (!e) e = ck(dnnl_memory_desc_init_by_tag(&wuser, 3, wd, dnnl_bf16, dnnl_acb), "weights desc");
   if (!e) e = matmul_pd(c, 512, &wany, &pd);
   if (!e) c->wei_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
   if (pd) dnnl_primitive_desc_destroy(pd);
-  uint16_t *U = NULL;
-  float *w32 = NULL;
-  if (!e && (!(U = mp_alloc((size_t)XI * O * C * 2)) || !(w32 = mp_alloc((size_t)C * 9 * 4))))
-    e = mp_errorf("out of memory transforming a %dx%dx3x3 weight", O, C);
-  if (!e) {
-    const size_t row = (size_t)C * 9, es = mp_dtype_size(W->dtype);
-    for (int o = 0; o < O; o++) {
-      mp_convert_to_f32(w32, (const char *)W->data + (size_t)o * row * es, W->dtype, row);
-      transform_weights(U, w32, o, O, C);
-    }
-  }
-  dnnl_memory_t user = NULL;
-  dnnl_primitive_t reorder = NULL;
-  if (!e) e = ck(dnnl_memory_create(&user, &wuser, eng, U), "weights memory");
-  if (!e) e = ck(dnnl_memory_create(&c->weights, &c->wei_md, eng, DNNL_MEMORY_ALLOCATE), "packed weights");
-  if (!e) e = ck(dnnl_reorder_primitive_desc_create(&rpd, &wuser, eng, &c->wei_md, eng, NULL), "weights reorder");
-  if (!e) e = ck(dnnl_primitive_create(&reorder, rpd), "weights reorder");
-  if (!e) {
-    dnnl_stream_t st = mp_backend_dnnl_stream(b);
-    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, c->weights}};
-    e = ck(dnnl_primitive_execute(reorder, st, 2, args), "weights reorder");
-    if (!e) e = ck(dnnl_stream_wait(st), "stream wait");
-  }
-  if (reorder) dnnl_primitive_destroy(reorder);
-  if (rpd) dnnl_primitive_desc_destroy(rpd);
-  if (user) dnnl_memory_destroy(user);
-  mp_free(U);
-  mp_free(w32);
+  /* Everything the packed bytes depend on beyond that layout (which gives dims 16 x C x O, bf16 and
+   * the blocking): the tile, the transform matrix, the rounding and the order of the 16 positions. */
+  char form[256];
+  snprintf(form, sizeof form,
+           "winograd F(2x2,3x3) U[xi=4i+j][c][o]=(G g G^T)[i][j] G=[1,0,0;.5,.5,.5;.5,-.5,.5;0,0,1] f32 then bf16 "
+           "round-nearest-even, C=%d O=%d",
+           C, O);
+  weights_fill fa = {c, W};
+  if (!e) e = mp_pack_dnnl_weight_as(b, W->data, MP_WINO_BF16_PACK_KIND, form, &c->wei_md, fill_weights, &fa, &c->weights,
+                                     &c->weights_mem);
   if (e) {
     mp_wino_bf16_free(c);
     return e;
   }
   *out = c;
   return NULL;
+}
+
+void mp_wino_bf16_drop_resident(mp_wino_bf16 *c) {
+  if (c) mp_packed_mem_drop_resident(&c->weights_mem);
+}
+
+const void *mp_wino_bf16_packed(const mp_wino_bf16 *c, size_t *bytes) {
+  void *h = NULL;
+  *bytes = dnnl_memory_desc_get_size(&c->wei_md);
+  return dnnl_memory_get_data_handle(c->weights, &h) == dnnl_success ? h : NULL;
 }
 
 static mp_error *primitive(mp_wino_bf16 *c, int64_t rows, dnnl_primitive_t *out) {

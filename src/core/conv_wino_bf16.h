@@ -20,9 +20,18 @@
 
 typedef struct mp_wino_bf16 mp_wino_bf16;
 
+/* The pack store's kind for these packs (core/pack_store.h): a pinned checkpoint weight's U is saved
+ * on its first packing and mapped by the next process, as the matmul and direct convolution packs are. */
+#define MP_WINO_BF16_PACK_KIND "wino-f2x3-bf16"
+
 /* Pack W [c_out, c_in, 3, 3] (any float dtype) and bias [c_out] (or NULL) on the bf16 backend b. */
 mp_error *mp_wino_bf16_create(mp_backend *b, const mp_tensor *W, const mp_tensor *bias, mp_wino_bf16 **out);
 void mp_wino_bf16_free(mp_wino_bf16 *c);
+/* Take the packed weight out of the resident set when it is mapped from the pack store (it comes
+ * back from the page cache on the next run; heap packs stay). */
+void mp_wino_bf16_drop_resident(mp_wino_bf16 *c);
+/* The packed weight as the matmul reads it, and its size (for tests: a mapped pack against a fresh one). */
+const void *mp_wino_bf16_packed(const mp_wino_bf16 *c, size_t *bytes);
 /* y [batch, c_out, h, w] = conv3x3(x [batch, c_in, h, w], padding 1) + bias; any h, w >= 1. The
  * transformed input and the products live in ws (bounded, about 24 MB); y must not alias x.
  * band_rows > 0 caps the tile rows per band (tests; 0 = by the memory budget). */

@@ -175,7 +175,7 @@ mp_error *mp_pack_cache_entry(mp_pack_cache *c, const void *w, const void *b, st
 
 size_t mp_pack_cache_count(const mp_pack_cache *c) {
   size_t k = 0;
-  for (size_t i = 0; c && i < c->n; i++) k += c->e[i].pw.mm || c->e[i].pw.conv;
+  for (size_t i = 0; c && i < c->n; i++) k += c->e[i].pw.mm || c->e[i].pw.conv || c->e[i].pw.wino;
   return k;
 }
 
@@ -183,5 +183,6 @@ void mp_pack_cache_drop_resident(mp_pack_cache *c) {
   for (size_t i = 0; c && i < c->n; i++) {
     mp_matmul_drop_resident(c->e[i].pw.mm);
     mp_dnnl_conv_drop_resident(c->e[i].pw.conv);
+    mp_wino_bf16_drop_resident(c->e[i].pw.wino);
   }
 }

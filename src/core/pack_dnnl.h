@@ -18,6 +18,7 @@
 typedef struct {
   mp_pack_map map; /* the payload mapped from the store, or */
   void *heap;      /* an in-memory copy (not pinned, no store, store disabled or save failed) */
+  size_t heap_mapped; /* > 0: heap is an anonymous mapping of this many bytes, not mp_alloc'd */
 } mp_packed_mem;
 
 /* Fills dst (memory of the packed layout) from the operator's stored weight. */
@@ -27,6 +28,12 @@ typedef mp_error *(*mp_pack_fill_fn)(void *ctx, dnnl_memory_t dst);
  * backs it (free with mp_packed_mem_free after destroying *out). kind names the packed form. */
 mp_error *mp_pack_dnnl_weight(mp_backend *b, const void *w_data, const char *kind, const dnnl_memory_desc_t *md, mp_pack_fill_fn fill,
                               void *fill_ctx, dnnl_memory_t *out, mp_packed_mem *mem);
+/* The same for a packed form whose bytes depend on more than md says (a transformed weight, e.g. the
+ * Winograd U = G g Gᵀ): `form` (one line) describes that transform and is put before md's layout text in
+ * the record's layout, so a change of transform can never map a record of the old one. */
+mp_error *mp_pack_dnnl_weight_as(mp_backend *b, const void *w_data, const char *kind, const char *form,
+                                 const dnnl_memory_desc_t *md, mp_pack_fill_fn fill, void *fill_ctx, dnnl_memory_t *out,
+                                 mp_packed_mem *mem);
 void mp_packed_mem_free(mp_packed_mem *m);
 void mp_packed_mem_drop_resident(mp_packed_mem *m);
 

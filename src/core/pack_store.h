@@ -3,7 +3,7 @@
  *
  * A store is a folder for one checkpoint (pipeline/pack_files.c picks it and the checkpoint's identity).
  * A record is found by its key, the text "kind \n tensor name \n layout \n identity": the kind names the
- * packed form (e.g. "dnnl-matmul-bf16"; a later Winograd form gets its own), the layout describes the
+ * packed form (e.g. "dnnl-matmul-bf16", "dnnl-conv-bf16", "wino-f2x3-bf16"), the layout describes the
  * packed bytes completely (oneDNN's version and memory descriptor, which differs between CPUs: AMX and
  * AVX-512 machines get different blocked layouts), the identity names the checkpoint and the format.
  * The file is <hash of the key>.pack:
