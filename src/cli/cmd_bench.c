@@ -14,6 +14,8 @@
  *   bench: precision=f32 size=512x512 threads=2 load_s=… te_s=… step_s=… vae_decode_s=… peak_rss_mb=…
  * With --controlnet FILE the same steps run again with that ControlNet on both CFG halves (a synthetic
  * hint), and the line adds controlnet_step_s=… controlnet_overhead=… (the ratio to step_s, minus 1).
+ * With --batch N (even) each step is one UNet forward of N rows, i.e. N/2 images with their CFG halves,
+ * as a batched sampler would run them; the line adds batch=N and step_per_image_s=… (step_s / (N/2)).
  * With --profile the steps after the first are timed by op class (core/profile.h) and a table of
  * seconds and % per class for one step follows.
  * With --job FILE.prompt it runs that prompt document instead, pass by pass (bench_job.c). */
@@ -99,10 +101,11 @@ static void report(const char *what, stamp s) {
 }
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: mpass [--threads N] [--precision auto|f32|bf16] bench --model CKPT [-W 512] [-H 512] [--steps N] [--no-vae] [--profile]\n"
+  fprintf(f, "usage: mpass [--threads N] [--precision auto|f32|bf16] bench --model CKPT [-W 512] [-H 512] [--steps N] [--batch N] [--no-vae] [--profile]\n"
              "       mpass [--threads N] [--precision auto|f32|bf16] [--models DIR] bench --job FILE.prompt [--profile] [run's options]\n"
              "  load, text-encoder, UNet step and VAE times and peak RSS; W and H: multiples of 64 from 64 to 4096; steps 1..1000;\n"
              "  --profile: time per op class (conv 3x3, dense/1x1, attention, norms, other) for one step;\n"
+             "  --batch N: UNet rows per step (even, 2..16: N/2 images with their CFG halves; default 2);\n"
              "  --job: run a prompt document as `mpass run` does (same options) and time every pass\n");
 }
 
@@ -144,9 +147,10 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
                                            {"help", no_argument, 0, 'h'},
                                            {"controlnet", required_argument, 0, 'c'},
                                            {"profile", no_argument, 0, 'p'},
+                                           {"batch", required_argument, 0, 'b'},
                                            {0, 0, 0, 0}};
   const char *model = NULL, *controlnet_path = NULL;
-  int W = 512, H = 512, steps = 3, opt, run_vae = 1;
+  int W = 512, H = 512, steps = 3, opt, run_vae = 1, rows = 2;
   bool profile = false;
   optind = 1;
   while ((opt = getopt_long(argc, argv, "W:H:", longopts, NULL)) != -1) {
@@ -157,6 +161,7 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
     else if (opt == 'n') run_vae = 0; /* profiling the UNet alone */
     else if (opt == 'c') controlnet_path = optarg;
     else if (opt == 'p') profile = true;
+    else if (opt == 'b') rows = atoi(optarg);
     else if (opt == 'h') {
       usage(stdout);
       return 0;
@@ -165,7 +170,8 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
       return 2;
     }
   }
-  if (!model || optind != argc || W < 64 || H < 64 || W % 64 || H % 64 || W > 4096 || H > 4096 || steps < 1 || steps > 1000) {
+  if (!model || optind != argc || W < 64 || H < 64 || W % 64 || H % 64 || W > 4096 || H > 4096 || steps < 1 || steps > 1000 ||
+      rows < 2 || rows > 16 || rows % 2) {
     usage(stderr);
     return 2;
   }
@@ -202,14 +208,14 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
   const mp_sd_config *cfg = &cfgv;
   const int C = cfg->unet.in_channels, D = cfg->unet.context_dim, n_ctx = 77, h = H / 8, w = W / 8;
   const size_t nx = (size_t)C * h * w;
-  ctxt = malloc(sizeof(float) * 2 * n_ctx * (size_t)D);
-  x = malloc(sizeof(float) * 2 * nx);
-  eps = malloc(sizeof(float) * 2 * nx);
+  ctxt = malloc(sizeof(float) * rows * n_ctx * (size_t)D);
+  x = malloc(sizeof(float) * rows * nx);
+  eps = malloc(sizeof(float) * rows * nx);
   img = malloc(sizeof(float) * 3 * (size_t)W * H);
   ids = malloc(sizeof(int32_t) * n_ctx);
   const bool xl = cfg->family == MP_FAMILY_SDXL;
   const int Y = cfg->unet.adm_in_channels, P = cfg->clip2.projection_dim;
-  if (xl) y = malloc(sizeof(float) * 2 * (size_t)Y), pooled = malloc(sizeof(float) * (size_t)(P > 0 ? P : 1));
+  if (xl) y = malloc(sizeof(float) * rows * (size_t)Y), pooled = malloc(sizeof(float) * (size_t)(P > 0 ? P : 1));
   if (!ctxt || !x || !eps || !img || !ids || (xl && (!y || !pooled))) {
     e = mp_errorf("out of memory");
     goto done;
@@ -235,8 +241,13 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
   }
   stamp te_s = since(t);
   report("text encoder (2 prompts)", te_s);
+  for (int r = 2; r < rows; r++) { /* --batch: more images, the same two prompts */
+    memcpy(ctxt + (size_t)r * n_ctx * D, ctxt + (size_t)(r % 2) * n_ctx * D, sizeof(float) * n_ctx * (size_t)D);
+    if (xl) memcpy(y + (size_t)r * Y, y + (size_t)(r % 2) * Y, sizeof(float) * (size_t)Y);
+  }
 
-  /* Sampling steps: eps for (cond, uncond) in one batch-2 forward, guidance, an Euler step. */
+  /* Sampling steps: eps for (cond, uncond) in one batch-2 forward (batch `rows` with --batch), guidance,
+   * an Euler step. The first image's latent is the one guided and decoded; the others are copies. */
   pseudo_random(x, nx, 1);
   stamp steps_total = {0, 0}, first = {0, 0};
   mp_profile prof = {0}; /* --profile: the steps after the first (which also packs the weights) */
@@ -244,9 +255,10 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
   const double sigma = 1.0, dsigma = -0.05, scale = 7.5;
   for (int s = 0; s < steps; s++) {
     t = now();
-    memcpy(x + nx, x, sizeof(float) * nx);
-    float ts[2] = {999.0f - 50.0f * (float)s, 999.0f - 50.0f * (float)s};
-    const mp_unet_inputs in = {.batch = 2, .h = h, .w = w, .x = x, .t = ts, .context = ctxt, .n_ctx = n_ctx, .y = y};
+    for (int r = 1; r < rows; r++) memcpy(x + (size_t)r * nx, x, sizeof(float) * nx);
+    float ts[16];
+    for (int r = 0; r < rows; r++) ts[r] = 999.0f - 50.0f * (float)s;
+    const mp_unet_inputs in = {.batch = rows, .h = h, .w = w, .x = x, .t = ts, .context = ctxt, .n_ctx = n_ctx, .y = y};
     if ((e = mp_unet_run(unet, ctx->pool, &in, eps))) goto done;
     for (size_t i = 0; i < nx; i++) {
       float guided = eps[nx + i] + (float)scale * (eps[i] - eps[nx + i]);
@@ -257,7 +269,7 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
     if (s == 0) first = d;
     if (s == 0 && steps > 1) mp_profile_reset(&prof);
     char what[40];
-    snprintf(what, sizeof what, "step %d (UNet batch 2 + CFG)", s + 1);
+    snprintf(what, sizeof what, "step %d (UNet batch %d + CFG)", s + 1, rows);
     report(what, d);
   }
   /* Weights are packed for the backend on first use, at the shape they first run at, so the first
@@ -272,7 +284,7 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
   report("load (incl. packing)", load_s);
   mp_pool_set_profile(ctx->pool, NULL);
   if (profile) {
-    printf("time per op class, one UNet step (batch 2 + CFG, %dx%d, %s; mean of %s):\n", W, H, mpass_ctx_precision(ctx),
+    printf("time per op class, one UNet step (batch %d + CFG, %dx%d, %s; mean of %s):\n", rows, W, H, mpass_ctx_precision(ctx),
            steps > 1 ? "the steps after the first" : "the one step, incl. packing");
     mp_profile_print(&prof, stdout, steps > 1 ? steps_total.wall - first.wall : steps_total.wall, steps > 1 ? steps - 1 : 1, "step");
   }
@@ -315,6 +327,7 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
   printf("load average after: %s\n", la);
   printf("bench: precision=%s size=%dx%d threads=%d load_s=%.2f te_s=%.2f step_s=%.2f vae_decode_s=%.2f peak_rss_mb=%.0f",
          mpass_ctx_precision(ctx), W, H, ctx->n_threads, load_s.wall, te_s.wall, step_s.wall, vae_s.wall, peak_rss_mb());
+  if (rows != 2) printf(" batch=%d step_per_image_s=%.2f", rows, step_s.wall / (rows / 2));
   if (controlnet_path)
     printf(" controlnet_step_s=%.2f controlnet_overhead=%.2f", cn_step_s.wall, step_s.wall > 0 ? cn_step_s.wall / step_s.wall - 1 : 0);
   printf("\n");

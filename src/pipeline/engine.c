@@ -6,6 +6,7 @@
 
 #include "core/pack_cache.h"
 #include "io/diffusers.h"
+#include "pipeline/engine_text.h"
 #include "pipeline/pack_files.h"
 #include "pipeline/generate.h"
 #include "pipeline/params.h"
@@ -14,6 +15,7 @@
 
 static mp_error *bind_models(mp_engine *e) {
   const mp_weights *w = e->overlay ? e->overlay : e->base;
+  mp_engine_text_forget(e); /* encoded with the text encoders being replaced */
   mp_clip_free(e->clip);
   mp_openclip_free(e->clip2);
   mp_unet_free(e->unet);
@@ -68,6 +70,7 @@ mp_error *mp_engine_open(mpass_ctx *ctx, const char *path, const mp_tokenizer *t
 
 void mp_engine_close(mp_engine *e) {
   if (!e) return;
+  mp_engine_text_forget(e);
   mp_clip_free(e->clip);
   mp_openclip_free(e->clip2);
   mp_unet_free(e->unet);
@@ -186,18 +189,14 @@ static mp_error *run_pass_aligned(mp_engine *e, const mp_pass_params *p, mp_prog
   const int64_t lat_n = (int64_t)MP_LATENT_CHANNELS * h * w;
   const float scale = e->cfg.scale_factor;
 
-  mp_conditioning cond = {0};
-  mp_xl_conditioning xc = {0};
-  mp_cond_options copt = mp_cond_options_default();
-  copt.clip_skip = p->clip_skip > 0 ? p->clip_skip : 1;
-  copt.use_lpw = p->use_lpw;
+  /* borrowed from the engine, which keeps them for the next pass with the same texts (engine_text.h) */
+  const mp_conditioning *cond = NULL;
+  const mp_xl_conditioning *xc = NULL;
   const bool xl = e->cfg.family == MP_FAMILY_SDXL;
-  const char *prompt = p->prompt ? p->prompt : "", *negative = p->negative ? p->negative : "";
-  mp_error *err = xl ? mp_xl_conditioning_encode(e->clip, e->clip2, pool, e->tok, prompt, negative, p->embeddings, &copt, &xc)
-                     : mp_conditioning_encode(e->clip, pool, e->tok, prompt, negative, p->embeddings, &copt, &cond);
+  mp_error *err = mp_engine_text(e, p, &cond, &xc);
   if (err) return mp_error_wrap(err, "conditioning");
-  const mp_tensor *t_cond = xl ? &xc.cond : &cond.cond, *t_uncond = xl ? &xc.uncond : &cond.uncond;
-  const char *cond_warning = xl ? xc.warning : cond.warning;
+  const mp_tensor *t_cond = xl ? &xc->cond : &cond->cond, *t_uncond = xl ? &xc->uncond : &cond->uncond;
+  const char *cond_warning = xl ? xc->warning : cond->warning;
   if (warning && cond_warning) *warning = strdup(cond_warning);
 
   const int n_ctx = (int)t_cond->shape[1], dim = (int)t_cond->shape[2];
@@ -209,8 +208,8 @@ static mp_error *run_pass_aligned(mp_engine *e, const mp_pass_params *p, mp_prog
   if (xl && y) {
     const float time_ids[6] = {(float)H, (float)W, 0, 0, (float)H, (float)W};
     const int P = e->cfg.clip2.projection_dim;
-    mp_xl_label_vector(xc.pooled_uncond.data, P, time_ids, e->cfg.time_id_dim, y);
-    mp_xl_label_vector(xc.pooled_cond.data, P, time_ids, e->cfg.time_id_dim, y + Y);
+    mp_xl_label_vector(xc->pooled_uncond.data, P, time_ids, e->cfg.time_id_dim, y);
+    mp_xl_label_vector(xc->pooled_cond.data, P, time_ids, e->cfg.time_id_dim, y + Y);
   }
   float *latent = mp_alloc(sizeof(float) * (size_t)lat_n);
   float *init_latent = NULL, *lat_mask = NULL, *inpaint_cond = NULL, *image = NULL, *pixels = NULL;
@@ -293,8 +292,6 @@ static mp_error *run_pass_aligned(mp_engine *e, const mp_pass_params *p, mp_prog
   mp_free(context), mp_free(latent), mp_free(init_latent), mp_free(lat_mask), mp_free(inpaint_cond);
   mp_free(image), mp_free(pixels);
   mp_free(y);
-  mp_conditioning_free(&cond);
-  mp_xl_conditioning_free(&xc);
   if (err && warning) {
     free(*warning);
     *warning = NULL;

@@ -28,6 +28,8 @@
 #include "sampling/sampler.h"
 #include "sampling/schedule.h"
 
+typedef struct mp_text_memo mp_text_memo; /* engine_text.h */
+
 typedef struct {
   mpass_ctx *ctx;
   char *path;
@@ -42,6 +44,8 @@ typedef struct {
   mp_unet *unet;
   mp_vae *vae;
   const mp_tokenizer *tok; /* borrowed */
+  mp_text_memo *text;      /* the last pass's text conditioning, for the next pass with the same texts */
+  int text_encodes;        /* how often the text encoders ran (the tests' view of that reuse) */
 } mp_engine;
 
 mp_error *mp_engine_open(mpass_ctx *ctx, const char *path, const mp_tokenizer *tok, mp_engine **out);

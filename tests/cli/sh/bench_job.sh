@@ -45,3 +45,16 @@ grep -E '^other +-?[0-9.]+ ' profile.txt >/dev/null && grep -E '^step +[0-9.]+ +
 awk '/^(conv 3x3|dense\/1x1|attention|norms|other) / {split(substr($0, 13), f, " "); s += f[1]}
      /^step / {t = $2} END {d = s - t; if (d < 0) d = -d; exit !(t > 0 && d <= 0.0003 + 0.01 * t)}' profile.txt ||
   { echo "the op classes do not add up to the step"; exit 1; }
+
+# --batch N: each step one UNet forward of N rows (N/2 images), and the time per image (both printed to
+# 0.01 s, hence the tolerance); odd N is refused
+"$MPASS" --threads 2 bench --model tiny.safetensors -W 64 -H 64 --steps 2 --no-vae --batch 4 > batch.txt
+grep -q '^step 2 (UNet batch 4 + CFG)' batch.txt || { echo "no batch-4 step line"; cat batch.txt; exit 1; }
+grep -E '^bench: .* step_s=([0-9.]+) .* batch=4 step_per_image_s=[0-9.]+$' batch.txt >/dev/null ||
+  { echo "no batch=4 step_per_image_s on the bench line"; cat batch.txt; exit 1; }
+awk '/^bench: / {for (i = 1; i <= NF; i++) {split($i, kv, "="); v[kv[1]] = kv[2]}}
+     END {d = v["step_s"] / 2 - v["step_per_image_s"]; if (d < 0) d = -d; exit !(d <= 0.008)}' batch.txt ||
+  { echo "step_per_image_s is not step_s / 2"; exit 1; }
+rc=0
+"$MPASS" bench --model tiny.safetensors --batch 3 > /dev/null 2>&1 || rc=$?
+[ "$rc" = 2 ] || { echo "--batch 3: expected a usage error (2), got $rc"; exit 1; }
