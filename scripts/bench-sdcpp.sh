@@ -47,7 +47,7 @@ cmake --build build --target mpass_cli
 MPASS=$PWD/build/mpass
 GOLDEN=$(cd ../shared/golden/sd15-size && pwd)
 mkdir -p "$OUT"
-rm -f "$OUT"/summary.txt "$OUT"/loadavg.txt
+rm -f "$OUT"/summary.txt "$OUT"/loadavg.txt "$OUT"/sdcpp* "$OUT"/mpass-*  # no figures of an earlier run survive a failed one
 echo "$steps" > "$OUT/steps.txt"
 if [ -n "${CKPT:-}" ]; then  # a given checkpoint is only read: no stamp is written beside it
   [ -f "$CKPT" ] || { echo "bench-sdcpp: CKPT=$CKPT is not a file" >&2; exit 2; }
