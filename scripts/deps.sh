@@ -4,7 +4,7 @@ set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
       libopenblas-dev libcmocka-dev libutf8proc-dev libcjson-dev
       libpng-dev libjpeg62-turbo-dev zlib1g-dev libsqlite3-dev libmicrohttpd-dev libcurl4-openssl-dev libdnnl-dev
-      libpq-dev postgresql chromium)
+      libpq-dev postgresql chromium time)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
