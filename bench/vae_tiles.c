@@ -1,6 +1,6 @@
 /* Tiled against untiled VAE decode (and encode): peak memory, time and the difference between them.
  *
- *   ./build/bench_vae_tiles --model CKPT [-W 768] [-H 512] [--tile T] [--overlap O] [--threads 2] [--encode]
+ *   ./build/bench_vae_tiles --model CKPT [-W 768] [-H 512] [--tile T] [--overlap O] [--threads 2] [--encode] [--bf16]
  *
  * Loads the checkpoint's VAE alone, decodes a deterministic pseudo-random latent (values as a sampler
  * leaves them, divided by the scale factor) tiled first — so the peak RSS printed after it is the tiled
@@ -35,9 +35,10 @@ static void compare(const char *what, const float *a, const float *b, size_t n) 
 int main(int argc, char **argv) {
   static const struct option longopts[] = {{"model", required_argument, 0, 'm'},   {"tile", required_argument, 0, 't'},
                                            {"overlap", required_argument, 0, 'o'}, {"threads", required_argument, 0, 'j'},
-                                           {"encode", no_argument, 0, 'e'},        {0, 0, 0, 0}};
+                                           {"encode", no_argument, 0, 'e'},        {"bf16", no_argument, 0, 'b'},
+                                           {0, 0, 0, 0}};
   const char *model = NULL;
-  int W = 768, H = 512, tile = 0, overlap = 0, threads = 2, encode = 0, opt;
+  int W = 768, H = 512, tile = 0, overlap = 0, threads = 2, encode = 0, bf16 = 0, opt;
   while ((opt = getopt_long(argc, argv, "W:H:", longopts, NULL)) != -1) {
     if (opt == 'm') model = optarg;
     else if (opt == 'W') W = atoi(optarg);
@@ -46,13 +47,14 @@ int main(int argc, char **argv) {
     else if (opt == 'o') overlap = atoi(optarg);
     else if (opt == 'j') threads = atoi(optarg);
     else if (opt == 'e') encode = 1;
+    else if (opt == 'b') bf16 = 1;
     else return 2;
   }
   if (!model || W < 8 || H < 8 || W % 8 || H % 8) {
-    fprintf(stderr, "usage: bench_vae_tiles --model CKPT [-W 768] [-H 512] [--tile T] [--overlap O] [--threads 2] [--encode]\n");
+    fprintf(stderr, "usage: bench_vae_tiles --model CKPT [-W 768] [-H 512] [--tile T] [--overlap O] [--threads 2] [--encode] [--bf16]\n");
     return 2;
   }
-  mpass_options o = {.n_threads = threads, .models_dir = "build", .precision = MPASS_PRECISION_F32};
+  mpass_options o = {.n_threads = threads, .models_dir = "build", .precision = bf16 ? MPASS_PRECISION_BF16 : MPASS_PRECISION_F32};
   mpass_ctx *ctx = NULL;
   mp_weights *wts = NULL;
   mp_vae *vae = NULL;
@@ -72,7 +74,7 @@ int main(int argc, char **argv) {
     seed = seed * 1664525u + 1013904223u;
     z[i] = ((float)(seed >> 9) / 8388608.0f - 0.5f) * 3.4f / cfg.scale_factor; /* a unit-variance latent, unscaled */
   }
-  printf("%s: VAE decode %dx%d (latent %dx%d), %d threads, f32\n", model, W, H, w, h, threads);
+  printf("%s: VAE decode %dx%d (latent %dx%d), %d threads, %s\n", model, W, H, w, h, threads, bf16 ? "bf16" : "f32");
   mp_vae_set_tiling(vae, (mp_vae_tiling){MP_VAE_TILE_ON, tile, overlap});
   bench_stamp t = bench_now();
   if ((e = mp_vae_decode(vae, ctx->pool, h, w, z, tiled))) goto done;
