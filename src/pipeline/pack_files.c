@@ -143,9 +143,21 @@ static void remove_pack_folder(const char *dir) {
   (void)rmdir(dir);
 }
 
+/* Whether the checkpoint a folder's source note names is gone: only "no such file" counts, so a file
+ * we may not read or a mount that fails (EIO, ESTALE) keeps its packs; a drive that is not mounted
+ * looks deleted, and its checkpoints pack again once. */
+static bool source_gone(const char *note) {
+  char path[PATH_MAX + 16];
+  snprintf(path, sizeof path, "%s", note);
+  path[strcspn(path, "\n")] = 0;
+  struct stat st;
+  return path[0] == '/' && stat(path, &st) != 0 && errno == ENOENT;
+}
+
 /* Note in dir/source which checkpoint file the folder packs (its real path), and remove the folders
- * under root that pack the same path under another identity: the file was replaced, so their packs
- * can never be used again (one stale folder per replaced SD 1.5 checkpoint is 1.7 GB). */
+ * under root that pack the same path under another identity (the file was replaced, so their packs
+ * can never be used again) or a file that no longer exists (deleted or moved: a moved checkpoint packs
+ * again under its new path once). One stale folder per SD 1.5 checkpoint is 1.7 GB. */
 static void claim_folder(mp_pack_store *s, const char *root, const char *dir, const char *checkpoint) {
   char real[PATH_MAX], note[PATH_MAX + 16], other[PATH_MAX + 300], seen[PATH_MAX + 16];
   if (!realpath(checkpoint, real)) return;
@@ -157,7 +169,7 @@ static void claim_folder(mp_pack_store *s, const char *root, const char *dir, co
     if (snprintf(other, sizeof other, "%s/%s", root, de->d_name) >= (int)sizeof other || strcmp(other, dir) == 0) continue;
     char src[PATH_MAX + 320];
     if (snprintf(src, sizeof src, "%s/source", other) >= (int)sizeof src) continue;
-    if (read_small(src, seen, sizeof seen) && strcmp(seen, note) == 0) remove_pack_folder(other);
+    if (read_small(src, seen, sizeof seen) && (strcmp(seen, note) == 0 || source_gone(seen))) remove_pack_folder(other);
   }
   if (d) closedir(d);
   char path[PATH_MAX + 320];

@@ -8,8 +8,9 @@
  *   - else $XDG_CACHE_HOME/mpass/packs (default ~/.cache/mpass/packs);
  * so the next process maps the packs instead of packing. `--no-cache` or MPASS_NO_CACHE=1 turn it off
  * (packing in memory as before). Nothing is stored for f32 (it packs nothing). Each folder holds a
- * `source` note (the checkpoint's real path); making a folder removes the other folders noted for the
- * same path (a replaced checkpoint's packs can never match again).
+ * `source` note (the checkpoint's real path); opening a folder removes the other folders noted for the
+ * same path (a replaced checkpoint's packs can never match again) or for a path that no longer exists
+ * (a deleted or moved checkpoint; only ENOENT counts, so an unreadable file or a failing mount keeps them).
  *
  * The identity (SHA-256 over what follows) must change whenever the tensors' bytes may have changed,
  * without reading the whole file (SHA-256 of a 2 GB checkpoint takes seconds, loading must not): for

@@ -5,6 +5,7 @@
  * modification time changed gets a new pack folder, and its old one is removed. */
 #include <dirent.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -204,19 +205,29 @@ static void test_changed_checkpoint_misses(void **state) {
   assert_int_equal(l.n_dirs, 1);
   struct timespec ts[2] = {{0, UTIME_OMIT}, {1700000000, 123}}; /* same bytes, another mtime */
   assert_int_equal(utimensat(AT_FDCWD, f->ckpt, ts, 0), 0);
-  char old_dir[1200], keep[1200], note[1300];
+  char old_dir[1200], keep[1200], gone[1200], note[1300], text[1300], other[1200];
   snprintf(old_dir, sizeof old_dir, "%s", l.dir);
+  snprintf(other, sizeof other, "%.1100s/checkpoints/tiny.json", f->models); /* stands in for another checkpoint */
+  char real[PATH_MAX];
+  assert_non_null(realpath(other, real));
   snprintf(keep, sizeof keep, "%.900s/other-0123456789abcdef", f->packs); /* another checkpoint's folder */
   assert_int_equal(mkdir(keep, 0755), 0);
   snprintf(note, sizeof note, "%.1200s/source", keep);
-  test_write_file(note, "/elsewhere/other.safetensors\n", 29);
+  int n = snprintf(text, sizeof text, "%.1200s\n", real);
+  test_write_file(note, text, (size_t)n);
+  snprintf(gone, sizeof gone, "%.900s/deleted-0123456789abcdef", f->packs); /* a deleted checkpoint's folder */
+  assert_int_equal(mkdir(gone, 0755), 0);
+  snprintf(note, sizeof note, "%.1200s/source", gone);
+  test_write_file(note, "/elsewhere/deleted.safetensors\n", 31);
   eval(f, 0, &w, out);
   assert_memory_equal(out, ref, sizeof ref);
   list(f, &l);
-  /* a new identity: packed again into its own folder; the replaced file's folder is gone, others stay */
+  /* a new identity: packed again into its own folder; the replaced file's folder and the deleted
+   * file's are gone, another existing checkpoint's stays */
   assert_int_equal(l.n_dirs, 2);
   struct stat st;
   assert_int_equal(stat(old_dir, &st), -1);
+  assert_int_equal(stat(gone, &st), -1);
   assert_int_equal(stat(keep, &st), 0);
   assert_int_equal(w.n, 0);
 }
