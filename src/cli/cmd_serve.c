@@ -21,6 +21,7 @@ static void usage(FILE *f) {
              "                   [--token-file F] [--max-queued N] [--max-upload-bytes N] [--max-image-bytes N]\n"
              "                   [--public-url URL] [--allow-private-urls] [--quiet] [--db postgres://...|sqlite:PATH]\n"
              "                   [--lease-seconds N]   (--models DIR and --threads N are global options; --workers 0: an API node only)\n"
+             "  --listen HOST:PORT, or [IPV6]:PORT ([::] takes IPv4 clients too)\n"
              "  the prompt API over HTTP (docs/api.md): jobs in DIR/mpass.db, images under DIR/jobs/, the web page at /\n");
 }
 

@@ -530,20 +530,29 @@ mp_error *ms_server_start(const ms_config *cfg, ms_server **out, char url[128]) 
     s->listen_url = strdup("");
     e = ms_workers_start(s);
   } else if (!e) {
+    /* IPv6 binds dual-stack: [::] also takes IPv4 clients, as 0.0.0.0 would */
+    const bool v6 = ms_host_is_ipv6(host);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) e = mp_errorf("--listen: %s is not an IPv4 address", host);
+    struct sockaddr_in6 sa6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port)};
+    if (v6 ? inet_pton(AF_INET6, host, &sa6.sin6_addr) != 1 : inet_pton(AF_INET, host, &sa.sin_addr) != 1)
+      e = mp_errorf("--listen: %s is not an IP address", host);
     if (!e) {
-      s->daemon = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0,
-                                   NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+      s->daemon = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
+                                       (v6 ? MHD_USE_DUAL_STACK : 0),
+                                   0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
+                                   v6 ? (struct sockaddr *)&sa6 : (struct sockaddr *)&sa,
                                    MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_TIMEOUT,
                                    (unsigned)120, MHD_OPTION_CONNECTION_LIMIT, (unsigned)256, MHD_OPTION_END);
-      if (!s->daemon) e = mp_errorf("cannot listen on %s:%d (in use, or not an address of this machine?)", host, port);
+      if (!s->daemon)
+        e = mp_errorf("cannot listen on %s%s%s:%d (in use, or not an address of this machine?)", v6 ? "[" : "", host, v6 ? "]" : "",
+                      port);
     }
   }
   if (!e && !cfg->no_http) {
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
     if (di) port = di->port;
-    snprintf(url, 128, "http://%s:%d", host, port);
+    const bool v6 = ms_host_is_ipv6(host);
+    snprintf(url, 128, "http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", port);
     s->listen_url = strdup(url);
     e = ms_workers_start(s);
   }

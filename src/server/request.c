@@ -1,9 +1,11 @@
 /* Request bodies to prompt objects and stored documents; listen addresses; path matching. */
 #include "server/request.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -185,23 +187,41 @@ mp_error *ms_document_pin_seed(ms_document *d, uint32_t seed) {
 
 mp_error *ms_parse_listen(const char *s, char host[64], int *port) {
   const char *colon = s ? strrchr(s, ':') : NULL;
-  if (!colon || colon == s || (size_t)(colon - s) >= 64)
-    return mp_errorf("--listen %s: expected HOST:PORT, e.g. 127.0.0.1:8080", s ? s : "(none)");
-  memcpy(host, s, (size_t)(colon - s));
-  host[colon - s] = 0;
+  const bool bracketed = s && s[0] == '[';
+  if (bracketed) { /* [IPv6]:PORT, as in URLs */
+    const char *close = strchr(s, ']');
+    if (!close || close[1] != ':' || close - s - 1 <= 0 || close - s - 1 >= 64)
+      return mp_errorf("--listen %s: expected [IPV6]:PORT, e.g. [::1]:8080", s);
+    colon = close + 1;
+    memcpy(host, s + 1, (size_t)(close - s - 1));
+    host[close - s - 1] = 0;
+  } else {
+    if (!colon || colon == s || (size_t)(colon - s) >= 64)
+      return mp_errorf("--listen %s: expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080", s ? s : "(none)");
+    memcpy(host, s, (size_t)(colon - s));
+    host[colon - s] = 0;
+  }
   char *end;
   errno = 0;
   long p = strtol(colon + 1, &end, 10);
   if (!colon[1] || *end || errno || p < 0 || p > 65535)
     return mp_errorf("--listen %s: the port must be a number 0-65535 (0: pick a free one)", s);
   if (!strcmp(host, "localhost")) strcpy(host, "127.0.0.1");
-  for (const char *c = host; *c; c++)
-    if (!isdigit((unsigned char)*c) && *c != '.') return mp_errorf("--listen %s: the host must be an IPv4 address or localhost", s);
+  unsigned char addr[16];
+  if (bracketed ? inet_pton(AF_INET6, host, addr) != 1 : inet_pton(AF_INET, host, addr) != 1)
+    return mp_errorf("--listen %s: the host must be an IPv4 address, localhost or an IPv6 address in brackets", s);
   *port = (int)p;
   return NULL;
 }
 
-bool ms_host_is_loopback(const char *host) { return !strncmp(host, "127.", 4); }
+bool ms_host_is_ipv6(const char *host) { return strchr(host, ':') != NULL; }
+
+bool ms_host_is_loopback(const char *host) {
+  if (!ms_host_is_ipv6(host)) return !strncmp(host, "127.", 4);
+  struct in6_addr a;
+  return inet_pton(AF_INET6, host, &a) == 1 && (IN6_IS_ADDR_LOOPBACK(&a) ||
+                                                (IN6_IS_ADDR_V4MAPPED(&a) && a.s6_addr[12] == 127)); /* ::1, ::ffff:127.x */
+}
 
 bool ms_path_match(const char *pattern, const char *path, int64_t ids[4], const char **tail) {
   int n = 0;

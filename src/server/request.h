@@ -75,8 +75,11 @@ unsigned ms_document_build(const cJSON *prompt, const char *input_name, const ch
 mp_error *ms_document_pin_seed(ms_document *d, uint32_t seed);
 void ms_document_free(ms_document *d);
 
-/* "HOST:PORT" (HOST an IPv4 address or "localhost"; PORT 0-65535). */
+/* "HOST:PORT" (HOST an IPv4 address or "localhost") or "[IPV6]:PORT"; PORT 0-65535. host gets the
+ * address without brackets. */
 mp_error *ms_parse_listen(const char *s, char host[64], int *port);
+bool ms_host_is_ipv6(const char *host);
+/* 127.x.y.z, ::1 and ::ffff:127.x.y.z */
 bool ms_host_is_loopback(const char *host);
 
 /* Match a path against a pattern like "/tunes/:id/prompts/:id"; ":id" takes a positive integer, a

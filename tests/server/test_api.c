@@ -592,6 +592,23 @@ static void test_public_bind_needs_token(void **state) {
   reply_free(&r);
 }
 
+/* --listen [::1]:0 serves on the IPv6 loopback (no token needed) and prints a bracketed URL that works. */
+static void test_ipv6_listen(void **state) {
+  (void)state;
+  server v6 = {.models = S.models, .token_file = S.token_file, .log = S.log, .db = NULL}; /* its own SQLite data */
+  v6.data = h_strf("%s/data-ipv6%s", S.dir, NULL);
+  h_start(&v6, (const char *const[]){"--listen", "[::1]:0", NULL});
+  assert_int_equal(strncmp(v6.url, "http://[::1]:", 13), 0);
+  reply r = h_req(&v6, "GET", "/healthz", NULL, NULL, NULL, NULL, NULL);
+  assert_int_equal(r.status, 200);
+  reply_free(&r);
+  r = h_req(&v6, "GET", "/prompts", TOKEN_A, NULL, NULL, NULL, NULL);
+  assert_int_equal(r.status, 200);
+  reply_free(&r);
+  assert_int_equal(h_stop(&v6, SIGTERM) & 0x7f, 0); /* exited, not killed */
+  free(v6.data);
+}
+
 static void test_plan_and_metrics(void **state) {
   (void)state;
   reply r = h_req(&S, "POST", "/prompts/plan", TOKEN_A, "application/json",
@@ -620,7 +637,8 @@ int main(void) {
       cmocka_unit_test(test_events),            cmocka_unit_test(test_callbacks),
       cmocka_unit_test(test_idempotency),       cmocka_unit_test(test_quota),
       cmocka_unit_test(test_tunes),             cmocka_unit_test(test_image_url_private_refused),
-      cmocka_unit_test(test_public_bind_needs_token), cmocka_unit_test(test_plan_and_metrics),
+      cmocka_unit_test(test_public_bind_needs_token), cmocka_unit_test(test_ipv6_listen),
+      cmocka_unit_test(test_plan_and_metrics),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -130,6 +130,25 @@ static void test_listen_and_paths(void **state) {
   assert_err_contains(ms_parse_listen("8080", host, &port), "HOST:PORT");
   assert_err_contains(ms_parse_listen("127.0.0.1:99999", host, &port), "port");
   assert_err_contains(ms_parse_listen("exa mple:1", host, &port), "IPv4");
+  assert_err_contains(ms_parse_listen("1.2.3:1", host, &port), "IPv4");
+  assert_err_contains(ms_parse_listen("::1:8080", host, &port), "IPv4"); /* IPv6 needs its brackets */
+  assert_ok(ms_parse_listen("[::1]:8080", host, &port));
+  assert_string_equal(host, "::1");
+  assert_int_equal(port, 8080);
+  assert_true(ms_host_is_ipv6(host) && ms_host_is_loopback(host));
+  assert_ok(ms_parse_listen("[::]:0", host, &port));
+  assert_true(ms_host_is_ipv6(host) && !ms_host_is_loopback(host));
+  assert_ok(ms_parse_listen("[::ffff:127.0.0.1]:1", host, &port));
+  assert_true(ms_host_is_loopback(host));
+  assert_ok(ms_parse_listen("[2001:db8::7]:443", host, &port));
+  assert_false(ms_host_is_loopback(host));
+  assert_false(ms_host_is_ipv6("127.0.0.1"));
+  assert_err_contains(ms_parse_listen("[::1]8080", host, &port), "[IPV6]:PORT");
+  assert_err_contains(ms_parse_listen("[::1", host, &port), "[IPV6]:PORT");
+  assert_err_contains(ms_parse_listen("[]:1", host, &port), "[IPV6]:PORT");
+  assert_err_contains(ms_parse_listen("[fe80::1%eth0]:1", host, &port), "IPv6"); /* no zone ids */
+  assert_err_contains(ms_parse_listen("[127.0.0.1]:1", host, &port), "IPv6");
+  assert_err_contains(ms_parse_listen("[::1]:", host, &port), "port");
   int64_t ids[4];
   const char *tail;
   assert_true(ms_path_match("/tunes/:id/prompts/:id", "/tunes/12/prompts/345", ids, &tail));
