@@ -7,7 +7,9 @@
  *   V  per head   [key pairs][dpad][2]            lanes = head dims, pairs over keys
  *   P  per strip  [row][keys]                     softmax numerators of one key block
  * hd2 = ceil(hd/2) pairs, so head dim 40 costs 20 pair-steps, 80 costs 40, 160 costs 80: nothing is
- * padded in the score product. dpad = hd rounded up to 16 lanes (40 -> 48, the only waste).
+ * padded in the score product. dpad = hd rounded up to 16 lanes (40 -> 48, the only waste). Where
+ * there is such a padding lane, V's column hd holds ones, so P·V also gives each row's sum of the
+ * numerators (as rounded to bf16, the weights actually used) and the softmax adds nothing up.
  *
  * On CPUs with AMX the same layouts feed tile products (tdpbf16ps): K groups of 16 keys are B
  * tiles as they stand ([16 pairs][16 keys][2] is the VNNI layout), V's [pairs][dpad][2] is read
@@ -74,6 +76,7 @@ typedef struct {
   float *out;
   int64_t nq, nk, ld, nk32; /* nk32: keys rounded up to 32 (the packed key count) */
   int heads, hd, hd2, dpad;
+  bool ones_col; /* V's column hd is all ones (hd < dpad): P·V yields each row's sum in O[., hd] */
   bool amx; /* tile products (strips of AMX_MR rows) instead of vdpbf16ps (MR rows) */
   float qscale;
   uint16_t *kp, *vp; /* packed K and V, all heads */
@@ -115,6 +118,11 @@ BF16_TARGET static void pack_kv_group(const bf16_att *a, int h, int64_t g) {
       __mmask16 m = first_lanes(a->hd - d < 0 ? 0 : a->hd - d);
       __m512 x0 = k0 < a->nk ? _mm512_maskz_loadu_ps(m, s0 + d) : _mm512_setzero_ps();
       __m512 x1 = k1 < a->nk ? _mm512_maskz_loadu_ps(m, s1 + d) : _mm512_setzero_ps();
+      if (a->ones_col && a->hd >= d && a->hd < d + 16) {
+        const __mmask16 one = (__mmask16)(1u << (a->hd - d));
+        if (k0 < a->nk) x0 = _mm512_mask_mov_ps(x0, one, _mm512_set1_ps(1.0f));
+        if (k1 < a->nk) x1 = _mm512_mask_mov_ps(x1, one, _mm512_set1_ps(1.0f));
+      }
       __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x0));
       __m512i hi = _mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x1)), 16);
       _mm512_storeu_si512(vd + jp * a->dpad * 2 + d * 2, _mm512_or_si512(lo, hi)); /* [d][key pair] */
@@ -329,24 +337,25 @@ BF16_INLINE __m512 exp2_minus_m(const exp2_row *e, bool subtract, __m512 s) {
   return _mm512_scalef_ps(p, s);
 }
 
-/* P row [0, kpad) = 2^(s - m) as bf16 (zero past kn); returns their sum. */
-BF16_INLINE float numerators_row(const exp2_row *e, bool subtract, const float *s, int64_t kn, int64_t kpad, uint16_t *pr) {
+/* P row [0, kpad) = 2^(s - m) as bf16 (zero past kn); returns their sum when `sum` (else 0). */
+BF16_INLINE float numerators_row(const exp2_row *e, bool subtract, bool sum_them, const float *s, int64_t kn, int64_t kpad,
+                                 uint16_t *pr) {
   const int64_t full = kn & ~(int64_t)31;
   __m512 sum = _mm512_setzero_ps(), sum1 = sum;
   int64_t j = 0;
   for (; j < full; j += 32) {
     __m512 e0 = exp2_minus_m(e, subtract, _mm512_loadu_ps(s + j));
     __m512 e1 = exp2_minus_m(e, subtract, _mm512_loadu_ps(s + j + 16));
-    sum = _mm512_add_ps(sum, e0), sum1 = _mm512_add_ps(sum1, e1);
+    if (sum_them) sum = _mm512_add_ps(sum, e0), sum1 = _mm512_add_ps(sum1, e1);
     _mm512_storeu_si512(pr + j, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
   }
   for (; j < kpad; j += 16) {
     __mmask16 valid = first_lanes(kn - j > 0 ? kn - j : 0);
     __m512 v = _mm512_maskz_mov_ps(valid, exp2_minus_m(e, subtract, _mm512_maskz_loadu_ps(valid, s + j)));
-    sum = _mm512_add_ps(sum, v);
+    if (sum_them) sum = _mm512_add_ps(sum, v);
     _mm256_mask_storeu_epi16(pr + j, first_lanes(kpad - j), (__m256i)_mm512_cvtneps_pbh(v));
   }
-  return _mm512_reduce_add_ps(_mm512_add_ps(sum, sum1));
+  return sum_them ? _mm512_reduce_add_ps(_mm512_add_ps(sum, sum1)) : 0.0f;
 }
 
 /* Online softmax for one strip of `rows` rows and one key block: S [rows][KB] (kn valid keys) ->
@@ -366,7 +375,7 @@ BF16_TARGET static void softmax_strip(int rows, const float *S, int64_t kn, int6
     if (_mm512_cmp_ps_mask(bmax, _mm512_set1_ps(m[r] + MAX_SLACK), _CMP_GT_OQ)) {
       const float mnew = ceilf(_mm512_reduce_max_ps(bmax));
       const float corr = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - mnew);
-      l[r] *= corr;
+      if (l) l[r] *= corr;
       m[r] = mnew;
       float *o = O + (int64_t)r * dpad;
       const __m512 c = _mm512_set1_ps(corr);
@@ -374,7 +383,10 @@ BF16_TARGET static void softmax_strip(int rows, const float *S, int64_t kn, int6
     }
     const exp2_row e = exp2_row_for(m[r]);
     uint16_t *pr = P + r * KB;
-    l[r] += e.subtract ? numerators_row(&e, true, s, kn, kpad, pr) : numerators_row(&e, false, s, kn, kpad, pr);
+    if (!l) /* the sums come out of P·V (bf16_att.ones_col) */
+      (void)(e.subtract ? numerators_row(&e, true, false, s, kn, kpad, pr) : numerators_row(&e, false, false, s, kn, kpad, pr));
+    else
+      l[r] += e.subtract ? numerators_row(&e, true, true, s, kn, kpad, pr) : numerators_row(&e, false, true, s, kn, kpad, pr);
   }
 }
 
@@ -389,7 +401,8 @@ AMX_TARGET static void amx_key_block(const bf16_att *a, const uint16_t *Qp, int6
   amx_scores(Qp, hd2, Kb, groups32, S[0]);
   for (int64_t s = 0; s < strips; s++) {
     if (s + 1 < strips) amx_scores(Qp + (s + 1) * AMX_MR * hd2 * 2, hd2, Kb, groups32, S[(s + 1) & 1]);
-    softmax_strip(AMX_MR, S[s & 1], kn, groups32 * 16, P[s & 1], m + s * AMX_MR, l + s * AMX_MR, O + s * AMX_MR * dpad, dpad);
+    softmax_strip(AMX_MR, S[s & 1], kn, groups32 * 16, P[s & 1], m + s * AMX_MR, l ? l + s * AMX_MR : NULL, O + s * AMX_MR * dpad,
+                  dpad);
     if (s > 0) amx_values(P[(s - 1) & 1], Vb, dpad, groups32 / 2, O + (s - 1) * AMX_MR * dpad);
   }
   amx_values(P[(strips - 1) & 1], Vb, dpad, groups32 / 2, O + (strips - 1) * AMX_MR * dpad);
@@ -412,7 +425,7 @@ BF16_TARGET static void attention_task(const bf16_att *a, int64_t task, void *sc
   P[1] = (uint16_t *)(void *)(base += align64(sizeof(uint16_t) * STRIP_MAX * KB));
   O = (float *)(void *)(base += align64(sizeof(uint16_t) * STRIP_MAX * KB));
   m = (float *)(void *)(base += align64(sizeof(float) * QB * dpad));
-  l = m + QB;
+  l = a->ones_col ? NULL : m + QB;
 
   memset(Qp, 0, sizeof(uint16_t) * (size_t)(rows * hd2 * 2));
   const __m512 qs = _mm512_set1_ps(a->qscale);
@@ -424,7 +437,8 @@ BF16_TARGET static void attention_task(const bf16_att *a, int64_t task, void *sc
       _mm256_mask_storeu_epi16(Qp + r * hd2 * 2 + d, mk, (__m256i)_mm512_cvtneps_pbh(x));
     }
   }
-  for (int64_t r = 0; r < rows; r++) m[r] = -INFINITY, l[r] = 0;
+  for (int64_t r = 0; r < rows; r++) m[r] = -INFINITY;
+  if (l) memset(l, 0, sizeof(float) * (size_t)rows);
   memset(O, 0, sizeof(float) * (size_t)(rows * dpad));
 
   const uint16_t *Kh = a->kp + (int64_t)h * kp_head_elems(a), *Vh = a->vp + (int64_t)h * vp_head_elems(a);
@@ -441,7 +455,7 @@ BF16_TARGET static void attention_task(const bf16_att *a, int64_t task, void *sc
       int64_t g = 0;
       for (; g + 2 <= groups; g += 2) score_tile(Qs, hd2, Kb + g * gstride, gstride, 2, S[0] + g * 16);
       if (g < groups) score_tile(Qs, hd2, Kb + g * gstride, gstride, 1, S[0] + g * 16);
-      softmax_strip(MR, S[0], kn, pairs * 2, P[0], m + s0, l + s0, O + s0 * dpad, dpad);
+      softmax_strip(MR, S[0], kn, pairs * 2, P[0], m + s0, l ? l + s0 : NULL, O + s0 * dpad, dpad);
       /* the head dim in vectors of 16: twos over 12 rows, a last three over two halves of 6 rows
        * (hd 40 = 3 vectors: one pass over the keys instead of a 2 and a 1) */
       float *Os = O + s0 * dpad;
@@ -458,7 +472,8 @@ BF16_TARGET static void attention_task(const bf16_att *a, int64_t task, void *sc
   }
   for (int64_t r = 0; r < qn; r++) {
     float *dst = a->out + (q0 + r) * a->ld + (int64_t)h * a->hd;
-    const __m512 inv = _mm512_set1_ps(l[r] > 0 ? 1.0f / l[r] : 0.0f);
+    const float sum = l ? l[r] : O[r * dpad + a->hd];
+    const __m512 inv = _mm512_set1_ps(sum > 0 ? 1.0f / sum : 0.0f);
     for (int d = 0; d < a->hd; d += 16)
       _mm512_mask_storeu_ps(dst + d, first_lanes(a->hd - d), _mm512_mul_ps(_mm512_loadu_ps(O + r * dpad + d), inv));
   }
@@ -485,6 +500,7 @@ static bool attention_bf16(mp_pool *pool, bool amx, float *out, const float *q, 
   a.nk32 = (nk + 31) / 32 * 32;
   a.hd2 = (hd + 1) / 2;
   a.dpad = (hd + 15) / 16 * 16;
+  a.ones_col = hd < a.dpad;
   a.qscale = (float)(1.4426950408889634 / sqrt((double)hd)); /* log2(e) / sqrt(hd): scores in log2 units */
   if (nk <= 0) { /* softmax over nothing: the f32 kernel's convention, zeros */
     memset(out, 0, sizeof(float) * (size_t)(nq * a.ld));
