@@ -337,7 +337,7 @@ BF16_INLINE __m512 exp2_minus_m(const exp2_row *e, bool subtract, __m512 s) {
   return _mm512_scalef_ps(p, s);
 }
 
-/* P row [0, kpad) = 2^(s - m) as bf16 (zero past kn); returns their sum when `sum` (else 0). */
+/* P row [0, kpad) = 2^(s - m) as bf16 (zero past kn); returns their sum when `sum_them` (else 0). */
 BF16_INLINE float numerators_row(const exp2_row *e, bool subtract, bool sum_them, const float *s, int64_t kn, int64_t kpad,
                                  uint16_t *pr) {
   const int64_t full = kn & ~(int64_t)31;
@@ -359,8 +359,9 @@ BF16_INLINE float numerators_row(const exp2_row *e, bool subtract, bool sum_them
 }
 
 /* Online softmax for one strip of `rows` rows and one key block: S [rows][KB] (kn valid keys) ->
- * P [rows][KB] bf16 numerators (zero up to kpad), running max m (an integer) and sum l updated; the
- * accumulator rows of O are rescaled when m moves (see MAX_SLACK). */
+ * P [rows][KB] bf16 numerators (zero up to kpad), running max m (an integer) and sums l updated (l is
+ * NULL where P·V sums the rows itself: bf16_att.ones_col); the accumulator rows of O are rescaled
+ * when m moves (see MAX_SLACK). */
 BF16_TARGET static void softmax_strip(int rows, const float *S, int64_t kn, int64_t kpad, uint16_t *P, float *m, float *l,
                                       float *O, int dpad) {
   for (int r = 0; r < rows; r++) {
