@@ -56,8 +56,6 @@ typedef struct {
 static mp_error *fill_packed(void *ctx, dnnl_memory_t dst) {
   const fill_args *a = ctx;
   const mp_dnnl_conv *c = a->c;
-  dnnl_engine_t eng = mp_backend_dnnl_engine(c->b);
-  dnnl_stream_t st = mp_backend_dnnl_stream(c->b);
   const size_t nw = (size_t)mp_tensor_numel(a->W);
   dnnl_dims_t wd = {c->c_out, c->c_in, c->kh, c->kw};
   dnnl_memory_desc_t wuser;
@@ -65,20 +63,7 @@ static mp_error *fill_packed(void *ctx, dnnl_memory_t dst) {
   float *wf = mp_alloc(nw * 4);
   if (!wf) return mp_errorf("out of memory packing a convolution weight");
   mp_convert_to_f32(wf, a->W->data, a->W->dtype, nw);
-  dnnl_memory_t user = NULL;
-  dnnl_primitive_t reorder = NULL;
-  dnnl_primitive_desc_t rpd = NULL;
-  mp_error *e = ck(dnnl_memory_create(&user, &wuser, eng, wf), "weights memory");
-  if (!e) e = ck(dnnl_reorder_primitive_desc_create(&rpd, &wuser, eng, &c->wei_md, eng, NULL), "weights reorder");
-  if (!e) e = ck(dnnl_primitive_create(&reorder, rpd), "weights reorder");
-  if (!e) {
-    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, dst}};
-    e = ck(dnnl_primitive_execute(reorder, st, 2, args), "weights reorder");
-    if (!e) e = ck(dnnl_stream_wait(st), "stream wait");
-  }
-  if (reorder) dnnl_primitive_destroy(reorder);
-  if (rpd) dnnl_primitive_desc_destroy(rpd);
-  if (user) dnnl_memory_destroy(user);
+  mp_error *e = mp_pack_dnnl_reorder(c->b, &wuser, wf, &c->wei_md, dst);
   mp_free(wf);
   return e;
 }

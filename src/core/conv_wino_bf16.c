@@ -97,7 +97,6 @@ typedef struct {
 static mp_error *fill_weights(void *ctx, dnnl_memory_t dst) {
   const weights_fill *f = ctx;
   const int O = f->c->O, C = f->c->C;
-  dnnl_engine_t eng = mp_backend_dnnl_engine(f->c->b);
   uint16_t *U = mp_alloc((size_t)XI * O * C * 2);
   float *w32 = mp_alloc((size_t)C * 9 * 4);
   mp_error *e = U && w32 ? NULL : mp_errorf("out of memory transforming a %dx%dx3x3 weight", O, C);
@@ -110,22 +109,8 @@ static mp_error *fill_weights(void *ctx, dnnl_memory_t dst) {
   }
   dnnl_dims_t wd = {XI, C, O};
   dnnl_memory_desc_t wuser;
-  dnnl_memory_t user = NULL;
-  dnnl_primitive_desc_t rpd = NULL;
-  dnnl_primitive_t reorder = NULL;
   if (!e) e = ck(dnnl_memory_desc_init_by_tag(&wuser, 3, wd, dnnl_bf16, dnnl_acb), "weights desc");
-  if (!e) e = ck(dnnl_memory_create(&user, &wuser, eng, U), "weights memory");
-  if (!e) e = ck(dnnl_reorder_primitive_desc_create(&rpd, &wuser, eng, &f->c->wei_md, eng, NULL), "weights reorder");
-  if (!e) e = ck(dnnl_primitive_create(&reorder, rpd), "weights reorder");
-  if (!e) {
-    dnnl_stream_t st = mp_backend_dnnl_stream(f->c->b);
-    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, dst}};
-    e = ck(dnnl_primitive_execute(reorder, st, 2, args), "weights reorder");
-    if (!e) e = ck(dnnl_stream_wait(st), "stream wait");
-  }
-  if (reorder) dnnl_primitive_destroy(reorder);
-  if (rpd) dnnl_primitive_desc_destroy(rpd);
-  if (user) dnnl_memory_destroy(user);
+  if (!e) e = mp_pack_dnnl_reorder(f->c->b, &wuser, U, &f->c->wei_md, dst);
   mp_free(U);
   mp_free(w32);
   return e;

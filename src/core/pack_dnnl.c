@@ -70,6 +70,27 @@ static mp_error *ck(dnnl_status_t s, const char *what) {
   return s == dnnl_success ? NULL : mp_errorf("oneDNN %s failed (status %d)", what, (int)s);
 }
 
+mp_error *mp_pack_dnnl_reorder(mp_backend *b, const dnnl_memory_desc_t *from_md, void *from, const dnnl_memory_desc_t *to_md,
+                               dnnl_memory_t dst) {
+  dnnl_engine_t eng = mp_backend_dnnl_engine(b);
+  dnnl_memory_t user = NULL;
+  dnnl_primitive_desc_t rpd = NULL;
+  dnnl_primitive_t reorder = NULL;
+  mp_error *e = ck(dnnl_memory_create(&user, from_md, eng, from), "weight memory");
+  if (!e) e = ck(dnnl_reorder_primitive_desc_create(&rpd, from_md, eng, to_md, eng, NULL), "weight reorder");
+  if (!e) e = ck(dnnl_primitive_create(&reorder, rpd), "weight reorder");
+  if (!e) {
+    dnnl_stream_t st = mp_backend_dnnl_stream(b);
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, dst}};
+    e = ck(dnnl_primitive_execute(reorder, st, 2, args), "weight reorder");
+    if (!e) e = ck(dnnl_stream_wait(st), "stream wait");
+  }
+  if (reorder) dnnl_primitive_destroy(reorder);
+  if (rpd) dnnl_primitive_desc_destroy(rpd);
+  if (user) dnnl_memory_destroy(user);
+  return e;
+}
+
 mp_error *mp_pack_dnnl_weight(mp_backend *b, const void *w_data, const char *kind, const dnnl_memory_desc_t *md, mp_pack_fill_fn fill,
                               void *fill_ctx, dnnl_memory_t *out, mp_packed_mem *mem) {
   return mp_pack_dnnl_weight_as(b, w_data, kind, NULL, md, fill, fill_ctx, out, mem);

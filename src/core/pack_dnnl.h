@@ -34,6 +34,10 @@ mp_error *mp_pack_dnnl_weight(mp_backend *b, const void *w_data, const char *kin
 mp_error *mp_pack_dnnl_weight_as(mp_backend *b, const void *w_data, const char *kind, const char *form,
                                  const dnnl_memory_desc_t *md, mp_pack_fill_fn fill, void *fill_ctx, dnnl_memory_t *out,
                                  mp_packed_mem *mem);
+/* For fill functions: reorder `from`, the weight in a plain layout from_md, into dst (layout to_md),
+ * converting its data type on the way (oneDNN's reorder, run to completion on the backend's stream). */
+mp_error *mp_pack_dnnl_reorder(mp_backend *b, const dnnl_memory_desc_t *from_md, void *from, const dnnl_memory_desc_t *to_md,
+                               dnnl_memory_t dst);
 void mp_packed_mem_free(mp_packed_mem *m);
 void mp_packed_mem_drop_resident(mp_packed_mem *m);
 

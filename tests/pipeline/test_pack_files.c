@@ -15,9 +15,10 @@
 #include "core/context.h"
 #include "pipeline/engine.h"
 #include "pipeline/pack_files.h"
+#include "pack_listing.h"
 #include "testutil.h"
 
-enum { LAT = 8, N_CTX = 8, N = 2 * 4 * LAT * LAT, MAX_FILES = 512 };
+enum { LAT = 8, N_CTX = 8, N = 2 * 4 * LAT * LAT };
 
 typedef struct {
   char models[1024], ckpt[1100], packs[1100];
@@ -80,45 +81,9 @@ static void eval(fixture *f, int no_cache, test_warnings *w, float *eps) {
   mpass_ctx_destroy(ctx);
 }
 
-typedef struct {
-  int n_dirs, n;
-  char dir[1200];
-  char name[MAX_FILES][64];
-  ino_t ino[MAX_FILES];
-} listing;
+typedef pack_listing listing;
 
-/* The pack folders under f->packs and the records of the (last) one. */
-static void list(fixture *f, listing *l) {
-  memset(l, 0, sizeof *l);
-  DIR *d = opendir(f->packs);
-  if (!d) return;
-  struct dirent *de;
-  while ((de = readdir(d)))
-    if (de->d_name[0] != '.') {
-      l->n_dirs++;
-      snprintf(l->dir, sizeof l->dir, "%.900s/%.255s", f->packs, de->d_name);
-    }
-  closedir(d);
-  if (!(d = opendir(l->dir))) return;
-  while ((de = readdir(d)) && l->n < MAX_FILES) {
-    if (!strstr(de->d_name, ".pack")) continue;
-    assert_null(strstr(de->d_name, ".tmp")); /* no temporary file left behind */
-    char p[1400];
-    snprintf(p, sizeof p, "%.1100s/%.255s", l->dir, de->d_name);
-    struct stat st;
-    assert_int_equal(stat(p, &st), 0);
-    snprintf(l->name[l->n], sizeof l->name[0], "%.63s", de->d_name);
-    l->ino[l->n++] = st.st_ino;
-  }
-  closedir(d);
-  for (int i = 1; i < l->n; i++) /* by name: directory order is not guaranteed */
-    for (int j = i; j > 0 && strcmp(l->name[j - 1], l->name[j]) > 0; j--) {
-      char t[64];
-      memcpy(t, l->name[j], sizeof t), memcpy(l->name[j], l->name[j - 1], sizeof t), memcpy(l->name[j - 1], t, sizeof t);
-      ino_t ti = l->ino[j];
-      l->ino[j] = l->ino[j - 1], l->ino[j - 1] = ti;
-    }
-}
+static void list(fixture *f, listing *l) { pack_list(f->packs, l); }
 
 static const char *record(const listing *l, int i, char *buf) {
   snprintf(buf, 1400, "%.1200s/%.63s", l->dir, l->name[i]);

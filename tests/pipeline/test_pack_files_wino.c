@@ -20,10 +20,11 @@
 #include "core/context.h"
 #include "models/sd_layout.h"
 #include "pipeline/engine.h"
+#include "pack_listing.h"
 #include "testutil.h"
 
 /* 32x32 latents and 256 channels: the smallest shapes mp_wino_bf16_pays takes */
-enum { LAT = 32, CH = 256, N_CTX = 8, N = 2 * 4 * LAT * LAT, MAX_FILES = 512 };
+enum { LAT = 32, CH = 256, N_CTX = 8, N = 2 * 4 * LAT * LAT };
 
 typedef struct {
   char *tmp;
@@ -83,46 +84,9 @@ static void eval(fixture *f, int no_cache, test_warnings *w, float *eps) {
   mpass_ctx_destroy(ctx);
 }
 
-/* The records of the checkpoint's pack folder: name, inode and kind (the key's first line). */
-typedef struct {
-  int n_dirs, n, n_wino;
-  char dir[1200];
-  char name[MAX_FILES][64], kind[MAX_FILES][32];
-  ino_t ino[MAX_FILES];
-} listing;
+typedef pack_listing listing;
 
-static void list(fixture *f, listing *l) {
-  memset(l, 0, sizeof *l);
-  DIR *d = opendir(f->packs);
-  if (!d) return;
-  struct dirent *de;
-  while ((de = readdir(d)))
-    if (de->d_name[0] != '.') {
-      l->n_dirs++;
-      snprintf(l->dir, sizeof l->dir, "%.900s/%.255s", f->packs, de->d_name);
-    }
-  closedir(d);
-  if (!(d = opendir(l->dir))) return;
-  while ((de = readdir(d)) && l->n < MAX_FILES) {
-    if (!strstr(de->d_name, ".pack")) continue;
-    assert_null(strstr(de->d_name, ".tmp"));
-    char p[1400], key[64] = {0};
-    snprintf(p, sizeof p, "%.1100s/%.255s", l->dir, de->d_name);
-    struct stat st;
-    assert_int_equal(stat(p, &st), 0);
-    int fd = open(p, O_RDONLY);
-    assert_true(fd >= 0);
-    assert_true(pread(fd, key, sizeof key - 1, 64) > 0); /* the key follows the 64-byte fixed header */
-    close(fd);
-    key[strcspn(key, "\n")] = 0;
-    snprintf(l->name[l->n], sizeof l->name[0], "%.63s", de->d_name);
-    snprintf(l->kind[l->n], sizeof l->kind[0], "%.31s", key);
-    l->ino[l->n] = st.st_ino;
-    l->n_wino += strcmp(key, MP_WINO_BF16_PACK_KIND) == 0;
-    l->n++;
-  }
-  closedir(d);
-}
+static void list(fixture *f, listing *l) { pack_list(f->packs, l); }
 
 /* The index in l of record `name`, failing when it is not there. */
 static int find(const listing *l, const char *name) {
@@ -152,8 +116,8 @@ static void test_warm_load_maps_the_winograd_packs(void **state) {
   list(f, before);
   assert_int_equal(before->n_dirs, 1);
   /* in and out resnets and the middle block's two: 10 convolutions 256 (or 512) -> 256 at 32x32 */
-  if (before->n_wino != 10) fail_msg("%d Winograd records of %d, expected 10", before->n_wino, before->n);
-  assert_true(before->n > before->n_wino); /* and the direct convolutions' and matmuls' */
+  if (pack_count_kind(before, MP_WINO_BF16_PACK_KIND) != 10) fail_msg("%d Winograd records of %d, expected 10", pack_count_kind(before, MP_WINO_BF16_PACK_KIND), before->n);
+  assert_true(before->n > pack_count_kind(before, MP_WINO_BF16_PACK_KIND)); /* and the direct convolutions' and matmuls' */
   eval(f, 0, &w, warm);
   assert_memory_equal(warm, ref, sizeof(float) * N);
   list(f, after);
@@ -200,7 +164,7 @@ static void test_damaged_winograd_records_are_rebuilt(void **state) {
   assert_non_null(strstr(w.last, "packing the weight again"));
   list(f, again);
   assert_int_equal(again->n, l->n);
-  assert_int_equal(again->n_wino, l->n_wino);
+  assert_int_equal(pack_count_kind(again, MP_WINO_BF16_PACK_KIND), pack_count_kind(l, MP_WINO_BF16_PACK_KIND));
   snprintf(p, sizeof p, "%.1200s/%.63s", l->dir, l->name[wino[0]]);
   assert_int_equal(stat(p, &st), 0);
   assert_int_equal(st.st_size, full); /* whole again */
