@@ -1,16 +1,45 @@
-/* For the pack-store tests (test_pack_files*.c): the pack folders under a root and the records of the
- * (last) one, sorted by name, each with its inode and kind (the first line of its key). */
+/* For the pack-store tests (test_pack_files*.c): a UNet forward in a fresh context and engine, and
+ * the pack folders under a root with the records of the (last) one, sorted by name, each with its
+ * inode and kind (the first line of its key). */
 #ifndef MPASS_TESTS_PACK_LISTING_H
 #define MPASS_TESTS_PACK_LISTING_H
 
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/context.h"
+#include "pipeline/engine.h"
 #include "testutil.h"
+
+/* eps [2, 4, lat, lat] = the UNet of the checkpoint at ckpt (inside models) on x, at t = 500 with cond
+ * [2, n_ctx, C], in a fresh context and engine: a new process as far as packing is concerned. Dropping
+ * the mapped packs from the resident set (the trim) and running again must not change a bit. */
+static inline void pack_eval(const char *models, const char *ckpt, int lat, const float *x, const float *cond, int n_ctx,
+                             int no_cache, test_warnings *w, float *eps) {
+  mpass_options o = {.n_threads = 2, .models_dir = models, .precision = MPASS_PRECISION_BF16, .no_cache = no_cache};
+  mpass_ctx *ctx;
+  assert_ok(mpass_ctx_create(&o, &ctx));
+  mpass_ctx_set_warning_handler(ctx, test_collect_warning, w);
+  mp_engine *e;
+  assert_ok(mp_engine_open(ctx, ckpt, NULL, &e));
+  const float ts[2] = {500.0f, 500.0f};
+  const size_t n = (size_t)2 * 4 * lat * lat;
+  assert_ok(mp_unet_forward(e->unet, ctx->pool, 2, lat, lat, x, ts, cond, n_ctx, eps));
+  mp_unet_trim(e->unet);
+  mp_backend_trim(ctx->backend);
+  float *again = malloc(sizeof(float) * n);
+  assert_non_null(again);
+  assert_ok(mp_unet_forward(e->unet, ctx->pool, 2, lat, lat, x, ts, cond, n_ctx, again));
+  assert_memory_equal(again, eps, sizeof(float) * n);
+  free(again);
+  mp_engine_close(e);
+  mpass_ctx_destroy(ctx);
+}
 
 enum { PACK_LISTING_MAX = 512 };
 

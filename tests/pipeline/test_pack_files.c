@@ -61,24 +61,8 @@ static int teardown(void **state) {
   return 0;
 }
 
-/* A UNet forward in a fresh context and engine (a new process as far as packing is concerned). */
 static void eval(fixture *f, int no_cache, test_warnings *w, float *eps) {
-  mpass_options o = {.n_threads = 2, .models_dir = f->models, .precision = MPASS_PRECISION_BF16, .no_cache = no_cache};
-  mpass_ctx *ctx;
-  assert_ok(mpass_ctx_create(&o, &ctx));
-  mpass_ctx_set_warning_handler(ctx, test_collect_warning, w);
-  mp_engine *e;
-  assert_ok(mp_engine_open(ctx, f->ckpt, NULL, &e));
-  const float ts[2] = {500.0f, 500.0f};
-  assert_ok(mp_unet_forward(e->unet, ctx->pool, 2, LAT, LAT, f->x, ts, f->cond, N_CTX, eps));
-  /* dropping the mapped packs from the resident set and using them again changes nothing */
-  mp_unet_trim(e->unet);
-  mp_backend_trim(ctx->backend);
-  float again[N];
-  assert_ok(mp_unet_forward(e->unet, ctx->pool, 2, LAT, LAT, f->x, ts, f->cond, N_CTX, again));
-  assert_memory_equal(again, eps, sizeof again);
-  mp_engine_close(e);
-  mpass_ctx_destroy(ctx);
+  pack_eval(f->models, f->ckpt, LAT, f->x, f->cond, N_CTX, no_cache, w, eps);
 }
 
 typedef pack_listing listing;
