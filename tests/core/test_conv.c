@@ -9,19 +9,6 @@
 #include "core/vmath.h"
 #include "testutil.h"
 
-static void fill(float *x, int64_t n, unsigned seed) {
-  for (int64_t i = 0; i < n; i++) {
-    seed = seed * 1103515245u + 12345u;
-    x[i] = ((float)((seed >> 8) & 0xffff) / 65535.0f - 0.5f) * 2.0f;
-  }
-}
-
-static double rel_l2(const float *a, const float *b, int64_t n) {
-  double d = 0, r = 0;
-  for (int64_t i = 0; i < n; i++) d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]), r += (double)b[i] * b[i];
-  return sqrt(d / (r > 0 ? r : 1));
-}
-
 static double max_diff(const float *a, const float *b, int64_t n) {
   double m = 0;
   for (int64_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i] - b[i]));
@@ -43,7 +30,7 @@ static void run_conv_case(mp_pool *pool, mp_workspace *ws, conv_case cc) {
   float *x = malloc(sizeof(float) * nx), *W = malloc(sizeof(float) * nw), *b = malloc(sizeof(float) * cc.c_out);
   float *y = malloc(sizeof(float) * ny), *r = malloc(sizeof(float) * ny);
   uint16_t *W16 = malloc(2 * nw);
-  fill(x, nx, 11), fill(W, nw, 12), fill(b, cc.c_out, 13);
+  test_fill(x, nx, 11), test_fill(W, nw, 12), test_fill(b, cc.c_out, 13);
   if (cc.f16)
     for (int64_t i = 0; i < nw; i++) W16[i] = mp_f32_to_f16(W[i]), W[i] = mp_f16_to_f32(W16[i]);
   mp_tensor tw, tb;
@@ -53,7 +40,7 @@ static void run_conv_case(mp_pool *pool, mp_workspace *ws, conv_case cc) {
   for (int bi = 0; bi < cc.batch; bi++)
     mp_ref_conv2d(r + (int64_t)bi * cc.c_out * ho * wo, x + (int64_t)bi * cc.c_in * cc.h * cc.w, cc.c_in, cc.h, cc.w, W,
                   cc.bias ? b : NULL, cc.c_out, cc.k, cc.k, cc.stride, cc.pad);
-  double e = rel_l2(y, r, ny);
+  double e = test_rel_l2(y, r, ny);
   /* direct/im2col: rounding only; Winograd F(4,3) (>= 1024 pixels) multiplies rounding by its transforms */
   if (e > (ho * wo >= 1024 ? 1e-5 : 1e-6)) fail_msg("conv %dx%d c%d->%d k%d s%d: rel l2 %g", cc.h, cc.w, cc.c_in, cc.c_out, cc.k, cc.stride, e);
   free(x), free(W), free(b), free(y), free(r), free(W16);
@@ -87,7 +74,7 @@ static void test_conv2d_matches_reference(void **state) {
   {
     enum { C = 5, O = 6, H = 13, W = 17 };
     float x[2 * C * H * W], Wt[O * C * 9], bb[O], y[2 * O * H * W], r[O * H * W];
-    fill(x, 2 * C * H * W, 21), fill(Wt, O * C * 9, 22), fill(bb, O, 23);
+    test_fill(x, 2 * C * H * W, 21), test_fill(Wt, O * C * 9, 22), test_fill(bb, O, 23);
     mp_tensor tw, tb;
     mp_tensor_view(&tw, MP_F32, 4, (int64_t[]){O, C, 3, 3}, Wt);
     mp_tensor_view(&tb, MP_F32, 1, (int64_t[]){O}, bb);
@@ -96,7 +83,7 @@ static void test_conv2d_matches_reference(void **state) {
         assert_ok(mp_conv3x3_winograd(pool, &ws, y, x, 2, C, H, W, &tw, &tb, tile, band));
         for (int b = 0; b < 2; b++) {
           mp_ref_conv2d(r, x + b * C * H * W, C, H, W, Wt, bb, O, 3, 3, 1, p1);
-          double e = rel_l2(y + b * O * H * W, r, O * H * W);
+          double e = test_rel_l2(y + b * O * H * W, r, O * H * W);
           if (e > (tile == 4 ? 5e-6 : 1e-6)) fail_msg("Winograd F(%d,3), bands of %d tiles: rel l2 %g", tile, (int)band, e);
         }
       }
@@ -117,7 +104,7 @@ static void test_dense_matches_reference(void **state) {
   enum { N = 13, IN = 37, OUT = 21 };
   float x[N * IN], W[OUT * IN], b[OUT], y[N * OUT], r[N * OUT];
   uint16_t W16[OUT * IN];
-  fill(x, N * IN, 4), fill(W, OUT * IN, 5), fill(b, OUT, 6);
+  test_fill(x, N * IN, 4), test_fill(W, OUT * IN, 5), test_fill(b, OUT, 6);
   for (int i = 0; i < OUT * IN; i++) W16[i] = mp_f32_to_f16(W[i]), W[i] = mp_f16_to_f32(W16[i]);
   mp_tensor tw, tb;
   mp_tensor_view(&tw, MP_F16, 4, (int64_t[]){OUT, IN, 1, 1}, W16);
@@ -145,7 +132,7 @@ static void test_dense_on_f32_backend(void **state) {
     float *x = malloc(sizeof(float) * (size_t)(n * IN)), *y = malloc(sizeof(float) * (size_t)(n * OUT));
     float *r = malloc(sizeof(float) * (size_t)(n * OUT)), W[OUT * IN], b[OUT];
     uint16_t W16[OUT * IN];
-    fill(x, n * IN, 7), fill(W, OUT * IN, 8), fill(b, OUT, 9);
+    test_fill(x, n * IN, 7), test_fill(W, OUT * IN, 8), test_fill(b, OUT, 9);
     for (int i = 0; i < OUT * IN; i++) W16[i] = mp_f32_to_f16(W[i]), W[i] = mp_f16_to_f32(W16[i]);
     mp_tensor tw, tb;
     mp_tensor_view(&tw, MP_F16, 2, (int64_t[]){OUT, IN}, W16);
@@ -154,7 +141,7 @@ static void test_dense_on_f32_backend(void **state) {
     for (int rep = 0; rep < 2; rep++) { /* the second call reuses the cached primitive */
       assert_ok(mp_dense(pool, &ws, y, x, n, &tw, &tb));
       mp_ref_linear(r, x, n, W, b, IN, OUT);
-      double e = rel_l2(y, r, n * OUT);
+      double e = test_rel_l2(y, r, n * OUT);
       if (e > 1e-6) fail_msg("dense %lld rows on the f32 backend: rel L2 %g", (long long)n, e);
     }
     mp_workspace_free(&ws);
@@ -169,7 +156,7 @@ static void test_group_norm_matches_reference(void **state) {
   enum { B = 2, C = 64, HW = 37, G = 32 };
   float *x = malloc(sizeof(float) * B * C * HW), *y = malloc(sizeof(float) * B * C * HW), *r = malloc(sizeof(float) * C * HW);
   float gamma[C], beta[C];
-  fill(x, B * C * HW, 7), fill(gamma, C, 8), fill(beta, C, 9);
+  test_fill(x, B * C * HW, 7), test_fill(gamma, C, 8), test_fill(beta, C, 9);
   for (int i = 0; i < B * C * HW; i++) x[i] = x[i] * 3.0f + 5.0f; /* an offset mean stresses the variance */
   mp_pool *pool;
   assert_ok(mp_pool_create(2, &pool));
@@ -196,7 +183,7 @@ static void test_group_norm_chunked_statistics(void **state) {
   enum { C = 8, HW = 3001, G = 2 };
   float *x = malloc(sizeof(float) * C * HW), *y = malloc(sizeof(float) * C * HW), *r = malloc(sizeof(float) * C * HW);
   float gamma[C], beta[C];
-  fill(x, C * HW, 11), fill(gamma, C, 12), fill(beta, C, 13);
+  test_fill(x, C * HW, 11), test_fill(gamma, C, 12), test_fill(beta, C, 13);
   for (int i = 0; i < C * HW; i++) x[i] = x[i] * 3.0f + 100.0f + 1e-3f * (float)i;
   mp_pool *pool;
   assert_ok(mp_pool_create(2, &pool));
@@ -213,13 +200,13 @@ static void test_upsample_and_geglu(void **state) {
   (void)state;
   enum { P = 3, H = 5, W = 7, N = 9, D = 11 };
   float x[P * H * W], y[4 * P * H * W], r[4 * P * H * W];
-  fill(x, P * H * W, 10);
+  test_fill(x, P * H * W, 10);
   mp_upsample_nearest2x(NULL, y, x, P, H, W);
   mp_ref_upsample_nearest2x(r, x, P, H, W);
   assert_memory_equal(y, r, sizeof y);
 
   float g[N * 2 * D], gy[N * D], gr[N * D];
-  fill(g, N * 2 * D, 14);
+  test_fill(g, N * 2 * D, 14);
   for (int i = 0; i < N * 2 * D; i++) g[i] *= 6.0f; /* reach the tails */
   mp_geglu(NULL, gy, g, N, D);
   mp_ref_geglu(gr, g, N, D);
@@ -238,7 +225,7 @@ static void test_vector_exp(void **state) {
   /* the softmax row passes (AVX-512 where built for it), every length around the vector widths */
   float row[70], e[70];
   for (int n = 0; n <= 70; n++) {
-    fill(row, n, 10 + (unsigned)n);
+    test_fill(row, n, 10 + (unsigned)n);
     for (int i = 0; i < n; i++) row[i] *= 20.0f;
     float mx = -INFINITY;
     for (int i = 0; i < n; i++) mx = row[i] > mx ? row[i] : mx;

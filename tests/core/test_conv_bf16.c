@@ -12,19 +12,6 @@
 #include "core/ops.h"
 #include "testutil.h"
 
-static void fill(float *x, int64_t n, unsigned seed) {
-  for (int64_t i = 0; i < n; i++) {
-    seed = seed * 1103515245u + 12345u;
-    x[i] = ((float)((seed >> 8) & 0xffff) / 65535.0f - 0.5f) * 2.0f;
-  }
-}
-
-static double rel_l2(const float *a, const float *b, int64_t n) {
-  double d = 0, r = 0;
-  for (int64_t i = 0; i < n; i++) d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]), r += (double)b[i] * b[i];
-  return sqrt(d / (r > 0 ? r : 1));
-}
-
 typedef struct {
   int c_in, c_out, h, w, k, stride;
   mp_pad pad;
@@ -41,7 +28,7 @@ static double conv_error(mp_pool *pool, mp_workspace *ws, conv_case cc) {
   float *x = malloc(sizeof(float) * nx), *b = malloc(sizeof(float) * cc.c_out);
   float *y = malloc(sizeof(float) * ny), *r = malloc(sizeof(float) * ny), *W = malloc(sizeof(float) * nw);
   uint16_t *W16 = malloc(2 * nw);
-  fill(x, nx, 21), fill(W, nw, 22), fill(b, cc.c_out, 23);
+  test_fill(x, nx, 21), test_fill(W, nw, 22), test_fill(b, cc.c_out, 23);
   for (int64_t i = 0; i < nw; i++) W16[i] = mp_f32_to_f16(W[i]), W[i] = mp_f16_to_f32(W16[i]);
   mp_tensor tw, tb;
   mp_tensor_view(&tw, MP_F16, 4, (int64_t[]){cc.c_out, cc.c_in, cc.k, cc.k}, W16);
@@ -51,7 +38,7 @@ static double conv_error(mp_pool *pool, mp_workspace *ws, conv_case cc) {
   for (int bi = 0; bi < cc.batch; bi++)
     mp_ref_conv2d(r + (int64_t)bi * cc.c_out * ho * wo, x + (int64_t)bi * cc.c_in * cc.h * cc.w, cc.c_in, cc.h, cc.w, W,
                   cc.bias ? b : NULL, cc.c_out, cc.k, cc.k, cc.stride, cc.pad);
-  double e = rel_l2(y, r, ny);
+  double e = test_rel_l2(y, r, ny);
   free(x), free(W), free(b), free(y), free(r), free(W16);
   return e;
 }
@@ -101,13 +88,13 @@ static void test_dense_bf16(void **state) {
   const int64_t n = 37, in = 96, out = 80;
   float *x = malloc(sizeof(float) * n * in), *W = malloc(sizeof(float) * out * in), *b = malloc(sizeof(float) * out);
   float *y = malloc(sizeof(float) * n * out), *r = malloc(sizeof(float) * n * out);
-  fill(x, n * in, 31), fill(W, out * in, 32), fill(b, out, 33);
+  test_fill(x, n * in, 31), test_fill(W, out * in, 32), test_fill(b, out, 33);
   mp_tensor tw, tb;
   mp_tensor_view(&tw, MP_F32, 2, (int64_t[]){out, in}, W);
   mp_tensor_view(&tb, MP_F32, 1, (int64_t[]){out}, b);
   for (int rep = 0; rep < 2; rep++) assert_ok(mp_dense(pool, &ws, y, x, n, &tw, &tb));
   mp_ref_linear(r, x, n, W, b, in, out);
-  double e = rel_l2(y, r, n * out);
+  double e = test_rel_l2(y, r, n * out);
   if (!(e < 8e-3) || e < 1e-5) fail_msg("bf16 dense: rel L2 %g", e);
   assert_int_equal(ws.n_packs, 1);
   free(x), free(W), free(b), free(y), free(r);

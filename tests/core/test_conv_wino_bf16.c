@@ -24,19 +24,6 @@
 #include "core/pack_store.h"
 #include "testutil.h"
 
-static void fill(float *x, int64_t n, unsigned seed) {
-  for (int64_t i = 0; i < n; i++) {
-    seed = seed * 1103515245u + 12345u;
-    x[i] = ((float)((seed >> 8) & 0xffff) / 65535.0f - 0.5f) * 2.0f;
-  }
-}
-
-static double rel_l2(const float *a, const float *b, int64_t n) {
-  double d = 0, r = 0;
-  for (int64_t i = 0; i < n; i++) d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]), r += (double)b[i] * b[i];
-  return sqrt(d / (r > 0 ? r : 1));
-}
-
 typedef struct {
   mp_pool *pool;
   mp_backend *be;
@@ -70,7 +57,7 @@ static void layer_make(layer *l, int C, int O, unsigned seed) {
   const int64_t nw = (int64_t)O * C * 9;
   l->C = C, l->O = O;
   l->W32 = malloc(sizeof(float) * nw), l->W16 = malloc(2 * nw), l->bias = malloc(sizeof(float) * O);
-  fill(l->W32, nw, seed), fill(l->bias, O, seed + 1);
+  test_fill(l->W32, nw, seed), test_fill(l->bias, O, seed + 1);
   for (int64_t i = 0; i < nw; i++) l->W16[i] = mp_f32_to_f16(l->W32[i]), l->W32[i] = mp_f16_to_f32(l->W16[i]);
   mp_tensor_view(&l->tw, MP_F16, 4, (int64_t[]){O, C, 3, 3}, l->W16);
   mp_tensor_view(&l->tb, MP_F32, 1, (int64_t[]){O}, l->bias);
@@ -83,14 +70,14 @@ static double wino_error(fixture *f, mp_workspace *ws, mp_wino_bf16 *wc, const l
                          int band_rows) {
   const int64_t nx = (int64_t)batch * l->C * h * w, ny = (int64_t)batch * l->O * h * w;
   float *x = malloc(sizeof(float) * nx), *y = malloc(sizeof(float) * ny), *r = malloc(sizeof(float) * ny);
-  fill(x, nx, 7u + (unsigned)(h * 31 + w));
+  test_fill(x, nx, 7u + (unsigned)(h * 31 + w));
   for (int64_t i = 0; i < ny; i++) y[i] = NAN; /* every output must be written */
   assert_ok(mp_wino_bf16_run(wc, f->pool, ws, x, batch, h, w, y, band_rows));
   const mp_pad p1 = {1, 1, 1, 1};
   for (int b = 0; b < batch; b++)
     mp_ref_conv2d(r + (int64_t)b * l->O * h * w, x + (int64_t)b * l->C * h * w, l->C, h, w, l->W32, bias ? l->bias : NULL, l->O, 3,
                   3, 1, p1);
-  double e = rel_l2(y, r, ny);
+  double e = test_rel_l2(y, r, ny);
   free(x), free(y), free(r);
   return e;
 }
@@ -156,13 +143,13 @@ static void test_dispatch(void **state) {
   layer_make(&l, C, O, 300);
   const int64_t nx = (int64_t)batch * C * h * w, ny = (int64_t)batch * O * h * w;
   float *x = malloc(sizeof(float) * nx), *y = malloc(sizeof(float) * ny), *r = malloc(sizeof(float) * ny);
-  fill(x, nx, 301);
+  test_fill(x, nx, 301);
   mp_workspace ws = {0};
   const mp_pad p1 = {1, 1, 1, 1};
   assert_ok(mp_conv2d(f->pool, &ws, y, x, batch, C, h, w, &l.tw, &l.tb, 1, p1));
   for (int b = 0; b < batch; b++)
     mp_ref_conv2d(r + (int64_t)b * O * h * w, x + (int64_t)b * C * h * w, C, h, w, l.W32, l.bias, O, 3, 3, 1, p1);
-  const double e = rel_l2(y, r, ny);
+  const double e = test_rel_l2(y, r, ny);
   if (!(e < 8e-3) || e < 1e-5) fail_msg("mp_conv2d bf16 3x3: rel L2 %g", e);
   assert_int_equal(ws.n_packs, 1); /* the weight is not pinned: the pack is the workspace's */
   assert_int_equal(ws.packs[0].wino != NULL, mp_wino_bf16_pays(C, O, h, w, batch));
@@ -317,7 +304,7 @@ static void store_case_make(fixture *f, store_case *sc) {
   const int64_t nx = (int64_t)sc->l.C * SH * SW;
   sc->ny = (int64_t)sc->l.O * SH * SW;
   sc->x = malloc(sizeof(float) * nx), sc->y = malloc(sizeof(float) * sc->ny);
-  fill(sc->x, nx, 501);
+  test_fill(sc->x, nx, 501);
   mp_wino_bf16 *wc;
   assert_ok(mp_wino_bf16_create(f->be, &sc->l.tw, &sc->l.tb, &wc));
   const void *p = mp_wino_bf16_packed(wc, &sc->bytes);

@@ -8,24 +8,11 @@
 #include "core/ops.h"
 #include "testutil.h"
 
-static void fill(float *x, int64_t n, unsigned seed) {
-  for (int64_t i = 0; i < n; i++) {
-    seed = seed * 1103515245u + 12345u;
-    x[i] = ((float)((seed >> 8) & 0xffff) / 65535.0f - 0.5f) * 2.0f;
-  }
-}
-
-static double rel_l2(const float *a, const float *ref, int64_t n) {
-  double d = 0, r = 0;
-  for (int64_t i = 0; i < n; i++) d += ((double)a[i] - ref[i]) * ((double)a[i] - ref[i]), r += (double)ref[i] * ref[i];
-  return sqrt(d / r);
-}
-
 static void check(mp_precision prec, mp_dtype wdtype, double tol) {
   enum { M = 37, K = 200, N = 48 };
   float *x = malloc(sizeof(float) * M * K), *W = malloc(sizeof(float) * N * K), b[N];
   float *y = malloc(sizeof(float) * M * N), *ref = malloc(sizeof(float) * M * N);
-  fill(x, M * K, 1), fill(W, N * K, 2), fill(b, N, 3);
+  test_fill(x, M * K, 1), test_fill(W, N * K, 2), test_fill(b, N, 3);
   uint16_t *W16 = malloc(2 * N * K);
   for (int i = 0; i < N * K; i++) {
     if (wdtype == MP_F16) W16[i] = mp_f32_to_f16(W[i]), W[i] = mp_f16_to_f32(W16[i]);
@@ -43,17 +30,17 @@ static void check(mp_precision prec, mp_dtype wdtype, double tol) {
   assert_int_equal(mp_matmul_k(mm), K);
   assert_ok(mp_matmul_run(mm, x, M, y, false));
   mp_ref_linear(ref, x, M, W, b, K, N);
-  double r = rel_l2(y, ref, M * N);
+  double r = test_rel_l2(y, ref, M * N);
   if (r > tol) fail_msg("%s: rel L2 %.3g > %.3g", mp_precision_name(prec), r, tol);
   /* accumulate: y += x·Wᵀ + b */
   assert_ok(mp_matmul_run(mm, x, M, y, true));
   for (int i = 0; i < M * N; i++) ref[i] *= 2;
-  r = rel_l2(y, ref, M * N);
+  r = test_rel_l2(y, ref, M * N);
   if (r > tol) fail_msg("%s accumulate: rel L2 %.3g > %.3g", mp_precision_name(prec), r, tol);
   /* a different M with the same prepacked weights */
   assert_ok(mp_matmul_run(mm, x, 5, y, false));
   mp_ref_linear(ref, x, 5, W, b, K, N);
-  assert_true(rel_l2(y, ref, 5 * N) <= tol);
+  assert_true(test_rel_l2(y, ref, 5 * N) <= tol);
   mp_matmul_free(mm);
   mp_backend_destroy(be);
   free(x), free(W), free(y), free(ref), free(W16);

@@ -6,13 +6,6 @@
 #include "core/ops.h"
 #include "testutil.h"
 
-static void fill(float *x, int64_t n, unsigned seed) {
-  for (int64_t i = 0; i < n; i++) {
-    seed = seed * 1103515245u + 12345u;
-    x[i] = ((float)((seed >> 8) & 0xffff) / 65535.0f - 0.5f) * 2.0f;
-  }
-}
-
 static double max_diff(const float *a, const float *b, int64_t n) {
   double m = 0;
   for (int64_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i] - b[i]));
@@ -40,7 +33,7 @@ static void test_linear_matches_reference(void **state) {
   (void)state;
   enum { N = 7, IN = 33, OUT = 19 };
   float x[N * IN], W[OUT * IN], b[OUT], y[N * OUT], r[N * OUT];
-  fill(x, N * IN, 1), fill(W, OUT * IN, 2), fill(b, OUT, 3);
+  test_fill(x, N * IN, 1), test_fill(W, OUT * IN, 2), test_fill(b, OUT, 3);
   mp_tensor tw, tb;
   mp_tensor_view(&tw, MP_F32, 2, (int64_t[]){OUT, IN}, W);
   mp_tensor_view(&tb, MP_F32, 1, (int64_t[]){OUT}, b);
@@ -65,7 +58,7 @@ static void test_layer_norm(void **state) {
   (void)state;
   enum { N = 5, D = 48 };
   float x[N * D], g[D], b[D], y[N * D], r[N * D];
-  fill(x, N * D, 4), fill(g, D, 5), fill(b, D, 6);
+  test_fill(x, N * D, 4), test_fill(g, D, 5), test_fill(b, D, 6);
   mp_layer_norm(NULL, y, x, N, D, g, b, 1e-5f);
   mp_ref_layer_norm(r, x, N, D, g, b, 1e-5f);
   assert_true(max_diff(y, r, N * D) < 1e-5);
@@ -76,7 +69,7 @@ static void test_layer_norm_ragged_rows(void **state) {
   (void)state;
   enum { N = 3, D = 333 };
   float x[N * D], g[D], b[D], y[N * D], r[N * D];
-  fill(x, N * D, 7), fill(g, D, 8), fill(b, D, 9);
+  test_fill(x, N * D, 7), test_fill(g, D, 8), test_fill(b, D, 9);
   for (int i = 0; i < N * D; i++) x[i] = 4.0f * x[i] + 50.0f;
   mp_layer_norm(NULL, y, x, N, D, g, b, 1e-5f);
   mp_ref_layer_norm(r, x, N, D, g, b, 1e-5f);
@@ -90,7 +83,7 @@ static void check_attention(mp_pool *pool, int64_t nq, int64_t nk, int heads, in
   int64_t ld = (int64_t)heads * hd;
   float *q = malloc(sizeof(float) * nq * ld), *k = malloc(sizeof(float) * nk * ld), *v = malloc(sizeof(float) * nk * ld);
   float *o = malloc(sizeof(float) * nq * ld), *r = malloc(sizeof(float) * nq * ld);
-  fill(q, nq * ld, 7), fill(k, nk * ld, 8), fill(v, nk * ld, 9);
+  test_fill(q, nq * ld, 7), test_fill(k, nk * ld, 8), test_fill(v, nk * ld, 9);
   mp_attention(pool, o, q, k, v, nq, nk, heads, hd, causal);
   mp_ref_attention(r, q, k, v, nq, nk, heads, hd, causal);
   assert_true(max_diff(o, r, nq * ld) < 1e-5);

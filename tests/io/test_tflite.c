@@ -183,13 +183,6 @@ static size_t build_model(fbb *f, int nt, const tdesc *ts, int nops, const odesc
   return f->n;
 }
 
-static void fill(float *x, int64_t n, unsigned seed) {
-  for (int64_t i = 0; i < n; i++) {
-    seed = seed * 1103515245u + 12345u;
-    x[i] = ((float)((seed >> 8) & 0xffff) / 65535.0f - 0.5f) * 2.0f;
-  }
-}
-
 /* Conv model: input [1,5,5,2] -> conv 3x3 (fp16 CSR-sparse weights [3,3,3,2] via DENSIFY and
  * DEQUANTIZE, f32 bias) stride 2 SAME -> [1,3,3,3]. Fills the dense f32 weights it encoded. */
 static size_t conv_model(fbb *f, float *w_dense, float *bias) {
@@ -198,7 +191,7 @@ static size_t conv_model(fbb *f, float *w_dense, float *bias) {
   static uint16_t vals[ROWS * C];
   int nnz = 0;
   float r[ROWS * C];
-  fill(r, ROWS * C, 7);
+  test_fill(r, ROWS * C, 7);
   for (int row = 0; row < ROWS; row++) {
     segments[row] = nnz;
     for (int c = 0; c < C; c++) {
@@ -210,7 +203,7 @@ static size_t conv_model(fbb *f, float *w_dense, float *bias) {
   }
   segments[ROWS] = nnz;
   csr sp = {ROWS, C, segments, indices, nnz};
-  fill(bias, O, 9);
+  test_fill(bias, O, 9);
   tdesc ts[] = {{4, {1, 5, 5, 2}, 0, 0, "input", false},  {4, {O, K, K, C}, 1, 1, "w_sparse", true},
                 {4, {O, K, K, C}, 1, 0, "w_f16", false},  {4, {O, K, K, C}, 0, 0, "w", false},
                 {1, {O}, 0, 2, "bias", false},            {4, {1, 3, 3, O}, 0, 0, "output", false}};
@@ -234,7 +227,7 @@ static void test_sparse_fp16_conv(void **state) {
   mp_tflite *m = NULL;
   assert_ok(mp_tflite_open_memory(f.b, n, &m));
   float in[50], ref[27];
-  fill(in, 50, 3);
+  test_fill(in, 50, 3);
   const float *inputs[1] = {in};
   assert_ok(mp_tflite_run(m, NULL, inputs));
   int64_t numel = 0;
@@ -352,16 +345,16 @@ static void test_kernels_match_reference(void **state) {
     p.out_c = cases[i].o;
     float *in = malloc((size_t)nin * 4), *w = malloc((size_t)p.out_c * p.k_h * p.k_w * p.in_c * 4), *b = malloc(64 * 4);
     float *got = malloc((size_t)npix * 64 * 4), *ref = malloc((size_t)npix * 64 * 4);
-    fill(in, nin, 11 + (unsigned)i);
-    fill(w, (int64_t)p.out_c * p.k_h * p.k_w * p.in_c, 13);
-    fill(b, 64, 17);
+    test_fill(in, nin, 11 + (unsigned)i);
+    test_fill(w, (int64_t)p.out_c * p.k_h * p.k_w * p.in_c, 13);
+    test_fill(b, 64, 17);
     mp_nhwc_conv2d(pool, got, in, w, b, &p);
     mp_ref_nhwc_conv2d(ref, in, w, b, &p);
     for (int64_t k = 0; k < npix * p.out_c; k++) assert_true(fabsf(got[k] - ref[k]) < 1e-4f);
     /* depthwise, multiplier 2 */
     p.depth_multiplier = 2;
     p.out_c = p.in_c * 2;
-    fill(w, (int64_t)p.k_h * p.k_w * p.out_c, 19);
+    test_fill(w, (int64_t)p.k_h * p.k_w * p.out_c, 19);
     mp_nhwc_depthwise_conv2d(pool, got, in, w, b, &p);
     mp_ref_nhwc_depthwise_conv2d(ref, in, w, b, &p);
     for (int64_t k = 0; k < npix * p.out_c; k++) assert_true(fabsf(got[k] - ref[k]) < 1e-4f);

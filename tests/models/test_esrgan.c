@@ -11,23 +11,10 @@
 #include "models/esrgan.h"
 #include "testutil.h"
 
-static void fill(float *x, int64_t n, unsigned seed) {
-  for (int64_t i = 0; i < n; i++) {
-    seed = seed * 1103515245u + 12345u;
-    x[i] = ((float)((seed >> 8) & 0xffff) / 65535.0f - 0.5f) * 2.0f;
-  }
-}
-
 static double max_diff(const float *a, const float *b, int64_t n) {
   double m = 0;
   for (int64_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i] - b[i]));
   return m;
-}
-
-static double rel_l2(const float *got, const float *ref, int64_t n) {
-  double d = 0, r = 0;
-  for (int64_t i = 0; i < n; i++) d += ((double)got[i] - ref[i]) * ((double)got[i] - ref[i]), r += (double)ref[i] * ref[i];
-  return sqrt(d / r);
 }
 
 static void test_conv_matches_reference(void **state) {
@@ -51,7 +38,7 @@ static void test_conv_matches_reference(void **state) {
     int64_t nin = (int64_t)d->c_in * h * w, nw = (int64_t)d->c_out * d->c_in * d->kh * d->kw, nout = (int64_t)d->c_out * oh * ow;
     float *in = malloc(nin * sizeof *in), *wt = malloc(nw * sizeof *wt), *b = malloc(d->c_out * sizeof *b);
     float *out = malloc(nout * sizeof *out), *ref = malloc(nout * sizeof *ref);
-    fill(in, nin, 1 + (unsigned)i), fill(wt, nw, 7), fill(b, d->c_out, 9);
+    test_fill(in, nin, 1 + (unsigned)i), test_fill(wt, nw, 7), test_fill(b, d->c_out, 9);
     assert_ok(mp_conv2d_nchw(NULL, d, in, h, w, wt, b, out));
     mp_ref_conv2d_nchw(d, in, h, w, wt, b, ref);
     if (max_diff(out, ref, nout) > 1e-4) fail_msg("conv case %zu: max diff %g", i, max_diff(out, ref, nout));
@@ -115,7 +102,7 @@ static mp_error *open_graph(const char *dir, mp_esrgan **m) {
 static void test_synthetic_graph(void **state) {
   (void)state;
   graph_weights gw;
-  fill(gw.w1, 216, 3), fill(gw.b1, 8, 4), fill(gw.w2, 12, 5);
+  test_fill(gw.w1, 216, 3), test_fill(gw.b1, 8, 4), test_fill(gw.w2, 12, 5);
   for (int i = 0; i < 12; i++) gw.w2[i] = mp_f16_to_f32(mp_f32_to_f16(gw.w2[i])); /* exactly representable */
   char *dir = write_graph(GRAPH, &gw, true);
   mp_esrgan *m = NULL;
@@ -124,7 +111,7 @@ static void test_synthetic_graph(void **state) {
 
   enum { H = 5, W = 7 };
   float in[3 * H * W], out[3 * 4 * H * W], ref[3 * 4 * H * W];
-  fill(in, 3 * H * W, 11);
+  test_fill(in, 3 * H * W, 11);
   assert_ok(mp_esrgan_forward(m, NULL, in, H, W, out, NULL));
 
   /* by hand: c1 = leaky0.1(conv3x3(in)), c2 = conv1x1(in), cat = [c1; c2] (12 ch),
@@ -228,13 +215,13 @@ static void test_x4fast_golden(void **state) {
   assert_int_equal(nout, 3 * 48 * 64);
   float *out = malloc(nout * sizeof *out);
   assert_ok(mp_esrgan_forward(m, NULL, in, 12, 16, out, NULL));
-  assert_true(rel_l2(out, want, nout) <= 1e-5);
+  assert_true(test_rel_l2(out, want, nout) <= 1e-5);
   assert_true(max_diff(out, want, nout) <= 1e-4);
   /* the padded pipeline: prepad10 */
   golden_f32(g, "t.prepad10.output", &want, &nout);
   mp_esrgan_opts o = {.tile = 0, .border = MP_ESRGAN_BORDER, .context = MP_ESRGAN_BORDER};
   assert_ok(mp_esrgan_upscale(m, NULL, in, 12, 16, &o, out));
-  assert_true(rel_l2(out, want, nout) <= 1e-5);
+  assert_true(test_rel_l2(out, want, nout) <= 1e-5);
   assert_true(max_diff(out, want, nout) <= 1e-4);
   free(out);
   mp_weights_close(g);
@@ -272,7 +259,7 @@ static void test_tiled_equals_untiled(void **state) {
   tiles_seen = 0;
   assert_ok(mp_esrgan_upscale(m, NULL, in, H, W, &o, tiled));
   assert_int_equal(tiles_seen, 6);
-  double rel = rel_l2(tiled, whole, n), mx = max_diff(tiled, whole, n);
+  double rel = test_rel_l2(tiled, whole, n), mx = max_diff(tiled, whole, n);
   if (rel > 1e-5 || mx > 1e-4) fail_msg("tiled vs untiled: rel L2 %g, max abs %g", rel, mx);
   o.context = MP_ESRGAN_BORDER;
   assert_ok(mp_esrgan_upscale(m, NULL, in, H, W, &o, tiled));

@@ -17,12 +17,6 @@ static float frand(unsigned *s) {
   return (float)(*s >> 9) / 8388608.0f - 0.5f;
 }
 
-static double rel_l2(const float *a, const float *b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; i++) num += (double)(a[i] - b[i]) * (a[i] - b[i]), den += (double)b[i] * b[i];
-  return sqrt(num / (den > 0 ? den : 1));
-}
-
 static void check_dtype(mp_dtype dt) {
   unsigned seed = 7;
   float *wf = malloc(sizeof(float) * OUT * IN), *x = malloc(sizeof(float) * N_TOK * IN), bias[OUT];
@@ -48,7 +42,7 @@ static void check_dtype(mp_dtype dt) {
   mp_linear_rows(&lin, &W, 0, OUT, bias);
   mp_ref_linear(want, x, N_TOK, wf, bias, IN, OUT);
   assert_ok(mp_text_linear(NULL, &lin, x, N_TOK, got, &a)); /* no pool: OpenBLAS */
-  assert_true(rel_l2(got, want, (size_t)N_TOK * OUT) < 1e-6);
+  assert_true(test_rel_l2(got, want, (size_t)N_TOK * OUT) < 1e-6);
   /* a pool with an f32 backend, as the pipeline's: oneDNN's matmul */
   mp_pool *pool;
   mp_backend *be;
@@ -57,7 +51,7 @@ static void check_dtype(mp_dtype dt) {
   mp_pool_set_backend(pool, be);
   memset(got, 0, sizeof(float) * N_TOK * OUT);
   assert_ok(mp_text_linear(pool, &lin, x, N_TOK, got, &a));
-  assert_true(rel_l2(got, want, (size_t)N_TOK * OUT) < 1e-6);
+  assert_true(test_rel_l2(got, want, (size_t)N_TOK * OUT) < 1e-6);
   mp_pool_destroy(pool);
   mp_backend_destroy(be);
 
@@ -66,7 +60,7 @@ static void check_dtype(mp_dtype dt) {
   assert_int_equal(lin.weight.shape[0], 500);
   assert_ok(mp_text_linear(NULL, &lin, x, N_TOK, got, &a));
   mp_ref_linear(want, x, N_TOK, wf + 300 * IN, bias + 300, IN, 500);
-  assert_true(rel_l2(got, want, (size_t)N_TOK * 500) < 1e-6);
+  assert_true(test_rel_l2(got, want, (size_t)N_TOK * 500) < 1e-6);
 
   mp_free(a.block);
   free(wf), free(wh), free(x), free(got), free(want);

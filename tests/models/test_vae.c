@@ -75,12 +75,6 @@ static void test_vae_encode_golden(void **state) {
   assert_err_contains(mp_vae_encode(f->vae, f->pool, 60, 64, m, m), "multiple of 8");
 }
 
-static double rel_l2(const float *a, const float *b, int64_t n) {
-  double d = 0, r = 0;
-  for (int64_t i = 0; i < n; i++) d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]), r += (double)b[i] * b[i];
-  return sqrt(d / r);
-}
-
 /* The tiling mechanics are exact for local functions (tests/core/test_tile.c). The tiny golden VAE has
  * random weights and is strongly non-local (its corner pixel moves by ~10% when the image grows from
  * 32 to 48 latent cells), so here tiled output is only required to be the same picture at a coarse
@@ -96,10 +90,10 @@ static void test_vae_tiled_close_to_untiled(void **state) {
   assert_ok(mp_vae_decode(f->vae, f->pool, H, W, z, a));
   mp_vae_set_tiling(f->vae, (mp_vae_tiling){MP_VAE_TILE_ON, 12, 4});
   assert_ok(mp_vae_decode(f->vae, f->pool, H, W, z, b));
-  double small = rel_l2(b, a, npx);
+  double small = test_rel_l2(b, a, npx);
   mp_vae_set_tiling(f->vae, (mp_vae_tiling){MP_VAE_TILE_ON, 15, 14});
   assert_ok(mp_vae_decode(f->vae, f->pool, H, W, z, b));
-  double large = rel_l2(b, a, npx);
+  double large = test_rel_l2(b, a, npx);
   print_message("tiled decode vs untiled: rel l2 %.3g (tile 12, overlap 4), %.3g (tile 15, overlap 14)\n", small, large);
   assert_true(small < 1.0 && large < small);
 
@@ -108,7 +102,7 @@ static void test_vae_tiled_close_to_untiled(void **state) {
   assert_ok(mp_vae_encode(f->vae, f->pool, 8 * H, 8 * W, a, m1));
   mp_vae_set_tiling(f->vae, (mp_vae_tiling){MP_VAE_TILE_ON, 15, 14});
   assert_ok(mp_vae_encode(f->vae, f->pool, 8 * H, 8 * W, a, m2));
-  double enc = rel_l2(m2, m1, 4 * H * W); /* the means */
+  double enc = test_rel_l2(m2, m1, 4 * H * W); /* the means */
   print_message("tiled encode vs untiled (mean): rel l2 %.3g\n", enc);
   assert_true(enc < 1.0);
   mp_vae_set_tiling(f->vae, (mp_vae_tiling){MP_VAE_TILE_ON, 16, 16});

@@ -43,12 +43,6 @@ static const float *golden(fixture *f, const char *name, int64_t n) {
   return w->t.data;
 }
 
-static double rel_l2(const float *a, const float *b, int64_t n) {
-  double d = 0, r = 0;
-  for (int64_t i = 0; i < n; i++) d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]), r += (double)b[i] * b[i];
-  return sqrt(d / r);
-}
-
 /* A "noise source" that always returns the same constant, to check mean + std * noise. */
 typedef struct {
   mp_noise base;
@@ -67,11 +61,11 @@ static void test_encode_mean_and_sample(void **state) {
               *std = golden(f, "vae.encode.std", N);
   float lat[N], want[N];
   assert_ok(mp_encode_latent(f->vae, NULL, image, 64, 64, NULL, 1.0f, lat));
-  assert_true(rel_l2(lat, mean, N) < 1e-4);
+  assert_true(test_rel_l2(lat, mean, N) < 1e-4);
   const_noise cn = {.base = {.fill = const_fill, .destroy = const_destroy}, .value = 0.5f};
   assert_ok(mp_encode_latent(f->vae, NULL, image, 64, 64, &cn.base, 0.18215f, lat));
   for (int i = 0; i < N; i++) want[i] = (mean[i] + std[i] * 0.5f) * 0.18215f;
-  assert_true(rel_l2(lat, want, N) < 1e-4);
+  assert_true(test_rel_l2(lat, want, N) < 1e-4);
   assert_err_contains(mp_encode_latent(f->vae, NULL, image, 60, 64, NULL, 1.0f, lat), "multiples of 8");
 }
 
@@ -83,7 +77,7 @@ static void test_decode_undoes_the_scale(void **state) {
   for (int i = 0; i < N; i++) scaled[i] = z[i] * 0.18215f;
   float *img = malloc(3 * 64 * 64 * sizeof *img);
   assert_ok(mp_decode_latent(f->vae, NULL, scaled, 8, 8, 0.18215f, img));
-  assert_true(rel_l2(img, ref, 3 * 64 * 64) < 1e-4);
+  assert_true(test_rel_l2(img, ref, 3 * 64 * 64) < 1e-4);
   free(img);
 }
 

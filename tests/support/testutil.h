@@ -32,6 +32,10 @@ typedef struct {
 void test_collect_warning(void *ud, const char *msg);
 /* Fail the test, showing the text, unless it contains needle. */
 void test_assert_contains(const char *text, const char *needle);
+/* n pseudo-random values in [-1, 1), the same for the same seed on every machine (an LCG). */
+void test_fill(float *x, int64_t n, unsigned seed);
+/* ||got - ref|| / ||ref|| in double (||ref|| = 0 counts as 1). */
+double test_rel_l2(const float *got, const float *ref, int64_t n);
 
 /* Fail the test with the error's message if e is not NULL. */
 #define assert_ok(expr)                                                  \
