@@ -41,10 +41,11 @@ static diff compare(const float *a, const float *b, int64_t n) {
 }
 
 /* Runs `kernel` and the reference on one shape; v in [-1, 1], q and k in [-qk_amp, qk_amp]. A nonzero
- * `shift` sets each head's first query dimension to it and the first key dimension to 1: every score
- * of a row moves by the same amount (shift / sqrt(hd)), which the softmax must not see. */
-static diff run_shifted(mp_pool *pool, mp_attention_kernel kernel, int64_t nq, int64_t nk, int heads, int hd, float qk_amp,
-                        float shift) {
+ * `shift` sets each head's first query dimension to it and the first key dimension to 1 (to 0 for
+ * keys below `rise_from`): every score of a row from key rise_from on moves by the same amount
+ * (shift / sqrt(hd)), which the softmax must not see when rise_from is 0. */
+static diff run_rising(mp_pool *pool, mp_attention_kernel kernel, int64_t nq, int64_t nk, int heads, int hd, float qk_amp,
+                       float shift, int64_t rise_from) {
   int64_t ld = (int64_t)heads * hd;
   float *q = malloc(sizeof(float) * nq * ld), *k = malloc(sizeof(float) * nk * ld), *v = malloc(sizeof(float) * nk * ld);
   float *o = malloc(sizeof(float) * nq * ld), *r = malloc(sizeof(float) * nq * ld);
@@ -53,7 +54,7 @@ static diff run_shifted(mp_pool *pool, mp_attention_kernel kernel, int64_t nq, i
   if (shift != 0)
     for (int h = 0; h < heads; h++) {
       for (int64_t i = 0; i < nq; i++) q[i * ld + h * hd] = shift;
-      for (int64_t i = 0; i < nk; i++) k[i * ld + h * hd] = 1.0f;
+      for (int64_t i = 0; i < nk; i++) k[i * ld + h * hd] = i < rise_from ? 0.0f : 1.0f;
     }
   for (int64_t i = 0; i < nq * ld; i++) o[i] = NAN; /* every output must be written */
   mp_attention_with(kernel, pool, o, q, k, v, nq, nk, heads, hd, false);
@@ -64,19 +65,24 @@ static diff run_shifted(mp_pool *pool, mp_attention_kernel kernel, int64_t nq, i
 }
 
 static diff run_case(mp_pool *pool, mp_attention_kernel kernel, int64_t nq, int64_t nk, int heads, int hd, float qk_amp) {
-  return run_shifted(pool, kernel, nq, nk, heads, hd, qk_amp, 0.0f);
+  return run_rising(pool, kernel, nq, nk, heads, hd, qk_amp, 0.0f, 0);
+}
+
+static void check_rising(mp_pool *pool, mp_attention_kernel kernel, int64_t nq, int64_t nk, int heads, int hd, float qk_amp,
+                         float shift, int64_t rise_from) {
+  const double max_bound = ldexp(1.0, qk_amp > 1 ? -5 : -7), mean_bound = ldexp(1.0, qk_amp > 1 ? -7 : -9);
+  diff d = run_rising(pool, kernel, nq, nk, heads, hd, qk_amp, shift, rise_from);
+  print_message("%s attention nq=%lld nk=%lld heads=%d hd=%d amp=%g shift=%g from key %lld: max_abs %.3g mean_abs %.3g\n",
+                mp_attention_kernel_name(kernel), (long long)nq, (long long)nk, heads, hd, (double)qk_amp, (double)shift,
+                (long long)rise_from, d.max_abs, d.mean_abs);
+  if (!(d.max_abs <= max_bound && d.mean_abs <= mean_bound))
+    fail_msg("%s nq=%lld nk=%lld heads=%d hd=%d: max_abs %g (bound %g), mean_abs %g (bound %g)", mp_attention_kernel_name(kernel), (long long)nq, (long long)nk,
+             heads, hd, d.max_abs, max_bound, d.mean_abs, mean_bound);
 }
 
 static void check_shifted(mp_pool *pool, mp_attention_kernel kernel, int64_t nq, int64_t nk, int heads, int hd, float qk_amp,
                           float shift) {
-  const double max_bound = ldexp(1.0, qk_amp > 1 ? -5 : -7), mean_bound = ldexp(1.0, qk_amp > 1 ? -7 : -9);
-  diff d = run_shifted(pool, kernel, nq, nk, heads, hd, qk_amp, shift);
-  print_message("%s attention nq=%lld nk=%lld heads=%d hd=%d amp=%g shift=%g: max_abs %.3g mean_abs %.3g\n",
-                mp_attention_kernel_name(kernel), (long long)nq, (long long)nk, heads, hd, (double)qk_amp, (double)shift, d.max_abs,
-                d.mean_abs);
-  if (!(d.max_abs <= max_bound && d.mean_abs <= mean_bound))
-    fail_msg("%s nq=%lld nk=%lld heads=%d hd=%d: max_abs %g (bound %g), mean_abs %g (bound %g)", mp_attention_kernel_name(kernel), (long long)nq, (long long)nk,
-             heads, hd, d.max_abs, max_bound, d.mean_abs, mean_bound);
+  check_rising(pool, kernel, nq, nk, heads, hd, qk_amp, shift, 0);
 }
 
 static void check_bf16(mp_pool *pool, mp_attention_kernel kernel, int64_t nq, int64_t nk, int heads, int hd, float qk_amp) {
@@ -103,6 +109,14 @@ static void check_kernel(mp_attention_kernel kernel) {
   check_shifted(pool, kernel, 70, 300, 2, 40, 1.0f, 200.0f);
   check_shifted(pool, kernel, 70, 300, 2, 40, 1.0f, 500.0f);
   check_shifted(pool, kernel, 70, 300, 2, 40, 1.0f, -500.0f);
+  /* scores rising after the first key block (which sets the maximum of the fast path): by ~46 log2
+   * units (numerators up to 2^46, kept), by ~137 (they overflow: the task runs again with the
+   * maximum moving per block), and falling by ~137 (numerators flush to zero, as they should) */
+  check_rising(pool, kernel, 70, 600, 2, 40, 1.0f, 200.0f, 128);
+  check_rising(pool, kernel, 70, 600, 2, 40, 1.0f, 600.0f, 128);
+  check_rising(pool, kernel, 70, 600, 2, 40, 1.0f, 600.0f, 300);
+  check_rising(pool, kernel, 70, 600, 2, 64, 1.0f, 900.0f, 200); /* no ones column at hd 64: the sums l */
+  check_rising(pool, kernel, 70, 600, 2, 40, 1.0f, -600.0f, 128);
   mp_pool_destroy(pool);
 }
 
