@@ -1,12 +1,13 @@
 /* Tiled against untiled VAE decode (and encode): peak memory, time and the difference between them.
  *
- *   ./build/bench_vae_tiles --model CKPT [-W 768] [-H 512] [--tile T] [--overlap O] [--threads 2] [--encode] [--bf16]
+ *   ./build/bench_vae_tiles --model CKPT [-W 768] [-H 512] [--tile T] [--overlap O] [--threads 2] [--encode] [--bf16] [--nchw]
  *
  * Loads the checkpoint's VAE alone, decodes a deterministic pseudo-random latent (values as a sampler
  * leaves them, divided by the scale factor) tiled first — so the peak RSS printed after it is the tiled
  * decode's — then untiled, and prints rel L2, max |difference|, RMS and PSNR of the images in [-1, 1].
  * With --encode it does the same for the encoder (latent means) on the untiled decoded image. CPU
- * seconds are all threads. */
+ * seconds are all threads. --nchw keeps the bf16 decoder levels on NCHW activations (the layout before
+ * they ran NHWC), for comparison. */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -36,9 +37,10 @@ int main(int argc, char **argv) {
   static const struct option longopts[] = {{"model", required_argument, 0, 'm'},   {"tile", required_argument, 0, 't'},
                                            {"overlap", required_argument, 0, 'o'}, {"threads", required_argument, 0, 'j'},
                                            {"encode", no_argument, 0, 'e'},        {"bf16", no_argument, 0, 'b'},
+                                           {"nchw", no_argument, 0, 'n'},
                                            {0, 0, 0, 0}};
   const char *model = NULL;
-  int W = 768, H = 512, tile = 0, overlap = 0, threads = 2, encode = 0, bf16 = 0, opt;
+  int W = 768, H = 512, tile = 0, overlap = 0, threads = 2, encode = 0, bf16 = 0, nchw = 0, opt;
   while ((opt = getopt_long(argc, argv, "W:H:", longopts, NULL)) != -1) {
     if (opt == 'm') model = optarg;
     else if (opt == 'W') W = atoi(optarg);
@@ -48,10 +50,11 @@ int main(int argc, char **argv) {
     else if (opt == 'j') threads = atoi(optarg);
     else if (opt == 'e') encode = 1;
     else if (opt == 'b') bf16 = 1;
+    else if (opt == 'n') nchw = 1;
     else return 2;
   }
   if (!model || W < 8 || H < 8 || W % 8 || H % 8) {
-    fprintf(stderr, "usage: bench_vae_tiles --model CKPT [-W 768] [-H 512] [--tile T] [--overlap O] [--threads 2] [--encode] [--bf16]\n");
+    fprintf(stderr, "usage: bench_vae_tiles --model CKPT [-W 768] [-H 512] [--tile T] [--overlap O] [--threads 2] [--encode] [--bf16] [--nchw]\n");
     return 2;
   }
   mpass_options o = {.n_threads = threads, .models_dir = "build", .precision = bf16 ? MPASS_PRECISION_BF16 : MPASS_PRECISION_F32};
@@ -64,6 +67,7 @@ int main(int argc, char **argv) {
   if (!e) e = mp_weights_open(model, &wts);
   if (!e) e = mp_sd_config_detect(wts, NULL, &cfg);
   if (!e) e = mp_vae_load(wts, MP_PREFIX_VAE, &cfg.vae, &vae);
+  if (!e && nchw) mp_vae_set_nhwc(vae, false);
   const int f8 = 1 << (cfg.vae.n_levels - 1), h = H / f8, w = W / f8;
   const size_t nz = (size_t)cfg.vae.embed_dim * h * w, ni = (size_t)cfg.vae.out_channels * W * H;
   if (!e && (!(z = malloc(sizeof(float) * nz)) || !(tiled = malloc(sizeof(float) * ni)) || !(whole = malloc(sizeof(float) * ni))))

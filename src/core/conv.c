@@ -812,6 +812,31 @@ mp_error *mp_conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, i
   return e;
 }
 
+bool mp_conv2d_nhwc_usable(mp_pool *pool, int c_in, int c_out, int h, int w, int batch) {
+  mp_backend *be = mp_pool_backend(pool);
+  return be && mp_backend_precision(be) == MP_PRECISION_BF16 && c_in >= 32 && c_out >= 32 &&
+         !mp_wino_bf16_pays(c_in, c_out, h, w, batch);
+}
+
+mp_error *mp_conv2d_nhwc_bf16(mp_pool *pool, mp_workspace *ws, float *y, const uint16_t *x, int batch, int c_in, int h, int w,
+                              const mp_tensor *weight, const mp_tensor *bias, int stride, mp_pad pad) {
+  if (weight->ndim != 4 || weight->shape[1] != c_in)
+    return mp_errorf("conv2d weight must be [out, %d, kh, kw], found %d-D with %lld input channels", c_in, weight->ndim,
+                     weight->ndim > 1 ? (long long)weight->shape[1] : -1LL);
+  if (ws->f32_only || !mp_conv2d_nhwc_usable(pool, c_in, (int)weight->shape[0], h, w, batch))
+    return mp_errorf("NHWC convolution needs the bf16 backend's direct convolution");
+  mp_backend *be = mp_pool_backend(pool);
+  mp_profile *prof = mp_pool_profile(pool);
+  mp_profile_begin(prof);
+  struct mp_packed_weight *pw;
+  mp_error *e = pack_entry(ws, be, weight, bias, &pw);
+  if (!e && !pw->conv) e = mp_dnnl_conv_create(be, weight, bias, stride, pad, batch, h, w, &pw->conv);
+  if (!e) e = mp_dnnl_conv_run_nhwc(pw->conv, ws, x, batch, h, w, y);
+  if (!e) release_weight_pages(weight);
+  mp_profile_end(prof, MP_OP_CONV3X3);
+  return e;
+}
+
 /* ---- dense ---- */
 typedef struct {
   float *y;

@@ -12,6 +12,11 @@ typedef struct {
   int batch, h, w;
   dnnl_primitive_t conv, to_blocked, from_blocked;
   dnnl_memory_desc_t src_user, dst_user, src_md, dst_md;
+  /* for mp_dnnl_conv_run_nhwc, made on its first call: NHWC bf16 in, NHWC f32 out, and reorders
+   * to and from the primitive's layouts where those differ (NULL where they are the same) */
+  bool nhwc_ready;
+  dnnl_memory_desc_t src_nhwc, dst_nhwc;
+  dnnl_primitive_t nhwc_in, nhwc_out;
 } shape_prims;
 
 struct mp_dnnl_conv {
@@ -117,6 +122,8 @@ static void free_shape(shape_prims *s) {
   if (s->conv) dnnl_primitive_destroy(s->conv);
   if (s->to_blocked) dnnl_primitive_destroy(s->to_blocked);
   if (s->from_blocked) dnnl_primitive_destroy(s->from_blocked);
+  if (s->nhwc_in) dnnl_primitive_destroy(s->nhwc_in);
+  if (s->nhwc_out) dnnl_primitive_destroy(s->nhwc_out);
   memset(s, 0, sizeof *s);
 }
 
@@ -200,6 +207,50 @@ mp_error *mp_dnnl_conv_run(mp_dnnl_conv *c, mp_workspace *ws, const float *x, in
     e = ck(dnnl_primitive_execute(s->to_blocked, st, 2, in), "input reorder");
     if (!e) e = ck(dnnl_primitive_execute(s->conv, st, c->bias ? 4 : 3, cv), "convolution");
     if (!e) e = ck(dnnl_primitive_execute(s->from_blocked, st, 2, outa), "output reorder");
+    if (!e) e = ck(dnnl_stream_wait(st), "stream wait");
+  }
+  if (xu) dnnl_memory_destroy(xu);
+  if (yu) dnnl_memory_destroy(yu);
+  if (xb) dnnl_memory_destroy(xb);
+  if (yb) dnnl_memory_destroy(yb);
+  return e;
+}
+
+static mp_error *nhwc_prims(const mp_dnnl_conv *c, shape_prims *s) {
+  const int ho = mp_conv_out_size(s->h, c->kh, c->stride, c->pad.top, c->pad.bottom);
+  const int wo = mp_conv_out_size(s->w, c->kw, c->stride, c->pad.left, c->pad.right);
+  dnnl_dims_t sd = {s->batch, c->c_in, s->h, s->w}, dd = {s->batch, c->c_out, ho, wo};
+  dnnl_engine_t eng = mp_backend_dnnl_engine(c->b);
+  MP_TRY(ck(dnnl_memory_desc_init_by_tag(&s->src_nhwc, 4, sd, dnnl_bf16, dnnl_nhwc), "src desc"));
+  MP_TRY(ck(dnnl_memory_desc_init_by_tag(&s->dst_nhwc, 4, dd, dnnl_f32, dnnl_nhwc), "dst desc"));
+  if (!dnnl_memory_desc_equal(&s->src_nhwc, &s->src_md)) MP_TRY(make_reorder(eng, &s->src_nhwc, &s->src_md, &s->nhwc_in));
+  if (!dnnl_memory_desc_equal(&s->dst_nhwc, &s->dst_md)) MP_TRY(make_reorder(eng, &s->dst_md, &s->dst_nhwc, &s->nhwc_out));
+  s->nhwc_ready = true;
+  return NULL;
+}
+
+mp_error *mp_dnnl_conv_run_nhwc(mp_dnnl_conv *c, mp_workspace *ws, const uint16_t *x, int batch, int h, int w, float *y) {
+  shape_prims *s = NULL;
+  MP_TRY(shape(c, batch, h, w, &s));
+  if (!s->nhwc_ready) MP_TRY(nhwc_prims(c, s));
+  const size_t src_bytes = s->nhwc_in ? (dnnl_memory_desc_get_size(&s->src_md) + 63) & ~(size_t)63 : 0;
+  const size_t dst_bytes = s->nhwc_out ? dnnl_memory_desc_get_size(&s->dst_md) : 0;
+  if (src_bytes + dst_bytes) MP_TRY(mp_workspace_reserve(ws, src_bytes + dst_bytes));
+  dnnl_engine_t eng = mp_backend_dnnl_engine(c->b);
+  dnnl_stream_t st = mp_backend_dnnl_stream(c->b);
+  dnnl_memory_t xu = NULL, yu = NULL, xb = NULL, yb = NULL;
+  mp_error *e = ck(dnnl_memory_create(&xu, &s->src_nhwc, eng, (void *)x), "memory");
+  if (!e) e = ck(dnnl_memory_create(&yu, &s->dst_nhwc, eng, y), "memory");
+  if (!e && s->nhwc_in) e = ck(dnnl_memory_create(&xb, &s->src_md, eng, ws->p), "memory");
+  if (!e && s->nhwc_out) e = ck(dnnl_memory_create(&yb, &s->dst_md, eng, (char *)ws->p + src_bytes), "memory");
+  if (!e) {
+    dnnl_exec_arg_t in[2] = {{DNNL_ARG_FROM, xu}, {DNNL_ARG_TO, xb}};
+    dnnl_exec_arg_t cv[4] = {{DNNL_ARG_SRC, xb ? xb : xu}, {DNNL_ARG_WEIGHTS, c->weights}, {DNNL_ARG_DST, yb ? yb : yu},
+                             {DNNL_ARG_BIAS, c->bias}};
+    dnnl_exec_arg_t outa[2] = {{DNNL_ARG_FROM, yb}, {DNNL_ARG_TO, yu}};
+    if (s->nhwc_in) e = ck(dnnl_primitive_execute(s->nhwc_in, st, 2, in), "input reorder");
+    if (!e) e = ck(dnnl_primitive_execute(s->conv, st, c->bias ? 4 : 3, cv), "convolution");
+    if (!e && s->nhwc_out) e = ck(dnnl_primitive_execute(s->nhwc_out, st, 2, outa), "output reorder");
     if (!e) e = ck(dnnl_stream_wait(st), "stream wait");
   }
   if (xu) dnnl_memory_destroy(xu);

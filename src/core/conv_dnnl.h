@@ -21,5 +21,8 @@ void mp_dnnl_conv_drop_resident(mp_dnnl_conv *c);
 /* y [batch, c_out, ho, wo] = conv(x [batch, c_in, h, w]); scratch for the blocked copies comes from ws.
  * Fails (and the caller falls back) where the packed layout leaves only the reference kernel. */
 mp_error *mp_dnnl_conv_run(mp_dnnl_conv *c, mp_workspace *ws, const float *x, int batch, int h, int w, float *y);
+/* The same on NHWC activations: x [batch, h, w, c_in] bf16 -> y [batch, ho, wo, c_out] f32, with no
+ * reorder where the primitive's own layouts are NHWC (brgconv's are). */
+mp_error *mp_dnnl_conv_run_nhwc(mp_dnnl_conv *c, mp_workspace *ws, const uint16_t *x, int batch, int h, int w, float *y);
 
 #endif

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "core/conv.h"
+#include "core/nhwc_bf16.h"
 #include "core/ops.h"
 #include "core/tile.h"
 
@@ -72,6 +73,7 @@ struct mp_vae {
   int n_owned, cap_owned;
   mp_workspace ws;
   mp_vae_tiling tiling;
+  bool nhwc; /* the decoder's bf16 levels may run on NHWC activations (mp_vae_set_nhwc) */
 };
 
 /* ---- binding: shape-checked lookups, the first error kept ---- */
@@ -181,6 +183,7 @@ mp_error *mp_vae_load(const mp_weights *w, const char *prefix, const mp_vae_conf
   if (!v) return mp_errorf("out of memory");
   v->cfg = *cfg;
   v->tiling = (mp_vae_tiling){MP_VAE_TILE_AUTO, 0, 0};
+  v->nhwc = true;
   /* PRECISION. Under --precision bf16 only some convolutions take the bf16 path; the rest stay f32.
    * All in bf16, the decoded image misses the golden reduced-precision bound (tiny model: rel L2
    * 1.8e-2 > 1e-2). Measured one part at a time in bf16, the rest f32 (tiny decode_a, rel L2):
@@ -248,6 +251,8 @@ mp_error *mp_vae_load(const mp_weights *w, const char *prefix, const mp_vae_conf
 
 void mp_vae_set_tiling(mp_vae *v, mp_vae_tiling t) { v->tiling = t; }
 
+void mp_vae_set_nhwc(mp_vae *v, bool allow) { v->nhwc = allow; }
+
 /* ---- forward pieces; activations [C, h, w] of one image ---- */
 typedef struct {
   mp_pool *pool;
@@ -308,6 +313,54 @@ static mp_error *mid_forward(fwd *f, const coder *c, float **cur, float **nxt, i
   return NULL;
 }
 
+/* ---- the decoder's bf16 levels on NHWC activations [pixels, C] (see core/nhwc_bf16.h) ---- */
+
+static mp_error *conv_nhwc(fwd *f, const layer *l, float *y, const uint16_t *x, int c_in, int h, int w) {
+  return mp_conv2d_nhwc_bf16(f->pool, f->ws, y, x, 1, c_in, h, w, l->w, l->b, 1, PAD1);
+}
+
+/* res_forward on NHWC: the same arithmetic, each norm writing its convolution's bf16 input into
+ * whichever buffer is free at that point (t2, or y before the block's output lands there). */
+static mp_error *res_forward_nhwc(fwd *f, const resblock *r, float *x, float *y, int h, int w) {
+  const int64_t hw = (int64_t)h * w;
+  if (r->skip.w) {
+    use_bf16(f, false);
+    MP_TRY(mp_dense(f->pool, f->ws, y, x, hw, r->skip.w, r->skip.b)); /* a 1x1 convolution is a dense layer on pixels */
+    use_bf16(f, true);
+    uint16_t *t = (uint16_t *)(void *)f->t2;
+    MP_TRY(mp_group_norm_nhwc(f->pool, f->ws, t, true, x, hw, r->c_in, GROUPS, r->n1.gamma, r->n1.beta, EPS, true));
+    MP_TRY(conv_nhwc(f, &r->conv1, x, t, r->c_in, h, w));
+    MP_TRY(mp_group_norm_nhwc(f->pool, f->ws, t, true, x, hw, r->c_out, GROUPS, r->n2.gamma, r->n2.beta, EPS, true));
+    MP_TRY(conv_nhwc(f, &r->conv2, x, t, r->c_out, h, w));
+    mp_add(y, y, x, r->c_out * hw);
+  } else {
+    use_bf16(f, true);
+    uint16_t *t = (uint16_t *)(void *)y;
+    MP_TRY(mp_group_norm_nhwc(f->pool, f->ws, t, true, x, hw, r->c_in, GROUPS, r->n1.gamma, r->n1.beta, EPS, true));
+    MP_TRY(conv_nhwc(f, &r->conv1, f->t2, t, r->c_in, h, w));
+    MP_TRY(mp_group_norm_nhwc(f->pool, f->ws, t, true, f->t2, hw, r->c_out, GROUPS, r->n2.gamma, r->n2.beta, EPS, true));
+    MP_TRY(conv_nhwc(f, &r->conv2, f->t2, t, r->c_out, h, w));
+    mp_add(y, f->t2, x, r->c_out * hw);
+  }
+  return NULL;
+}
+
+/* Whether decoding from level `from` (at h x w) down can stay NHWC: every 3x3 convolution left in
+ * the levels is bf16 and goes to the direct convolution (not the f32 path, not Winograd). */
+static bool decode_nhwc_from(const mp_vae *v, mp_pool *pool, int from, int h, int w) {
+  for (int l = from; l >= 0; l--, h *= 2, w *= 2) {
+    const level *lv = &v->dec.lv[l];
+    for (int j = 0; j < lv->n_blocks; j++) {
+      const resblock *r = &lv->blocks[j];
+      if (!r->bf16 || !mp_conv2d_nhwc_usable(pool, r->c_in, r->c_out, h, w, 1) ||
+          !mp_conv2d_nhwc_usable(pool, r->c_out, r->c_out, h, w, 1))
+        return false;
+    }
+    if (lv->has_resample && (!lv->resample_bf16 || !mp_conv2d_nhwc_usable(pool, lv->c_out, lv->c_out, 2 * h, 2 * w, 1))) return false;
+  }
+  return true;
+}
+
 /* Widest activation, in floats, of decoding an h x w latent (or encoding an 8h x 8w image). */
 static size_t widest(const mp_vae *v, int h, int w) {
   const int L = v->cfg.n_levels;
@@ -348,8 +401,11 @@ static mp_error *buffers_alloc(mp_vae *v, mp_pool *pool, int h, int w, buffers *
   return NULL;
 }
 
-/* Decode one latent tile z [embed_dim, h, w] -> image [out, 8h, 8w] (for L = 4). */
-static mp_error *decode_whole(mp_vae *v, mp_pool *pool, int h, int w, const float *z, float *image) {
+/* Decode one latent tile z [embed_dim, h, w] -> image [out, 8h, 8w] (for L = 4). With allow_nhwc,
+ * the levels from where decode_nhwc_from holds run on NHWC activations (*went_nhwc says whether
+ * they did: a failure there, such as oneDNN declining a shape, may be retried without). */
+static mp_error *decode_whole(mp_vae *v, mp_pool *pool, int h, int w, const float *z, float *image, bool allow_nhwc,
+                              bool *went_nhwc) {
   const mp_vae_config *cfg = &v->cfg;
   const coder *de = &v->dec;
   buffers bf;
@@ -362,14 +418,27 @@ static mp_error *decode_whole(mp_vae *v, mp_pool *pool, int h, int w, const floa
   if ((e = mp_conv2d(pool, f->ws, f->t1, z, 1, cfg->embed_dim, h, w, v->post_quant.w, v->post_quant.b, 1, PAD0))) goto done;
   if ((e = mp_conv2d(pool, f->ws, cur, f->t1, 1, cfg->z_channels, h, w, de->conv_in.w, de->conv_in.b, 1, PAD1))) goto done;
   if ((e = mid_forward(f, de, &cur, &nxt, hh, ww))) goto done;
+  bool nhwc = false;
   for (int l = cfg->n_levels - 1; l >= 0; l--) {
     const level *lv = &de->lv[l];
+    if (allow_nhwc && !nhwc && decode_nhwc_from(v, pool, l, hh, ww)) {
+      mp_transpose(pool, nxt, cur, lv->blocks[0].c_in, (int64_t)hh * ww); /* [C, hw] -> [hw, C] */
+      float *s = cur;
+      cur = nxt, nxt = s;
+      nhwc = *went_nhwc = true;
+    }
     for (int j = 0; j < lv->n_blocks; j++) {
-      if ((e = res_forward(f, &lv->blocks[j], cur, nxt, hh, ww))) goto done;
+      if ((e = (nhwc ? res_forward_nhwc : res_forward)(f, &lv->blocks[j], cur, nxt, hh, ww))) goto done;
       float *s = cur;
       cur = nxt, nxt = s;
     }
-    if (lv->has_resample) {
+    if (lv->has_resample && nhwc) {
+      uint16_t *up = (uint16_t *)(void *)nxt;
+      mp_upsample_nearest2x_nhwc_bf16(pool, up, cur, hh, ww, lv->c_out);
+      hh *= 2, ww *= 2;
+      use_bf16(f, true);
+      if ((e = conv_nhwc(f, &lv->resample, cur, up, lv->c_out, hh, ww))) goto done;
+    } else if (lv->has_resample) {
       mp_upsample_nearest2x(pool, nxt, cur, lv->c_out, hh, ww);
       hh *= 2, ww *= 2;
       use_bf16(f, lv->resample_bf16);
@@ -377,6 +446,11 @@ static mp_error *decode_whole(mp_vae *v, mp_pool *pool, int h, int w, const floa
     }
   }
   const int c = de->lv[0].c_out;
+  if (nhwc) { /* back to [C, hw] for the f32 output layers */
+    mp_transpose(pool, nxt, cur, (int64_t)hh * ww, c);
+    float *s = cur;
+    cur = nxt, nxt = s;
+  }
   use_bf16(f, false);
   mp_group_norm(pool, nxt, cur, 1, c, (int64_t)hh * ww, GROUPS, de->norm_out.gamma, de->norm_out.beta, EPS, true);
   e = mp_conv2d(pool, f->ws, image, nxt, 1, c, hh, ww, de->conv_out.w, de->conv_out.b, 1, PAD1);
@@ -469,9 +543,17 @@ typedef struct {
   mp_pool *pool;
 } tile_ctx;
 
+/* decode_whole, NHWC where it can be; where the NHWC levels fail, once more on NCHW */
+static mp_error *decode_one(mp_vae *v, mp_pool *pool, int h, int w, const float *z, float *image) {
+  bool went_nhwc = false;
+  mp_error *e = decode_whole(v, pool, h, w, z, image, v->nhwc, &went_nhwc);
+  if (e && went_nhwc) mp_error_free(e), e = decode_whole(v, pool, h, w, z, image, false, &went_nhwc);
+  return e;
+}
+
 static mp_error *decode_tile_fn(void *ctx, int h, int w, const float *in, float *out) {
   tile_ctx *t = ctx;
-  return decode_whole(t->v, t->pool, h, w, in, out);
+  return decode_one(t->v, t->pool, h, w, in, out);
 }
 
 static mp_error *encode_tile_fn(void *ctx, int H, int W, const float *in, float *out) {
@@ -486,7 +568,7 @@ mp_error *mp_vae_decode(mp_vae *v, mp_pool *pool, int h, int w, const float *z, 
   mp_error *e = use_tiles(v, h, w)
                     ? mp_tiled_apply(decode_tile_fn, &(tile_ctx){v, pool}, h, w, tile_size(v, h, w), v->tiling.overlap, 1, f8,
                                      v->cfg.embed_dim, v->cfg.out_channels, z, image)
-                    : decode_whole(v, pool, h, w, z, image);
+                    : decode_one(v, pool, h, w, z, image);
   return e ? mp_error_wrap(e, "VAE decode") : NULL;
 }
 

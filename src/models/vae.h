@@ -29,6 +29,9 @@ typedef struct {
  * memory stays under the UNet step's, which is the peak of a job. */
 #define MP_VAE_AUTO_TILE_AREA (80 * 80)
 void mp_vae_set_tiling(mp_vae *vae, mp_vae_tiling tiling);
+/* Under a bf16 backend the decoder's bf16 levels run on NHWC activations, with no layout reorder
+ * around each convolution (core/nhwc_bf16.h); false keeps every level NCHW (tests, benchmarks). */
+void mp_vae_set_nhwc(mp_vae *vae, bool allow);
 
 /* z [z_channels(embed_dim), h, w] -> image [3, 8h, 8w] in about [-1, 1] (one image). */
 mp_error *mp_vae_decode(mp_vae *vae, mp_pool *pool, int h, int w, const float *z, float *image);
