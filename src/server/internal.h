@@ -47,6 +47,8 @@ struct ms_server {
   struct ms_worker *workers;
   pthread_t lease_thread; /* shared stores: renews leases, takes back expired ones, listens for enqueues */
   bool lease_thread_started;
+  pthread_t retention_thread; /* --retention-days: sweeps old jobs' files at start, then hourly (retention.c) */
+  bool retention_started;
 
   /* metrics kept in memory (the store keeps the counts) */
   pthread_mutex_t metrics_mu;
@@ -105,6 +107,11 @@ mp_error *ms_blobs_upload_dir(ms_server *s, const char *rel_dir, int64_t finish_
 mp_error *ms_blobs_fetch(ms_server *s, const char *prefix);
 /* a done job's outputs into DATA/jobs/<id>/ on this machine if they are not here yet */
 void ms_outputs_local(ms_server *s, const ms_job *j);
+
+/* ---- retention (retention.c): the sweep thread, when cfg.retention_days > 0 */
+mp_error *ms_retention_start(ms_server *s);
+/* stops and joins it (sets stopping) */
+void ms_retention_stop(ms_server *s);
 
 /* ---- callbacks (callback.c): POST body to url, 3 tries with backoff, each attempt recorded */
 void ms_callback_deliver(ms_store *store, int64_t job_id, const char *url, const char *body, const atomic_int *stopping);
