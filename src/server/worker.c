@@ -141,14 +141,19 @@ static void publish_end(ms_server *s, int64_t id) {
   cJSON *o = cJSON_CreateObject();
   cJSON_AddNumberToObject(o, "id", (double)id);
   cJSON_AddStringToObject(o, "status", ms_status_name(j.status));
-  if (j.fail_message) cJSON_AddStringToObject(o, "fail_message", j.fail_message);
+  if (j.fail_message) { /* as in the prompt object: no server paths */
+    ms_path_view v = {.owner = j.owner, .data_dir = s->data_dir, .models_dir = s->models_dir};
+    char *msg = ms_public_text(j.fail_message, &v);
+    cJSON_AddStringToObject(o, "fail_message", msg ? msg : j.fail_message);
+    free(msg);
+  }
   char *data = cJSON_PrintUnformatted(o);
   cJSON_Delete(o);
   ms_events_publish(s->events, id, ms_status_name(j.status), data ? data : "{}", j.status != MS_QUEUED);
   free(data);
   if (j.callback && (j.status == MS_DONE || j.status == MS_FAILED)) {
     cJSON *body = cJSON_CreateObject();
-    cJSON_AddItemToObject(body, "prompt", ms_prompt_object(&j, s->public_url ? s->public_url : s->listen_url, s->data_dir));
+    cJSON_AddItemToObject(body, "prompt", ms_prompt_object(&j, s->public_url ? s->public_url : s->listen_url, s->data_dir, s->models_dir));
     char *text = cJSON_PrintUnformatted(body);
     cJSON_Delete(body);
     if (text) ms_callback_deliver(s->store, id, j.callback, text, &s->stopping);
