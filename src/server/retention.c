@@ -138,7 +138,8 @@ static void iso_at(time_t t, char out[32]) {
   strftime(out, 32, "%Y-%m-%dT%H:%M:%S.000Z", &tm);
 }
 
-/* removes DATA/rel; counts and logs; false on a failure worth retrying */
+/* removes DATA/rel; counts and logs; false when it is still there (the job is not marked then: its
+ * files would outlive the mark, and the next sweep tries again) */
 static bool remove_logged(const char *data_dir, const char *rel, ms_sweep_stats *stats) {
   bool removed = false;
   mp_error *e = ms_remove_in_data(data_dir, rel, &removed);
@@ -149,7 +150,24 @@ static bool remove_logged(const char *data_dir, const char *rel, ms_sweep_stats 
   mp_error_free(e);
   if (refused) stats->refused++;
   else stats->errors++;
-  return refused; /* a refused path stays refused: the job is marked anyway, its files are not ours */
+  return false;
+}
+
+/* DATA/jobs and DATA/inputs must be folders of DATA itself: a link there would take the sweep outside
+ * DATA for every job, so it stops before touching anything (once per sweep, not once per job) */
+static mp_error *check_top_folders(const char *data_dir) {
+  static const char *const TOP[] = {"jobs", "inputs"};
+  for (int i = 0; i < 2; i++) {
+    char p[4200];
+    snprintf(p, sizeof p, "%s/%s", data_dir, TOP[i]);
+    struct stat st;
+    if (lstat(p, &st) != 0) continue; /* absent: nothing to remove there */
+    if (S_ISLNK(st.st_mode) || !S_ISDIR(st.st_mode))
+      return mp_errorf("%s is a symbolic link or not a folder: retention removes files only inside %s and follows no link, "
+                       "so nothing was removed (make it a folder, or run without --retention-days)",
+                       p, data_dir);
+  }
+  return NULL;
 }
 
 static bool delete_blobs(ms_store *st, const char *prefix, ms_sweep_stats *stats) {
@@ -169,6 +187,7 @@ static mp_error *expire_job(ms_store *st, const char *data_dir, const ms_job *j,
   snprintf(rel, sizeof rel, "jobs/%" PRId64, j->id);
   bool ok = remove_logged(data_dir, rel, stats);
   if (j->inputs_dir && *j->inputs_dir) {
+    /* not DATA/inputs/<name> (a damaged or hostile row): not ours to remove; the job is marked anyway */
     if (!ms_inputs_name(j->inputs_dir, name, sizeof name)) {
       fprintf(stderr, "mpass serve: retention: prompt %" PRId64 ": its inputs folder %s is not DATA/inputs/<name>: not removed\n", j->id,
               j->inputs_dir);
@@ -258,6 +277,7 @@ mp_error *ms_retention_sweep(ms_store *st, const char *data_dir, int days, time_
   time_t cutoff = now - (time_t)days * 86400;
   char before[32];
   iso_at(cutoff, before);
+  MP_TRY(check_top_folders(data_dir));
   int64_t after = 0;
   for (;;) {
     ms_job *jobs = NULL;

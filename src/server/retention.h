@@ -19,8 +19,9 @@ typedef struct {
  * DATA/jobs/<id>/ and the job's DATA/inputs/<name>/ are removed, with the stored files under the same
  * keys on a shared store, then the job is marked expired. Queued and running jobs are never touched.
  * Then copies on this machine of jobs expired elsewhere (another node of a shared store marked them)
- * are removed too. Problems with single paths are logged on stderr and counted, not returned: the
- * error is the store's. days <= 0: nothing is done. quiet: no summary line. */
+ * are removed too. Problems with single paths are logged on stderr and counted, not returned (that
+ * job stays unmarked and is tried again next sweep); the error is the store's, or DATA/jobs or
+ * DATA/inputs being a link (then nothing is removed). days <= 0: nothing is done. quiet: no summary. */
 mp_error *ms_retention_sweep(ms_store *st, const char *data_dir, int days, time_t now, bool quiet, ms_sweep_stats *stats);
 
 /* Removes DATA/rel (a file, a link or a whole folder) without ever following a symbolic link: rel is

@@ -287,6 +287,32 @@ static void test_sweep_refuses_odd_inputs(void **state) {
   close_fixture(&f);
 }
 
+/* DATA/jobs as a link to another folder: the sweep removes nothing there (nor anywhere) and says so */
+static void test_sweep_refuses_linked_jobs_folder(void **state) {
+  (void)state;
+  fixture f;
+  open_fixture(&f);
+  char *outside = test_tmpdir();
+  ms_job jd = {.owner = "alice", .document = "a cat", .params_json = "{}"};
+  int64_t id;
+  ms_enqueue_result res;
+  assert_ok(f.store->job_enqueue(f.store, &jd, 0, &id, &res));
+  ms_status now_status;
+  bool found;
+  assert_ok(f.store->job_cancel(f.store, "alice", id, &found, &now_status));
+  char rel[64];
+  snprintf(rel, sizeof rel, "%lld/0.png", (long long)id);
+  put(outside, rel, "png");
+  link_to(outside, f.data, "jobs");
+  ms_sweep_stats st;
+  assert_err_contains(ms_retention_sweep(f.store, f.data, 1, time(NULL) + 3 * 86400, true, &st), "symbolic link");
+  assert_true(exists(outside, rel));
+  assert_false(expired(&f, id));
+  test_remove_tree(outside);
+  free(outside);
+  close_fixture(&f);
+}
+
 /* The schema of version 1, as shipped before retention (store_sqlite.c's first migration). */
 static const char *const SCHEMA_V1 =
     "CREATE TABLE schema_version (version INTEGER NOT NULL);"
@@ -354,6 +380,7 @@ static void test_migrates_version_1(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_remove_in_data), cmocka_unit_test(test_inputs_name),
                                      cmocka_unit_test(test_sweep), cmocka_unit_test(test_sweep_refuses_odd_inputs),
+                                     cmocka_unit_test(test_sweep_refuses_linked_jobs_folder),
                                      cmocka_unit_test(test_migrates_version_1)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
