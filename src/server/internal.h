@@ -88,6 +88,8 @@ MHD_RESULT ms_route_metrics(ms_server *s, ms_request *r, const int64_t *ids, con
 /* The prompt object of the API (docs/api.md). base_url: "http://host:port" for images[]; data_dir and
  * models_dir: this machine's, for the paths in result.json as a client sees them (below). */
 cJSON *ms_prompt_object(const ms_job *j, const char *base_url, const char *data_dir, const char *models_dir);
+/* "fail_message": the job's, its paths as a client sees them (below); null when none */
+void ms_add_fail_message(cJSON *o, const ms_job *j, const char *data_dir, const char *models_dir);
 /* The job's DATA/jobs/<id>/result.json with its paths as a client sees them; NULL when absent. */
 cJSON *ms_result_public(const ms_job *j, const char *data_dir, const char *models_dir);
 /* Server paths as a client sees them: inside the owner's folder (on any machine), relative to it

@@ -173,6 +173,13 @@ static void add_opt_string(cJSON *o, const char *k, const char *v) {
   else cJSON_AddNullToObject(o, k);
 }
 
+void ms_add_fail_message(cJSON *o, const ms_job *j, const char *data_dir, const char *models_dir) {
+  ms_path_view v = {.owner = j->owner, .data_dir = data_dir, .models_dir = models_dir};
+  char *msg = ms_public_text(j->fail_message, &v);
+  add_opt_string(o, "fail_message", msg ? msg : j->fail_message);
+  free(msg);
+}
+
 cJSON *ms_result_public(const ms_job *j, const char *data_dir, const char *models_dir) {
   char p[4096];
   snprintf(p, sizeof p, "%s/jobs/%lld/result.json", data_dir, (long long)j->id);
@@ -243,9 +250,7 @@ cJSON *ms_prompt_object(const ms_job *j, const char *base_url, const char *data_
   add_opt_string(o, "started_at", j->started_at);
   add_opt_string(o, "finished_at", j->finished_at);
   add_opt_string(o, "failed_at", j->failed_at);
-  char *msg = ms_public_text(j->fail_message, &v);
-  add_opt_string(o, "fail_message", msg ? msg : j->fail_message);
-  free(msg);
+  ms_add_fail_message(o, j, data_dir, models_dir);
   add_opt_string(o, "expired_at", j->expired_at);
   cJSON *cbs = j->callbacks_json ? cJSON_Parse(j->callbacks_json) : NULL;
   cJSON_AddItemToObject(o, "callback_attempts", cbs ? cbs : cJSON_CreateArray());

@@ -348,7 +348,7 @@ static bool sse_follow_row(sse_state *st) {
     cJSON_AddStringToObject(o, "status", ms_status_name(j.status));
     bool terminal = j.status != MS_QUEUED && j.status != MS_RUNNING;
     if (!terminal) cJSON_AddNumberToObject(o, "progress", j.progress);
-    if (j.fail_message) cJSON_AddStringToObject(o, "fail_message", j.fail_message);
+    if (j.fail_message) ms_add_fail_message(o, &j, st->s->data_dir, st->s->models_dir);
     char *t = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     sse_put(st, j.status == MS_RUNNING && j.progress > 0 ? "progress" : ms_status_name(j.status), t ? t : "{}");
@@ -411,7 +411,7 @@ MHD_RESULT ms_route_prompt_events(ms_server *s, ms_request *r, const int64_t *id
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "id", (double)pid);
     cJSON_AddStringToObject(o, "status", ms_status_name(j.status));
-    if (j.fail_message) cJSON_AddStringToObject(o, "fail_message", j.fail_message);
+    if (j.fail_message) ms_add_fail_message(o, &j, s->data_dir, s->models_dir);
     char *t = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     snprintf(data, sizeof data, "%s", t ? t : "{}");

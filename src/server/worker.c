@@ -141,12 +141,7 @@ static void publish_end(ms_server *s, int64_t id) {
   cJSON *o = cJSON_CreateObject();
   cJSON_AddNumberToObject(o, "id", (double)id);
   cJSON_AddStringToObject(o, "status", ms_status_name(j.status));
-  if (j.fail_message) { /* as in the prompt object: no server paths */
-    ms_path_view v = {.owner = j.owner, .data_dir = s->data_dir, .models_dir = s->models_dir};
-    char *msg = ms_public_text(j.fail_message, &v);
-    cJSON_AddStringToObject(o, "fail_message", msg ? msg : j.fail_message);
-    free(msg);
-  }
+  if (j.fail_message) ms_add_fail_message(o, &j, s->data_dir, s->models_dir); /* no server paths */
   char *data = cJSON_PrintUnformatted(o);
   cJSON_Delete(o);
   ms_events_publish(s->events, id, ms_status_name(j.status), data ? data : "{}", j.status != MS_QUEUED);
