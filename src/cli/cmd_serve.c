@@ -20,8 +20,12 @@ static void usage(FILE *f) {
   fprintf(f, "usage: mpass serve [--listen 127.0.0.1:8080] [--data DIR] [--models DIR] [--model CKPT] [--workers N]\n"
              "                   [--token-file F] [--max-queued N] [--max-upload-bytes N] [--max-image-bytes N]\n"
              "                   [--public-url URL] [--allow-private-urls] [--quiet] [--db postgres://...|sqlite:PATH]\n"
-             "                   [--lease-seconds N]   (--models DIR and --threads N are global options; --workers 0: an API node only)\n"
+             "                   [--lease-seconds N] [--retention-days N]\n"
+             "                   (--models DIR and --threads N are global options; --workers 0: an API node only)\n"
              "  --listen HOST:PORT, or [IPV6]:PORT ([::] takes IPv4 clients too)\n"
+             "  --retention-days N  remove the images, uploads and stored files of prompts that ended (done, failed,\n"
+             "                      cancelled) more than N days ago, at start and then hourly; the prompt stays\n"
+             "                      listed with expired_at and its image URLs answer 410. Default 0: keep forever\n"
              "  the prompt API over HTTP (docs/api.md): jobs in DIR/mpass.db, images under DIR/jobs/, the web page at /\n");
 }
 
@@ -34,6 +38,7 @@ int cmd_serve(mpass_ctx *ctx, int argc, char **argv) {
       {"max-image-bytes", required_argument, 0, 'i'}, {"public-url", required_argument, 0, 'p'},
       {"quiet", no_argument, 0, 'Q'},       {"allow-private-urls", no_argument, 0, 'P'},
       {"db", required_argument, 0, 'D'},    {"lease-seconds", required_argument, 0, 'L'},
+      {"retention-days", required_argument, 0, 'R'},
       {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
   /* --models and --threads are global options (main.c): the context carries them */
   ms_config cfg = {.listen = "127.0.0.1:8080", .data_dir = "data", .workers = 1, .max_queued = 100,
@@ -54,6 +59,7 @@ int cmd_serve(mpass_ctx *ctx, int argc, char **argv) {
       case 'D': cfg.db = optarg; break;
       case 'L': cfg.lease_seconds = (int)parse_size(optarg, &ok); break;
       case 'q': cfg.max_queued = atoi(optarg), ok = cfg.max_queued >= 0; break;
+      case 'R': cfg.retention_days = cli_parse_retention_days(optarg, &ok); break;
       case 'u': cfg.max_upload_bytes = parse_size(optarg, &ok); break;
       case 'i': cfg.max_image_bytes = parse_size(optarg, &ok); break;
       case 'h': usage(stdout); return 0;
@@ -69,6 +75,12 @@ int cmd_serve(mpass_ctx *ctx, int argc, char **argv) {
     return 2;
   }
   return cli_serve_until_signal("serve", &cfg);
+}
+
+/* --retention-days N: 0 (keep forever) to 100000 days, digits only */
+int cli_parse_retention_days(const char *s, bool *ok) {
+  *ok = *s && s[strspn(s, "0123456789")] == 0 && strlen(s) <= 6 && atoi(s) <= 100000;
+  return *ok ? atoi(s) : 0;
 }
 
 /* Start the server (HTTP and/or workers), say so on stdout, and run until SIGTERM or SIGINT.

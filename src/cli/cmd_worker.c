@@ -12,11 +12,13 @@
 static void usage(FILE *f) {
   fprintf(f,
           "usage: mpass worker --db postgres://... [--data DIR] [--models DIR] [--model CKPT] [--workers N]\n"
-          "                    [--lease-seconds N] [--public-url URL] [--quiet]\n"
+          "                    [--lease-seconds N] [--public-url URL] [--retention-days N] [--quiet]\n"
           "  --data DIR          local work space (job outputs, caches); default ./data\n"
           "  --workers N         jobs run at once by this process (default 1)\n"
           "  --lease-seconds N   a job whose worker is silent this long is run again elsewhere (default 30)\n"
-          "  --public-url URL    base of image URLs in callback bodies (the API nodes' address)\n");
+          "  --public-url URL    base of image URLs in callback bodies (the API nodes' address)\n"
+          "  --retention-days N  remove this machine's copies and the stored files of prompts that ended more than\n"
+          "                      N days ago (as `mpass serve --retention-days`); default 0: keep forever\n");
 }
 
 int cmd_worker(mpass_ctx *ctx, int argc, char **argv) {
@@ -25,7 +27,7 @@ int cmd_worker(mpass_ctx *ctx, int argc, char **argv) {
       {"model", required_argument, 0, 'm'},   {"workers", required_argument, 0, 'w'},
       {"lease-seconds", required_argument, 0, 'L'}, {"public-url", required_argument, 0, 'p'},
       {"quiet", no_argument, 0, 'Q'},         {"help", no_argument, 0, 'h'},
-      {0, 0, 0, 0}};
+      {"retention-days", required_argument, 0, 'R'}, {0, 0, 0, 0}};
   ms_config cfg = {.data_dir = "data", .workers = 1, .models_dir = ctx->models_dir, .n_threads = ctx->n_threads,
                    .no_http = true, .listen = "127.0.0.1:0"};
   int opt;
@@ -40,6 +42,7 @@ int cmd_worker(mpass_ctx *ctx, int argc, char **argv) {
       case 'Q': cfg.quiet = true; break;
       case 'w': cfg.workers = atoi(optarg), ok = cfg.workers >= 1 && cfg.workers <= 64; break;
       case 'L': cfg.lease_seconds = atoi(optarg), ok = cfg.lease_seconds >= 2; break;
+      case 'R': cfg.retention_days = cli_parse_retention_days(optarg, &ok); break;
       case 'h': usage(stdout); return 0;
       default: ok = false;
     }

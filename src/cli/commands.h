@@ -40,5 +40,6 @@ int cli_fail(const char *cmd, mpass_error *e);
  * (cmd_serve.c). The configuration type comes from server/server.h. */
 struct ms_config;
 int cli_serve_until_signal(const char *cmd, const struct ms_config *cfg);
+int cli_parse_retention_days(const char *s, bool *ok); /* --retention-days N of serve and worker */
 
 #endif

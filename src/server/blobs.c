@@ -257,7 +257,7 @@ mp_error *ms_blobs_fetch(ms_server *s, const char *prefix) {
 }
 
 void ms_outputs_local(ms_server *s, const ms_job *j) {
-  if (!s->store->blob_list || j->status != MS_DONE) return;
+  if (!s->store->blob_list || j->status != MS_DONE || j->expired_at) return; /* expired: removed on purpose */
   char p[4200], prefix[64];
   ms_job_dir(s, j->id, p, sizeof p);
   strcat(p, "/result.json");

@@ -525,6 +525,7 @@ mp_error *ms_server_start(const ms_config *cfg, ms_server **out, char url[128]) 
   if (!e && s->store->event_send) ms_events_set_forward(s->events, forward_event, s);
   if (!e && !cfg->no_http && s->store->event_listen) e = s->store->event_listen(s->store, remote_event, s->events);
   if (!e) e = ms_recover_interrupted(s);
+  if (!e) e = ms_retention_start(s);
   if (!e && cfg->no_http) {
     snprintf(url, 128, "%s", "");
     s->listen_url = strdup("");
@@ -558,6 +559,7 @@ mp_error *ms_server_start(const ms_config *cfg, ms_server **out, char url[128]) 
   }
   if (e) {
     if (s->daemon) MHD_stop_daemon(s->daemon);
+    ms_retention_stop(s);
     server_free(s);
     return e;
   }
@@ -574,5 +576,6 @@ void ms_server_stop(ms_server *s) {
   pthread_mutex_unlock(&s->work_mu);
   if (s->daemon) MHD_stop_daemon(s->daemon);
   ms_workers_join(s);
+  ms_retention_stop(s);
   server_free(s);
 }

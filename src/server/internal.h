@@ -47,6 +47,8 @@ struct ms_server {
   struct ms_worker *workers;
   pthread_t lease_thread; /* shared stores: renews leases, takes back expired ones, listens for enqueues */
   bool lease_thread_started;
+  pthread_t retention_thread; /* --retention-days: sweeps old jobs' files at start, then hourly (retention.c) */
+  bool retention_started;
 
   /* metrics kept in memory (the store keeps the counts) */
   pthread_mutex_t metrics_mu;
@@ -83,8 +85,24 @@ MHD_RESULT ms_route_image(ms_server *s, ms_request *r, const int64_t *ids, const
 MHD_RESULT ms_route_metrics(ms_server *s, ms_request *r, const int64_t *ids, const char *tail);
 
 /* ---- jobs as JSON (prompt_json.c) */
-/* The prompt object of the API (docs/api.md). base_url: "http://host:port" for images[]. */
-cJSON *ms_prompt_object(const ms_job *j, const char *base_url, const char *data_dir);
+/* The prompt object of the API (docs/api.md). base_url: "http://host:port" for images[]; data_dir and
+ * models_dir: this machine's, for the paths in result.json as a client sees them (below). */
+cJSON *ms_prompt_object(const ms_job *j, const char *base_url, const char *data_dir, const char *models_dir);
+/* "fail_message": the job's, its paths as a client sees them (below); null when none */
+void ms_add_fail_message(cJSON *o, const ms_job *j, const char *data_dir, const char *models_dir);
+/* The job's DATA/jobs/<id>/result.json with its paths as a client sees them; NULL when absent. */
+cJSON *ms_result_public(const ms_job *j, const char *data_dir, const char *models_dir);
+/* Server paths as a client sees them: inside the owner's folder (on any machine), relative to it
+ * ("tunes/12/12.safetensors"); inside the models folder, relative to it ("lora/x.safetensors");
+ * inside DATA, relative to it; elsewhere, the file name alone. Relative paths are unchanged. */
+typedef struct {
+  const char *owner, *data_dir, *models_dir;
+} ms_path_view;
+char *ms_public_path(const char *path, const ms_path_view *v);
+/* the same for each absolute path in a message ("cannot open /srv/x.pt: ..."); caller frees */
+char *ms_public_text(const char *text, const ms_path_view *v);
+/* every string below node (not the user's own prompt texts) through ms_public_text */
+void ms_public_tree(cJSON *node, const ms_path_view *v);
 cJSON *ms_tune_object(const ms_tune *t);
 
 /* ---- workers (worker.c) */
@@ -105,6 +123,11 @@ mp_error *ms_blobs_upload_dir(ms_server *s, const char *rel_dir, int64_t finish_
 mp_error *ms_blobs_fetch(ms_server *s, const char *prefix);
 /* a done job's outputs into DATA/jobs/<id>/ on this machine if they are not here yet */
 void ms_outputs_local(ms_server *s, const ms_job *j);
+
+/* ---- retention (retention.c): the sweep thread, when cfg.retention_days > 0 */
+mp_error *ms_retention_start(ms_server *s);
+/* stops and joins it (sets stopping) */
+void ms_retention_stop(ms_server *s);
 
 /* ---- callbacks (callback.c): POST body to url, 3 tries with backoff, each attempt recorded */
 void ms_callback_deliver(ms_store *store, int64_t job_id, const char *url, const char *body, const atomic_int *stopping);

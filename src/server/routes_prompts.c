@@ -176,7 +176,7 @@ static MHD_RESULT reply_job(ms_server *s, ms_request *r, unsigned status, int64_
   if (!found) return ms_reply_error(r->conn, 404, "no prompt %" PRId64, id);
   char *base = ms_base_url(s, r->conn);
   ms_outputs_local(s, &j);
-  cJSON *o = ms_prompt_object(&j, base ? base : "", s->data_dir);
+  cJSON *o = ms_prompt_object(&j, base ? base : "", s->data_dir, s->models_dir);
   free(base);
   ms_job_free(&j);
   return ms_reply_json(r->conn, status, o);
@@ -247,7 +247,7 @@ MHD_RESULT ms_route_prompt_get(ms_server *s, ms_request *r, const int64_t *ids, 
   if (!own_job(s, r, ids, &pid, &ret, &j)) return ret;
   char *base = ms_base_url(s, r->conn);
   ms_outputs_local(s, &j);
-  cJSON *o = ms_prompt_object(&j, base ? base : "", s->data_dir);
+  cJSON *o = ms_prompt_object(&j, base ? base : "", s->data_dir, s->models_dir);
   free(base);
   ms_job_free(&j);
   return ms_reply_json(r->conn, 200, o);
@@ -286,7 +286,7 @@ MHD_RESULT ms_route_prompt_list(ms_server *s, ms_request *r, const int64_t *ids,
   char *base = ms_base_url(s, r->conn);
   cJSON *arr = cJSON_CreateArray();
   for (int i = 0; i < n; i++) ms_outputs_local(s, &jobs[i]);
-  for (int i = 0; i < n; i++) cJSON_AddItemToArray(arr, ms_prompt_object(&jobs[i], base ? base : "", s->data_dir));
+  for (int i = 0; i < n; i++) cJSON_AddItemToArray(arr, ms_prompt_object(&jobs[i], base ? base : "", s->data_dir, s->models_dir));
   free(base);
   ms_job_list_free(jobs, n);
   return ms_reply_json(r->conn, 200, arr);
@@ -348,7 +348,7 @@ static bool sse_follow_row(sse_state *st) {
     cJSON_AddStringToObject(o, "status", ms_status_name(j.status));
     bool terminal = j.status != MS_QUEUED && j.status != MS_RUNNING;
     if (!terminal) cJSON_AddNumberToObject(o, "progress", j.progress);
-    if (j.fail_message) cJSON_AddStringToObject(o, "fail_message", j.fail_message);
+    if (j.fail_message) ms_add_fail_message(o, &j, st->s->data_dir, st->s->models_dir);
     char *t = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     sse_put(st, j.status == MS_RUNNING && j.progress > 0 ? "progress" : ms_status_name(j.status), t ? t : "{}");
@@ -411,7 +411,7 @@ MHD_RESULT ms_route_prompt_events(ms_server *s, ms_request *r, const int64_t *id
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "id", (double)pid);
     cJSON_AddStringToObject(o, "status", ms_status_name(j.status));
-    if (j.fail_message) cJSON_AddStringToObject(o, "fail_message", j.fail_message);
+    if (j.fail_message) ms_add_fail_message(o, &j, s->data_dir, s->models_dir);
     char *t = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     snprintf(data, sizeof data, "%s", t ? t : "{}");

@@ -24,6 +24,7 @@ typedef struct ms_config {
   long long max_image_bytes;  /* an input or mask image (default 20 MiB) */
   bool quiet;              /* no request log on stderr */
   bool allow_private_urls; /* input_image_url may name loopback/private addresses (tests, trusted networks) */
+  int retention_days;      /* the files of jobs ended this many days ago are removed (retention.c); 0: kept forever */
   /* several machines (issue 14) */
   const char *db;          /* --db: postgres://..., a libpq conninfo or sqlite:PATH; NULL: DATA/mpass.db */
   int lease_seconds;       /* a claimed job's lease on a shared store (default 30), renewed while it runs */

@@ -43,6 +43,7 @@ typedef struct {
   char *fail_message; /* NULL unless failed/cancelled */
   char *callbacks_json; /* JSON array of callback attempts, "[]" when none */
   bool cancel_requested;
+  char *expired_at;   /* when the retention sweep removed its outputs and inputs (ISO 8601 UTC); NULL: kept */
 } ms_job;
 void ms_job_free(ms_job *j); /* frees the strings, not j itself */
 
@@ -101,6 +102,13 @@ struct ms_store {
   mp_error *(*job_counts)(ms_store *s, ms_counts *out);
   /* appends one attempt {"attempt", "at", "http_status", "error"} to the job's callbacks */
   mp_error *(*callback_attempt)(ms_store *s, int64_t id, int attempt, long http_status, const char *error);
+
+  /* ---- retention (retention.c). A job is expirable when it ended (done, failed or cancelled: its
+   * finished_at or failed_at) before `before` (ISO 8601 UTC, compared as text) and is not expired yet.
+   * Queued and running jobs are never listed. At most limit jobs with id > after_id, by id. */
+  mp_error *(*job_list_expirable)(ms_store *s, const char *before, int64_t after_id, int limit, ms_job **out, int *n);
+  /* expired_at = at, only on an ended job not expired yet; *marked: whether this call marked it */
+  mp_error *(*job_mark_expired)(ms_store *s, int64_t id, const char *at, bool *marked);
 
   /* ---- stores shared by several processes (issue 14). A claim there is a lease: the claiming
    * process renews it with job_heartbeat while the job runs, and a job whose lease ran out (its

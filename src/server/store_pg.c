@@ -28,8 +28,8 @@
 #include "server/store.h"
 
 /* Migrations, compiled in from src/server/sql/pg/ (cmake/embed.cmake). Append, never edit. */
-extern const unsigned char mpass_pg_001_init[];
-static const unsigned char *const MIGRATIONS[] = {mpass_pg_001_init};
+extern const unsigned char mpass_pg_001_init[], mpass_pg_002_retention[];
+static const unsigned char *const MIGRATIONS[] = {mpass_pg_001_init, mpass_pg_002_retention};
 #define N_MIGRATIONS ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
 
 /* pg_advisory_lock key held while migrating: "mpas" in ASCII */
@@ -265,7 +265,8 @@ static mp_error *tune_delete(ms_store *s, const char *owner, int64_t id, bool *f
 
 #define JOB_COLS                                                                                                      \
   "id, owner, tune_id, document, is_json, params_json, model_path, inputs_dir, callback, idempotency_key, status, " \
-  "progress, attempts, created_at, started_at, finished_at, failed_at, fail_message, callbacks_json::text, cancel_requested"
+  "progress, attempts, created_at, started_at, finished_at, failed_at, fail_message, callbacks_json::text, cancel_requested, " \
+  "expired_at"
 
 static void read_job(const PGresult *r, int row, ms_job *j) {
   memset(j, 0, sizeof *j);
@@ -282,6 +283,7 @@ static void read_job(const PGresult *r, int row, ms_job *j) {
   j->created_at = dup_val(r, row, 13), j->started_at = dup_val(r, row, 14), j->finished_at = dup_val(r, row, 15);
   j->failed_at = dup_val(r, row, 16), j->fail_message = dup_val(r, row, 17), j->callbacks_json = dup_val(r, row, 18);
   j->cancel_requested = PQgetvalue(r, row, 19)[0] == 't';
+  j->expired_at = dup_val(r, row, 20);
 }
 
 static mp_error *job_enqueue(ms_store *s, const ms_job *j, int max_queued, int64_t *id, ms_enqueue_result *res) {
@@ -510,6 +512,44 @@ static mp_error *callback_attempt(ms_store *s, int64_t id, int attempt, long htt
                     "UPDATE jobs SET callbacks_json = callbacks_json || jsonb_build_array(jsonb_build_object("
                     "'attempt', $1::int, 'at', $2::text, 'http_status', $3::bigint, 'error', $4::text)) WHERE id = $5",
                     5, v);
+}
+
+/* ---------------- retention */
+
+static mp_error *job_list_expirable(ms_store *s, const char *before, int64_t after_id, int limit, ms_job **out, int *n) {
+  *out = NULL, *n = 0;
+  if (limit <= 0) return NULL;
+  CONN(s);
+  char ab[32], lb[32];
+  const char *v[] = {before, I64(ab, after_id), I64(lb, limit)};
+  PGresult *r;
+  /* ended: done (2) and cancelled (4) have finished_at, failed (3) failed_at */
+  mp_error *e = run(c, "listing jobs to expire",
+                    "SELECT " JOB_COLS " FROM jobs WHERE status IN (2, 3, 4) AND expired_at IS NULL"
+                    " AND COALESCE(finished_at, failed_at) < $1 AND id > $2 ORDER BY id LIMIT $3",
+                    3, v, &r);
+  if (!e) {
+    int rows = PQntuples(r);
+    *out = calloc((size_t)(rows > 0 ? rows : 1), sizeof **out);
+    if (!*out) e = mp_errorf("out of memory");
+    for (int i = 0; !e && i < rows; i++) read_job(r, i, &(*out)[(*n)++]);
+    PQclear(r);
+  }
+  conn_put(p, c);
+  return e;
+}
+
+static mp_error *job_mark_expired(ms_store *s, int64_t id, const char *at, bool *marked) {
+  *marked = false;
+  CONN(s);
+  char b[32];
+  const char *v[] = {at, I64(b, id)};
+  PGresult *r;
+  mp_error *e = run(c, "marking a job expired",
+                    "UPDATE jobs SET expired_at = $1 WHERE id = $2 AND status IN (2, 3, 4) AND expired_at IS NULL RETURNING id", 2, v, &r);
+  if (!e) *marked = PQntuples(r) > 0, PQclear(r);
+  conn_put(p, c);
+  return e;
 }
 
 /* ---------------- leases */
@@ -914,6 +954,7 @@ mp_error *ms_store_pg_open(const char *conninfo, int lease_seconds, ms_store **o
   s->job_enqueue = job_enqueue, s->job_claim = job_claim, s->job_progress = job_progress, s->job_finish = job_finish;
   s->job_requeue = job_requeue, s->job_cancel = job_cancel, s->job_get = job_get, s->job_list = job_list;
   s->job_list_running = job_list_running, s->job_counts = job_counts, s->callback_attempt = callback_attempt;
+  s->job_list_expirable = job_list_expirable, s->job_mark_expired = job_mark_expired;
   s->shared = true;
   s->job_heartbeat = job_heartbeat, s->job_reclaim_expired = job_reclaim_expired, s->job_wait = job_wait;
   s->blob_put_files = blob_put_files, s->job_finish_with_files = job_finish_with_files, s->blob_list = blob_list;

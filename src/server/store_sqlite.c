@@ -25,6 +25,8 @@ static const char *const MIGRATIONS[] = {
     "CREATE UNIQUE INDEX jobs_idem ON jobs(owner, idempotency_key) WHERE idempotency_key IS NOT NULL;"
     "CREATE INDEX jobs_queue ON jobs(status, id);"
     "CREATE INDEX jobs_owner ON jobs(owner, tune_id, id);",
+    /* 2: retention (retention.c): when a job's files were removed; NULL while they are kept */
+    "ALTER TABLE jobs ADD COLUMN expired_at TEXT;",
 };
 #define N_MIGRATIONS ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
 
@@ -55,7 +57,7 @@ void ms_job_free(ms_job *j) {
   if (!j) return;
   free(j->owner), free(j->document), free(j->params_json), free(j->model_path), free(j->inputs_dir);
   free(j->callback), free(j->idempotency_key), free(j->created_at), free(j->started_at), free(j->finished_at);
-  free(j->failed_at), free(j->fail_message), free(j->callbacks_json);
+  free(j->failed_at), free(j->fail_message), free(j->callbacks_json), free(j->expired_at);
   memset(j, 0, sizeof *j);
 }
 void ms_tune_free(ms_tune *t) {
@@ -257,7 +259,8 @@ static mp_error *tune_delete(ms_store *s, const char *owner, int64_t id, bool *f
 
 #define JOB_COLS                                                                                                      \
   "id, owner, tune_id, document, is_json, params_json, model_path, inputs_dir, callback, idempotency_key, status, " \
-  "progress, attempts, created_at, started_at, finished_at, failed_at, fail_message, callbacks_json, cancel_requested"
+  "progress, attempts, created_at, started_at, finished_at, failed_at, fail_message, callbacks_json, cancel_requested, " \
+  "expired_at"
 
 static void read_job(sqlite3_stmt *st, ms_job *j) {
   memset(j, 0, sizeof *j);
@@ -274,6 +277,7 @@ static void read_job(sqlite3_stmt *st, ms_job *j) {
   j->created_at = col_text(st, 13), j->started_at = col_text(st, 14), j->finished_at = col_text(st, 15);
   j->failed_at = col_text(st, 16), j->fail_message = col_text(st, 17), j->callbacks_json = col_text(st, 18);
   j->cancel_requested = sqlite3_column_int(st, 19) != 0;
+  j->expired_at = col_text(st, 20);
 }
 
 static mp_error *job_enqueue(ms_store *s, const ms_job *j, int max_queued, int64_t *id, ms_enqueue_result *res) {
@@ -524,6 +528,47 @@ static mp_error *callback_attempt(ms_store *s, int64_t id, int attempt, long htt
   return e;
 }
 
+/* ---------------- retention */
+
+static mp_error *job_list_expirable(ms_store *s, const char *before, int64_t after_id, int limit, ms_job **out, int *n) {
+  *out = NULL, *n = 0;
+  if (limit <= 0) return NULL;
+  LOCK(s);
+  sqlite3_stmt *st = NULL;
+  /* ended: done (2) and cancelled (4) have finished_at, failed (3) failed_at */
+  mp_error *e = prep(q,
+                     "SELECT " JOB_COLS " FROM jobs WHERE status IN (2, 3, 4) AND expired_at IS NULL"
+                     " AND COALESCE(finished_at, failed_at) < ? AND id > ? ORDER BY id LIMIT ?",
+                     &st);
+  if (!e) {
+    bind_text(st, 1, before), sqlite3_bind_int64(st, 2, after_id), sqlite3_bind_int(st, 3, limit);
+    *out = calloc((size_t)limit, sizeof **out);
+    int rc = SQLITE_DONE;
+    while (*out && *n < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) read_job(st, &(*out)[(*n)++]);
+    if (!*out) e = mp_errorf("out of memory");
+    else if (rc != SQLITE_DONE && rc != SQLITE_ROW) e = dberr(q, "listing jobs to expire");
+  }
+  sqlite3_finalize(st);
+  UNLOCK();
+  if (e) ms_job_list_free(*out, *n), *out = NULL, *n = 0;
+  return e;
+}
+
+static mp_error *job_mark_expired(ms_store *s, int64_t id, const char *at, bool *marked) {
+  *marked = false;
+  LOCK(s);
+  sqlite3_stmt *st = NULL;
+  mp_error *e = prep(q, "UPDATE jobs SET expired_at = ? WHERE id = ? AND status IN (2, 3, 4) AND expired_at IS NULL", &st);
+  if (!e) {
+    bind_text(st, 1, at), sqlite3_bind_int64(st, 2, id);
+    if (sqlite3_step(st) != SQLITE_DONE) e = dberr(q, "marking a job expired");
+    else *marked = sqlite3_changes(q->db) > 0;
+  }
+  sqlite3_finalize(st);
+  UNLOCK();
+  return e;
+}
+
 /* One process owns a SQLite store: no leases to renew, only the cancel flag to report. */
 static mp_error *job_heartbeat(ms_store *s, int64_t id, bool *cancel, bool *lost) {
   *cancel = false, *lost = false;
@@ -600,6 +645,7 @@ mp_error *ms_store_sqlite_open(const char *path, ms_store **out) {
   s->job_enqueue = job_enqueue, s->job_claim = job_claim, s->job_progress = job_progress, s->job_finish = job_finish;
   s->job_requeue = job_requeue, s->job_cancel = job_cancel, s->job_get = job_get, s->job_list = job_list;
   s->job_list_running = job_list_running, s->job_counts = job_counts, s->callback_attempt = callback_attempt;
+  s->job_list_expirable = job_list_expirable, s->job_mark_expired = job_mark_expired;
   s->job_heartbeat = job_heartbeat, s->job_reclaim_expired = job_reclaim_expired; /* shared = false, job_wait = NULL */
   if (e) {
     store_close(s);

@@ -141,14 +141,14 @@ static void publish_end(ms_server *s, int64_t id) {
   cJSON *o = cJSON_CreateObject();
   cJSON_AddNumberToObject(o, "id", (double)id);
   cJSON_AddStringToObject(o, "status", ms_status_name(j.status));
-  if (j.fail_message) cJSON_AddStringToObject(o, "fail_message", j.fail_message);
+  if (j.fail_message) ms_add_fail_message(o, &j, s->data_dir, s->models_dir); /* no server paths */
   char *data = cJSON_PrintUnformatted(o);
   cJSON_Delete(o);
   ms_events_publish(s->events, id, ms_status_name(j.status), data ? data : "{}", j.status != MS_QUEUED);
   free(data);
   if (j.callback && (j.status == MS_DONE || j.status == MS_FAILED)) {
     cJSON *body = cJSON_CreateObject();
-    cJSON_AddItemToObject(body, "prompt", ms_prompt_object(&j, s->public_url ? s->public_url : s->listen_url, s->data_dir));
+    cJSON_AddItemToObject(body, "prompt", ms_prompt_object(&j, s->public_url ? s->public_url : s->listen_url, s->data_dir, s->models_dir));
     char *text = cJSON_PrintUnformatted(body);
     cJSON_Delete(body);
     if (text) ms_callback_deliver(s->store, id, j.callback, text, &s->stopping);

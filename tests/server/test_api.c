@@ -511,6 +511,11 @@ static void test_tunes(void **state) {
   assert_true(cJSON_GetObjectItem(o, "tune_id")->valuedouble == (double)tid);
   cJSON *loras = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "passes"), 0), "loras");
   assert_int_equal(cJSON_GetArraySize(loras), 1);
+  /* named as the owner knows it (its tune), not by the server's path */
+  const char *lora_file = cJSON_GetObjectItem(cJSON_GetArrayItem(loras, 0), "file")->valuestring;
+  char want[64];
+  snprintf(want, sizeof want, "tunes/%lld/", (long long)tid);
+  if (strncmp(lora_file, want, strlen(want))) fail_msg("passes[0].loras[0].file = %s, expected %s...", lora_file, want);
   cJSON_Delete(o);
   /* listed under the tune, reachable by the tune's path */
   r = h_req(&S, "GET", tpath, TOKEN_A, NULL, NULL, NULL, NULL);

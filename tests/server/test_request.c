@@ -184,7 +184,7 @@ static void test_prompt_object(void **state) {
   test_write_file(p, res, strlen(res));
   ms_job j = {.id = 7, .owner = "alice", .params_json = pj, .status = MS_DONE, .attempts = 1,
               .created_at = "2026-01-01T00:00:00.000Z", .callbacks_json = "[]"};
-  cJSON *o = ms_prompt_object(&j, "http://h:1", data);
+  cJSON *o = ms_prompt_object(&j, "http://h:1", data, NULL);
   assert_int_equal(cJSON_GetObjectItem(o, "id")->valueint, 7);
   assert_int_equal(cJSON_GetObjectItem(o, "steps")->valueint, 5);
   assert_int_equal(cJSON_GetObjectItem(o, "h")->valueint, 128);
@@ -198,7 +198,7 @@ static void test_prompt_object(void **state) {
   cJSON_Delete(o);
   /* queued: the parser's warnings (the unknown flag), no images */
   j.status = MS_QUEUED;
-  o = ms_prompt_object(&j, "http://h:1", data);
+  o = ms_prompt_object(&j, "http://h:1", data, NULL);
   assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(o, "images")), 0);
   assert_non_null(strstr(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "warnings"), 0)->valuestring, "frobnicate"));
   cJSON_Delete(o);

@@ -6,6 +6,7 @@
  * (idempotent; a newer schema refused). */
 #pragma GCC diagnostic ignored "-Wunused-function"
 #include "server_harness.h"
+#include "server/retention.h"
 #include "server/store.h"
 
 /* a fresh database; MPASS_TEST_STORE=postgres and MPASS_TEST_PG come from CTest */
@@ -365,7 +366,8 @@ static void test_migrations(void **state) {
   s->close(s);
   PGconn *c = PQconnectdb(db);
   PGresult *r = PQexec(c, "SELECT COUNT(*), MAX(version) FROM schema_version");
-  assert_string_equal(PQgetvalue(r, 0, 0), "1");
+  assert_string_equal(PQgetvalue(r, 0, 0), "2");
+  assert_string_equal(PQgetvalue(r, 0, 1), "2");
   PQclear(r);
   PQclear(PQexec(c, "INSERT INTO schema_version VALUES (99)"));
   PQfinish(c);
@@ -378,6 +380,171 @@ static void test_migrations(void **state) {
   assert_non_null(strstr(mp_error_message(e), "cannot connect"));
   mp_error_free(e);
   free(db);
+}
+
+/* ---- retention (retention.c) on the shared store */
+
+static void put_file(const char *root, const char *rel, const char *text) {
+  char p[4096];
+  snprintf(p, sizeof p, "%s/%s", root, rel);
+  for (char *c = p + strlen(root) + 1; (c = strchr(c, '/')); c++) *c = 0, mkdir(p, 0755), *c = '/';
+  write_file(p, (const unsigned char *)text, strlen(text));
+}
+
+static bool exists_in(const char *root, const char *rel) {
+  char p[4096];
+  snprintf(p, sizeof p, "%s/%s", root, rel);
+  struct stat st;
+  return lstat(p, &st) == 0;
+}
+
+static int stored(ms_store *s, const char *prefix) {
+  char **keys;
+  int64_t *sizes;
+  int n;
+  assert_ok(s->blob_list(s, prefix, &keys, &sizes, &n));
+  for (int i = 0; i < n; i++) free(keys[i]);
+  free(keys), free(sizes);
+  return n;
+}
+
+static void pg_exec(const char *db, const char *sql) {
+  PGconn *c = PQconnectdb(db);
+  PGresult *r = PQexec(c, sql);
+  if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) fail_msg("%s: %s", sql, PQerrorMessage(c));
+  PQclear(r), PQfinish(c);
+}
+
+/* a job with uploads recorded at another machine's path (the API node's DATA), its outputs and
+ * inputs here and in the store */
+static int64_t job_with_files(ms_store *s, const char *data, const char *name) {
+  char inputs[256], rel[2][128];
+  snprintf(inputs, sizeof inputs, "/srv/api-node/data/inputs/%s", name);
+  ms_job j = {.owner = "alice", .document = "a cat", .params_json = "{}", .inputs_dir = inputs};
+  int64_t id;
+  ms_enqueue_result res;
+  assert_ok(s->job_enqueue(s, &j, 0, &id, &res));
+  snprintf(rel[0], sizeof rel[0], "jobs/%lld/0.png", (long long)id);
+  snprintf(rel[1], sizeof rel[1], "inputs/%s/input_image.png", name);
+  put_file(data, rel[0], "png"), put_file(data, rel[1], "png");
+  char *keys[] = {rel[0], rel[1]};
+  assert_ok(s->blob_put_files(s, data, keys, 2));
+  return id;
+}
+
+static void test_retention(void **state) {
+  (void)state;
+  char *db = new_db();
+  ms_store *s = open_pg(db, 30);
+  char *data = test_tmpdir(), *node2 = test_tmpdir();
+  int64_t old = job_with_files(s, data, "in1"), running = job_with_files(s, data, "in2"), recent = job_with_files(s, data, "in3");
+  ms_job j;
+  bool found;
+  for (int i = 0; i < 3; i++) {
+    assert_ok(s->job_claim(s, &j, &found));
+    ms_job_free(&j);
+  }
+  assert_ok(s->job_finish(s, old, MS_DONE, NULL));
+  assert_ok(s->job_finish(s, recent, MS_DONE, NULL));
+  int64_t queued = job_with_files(s, data, "in4");
+  char sql[256];
+  snprintf(sql, sizeof sql, "UPDATE jobs SET finished_at = '2000-01-01T00:00:00.000Z' WHERE id IN (%lld, %lld)", (long long)old,
+           (long long)running); /* running: its status alone must keep it */
+  pg_exec(db, sql);
+  snprintf(sql, sizeof sql, "UPDATE jobs SET failed_at = '2000-01-01T00:00:00.000Z' WHERE id = %lld", (long long)queued);
+  pg_exec(db, sql);
+  /* another node's copies of the old job, fetched long ago, and an old upload that never became a job */
+  snprintf(sql, sizeof sql, "jobs/%lld/0.png", (long long)old);
+  put_file(node2, sql, "png");
+  put_file(node2, "inputs/in1/input_image.png", "png");
+  put_file(node2, "inputs/in4/input_image.png", "png");
+  put_file(node2, "inputs/orphan/input_image.png", "png");
+  const char *aged[] = {"inputs/in1", "inputs/in4", "inputs/orphan"};
+  for (int i = 0; i < 3; i++) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s/%s", node2, aged[i]);
+    struct timespec t[2] = {{.tv_sec = 946684800}, {.tv_sec = 946684800}}; /* 2000-01-01 */
+    assert_int_equal(utimensat(AT_FDCWD, p, t, 0), 0);
+  }
+
+  ms_sweep_stats st;
+  assert_ok(ms_retention_sweep(s, data, 30, time(NULL), true, &st));
+  assert_int_equal(st.jobs_expired, 1);
+  assert_int_equal(st.folders_removed, 2);
+  char prefix[64];
+  snprintf(prefix, sizeof prefix, "jobs/%lld/", (long long)old);
+  assert_int_equal(stored(s, prefix), 0);
+  assert_int_equal(stored(s, "inputs/in1/"), 0);
+  assert_false(exists_in(data, prefix));
+  assert_false(exists_in(data, "inputs/in1"));
+  j = get(s, old);
+  assert_non_null(j.expired_at);
+  assert_int_equal(j.status, MS_DONE);
+  ms_job_free(&j);
+  int64_t kept[] = {running, recent, queued};
+  const char *kept_inputs[] = {"inputs/in2", "inputs/in3", "inputs/in4"};
+  for (int i = 0; i < 3; i++) {
+    snprintf(prefix, sizeof prefix, "jobs/%lld/", (long long)kept[i]);
+    assert_int_equal(stored(s, prefix), 1);
+    assert_true(exists_in(data, prefix));
+    char ip[64];
+    snprintf(ip, sizeof ip, "%s/", kept_inputs[i]);
+    assert_int_equal(stored(s, ip), 1);
+    assert_true(exists_in(data, kept_inputs[i]));
+    j = get(s, kept[i]);
+    assert_null(j.expired_at);
+    ms_job_free(&j);
+  }
+  /* the second node: its copy of the expired job and the inputs whose stored files are gone; the
+   * queued job's inputs stay (still stored), however old the folder */
+  assert_ok(ms_retention_sweep(s, node2, 30, time(NULL), true, &st));
+  assert_int_equal(st.jobs_expired, 0);
+  assert_int_equal(st.folders_removed, 3);
+  snprintf(prefix, sizeof prefix, "jobs/%lld", (long long)old);
+  assert_false(exists_in(node2, prefix));
+  assert_false(exists_in(node2, "inputs/in1"));
+  assert_false(exists_in(node2, "inputs/orphan"));
+  assert_true(exists_in(node2, "inputs/in4/input_image.png"));
+  s->close(s);
+  test_remove_tree(data), test_remove_tree(node2);
+  free(data), free(node2), free(db);
+}
+
+/* a database of schema version 1 (001_init.sql as shipped, before expired_at) is migrated */
+static void test_migrates_version_1(void **state) {
+  (void)state;
+  char *db = new_db();
+  const char *src = getenv("MPASS_SOURCE_DIR");
+  char path[4096];
+  snprintf(path, sizeof path, "%s/src/server/sql/pg/001_init.sql", src ? src : ".");
+  FILE *f = fopen(path, "rb");
+  if (!f) fail_msg("cannot read %s", path);
+  char *v1 = calloc(1, 1 << 16);
+  size_t got = fread(v1, 1, (1 << 16) - 1, f);
+  fclose(f);
+  assert_true(got > 100);
+  pg_exec(db, v1);
+  free(v1);
+  pg_exec(db, "CREATE TABLE schema_version (version integer NOT NULL); INSERT INTO schema_version VALUES (1);"
+              "INSERT INTO jobs(owner, document, is_json, params_json, status, created_at, finished_at)"
+              " VALUES ('alice', 'a cat', 0, '{}', 2, '2001-01-01T00:00:00.000Z', '2001-01-01T00:01:00.000Z')");
+  ms_store *s = open_pg(db, 30);
+  ms_job j = get(s, 1);
+  assert_string_equal(j.document, "a cat");
+  assert_null(j.expired_at);
+  ms_job_free(&j);
+  char *data = test_tmpdir();
+  ms_sweep_stats st;
+  assert_ok(ms_retention_sweep(s, data, 1, time(NULL), true, &st));
+  assert_int_equal(st.jobs_expired, 1);
+  s->close(s);
+  PGconn *c = PQconnectdb(db);
+  PGresult *r = PQexec(c, "SELECT COUNT(*), MAX(version) FROM schema_version");
+  assert_string_equal(PQgetvalue(r, 0, 0), "2");
+  assert_string_equal(PQgetvalue(r, 0, 1), "2");
+  PQclear(r), PQfinish(c);
+  test_remove_tree(data);
+  free(data), free(db);
 }
 
 /* the server drops every connection (a restart, a failover): the next call reconnects */
@@ -407,6 +574,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_basics), cmocka_unit_test(test_leases),
                                      cmocka_unit_test(test_notify_on_enqueue), cmocka_unit_test(test_events_between_stores),
                                      cmocka_unit_test(test_blobs),
-                                     cmocka_unit_test(test_migrations), cmocka_unit_test(test_reconnect)};
+                                     cmocka_unit_test(test_migrations), cmocka_unit_test(test_reconnect),
+                                     cmocka_unit_test(test_retention), cmocka_unit_test(test_migrates_version_1)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -236,7 +236,8 @@ async function showJob(p) {
   $('#job-cancel').hidden = !ACTIVE.has(p.status);
   $('#job-doc').textContent = p.text + (p.negative_prompt ? `\nnegative_prompt=${p.negative_prompt}` : '');
   if (ACTIVE.has(p.status)) showJobProgress(p.progress);
-  else $('#job-progress').replaceChildren(p.finished_at ? `finished ${fmtTime(p.finished_at)}` : '');
+  else $('#job-progress').replaceChildren((p.finished_at ? `finished ${fmtTime(p.finished_at)}` : '') +
+    (p.expired_at ? ` — images removed ${fmtTime(p.expired_at)} (the server's retention period)` : ''));
   if (p.fail_message) { $('#job-error').textContent = p.fail_message; $('#job-error').hidden = false; }
   await fillImages($('#job-images'), p.images || [], 'image');
   const sheets = p.contact_sheets || [];
