@@ -1,12 +1,12 @@
 /* Tiled against untiled VAE decode (and encode): peak memory, time and the difference between them.
  *
- *   ./build/bench_vae_tiles --model CKPT [-W 768] [-H 512] [--tile T] [--overlap O] [--threads 2] [--encode] [--bf16] [--nchw]
+ *   ./build/bench_vae_tiles --model CKPT [-W 768] [-H 512] [--tile T] [--overlap O] [--threads 2] [--encode] [--bf16] [--nchw] [--auto]
  *
  * Loads the checkpoint's VAE alone, decodes a deterministic pseudo-random latent (values as a sampler
  * leaves them, divided by the scale factor) tiled first — so the peak RSS printed after it is the tiled
  * decode's — then untiled, and prints rel L2, max |difference|, RMS and PSNR of the images in [-1, 1].
  * With --encode it does the same for the encoder (latent means) on the untiled decoded image. CPU
- * seconds are all threads. --nchw keeps the bf16 decoder levels on NCHW activations (the layout before
+ * seconds are all threads. --auto tiles as a pipeline's decode does (AUTO) instead of --tile. --nchw keeps the bf16 decoder levels on NCHW activations (the layout before
  * they ran NHWC), for comparison. */
 #include <getopt.h>
 #include <math.h>
@@ -37,10 +37,10 @@ int main(int argc, char **argv) {
   static const struct option longopts[] = {{"model", required_argument, 0, 'm'},   {"tile", required_argument, 0, 't'},
                                            {"overlap", required_argument, 0, 'o'}, {"threads", required_argument, 0, 'j'},
                                            {"encode", no_argument, 0, 'e'},        {"bf16", no_argument, 0, 'b'},
-                                           {"nchw", no_argument, 0, 'n'},
+                                           {"nchw", no_argument, 0, 'n'},        {"auto", no_argument, 0, 'a'},
                                            {0, 0, 0, 0}};
   const char *model = NULL;
-  int W = 768, H = 512, tile = 0, overlap = 0, threads = 2, encode = 0, bf16 = 0, nchw = 0, opt;
+  int W = 768, H = 512, tile = 0, overlap = 0, threads = 2, encode = 0, bf16 = 0, nchw = 0, automatic = 0, opt;
   while ((opt = getopt_long(argc, argv, "W:H:", longopts, NULL)) != -1) {
     if (opt == 'm') model = optarg;
     else if (opt == 'W') W = atoi(optarg);
@@ -51,10 +51,11 @@ int main(int argc, char **argv) {
     else if (opt == 'e') encode = 1;
     else if (opt == 'b') bf16 = 1;
     else if (opt == 'n') nchw = 1;
+    else if (opt == 'a') automatic = 1;
     else return 2;
   }
   if (!model || W < 8 || H < 8 || W % 8 || H % 8) {
-    fprintf(stderr, "usage: bench_vae_tiles --model CKPT [-W 768] [-H 512] [--tile T] [--overlap O] [--threads 2] [--encode] [--bf16] [--nchw]\n");
+    fprintf(stderr, "usage: bench_vae_tiles --model CKPT [-W 768] [-H 512] [--tile T] [--overlap O] [--threads 2] [--encode] [--bf16] [--nchw] [--auto]\n");
     return 2;
   }
   mpass_options o = {.n_threads = threads, .models_dir = "build", .precision = bf16 ? MPASS_PRECISION_BF16 : MPASS_PRECISION_F32};
@@ -79,12 +80,14 @@ int main(int argc, char **argv) {
     z[i] = ((float)(seed >> 9) / 8388608.0f - 0.5f) * 3.4f / cfg.scale_factor; /* a unit-variance latent, unscaled */
   }
   printf("%s: VAE decode %dx%d (latent %dx%d), %d threads, %s\n", model, W, H, w, h, threads, bf16 ? "bf16" : "f32");
-  mp_vae_set_tiling(vae, (mp_vae_tiling){MP_VAE_TILE_ON, tile, overlap});
+  mp_vae_set_tiling(vae, (mp_vae_tiling){automatic ? MP_VAE_TILE_AUTO : MP_VAE_TILE_ON, tile, overlap});
+  int th = 0, tw = 0;
+  if (!mp_vae_decode_tiles(vae, h, w, &th, &tw)) th = tw = 0;
   bench_stamp t = bench_now();
   if ((e = mp_vae_decode(vae, ctx->pool, h, w, z, tiled))) goto done;
   bench_stamp ts = bench_since(t);
-  printf("tiled (tile %d, overlap %d; 0 = default)  %6.2f s wall %6.2f s CPU  peak RSS %.0f MB\n", tile, overlap, ts.wall, ts.cpu,
-         bench_peak_rss_mb());
+  printf("tiled (%dx%d cells, overlap %d; 0 = default)  %6.2f s wall %6.2f s CPU  peak RSS %.0f MB\n", tw, th, overlap, ts.wall,
+         ts.cpu, bench_peak_rss_mb());
   mp_vae_set_tiling(vae, (mp_vae_tiling){MP_VAE_TILE_OFF, 0, 0});
   t = bench_now();
   if ((e = mp_vae_decode(vae, ctx->pool, h, w, z, whole))) goto done;

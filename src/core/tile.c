@@ -32,13 +32,14 @@ static float edge_weight(int i, int len, int ramp, bool lo, bool hi) {
   return wgt;
 }
 
-mp_error *mp_tiled_apply(mp_tile_fn one, void *ctx, int n_h, int n_w, int t, int ov, int in_scale, int out_scale, int c_in,
-                         int c_out, const float *in, float *out) {
-  if (t < 1 || ov < 0 || ov >= t) return mp_errorf("tile %d with overlap %d: the overlap must be below the tile size", t, ov);
+mp_error *mp_tiled_apply(mp_tile_fn one, void *ctx, int n_h, int n_w, int t_h, int t_w, int ov, int in_scale, int out_scale,
+                         int c_in, int c_out, const float *in, float *out) {
+  if (t_h < 1 || t_w < 1 || ov < 0 || ov >= t_h || ov >= t_w)
+    return mp_errorf("tile %dx%d with overlap %d: the overlap must be below the tile size", t_w, t_h, ov);
   int ys[1024], xs[1024];
-  int ny = tile_starts(n_h, t, ov, ys, 1024), nx = tile_starts(n_w, t, ov, xs, 1024);
-  if (ny < 0 || nx < 0) return mp_errorf("image too large for %d-cell tiles", t);
-  const int th = n_h < t ? n_h : t, tw = n_w < t ? n_w : t;
+  int ny = tile_starts(n_h, t_h, ov, ys, 1024), nx = tile_starts(n_w, t_w, ov, xs, 1024);
+  if (ny < 0 || nx < 0) return mp_errorf("image too large for %dx%d-cell tiles", t_w, t_h);
+  const int th = n_h < t_h ? n_h : t_h, tw = n_w < t_w ? n_w : t_w;
   const int64_t IH = (int64_t)n_h * in_scale, IW = (int64_t)n_w * in_scale, OH = (int64_t)n_h * out_scale,
                 OW = (int64_t)n_w * out_scale;
   const int64_t tih = (int64_t)th * in_scale, tiw = (int64_t)tw * in_scale, toh = (int64_t)th * out_scale,

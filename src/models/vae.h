@@ -14,8 +14,9 @@ void mp_vae_free(mp_vae *vae);
 
 /* Tiled decoding/encoding for large images: overlapping tiles of `tile` latent cells (8 pixels each for
  * SD) overlapping by `overlap` cells, blended with linear ramps; activation memory is bounded by the
- * tile. AUTO (the default) tiles when the latent area exceeds MP_VAE_AUTO_TILE_AREA cells, with the fewest
- * tiles of at most 5/4 of `tile` cells per side, each as small as that count allows (vae.c: auto_tile). 0 for tile
+ * tile. AUTO (the default) tiles when the latent area exceeds MP_VAE_AUTO_TILE_AREA cells, with the split
+ * of least work among tiles of at most 2 `tile` cells per side and 2 x 5/4 `tile`² cells in all (the
+ * encoder: square, at most 5/4 `tile` per side), each as small as its count allows (vae.c: auto_tile). 0 for tile
  * or overlap picks the defaults (64 and tile/4). Tiles normalise with their own statistics, so tiled
  * output is close to, not bit-equal to, untiled output. */
 typedef enum { MP_VAE_TILE_AUTO, MP_VAE_TILE_ON, MP_VAE_TILE_OFF } mp_vae_tile_mode;
@@ -29,6 +30,8 @@ typedef struct {
  * memory stays under the UNet step's, which is the peak of a job. */
 #define MP_VAE_AUTO_TILE_AREA (80 * 80)
 void mp_vae_set_tiling(mp_vae *vae, mp_vae_tiling tiling);
+/* Whether decoding an h x w latent goes in tiles under the current tiling, and their size in cells. */
+bool mp_vae_decode_tiles(const mp_vae *vae, int h, int w, int *tile_h, int *tile_w);
 /* Under a bf16 backend the decoder's bf16 levels run on NHWC activations, with no layout reorder
  * around each convolution (core/nhwc_bf16.h); false keeps every level NCHW (tests, benchmarks). */
 void mp_vae_set_nhwc(mp_vae *vae, bool allow);

@@ -47,16 +47,20 @@ static void test_tiled_pointwise_is_exact(void **state) {
   assert_ok(upsample_mix(&ctx, NH, NW, in, a));
   const int tiles[][2] = {{5, 2}, {8, 3}, {6, 0}, {13, 4}, {40, 8}};
   for (size_t t = 0; t < sizeof tiles / sizeof *tiles; t++) {
-    assert_ok(mp_tiled_apply(upsample_mix, &ctx, NH, NW, tiles[t][0], tiles[t][1], 1, S, 2, 3, in, b));
+    assert_ok(mp_tiled_apply(upsample_mix, &ctx, NH, NW, tiles[t][0], tiles[t][0], tiles[t][1], 1, S, 2, 3, in, b));
     for (int i = 0; i < 3 * NH * NW * S * S; i++)
       if (fabsf(a[i] - b[i]) > 1e-5f * (1 + fabsf(a[i]))) fail_msg("tile %d overlap %d: pixel %d %g != %g", tiles[t][0], tiles[t][1], i, b[i], a[i]);
   }
+  /* tiles of different height and width */
+  assert_ok(mp_tiled_apply(upsample_mix, &ctx, NH, NW, 5, 8, 2, 1, S, 2, 3, in, b));
+  for (int i = 0; i < 3 * NH * NW * S * S; i++)
+    if (fabsf(a[i] - b[i]) > 1e-5f * (1 + fabsf(a[i]))) fail_msg("5x8 tiles: pixel %d %g != %g", i, b[i], a[i]);
   /* and the other direction, pixels -> cells */
   float *m1 = malloc(sizeof(float) * 2 * NH * NW), *m2 = malloc(sizeof(float) * 2 * NH * NW);
   assert_ok(pool_mix(&ctx, NH * S, NW * S, a, m1));
-  assert_ok(mp_tiled_apply(pool_mix, &ctx, NH, NW, 6, 2, S, 1, 3, 2, a, m2));
+  assert_ok(mp_tiled_apply(pool_mix, &ctx, NH, NW, 6, 9, 2, S, 1, 3, 2, a, m2));
   for (int i = 0; i < 2 * NH * NW; i++) assert_true(fabsf(m1[i] - m2[i]) <= 1e-4f * (1 + fabsf(m1[i])));
-  assert_err_contains(mp_tiled_apply(pool_mix, &ctx, NH, NW, 6, 6, S, 1, 3, 2, a, m2), "overlap");
+  assert_err_contains(mp_tiled_apply(pool_mix, &ctx, NH, NW, 9, 6, 6, S, 1, 3, 2, a, m2), "overlap");
   free(in), free(a), free(b), free(m1), free(m2);
 }
 

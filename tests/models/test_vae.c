@@ -145,9 +145,9 @@ static void test_vae_tiled_close_to_untiled(void **state) {
   free(z), free(a), free(b), free(m1), free(m2);
 }
 
-/* AUTO decodes up to 80x80 latent cells whole (512x512, 576x512), and covers a 128-cell side in two
- * 72-cell tiles (the fewest tiles of at most 80 cells, each as small as that count allows) where the
- * fixed 64-cell tile took three. */
+/* AUTO decodes up to 80x80 latent cells whole (512x512, 576x512), and larger latents in the split of
+ * least work among tiles of at most 128 cells a side and 10240 in all: 1024x512 whole, 1024x1024 in
+ * two 128x72 tiles (the fixed 64-cell tile took 3x3), 1536x1024 in three 128x75. */
 static void test_vae_auto_tiles_above_512(void **state) {
   fixture *f = *state;
   enum { S = 64, W2 = 72, W3 = 128 };
@@ -167,12 +167,23 @@ static void test_vae_auto_tiles_above_512(void **state) {
   assert_memory_equal(a, b, sizeof(float) * 3 * 64 * S * W2); /* 576x512: whole */
   mp_vae_set_tiling(f->vae, (mp_vae_tiling){MP_VAE_TILE_AUTO, 0, 0});
   assert_ok(mp_vae_decode(f->vae, f->pool, S, W3, z, a));
-  mp_vae_set_tiling(f->vae, (mp_vae_tiling){MP_VAE_TILE_ON, 72, MP_VAE_DEFAULT_TILE / 4});
+  mp_vae_set_tiling(f->vae, (mp_vae_tiling){MP_VAE_TILE_OFF, 0, 0});
   assert_ok(mp_vae_decode(f->vae, f->pool, S, W3, z, b));
-  assert_memory_equal(a, b, sizeof(float) * n_big); /* 1024x512: two 72-cell tiles */
-  mp_vae_set_tiling(f->vae, (mp_vae_tiling){MP_VAE_TILE_ON, MP_VAE_DEFAULT_TILE, MP_VAE_DEFAULT_TILE / 4});
-  assert_ok(mp_vae_decode(f->vae, f->pool, S, W3, z, b));
-  assert_memory_not_equal(a, b, sizeof(float) * n_big); /* not the fixed 64-cell tiles */
+  assert_memory_equal(a, b, sizeof(float) * n_big); /* 1024x512: whole */
+  mp_vae_set_tiling(f->vae, (mp_vae_tiling){MP_VAE_TILE_AUTO, 0, 0});
+  int th, tw;
+  assert_false(mp_vae_decode_tiles(f->vae, S, W3, &th, &tw));
+  assert_true(mp_vae_decode_tiles(f->vae, 128, 128, &th, &tw));
+  assert_true(th == 128 && tw == 72);
+  assert_true(mp_vae_decode_tiles(f->vae, 128, 192, &th, &tw));
+  assert_true(th == 128 && tw == 75);
+  assert_true(mp_vae_decode_tiles(f->vae, 192, 128, &th, &tw));
+  assert_true(th == 75 && tw == 128);
+  assert_true(mp_vae_decode_tiles(f->vae, 300, 300, &th, &tw)); /* 2048x2048 and over: within the bounds */
+  assert_true(th <= 128 && tw <= 128 && th * tw <= 10240);
+  mp_vae_set_tiling(f->vae, (mp_vae_tiling){MP_VAE_TILE_ON, MP_VAE_DEFAULT_TILE, 0});
+  assert_true(mp_vae_decode_tiles(f->vae, 128, 128, &th, &tw));
+  assert_true(th == 64 && tw == 64);
   mp_vae_set_tiling(f->vae, (mp_vae_tiling){MP_VAE_TILE_AUTO, 0, 0});
   free(z), free(a), free(b);
 }
