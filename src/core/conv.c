@@ -819,7 +819,7 @@ bool mp_conv2d_nhwc_usable(mp_pool *pool, int c_in, int c_out, int h, int w, int
 }
 
 mp_error *mp_conv2d_nhwc_bf16(mp_pool *pool, mp_workspace *ws, float *y, const uint16_t *x, int batch, int c_in, int h, int w,
-                              const mp_tensor *weight, const mp_tensor *bias, int stride, mp_pad pad) {
+                              const mp_tensor *weight, const mp_tensor *bias, int stride, mp_pad pad, bool accumulate) {
   if (weight->ndim != 4 || weight->shape[1] != c_in)
     return mp_errorf("conv2d weight must be [out, %d, kh, kw], found %d-D with %lld input channels", c_in, weight->ndim,
                      weight->ndim > 1 ? (long long)weight->shape[1] : -1LL);
@@ -831,7 +831,7 @@ mp_error *mp_conv2d_nhwc_bf16(mp_pool *pool, mp_workspace *ws, float *y, const u
   struct mp_packed_weight *pw;
   mp_error *e = pack_entry(ws, be, weight, bias, &pw);
   if (!e && !pw->conv) e = mp_dnnl_conv_create(be, weight, bias, stride, pad, batch, h, w, &pw->conv);
-  if (!e) e = mp_dnnl_conv_run_nhwc(pw->conv, ws, x, batch, h, w, y);
+  if (!e) e = mp_dnnl_conv_run_nhwc(pw->conv, ws, x, batch, h, w, y, accumulate);
   if (!e) release_weight_pages(weight);
   mp_profile_end(prof, MP_OP_CONV3X3);
   return e;

@@ -56,14 +56,15 @@ typedef struct {
 mp_error *mp_conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int batch, int c_in, int h, int w,
                     const mp_tensor *weight, const mp_tensor *bias, int stride, mp_pad pad);
 /* NHWC activations between bf16 convolutions (the VAE's bf16 levels): y [batch, ho, wo, c_out] f32 =
- * conv2d(x [batch, h, w, c_in] bf16) + bias, on the bf16 backend's direct convolution (the weight
+ * conv2d(x [batch, h, w, c_in] bf16) + bias (y += that with `accumulate`: a residual add in the
+ * convolution's epilogue), on the bf16 backend's direct convolution (the weight
  * packed as mp_conv2d packs it), with none of the per-call reorders mp_conv2d's NCHW f32 needs.
  * Usable (mp_conv2d_nhwc_usable) where mp_conv2d on a workspace that is not f32_only would take
  * that convolution: a bf16 backend, 32+ channels each way, and not the shapes it runs by
  * Winograd. Fails elsewhere and where oneDNN declines; the caller then keeps to mp_conv2d. */
 bool mp_conv2d_nhwc_usable(mp_pool *pool, int c_in, int c_out, int h, int w, int batch);
 mp_error *mp_conv2d_nhwc_bf16(mp_pool *pool, mp_workspace *ws, float *y, const uint16_t *x, int batch, int c_in, int h, int w,
-                              const mp_tensor *weight, const mp_tensor *bias, int stride, mp_pad pad);
+                              const mp_tensor *weight, const mp_tensor *bias, int stride, mp_pad pad, bool accumulate);
 /* The 3x3, stride 1, padding 1 case by Winograd F(tile x tile, 3x3), tile 2 or 4; mp_conv2d uses
  * tile 2 from 1024 pixels and tile 4 from 4096 (below, transforming and repacking the weight costs
  * what the saved arithmetic gains). max_tiles > 0 caps the tiles per band (tests; 0 = by memory budget). */

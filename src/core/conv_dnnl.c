@@ -17,6 +17,10 @@ typedef struct {
   bool nhwc_ready;
   dnnl_memory_desc_t src_nhwc, dst_nhwc;
   dnnl_primitive_t nhwc_in, nhwc_out;
+  /* the convolution with a sum post-op (y += conv(x)) on NHWC, made on the first accumulating call;
+   * NULL after it when oneDNN would want other layouts for it than the plain primitive's */
+  bool sum_tried;
+  dnnl_primitive_t conv_sum;
 } shape_prims;
 
 struct mp_dnnl_conv {
@@ -35,8 +39,9 @@ static mp_error *ck(dnnl_status_t s, const char *what) {
   return s == dnnl_success ? NULL : mp_errorf("oneDNN convolution: %s failed (status %d)", what, (int)s);
 }
 
-/* A convolution primitive for one input shape; weights `wei` (any, or the packed layout). */
-static mp_error *conv_pd(const mp_dnnl_conv *c, int batch, int h, int w, const dnnl_memory_desc_t *wei,
+/* A convolution primitive for one input shape; weights `wei` (any, or the packed layout); with
+ * `sum`, a post-op adds the output to what the destination holds. */
+static mp_error *conv_pd(const mp_dnnl_conv *c, int batch, int h, int w, const dnnl_memory_desc_t *wei, bool sum,
                          dnnl_primitive_desc_t *pd) {
   const int ho = mp_conv_out_size(h, c->kh, c->stride, c->pad.top, c->pad.bottom);
   const int wo = mp_conv_out_size(w, c->kw, c->stride, c->pad.left, c->pad.right);
@@ -49,7 +54,17 @@ static mp_error *conv_pd(const mp_dnnl_conv *c, int batch, int h, int w, const d
   MP_TRY(ck(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct, &src, wei,
                                                c->bias_f32 ? &c->bias_md : NULL, &dst, strides, pl, pr),
             "descriptor"));
-  return ck(dnnl_primitive_desc_create(pd, &cd, NULL, mp_backend_dnnl_engine(c->b), NULL), "primitive descriptor");
+  if (!sum) return ck(dnnl_primitive_desc_create(pd, &cd, NULL, mp_backend_dnnl_engine(c->b), NULL), "primitive descriptor");
+  dnnl_primitive_attr_t attr = NULL;
+  dnnl_post_ops_t po = NULL;
+  mp_error *e = ck(dnnl_primitive_attr_create(&attr), "attributes");
+  if (!e) e = ck(dnnl_post_ops_create(&po), "post-ops");
+  if (!e) e = ck(dnnl_post_ops_append_sum(po, 1.0f), "sum post-op");
+  if (!e) e = ck(dnnl_primitive_attr_set_post_ops(attr, po), "post-ops");
+  if (!e) e = ck(dnnl_primitive_desc_create(pd, &cd, attr, mp_backend_dnnl_engine(c->b), NULL), "primitive descriptor");
+  if (po) dnnl_post_ops_destroy(po);
+  if (attr) dnnl_primitive_attr_destroy(attr);
+  return e;
 }
 
 typedef struct {
@@ -98,7 +113,7 @@ mp_error *mp_dnnl_conv_create(mp_backend *b, const mp_tensor *W, const mp_tensor
    * kernel, which mp_dnnl_conv_run declines). */
   dnnl_memory_desc_t wany;
   if (!e) e = ck(dnnl_memory_desc_init_by_tag(&wany, 4, wd, dnnl_bf16, dnnl_format_tag_any), "weights desc");
-  if (!e) e = conv_pd(c, batch, h, w, &wany, &pd);
+  if (!e) e = conv_pd(c, batch, h, w, &wany, false, &pd);
   if (!e) c->wei_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
   const char *impl = "";
   if (!e && dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && strncmp(impl, "ref", 3) == 0)
@@ -124,6 +139,7 @@ static void free_shape(shape_prims *s) {
   if (s->from_blocked) dnnl_primitive_destroy(s->from_blocked);
   if (s->nhwc_in) dnnl_primitive_destroy(s->nhwc_in);
   if (s->nhwc_out) dnnl_primitive_destroy(s->nhwc_out);
+  if (s->conv_sum) dnnl_primitive_destroy(s->conv_sum);
   memset(s, 0, sizeof *s);
 }
 
@@ -156,7 +172,7 @@ static mp_error *shape(mp_dnnl_conv *c, int batch, int h, int w, shape_prims **o
   free_shape(s);
   dnnl_engine_t eng = mp_backend_dnnl_engine(c->b);
   dnnl_primitive_desc_t pd;
-  mp_error *e = conv_pd(c, batch, h, w, &c->wei_md, &pd);
+  mp_error *e = conv_pd(c, batch, h, w, &c->wei_md, false, &pd);
   if (e) {
     c->n_shapes = slot; /* the slot stays empty (only the last one can fail before filling) */
     return mp_error_wrap(e, "%dx%d input, batch %d, with the packed weight layout", h, w, batch);
@@ -229,29 +245,59 @@ static mp_error *nhwc_prims(const mp_dnnl_conv *c, shape_prims *s) {
   return NULL;
 }
 
-mp_error *mp_dnnl_conv_run_nhwc(mp_dnnl_conv *c, mp_workspace *ws, const uint16_t *x, int batch, int h, int w, float *y) {
+/* The sum primitive where oneDNN keeps the plain one's layouts for it and the output is NHWC as it
+ * stands (the post-op adds to the destination in the primitive's own layout); else none. */
+static void sum_prim(const mp_dnnl_conv *c, shape_prims *s) {
+  s->sum_tried = true;
+  if (s->nhwc_out) return;
+  dnnl_primitive_desc_t pd;
+  mp_error *e = conv_pd(c, s->batch, s->h, s->w, &c->wei_md, true, &pd);
+  if (e) {
+    mp_error_free(e);
+    return;
+  }
+  const char *impl = "";
+  const bool same = dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success &&
+                    strncmp(impl, "ref", 3) != 0 &&
+                    dnnl_memory_desc_equal(dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0), &s->src_md) &&
+                    dnnl_memory_desc_equal(dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0), &s->dst_md);
+  if (same && dnnl_primitive_create(&s->conv_sum, pd) != dnnl_success) s->conv_sum = NULL;
+  dnnl_primitive_desc_destroy(pd);
+}
+
+mp_error *mp_dnnl_conv_run_nhwc(mp_dnnl_conv *c, mp_workspace *ws, const uint16_t *x, int batch, int h, int w, float *y,
+                                bool accumulate) {
   shape_prims *s = NULL;
   MP_TRY(shape(c, batch, h, w, &s));
   if (!s->nhwc_ready) MP_TRY(nhwc_prims(c, s));
+  if (accumulate && !s->sum_tried) sum_prim(c, s);
+  /* accumulating without the fused sum: the output goes to scratch first and is added below */
+  const bool add_after = accumulate && !s->conv_sum;
   const size_t src_bytes = s->nhwc_in ? (dnnl_memory_desc_get_size(&s->src_md) + 63) & ~(size_t)63 : 0;
+  const size_t out_bytes = add_after ? (dnnl_memory_desc_get_size(&s->dst_nhwc) + 63) & ~(size_t)63 : 0;
   const size_t dst_bytes = s->nhwc_out ? dnnl_memory_desc_get_size(&s->dst_md) : 0;
-  if (src_bytes + dst_bytes) MP_TRY(mp_workspace_reserve(ws, src_bytes + dst_bytes));
+  if (src_bytes + out_bytes + dst_bytes) MP_TRY(mp_workspace_reserve(ws, src_bytes + out_bytes + dst_bytes));
+  float *out = add_after ? (float *)(void *)((char *)ws->p + src_bytes) : y;
   dnnl_engine_t eng = mp_backend_dnnl_engine(c->b);
   dnnl_stream_t st = mp_backend_dnnl_stream(c->b);
   dnnl_memory_t xu = NULL, yu = NULL, xb = NULL, yb = NULL;
   mp_error *e = ck(dnnl_memory_create(&xu, &s->src_nhwc, eng, (void *)x), "memory");
-  if (!e) e = ck(dnnl_memory_create(&yu, &s->dst_nhwc, eng, y), "memory");
+  if (!e) e = ck(dnnl_memory_create(&yu, &s->dst_nhwc, eng, out), "memory");
   if (!e && s->nhwc_in) e = ck(dnnl_memory_create(&xb, &s->src_md, eng, ws->p), "memory");
-  if (!e && s->nhwc_out) e = ck(dnnl_memory_create(&yb, &s->dst_md, eng, (char *)ws->p + src_bytes), "memory");
+  if (!e && s->nhwc_out) e = ck(dnnl_memory_create(&yb, &s->dst_md, eng, (char *)ws->p + src_bytes + out_bytes), "memory");
   if (!e) {
     dnnl_exec_arg_t in[2] = {{DNNL_ARG_FROM, xu}, {DNNL_ARG_TO, xb}};
     dnnl_exec_arg_t cv[4] = {{DNNL_ARG_SRC, xb ? xb : xu}, {DNNL_ARG_WEIGHTS, c->weights}, {DNNL_ARG_DST, yb ? yb : yu},
                              {DNNL_ARG_BIAS, c->bias}};
     dnnl_exec_arg_t outa[2] = {{DNNL_ARG_FROM, yb}, {DNNL_ARG_TO, yu}};
     if (s->nhwc_in) e = ck(dnnl_primitive_execute(s->nhwc_in, st, 2, in), "input reorder");
-    if (!e) e = ck(dnnl_primitive_execute(s->conv, st, c->bias ? 4 : 3, cv), "convolution");
+    if (!e) e = ck(dnnl_primitive_execute(accumulate && s->conv_sum ? s->conv_sum : s->conv, st, c->bias ? 4 : 3, cv), "convolution");
     if (!e && s->nhwc_out) e = ck(dnnl_primitive_execute(s->nhwc_out, st, 2, outa), "output reorder");
     if (!e) e = ck(dnnl_stream_wait(st), "stream wait");
+  }
+  if (!e && add_after) {
+    const size_t n = dnnl_memory_desc_get_size(&s->dst_nhwc) / sizeof(float);
+    for (size_t i = 0; i < n; i++) y[i] += out[i];
   }
   if (xu) dnnl_memory_destroy(xu);
   if (yu) dnnl_memory_destroy(yu);

@@ -22,7 +22,10 @@ void mp_dnnl_conv_drop_resident(mp_dnnl_conv *c);
  * Fails (and the caller falls back) where the packed layout leaves only the reference kernel. */
 mp_error *mp_dnnl_conv_run(mp_dnnl_conv *c, mp_workspace *ws, const float *x, int batch, int h, int w, float *y);
 /* The same on NHWC activations: x [batch, h, w, c_in] bf16 -> y [batch, ho, wo, c_out] f32, with no
- * reorder where the primitive's own layouts are NHWC (brgconv's are). */
-mp_error *mp_dnnl_conv_run_nhwc(mp_dnnl_conv *c, mp_workspace *ws, const uint16_t *x, int batch, int h, int w, float *y);
+ * reorder where the primitive's own layouts are NHWC (brgconv's are); with `accumulate`, y += the
+ * convolution, by oneDNN's sum post-op where it has one for the shape (a residual add in the
+ * convolution's epilogue: no pass of its own), else added after. */
+mp_error *mp_dnnl_conv_run_nhwc(mp_dnnl_conv *c, mp_workspace *ws, const uint16_t *x, int batch, int h, int w, float *y,
+                                bool accumulate);
 
 #endif

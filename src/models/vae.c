@@ -315,13 +315,16 @@ static mp_error *mid_forward(fwd *f, const coder *c, float **cur, float **nxt, i
 
 /* ---- the decoder's bf16 levels on NHWC activations [pixels, C] (see core/nhwc_bf16.h) ---- */
 
-static mp_error *conv_nhwc(fwd *f, const layer *l, float *y, const uint16_t *x, int c_in, int h, int w) {
-  return mp_conv2d_nhwc_bf16(f->pool, f->ws, y, x, 1, c_in, h, w, l->w, l->b, 1, PAD1);
+/* y = conv(x), or y += conv(x) when `accumulate` (the residual add in the convolution's epilogue) */
+static mp_error *conv_nhwc(fwd *f, const layer *l, float *y, const uint16_t *x, int c_in, int h, int w, bool accumulate) {
+  return mp_conv2d_nhwc_bf16(f->pool, f->ws, y, x, 1, c_in, h, w, l->w, l->b, 1, PAD1, accumulate);
 }
 
 /* res_forward on NHWC: the same arithmetic, each norm writing its convolution's bf16 input into
- * whichever buffer is free at that point (t2, or y before the block's output lands there). */
-static mp_error *res_forward_nhwc(fwd *f, const resblock *r, float *x, float *y, int h, int w) {
+ * whichever buffer is free at that point (t2, or y before anything else lands there), and conv2
+ * adding onto the residual where it lies. *out is that buffer: x without a skip projection (the
+ * input is the residual), y with one. */
+static mp_error *res_forward_nhwc(fwd *f, const resblock *r, float *x, float *y, int h, int w, float **out) {
   const int64_t hw = (int64_t)h * w;
   if (r->skip.w) {
     use_bf16(f, false);
@@ -329,18 +332,18 @@ static mp_error *res_forward_nhwc(fwd *f, const resblock *r, float *x, float *y,
     use_bf16(f, true);
     uint16_t *t = (uint16_t *)(void *)f->t2;
     MP_TRY(mp_group_norm_nhwc(f->pool, f->ws, t, true, x, hw, r->c_in, GROUPS, r->n1.gamma, r->n1.beta, EPS, true));
-    MP_TRY(conv_nhwc(f, &r->conv1, x, t, r->c_in, h, w));
+    MP_TRY(conv_nhwc(f, &r->conv1, x, t, r->c_in, h, w, false));
     MP_TRY(mp_group_norm_nhwc(f->pool, f->ws, t, true, x, hw, r->c_out, GROUPS, r->n2.gamma, r->n2.beta, EPS, true));
-    MP_TRY(conv_nhwc(f, &r->conv2, x, t, r->c_out, h, w));
-    mp_add(y, y, x, r->c_out * hw);
+    MP_TRY(conv_nhwc(f, &r->conv2, y, t, r->c_out, h, w, true));
+    *out = y;
   } else {
     use_bf16(f, true);
     uint16_t *t = (uint16_t *)(void *)y;
     MP_TRY(mp_group_norm_nhwc(f->pool, f->ws, t, true, x, hw, r->c_in, GROUPS, r->n1.gamma, r->n1.beta, EPS, true));
-    MP_TRY(conv_nhwc(f, &r->conv1, f->t2, t, r->c_in, h, w));
+    MP_TRY(conv_nhwc(f, &r->conv1, f->t2, t, r->c_in, h, w, false));
     MP_TRY(mp_group_norm_nhwc(f->pool, f->ws, t, true, f->t2, hw, r->c_out, GROUPS, r->n2.gamma, r->n2.beta, EPS, true));
-    MP_TRY(conv_nhwc(f, &r->conv2, f->t2, t, r->c_out, h, w));
-    mp_add(y, f->t2, x, r->c_out * hw);
+    MP_TRY(conv_nhwc(f, &r->conv2, x, t, r->c_out, h, w, true));
+    *out = x;
   }
   return NULL;
 }
@@ -428,16 +431,20 @@ static mp_error *decode_whole(mp_vae *v, mp_pool *pool, int h, int w, const floa
       nhwc = *went_nhwc = true;
     }
     for (int j = 0; j < lv->n_blocks; j++) {
-      if ((e = (nhwc ? res_forward_nhwc : res_forward)(f, &lv->blocks[j], cur, nxt, hh, ww))) goto done;
-      float *s = cur;
-      cur = nxt, nxt = s;
+      float *o = nxt;
+      if ((e = nhwc ? res_forward_nhwc(f, &lv->blocks[j], cur, nxt, hh, ww, &o) : res_forward(f, &lv->blocks[j], cur, nxt, hh, ww)))
+        goto done;
+      if (o == nxt) {
+        float *s = cur;
+        cur = nxt, nxt = s;
+      }
     }
     if (lv->has_resample && nhwc) {
       uint16_t *up = (uint16_t *)(void *)nxt;
       mp_upsample_nearest2x_nhwc_bf16(pool, up, cur, hh, ww, lv->c_out);
       hh *= 2, ww *= 2;
       use_bf16(f, true);
-      if ((e = conv_nhwc(f, &lv->resample, cur, up, lv->c_out, hh, ww))) goto done;
+      if ((e = conv_nhwc(f, &lv->resample, cur, up, lv->c_out, hh, ww, false))) goto done;
     } else if (lv->has_resample) {
       mp_upsample_nearest2x(pool, nxt, cur, lv->c_out, hh, ww);
       hh *= 2, ww *= 2;

@@ -147,13 +147,26 @@ static void test_conv2d_nhwc_bf16(void **state) {
   assert_ok(mp_conv2d(pool, &ws, ref, x, 1, CI, H, W, &tw, &tb, 1, pad));
   transpose(xt, x, CI, H * W);
   mp_bf16_row(x16, xt, CI * H * W, false);
-  assert_ok(mp_conv2d_nhwc_bf16(pool, &ws, y, x16, 1, CI, H, W, &tw, &tb, 1, pad));
+  assert_ok(mp_conv2d_nhwc_bf16(pool, &ws, y, x16, 1, CI, H, W, &tw, &tb, 1, pad, false));
   transpose(yt, y, H * W, CO);
   const double e = test_rel_l2(yt, ref, CO * H * W);
   print_message("NHWC bf16 convolution vs mp_conv2d: rel L2 %.3g\n", e);
   if (!(e <= 1e-5)) fail_msg("rel L2 %g", e);
+  /* accumulating (the fused sum post-op, or an add after): y = r + conv(x), twice over the same shape */
+  for (int rep = 0; rep < 2; rep++) {
+    float *r = malloc(sizeof(float) * CO * H * W);
+    test_fill(r, CO * H * W, 54 + rep);
+    memcpy(y, r, sizeof(float) * CO * H * W);
+    assert_ok(mp_conv2d_nhwc_bf16(pool, &ws, y, x16, 1, CI, H, W, &tw, &tb, 1, pad, true));
+    transpose(yt, y, H * W, CO);
+    transpose(xt, r, H * W, CO); /* the residual in NCHW, into xt's first CO*H*W floats */
+    for (int64_t i = 0; i < CO * H * W; i++) yt[i] -= xt[i];
+    const double ea = test_rel_l2(yt, ref, CO * H * W);
+    if (!(ea <= 1e-5)) fail_msg("accumulating, pass %d: rel L2 %g", rep, ea);
+    free(r);
+  }
   ws.f32_only = true; /* the model asked for f32 here: the NHWC path declines */
-  assert_err_contains(mp_conv2d_nhwc_bf16(pool, &ws, y, x16, 1, CI, H, W, &tw, &tb, 1, pad), "bf16 backend");
+  assert_err_contains(mp_conv2d_nhwc_bf16(pool, &ws, y, x16, 1, CI, H, W, &tw, &tb, 1, pad, false), "bf16 backend");
   mp_workspace_free(&ws);
   free(x), free(xt), free(wt), free(ref), free(y), free(yt), free(x16);
   mp_pool_set_backend(pool, NULL);
