@@ -169,3 +169,23 @@ void mp_upsample_nearest2x_nhwc_bf16(mp_pool *pool, uint16_t *y, const float *x,
   up_nhwc a = {y, x, h, w, C, mp_cpu_avx512_bf16()};
   mp_pool_for(pool, h, 4, upsample_rows, &a);
 }
+
+/* ---- f32 -> bf16 over a whole buffer ---- */
+typedef struct {
+  uint16_t *dst;
+  const float *src;
+  int64_t n;
+  bool cpu_bf16;
+} to_bf16;
+
+static void to_bf16_chunks(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const to_bf16 *a = ctx;
+  const int64_t i0 = begin << 14, i1 = end << 14 < a->n ? end << 14 : a->n;
+  mp_bf16_row(a->dst + i0, a->src + i0, i1 - i0, a->cpu_bf16);
+}
+
+void mp_bf16_copy(mp_pool *pool, uint16_t *dst, const float *src, int64_t n) {
+  to_bf16 a = {dst, src, n, mp_cpu_avx512_bf16()};
+  mp_pool_for(pool, (n + (1 << 14) - 1) >> 14, 1, to_bf16_chunks, &a);
+}

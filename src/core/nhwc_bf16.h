@@ -24,6 +24,9 @@ mp_error *mp_group_norm_nhwc(mp_pool *pool, mp_workspace *ws, void *y, bool y_bf
 /* y [2h, 2w, C] bf16 = x [h, w, C] f32 repeated 2x2, rounded to bf16. */
 void mp_upsample_nearest2x_nhwc_bf16(mp_pool *pool, uint16_t *y, const float *x, int h, int w, int C);
 
+/* dst[i] = src[i] rounded to bf16 for i < n, split over the pool (a stride-2 convolution's input). */
+void mp_bf16_copy(mp_pool *pool, uint16_t *dst, const float *src, int64_t n);
+
 /* dst[i] = src[i] rounded to bf16 (nearest even; denormals to zero), by vcvtneps2bf16 when cpu_bf16
  * (the CPU must have AVX512_BF16), else in C; both give the same bits (tested). */
 void mp_bf16_row(uint16_t *dst, const float *src, int64_t n, bool cpu_bf16);

@@ -73,7 +73,7 @@ struct mp_vae {
   int n_owned, cap_owned;
   mp_workspace ws;
   mp_vae_tiling tiling;
-  bool nhwc; /* the decoder's bf16 levels may run on NHWC activations (mp_vae_set_nhwc) */
+  bool nhwc; /* the bf16 levels may run on NHWC activations (mp_vae_set_nhwc) */
 };
 
 /* ---- binding: shape-checked lookups, the first error kept ---- */
@@ -467,8 +467,20 @@ done:
   return e;
 }
 
-/* Encode one image tile [in, H, W] -> moments [2*embed_dim, H/8, W/8] (for L = 4). */
-static mp_error *encode_whole(mp_vae *v, mp_pool *pool, int H, int W, const float *image, float *moments) {
+/* Whether the encoder's level `lv` (at h x w) can run NHWC: its blocks' convolutions are bf16 and direct. */
+static bool encode_level_nhwc(mp_pool *pool, const level *lv, int h, int w) {
+  for (int j = 0; j < lv->n_blocks; j++) {
+    const resblock *r = &lv->blocks[j];
+    if (!r->bf16 || !mp_conv2d_nhwc_usable(pool, r->c_in, r->c_out, h, w, 1) || !mp_conv2d_nhwc_usable(pool, r->c_out, r->c_out, h, w, 1))
+      return false;
+  }
+  return lv->n_blocks > 0;
+}
+
+/* Encode one image tile [in, H, W] -> moments [2*embed_dim, H/8, W/8] (for L = 4). With allow_nhwc the
+ * bf16 levels (and the bf16 downsample between them) run on NHWC activations, as in decode_whole. */
+static mp_error *encode_whole(mp_vae *v, mp_pool *pool, int H, int W, const float *image, float *moments, bool allow_nhwc,
+                              bool *went_nhwc) {
   const mp_vae_config *cfg = &v->cfg;
   const coder *en = &v->enc;
   const int f8 = 1 << (cfg->n_levels - 1);
@@ -480,18 +492,46 @@ static mp_error *encode_whole(mp_vae *v, mp_pool *pool, int H, int W, const floa
   int hh = H, ww = W;
   use_bf16(f, false);
   if ((e = mp_conv2d(pool, f->ws, cur, image, 1, cfg->in_channels, H, W, en->conv_in.w, en->conv_in.b, 1, PAD1))) goto done;
+  bool nhwc = false;
+  const mp_pad down_pad = {0, 1, 0, 1}; /* torch pads (0, 1, 0, 1): one zero column right, one row below */
   for (int l = 0; l < cfg->n_levels; l++) {
     const level *lv = &en->lv[l];
-    for (int j = 0; j < lv->n_blocks; j++) {
-      if ((e = res_forward(f, &lv->blocks[j], cur, nxt, hh, ww))) goto done;
+    if (allow_nhwc && !nhwc && encode_level_nhwc(pool, lv, hh, ww)) {
+      mp_transpose(pool, nxt, cur, lv->blocks[0].c_in, (int64_t)hh * ww); /* [C, hw] -> [hw, C] */
       float *s = cur;
       cur = nxt, nxt = s;
+      nhwc = *went_nhwc = true;
     }
-    if (lv->has_resample) { /* torch pads (0, 1, 0, 1): one zero column right, one row below */
-      use_bf16(f, lv->resample_bf16);
-      if ((e = mp_conv2d(pool, f->ws, nxt, cur, 1, lv->c_out, hh, ww, lv->resample.w, lv->resample.b, 2, (mp_pad){0, 1, 0, 1})))
+    for (int j = 0; j < lv->n_blocks; j++) {
+      float *o = nxt;
+      if ((e = nhwc ? res_forward_nhwc(f, &lv->blocks[j], cur, nxt, hh, ww, &o) : res_forward(f, &lv->blocks[j], cur, nxt, hh, ww)))
         goto done;
-      hh = mp_conv_out_size(hh, 3, 2, 0, 1), ww = mp_conv_out_size(ww, 3, 2, 0, 1);
+      if (o == nxt) {
+        float *s = cur;
+        cur = nxt, nxt = s;
+      }
+    }
+    const int h2 = mp_conv_out_size(hh, 3, 2, 0, 1), w2 = mp_conv_out_size(ww, 3, 2, 0, 1);
+    if (lv->has_resample && nhwc && lv->resample_bf16 && mp_conv2d_nhwc_usable(pool, lv->c_out, lv->c_out, hh, ww, 1) &&
+        l + 1 < cfg->n_levels && encode_level_nhwc(pool, &en->lv[l + 1], h2, w2)) { /* the next level runs NHWC too */
+      uint16_t *xb = (uint16_t *)(void *)nxt;
+      mp_bf16_copy(pool, xb, cur, (int64_t)hh * ww * lv->c_out);
+      use_bf16(f, true);
+      if ((e = mp_conv2d_nhwc_bf16(pool, f->ws, cur, xb, 1, lv->c_out, hh, ww, lv->resample.w, lv->resample.b, 2, down_pad, false)))
+        goto done;
+      hh = h2, ww = w2;
+      continue;
+    }
+    if (nhwc && (lv->has_resample || l + 1 == cfg->n_levels)) { /* back to [C, hw] */
+      mp_transpose(pool, nxt, cur, (int64_t)hh * ww, lv->c_out);
+      float *s = cur;
+      cur = nxt, nxt = s;
+      nhwc = false;
+    }
+    if (lv->has_resample) {
+      use_bf16(f, lv->resample_bf16);
+      if ((e = mp_conv2d(pool, f->ws, nxt, cur, 1, lv->c_out, hh, ww, lv->resample.w, lv->resample.b, 2, down_pad))) goto done;
+      hh = h2, ww = w2;
       float *s = cur;
       cur = nxt, nxt = s;
     }
@@ -519,9 +559,9 @@ static int side_for(int n, int count, int ov) { return count == 1 ? n : (n + (co
  * sits flush with the edge and overlaps its neighbour by 48 cells; square 72-cell tiles took 2x2
  * (1.27x); two 128x72 tiles take 1.125x and were 15 % faster (2 x 7.2 s vs 4 x 4.2 s in bf16). The
  * area bound keeps a tile's activations at 2.5x a 512x512 decode's: with the bf16 levels NHWC that
- * is 1.5 GB at SD 1.5 size, below the UNet step's peak at the same image size. The encoder, all
- * NCHW (each bf16 convolution's reorder scratch on top), keeps square tiles of at most 5/4 of the
- * configured tile per side (`square`). */
+ * is 1.5 GB at SD 1.5 size, below the UNet step's peak at the same image size. The encoder, whose
+ * full-resolution level 0 is f32 NCHW (not measured with larger tiles), keeps square tiles of at
+ * most 5/4 of the configured tile per side (`square`). */
 static void auto_tile(const mp_vae *v, int h, int w, bool square, int *th, int *tw) {
   const int t = v->tiling.tile > 0 ? v->tiling.tile : MP_VAE_DEFAULT_TILE, ov = v->tiling.overlap > 0 ? v->tiling.overlap : t / 4;
   const int longest = square ? t + t / 4 : 2 * t;
@@ -576,9 +616,17 @@ static mp_error *decode_tile_fn(void *ctx, int h, int w, const float *in, float 
   return decode_one(t->v, t->pool, h, w, in, out);
 }
 
+/* encode_whole, NHWC where it can be; where the NHWC levels fail, once more on NCHW */
+static mp_error *encode_one(mp_vae *v, mp_pool *pool, int H, int W, const float *image, float *moments) {
+  bool went_nhwc = false;
+  mp_error *e = encode_whole(v, pool, H, W, image, moments, v->nhwc, &went_nhwc);
+  if (e && went_nhwc) mp_error_free(e), e = encode_whole(v, pool, H, W, image, moments, false, &went_nhwc);
+  return e;
+}
+
 static mp_error *encode_tile_fn(void *ctx, int H, int W, const float *in, float *out) {
   tile_ctx *t = ctx;
-  return encode_whole(t->v, t->pool, H, W, in, out);
+  return encode_one(t->v, t->pool, H, W, in, out);
 }
 
 bool mp_vae_decode_tiles(const mp_vae *v, int h, int w, int *tile_h, int *tile_w) {
@@ -610,6 +658,6 @@ mp_error *mp_vae_encode(mp_vae *v, mp_pool *pool, int H, int W, const float *ima
   tile_dims(v, h, w, true, &th, &tw);
   mp_error *e = use_tiles(v, h, w) ? mp_tiled_apply(encode_tile_fn, &(tile_ctx){v, pool}, h, w, th, tw, v->tiling.overlap, f8, 1,
                                                     v->cfg.in_channels, 2 * v->cfg.embed_dim, image, moments)
-                                   : encode_whole(v, pool, H, W, image, moments);
+                                   : encode_one(v, pool, H, W, image, moments);
   return e ? mp_error_wrap(e, "VAE encode") : NULL;
 }

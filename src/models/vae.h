@@ -32,8 +32,9 @@ typedef struct {
 void mp_vae_set_tiling(mp_vae *vae, mp_vae_tiling tiling);
 /* Whether decoding an h x w latent goes in tiles under the current tiling, and their size in cells. */
 bool mp_vae_decode_tiles(const mp_vae *vae, int h, int w, int *tile_h, int *tile_w);
-/* Under a bf16 backend the decoder's bf16 levels run on NHWC activations, with no layout reorder
- * around each convolution (core/nhwc_bf16.h); false keeps every level NCHW (tests, benchmarks). */
+/* Under a bf16 backend the bf16 levels of the decoder and the encoder run on NHWC activations, with no
+ * layout reorder around each convolution (core/nhwc_bf16.h); false keeps every level NCHW (tests,
+ * benchmarks). */
 void mp_vae_set_nhwc(mp_vae *vae, bool allow);
 
 /* z [z_channels(embed_dim), h, w] -> image [3, 8h, 8w] in about [-1, 1] (one image). */

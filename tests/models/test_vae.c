@@ -76,11 +76,11 @@ static void test_vae_encode_golden(void **state) {
   assert_err_contains(mp_vae_encode(f->vae, f->pool, 60, 64, m, m), "multiple of 8");
 }
 
-/* Under the bf16 backend the decoder's bf16 levels run on NHWC activations. Kept NCHW (the same
+/* Under the bf16 backend the bf16 levels of the decoder and the encoder run on NHWC activations. Kept NCHW (the same
  * roundings, other summation orders in the norms) both must meet the golden reduced-precision
  * bound and differ (the NHWC levels ran) by less: the tiny model's random weights turn the odd
  * flipped bf16 rounding into 3.8e-3 (at SD 1.5 size the decode's error is unchanged, 3.84e-3). */
-static void test_vae_decode_bf16_nhwc(void **state) {
+static void test_vae_bf16_nhwc(void **state) {
   fixture *f = *state;
   if (!*mp_cpu_bf16_support()) return; /* no bf16 backend here: the NHWC levels never run */
   mp_backend *be;
@@ -102,6 +102,16 @@ static void test_vae_decode_bf16_nhwc(void **state) {
   print_message("bf16 decode_b: NHWC rel l2 %.3g, NCHW %.3g, apart %.3g\n", e_nhwc, e_nchw, apart);
   assert_true(e_nhwc <= 1e-2 && e_nchw <= 1e-2);
   assert_true(apart > 0 && apart <= 5e-3);
+  /* the encoder likewise (its bf16 levels 1 and 2 and the downsample between them) */
+  float m_nhwc[8 * 8 * 8], m_nchw[8 * 8 * 8];
+  const float *image = golden(f->g, "vae.encode.image", NULL), *mref = golden(f->g, "vae.encode.moments", &n);
+  assert_ok(mp_vae_encode(vae, pool, 64, 64, image, m_nchw)); /* still NCHW from above */
+  mp_vae_set_nhwc(vae, true);
+  assert_ok(mp_vae_encode(vae, pool, 64, 64, image, m_nhwc));
+  const double m1 = test_rel_l2(m_nhwc, mref, n), m2 = test_rel_l2(m_nchw, mref, n), mapart = test_rel_l2(m_nhwc, m_nchw, n);
+  print_message("bf16 encode: NHWC rel l2 %.3g, NCHW %.3g, apart %.3g\n", m1, m2, mapart);
+  assert_true(m1 <= 1e-2 && m2 <= 1e-2);
+  assert_true(mapart > 0 && mapart <= 5e-3);
   free(nhwc), free(nchw);
   mp_vae_free(vae);
   mp_pool_set_backend(pool, NULL);
@@ -193,7 +203,7 @@ int main(void) {
       cmocka_unit_test(test_vae_decode_golden),
       cmocka_unit_test(test_vae_encode_golden),
       cmocka_unit_test(test_vae_tiled_close_to_untiled),
-      cmocka_unit_test(test_vae_decode_bf16_nhwc),
+      cmocka_unit_test(test_vae_bf16_nhwc),
       cmocka_unit_test(test_vae_auto_tiles_above_512),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
