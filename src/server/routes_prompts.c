@@ -1,6 +1,7 @@
 /* /prompts and /tunes/:id/prompts: create (parse and validate, then enqueue), plan, get, list,
  * cancel, and the Server-Sent Events stream of one job. */
 #include <errno.h>
+#include <stdio.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include "core/clock.h"
 #include "server/internal.h"
 #include "server/prompt_json.h"
+#include "server/retention.h"
 
 static bool on_tune_route(const ms_request *r) { return !strncmp(r->url, "/tunes/", 7); }
 
@@ -142,7 +144,25 @@ static mp_error *mkdir_one(const char *p) {
   return NULL;
 }
 
-/* Uploaded images move to DATA/inputs/<random>/ (the job's base_dir). */
+/* Removes DATA/inputs/<name> (and its stored copy on a shared store) that no job will read: the request
+ * failed after the uploads were kept, ran over the quota, or repeated an Idempotency-Key. Left behind,
+ * nothing would ever remove it (the retention sweep follows jobs). A failure here only logs. */
+static void drop_uploads(ms_server *s, const char *dir) {
+  const size_t n = strlen(s->data_dir);
+  if (strncmp(dir, s->data_dir, n) || dir[n] != '/') return;
+  const char *rel = dir + n + 1; /* inputs/<name> */
+  bool removed = false;
+  mp_error *e = ms_remove_in_data(s->data_dir, rel, &removed);
+  if (!e && s->store->blob_delete) {
+    char prefix[300];
+    snprintf(prefix, sizeof prefix, "%s/", rel);
+    e = s->store->blob_delete(s->store, prefix);
+  }
+  if (e) fprintf(stderr, "mpass serve: removing unused uploads %s: %s\n", dir, mp_error_message(e));
+  mp_error_free(e);
+}
+
+/* Uploaded images move to DATA/inputs/<random>/ (the job's base_dir); on failure the folder goes again. */
 static mp_error *keep_uploads(ms_server *s, prepared *p, char **inputs_dir) {
   *inputs_dir = NULL;
   if (!p->input && !p->mask) return NULL;
@@ -154,18 +174,20 @@ static mp_error *keep_uploads(ms_server *s, prepared *p, char **inputs_dir) {
   size_t n = strlen(dir);
   snprintf(dir + n, sizeof dir - n, "/%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
   MP_TRY(mkdir_one(dir));
-  for (int k = 0; k < 2; k++) {
+  mp_error *e = NULL;
+  for (int k = 0; k < 2 && !e; k++) {
     ms_field *f = (ms_field *)(k ? p->mask : p->input);
     if (!f) continue;
     char to[4200];
     snprintf(to, sizeof to, "%s/%s_image.%s", dir, k ? "mask" : "input", k ? p->mask_ext : p->input_ext);
-    if (rename(f->file_path, to) != 0) return mp_errorf("cannot move the upload to %s (%s)", to, strerror(errno));
-    free(f->file_path), f->file_path = NULL; /* kept: no longer a temp file */
+    if (rename(f->file_path, to) != 0) e = mp_errorf("cannot move the upload to %s (%s)", to, strerror(errno));
+    else free(f->file_path), f->file_path = NULL; /* kept: no longer a temp file */
   }
-  *inputs_dir = strdup(dir);
-  if (!*inputs_dir) return mp_errorf("out of memory");
   /* a shared store keeps them too: the worker may be on another machine */
-  return ms_blobs_upload_dir(s, dir + strlen(s->data_dir) + 1, 0);
+  if (!e) e = ms_blobs_upload_dir(s, dir + strlen(s->data_dir) + 1, 0);
+  if (!e && !(*inputs_dir = strdup(dir))) e = mp_errorf("out of memory");
+  if (e) drop_uploads(s, dir);
+  return e;
 }
 
 static MHD_RESULT reply_job(ms_server *s, ms_request *r, unsigned status, int64_t id) {
@@ -209,6 +231,7 @@ MHD_RESULT ms_route_prompt_create(ms_server *s, ms_request *r, const int64_t *id
   int64_t id = 0;
   ms_enqueue_result res = MS_ENQUEUED;
   if (!e) e = s->store->job_enqueue(s->store, &j, s->cfg.max_queued, &id, &res);
+  if (j.inputs_dir && (e || res != MS_ENQUEUED)) drop_uploads(s, j.inputs_dir);
   free(j.inputs_dir);
   mp_tune_free(&tf);
   prepared_free(&p);

@@ -1,5 +1,6 @@
 /* The HTTP API end to end: the real `mpass serve` binary on a free loopback port with the tiny model
  * (random weights: pixels are noise; the service's behaviour is what is tested). */
+#include <dirent.h>
 #include <stdatomic.h>
 
 #include "server_harness.h"
@@ -105,9 +106,8 @@ static void test_text_form_document(void **state) {
   cJSON_Delete(o);
 }
 
-static void test_multipart_with_input_image(void **state) {
-  (void)state;
-  CURL *c = curl_easy_init();
+/* A small img2img prompt as a multipart form with its input image. */
+static curl_mime *img2img_form(CURL *c) {
   curl_mime *m = curl_mime_init(c);
   static const char *const kv[][2] = {{"prompt[text]", "a green sphere"}, {"prompt[steps]", "2"}, {"prompt[w]", "64"},
                                      {"prompt[h]", "64"}, {"prompt[scheduler]", "euler"}, {"prompt[denoising_strength]", "0.5"}};
@@ -121,6 +121,24 @@ static void test_multipart_with_input_image(void **state) {
   curl_mime_name(p, "prompt[input_image]");
   curl_mime_filedata(p, img);
   free(img);
+  return m;
+}
+
+/* folders in DATA/inputs */
+static int input_folders(void) {
+  char p[4200];
+  snprintf(p, sizeof p, "%s/inputs", S.data);
+  DIR *d = opendir(p);
+  int n = 0;
+  for (struct dirent *de; d && (de = readdir(d));) n += de->d_name[0] != '.';
+  if (d) closedir(d);
+  return n;
+}
+
+static void test_multipart_with_input_image(void **state) {
+  (void)state;
+  CURL *c = curl_easy_init();
+  curl_mime *m = img2img_form(c);
   reply r = h_req(&S, "POST", "/prompts", TOKEN_A, NULL, NULL, m, NULL);
   curl_mime_free(m);
   curl_easy_cleanup(c);
@@ -391,6 +409,30 @@ static void test_callbacks(void **state) {
   receiver_stop(&ok), receiver_stop(&bad);
 }
 
+/* A repeated Idempotency-Key answers the first job: the repeat's uploads are removed at once, not left for
+ * ever in DATA/inputs (no job reads them, so no retention sweep would find them). */
+static void test_idempotent_uploads_not_kept(void **state) {
+  (void)state;
+  const int before = input_folders();
+  int64_t id[2];
+  for (int k = 0; k < 2; k++) {
+    CURL *c = curl_easy_init();
+    curl_mime *m = img2img_form(c);
+    reply r = h_req(&S, "POST", "/prompts", TOKEN_A, NULL, NULL, m, "Idempotency-Key: upload-7");
+    curl_mime_free(m);
+    curl_easy_cleanup(c);
+    assert_int_equal(r.status, k ? 200 : 201);
+    cJSON *j = h_json(&r);
+    id[k] = (int64_t)cJSON_GetObjectItem(j, "id")->valuedouble;
+    cJSON_Delete(j), reply_free(&r);
+  }
+  assert_true(id[0] == id[1]);
+  assert_int_equal(input_folders(), before + 1);
+  cJSON *o = h_wait_end(&S, TOKEN_A, id[0], 60);
+  if (strcmp(h_status(o), "done")) fail_msg("img2img job: %s", cJSON_Print(o));
+  cJSON_Delete(o);
+}
+
 static void test_idempotency(void **state) {
   (void)state;
   reply r1 = h_req(&S, "POST", "/prompts", TOKEN_A, "application/json", FAST, NULL, "Idempotency-Key: order-42");
@@ -637,6 +679,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_health_and_auth),   cmocka_unit_test(test_create_poll_download),
       cmocka_unit_test(test_text_form_document), cmocka_unit_test(test_multipart_with_input_image),
+      cmocka_unit_test(test_idempotent_uploads_not_kept),
       cmocka_unit_test(test_bad_requests),      cmocka_unit_test(test_isolation),
       cmocka_unit_test(test_list_paging),       cmocka_unit_test(test_cancel),
       cmocka_unit_test(test_events),            cmocka_unit_test(test_callbacks),
