@@ -66,6 +66,10 @@ typedef struct {
   char controlnet_hash[11];
   mp_image control; /* at the scene size; empty until the first scene */
   bool control_layout; /* controlnet=pose without an input image: N standing skeletons, one per person section */
+  /* the first image URL (input_image_url, else mask_image_url) as downloaded: fetched once per job, not
+   * once per image */
+  mp_image fetched;
+  char *fetched_url;
 } run;
 
 static char *path_join(const char *a, const char *b) {
@@ -305,8 +309,16 @@ static mp_error *run_pass(run *r, int image, const pass_request *q, mp_image *ou
 
 /* ---- scene ---- */
 
+static mp_error *copy_image(const mp_image *from, mp_image *to) {
+  MP_TRY(mp_image_alloc(to, from->width, from->height, from->channels));
+  memcpy(to->pixels, from->pixels, (size_t)from->width * (size_t)from->height * (size_t)from->channels);
+  return NULL;
+}
+
 static mp_error *load_input(run *r, const char *given, const char *url, const char *what, int channels, mp_image *img) {
-  if (!given) { /* only a URL was given: fetch it to a temporary file, read it, drop it */
+  if (!given && r->fetched_url && !strcmp(r->fetched_url, url) && r->fetched.channels == channels)
+    return copy_image(&r->fetched, img);
+  if (!given) { /* only a URL was given: fetch it to a temporary file, read it, drop it (the job keeps the image) */
     const char *tmp = getenv("TMPDIR");
     char *p = path_join(tmp && *tmp ? tmp : "/tmp", "mpass-download-XXXXXX");
     int fd = p ? mkstemp(p) : -1;
@@ -320,6 +332,10 @@ static mp_error *load_input(run *r, const char *given, const char *url, const ch
     if (!e) e = mp_image_read(p, channels, img);
     unlink(p);
     free(p);
+    if (!e && !r->fetched_url) {
+      if (!(r->fetched_url = strdup(url))) e = mp_errorf("out of memory");
+      if (!e && (e = copy_image(img, &r->fetched))) free(r->fetched_url), r->fetched_url = NULL;
+    }
     return e;
   }
   char *p = given == r->o->input_image ? strdup(given) : input_path(r, given);
@@ -985,6 +1001,8 @@ mp_error *mp_run_plan(mpass_ctx *ctx, const mp_plan *plan, const mp_run_options 
   mp_esrgan_free(r.esrgan);
   mp_controlnet_free(r.controlnet);
   mp_image_free(&r.control);
+  mp_image_free(&r.fetched);
+  free(r.fetched_url);
   free(r.controlnet_path), free(r.controlnet_name);
   mp_engine_close(r.tune);
   mp_engine_close(r.persons_engine);

@@ -5,6 +5,7 @@
 #define MP_TEST_SERVER_HARNESS_H
 
 #include <arpa/inet.h>
+#include <stdatomic.h>
 #include <curl/curl.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -199,6 +200,7 @@ typedef struct {
   const char *body;
   size_t len;
   pthread_t th;
+  atomic_int requests; /* answered so far */
 } file_host;
 
 static inline void *file_host_main(void *arg) {
@@ -212,6 +214,7 @@ static inline void *file_host_main(void *arg) {
       int k = snprintf(h, sizeof h, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n", fh->len);
       send(c, h, (size_t)k, MSG_NOSIGNAL);
       send(c, fh->body, fh->len, MSG_NOSIGNAL);
+      atomic_fetch_add(&fh->requests, 1);
     }
     close(c);
   }
@@ -219,6 +222,7 @@ static inline void *file_host_main(void *arg) {
 
 static inline void file_host_start(file_host *fh, const char *body, size_t len) {
   fh->body = body, fh->len = len;
+  atomic_init(&fh->requests, 0);
   fh->fd = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   assert_int_equal(bind(fh->fd, (struct sockaddr *)&a, sizeof a), 0);

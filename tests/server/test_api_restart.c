@@ -125,7 +125,8 @@ static void test_sigterm_requeues(void **state) {
   h_free(&s);
 }
 
-/* Two workers, and input_image_url from a loopback host (allowed with --allow-private-urls). */
+/* Two workers, and input_image_url from a loopback host (allowed with --allow-private-urls), fetched once
+ * for a job of two images. */
 static void test_workers_and_image_url(void **state) {
   (void)state;
   server s;
@@ -141,7 +142,8 @@ static void test_workers_and_image_url(void **state) {
   file_host_start(&fh, png, n);
   char body[512];
   snprintf(body, sizeof body,
-           "{\"prompt\": {\"text\": \"from a url\", \"steps\": 2, \"w\": 64, \"h\": 64, \"input_image_url\": \"http://127.0.0.1:%d/in.png\"}}",
+           "{\"prompt\": {\"text\": \"from a url\", \"steps\": 2, \"w\": 64, \"h\": 64, \"num_images\": 2, \"input_image_url\": "
+           "\"http://127.0.0.1:%d/in.png\"}}",
            fh.port);
   int64_t ids[4];
   ids[0] = h_create(&s, TOKEN_A, "/prompts", body);
@@ -151,6 +153,7 @@ static void test_workers_and_image_url(void **state) {
     if (strcmp(h_status(o), "done")) fail_msg("prompt %d: %s", i, cJSON_Print(o));
     cJSON_Delete(o);
   }
+  assert_int_equal(atomic_load(&fh.requests), 1);
   reply r = h_req(&s, "GET", "/metrics", TOKEN_A, NULL, NULL, NULL, NULL);
   assert_non_null(strstr(r.body, "mpass_workers 2"));
   reply_free(&r);
