@@ -19,6 +19,8 @@
 #include "models/unet.h"
 #include "models/vae.h"
 #include "models_folder.h"
+#include "pipeline/params.h"
+#include "pipeline/tunes.h"
 #include "shards.h"
 #include "testutil.h"
 
@@ -157,6 +159,37 @@ static void test_single_file_beside_index(void **state) {
   assert_ok(open_and_detect(dir)); /* the text encoder's broken index is not read */
   test_remove_tree(dir);
   free(dir), free(src);
+}
+
+/* A checkpoint tune of a sharded folder copies the shards and their index; its sha256 (the Model hash) is
+ * the first shard's, and the copy reads as the original. */
+static void test_tune_copies_shards(void **state) {
+  (void)state;
+  char *dir = copy_tiny(), *models = test_tmpdir(), p[1024];
+  test_split_shards(dir, "unet", UNET_STEM, 2, NULL, NULL);
+  mp_tune_spec spec = {.id = "sharded", .name = "cube", .token = "sks", .type = MP_TUNE_CHECKPOINT};
+  mp_tune t;
+  assert_ok(mp_tune_add(models, &spec, dir, &t));
+  char sha[65], *hashed = NULL;
+  assert_ok(mp_checkpoint_hash_file(dir, &hashed));
+  snprintf(p, sizeof p, "%s/unet/" SHARD_1, dir);
+  assert_string_equal(hashed, p);
+  assert_ok(mp_file_sha256(hashed, sha));
+  assert_string_equal(t.sha256, sha);
+  static const char *const copied[] = {SHARD_1, SHARD_2, UNET_STEM ".safetensors.index.json"};
+  for (size_t i = 0; i < sizeof copied / sizeof *copied; i++) {
+    snprintf(p, sizeof p, "%s/unet/%s", t.file, copied[i]);
+    assert_int_equal(access(p, R_OK), 0);
+  }
+  mp_weights *a, *b;
+  assert_ok(mp_weights_open(dir, &a));
+  assert_ok(mp_weights_open(t.file, &b));
+  assert_same_weights(a, b);
+  mp_weights_close(a), mp_weights_close(b);
+  mp_tune_free(&t);
+  free(hashed);
+  test_remove_tree(models), test_remove_tree(dir);
+  free(models), free(dir);
 }
 
 /* ---- hostile and broken input ---- */
@@ -315,7 +348,8 @@ static void test_index_against_shards(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_same_as_single_file),      cmocka_unit_test(test_variant_names_and_files),
-      cmocka_unit_test(test_single_file_beside_index), cmocka_unit_test(test_hostile_index_text),
+      cmocka_unit_test(test_single_file_beside_index), cmocka_unit_test(test_tune_copies_shards),
+      cmocka_unit_test(test_hostile_index_text),
       cmocka_unit_test(test_index_against_shards),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
