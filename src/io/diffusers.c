@@ -560,7 +560,7 @@ static mp_error *read_index(const char *folder, const char *subfolder, const cha
   return e;
 }
 
-/* <dir of index>/<shard>, a regular file inside the folder. Caller frees *path. */
+/* <dir of index>/<shard>, a regular file inside the folder. Caller frees *path; the caller's errors name the index. */
 static mp_error *shard_path(const char *folder, const char *index, const char *shard, char **path) {
   *path = NULL;
   const char *slash = strrchr(index, '/');
@@ -569,7 +569,7 @@ static mp_error *shard_path(const char *folder, const char *index, const char *s
   struct stat st;
   mp_error *e = NULL;
   if (lstat(p, &st) != 0)
-    e = mp_errorf("%s: weight_map names the shard %s, which is missing (%s)", index, shard, strerror(errno));
+    e = mp_errorf("weight_map names the shard %s, which is missing (%s)", shard, strerror(errno));
   else if (stat(p, &st) != 0)
     e = mp_errorf("%s: %s", p, strerror(errno));
   else if (!S_ISREG(st.st_mode))
@@ -604,9 +604,9 @@ static mp_error *check_unlisted(const char *index, const mp_shard_index *ix) {
         same_set = true;
     }
     if (same_set && !listed)
-      e = mp_errorf("%s/%s is named as a shard of %s but its weight_map does not list it (a leftover of an earlier save, or an "
-                    "incomplete index): remove the file or list its tensors",
-                    dir, ent->d_name, index);
+      e = mp_errorf("%s/%s is named as a shard of this index but its weight_map does not list it (a leftover of an earlier "
+                    "save, or an incomplete index): remove the file or list its tensors",
+                    dir, ent->d_name);
   }
   if (d) closedir(d);
   free(dir);
@@ -659,7 +659,7 @@ static mp_error *open_sharded(const char *folder, const char *subfolder, const c
   mp_shard_index_free(&ix);
   if (e) {
     mp_weights_close(merged);
-    return e;
+    return mp_error_wrap(e, "reading %s", index);
   }
   *out = merged;
   return NULL;
@@ -673,7 +673,8 @@ mp_error *mp_diffusers_weights_file(const char *folder, const char *subfolder, c
   mp_shard_index ix;
   mp_error *e = read_index(folder, subfolder, index, &ix);
   *path = NULL;
-  if (!e) e = shard_path(folder, index, ix.shards[0], path); /* the first shard (sorted), ...-00001-of-N */
+  if (!e && (e = shard_path(folder, index, ix.shards[0], path))) /* the first shard (sorted), ...-00001-of-N */
+    e = mp_error_wrap(e, "reading %s", index);
   mp_shard_index_free(&ix);
   free(index);
   return e;
@@ -690,7 +691,8 @@ mp_error *mp_diffusers_weights_files(const char *folder, const char *subfolder, 
   const size_t count = sharded ? (size_t)ix.n_shards + 1 : 1;
   char **list = e ? NULL : calloc(count, sizeof *list);
   if (!e && !list) e = mp_errorf("out of memory");
-  for (int s = 0; !e && s < ix.n_shards; s++) e = shard_path(folder, found, ix.shards[s], &list[s]);
+  for (int s = 0; !e && s < ix.n_shards; s++)
+    if ((e = shard_path(folder, found, ix.shards[s], &list[s]))) e = mp_error_wrap(e, "reading %s", found);
   if (!e) list[count - 1] = found, found = NULL; /* the file itself, or the index after its shards */
   mp_shard_index_free(&ix);
   free(found);
@@ -960,6 +962,7 @@ static mp_error *add_component(mp_weights *w, const char *folder, const componen
   MP_TRY(find_weights(folder, c->subfolder, c->stem, &file, &sharded));
   mp_weights *part = NULL;
   mp_error *e = sharded ? open_sharded(folder, c->subfolder, file, &part) : mp_weights_open(file, &part);
+  const bool named = e && sharded; /* open_sharded's errors name the index */
   if (!e) e = mp_weights_adopt(w, part); /* closes part on failure */
   const size_t n_tensors = e ? 0 : mp_weights_count(part);
   fuse_part *fuse = NULL;
@@ -1009,7 +1012,7 @@ static mp_error *add_component(mp_weights *w, const char *folder, const componen
     e = add_fused(w, c, fuse + i, j - i);
   }
   free(fuse);
-  if (e) e = mp_error_wrap(e, "reading %s", file);
+  if (e && !named) e = mp_error_wrap(e, "reading %s", file);
   free(file);
   return e;
 }
