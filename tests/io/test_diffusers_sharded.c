@@ -192,6 +192,28 @@ static void test_tune_copies_shards(void **state) {
   free(models), free(dir);
 }
 
+/* The Hugging Face hub cache: snapshots/<revision>/unet/<shard or index> are links into the repository's
+ * blobs/, which the folder check lets through. */
+static void test_hub_cache_links(void **state) {
+  (void)state;
+  char *root = test_tmpdir(), *src = test_shared_path("golden/tiny-diffusers"), snap[1024], p[1200], q[1200];
+  assert_int_equal(test_shell(NULL, "mkdir -p '%s/blobs' '%s/snapshots' && cp -r '%s' '%s/snapshots/abc123'", root, root, src, root), 0);
+  snprintf(snap, sizeof snap, "%s/snapshots/abc123", root);
+  test_split_shards(snap, "unet", UNET_STEM, 2, NULL, NULL);
+  static const char *const linked[] = {SHARD_1, SHARD_2, UNET_STEM ".safetensors.index.json"};
+  for (int i = 0; i < 3; i++) {
+    char target[64];
+    snprintf(p, sizeof p, "%s/unet/%s", snap, linked[i]);
+    snprintf(q, sizeof q, "%s/blobs/blob%d", root, i);
+    assert_int_equal(rename(p, q), 0);
+    snprintf(target, sizeof target, "../../../blobs/blob%d", i);
+    assert_int_equal(symlink(target, p), 0);
+  }
+  assert_ok(open_and_detect(snap));
+  test_remove_tree(root);
+  free(root), free(src);
+}
+
 /* ---- hostile and broken input ---- */
 
 static void put_text(const char *dir, const char *rel, const char *text) {
@@ -349,7 +371,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_same_as_single_file),      cmocka_unit_test(test_variant_names_and_files),
       cmocka_unit_test(test_single_file_beside_index), cmocka_unit_test(test_tune_copies_shards),
-      cmocka_unit_test(test_hostile_index_text),
+      cmocka_unit_test(test_hub_cache_links),          cmocka_unit_test(test_hostile_index_text),
       cmocka_unit_test(test_index_against_shards),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
