@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes small seed inputs for the fuzz targets: make_seeds.py OUTDIR -> OUTDIR/{safetensors,ckpt}/.
+"""Writes small seed inputs for the fuzz targets: make_seeds.py OUTDIR -> OUTDIR/{safetensors,ckpt,shard_index}/.
 
 ckpt seeds wrap the torch-like pickle from tests/io/torchlike_pickle.py (CPython's pickler configured as
 torch.save) in zips the way torch writes them (STORED, 64-byte aligned), plus deflated and zip64 variants."""
@@ -53,4 +53,17 @@ def ckpt(path, compress, force_zip64=False):
 ckpt(f"{out}/ckpt/stored", zipfile.ZIP_STORED)
 ckpt(f"{out}/ckpt/deflated", zipfile.ZIP_DEFLATED)
 ckpt(f"{out}/ckpt/zip64", zipfile.ZIP_STORED, force_zip64=True)
+# shard indexes (fuzz_shard_index): as save_pretrained(max_shard_size=...) writes them, and near misses
+os.makedirs(f"{out}/shard_index", exist_ok=True)
+shard = "diffusion_pytorch_model-%05d-of-00002.safetensors"
+indexes = {
+    "unet": {"metadata": {"total_size": 3438167536},
+             "weight_map": {"conv_in.bias": shard % 1, "conv_in.weight": shard % 1, "up_blocks.0.resnets.0.conv1.weight": shard % 2}},
+    "fp16": {"metadata": {}, "weight_map": {"a": "model.fp16-00001-of-00001.safetensors"}},
+    "plain": {"weight_map": {"x": "a.safetensors", "y": "b.safetensors"}},
+    "gap": {"weight_map": {"x": "m-00001-of-00003.safetensors", "y": "m-00003-of-00003.safetensors"}},
+    "path": {"weight_map": {"x": "../m.safetensors"}},
+}
+for k, v in indexes.items():
+    open(f"{out}/shard_index/{k}", "w").write(json.dumps(v, indent=2))
 print("seeds in", out)

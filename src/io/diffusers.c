@@ -37,6 +37,9 @@
  *     controlnet_mid_block             -> middle_block_out.0 */
 #include "io/diffusers.h"
 
+#include "io/shard_index.h"
+
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -482,8 +485,33 @@ mp_error *mp_diffusers_file(const char *folder, const char *rel, char **path) {
   return e;
 }
 
-mp_error *mp_diffusers_weights_file(const char *folder, const char *subfolder, const char *stem, char **path) {
+/* How a part's weights may be stored, in the order they are looked for: full precision, then the f16
+ * variant, then pickles. Where a folder has both a single file and a shard index, mpass takes what the
+ * library that saved the part loads: diffusers' ModelMixin.from_pretrained (the UNet, VAE and ControlNet,
+ * stem diffusion_pytorch_model) takes the index when there is one, transformers'
+ * PreTrainedModel.from_pretrained (the text encoders, stem model) the single file. The f16 index has three
+ * spellings: <stem>.safetensors.index.fp16.json (what both libraries write today),
+ * <stem>.safetensors.fp16.index.json (older diffusers) and <stem>.fp16.safetensors.index.json (other tools). */
+typedef struct {
+  const char *suffix;
+  bool index;
+} weights_name;
+
+static const weights_name diffusers_order[] = {
+    {".safetensors.index.json", true},      {".safetensors", false},
+    {".safetensors.index.fp16.json", true}, {".safetensors.fp16.index.json", true},
+    {".fp16.safetensors.index.json", true}, {".fp16.safetensors", false},
+    {".bin", false},                        {".fp16.bin", false}};
+static const weights_name transformers_order[] = {
+    {".safetensors", false},                {".safetensors.index.json", true},
+    {".fp16.safetensors", false},           {".safetensors.index.fp16.json", true},
+    {".safetensors.fp16.index.json", true}, {".fp16.safetensors.index.json", true},
+    {".bin", false},                        {".fp16.bin", false}};
+
+/* The first of a part's weights names that exists: *path (caller frees), and whether it is a shard index. */
+static mp_error *find_weights(const char *folder, const char *subfolder, const char *stem, char **path, bool *sharded) {
   *path = NULL;
+  *sharded = false;
   char *dir = *subfolder ? joinf(folder, subfolder) : strdup(folder);
   if (!dir) return mp_errorf("out of memory");
   struct stat st;
@@ -492,35 +520,190 @@ mp_error *mp_diffusers_weights_file(const char *folder, const char *subfolder, c
     free(dir);
     return e;
   }
-  static const char *const exts[] = {".safetensors", ".fp16.safetensors", ".bin", ".fp16.bin"};
+  const bool transformers = strcmp(stem, "model") == 0;
+  const weights_name *order = transformers ? transformers_order : diffusers_order;
+  const size_t n_order = transformers ? sizeof transformers_order / sizeof *transformers_order : sizeof diffusers_order / sizeof *diffusers_order;
   mp_error *e = NULL;
-  for (size_t i = 0; i < 4 && !*path && !e; i++) {
+  for (size_t i = 0; i < n_order && !*path && !e; i++) {
     char *p = NULL;
-    if (asprintf(&p, "%s/%s%s", dir, stem, exts[i]) < 0) {
+    if (asprintf(&p, "%s/%s%s", dir, stem, order[i].suffix) < 0) {
       e = mp_errorf("out of memory");
       break;
     }
     if (stat(p, &st) == 0) {
       e = S_ISREG(st.st_mode) ? check_inside(folder, p) : mp_errorf("%s is not a regular file", p);
-      if (!e) *path = p;
+      if (!e) *path = p, *sharded = order[i].index;
       else free(p);
     } else {
       free(p);
     }
   }
-  if (!e && !*path) {
-    char *index = NULL;
-    if (asprintf(&index, "%s/%s.safetensors.index.json", dir, stem) < 0) index = NULL;
-    if (index && is_regular(index))
-      e = mp_errorf("%s: weights split into several files (%s) are not supported yet; merge them into %s.safetensors", dir,
-                    index, stem);
-    else
-      e = mp_errorf("%s: no weights file (looked for %s.safetensors, %s.fp16.safetensors, %s.bin, %s.fp16.bin)", dir, stem,
-                    stem, stem, stem);
-    free(index);
-  }
+  if (!e && !*path)
+    e = mp_errorf("%s: no weights file (looked for %s.safetensors, %s.fp16.safetensors, %s.bin, %s.fp16.bin, and the shard index "
+                  "%s.safetensors.index.json or its fp16 variant)",
+                  dir, stem, stem, stem, stem, stem);
   free(dir);
   return e;
+}
+
+/* The shard index at `index` (found by find_weights in <folder>/<subfolder>), checked as text. */
+static mp_error *read_index(const char *folder, const char *subfolder, const char *index, mp_shard_index *ix) {
+  const char *base = strrchr(index, '/') + 1;
+  memset(ix, 0, sizeof *ix);
+  char *rel = NULL;
+  if (asprintf(&rel, "%s%s%s", subfolder, *subfolder ? "/" : "", base) < 0) return mp_errorf("out of memory");
+  cJSON *root = NULL;
+  mp_error *e = mp_diffusers_read_json(folder, rel, true, &root);
+  if (!e) e = mp_shard_index_from_json(index, root, ix);
+  cJSON_Delete(root);
+  free(rel);
+  return e;
+}
+
+/* <dir of index>/<shard>, a regular file inside the folder. Caller frees *path; the caller's errors name the index. */
+static mp_error *shard_path(const char *folder, const char *index, const char *shard, char **path) {
+  *path = NULL;
+  const char *slash = strrchr(index, '/');
+  char *p = NULL;
+  if (asprintf(&p, "%.*s/%s", (int)(slash - index), index, shard) < 0) return mp_errorf("out of memory");
+  struct stat st;
+  mp_error *e = NULL;
+  if (lstat(p, &st) != 0)
+    e = mp_errorf("weight_map names the shard %s, which is missing (%s)", shard, strerror(errno));
+  else if (stat(p, &st) != 0)
+    e = mp_errorf("%s: %s", p, strerror(errno));
+  else if (!S_ISREG(st.st_mode))
+    e = mp_errorf("%s is not a regular file", p);
+  else
+    e = check_inside(folder, p);
+  if (e) free(p);
+  else *path = p;
+  return e;
+}
+
+/* A file beside the index named as one of its shards ("<prefix>-<k>-of-<n><suffix>", same prefix and
+ * suffix) that its weight_map does not list: a leftover of an earlier save, or an index that lost entries. */
+static mp_error *check_unlisted(const char *index, const mp_shard_index *ix) {
+  const char *slash = strrchr(index, '/');
+  char *dir = strndup(index, (size_t)(slash - index));
+  DIR *d = dir ? opendir(dir) : NULL;
+  mp_error *e = !dir ? mp_errorf("out of memory") : !d ? mp_errorf("%s: cannot list (%s)", dir, strerror(errno)) : NULL;
+  for (struct dirent *ent; !e && d && (ent = readdir(d));) {
+    size_t plen;
+    long k, n;
+    const char *suffix;
+    if (!mp_shard_name_parts(ent->d_name, &plen, &k, &n, &suffix)) continue;
+    bool listed = false, same_set = false;
+    for (int s = 0; s < ix->n_shards && !listed; s++) {
+      size_t pl;
+      long ks, ns;
+      const char *ss;
+      listed = strcmp(ix->shards[s], ent->d_name) == 0;
+      if (mp_shard_name_parts(ix->shards[s], &pl, &ks, &ns, &ss) && pl == plen && strncmp(ix->shards[s], ent->d_name, plen) == 0 &&
+          strcmp(ss, suffix) == 0)
+        same_set = true;
+    }
+    if (same_set && !listed)
+      e = mp_errorf("%s/%s is named as a shard of this index but its weight_map does not list it (a leftover of an earlier "
+                    "save, or an incomplete index): remove the file or list its tensors",
+                    dir, ent->d_name);
+  }
+  if (d) closedir(d);
+  free(dir);
+  return e;
+}
+
+/* The shards a shard index names, as one mp_weights (its path: the index) whose tensors view the shards'
+ * mappings, which it adopts: no tensor is copied. Its tensors are exactly those of the weight_map, each
+ * from the shard the map names. */
+static mp_error *open_sharded(const char *folder, const char *subfolder, const char *index, mp_weights **out) {
+  *out = NULL;
+  mp_shard_index ix;
+  MP_TRY(read_index(folder, subfolder, index, &ix));
+  mp_error *e = check_unlisted(index, &ix);
+  mp_weights *merged = e ? NULL : mp_weights_new(index);
+  mp_weights **shard = e ? NULL : calloc((size_t)ix.n_shards, sizeof *shard);
+  if (!e && (!merged || !shard)) e = mp_errorf("out of memory");
+  for (int s = 0; !e && s < ix.n_shards; s++) {
+    char *path = NULL;
+    e = shard_path(folder, index, ix.shards[s], &path);
+    if (!e) e = mp_safetensors_open(path, &shard[s]);
+    if (!e) e = mp_weights_adopt(merged, shard[s]); /* closes it on failure */
+    if (e) shard[s] = NULL;
+    free(path);
+  }
+  /* every tensor of a shard is one the weight_map puts there */
+  for (int s = 0; !e && s < ix.n_shards; s++)
+    for (size_t i = 0; !e && i < mp_weights_count(shard[s]); i++) {
+      const char *name = mp_weights_at(shard[s], i)->name;
+      const mp_shard_entry *at = mp_shard_index_find(&ix, name);
+      if (!at)
+        e = mp_errorf("shard %s holds tensor \"%.200s\", which weight_map does not list", ix.shards[s], name);
+      else if (at->shard != s && mp_weights_find(shard[at->shard], name))
+        e = mp_errorf("tensor \"%.200s\" is in two shards, %s and %s; expected it once, in %s as weight_map says", name,
+                      ix.shards[at->shard < s ? at->shard : s], ix.shards[at->shard < s ? s : at->shard], ix.shards[at->shard]);
+      else if (at->shard != s)
+        e = mp_errorf("tensor \"%.200s\" is in shard %s, but weight_map puts it in %s", name, ix.shards[s], ix.shards[at->shard]);
+    }
+  /* and every tensor the weight_map lists is in its shard */
+  for (size_t i = 0; !e && i < ix.n_entries; i++)
+    if (!mp_weights_find(shard[ix.entries[i].shard], ix.entries[i].tensor))
+      e = mp_errorf("weight_map puts tensor \"%.200s\" in %s, which has no such tensor", ix.entries[i].tensor, ix.shards[ix.entries[i].shard]);
+  for (int s = 0; !e && s < ix.n_shards; s++)
+    for (size_t i = 0; !e && i < mp_weights_count(shard[s]); i++) {
+      const mp_weight *t = mp_weights_at(shard[s], i);
+      e = mp_weights_add(merged, t->name, t->t.dtype, t->t.ndim, t->t.shape, t->t.data); /* aligned already: a view */
+    }
+  if (!e) e = mp_weights_finish(merged);
+  free(shard);
+  mp_shard_index_free(&ix);
+  if (e) {
+    mp_weights_close(merged);
+    return mp_error_wrap(e, "reading %s", index);
+  }
+  *out = merged;
+  return NULL;
+}
+
+mp_error *mp_diffusers_weights_file(const char *folder, const char *subfolder, const char *stem, char **path) {
+  bool sharded;
+  MP_TRY(find_weights(folder, subfolder, stem, path, &sharded));
+  if (!sharded) return NULL;
+  char *index = *path;
+  mp_shard_index ix;
+  mp_error *e = read_index(folder, subfolder, index, &ix);
+  *path = NULL;
+  if (!e && (e = shard_path(folder, index, ix.shards[0], path))) /* the first shard (sorted), ...-00001-of-N */
+    e = mp_error_wrap(e, "reading %s", index);
+  mp_shard_index_free(&ix);
+  free(index);
+  return e;
+}
+
+mp_error *mp_diffusers_weights_files(const char *folder, const char *subfolder, const char *stem, char ***paths, size_t *n) {
+  *paths = NULL;
+  *n = 0;
+  char *found = NULL;
+  bool sharded;
+  MP_TRY(find_weights(folder, subfolder, stem, &found, &sharded));
+  mp_shard_index ix = {0};
+  mp_error *e = sharded ? read_index(folder, subfolder, found, &ix) : NULL;
+  const size_t count = sharded ? (size_t)ix.n_shards + 1 : 1;
+  char **list = e ? NULL : calloc(count, sizeof *list);
+  if (!e && !list) e = mp_errorf("out of memory");
+  for (int s = 0; !e && s < ix.n_shards; s++)
+    if ((e = shard_path(folder, found, ix.shards[s], &list[s]))) e = mp_error_wrap(e, "reading %s", found);
+  if (!e) list[count - 1] = found, found = NULL; /* the file itself, or the index after its shards */
+  mp_shard_index_free(&ix);
+  free(found);
+  if (e) {
+    for (size_t i = 0; list && i < count; i++) free(list[i]);
+    free(list);
+    return e;
+  }
+  *paths = list;
+  *n = count;
+  return NULL;
 }
 
 mp_error *mp_diffusers_tokenizer(const char *folder, const char *subfolder, char **path) {
@@ -774,10 +957,12 @@ static mp_error *add_transposed(mp_weights *w, const char *name, const char *sou
 }
 
 static mp_error *add_component(mp_weights *w, const char *folder, const component *c, const structure *s) {
-  char *file = NULL;
-  MP_TRY(mp_diffusers_weights_file(folder, c->subfolder, c->stem, &file));
+  char *file = NULL; /* the weights file, or the shard index */
+  bool sharded;
+  MP_TRY(find_weights(folder, c->subfolder, c->stem, &file, &sharded));
   mp_weights *part = NULL;
-  mp_error *e = mp_weights_open(file, &part);
+  mp_error *e = sharded ? open_sharded(folder, c->subfolder, file, &part) : mp_weights_open(file, &part);
+  const bool named = e && sharded; /* open_sharded's errors name the index */
   if (!e) e = mp_weights_adopt(w, part); /* closes part on failure */
   const size_t n_tensors = e ? 0 : mp_weights_count(part);
   fuse_part *fuse = NULL;
@@ -827,7 +1012,7 @@ static mp_error *add_component(mp_weights *w, const char *folder, const componen
     e = add_fused(w, c, fuse + i, j - i);
   }
   free(fuse);
-  if (e) e = mp_error_wrap(e, "reading %s", file);
+  if (e && !named) e = mp_error_wrap(e, "reading %s", file);
   free(file);
   return e;
 }

@@ -1,8 +1,8 @@
 /* diffusers folders: a Stable Diffusion model saved by diffusers/transformers `save_pretrained`.
  *
  * A folder is recognised by its model_index.json. Each part lives in a subfolder (unet/, vae/,
- * text_encoder/, ...) with a config.json and one weights file. mp_diffusers_open reads every part
- * and renames its tensors to the CompVis single-file names (model.diffusion_model.*,
+ * text_encoder/, ...) with a config.json and one weights file (or that file split into shards with an
+ * index). mp_diffusers_open reads every part and renames its tensors to the CompVis single-file names (model.diffusion_model.*,
  * first_stage_model.*, cond_stage_model.transformer.*), so the result binds to the same model code
  * as a single-file checkpoint: one model implementation, one mapping table (the layouts below).
  * The tensors are views into the mapped part files, which the returned mp_weights owns, except
@@ -48,9 +48,18 @@ mp_error *mp_diffusers_read_json(const char *folder, const char *rel, bool requi
  * exist. Caller frees *path. */
 mp_error *mp_diffusers_file(const char *folder, const char *rel, char **path);
 
-/* The weights file of a part ("" for the folder itself): <subfolder>/<stem>.safetensors, else <stem>.fp16.safetensors, else the
- * same with .bin (full precision first, f16 variant second). Caller frees *path. */
+/* The file that identifies a part's weights ("" for the folder itself): <subfolder>/<stem>.safetensors, else
+ * <stem>.fp16.safetensors, else the same with .bin (full precision first, f16 variant second); for weights
+ * split into shards (<stem>.safetensors.index.json and its fp16 variants, io/shard_index.h) the first shard
+ * the index names. Where a part has both a single file and a shard index, the UNet, VAE and ControlNet
+ * (stem diffusion_pytorch_model) take the index, the text encoders (stem model) the single file, as
+ * diffusers and transformers load them. Caller frees *path. */
 mp_error *mp_diffusers_weights_file(const char *folder, const char *subfolder, const char *stem, char **path);
+
+/* Every file a part's weights are read from, each checked to lie inside the folder: the one weights file,
+ * or the shards and then their index; (*paths)[0] is mp_diffusers_weights_file's. Caller frees each
+ * path and *paths. */
+mp_error *mp_diffusers_weights_files(const char *folder, const char *subfolder, const char *stem, char ***paths, size_t *n);
 
 /* The CLIP tokenizer folder of a diffusers folder (<folder>/<subfolder>, e.g. "tokenizer") when it
  * holds vocab.json and merges.txt; *path is NULL when `folder` is not a diffusers folder or has no

@@ -366,7 +366,6 @@ static mp_error *copy_diffusers(const char *src, const char *dst, char sha[65]) 
     free(from), free(to);
   }
   for (size_t i = 0; !e && i < sizeof parts / sizeof *parts; i++) {
-    char *from = NULL, *to = NULL;
     if (i == 3) { /* text_encoder_2: SDXL only */
       char *sub = pathf("%s/%s", src, parts[i][0]);
       struct stat st;
@@ -374,11 +373,16 @@ static mp_error *copy_diffusers(const char *src, const char *dst, char sha[65]) 
       free(sub);
       if (!has) continue;
     }
-    e = mp_diffusers_weights_file(src, parts[i][0], parts[i][1], &from);
-    const char *base = from ? strrchr(from, '/') + 1 : NULL;
-    if (!e && !(to = pathf("%s/%s/%s", dst, parts[i][0], base))) e = mp_errorf("out of memory");
-    if (!e) e = copy_with_hash(from, to, i == 0 ? sha : unused);
-    free(from), free(to);
+    char **all = NULL; /* the weights file, or the shards and their index; all[0] gives the Model hash */
+    size_t n_all = 0;
+    e = mp_diffusers_weights_files(src, parts[i][0], parts[i][1], &all, &n_all);
+    for (size_t j = 0; !e && j < n_all; j++) {
+      char *to = pathf("%s/%s/%s", dst, parts[i][0], strrchr(all[j], '/') + 1);
+      e = to ? copy_with_hash(all[j], to, i == 0 && j == 0 ? sha : unused) : mp_errorf("out of memory");
+      free(to);
+    }
+    for (size_t j = 0; j < n_all; j++) free(all[j]);
+    free(all);
   }
   return e;
 }

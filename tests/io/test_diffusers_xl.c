@@ -29,6 +29,7 @@
 #include "models/vae.h"
 #include "models_folder.h"
 #include "pipeline/families.h"
+#include "shards.h"
 #include "testutil.h"
 
 /* ---------------------------------------------------------------- sgm -> diffusers names */
@@ -811,6 +812,39 @@ static void test_fp16_text_encoder_2(void **state) {
   test_remove_tree(dir), free(dir);
 }
 
+/* Every part split into shards, as save_pretrained(max_shard_size=...) writes them: text_encoder_2 in 4, so
+ * that layer 0's k_proj.weight and q_proj.weight, fused into one in_proj, come from different shards. The
+ * same tensors as the single-file folder, bit for bit, and the models load. */
+static void test_sharded_parts(void **state) {
+  (void)state;
+  char *dir = copy_fixture(), p[1024];
+  test_split_shards(dir, "unet", "diffusion_pytorch_model", 3, NULL, NULL);
+  test_split_shards(dir, "vae", "diffusion_pytorch_model", 2, NULL, NULL);
+  test_split_shards(dir, "text_encoder", "model", 2, NULL, NULL);
+  test_split_shards(dir, "text_encoder_2", "model", 4, NULL, NULL);
+  snprintf(p, sizeof p, "%s/text_encoder_2/model.safetensors.index.json", dir);
+  cJSON *index = test_read_json(p), *map = cJSON_GetObjectItemCaseSensitive(index, "weight_map");
+  const char *k_shard = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(map, "text_model.encoder.layers.0.self_attn.k_proj.weight"));
+  const char *q_shard = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(map, "text_model.encoder.layers.0.self_attn.q_proj.weight"));
+  assert_non_null(k_shard), assert_non_null(q_shard);
+  assert_string_not_equal(k_shard, q_shard);
+  cJSON_Delete(index);
+  mp_weights *single, *sharded;
+  assert_ok(mp_weights_open(folder_path(), &single));
+  assert_ok(mp_weights_open(dir, &sharded));
+  assert_int_equal(mp_weights_count(single), mp_weights_count(sharded));
+  for (size_t i = 0; i < mp_weights_count(single); i++) {
+    const mp_weight *a = mp_weights_at(single, i), *b = mp_weights_find(sharded, a->name);
+    if (!b) fail_msg("%s: not read from the sharded folder", a->name);
+    assert_int_equal(a->t.dtype, b->t.dtype);
+    assert_same_values(a->name, &a->t, &b->t);
+    if (memcmp(a->t.data, b->t.data, mp_tensor_nbytes(&a->t)) != 0) fail_msg("%s: different bits", a->name);
+  }
+  mp_weights_close(single), mp_weights_close(sharded);
+  assert_ok(open_and_load(dir));
+  test_remove_tree(dir), free(dir);
+}
+
 /* Config and pipeline errors name the file and the key. */
 static void test_hostile_configs(void **state) {
   (void)state;
@@ -877,7 +911,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_same_tensors),       cmocka_unit_test(test_same_config),   cmocka_unit_test(test_same_openclip_outputs),
       cmocka_unit_test(test_tokenizers),         cmocka_unit_test(test_real_sdxl_configs),         cmocka_unit_test(test_checkpoints_folder), cmocka_unit_test(test_hostile_text_encoder_2),
-      cmocka_unit_test(test_hostile_configs),    cmocka_unit_test(test_fp16_text_encoder_2),
+      cmocka_unit_test(test_hostile_configs),    cmocka_unit_test(test_fp16_text_encoder_2), cmocka_unit_test(test_sharded_parts),
   };
   return cmocka_run_group_tests(tests, NULL, teardown);
 }

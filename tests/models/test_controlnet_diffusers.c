@@ -16,6 +16,7 @@
 #include "models/controlnet.h"
 #include "models/sd_diffusers.h"
 #include "pipeline/control.h"
+#include "shards.h"
 #include "testutil.h"
 
 /* cldm name prefix (after control_model.) -> diffusers name prefix, for the tiny ControlNet:
@@ -264,6 +265,19 @@ static void test_controlnet_diffusers_folder(void **state) {
   assert_memory_equal(emb_dir, emb_file, sizeof emb_file);
   mp_controlnet_free(cn_dir);
   free(v16);
+
+  /* Split into 3 shards with an index (save_pretrained(max_shard_size=...)): the same residuals exactly;
+   * the hash is the first shard's. */
+  char *sharded = make_folder(root, "sharded", single, config, "diffusion_pytorch_model.safetensors", NULL);
+  test_split_shards(sharded, "", "diffusion_pytorch_model", 3, NULL, NULL);
+  assert_ok(mp_controlnet_open(sharded, NULL, &cn_dir));
+  assert_int_equal(run_a(cn_dir, pool, g, hint, emb_dir, res_dir), RES);
+  assert_memory_equal(emb_dir, emb_file, sizeof emb_file);
+  assert_memory_equal(res_dir, res_file, sizeof res_file);
+  mp_controlnet_free(cn_dir);
+  assert_ok(mp_checkpoint_hash_file(sharded, &hashed));
+  assert_non_null(strstr(hashed, "/diffusion_pytorch_model-00001-of-00003.safetensors"));
+  free(hashed), free(sharded);
 
   mp_controlnet_free(cn_file);
   mp_pool_destroy(pool);
