@@ -526,6 +526,7 @@ mp_error *ms_server_start(const ms_config *cfg, ms_server **out, char url[128]) 
   if (!e && !cfg->no_http && s->store->event_listen) e = s->store->event_listen(s->store, remote_event, s->events);
   if (!e) e = ms_recover_interrupted(s);
   if (!e) e = ms_retention_start(s);
+  if (!e) e = ms_callbacks_start(s->store, &s->stopping, &s->callbacks);
   if (!e && cfg->no_http) {
     snprintf(url, 128, "%s", "");
     s->listen_url = strdup("");
@@ -560,6 +561,7 @@ mp_error *ms_server_start(const ms_config *cfg, ms_server **out, char url[128]) 
   if (e) {
     if (s->daemon) MHD_stop_daemon(s->daemon);
     ms_retention_stop(s);
+    ms_callbacks_stop(s->callbacks), s->callbacks = NULL;
     server_free(s);
     return e;
   }
@@ -576,6 +578,7 @@ void ms_server_stop(ms_server *s) {
   pthread_mutex_unlock(&s->work_mu);
   if (s->daemon) MHD_stop_daemon(s->daemon);
   ms_workers_join(s);
+  ms_callbacks_stop(s->callbacks), s->callbacks = NULL; /* after the workers: the last jobs' callbacks */
   ms_retention_stop(s);
   server_free(s);
 }

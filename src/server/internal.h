@@ -28,6 +28,8 @@ typedef struct {
 } ms_slot;
 
 #define MS_DURATION_BUCKETS 8
+typedef struct ms_callbacks ms_callbacks; /* callback.c */
+
 struct ms_server {
   ms_config cfg;
   char *data_dir, *models_dir, *model_path, *public_url, *listen_url, *tmp_dir;
@@ -48,6 +50,7 @@ struct ms_server {
   pthread_t lease_thread; /* shared stores: renews leases, takes back expired ones, listens for enqueues */
   bool lease_thread_started;
   pthread_t retention_thread; /* --retention-days: sweeps old jobs' files at start, then hourly (retention.c) */
+  ms_callbacks *callbacks;    /* delivered beside the workers, not by them */
   bool retention_started;
 
   /* metrics kept in memory (the store keeps the counts) */
@@ -131,6 +134,11 @@ void ms_retention_stop(ms_server *s);
 
 /* ---- callbacks (callback.c): POST body to url, 3 tries with backoff, each attempt recorded */
 void ms_callback_deliver(ms_store *store, int64_t job_id, const char *url, const char *body, const atomic_int *stopping);
+/* The server's callback queue: one thread delivers what workers post, in order (callback.c). Stopping
+ * delivers what is still queued, one try each once the server is stopping, then ends the thread. */
+mp_error *ms_callbacks_start(ms_store *store, const atomic_int *stopping, ms_callbacks **out);
+void ms_callbacks_post(ms_callbacks *q, int64_t job_id, const char *url, const char *body);
+void ms_callbacks_stop(ms_callbacks *q);
 
 /* ---- metrics (metrics.c): Prometheus text exposition (caller frees) */
 char *ms_metrics_render(ms_server *s);

@@ -1,7 +1,7 @@
 /* Workers: N threads, each with its own mpass_ctx (the compute threads are split between them:
  * mpass_run is not re-entrant on one context). Each claims the oldest queued job, runs it with
  * mpass_run into DATA/jobs/<id>/, reports progress (events at every step, the store at most once a
- * second), honours cancel at the next sampler step, finishes the job and delivers its callback. */
+ * second), honours cancel at the next sampler step, finishes the job and posts its callback (callback.c). */
 #include <dirent.h>
 #include <errno.h>
 #include <ftw.h>
@@ -151,7 +151,7 @@ static void publish_end(ms_server *s, int64_t id) {
     cJSON_AddItemToObject(body, "prompt", ms_prompt_object(&j, s->public_url ? s->public_url : s->listen_url, s->data_dir, s->models_dir));
     char *text = cJSON_PrintUnformatted(body);
     cJSON_Delete(body);
-    if (text) ms_callback_deliver(s->store, id, j.callback, text, &s->stopping);
+    if (text) ms_callbacks_post(s->callbacks, id, j.callback, text);
     free(text);
   }
   ms_job_free(&j);

@@ -329,8 +329,9 @@ static void test_events(void **state) {
 /* ---- callbacks: a loopback receiver counting POSTs */
 typedef struct {
   int fd, port;
-  int answer; /* HTTP status it answers */
-  atomic_int posts, with_prompt;
+  int answer;   /* HTTP status it answers */
+  int delay_ms; /* before answering */
+  atomic_int posts, with_prompt, answered;
   pthread_t th;
 } receiver;
 
@@ -345,10 +346,12 @@ static void *receiver_main(void *arg) {
       atomic_fetch_add(&rc->posts, 1);
       if (strstr(buf, "{\"prompt\":{")) atomic_fetch_add(&rc->with_prompt, 1);
     }
+    if (rc->delay_ms) usleep((useconds_t)rc->delay_ms * 1000);
     char resp[128];
     int k = snprintf(resp, sizeof resp, "HTTP/1.1 %d X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", rc->answer);
     send(c, resp, (size_t)k, 0);
     close(c);
+    atomic_fetch_add(&rc->answered, 1);
   }
 }
 
@@ -407,6 +410,28 @@ static void test_callbacks(void **state) {
   assert_int_equal(atomic_load(&bad.posts), 3);
   cJSON_Delete(oa), cJSON_Delete(ob);
   receiver_stop(&ok), receiver_stop(&bad);
+}
+
+/* A slow callback receiver holds no worker (this server has one): the next prompt runs and ends while
+ * the first one's callback still waits for its answer. */
+static void test_slow_callback_holds_no_worker(void **state) {
+  (void)state;
+  receiver slow = {0};
+  slow.delay_ms = 6000;
+  receiver_start(&slow, 200);
+  char body[512];
+  snprintf(body, sizeof body,
+           "{\"prompt\": {\"text\": \"cb\", \"steps\": 2, \"w\": 64, \"h\": 64, \"callback\": \"http://127.0.0.1:%d/hook\"}}", slow.port);
+  int64_t a = h_create(&S, TOKEN_A, "/prompts", body), b = h_create(&S, TOKEN_A, "/prompts", FAST);
+  cJSON *ob = h_wait_end(&S, TOKEN_A, b, 60);
+  assert_string_equal(h_status(ob), "done");
+  assert_int_equal(atomic_load(&slow.answered), 0);
+  cJSON *oa = wait_callbacks(a, 1);
+  assert_int_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(oa, "callback_attempts"), 0), "http_status")->valueint,
+                   200);
+  assert_int_equal(atomic_load(&slow.answered), 1);
+  cJSON_Delete(oa), cJSON_Delete(ob);
+  receiver_stop(&slow);
 }
 
 /* A repeated Idempotency-Key answers the first job: the repeat's uploads are removed at once, not left for
@@ -680,6 +705,7 @@ int main(void) {
       cmocka_unit_test(test_health_and_auth),   cmocka_unit_test(test_create_poll_download),
       cmocka_unit_test(test_text_form_document), cmocka_unit_test(test_multipart_with_input_image),
       cmocka_unit_test(test_idempotent_uploads_not_kept),
+      cmocka_unit_test(test_slow_callback_holds_no_worker),
       cmocka_unit_test(test_bad_requests),      cmocka_unit_test(test_isolation),
       cmocka_unit_test(test_list_paging),       cmocka_unit_test(test_cancel),
       cmocka_unit_test(test_events),            cmocka_unit_test(test_callbacks),
