@@ -1,4 +1,6 @@
-/* The SD autoencoder (AutoencoderKL, CompVis `first_stage_model.*` layout) on f32 activations.
+/* The SD autoencoder (AutoencoderKL, CompVis `first_stage_model.*` layout) on f32 activations, NCHW;
+ * under a bf16 backend the levels whose convolutions are bf16 keep theirs NHWC (see PRECISION in
+ * mp_vae_load, and decode_whole / encode_whole).
  *
  *   encode: conv_in ─▶ levels [ResnetBlock×n, Downsample (pad right/bottom, stride 2)] ─▶ mid [Res, Attn, Res]
  *           ─▶ GroupNorm, SiLU, conv_out ─▶ quant_conv ─▶ moments (mean, logvar)
@@ -313,7 +315,7 @@ static mp_error *mid_forward(fwd *f, const coder *c, float **cur, float **nxt, i
   return NULL;
 }
 
-/* ---- the decoder's bf16 levels on NHWC activations [pixels, C] (see core/nhwc_bf16.h) ---- */
+/* ---- the bf16 levels on NHWC activations [pixels, C] (see core/nhwc_bf16.h) ---- */
 
 /* y = conv(x), or y += conv(x) when `accumulate` (the residual add in the convolution's epilogue) */
 static mp_error *conv_nhwc(fwd *f, const layer *l, float *y, const uint16_t *x, int c_in, int h, int w, bool accumulate) {
