@@ -350,6 +350,27 @@ static mp_error *res_forward_nhwc(fwd *f, const resblock *r, float *x, float *y,
   return NULL;
 }
 
+static void swap_buffers(float **a, float **b) {
+  float *t = *a;
+  *a = *b, *b = t;
+}
+
+/* A level's ResnetBlocks on *cur, the result in *cur again (*nxt is the other activation buffer). With
+ * `to_nhwc` the activations turn NHWC first ([C, hw] -> [hw, C]); from then on (*nhwc) blocks run NHWC. */
+static mp_error *level_blocks(fwd *f, const level *lv, float **cur, float **nxt, int h, int w, bool to_nhwc, bool *nhwc) {
+  if (to_nhwc && !*nhwc) {
+    mp_transpose(f->pool, *nxt, *cur, lv->blocks[0].c_in, (int64_t)h * w);
+    swap_buffers(cur, nxt);
+    *nhwc = true;
+  }
+  for (int j = 0; j < lv->n_blocks; j++) {
+    float *o = *nxt;
+    MP_TRY(*nhwc ? res_forward_nhwc(f, &lv->blocks[j], *cur, *nxt, h, w, &o) : res_forward(f, &lv->blocks[j], *cur, *nxt, h, w));
+    if (o == *nxt) swap_buffers(cur, nxt);
+  }
+  return NULL;
+}
+
 /* Whether decoding from level `from` (at h x w) down can stay NHWC: every 3x3 convolution left in
  * the levels is bf16 and goes to the direct convolution (not the f32 path, not Winograd). */
 static bool decode_nhwc_from(const mp_vae *v, mp_pool *pool, int from, int h, int w) {
@@ -426,21 +447,9 @@ static mp_error *decode_whole(mp_vae *v, mp_pool *pool, int h, int w, const floa
   bool nhwc = false;
   for (int l = cfg->n_levels - 1; l >= 0; l--) {
     const level *lv = &de->lv[l];
-    if (allow_nhwc && !nhwc && decode_nhwc_from(v, pool, l, hh, ww)) {
-      mp_transpose(pool, nxt, cur, lv->blocks[0].c_in, (int64_t)hh * ww); /* [C, hw] -> [hw, C] */
-      float *s = cur;
-      cur = nxt, nxt = s;
-      nhwc = *went_nhwc = true;
-    }
-    for (int j = 0; j < lv->n_blocks; j++) {
-      float *o = nxt;
-      if ((e = nhwc ? res_forward_nhwc(f, &lv->blocks[j], cur, nxt, hh, ww, &o) : res_forward(f, &lv->blocks[j], cur, nxt, hh, ww)))
-        goto done;
-      if (o == nxt) {
-        float *s = cur;
-        cur = nxt, nxt = s;
-      }
-    }
+    const bool to_nhwc = allow_nhwc && !nhwc && decode_nhwc_from(v, pool, l, hh, ww);
+    if ((e = level_blocks(f, lv, &cur, &nxt, hh, ww, to_nhwc, &nhwc))) goto done;
+    *went_nhwc |= nhwc;
     if (lv->has_resample && nhwc) {
       uint16_t *up = (uint16_t *)(void *)nxt;
       mp_upsample_nearest2x_nhwc_bf16(pool, up, cur, hh, ww, lv->c_out);
@@ -457,8 +466,7 @@ static mp_error *decode_whole(mp_vae *v, mp_pool *pool, int h, int w, const floa
   const int c = de->lv[0].c_out;
   if (nhwc) { /* back to [C, hw] for the f32 output layers */
     mp_transpose(pool, nxt, cur, (int64_t)hh * ww, c);
-    float *s = cur;
-    cur = nxt, nxt = s;
+    swap_buffers(&cur, &nxt);
   }
   use_bf16(f, false);
   mp_group_norm(pool, nxt, cur, 1, c, (int64_t)hh * ww, GROUPS, de->norm_out.gamma, de->norm_out.beta, EPS, true);
@@ -498,21 +506,9 @@ static mp_error *encode_whole(mp_vae *v, mp_pool *pool, int H, int W, const floa
   const mp_pad down_pad = {0, 1, 0, 1}; /* torch pads (0, 1, 0, 1): one zero column right, one row below */
   for (int l = 0; l < cfg->n_levels; l++) {
     const level *lv = &en->lv[l];
-    if (allow_nhwc && !nhwc && encode_level_nhwc(pool, lv, hh, ww)) {
-      mp_transpose(pool, nxt, cur, lv->blocks[0].c_in, (int64_t)hh * ww); /* [C, hw] -> [hw, C] */
-      float *s = cur;
-      cur = nxt, nxt = s;
-      nhwc = *went_nhwc = true;
-    }
-    for (int j = 0; j < lv->n_blocks; j++) {
-      float *o = nxt;
-      if ((e = nhwc ? res_forward_nhwc(f, &lv->blocks[j], cur, nxt, hh, ww, &o) : res_forward(f, &lv->blocks[j], cur, nxt, hh, ww)))
-        goto done;
-      if (o == nxt) {
-        float *s = cur;
-        cur = nxt, nxt = s;
-      }
-    }
+    const bool to_nhwc = allow_nhwc && !nhwc && encode_level_nhwc(pool, lv, hh, ww);
+    if ((e = level_blocks(f, lv, &cur, &nxt, hh, ww, to_nhwc, &nhwc))) goto done;
+    *went_nhwc |= nhwc;
     const int h2 = mp_conv_out_size(hh, 3, 2, 0, 1), w2 = mp_conv_out_size(ww, 3, 2, 0, 1);
     if (lv->has_resample && nhwc && lv->resample_bf16 && mp_conv2d_nhwc_usable(pool, lv->c_out, lv->c_out, hh, ww, 1) &&
         l + 1 < cfg->n_levels && encode_level_nhwc(pool, &en->lv[l + 1], h2, w2)) { /* the next level runs NHWC too */
@@ -526,16 +522,14 @@ static mp_error *encode_whole(mp_vae *v, mp_pool *pool, int H, int W, const floa
     }
     if (nhwc && (lv->has_resample || l + 1 == cfg->n_levels)) { /* back to [C, hw] */
       mp_transpose(pool, nxt, cur, (int64_t)hh * ww, lv->c_out);
-      float *s = cur;
-      cur = nxt, nxt = s;
+      swap_buffers(&cur, &nxt);
       nhwc = false;
     }
     if (lv->has_resample) {
       use_bf16(f, lv->resample_bf16);
       if ((e = mp_conv2d(pool, f->ws, nxt, cur, 1, lv->c_out, hh, ww, lv->resample.w, lv->resample.b, 2, down_pad))) goto done;
       hh = h2, ww = w2;
-      float *s = cur;
-      cur = nxt, nxt = s;
+      swap_buffers(&cur, &nxt);
     }
   }
   if ((e = mid_forward(f, en, &cur, &nxt, hh, ww))) goto done;
