@@ -447,6 +447,16 @@ static mp_error *job_get(ms_store *s, const char *owner, int64_t id, ms_job *out
   return e;
 }
 
+
+/* Every row of r as jobs into a new array *out of *n (r is cleared). */
+static mp_error *read_jobs(PGresult *r, ms_job **out, int *n) {
+  const int rows = PQntuples(r);
+  mp_error *e = NULL;
+  if (!(*out = calloc((size_t)(rows > 0 ? rows : 1), sizeof **out))) e = mp_errorf("out of memory");
+  for (int i = 0; !e && i < rows; i++) read_job(r, i, &(*out)[(*n)++]);
+  PQclear(r);
+  return e;
+}
 static mp_error *job_list(ms_store *s, const char *owner, int64_t tune_id, int limit, int offset, ms_job **out, int *n) {
   *out = NULL, *n = 0;
   CONN(s);
@@ -460,13 +470,7 @@ static mp_error *job_list(ms_store *s, const char *owner, int64_t tune_id, int l
     const char *v[] = {owner, I64(tb, tune_id), I64(lb, limit), I64(ob, offset)};
     e = run(c, "listing jobs", "SELECT " JOB_COLS " FROM jobs WHERE owner = $1 AND tune_id = $2 ORDER BY id DESC LIMIT $3 OFFSET $4", 4, v, &r);
   }
-  if (!e) {
-    int rows = PQntuples(r);
-    *out = calloc((size_t)(rows > 0 ? rows : 1), sizeof **out);
-    if (!*out) e = mp_errorf("out of memory");
-    for (int i = 0; !e && i < rows; i++) read_job(r, i, &(*out)[(*n)++]);
-    PQclear(r);
-  }
+  if (!e) e = read_jobs(r, out, n);
   conn_put(p, c);
   return e;
 }
@@ -528,13 +532,7 @@ static mp_error *job_list_expirable(ms_store *s, const char *before, int64_t aft
                     "SELECT " JOB_COLS " FROM jobs WHERE status IN (2, 3, 4) AND expired_at IS NULL"
                     " AND COALESCE(finished_at, failed_at) < $1 AND id > $2 ORDER BY id LIMIT $3",
                     3, v, &r);
-  if (!e) {
-    int rows = PQntuples(r);
-    *out = calloc((size_t)(rows > 0 ? rows : 1), sizeof **out);
-    if (!*out) e = mp_errorf("out of memory");
-    for (int i = 0; !e && i < rows; i++) read_job(r, i, &(*out)[(*n)++]);
-    PQclear(r);
-  }
+  if (!e) e = read_jobs(r, out, n);
   conn_put(p, c);
   return e;
 }
