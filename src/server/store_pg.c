@@ -447,7 +447,6 @@ static mp_error *job_get(ms_store *s, const char *owner, int64_t id, ms_job *out
   return e;
 }
 
-
 /* Every row of r as jobs into a new array *out of *n (r is cleared). */
 static mp_error *read_jobs(PGresult *r, ms_job **out, int *n) {
   const int rows = PQntuples(r);
@@ -457,6 +456,7 @@ static mp_error *read_jobs(PGresult *r, ms_job **out, int *n) {
   PQclear(r);
   return e;
 }
+
 static mp_error *job_list(ms_store *s, const char *owner, int64_t tune_id, int limit, int offset, ms_job **out, int *n) {
   *out = NULL, *n = 0;
   CONN(s);
