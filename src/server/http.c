@@ -52,11 +52,16 @@ MHD_RESULT ms_reply_error(struct MHD_Connection *c, unsigned status, const char 
   return ms_reply_json(c, status, j);
 }
 
-MHD_RESULT ms_reply_mp_error(struct MHD_Connection *c, unsigned status, mp_error *e) {
+MHD_RESULT ms_reply_mp_error(const ms_server *s, const ms_request *r, unsigned status, mp_error *e) {
+  const char *msg = e ? mp_error_message(e) : "unknown error";
+  if (status >= 500) fprintf(stderr, "mpass serve: %s %s: HTTP %u: %s\n", r->method, r->url, status, msg);
+  const ms_path_view v = {.owner = r->owner, .data_dir = s->data_dir, .models_dir = s->models_dir};
+  char *shown = ms_public_text(msg, &v);
   cJSON *j = cJSON_CreateObject();
-  cJSON_AddStringToObject(j, "error", e ? mp_error_message(e) : "unknown error");
+  cJSON_AddStringToObject(j, "error", shown ? shown : "out of memory");
+  free(shown);
   mp_error_free(e);
-  return ms_reply_json(c, status, j);
+  return ms_reply_json(r->conn, status, j);
 }
 
 char *ms_base_url(ms_server *s, struct MHD_Connection *c) {

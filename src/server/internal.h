@@ -68,7 +68,9 @@ MHD_RESULT ms_reply(struct MHD_Connection *c, unsigned status, const char *conte
 MHD_RESULT ms_reply_json(struct MHD_Connection *c, unsigned status, cJSON *j);
 MHD_RESULT ms_reply_error(struct MHD_Connection *c, unsigned status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* 500 with the error's message; frees e */
-MHD_RESULT ms_reply_mp_error(struct MHD_Connection *c, unsigned status, mp_error *e);
+/* {"error": message} with the message's server paths as the client sees them (ms_public_text); the
+ * whole message goes to the log too when status is 5xx, where the operator needs the paths. */
+MHD_RESULT ms_reply_mp_error(const ms_server *s, const ms_request *r, unsigned status, mp_error *e);
 /* "http://host:port" for absolute URLs in replies (caller frees) */
 char *ms_base_url(ms_server *s, struct MHD_Connection *c);
 

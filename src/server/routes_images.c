@@ -12,7 +12,7 @@ MHD_RESULT ms_route_image(ms_server *s, ms_request *r, const int64_t *ids, const
   ms_job j;
   bool found;
   mp_error *e = s->store->job_get(s->store, r->owner, ids[0], &j, &found);
-  if (e) return ms_reply_mp_error(r->conn, 500, e);
+  if (e) return ms_reply_mp_error(s, r, 500, e);
   if (!found) return ms_reply_error(r->conn, 404, "no prompt %" PRId64, ids[0]);
   if (j.expired_at) { /* retention.c removed its files: gone for good, not "not found" */
     MHD_RESULT ret = ms_reply_error(r->conn, 410, "prompt %" PRId64 "'s images and files were removed at %s (the server's retention period)",

@@ -55,7 +55,7 @@ static bool prepare(ms_server *s, ms_request *r, const int64_t *ids, prepared *p
   struct MHD_Connection *c = r->conn;
   if (on_tune_route(r)) {
     mp_error *e = s->store->tune_get(s->store, r->owner, ids[0], &p->tune, &p->have_tune);
-    if (e) return *ret = ms_reply_mp_error(c, 500, e), false;
+    if (e) return *ret = ms_reply_mp_error(s, r, 500, e), false;
     if (!p->have_tune) return *ret = ms_reply_error(c, 404, "no tune %" PRId64, ids[0]), false;
   }
   cJSON *prompt = NULL;
@@ -114,7 +114,7 @@ static bool prepare(ms_server *s, ms_request *r, const int64_t *ids, prepared *p
   }
   mp_job_free(job);
   if (!e) e = mpass_job_parse(p->doc.document, p->doc.len, p->doc.is_json, &p->job); /* the plan, too */
-  if (e) return *ret = ms_reply_mp_error(c, 422, e), false;
+  if (e) return *ret = ms_reply_mp_error(s, r, 422, e), false;
   return true;
 }
 
@@ -125,7 +125,7 @@ MHD_RESULT ms_route_prompt_plan(ms_server *s, ms_request *r, const int64_t *ids,
   if (!prepare(s, r, ids, &p, &ret)) return prepared_free(&p), ret;
   char *plan = NULL;
   mp_error *e = mpass_job_plan_json(p.job, &plan);
-  if (e) return prepared_free(&p), ms_reply_mp_error(r->conn, 422, e);
+  if (e) return prepared_free(&p), ms_reply_mp_error(s, r, 422, e);
   cJSON *o = cJSON_CreateObject();
   cJSON *pj = cJSON_Parse(plan);
   free(plan);
@@ -194,7 +194,7 @@ static MHD_RESULT reply_job(ms_server *s, ms_request *r, unsigned status, int64_
   ms_job j;
   bool found;
   mp_error *e = s->store->job_get(s->store, r->owner, id, &j, &found);
-  if (e) return ms_reply_mp_error(r->conn, 500, e);
+  if (e) return ms_reply_mp_error(s, r, 500, e);
   if (!found) return ms_reply_error(r->conn, 404, "no prompt %" PRId64, id);
   char *base = ms_base_url(s, r->conn);
   ms_outputs_local(s, &j);
@@ -235,7 +235,7 @@ MHD_RESULT ms_route_prompt_create(ms_server *s, ms_request *r, const int64_t *id
   free(j.inputs_dir);
   mp_tune_free(&tf);
   prepared_free(&p);
-  if (e) return ms_reply_mp_error(r->conn, 500, e);
+  if (e) return ms_reply_mp_error(s, r, 500, e);
   if (res == MS_OVER_QUOTA)
     return ms_reply_error(r->conn, 429, "this token already has %d queued prompts (the limit); wait for some to finish", s->cfg.max_queued);
   if (res == MS_ENQUEUED) {
@@ -256,7 +256,7 @@ static bool own_job(ms_server *s, ms_request *r, const int64_t *ids, int64_t *pi
   *pid = tune ? ids[1] : ids[0];
   bool found = false;
   mp_error *e = s->store->job_get(s->store, r->owner, *pid, out, &found);
-  if (e) return *ret = ms_reply_mp_error(r->conn, 500, e), false;
+  if (e) return *ret = ms_reply_mp_error(s, r, 500, e), false;
   if (found && tune && out->tune_id != ids[0]) ms_job_free(out), found = false;
   if (!found) return *ret = ms_reply_error(r->conn, 404, "no prompt %" PRId64, *pid), false;
   return true;
@@ -297,7 +297,7 @@ MHD_RESULT ms_route_prompt_list(ms_server *s, ms_request *r, const int64_t *ids,
     ms_tune t;
     bool found;
     mp_error *e = s->store->tune_get(s->store, r->owner, ids[0], &t, &found);
-    if (e) return ms_reply_mp_error(r->conn, 500, e);
+    if (e) return ms_reply_mp_error(s, r, 500, e);
     if (!found) return ms_reply_error(r->conn, 404, "no tune %" PRId64, ids[0]);
     ms_tune_free(&t);
     tune = ids[0];
@@ -305,7 +305,7 @@ MHD_RESULT ms_route_prompt_list(ms_server *s, ms_request *r, const int64_t *ids,
   ms_job *jobs;
   int n;
   mp_error *e = s->store->job_list(s->store, r->owner, tune, limit, offset, &jobs, &n);
-  if (e) return ms_reply_mp_error(r->conn, 500, e);
+  if (e) return ms_reply_mp_error(s, r, 500, e);
   char *base = ms_base_url(s, r->conn);
   cJSON *arr = cJSON_CreateArray();
   for (int i = 0; i < n; i++) ms_outputs_local(s, &jobs[i]);
@@ -325,7 +325,7 @@ MHD_RESULT ms_route_prompt_cancel(ms_server *s, ms_request *r, const int64_t *id
   bool found;
   ms_status now;
   mp_error *e = s->store->job_cancel(s->store, r->owner, pid, &found, &now);
-  if (e) return ms_reply_mp_error(r->conn, 500, e);
+  if (e) return ms_reply_mp_error(s, r, 500, e);
   if (now == MS_RUNNING) ms_workers_cancel(s, pid);
   else if (now == MS_CANCELLED) {
     char data[96];

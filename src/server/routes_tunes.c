@@ -85,7 +85,7 @@ MHD_RESULT ms_route_tune_create(ms_server *s, ms_request *r, const int64_t *ids,
     else if (f || !r->is_form) e = server_file(s, field(r, obj, "file"), &weights);
     else e = mp_errorf("tune.file: upload the weights as the file field tune[file]");
   }
-  if (e) return cJSON_Delete(root), ms_reply_mp_error(c, 422, e);
+  if (e) return cJSON_Delete(root), ms_reply_mp_error(s, r, 422, e);
   /* the uploaded file needs the right extension for the checks in tunes.c */
   const ms_field *f = r->is_form ? ms_form_get(&r->form, "tune[file]") : NULL;
   if (r->is_form && !f) f = ms_form_get(&r->form, "file");
@@ -120,7 +120,7 @@ MHD_RESULT ms_route_tune_create(ms_server *s, ms_request *r, const int64_t *ids,
       int64_t in_use;
       mp_error_free(s->store->tune_delete(s->store, r->owner, id, &found, &in_use));
       free(weights), cJSON_Delete(root);
-      return ms_reply_mp_error(c, 422, e);
+      return ms_reply_mp_error(s, r, 422, e);
     }
   }
   free(weights), cJSON_Delete(root);
@@ -129,12 +129,12 @@ MHD_RESULT ms_route_tune_create(ms_server *s, ms_request *r, const int64_t *ids,
     snprintf(rel, sizeof rel, "%s/tunes/%s", root_dir + strlen(s->data_dir) + 1, sid);
     e = ms_blobs_upload_dir(s, rel, 0);
   }
-  if (e) return ms_reply_mp_error(c, 500, e);
+  if (e) return ms_reply_mp_error(s, r, 500, e);
   mp_tune_free(&added);
   ms_tune got;
   bool found;
   e = s->store->tune_get(s->store, r->owner, id, &got, &found);
-  if (e || !found) return ms_reply_mp_error(c, 500, e ? e : mp_errorf("tune %" PRId64 " vanished", id));
+  if (e || !found) return ms_reply_mp_error(s, r, 500, e ? e : mp_errorf("tune %" PRId64 " vanished", id));
   cJSON *o = ms_tune_object(&got);
   ms_tune_free(&got);
   return ms_reply_json(c, 201, o);
@@ -145,7 +145,7 @@ MHD_RESULT ms_route_tune_get(ms_server *s, ms_request *r, const int64_t *ids, co
   ms_tune t;
   bool found;
   mp_error *e = s->store->tune_get(s->store, r->owner, ids[0], &t, &found);
-  if (e) return ms_reply_mp_error(r->conn, 500, e);
+  if (e) return ms_reply_mp_error(s, r, 500, e);
   if (!found) return ms_reply_error(r->conn, 404, "no tune %" PRId64, ids[0]);
   cJSON *o = ms_tune_object(&t);
   ms_tune_free(&t);
@@ -157,7 +157,7 @@ MHD_RESULT ms_route_tune_list(ms_server *s, ms_request *r, const int64_t *ids, c
   ms_tune *t;
   int n;
   mp_error *e = s->store->tune_list(s->store, r->owner, &t, &n);
-  if (e) return ms_reply_mp_error(r->conn, 500, e);
+  if (e) return ms_reply_mp_error(s, r, 500, e);
   cJSON *arr = cJSON_CreateArray();
   for (int i = 0; i < n; i++) cJSON_AddItemToArray(arr, ms_tune_object(&t[i]));
   ms_tune_list_free(t, n);
@@ -169,7 +169,7 @@ MHD_RESULT ms_route_tune_delete(ms_server *s, ms_request *r, const int64_t *ids,
   bool found;
   int64_t in_use;
   mp_error *e = s->store->tune_delete(s->store, r->owner, ids[0], &found, &in_use);
-  if (e) return ms_reply_mp_error(r->conn, 500, e);
+  if (e) return ms_reply_mp_error(s, r, 500, e);
   if (!found) return ms_reply_error(r->conn, 404, "no tune %" PRId64, ids[0]);
   if (in_use)
     return ms_reply_error(r->conn, 409, "tune %" PRId64 " is used by %" PRId64 " queued or running prompts; cancel them or wait", ids[0], in_use);

@@ -28,11 +28,13 @@ static int group_teardown(void **state) {
   return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
 }
 
+/* An error answer: the status, a message, and no path of the server's in it (DATA, the models folder). */
 static void expect_error(reply *r, long status) {
   if (r->status != status) fail_msg("expected HTTP %ld, got %ld: %s", status, r->status, r->body);
   cJSON *j = h_json(r);
   const cJSON *e = cJSON_GetObjectItem(j, "error");
   assert_true(cJSON_IsString(e) && e->valuestring[0]);
+  if (strstr(e->valuestring, S.data) || strstr(e->valuestring, S.models)) fail_msg("a server path in the answer: %s", e->valuestring);
   cJSON_Delete(j);
   reply_free(r);
 }
