@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "server/internal.h"
 
 static size_t discard(char *p, size_t sz, size_t n, void *u) {
@@ -65,7 +66,9 @@ struct ms_callbacks {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   cb_item *head, *tail;
-  bool closing; /* ms_callbacks_stop: deliver what is queued (one try each once stopping), then end */
+  bool closing;    /* ms_callbacks_stop: deliver what is queued (one try each once stopping), then end */
+  double stop_budget, drop_after; /* a closing queue drops what is left after drop_after (mp_now) */
+  int dropped;
   pthread_t th;
 };
 
@@ -76,18 +79,20 @@ static void *callbacks_main(void *arg) {
     while (!q->head && !q->closing) pthread_cond_wait(&q->cv, &q->mu);
     cb_item *it = q->head;
     if (it && !(q->head = it->next)) q->tail = NULL;
+    const bool drop = q->closing && mp_now() > q->drop_after;
     pthread_mutex_unlock(&q->mu);
     if (!it) return NULL;
-    ms_callback_deliver(q->store, it->job_id, it->url, it->body, q->stopping);
+    if (drop) q->dropped++;
+    else ms_callback_deliver(q->store, it->job_id, it->url, it->body, q->stopping);
     free(it->url), free(it->body), free(it);
   }
 }
 
-mp_error *ms_callbacks_start(ms_store *store, const atomic_int *stopping, ms_callbacks **out) {
+mp_error *ms_callbacks_start(ms_store *store, const atomic_int *stopping, double stop_budget, ms_callbacks **out) {
   *out = NULL;
   ms_callbacks *q = calloc(1, sizeof *q);
   if (!q) return mp_errorf("out of memory");
-  q->store = store, q->stopping = stopping;
+  q->store = store, q->stopping = stopping, q->stop_budget = stop_budget;
   pthread_mutex_init(&q->mu, NULL);
   pthread_cond_init(&q->cv, NULL);
   if (pthread_create(&q->th, NULL, callbacks_main, q) != 0) {
@@ -114,13 +119,18 @@ void ms_callbacks_post(ms_callbacks *q, int64_t job_id, const char *url, const c
   pthread_mutex_unlock(&q->mu);
 }
 
-void ms_callbacks_stop(ms_callbacks *q) {
-  if (!q) return;
+int ms_callbacks_stop(ms_callbacks *q) {
+  if (!q) return 0;
   pthread_mutex_lock(&q->mu);
   q->closing = true;
+  q->drop_after = mp_now() + q->stop_budget;
   pthread_cond_signal(&q->cv);
   pthread_mutex_unlock(&q->mu);
   pthread_join(q->th, NULL);
+  if (q->dropped)
+    fprintf(stderr, "mpass serve: stopping: %d callback(s) not delivered (no time left; the prompts can be polled)\n", q->dropped);
   pthread_cond_destroy(&q->cv), pthread_mutex_destroy(&q->mu);
+  const int dropped = q->dropped;
   free(q);
+  return dropped;
 }

@@ -137,10 +137,14 @@ void ms_retention_stop(ms_server *s);
 /* ---- callbacks (callback.c): POST body to url, 3 tries with backoff, each attempt recorded */
 void ms_callback_deliver(ms_store *store, int64_t job_id, const char *url, const char *body, const atomic_int *stopping);
 /* The server's callback queue: one thread delivers what workers post, in order (callback.c). Stopping
- * delivers what is still queued, one try each once the server is stopping, then ends the thread. */
-mp_error *ms_callbacks_start(ms_store *store, const atomic_int *stopping, ms_callbacks **out);
+ * delivers what is still queued, one try each once *stopping, for at most stop_budget seconds (the
+ * rest is dropped and logged), then ends the thread. */
+mp_error *ms_callbacks_start(ms_store *store, const atomic_int *stopping, double stop_budget, ms_callbacks **out);
 void ms_callbacks_post(ms_callbacks *q, int64_t job_id, const char *url, const char *body);
-void ms_callbacks_stop(ms_callbacks *q);
+/* returns how many queued callbacks were dropped */
+int ms_callbacks_stop(ms_callbacks *q);
+/* What a stop may spend on the queue: one try takes up to 15 s (connect 5, answer 10). */
+#define MS_CALLBACK_STOP_BUDGET 20.0
 
 /* ---- metrics (metrics.c): Prometheus text exposition (caller frees) */
 char *ms_metrics_render(ms_server *s);
