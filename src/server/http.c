@@ -532,6 +532,7 @@ mp_error *ms_server_start(const ms_config *cfg, ms_server **out, char url[128]) 
   if (!e) e = ms_recover_interrupted(s);
   if (!e) e = ms_retention_start(s);
   if (!e) e = ms_callbacks_start(s->store, &s->stopping, MS_CALLBACK_STOP_BUDGET, &s->callbacks);
+  if (!e) e = ms_recover_callbacks(s);
   if (!e && cfg->no_http) {
     snprintf(url, 128, "%s", "");
     s->listen_url = strdup("");

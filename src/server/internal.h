@@ -143,6 +143,9 @@ mp_error *ms_callbacks_start(ms_store *store, const atomic_int *stopping, double
 void ms_callbacks_post(ms_callbacks *q, int64_t job_id, const char *url, const char *body);
 /* returns how many queued callbacks were dropped */
 int ms_callbacks_stop(ms_callbacks *q);
+/* At start, on a single-machine store: the callbacks of prompts that ended in the last 24 hours with
+ * none delivered or tried (the process stopped first) go to the queue (worker.c). */
+mp_error *ms_recover_callbacks(ms_server *s);
 /* What a stop may spend on the queue: one try takes up to 15 s (connect 5, answer 10). */
 #define MS_CALLBACK_STOP_BUDGET 20.0
 

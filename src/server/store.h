@@ -102,6 +102,10 @@ struct ms_store {
   mp_error *(*job_counts)(ms_store *s, ms_counts *out);
   /* appends one attempt {"attempt", "at", "http_status", "error"} to the job's callbacks */
   mp_error *(*callback_attempt)(ms_store *s, int64_t id, int attempt, long http_status, const char *error);
+  /* Jobs that ended done or failed after `since` (ISO 8601 UTC) with a callback URL and no attempt
+   * recorded yet: callbacks a stopped process never delivered. At most limit, by id. Single-machine
+   * stores only (NULL on shared ones: another process may be delivering them). */
+  mp_error *(*job_list_callbacks_due)(ms_store *s, const char *since, int limit, ms_job **out, int *n);
 
   /* ---- retention (retention.c). A job is expirable when it ended (done, failed or cancelled: its
    * finished_at or failed_at) before `before` (ISO 8601 UTC, compared as text) and is not expired yet.

@@ -528,6 +528,29 @@ static mp_error *callback_attempt(ms_store *s, int64_t id, int attempt, long htt
   return e;
 }
 
+static mp_error *job_list_callbacks_due(ms_store *s, const char *since, int limit, ms_job **out, int *n) {
+  *out = NULL, *n = 0;
+  if (limit <= 0) return NULL;
+  LOCK(s);
+  sqlite3_stmt *st = NULL;
+  mp_error *e = prep(q,
+                     "SELECT " JOB_COLS " FROM jobs WHERE status IN (2, 3) AND callback IS NOT NULL AND callbacks_json = '[]'"
+                     " AND COALESCE(finished_at, failed_at) > ? ORDER BY id LIMIT ?",
+                     &st);
+  if (!e) {
+    bind_text(st, 1, since), sqlite3_bind_int(st, 2, limit);
+    *out = calloc((size_t)limit, sizeof **out);
+    int rc = SQLITE_DONE;
+    while (*out && *n < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) read_job(st, &(*out)[(*n)++]);
+    if (!*out) e = mp_errorf("out of memory");
+    else if (rc != SQLITE_DONE && rc != SQLITE_ROW) e = dberr(q, "listing callbacks due");
+  }
+  sqlite3_finalize(st);
+  UNLOCK();
+  if (e) ms_job_list_free(*out, *n), *out = NULL, *n = 0;
+  return e;
+}
+
 /* ---------------- retention */
 
 static mp_error *job_list_expirable(ms_store *s, const char *before, int64_t after_id, int limit, ms_job **out, int *n) {
@@ -646,6 +669,7 @@ mp_error *ms_store_sqlite_open(const char *path, ms_store **out) {
   s->job_requeue = job_requeue, s->job_cancel = job_cancel, s->job_get = job_get, s->job_list = job_list;
   s->job_list_running = job_list_running, s->job_counts = job_counts, s->callback_attempt = callback_attempt;
   s->job_list_expirable = job_list_expirable, s->job_mark_expired = job_mark_expired;
+  s->job_list_callbacks_due = job_list_callbacks_due;
   s->job_heartbeat = job_heartbeat, s->job_reclaim_expired = job_reclaim_expired; /* shared = false, job_wait = NULL */
   if (e) {
     store_close(s);
