@@ -1,15 +1,12 @@
 /* The callback queue (callback.c): delivery in order beside the caller, and a stop bounded by its budget. */
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "server/internal.h"
-#include "testutil.h"
+#include "file_host.h"
 
 /* a store that only records callback attempts (the one call the queue makes) */
 typedef struct {
@@ -36,50 +33,12 @@ static int attempts(recording_store *r) {
   return n;
 }
 
-/* a loopback receiver answering 200 after delay_ms */
-typedef struct {
-  int fd, port, delay_ms;
-  pthread_t th;
-} receiver;
-
-static void *receiver_main(void *arg) {
-  receiver *rc = arg;
-  for (;;) {
-    int c = accept(rc->fd, NULL, NULL);
-    if (c < 0) return NULL;
-    char buf[4096];
-    (void)recv(c, buf, sizeof buf, 0);
-    usleep((useconds_t)rc->delay_ms * 1000);
-    static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-    send(c, ok, sizeof ok - 1, MSG_NOSIGNAL);
-    close(c);
-  }
-}
-
-static void receiver_start(receiver *rc, int delay_ms) {
-  rc->delay_ms = delay_ms;
-  rc->fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  assert_int_equal(bind(rc->fd, (struct sockaddr *)&a, sizeof a), 0);
-  socklen_t al = sizeof a;
-  getsockname(rc->fd, (struct sockaddr *)&a, &al);
-  rc->port = ntohs(a.sin_port);
-  listen(rc->fd, 8);
-  pthread_create(&rc->th, NULL, receiver_main, rc);
-}
-
-static void receiver_stop(receiver *rc) {
-  shutdown(rc->fd, SHUT_RDWR);
-  close(rc->fd);
-  pthread_join(rc->th, NULL);
-}
-
 static void test_delivered_in_order(void **state) {
   (void)state;
   recording_store st = {.base = {.callback_attempt = record_attempt}};
   pthread_mutex_init(&st.mu, NULL);
-  receiver rc;
-  receiver_start(&rc, 0);
+  file_host rc;
+  file_host_start(&rc, "", 0);
   char url[64];
   snprintf(url, sizeof url, "http://127.0.0.1:%d/hook", rc.port);
   atomic_int stopping = 0;
@@ -90,7 +49,7 @@ static void test_delivered_in_order(void **state) {
   assert_int_equal(ms_callbacks_stop(q), 0);
   assert_int_equal(st.n, 3);
   for (int i = 0; i < 3; i++) assert_true(st.ids[i] == i + 1 && st.statuses[i] == 200);
-  receiver_stop(&rc);
+  file_host_stop(&rc);
   pthread_mutex_destroy(&st.mu);
 }
 
@@ -99,8 +58,9 @@ static void test_stop_within_budget(void **state) {
   (void)state;
   recording_store st = {.base = {.callback_attempt = record_attempt}};
   pthread_mutex_init(&st.mu, NULL);
-  receiver rc;
-  receiver_start(&rc, 700);
+  file_host rc;
+  file_host_start(&rc, "", 0);
+  atomic_store(&rc.delay_ms, 700);
   char url[64];
   snprintf(url, sizeof url, "http://127.0.0.1:%d/hook", rc.port);
   atomic_int stopping = 1;
@@ -110,7 +70,7 @@ static void test_stop_within_budget(void **state) {
   assert_int_equal(ms_callbacks_stop(q), 2); /* the first takes 0.7 s: past the 0.3 s budget */
   assert_int_equal(st.n, 1);
   assert_true(st.ids[0] == 1 && st.statuses[0] == 200);
-  receiver_stop(&rc);
+  file_host_stop(&rc);
   pthread_mutex_destroy(&st.mu);
 }
 
