@@ -11,6 +11,7 @@
 #include "core/conv_dnnl.h"
 #include "core/conv_wino_bf16.h"
 #include "core/matmul.h"
+#include "core/nhwc_bf16.h"
 #include "core/ops.h"
 #include "core/pack_cache.h"
 #include "core/profile.h"
@@ -100,10 +101,13 @@ static mp_error *packed_weight(mp_workspace *ws, mp_backend *b, const mp_tensor 
   return NULL;
 }
 
+/* Rounds as mp_bf16_row does (and vcvtneps2bf16, and oneDNN's reorders): nearest even, denormals to
+ * zero of their sign, NaN quiet. One value at a time, for the gathers of im2col. */
 static inline uint16_t bf16_round(float f) {
   uint32_t u;
   memcpy(&u, &f, 4);
   if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+  if (!(u & 0x7f800000u)) return (uint16_t)((u >> 16) & 0x8000u);           /* denormal or zero */
   u += 0x7fffu + ((u >> 16) & 1u);
   return (uint16_t)(u >> 16);
 }
@@ -708,25 +712,13 @@ static mp_error *conv2d_packed(mp_pool *pool, mp_workspace *ws, mp_backend *be, 
   return NULL;
 }
 
-typedef struct {
-  uint16_t *dst;
-  const float *src;
-} round_args;
-
-static void round_rows(void *ctx, int64_t begin, int64_t end, int ti) {
-  (void)ti;
-  const round_args *a = ctx;
-  for (int64_t i = begin; i < end; i++) a->dst[i] = bf16_round(a->src[i]);
-}
-
 static mp_error *dense_packed(mp_pool *pool, mp_workspace *ws, mp_backend *be, float *y, const float *x, int64_t n,
                               const mp_tensor *W, const mp_tensor *bias) {
   mp_matmul *mm;
   MP_TRY(packed_weight(ws, be, W, bias, &mm));
   const int64_t K = mp_matmul_k(mm);
   MP_TRY(mp_workspace_reserve(ws, (size_t)(n * K) * 2));
-  round_args ra = {ws->p, x};
-  mp_pool_for(pool, n * K, 1 << 14, round_rows, &ra);
+  mp_bf16_copy(pool, ws->p, x, n * K);
   return mp_matmul_run_bf16(mm, ws->p, n, y);
 }
 
