@@ -191,6 +191,7 @@ static int h_stop(server *s, int sig) {
 
 static void h_free(server *s) {
   if (s->pid) h_stop(s, SIGKILL);
+  if (s->dir) test_remove_tree(s->dir); /* the test's models, DATA and log (a failed test keeps them: it ends before) */
   free(s->dir), free(s->models), free(s->data), free(s->token_file), free(s->log), free(s->db);
 }
 

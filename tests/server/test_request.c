@@ -202,6 +202,7 @@ static void test_prompt_object(void **state) {
   assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(o, "images")), 0);
   assert_non_null(strstr(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "warnings"), 0)->valuestring, "frobnicate"));
   cJSON_Delete(o);
+  test_remove_tree(data);
   free(pj), free(data);
 }
 

@@ -203,6 +203,7 @@ static void test_leases(void **state) {
   assert_int_equal(sizes[0], 2);
   free(keys[0]), free(keys), free(sizes);
   a->close(a), b->close(b);
+  test_remove_tree(dir);
   free(dir), free(db);
 }
 
@@ -354,6 +355,7 @@ static void test_blobs(void **state) {
   assert_int_equal(n, 1);
   free(keys[0]), free(keys), free(sizes);
   s->close(s);
+  test_remove_tree(dir);
   free(big), free(back), free(dir), free(db);
 }
 

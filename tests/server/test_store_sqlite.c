@@ -8,6 +8,13 @@
 #include "server/store.h"
 #include "testutil.h"
 
+/* the folder open_tmp made for *path, removed; path freed */
+static void remove_tmp(char *path) {
+  char *slash = strrchr(path, '/');
+  if (slash) *slash = 0, test_remove_tree(path);
+  free(path);
+}
+
 static ms_store *open_tmp(char **path) {
   char *dir = test_tmpdir();
   size_t n = strlen(dir) + 16;
@@ -42,7 +49,7 @@ static void test_tokens(void **state) {
   assert_null(name);
   assert_err_contains(s->token_add(s, "again", "aa11"), "UNIQUE"); /* one hash, one name */
   s->close(s);
-  free(path);
+  remove_tmp(path);
 }
 
 static void test_job_life(void **state) {
@@ -125,7 +132,7 @@ static void test_job_life(void **state) {
   assert_non_null(j.failed_at);
   ms_job_free(&j);
   s->close(s);
-  free(path);
+  remove_tmp(path);
 }
 
 static void test_idempotency_quota_list(void **state) {
@@ -160,7 +167,7 @@ static void test_idempotency_quota_list(void **state) {
   assert_int_equal(n, 0);
   ms_job_list_free(jobs, n);
   s->close(s);
-  free(path);
+  remove_tmp(path);
 }
 
 static void test_tunes(void **state) {
@@ -207,7 +214,7 @@ static void test_tunes(void **state) {
   assert_ok(s->tune_create(s, &t, &id3));
   assert_true(id3 > id2);
   s->close(s);
-  free(path);
+  remove_tmp(path);
 }
 
 static void test_bad_database(void **state) {
@@ -228,8 +235,9 @@ static void test_bad_database(void **state) {
   assert_int_equal(sqlite3_exec(db, "INSERT INTO schema_version VALUES(99)", NULL, NULL, NULL), SQLITE_OK);
   sqlite3_close(db);
   assert_err_contains(ms_store_sqlite_open(path, &s), "schema version 99");
+  test_remove_tree(dir);
   free(dir);
-  free(path);
+  remove_tmp(path);
 }
 
 int main(void) {
