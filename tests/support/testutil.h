@@ -13,7 +13,8 @@
 /* Absolute path of a file under ../shared (or $MPASS_SHARED). Fails the test — never skips — when
  * the file is missing: CI has ../shared, so a missing golden is a broken setup. Caller frees. */
 char *test_shared_path(const char *rel);
-/* A fresh temporary directory for this test (removed by the OS's tmp cleaning). Caller frees. */
+/* A fresh temporary directory, removed with everything in it when the test program exits (set
+ * MPASS_KEEP_TEST_DIRS=1 to keep them for a look). Caller frees the string. */
 char *test_tmpdir(void);
 /* Write bytes to a file; fails the test on error. */
 void test_write_file(const char *path, const void *data, size_t n);
