@@ -528,6 +528,17 @@ static mp_error *callback_attempt(ms_store *s, int64_t id, int attempt, long htt
   return e;
 }
 
+/* Up to limit rows of a prepared SELECT JOB_COLS into a new array *out of *n (none on failure). */
+static mp_error *read_jobs(sq *q, sqlite3_stmt *st, int limit, const char *what, ms_job **out, int *n) {
+  if (!(*out = calloc((size_t)limit, sizeof **out))) return mp_errorf("out of memory");
+  int rc = SQLITE_DONE;
+  while (*n < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) read_job(st, &(*out)[(*n)++]);
+  if (rc == SQLITE_DONE || rc == SQLITE_ROW) return NULL;
+  mp_error *e = dberr(q, what);
+  ms_job_list_free(*out, *n), *out = NULL, *n = 0;
+  return e;
+}
+
 static mp_error *job_list_callbacks_due(ms_store *s, const char *since, int limit, ms_job **out, int *n) {
   *out = NULL, *n = 0;
   if (limit <= 0) return NULL;
@@ -539,15 +550,10 @@ static mp_error *job_list_callbacks_due(ms_store *s, const char *since, int limi
                      &st);
   if (!e) {
     bind_text(st, 1, since), sqlite3_bind_int(st, 2, limit);
-    *out = calloc((size_t)limit, sizeof **out);
-    int rc = SQLITE_DONE;
-    while (*out && *n < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) read_job(st, &(*out)[(*n)++]);
-    if (!*out) e = mp_errorf("out of memory");
-    else if (rc != SQLITE_DONE && rc != SQLITE_ROW) e = dberr(q, "listing callbacks due");
+    e = read_jobs(q, st, limit, "listing callbacks due", out, n);
   }
   sqlite3_finalize(st);
   UNLOCK();
-  if (e) ms_job_list_free(*out, *n), *out = NULL, *n = 0;
   return e;
 }
 
@@ -565,15 +571,10 @@ static mp_error *job_list_expirable(ms_store *s, const char *before, int64_t aft
                      &st);
   if (!e) {
     bind_text(st, 1, before), sqlite3_bind_int64(st, 2, after_id), sqlite3_bind_int(st, 3, limit);
-    *out = calloc((size_t)limit, sizeof **out);
-    int rc = SQLITE_DONE;
-    while (*out && *n < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) read_job(st, &(*out)[(*n)++]);
-    if (!*out) e = mp_errorf("out of memory");
-    else if (rc != SQLITE_DONE && rc != SQLITE_ROW) e = dberr(q, "listing jobs to expire");
+    e = read_jobs(q, st, limit, "listing jobs to expire", out, n);
   }
   sqlite3_finalize(st);
   UNLOCK();
-  if (e) ms_job_list_free(*out, *n), *out = NULL, *n = 0;
   return e;
 }
 
