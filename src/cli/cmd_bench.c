@@ -17,7 +17,7 @@
  * With --batch N (even) each step is one UNet forward of N rows, i.e. N/2 images with their CFG halves,
  * as a batched sampler would run them; the line adds batch=N and step_per_image_s=… (step_s / (N/2)).
  * With --profile the steps after the first are timed by op class (core/profile.h) and a table of
- * seconds and % per class for one step follows.
+ * seconds and % per class for one step follows, and one for the VAE decode.
  * With --job FILE.prompt it runs that prompt document instead, pass by pass (bench_job.c). */
 #include <getopt.h>
 #include <math.h>
@@ -104,7 +104,7 @@ static void usage(FILE *f) {
   fprintf(f, "usage: mpass [--threads N] [--precision auto|f32|bf16] bench --model CKPT [-W 512] [-H 512] [--steps N] [--batch N] [--no-vae] [--profile]\n"
              "       mpass [--threads N] [--precision auto|f32|bf16] [--models DIR] bench --job FILE.prompt [--profile] [run's options]\n"
              "  load, text-encoder, UNet step and VAE times and peak RSS; W and H: multiples of 64 from 64 to 4096; steps 1..1000;\n"
-             "  --profile: time per op class (conv 3x3, dense/1x1, attention, norms, other) for one step;\n"
+             "  --profile: time per op class (conv 3x3, dense/1x1, attention, norms, other) for one step and the VAE decode;\n"
              "  --batch N: UNet rows per step (even, 2..16: N/2 images with their CFG halves; default 2);\n"
              "  --job: run a prompt document as `mpass run` does (same options) and time every pass\n");
 }
@@ -320,9 +320,16 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
   t = now();
   mp_unet_trim(unet); /* as the engine does before its decode */
   mp_backend_trim(ctx->backend);
+  mp_profile vae_prof = {0};
+  if (profile) mp_pool_set_profile(ctx->pool, &vae_prof);
   if (run_vae && (e = mp_vae_decode(vae, ctx->pool, h, w, x, img))) goto done;
+  mp_pool_set_profile(ctx->pool, NULL);
   stamp vae_s = since(t);
   report("VAE decode", vae_s);
+  if (profile && run_vae) {
+    printf("time per op class, VAE decode (%dx%d, %s, incl. packing):\n", W, H, mpass_ctx_precision(ctx));
+    mp_profile_print(&vae_prof, stdout, vae_s.wall, 1, "decode");
+  }
   loadavg(la, sizeof la);
   printf("load average after: %s\n", la);
   printf("bench: precision=%s size=%dx%d threads=%d load_s=%.2f te_s=%.2f step_s=%.2f vae_decode_s=%.2f peak_rss_mb=%.0f",

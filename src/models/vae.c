@@ -23,6 +23,8 @@
 #include "core/conv.h"
 #include "core/nhwc_bf16.h"
 #include "core/ops.h"
+#include "core/attention_bf16.h"
+#include "core/profile.h"
 #include "core/tile.h"
 
 enum { GROUPS = 32 };
@@ -198,7 +200,10 @@ mp_error *mp_vae_load(const mp_weights *w, const char *prefix, const mp_vae_conf
    * The encoder likewise (one part in bf16, tiny moments: level 0 8.2e-3, level 1 5.3e-3, level 2
    * 4.8e-3, level 3 3.0e-3, downsamples 4.6e-3 / 3.8e-3 / 2.7e-3, mid ResBlocks 2.1e-3): bf16 takes
    * levels 1 and 2 and the downsample between them (tiny moments 7.7e-3). Everything else (mid
-   * blocks and attention, the 1x1 skips, conv_in/out) stays f32. */
+   * blocks, the 1x1 skips, conv_in/out) stays f32, except the mid attention's two products, which
+   * take the bf16 attention kernel (f32 softmax): its cost grows with the square of the pixels (at
+   * 1024x1024 it was 1.3 of 17 s in f32, 0.2 s in bf16) and it adds little error (tiny decode 8.1e-3,
+   * moments 8.1e-3; SD 1.5 size unchanged at 3.9e-3 and 5.9e-3). */
   v->ws.f32_only = true;
   binder b = {w, prefix ? prefix : "", v, NULL};
   char k[160];
@@ -302,7 +307,9 @@ static mp_error *attn_forward(fwd *f, const attn *a, float *x, int h, int w) {
   MP_TRY(mp_dense(f->pool, f->ws, f->q, f->t2, hw, a->q.w, a->q.b));
   MP_TRY(mp_dense(f->pool, f->ws, f->k, f->t2, hw, a->k.w, a->k.b));
   MP_TRY(mp_dense(f->pool, f->ws, f->v, f->t2, hw, a->v.w, a->v.b));
-  mp_attention(f->pool, f->t1, f->q, f->k, f->v, hw, hw, 1, a->C, false);
+  mp_profile_begin(mp_pool_profile(f->pool));
+  mp_attention_auto(f->pool, f->t1, f->q, f->k, f->v, hw, hw, 1, a->C, false);
+  mp_profile_end(mp_pool_profile(f->pool), MP_OP_ATTENTION);
   MP_TRY(mp_dense(f->pool, f->ws, f->t2, f->t1, hw, a->proj.w, a->proj.b));
   mp_transpose_add(f->pool, x, f->t2, a->C, hw);
   return NULL;
@@ -405,22 +412,34 @@ static size_t widest(const mp_vae *v, int h, int w) {
   return m > io ? m : io;
 }
 
+/* The activation memory of one decode or encode call, shared by its tiles: a 1024x1024 decode's two
+ * tiles would otherwise each map ~1 GB afresh, and the kernel's zeroing of those pages took ~3 s of
+ * CPU per decode (sys time; transparent huge pages made it slower). Freed when the call returns, so
+ * the memory is not held between a pipeline's phases. */
 typedef struct {
   float *mem;
+  size_t cap; /* floats */
+} arena;
+
+typedef struct {
   fwd f;
   float *a, *b;
 } buffers;
 
-static mp_error *buffers_alloc(mp_vae *v, mp_pool *pool, int h, int w, buffers *bf) {
+static mp_error *buffers_alloc(mp_vae *v, mp_pool *pool, int h, int w, arena *ar, buffers *bf) {
   const int L = v->cfg.n_levels;
   size_t act = widest(v, h, w);
   size_t mid_c = (size_t)v->cfg.ch * (size_t)v->cfg.ch_mult[L - 1], mid_hw = (size_t)h * (size_t)w;
   size_t attn_n = 4 * mid_c * mid_hw; /* t1, q, k, v */
   size_t total = 3 * act + attn_n;
-  bf->mem = mp_alloc(sizeof(float) * total);
-  if (!bf->mem)
-    return mp_errorf("out of memory: the VAE at %dx%d latent needs %zu MB (tiling bounds this)", h, w, (total * 4) >> 20);
-  float *p = bf->mem;
+  if (total > ar->cap) {
+    mp_free(ar->mem);
+    ar->cap = 0;
+    if (!(ar->mem = mp_alloc(sizeof(float) * total)))
+      return mp_errorf("out of memory: the VAE at %dx%d latent needs %zu MB (tiling bounds this)", h, w, (total * 4) >> 20);
+    ar->cap = total;
+  }
+  float *p = ar->mem;
   bf->a = p, bf->b = p + act, bf->f.t2 = p + 2 * act;
   bf->f.t1 = p + 3 * act, bf->f.q = bf->f.t1 + mid_c * mid_hw, bf->f.k = bf->f.q + mid_c * mid_hw, bf->f.v = bf->f.k + mid_c * mid_hw;
   bf->f.pool = pool, bf->f.ws = &v->ws;
@@ -430,12 +449,12 @@ static mp_error *buffers_alloc(mp_vae *v, mp_pool *pool, int h, int w, buffers *
 /* Decode one latent tile z [embed_dim, h, w] -> image [out, 8h, 8w] (for L = 4). With allow_nhwc,
  * the levels from where decode_nhwc_from holds run on NHWC activations (*went_nhwc says whether
  * they did: a failure there, such as oneDNN declining a shape, may be retried without). */
-static mp_error *decode_whole(mp_vae *v, mp_pool *pool, int h, int w, const float *z, float *image, bool allow_nhwc,
+static mp_error *decode_whole(mp_vae *v, mp_pool *pool, arena *ar, int h, int w, const float *z, float *image, bool allow_nhwc,
                               bool *went_nhwc) {
   const mp_vae_config *cfg = &v->cfg;
   const coder *de = &v->dec;
   buffers bf;
-  MP_TRY(buffers_alloc(v, pool, h, w, &bf));
+  MP_TRY(buffers_alloc(v, pool, h, w, ar, &bf));
   fwd *f = &bf.f;
   float *cur = bf.a, *nxt = bf.b;
   mp_error *e = NULL;
@@ -473,7 +492,6 @@ static mp_error *decode_whole(mp_vae *v, mp_pool *pool, int h, int w, const floa
   e = mp_conv2d(pool, f->ws, image, nxt, 1, c, hh, ww, de->conv_out.w, de->conv_out.b, 1, PAD1);
 done:
   use_bf16(f, false);
-  mp_free(bf.mem);
   return e;
 }
 
@@ -489,13 +507,13 @@ static bool encode_level_nhwc(mp_pool *pool, const level *lv, int h, int w) {
 
 /* Encode one image tile [in, H, W] -> moments [2*embed_dim, H/8, W/8] (for L = 4). With allow_nhwc the
  * bf16 levels (and the bf16 downsample between them) run on NHWC activations, as in decode_whole. */
-static mp_error *encode_whole(mp_vae *v, mp_pool *pool, int H, int W, const float *image, float *moments, bool allow_nhwc,
+static mp_error *encode_whole(mp_vae *v, mp_pool *pool, arena *ar, int H, int W, const float *image, float *moments, bool allow_nhwc,
                               bool *went_nhwc) {
   const mp_vae_config *cfg = &v->cfg;
   const coder *en = &v->enc;
   const int f8 = 1 << (cfg->n_levels - 1);
   buffers bf;
-  MP_TRY(buffers_alloc(v, pool, H / f8, W / f8, &bf));
+  MP_TRY(buffers_alloc(v, pool, H / f8, W / f8, ar, &bf));
   fwd *f = &bf.f;
   float *cur = bf.a, *nxt = bf.b;
   mp_error *e = NULL;
@@ -540,7 +558,6 @@ static mp_error *encode_whole(mp_vae *v, mp_pool *pool, int H, int W, const floa
   e = mp_conv2d(pool, f->ws, moments, cur, 1, 2 * cfg->z_channels, hh, ww, v->quant.w, v->quant.b, 1, PAD0);
 done:
   use_bf16(f, false);
-  mp_free(bf.mem);
   return e;
 }
 
@@ -597,32 +614,25 @@ static mp_error *check_tiling(mp_vae *v) {
 typedef struct {
   mp_vae *v;
   mp_pool *pool;
+  arena ar;
 } tile_ctx;
 
 /* decode_whole, NHWC where it can be; where the NHWC levels fail, once more on NCHW */
-static mp_error *decode_one(mp_vae *v, mp_pool *pool, int h, int w, const float *z, float *image) {
-  bool went_nhwc = false;
-  mp_error *e = decode_whole(v, pool, h, w, z, image, v->nhwc, &went_nhwc);
-  if (e && went_nhwc) mp_error_free(e), e = decode_whole(v, pool, h, w, z, image, false, &went_nhwc);
-  return e;
-}
-
-static mp_error *decode_tile_fn(void *ctx, int h, int w, const float *in, float *out) {
+static mp_error *decode_tile_fn(void *ctx, int h, int w, const float *z, float *image) {
   tile_ctx *t = ctx;
-  return decode_one(t->v, t->pool, h, w, in, out);
+  bool went_nhwc = false;
+  mp_error *e = decode_whole(t->v, t->pool, &t->ar, h, w, z, image, t->v->nhwc, &went_nhwc);
+  if (e && went_nhwc) mp_error_free(e), e = decode_whole(t->v, t->pool, &t->ar, h, w, z, image, false, &went_nhwc);
+  return e;
 }
 
 /* encode_whole, NHWC where it can be; where the NHWC levels fail, once more on NCHW */
-static mp_error *encode_one(mp_vae *v, mp_pool *pool, int H, int W, const float *image, float *moments) {
-  bool went_nhwc = false;
-  mp_error *e = encode_whole(v, pool, H, W, image, moments, v->nhwc, &went_nhwc);
-  if (e && went_nhwc) mp_error_free(e), e = encode_whole(v, pool, H, W, image, moments, false, &went_nhwc);
-  return e;
-}
-
-static mp_error *encode_tile_fn(void *ctx, int H, int W, const float *in, float *out) {
+static mp_error *encode_tile_fn(void *ctx, int H, int W, const float *image, float *moments) {
   tile_ctx *t = ctx;
-  return encode_one(t->v, t->pool, H, W, in, out);
+  bool went_nhwc = false;
+  mp_error *e = encode_whole(t->v, t->pool, &t->ar, H, W, image, moments, t->v->nhwc, &went_nhwc);
+  if (e && went_nhwc) mp_error_free(e), e = encode_whole(t->v, t->pool, &t->ar, H, W, image, moments, false, &went_nhwc);
+  return e;
 }
 
 bool mp_vae_decode_tiles(const mp_vae *v, int h, int w, int *tile_h, int *tile_w) {
@@ -638,9 +648,11 @@ mp_error *mp_vae_decode(mp_vae *v, mp_pool *pool, int h, int w, const float *z, 
   const int f8 = 1 << (v->cfg.n_levels - 1);
   int th, tw;
   tile_dims(v, h, w, false, &th, &tw);
-  mp_error *e = use_tiles(v, h, w) ? mp_tiled_apply(decode_tile_fn, &(tile_ctx){v, pool}, h, w, th, tw, v->tiling.overlap, 1, f8,
-                                                    v->cfg.embed_dim, v->cfg.out_channels, z, image)
-                                   : decode_one(v, pool, h, w, z, image);
+  tile_ctx t = {v, pool, {NULL, 0}};
+  mp_error *e = use_tiles(v, h, w) ? mp_tiled_apply(decode_tile_fn, &t, h, w, th, tw, v->tiling.overlap, 1, f8, v->cfg.embed_dim,
+                                                    v->cfg.out_channels, z, image)
+                                   : decode_tile_fn(&t, h, w, z, image);
+  mp_free(t.ar.mem);
   return e ? mp_error_wrap(e, "VAE decode") : NULL;
 }
 
@@ -652,8 +664,10 @@ mp_error *mp_vae_encode(mp_vae *v, mp_pool *pool, int H, int W, const float *ima
   const int h = H / f8, w = W / f8;
   int th, tw;
   tile_dims(v, h, w, true, &th, &tw);
-  mp_error *e = use_tiles(v, h, w) ? mp_tiled_apply(encode_tile_fn, &(tile_ctx){v, pool}, h, w, th, tw, v->tiling.overlap, f8, 1,
-                                                    v->cfg.in_channels, 2 * v->cfg.embed_dim, image, moments)
-                                   : encode_one(v, pool, H, W, image, moments);
+  tile_ctx t = {v, pool, {NULL, 0}};
+  mp_error *e = use_tiles(v, h, w) ? mp_tiled_apply(encode_tile_fn, &t, h, w, th, tw, v->tiling.overlap, f8, 1, v->cfg.in_channels,
+                                                    2 * v->cfg.embed_dim, image, moments)
+                                   : encode_tile_fn(&t, H, W, image, moments);
+  mp_free(t.ar.mem);
   return e ? mp_error_wrap(e, "VAE encode") : NULL;
 }
