@@ -368,8 +368,8 @@ static void test_migrations(void **state) {
   s->close(s);
   PGconn *c = PQconnectdb(db);
   PGresult *r = PQexec(c, "SELECT COUNT(*), MAX(version) FROM schema_version");
-  assert_string_equal(PQgetvalue(r, 0, 0), "2");
-  assert_string_equal(PQgetvalue(r, 0, 1), "2");
+  assert_string_equal(PQgetvalue(r, 0, 0), "3");
+  assert_string_equal(PQgetvalue(r, 0, 1), "3");
   PQclear(r);
   PQclear(PQexec(c, "INSERT INTO schema_version VALUES (99)"));
   PQfinish(c);
@@ -542,8 +542,8 @@ static void test_migrates_version_1(void **state) {
   s->close(s);
   PGconn *c = PQconnectdb(db);
   PGresult *r = PQexec(c, "SELECT COUNT(*), MAX(version) FROM schema_version");
-  assert_string_equal(PQgetvalue(r, 0, 0), "2");
-  assert_string_equal(PQgetvalue(r, 0, 1), "2");
+  assert_string_equal(PQgetvalue(r, 0, 0), "3");
+  assert_string_equal(PQgetvalue(r, 0, 1), "3");
   PQclear(r), PQfinish(c);
   test_remove_tree(data);
   free(data), free(db);
