@@ -239,7 +239,8 @@ static void test_callback_after_kill9(void **state) {
            "{\"prompt\": {\"text\": \"cb\", \"steps\": 2, \"w\": 64, \"h\": 64, \"callback\": \"http://127.0.0.1:%d/hook\"}}", fh.port);
   int64_t id = h_create(&s, TOKEN_A, "/prompts", body);
   cJSON_Delete(h_wait_end(&s, TOKEN_A, id, 60));
-  usleep(500 * 1000); /* its first try waits on the receiver */
+  for (int i = 0; i < 200 && atomic_load(&fh.received) < 1; i++) usleep(50000);
+  assert_int_equal(atomic_load(&fh.received), 1); /* its first try waits on the receiver */
   h_stop(&s, SIGKILL);
   assert_int_equal(callback_attempts_in_db(&s, id), 0);
   atomic_store(&fh.delay_ms, 0);

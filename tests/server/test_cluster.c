@@ -412,7 +412,8 @@ static void test_callback_outlives_killed_worker(void **state) {
   char *held = c_query(&api[0], sql);
   if (!held || strcmp(held, "t")) fail_msg("prompt %lld ended but its callback is not owed by its worker (%s)", (long long)id, held ? held : "none");
   free(held);
-  usleep(500 * 1000); /* the worker's first try is waiting on the receiver */
+  for (int t = 0; t < 200 && atomic_load(&fh->received) < 1; t++) usleep(50000); /* the worker's first try... */
+  assert_int_equal(atomic_load(&fh->received), 1); /* ...is waiting on the receiver */
   c_worker_stop(&cl->w[0], SIGKILL);
   const double killed = (double)time(NULL);
   atomic_store(&fh->delay_ms, 0);
