@@ -532,11 +532,11 @@ mp_error *ms_server_start(const ms_config *cfg, ms_server **out, char url[128]) 
   if (!e) e = ms_recover_interrupted(s);
   if (!e) e = ms_retention_start(s);
   if (!e) e = ms_callbacks_start(s->store, &s->stopping, MS_CALLBACK_STOP_BUDGET, &s->callbacks);
-  if (!e) e = ms_recover_callbacks(s);
   if (!e && cfg->no_http) {
     snprintf(url, 128, "%s", "");
     s->listen_url = strdup("");
-    e = ms_workers_start(s);
+    e = ms_recover_callbacks(s); /* its bodies name listen_url */
+    if (!e) e = ms_workers_start(s);
   } else if (!e) {
     /* IPv6 binds dual-stack: [::] also takes IPv4 clients, as 0.0.0.0 would */
     const bool v6 = ms_host_is_ipv6(host);
@@ -562,7 +562,8 @@ mp_error *ms_server_start(const ms_config *cfg, ms_server **out, char url[128]) 
     const bool v6 = ms_host_is_ipv6(host);
     snprintf(url, 128, "http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", port);
     s->listen_url = strdup(url);
-    e = ms_workers_start(s);
+    e = ms_recover_callbacks(s); /* its bodies name listen_url */
+    if (!e) e = ms_workers_start(s);
   }
   if (e) {
     if (s->daemon) MHD_stop_daemon(s->daemon);

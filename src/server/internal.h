@@ -143,8 +143,12 @@ mp_error *ms_callbacks_start(ms_store *store, const atomic_int *stopping, double
 void ms_callbacks_post(ms_callbacks *q, int64_t job_id, const char *url, const char *body);
 /* returns how many queued callbacks were dropped */
 int ms_callbacks_stop(ms_callbacks *q);
-/* At start, on a single-machine store: the callbacks of prompts that ended in the last 24 hours with
- * none delivered or tried (the process stopped first) go to the queue (worker.c). */
+/* Callbacks owed (store.h): at once, those no live process holds (their process died or stopped
+ * first, on any machine) and those this store holds (what recovery ended) are claimed and queued with
+ * body(arg, job) (malloc'd JSON); then a thread renews the leases of what is queued here and claims
+ * what runs out, every period seconds, until ms_callbacks_stop. Nothing on stores without the duty. */
+mp_error *ms_callbacks_sweep_start(ms_callbacks *q, double period, bool quiet, char *(*body)(void *arg, const ms_job *j), void *arg);
+/* At start: the sweep above with the server's callback bodies, every third of --lease-seconds (worker.c). */
 mp_error *ms_recover_callbacks(ms_server *s);
 /* What a stop may spend on the queue: one try takes up to 15 s (connect 5, answer 10). */
 #define MS_CALLBACK_STOP_BUDGET 20.0

@@ -102,10 +102,28 @@ struct ms_store {
   mp_error *(*job_counts)(ms_store *s, ms_counts *out);
   /* appends one attempt {"attempt", "at", "http_status", "error"} to the job's callbacks */
   mp_error *(*callback_attempt)(ms_store *s, int64_t id, int attempt, long http_status, const char *error);
-  /* Jobs that ended done or failed after `since` (ISO 8601 UTC) with a callback URL and no attempt
-   * recorded yet: callbacks a stopped process never delivered. At most limit, by id. Single-machine
-   * stores only (NULL on shared ones: another process may be delivering them). */
-  mp_error *(*job_list_callbacks_due)(ms_store *s, const char *since, int limit, ms_job **out, int *n);
+
+  /* ---- callbacks owed (callback.c). A job that ends done or failed with a callback URL owes its
+   * callback from the very write that ends it (job_finish, job_finish_with_files): that write also
+   * gives the ending process the callback's lease (a reclaim that fails a job leaves its callback
+   * claimable at once, by whoever sweeps). The duty lasts until
+   * callback_settle (delivered, or given up after the last try). A process renews the leases of the
+   * callbacks it has queued; those whose lease ran out (their process died, or stopped and released
+   * them) are claimed by whichever process sweeps first, never by two at once. At least once: a
+   * process killed between a delivery and its settle leaves it owed, and it is delivered again.
+   * NULL in stores that do not keep the duty (callback.c then delivers what is posted, and no more). */
+  /* Owed callbacks of jobs that ended after `since` (ISO 8601 UTC) whose lease ran out, now held by
+   * this store for another lease; own_too: also those this store holds already (at start, before
+   * any job ends here: what recovery ended). The SQLite store, owned by one process at a time, also
+   * takes those another (so: dead) process held. At most limit, by id, into *out of *n. */
+  mp_error *(*callback_claim)(ms_store *s, const char *since, bool own_too, int limit, ms_job **out, int *n);
+  /* renews the leases this store holds among ids[0..n); *held: how many it still holds (0 for one id:
+   * another process took it over, or it was settled) */
+  mp_error *(*callback_renew)(ms_store *s, const int64_t *ids, int n, int *held);
+  /* the callback is owed no more (delivered or given up), when this store holds it */
+  mp_error *(*callback_settle)(ms_store *s, int64_t id);
+  /* a clean stop: every callback this store holds becomes claimable at once by any process */
+  mp_error *(*callback_release)(ms_store *s);
 
   /* ---- retention (retention.c). A job is expirable when it ended (done, failed or cancelled: its
    * finished_at or failed_at) before `before` (ISO 8601 UTC, compared as text) and is not expired yet.

@@ -28,8 +28,8 @@
 #include "server/store.h"
 
 /* Migrations, compiled in from src/server/sql/pg/ (cmake/embed.cmake). Append, never edit. */
-extern const unsigned char mpass_pg_001_init[], mpass_pg_002_retention[];
-static const unsigned char *const MIGRATIONS[] = {mpass_pg_001_init, mpass_pg_002_retention};
+extern const unsigned char mpass_pg_001_init[], mpass_pg_002_retention[], mpass_pg_003_callbacks[];
+static const unsigned char *const MIGRATIONS[] = {mpass_pg_001_init, mpass_pg_002_retention, mpass_pg_003_callbacks};
 #define N_MIGRATIONS ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
 
 /* pg_advisory_lock key held while migrating: "mpas" in ASCII */
@@ -380,25 +380,33 @@ static mp_error *job_progress(ms_store *s, int64_t id, double progress) {
                     2, v);
 }
 
+/* The columns that make a job that ends done or failed owe its callback (store.h, 003_callbacks.sql),
+ * held by the ending process (worker_id parameter) for a lease (seconds parameter): part of the
+ * statement that ends the job, so that the end and the duty commit together. */
+#define OWE_CALLBACK(node, secs)                                                                  \
+  "callback_lease_until = CASE WHEN callback IS NOT NULL THEN now() + make_interval(secs => " secs \
+  "::int) END, callback_node = CASE WHEN callback IS NOT NULL THEN " node " END"
+
 /* A running job is ended or handed back only by the worker holding its lease: one that stalled past
  * its lease must not overwrite the run of the worker that took the job over. */
 static mp_error *job_finish(ms_store *s, int64_t id, ms_status status, const char *message) {
   pg *p = s->impl;
-  char now[32], b[32];
+  char now[32], b[32], lease[32];
   ms_now_iso(now);
+  snprintf(lease, sizeof lease, "%d", p->lease_seconds);
   if (status == MS_DONE) {
-    const char *v[] = {now, I64(b, id), p->worker_id};
+    const char *v[] = {now, I64(b, id), p->worker_id, lease};
     return update_job(s, "finishing a job",
-                      "UPDATE jobs SET status = 2, progress = 1, finished_at = $1, lease_until = NULL"
-                      " WHERE id = $2 AND (status <> 1 OR worker_id = $3)", 3, v);
+                      "UPDATE jobs SET status = 2, progress = 1, finished_at = $1, lease_until = NULL, " OWE_CALLBACK("$3", "$4")
+                      " WHERE id = $2 AND (status <> 1 OR worker_id = $3)", 4, v);
   }
-  const char *v[] = {now, message ? message : "", I64(b, id), p->worker_id};
+  const char *v[] = {now, message ? message : "", I64(b, id), p->worker_id, lease};
   return update_job(s, "finishing a job",
-                    status == MS_FAILED ? "UPDATE jobs SET status = 3, failed_at = $1, fail_message = $2, lease_until = NULL"
-                                          " WHERE id = $3 AND (status <> 1 OR worker_id = $4)"
+                    status == MS_FAILED ? "UPDATE jobs SET status = 3, failed_at = $1, fail_message = $2, lease_until = NULL, "
+                                          OWE_CALLBACK("$4", "$5") " WHERE id = $3 AND (status <> 1 OR worker_id = $4)"
                                         : "UPDATE jobs SET status = 4, finished_at = $1, fail_message = $2, lease_until = NULL"
                                           " WHERE id = $3 AND (status <> 1 OR worker_id = $4)",
-                    4, v);
+                    status == MS_FAILED ? 5 : 4, v);
 }
 
 static mp_error *job_requeue(ms_store *s, int64_t id, bool uncount) {
@@ -518,6 +526,81 @@ static mp_error *callback_attempt(ms_store *s, int64_t id, int attempt, long htt
                     5, v);
 }
 
+/* ---------------- callbacks owed (store.h) */
+
+static mp_error *callback_claim(ms_store *s, const char *since, bool own_too, int limit, ms_job **out, int *n) {
+  *out = NULL, *n = 0;
+  if (limit <= 0) return NULL;
+  CONN(s);
+  char lease[32], lb[32];
+  snprintf(lease, sizeof lease, "%d", p->lease_seconds);
+  const char *v[] = {lease, p->worker_id, since, own_too ? "true" : "false", I64(lb, limit)};
+  PGresult *r;
+  /* one statement: the sub-select locks the rows it picks and SKIP LOCKED passes over rows another
+   * process is claiming, renewing or settling right now, so two processes never claim one callback;
+   * the lease then keeps it with the claimer (another sweep sees a lease in the future) */
+  mp_error *e = run(c, "claiming callbacks owed",
+                    "UPDATE jobs SET callback_lease_until = now() + make_interval(secs => $1::int), callback_node = $2"
+                    " WHERE id IN (SELECT id FROM jobs WHERE callback_lease_until IS NOT NULL"
+                    "   AND (callback_lease_until < now() OR ($4::boolean AND callback_node = $2))"
+                    "   AND COALESCE(finished_at, failed_at) > $3 ORDER BY id LIMIT $5::int FOR UPDATE SKIP LOCKED)"
+                    " RETURNING " JOB_COLS,
+                    5, v, &r);
+  if (!e) e = read_jobs(r, out, n);
+  conn_put(p, c);
+  return e;
+}
+
+/* "{1,2,3}": a bigint[] parameter */
+static char *id_array(const int64_t *ids, int n) {
+  char *a = malloc((size_t)n * 21 + 3), *o = a;
+  if (!a) return NULL;
+  *o++ = '{';
+  for (int i = 0; i < n; i++) o += sprintf(o, "%s%" PRId64, i ? "," : "", ids[i]);
+  *o++ = '}', *o = 0;
+  return a;
+}
+
+static mp_error *callback_renew(ms_store *s, const int64_t *ids, int n, int *held) {
+  *held = 0;
+  if (n <= 0) return NULL;
+  char *arr = id_array(ids, n);
+  if (!arr) return mp_errorf("out of memory");
+  pg *p = s->impl;
+  PGconn *c;
+  mp_error *e = conn_get(p, &c);
+  if (e) return free(arr), e;
+  char lease[32];
+  snprintf(lease, sizeof lease, "%d", p->lease_seconds);
+  const char *v[] = {lease, arr, p->worker_id};
+  PGresult *r;
+  e = run(c, "renewing callback leases",
+          "UPDATE jobs SET callback_lease_until = now() + make_interval(secs => $1::int)"
+          " WHERE id = ANY($2::bigint[]) AND callback_node = $3 AND callback_lease_until IS NOT NULL RETURNING id",
+          3, v, &r);
+  if (!e) *held = PQntuples(r), PQclear(r);
+  free(arr);
+  conn_put(p, c);
+  return e;
+}
+
+static mp_error *callback_settle(ms_store *s, int64_t id) {
+  pg *p = s->impl;
+  char b[32];
+  const char *v[] = {I64(b, id), p->worker_id};
+  return update_job(s, "settling a callback",
+                    "UPDATE jobs SET callback_lease_until = NULL, callback_node = NULL WHERE id = $1 AND callback_node = $2", 2, v);
+}
+
+static mp_error *callback_release(ms_store *s) {
+  pg *p = s->impl;
+  const char *v[] = {p->worker_id};
+  return update_job(s, "handing back callbacks",
+                    "UPDATE jobs SET callback_lease_until = now(), callback_node = NULL"
+                    " WHERE callback_node = $1 AND callback_lease_until IS NOT NULL",
+                    1, v);
+}
+
 /* ---------------- retention */
 
 static mp_error *job_list_expirable(ms_store *s, const char *before, int64_t after_id, int limit, ms_job **out, int *n) {
@@ -586,7 +669,9 @@ static mp_error *job_reclaim_expired(ms_store *s, int *requeued, int *failed) {
                     " failed_at = CASE WHEN attempts >= 2 THEN $1 ELSE failed_at END,"
                     " fail_message = CASE WHEN attempts >= 2 THEN 'interrupted twice: worker died (its lease ran out)'"
                     "   ELSE fail_message END,"
-                    " progress = 0, started_at = CASE WHEN attempts >= 2 THEN started_at END, worker_id = NULL, lease_until = NULL"
+                    " progress = 0, started_at = CASE WHEN attempts >= 2 THEN started_at END, worker_id = NULL, lease_until = NULL,"
+                    /* failed: its callback is owed, claimable at once by any process's sweep */
+                    " callback_lease_until = CASE WHEN attempts >= 2 AND callback IS NOT NULL THEN now() END, callback_node = NULL"
                     " WHERE id IN (SELECT id FROM jobs WHERE status = 1 AND lease_until < now() FOR UPDATE SKIP LOCKED)"
                     " RETURNING status",
                     1, v, &r);
@@ -799,15 +884,16 @@ static mp_error *blob_put_files(ms_store *s, const char *root, char *const *rel,
 
 static mp_error *job_finish_with_files(ms_store *s, int64_t id, const char *root, char *const *rel, int n) {
   CONN(s);
-  char now[32], b[32];
+  char now[32], b[32], lease[32];
   ms_now_iso(now);
-  const char *v[] = {now, I64(b, id), p->worker_id};
+  snprintf(lease, sizeof lease, "%d", p->lease_seconds);
+  const char *v[] = {now, I64(b, id), p->worker_id, lease};
   PGresult *r = NULL;
   mp_error *e = run0(c, "BEGIN");
   /* only the lease holder commits outputs: a worker that stalled past its lease must not write
    * over the run of the worker that took the job over */
-  if (!e) e = run(c, "finishing a job", "UPDATE jobs SET status = 2, progress = 1, finished_at = $1, lease_until = NULL"
-                  " WHERE id = $2 AND status = 1 AND worker_id = $3 RETURNING id", 3, v, &r);
+  if (!e) e = run(c, "finishing a job", "UPDATE jobs SET status = 2, progress = 1, finished_at = $1, lease_until = NULL, "
+                  OWE_CALLBACK("$3", "$4") " WHERE id = $2 AND status = 1 AND worker_id = $3 RETURNING id", 4, v, &r);
   if (!e && PQntuples(r) == 0) e = mp_errorf("job store: prompt %" PRId64 " is no longer running under this worker (lease lost or cancelled)", id);
   PQclear(r);
   if (!e) e = put_files(c, root, rel, n);
@@ -953,6 +1039,8 @@ mp_error *ms_store_pg_open(const char *conninfo, int lease_seconds, ms_store **o
   s->job_requeue = job_requeue, s->job_cancel = job_cancel, s->job_get = job_get, s->job_list = job_list;
   s->job_list_running = job_list_running, s->job_counts = job_counts, s->callback_attempt = callback_attempt;
   s->job_list_expirable = job_list_expirable, s->job_mark_expired = job_mark_expired;
+  s->callback_claim = callback_claim, s->callback_renew = callback_renew, s->callback_settle = callback_settle;
+  s->callback_release = callback_release;
   s->shared = true;
   s->job_heartbeat = job_heartbeat, s->job_reclaim_expired = job_reclaim_expired, s->job_wait = job_wait;
   s->blob_put_files = blob_put_files, s->job_finish_with_files = job_finish_with_files, s->blob_list = blob_list;

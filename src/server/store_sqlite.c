@@ -3,11 +3,13 @@
  * serialises writers anyway, and a job server's writes are few and small. */
 #include <pthread.h>
 #include <sqlite3.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "server/store.h"
 
@@ -27,12 +29,26 @@ static const char *const MIGRATIONS[] = {
     "CREATE INDEX jobs_owner ON jobs(owner, tune_id, id);",
     /* 2: retention (retention.c): when a job's files were removed; NULL while they are kept */
     "ALTER TABLE jobs ADD COLUMN expired_at TEXT;",
+    /* 3: callbacks owed (store.h; the same columns as src/server/sql/pg/003_callbacks.sql): NULL
+     * callback_lease_until: nothing owed; else the lease (ISO 8601 UTC) of callback_node. Upgrading,
+     * what a schema 2 start delivered is owed at once: ended done or failed in the last 24 hours with
+     * a callback and no attempt. */
+    "ALTER TABLE jobs ADD COLUMN callback_lease_until TEXT;"
+    "ALTER TABLE jobs ADD COLUMN callback_node TEXT;"
+    "UPDATE jobs SET callback_lease_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+    "  WHERE status IN (2, 3) AND callback IS NOT NULL AND callbacks_json = '[]'"
+    "  AND COALESCE(finished_at, failed_at) > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 day');"
+    "CREATE INDEX jobs_callbacks_owed ON jobs(callback_lease_until) WHERE callback_lease_until IS NOT NULL;",
 };
 #define N_MIGRATIONS ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
+
+/* A callback's lease here (store.h): the server renews what it has queued every few seconds. */
+#define CALLBACK_LEASE_SECONDS 30
 
 typedef struct {
   sqlite3 *db;
   pthread_mutex_t mu;
+  char node[64]; /* this store's name in callback_node: pid and handle, so a restart is another */
 } sq;
 
 static const char *const STATUS_NAMES[] = {"queued", "running", "done", "failed", "cancelled"};
@@ -41,6 +57,19 @@ int ms_status_parse(const char *s) {
   for (int i = 0; i < MS_STATUS_COUNT; i++)
     if (s && !strcmp(s, STATUS_NAMES[i])) return i;
   return -1;
+}
+
+/* now + seconds, as ms_now_iso writes it */
+static void iso_after(double seconds, char out[32]) {
+  struct timeval tv;
+  gettimeofday(&tv, NULL);
+  const int64_t ms = (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000 + (int64_t)(seconds * 1000);
+  const time_t t = (time_t)(ms / 1000);
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  char b[24];
+  strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(out, 32, "%s.%03dZ", b, (int)(ms % 1000));
 }
 
 void ms_now_iso(char out[32]) {
@@ -393,14 +422,30 @@ static mp_error *job_progress(ms_store *s, int64_t id, double p) {
   return simple_update(s, "UPDATE jobs SET progress = ? WHERE id = ? AND status = 1", id, NULL, NULL, p);
 }
 
+/* Done or failed with a callback URL: the callback is owed from this same statement, held by this
+ * store for a lease (store.h). */
 static mp_error *job_finish(ms_store *s, int64_t id, ms_status status, const char *message) {
-  char now[32];
+  char now[32], lease[32];
   ms_now_iso(now);
-  const char *sql = status == MS_DONE ? "UPDATE jobs SET status = 2, progress = 1, finished_at = ? WHERE id = ?"
-                    : status == MS_FAILED
-                        ? "UPDATE jobs SET status = 3, failed_at = ?, fail_message = ? WHERE id = ?"
-                        : "UPDATE jobs SET status = 4, finished_at = ?, fail_message = ? WHERE id = ?";
-  return simple_update(s, sql, id, now, message ? message : "", 0);
+  iso_after(CALLBACK_LEASE_SECONDS, lease);
+#define OWE_CALLBACK \
+  ", callback_lease_until = CASE WHEN callback IS NOT NULL THEN ?3 END, callback_node = CASE WHEN callback IS NOT NULL THEN ?4 END"
+  const char *sql = status == MS_DONE     ? "UPDATE jobs SET status = 2, progress = 1, finished_at = ?1" OWE_CALLBACK " WHERE id = ?5"
+                    : status == MS_FAILED ? "UPDATE jobs SET status = 3, failed_at = ?1, fail_message = ?2" OWE_CALLBACK " WHERE id = ?5"
+                                          : "UPDATE jobs SET status = 4, finished_at = ?1, fail_message = ?2 WHERE id = ?5";
+#undef OWE_CALLBACK
+  LOCK(s);
+  sqlite3_stmt *st = NULL;
+  mp_error *e = prep(q, sql, &st);
+  if (!e) {
+    /* unused numbered parameters are fine: each statement names the ones it reads */
+    bind_text(st, 1, now), bind_text(st, 2, message ? message : ""), bind_text(st, 3, lease), bind_text(st, 4, q->node);
+    sqlite3_bind_int64(st, 5, id);
+    if (sqlite3_step(st) != SQLITE_DONE) e = dberr(q, "finishing a job");
+  }
+  sqlite3_finalize(st);
+  UNLOCK();
+  return e;
 }
 
 static mp_error *job_requeue(ms_store *s, int64_t id, bool uncount) {
@@ -539,18 +584,84 @@ static mp_error *read_jobs(sq *q, sqlite3_stmt *st, int limit, const char *what,
   return e;
 }
 
-static mp_error *job_list_callbacks_due(ms_store *s, const char *since, int limit, ms_job **out, int *n) {
+/* ---------------- callbacks owed (store.h) */
+
+static mp_error *callback_claim(ms_store *s, const char *since, bool own_too, int limit, ms_job **out, int *n) {
   *out = NULL, *n = 0;
   if (limit <= 0) return NULL;
+  char now[32], lease[32];
+  ms_now_iso(now);
+  iso_after(CALLBACK_LEASE_SECONDS, lease);
   LOCK(s);
   sqlite3_stmt *st = NULL;
+  /* one process owns a SQLite store: a lease held under another name is a dead process's */
   mp_error *e = prep(q,
-                     "SELECT " JOB_COLS " FROM jobs WHERE status IN (2, 3) AND callback IS NOT NULL AND callbacks_json = '[]'"
-                     " AND COALESCE(finished_at, failed_at) > ? ORDER BY id LIMIT ?",
+                     "UPDATE jobs SET callback_lease_until = ?1, callback_node = ?2"
+                     " WHERE id IN (SELECT id FROM jobs WHERE callback_lease_until IS NOT NULL"
+                     "   AND (callback_lease_until < ?3 OR callback_node IS NOT ?2 OR ?4)"
+                     "   AND COALESCE(finished_at, failed_at) > ?5 ORDER BY id LIMIT ?6)"
+                     " RETURNING " JOB_COLS,
                      &st);
   if (!e) {
-    bind_text(st, 1, since), sqlite3_bind_int(st, 2, limit);
-    e = read_jobs(q, st, limit, "listing callbacks due", out, n);
+    bind_text(st, 1, lease), bind_text(st, 2, q->node), bind_text(st, 3, now), sqlite3_bind_int(st, 4, own_too);
+    bind_text(st, 5, since), sqlite3_bind_int(st, 6, limit);
+    /* the change is made at the first step; the rows it returns follow (at most limit) */
+    int rc = SQLITE_DONE;
+    if (!(*out = calloc((size_t)limit, sizeof **out))) e = mp_errorf("out of memory");
+    while (!e && (rc = sqlite3_step(st)) == SQLITE_ROW)
+      if (*n < limit) read_job(st, &(*out)[(*n)++]);
+    if (!e && rc != SQLITE_DONE) e = dberr(q, "claiming callbacks owed");
+    if (e) ms_job_list_free(*out, *n), *out = NULL, *n = 0;
+  }
+  sqlite3_finalize(st);
+  UNLOCK();
+  return e;
+}
+
+static mp_error *callback_renew(ms_store *s, const int64_t *ids, int n, int *held) {
+  *held = 0;
+  if (n <= 0) return NULL;
+  char lease[32];
+  iso_after(CALLBACK_LEASE_SECONDS, lease);
+  LOCK(s);
+  sqlite3_stmt *st = NULL;
+  mp_error *e = exec(q, "BEGIN IMMEDIATE");
+  if (!e) e = prep(q, "UPDATE jobs SET callback_lease_until = ? WHERE id = ? AND callback_node = ? AND callback_lease_until IS NOT NULL", &st);
+  for (int i = 0; !e && i < n; i++) {
+    sqlite3_reset(st);
+    bind_text(st, 1, lease), sqlite3_bind_int64(st, 2, ids[i]), bind_text(st, 3, q->node);
+    if (sqlite3_step(st) != SQLITE_DONE) e = dberr(q, "renewing callback leases");
+    else *held += sqlite3_changes(q->db);
+  }
+  sqlite3_finalize(st);
+  if (!e) e = exec(q, "COMMIT");
+  else mp_error_free(exec(q, "ROLLBACK")), *held = 0;
+  UNLOCK();
+  return e;
+}
+
+static mp_error *callback_settle(ms_store *s, int64_t id) {
+  LOCK(s);
+  sqlite3_stmt *st = NULL;
+  mp_error *e = prep(q, "UPDATE jobs SET callback_lease_until = NULL, callback_node = NULL WHERE id = ? AND callback_node = ?", &st);
+  if (!e) {
+    sqlite3_bind_int64(st, 1, id), bind_text(st, 2, q->node);
+    if (sqlite3_step(st) != SQLITE_DONE) e = dberr(q, "settling a callback");
+  }
+  sqlite3_finalize(st);
+  UNLOCK();
+  return e;
+}
+
+static mp_error *callback_release(ms_store *s) {
+  char now[32];
+  ms_now_iso(now);
+  LOCK(s);
+  sqlite3_stmt *st = NULL;
+  mp_error *e = prep(q, "UPDATE jobs SET callback_lease_until = ?, callback_node = NULL WHERE callback_node = ? AND callback_lease_until IS NOT NULL", &st);
+  if (!e) {
+    bind_text(st, 1, now), bind_text(st, 2, q->node);
+    if (sqlite3_step(st) != SQLITE_DONE) e = dberr(q, "handing back callbacks");
   }
   sqlite3_finalize(st);
   UNLOCK();
@@ -656,6 +767,7 @@ mp_error *ms_store_sqlite_open(const char *path, ms_store **out) {
     return mp_errorf("out of memory");
   }
   pthread_mutex_init(&q->mu, NULL);
+  snprintf(q->node, sizeof q->node, "sqlite:%ld/%lx", (long)getpid(), (unsigned long)(uintptr_t)q);
   s->impl = q;
   mp_error *e = NULL;
   if (sqlite3_open_v2(path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL) != SQLITE_OK)
@@ -670,7 +782,8 @@ mp_error *ms_store_sqlite_open(const char *path, ms_store **out) {
   s->job_requeue = job_requeue, s->job_cancel = job_cancel, s->job_get = job_get, s->job_list = job_list;
   s->job_list_running = job_list_running, s->job_counts = job_counts, s->callback_attempt = callback_attempt;
   s->job_list_expirable = job_list_expirable, s->job_mark_expired = job_mark_expired;
-  s->job_list_callbacks_due = job_list_callbacks_due;
+  s->callback_claim = callback_claim, s->callback_renew = callback_renew, s->callback_settle = callback_settle;
+  s->callback_release = callback_release;
   s->job_heartbeat = job_heartbeat, s->job_reclaim_expired = job_reclaim_expired; /* shared = false, job_wait = NULL */
   if (e) {
     store_close(s);

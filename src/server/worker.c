@@ -133,31 +133,29 @@ static int on_progress(const mpass_progress *p, void *user) {
   return atomic_load(&slot->cancel) || atomic_load(&s->stopping);
 }
 
-/* The ended job's callback, {"prompt": {...}} as the API shows it, to the delivery queue. */
-static void post_callback(ms_server *s, const ms_job *j) {
+/* The ended job's callback body, {"prompt": {...}} as the API shows it (malloc'd; NULL: no memory). */
+static char *callback_body(void *arg, const ms_job *j) {
+  ms_server *s = arg;
   cJSON *body = cJSON_CreateObject();
   cJSON_AddItemToObject(body, "prompt", ms_prompt_object(j, s->public_url ? s->public_url : s->listen_url, s->data_dir, s->models_dir));
   char *text = cJSON_PrintUnformatted(body);
   cJSON_Delete(body);
+  return text;
+}
+
+/* to the delivery queue */
+static void post_callback(ms_server *s, const ms_job *j) {
+  char *text = callback_body(s, j);
   if (text) ms_callbacks_post(s->callbacks, j->id, j->callback, text);
   else fprintf(stderr, "mpass serve: prompt %" PRId64 ": out of memory for its callback (the prompt can still be polled)\n", j->id);
   free(text);
 }
 
 mp_error *ms_recover_callbacks(ms_server *s) {
-  if (s->store->shared || !s->store->job_list_callbacks_due) return NULL; /* another machine may be delivering them */
-  char since[32];
-  const time_t t = time(NULL) - 24 * 3600;
-  struct tm tm;
-  gmtime_r(&t, &tm);
-  strftime(since, sizeof since, "%Y-%m-%dT%H:%M:%S.000Z", &tm);
-  ms_job *jobs = NULL;
-  int n = 0;
-  MP_TRY(s->store->job_list_callbacks_due(s->store, since, 1000, &jobs, &n));
-  for (int i = 0; i < n; i++) post_callback(s, &jobs[i]);
-  if (n && !s->cfg.quiet) fprintf(stderr, "mpass serve: %d callback(s) left undelivered by the last run: delivering them\n", n);
-  ms_job_list_free(jobs, n);
-  return NULL;
+  /* a third of the lease, as job leases are renewed; at most 10 s, the stores' callback lease
+   * being at least 30 s where --lease-seconds does not apply (SQLite) */
+  double period = s->cfg.lease_seconds / 3.0;
+  return ms_callbacks_sweep_start(s->callbacks, period < 10 ? period : 10, s->cfg.quiet, callback_body, s);
 }
 
 static void publish_end(ms_server *s, int64_t id) {

@@ -19,6 +19,7 @@ typedef struct {
   size_t len;
   pthread_t th;
   atomic_int requests; /* answered so far */
+  atomic_int received; /* read so far (counted before the delay) */
   atomic_int delay_ms; /* before each answer (0 from file_host_start) */
 } file_host;
 
@@ -29,6 +30,7 @@ static inline void *file_host_main(void *arg) {
     if (c < 0) return NULL;
     char req[4096];
     if (recv(c, req, sizeof req, 0) > 0) {
+      atomic_fetch_add(&fh->received, 1);
       const int delay = atomic_load(&fh->delay_ms);
       if (delay) usleep((useconds_t)delay * 1000);
       char h[160];
@@ -44,6 +46,7 @@ static inline void *file_host_main(void *arg) {
 static inline void file_host_start(file_host *fh, const char *body, size_t len) {
   fh->body = body, fh->len = len;
   atomic_init(&fh->requests, 0);
+  atomic_init(&fh->received, 0);
   atomic_init(&fh->delay_ms, 0);
   fh->fd = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};

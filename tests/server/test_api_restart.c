@@ -19,6 +19,21 @@ static void sql(const server *s, const char *stmt) {
   sqlite3_close(db);
 }
 
+/* the callback attempts recorded for a prompt, read from the database (the server may be down) */
+static int callback_attempts_in_db(const server *s, int64_t id) {
+  char p[2048];
+  snprintf(p, sizeof p, "%s/mpass.db", s->data);
+  sqlite3 *db;
+  assert_int_equal(sqlite3_open(p, &db), SQLITE_OK);
+  sqlite3_stmt *st;
+  assert_int_equal(sqlite3_prepare_v2(db, "SELECT json_array_length(callbacks_json) FROM jobs WHERE id = ?", -1, &st, NULL), SQLITE_OK);
+  sqlite3_bind_int64(st, 1, id);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  const int n = sqlite3_column_int(st, 0);
+  sqlite3_finalize(st), sqlite3_close(db);
+  return n;
+}
+
 static long long mtime_of(const server *s, int64_t id, const char *file) {
   char p[2048];
   snprintf(p, sizeof p, "%s/jobs/%lld/%s", s->data, (long long)id, file);
@@ -170,8 +185,9 @@ static int callback_attempts(const server *s, int64_t id) {
   return n;
 }
 
-/* Callbacks a stopped process never delivered (ended, none tried) go out at the next start: those of
- * the last 24 hours, not older ones. The crash is made by hand: a delivered callback's record erased. */
+/* Callbacks a dead process never delivered (still owed, under its lease) go out at the next start:
+ * those of the last 24 hours, not older ones. The crash is made by hand: a delivered callback made
+ * owed again, as a process killed before delivering it leaves it. */
 static void test_callbacks_after_restart(void **state) {
   (void)state;
   server s;
@@ -188,7 +204,10 @@ static void test_callbacks_after_restart(void **state) {
   int st = h_stop(&s, SIGTERM);
   assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
   char stmt[256];
-  snprintf(stmt, sizeof stmt, "UPDATE jobs SET callbacks_json = '[]' WHERE id IN (%lld, %lld)", (long long)recent, (long long)old);
+  snprintf(stmt, sizeof stmt,
+           "UPDATE jobs SET callbacks_json = '[]', callback_lease_until = '2999-01-01T00:00:00.000Z', callback_node = 'dead'"
+           " WHERE id IN (%lld, %lld)",
+           (long long)recent, (long long)old);
   sql(&s, stmt);
   snprintf(stmt, sizeof stmt, "UPDATE jobs SET finished_at = '2020-01-01T00:00:00.000Z' WHERE id = %lld", (long long)old);
   sql(&s, stmt);
@@ -204,10 +223,43 @@ static void test_callbacks_after_restart(void **state) {
   h_free(&s);
 }
 
+/* A real crash: the server is killed (SIGKILL) while it delivers a callback to a slow receiver. The
+ * callback was owed from the write that ended the prompt, so the next start delivers it (at least
+ * once: the receiver saw the first try too). */
+static void test_callback_after_kill9(void **state) {
+  (void)state;
+  server s;
+  h_prepare(&s);
+  h_start(&s, NULL);
+  file_host fh;
+  file_host_start(&fh, "", 0);
+  atomic_store(&fh.delay_ms, 3000);
+  char body[512];
+  snprintf(body, sizeof body,
+           "{\"prompt\": {\"text\": \"cb\", \"steps\": 2, \"w\": 64, \"h\": 64, \"callback\": \"http://127.0.0.1:%d/hook\"}}", fh.port);
+  int64_t id = h_create(&s, TOKEN_A, "/prompts", body);
+  cJSON_Delete(h_wait_end(&s, TOKEN_A, id, 60));
+  for (int i = 0; i < 200 && atomic_load(&fh.received) < 1; i++) usleep(50000);
+  assert_int_equal(atomic_load(&fh.received), 1); /* its first try waits on the receiver */
+  h_stop(&s, SIGKILL);
+  assert_int_equal(callback_attempts_in_db(&s, id), 0);
+  atomic_store(&fh.delay_ms, 0);
+  h_start(&s, NULL);
+  for (int i = 0; i < 300 && callback_attempts(&s, id) < 1; i++) usleep(50000);
+  assert_int_equal(callback_attempts(&s, id), 1);
+  for (int i = 0; i < 100 && atomic_load(&fh.requests) < 2; i++) usleep(50000);
+  assert_int_equal(atomic_load(&fh.requests), 2);
+  file_host_stop(&fh);
+  int st = h_stop(&s, SIGTERM);
+  assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  h_free(&s);
+}
+
 int main(void) {
   curl_global_init(CURL_GLOBAL_DEFAULT);
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_kill9_restart), cmocka_unit_test(test_sigterm_requeues),
-                                     cmocka_unit_test(test_workers_and_image_url), cmocka_unit_test(test_callbacks_after_restart)};
+                                     cmocka_unit_test(test_workers_and_image_url), cmocka_unit_test(test_callbacks_after_restart),
+                                     cmocka_unit_test(test_callback_after_kill9)};
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   curl_global_cleanup();
   return rc;

@@ -1,4 +1,5 @@
-/* The callback queue (callback.c): delivery in order beside the caller, and a stop bounded by its budget. */
+/* The callback queue (callback.c): delivery in order beside the caller, a stop bounded by its budget,
+ * and with a store that keeps the duty: only what this process holds is delivered, then settled. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -74,10 +75,59 @@ static void test_stop_within_budget(void **state) {
   pthread_mutex_destroy(&st.mu);
 }
 
+/* A store that keeps the duty (store.h, callbacks owed): job 2's callback belongs to another process
+ * (its lease was taken over), so this one must not deliver it; the others are settled once delivered. */
+typedef struct {
+  recording_store rec;
+  int64_t settled[16];
+  int n_settled;
+} owing_store;
+
+static mp_error *renew_all_but_2(ms_store *s, const int64_t *ids, int n, int *held) {
+  (void)s;
+  *held = 0;
+  for (int i = 0; i < n; i++) *held += ids[i] != 2;
+  return NULL;
+}
+
+static mp_error *record_settle(ms_store *s, int64_t id) {
+  owing_store *o = (owing_store *)(void *)s;
+  pthread_mutex_lock(&o->rec.mu);
+  if (o->n_settled < 16) o->settled[o->n_settled++] = id;
+  pthread_mutex_unlock(&o->rec.mu);
+  return NULL;
+}
+
+static void test_only_held_callbacks_are_delivered_and_settled(void **state) {
+  (void)state;
+  owing_store st = {.rec = {.base = {.callback_attempt = record_attempt, .callback_renew = renew_all_but_2, .callback_settle = record_settle}}};
+  pthread_mutex_init(&st.rec.mu, NULL);
+  file_host rc;
+  file_host_start(&rc, "", 0);
+  char url[64];
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/hook", rc.port);
+  atomic_int stopping = 0;
+  ms_callbacks *q;
+  assert_ok(ms_callbacks_start(&st.rec.base, &stopping, 5.0, &q));
+  for (int64_t id = 1; id <= 3; id++) ms_callbacks_post(q, id, url, "{\"prompt\":{}}");
+  ms_callbacks_post(q, 3, url, "{\"prompt\":{}}"); /* queued already: once is enough */
+  for (int i = 0; i < 200 && attempts(&st.rec) < 2; i++) usleep(20000);
+  usleep(100000);
+  assert_int_equal(ms_callbacks_stop(q), 0);
+  assert_int_equal(st.rec.n, 2);
+  assert_true(st.rec.ids[0] == 1 && st.rec.ids[1] == 3);
+  assert_int_equal(atomic_load(&rc.requests), 2);
+  assert_int_equal(st.n_settled, 2);
+  assert_true(st.settled[0] == 1 && st.settled[1] == 3);
+  file_host_stop(&rc);
+  pthread_mutex_destroy(&st.rec.mu);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_delivered_in_order),
       cmocka_unit_test(test_stop_within_budget),
+      cmocka_unit_test(test_only_held_callbacks_are_delivered_and_settled),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

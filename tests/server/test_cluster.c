@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 
 #include "cluster_harness.h"
+#include "file_host.h"
 
 #define N_JOBS 30
 #define N_WORKERS 3
@@ -64,6 +65,8 @@ typedef struct {
   worker w[N_WORKERS + 1];
   receiver rc;
   bool rc_started;
+  file_host fh; /* a slow callback receiver */
+  bool fh_started;
 } cluster;
 
 static int setup(void **state) {
@@ -75,6 +78,7 @@ static int setup(void **state) {
 static int teardown(void **state) {
   cluster *cl = *state;
   if (cl->rc_started) receiver_stop(&cl->rc);
+  if (cl->fh_started) file_host_stop(&cl->fh);
   for (int i = 0; i <= N_WORKERS; i++) c_worker_free(&cl->w[i]);
   for (int i = 0; i < 2; i++) h_free(&cl->api[i]);
   free(cl);
@@ -379,11 +383,71 @@ static void test_tune_cache_by_sha256(void **state) {
   assert_int_equal(h_stop(&api[0], SIGTERM), 0);
 }
 
+/* A worker ends a prompt and is killed (SIGKILL) while it delivers the callback (the receiver is slow):
+ * the callback is still owed in the database under the dead worker's lease, and once that runs out
+ * another live process (here the API node, whose sweep runs every second with --lease-seconds 3)
+ * claims and delivers it, without the dead worker ever coming back. */
+static void test_callback_outlives_killed_worker(void **state) {
+  cluster *cl = *state;
+  server *api = cl->api;
+  h_prepare(&api[0]);
+  if (!api[0].db) fail_msg("test_cluster needs MPASS_TEST_STORE=postgres and MPASS_TEST_PG (CTest sets them)");
+  h_start(&api[0], (const char *const[]){"--workers", "0", "--lease-seconds", "3", NULL});
+  c_worker_start(&cl->w[0], &api[0], 0, LEASE);
+  file_host *fh = &cl->fh;
+  file_host_start(fh, "", 0);
+  cl->fh_started = true;
+  atomic_store(&fh->delay_ms, 5000);
+  char body[512];
+  snprintf(body, sizeof body,
+           "{\"prompt\": {\"text\": \"call me\", \"steps\": 2, \"w\": 64, \"h\": 64, \"callback\": \"http://127.0.0.1:%d/hook\"}}", fh->port);
+  int64_t id = h_create(&api[0], TOKEN_A, "/prompts", body);
+  cJSON *o = h_wait_end(&api[0], TOKEN_A, id, 120);
+  assert_string_equal(h_status(o), "done");
+  cJSON_Delete(o);
+  /* the end and the duty were one write: owed, held by the worker that ran it */
+  char sql[256];
+  snprintf(sql, sizeof sql, "SELECT callback_node = worker_id FROM jobs WHERE id = %lld AND callback_lease_until IS NOT NULL",
+           (long long)id);
+  char *held = c_query(&api[0], sql);
+  if (!held || strcmp(held, "t")) fail_msg("prompt %lld ended but its callback is not owed by its worker (%s)", (long long)id, held ? held : "none");
+  free(held);
+  for (int t = 0; t < 200 && atomic_load(&fh->received) < 1; t++) usleep(50000); /* the worker's first try... */
+  assert_int_equal(atomic_load(&fh->received), 1); /* ...is waiting on the receiver */
+  c_worker_stop(&cl->w[0], SIGKILL);
+  const double killed = (double)time(NULL);
+  atomic_store(&fh->delay_ms, 0);
+  int attempts = 0;
+  for (int t = 0; t < 400 && attempts == 0; t++) {
+    usleep(50000);
+    o = h_get_prompt(&api[0], TOKEN_A, id);
+    cJSON *a = cJSON_GetObjectItem(o, "callback_attempts");
+    attempts = cJSON_GetArraySize(a);
+    if (attempts) assert_int_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(a, 0), "http_status")->valueint, 200);
+    cJSON_Delete(o);
+  }
+  if (!attempts) fail_msg("the callback of prompt %lld was not delivered within 20 s of its worker's death", (long long)id);
+  /* the lease (3 s) runs out, a sweep (every 1 s) claims it, and the receiver finishes the dead
+   * worker's request (5 s) before it answers this one */
+  assert_true((double)time(NULL) - killed <= 12);
+  for (int t = 0; t < 100 && atomic_load(&fh->requests) < 2; t++) usleep(50000);
+  assert_int_equal(atomic_load(&fh->requests), 2); /* the dead worker's try, then the delivery */
+  snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM jobs WHERE id = %lld AND callback_lease_until IS NULL", (long long)id);
+  assert_int_equal(c_query_long(&api[0], sql), 1); /* settled: nobody delivers it again */
+  assert_int_equal(c_count_lines(api[0].log, "callback(s) owed by a stopped or dead process"), 1);
+  usleep(1500 * 1000); /* a few more sweeps: no second delivery */
+  assert_int_equal(atomic_load(&fh->requests), 2);
+  o = h_get_prompt(&api[0], TOKEN_A, id);
+  assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(o, "callback_attempts")), 1);
+  cJSON_Delete(o);
+}
+
 int main(void) {
   curl_global_init(CURL_GLOBAL_DEFAULT);
   const struct CMUnitTest tests[] = {cmocka_unit_test_setup_teardown(test_progress_and_cancel_across_machines, setup, teardown),
                                      cmocka_unit_test_setup_teardown(test_tune_cache_by_sha256, setup, teardown),
-                                     cmocka_unit_test_setup_teardown(test_kill_worker_and_restart_api_node, setup, teardown)};
+                                     cmocka_unit_test_setup_teardown(test_kill_worker_and_restart_api_node, setup, teardown),
+                                     cmocka_unit_test_setup_teardown(test_callback_outlives_killed_worker, setup, teardown)};
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   curl_global_cleanup();
   return rc;

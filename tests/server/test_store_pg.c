@@ -368,8 +368,8 @@ static void test_migrations(void **state) {
   s->close(s);
   PGconn *c = PQconnectdb(db);
   PGresult *r = PQexec(c, "SELECT COUNT(*), MAX(version) FROM schema_version");
-  assert_string_equal(PQgetvalue(r, 0, 0), "2");
-  assert_string_equal(PQgetvalue(r, 0, 1), "2");
+  assert_string_equal(PQgetvalue(r, 0, 0), "3");
+  assert_string_equal(PQgetvalue(r, 0, 1), "3");
   PQclear(r);
   PQclear(PQexec(c, "INSERT INTO schema_version VALUES (99)"));
   PQfinish(c);
@@ -542,8 +542,8 @@ static void test_migrates_version_1(void **state) {
   s->close(s);
   PGconn *c = PQconnectdb(db);
   PGresult *r = PQexec(c, "SELECT COUNT(*), MAX(version) FROM schema_version");
-  assert_string_equal(PQgetvalue(r, 0, 0), "2");
-  assert_string_equal(PQgetvalue(r, 0, 1), "2");
+  assert_string_equal(PQgetvalue(r, 0, 0), "3");
+  assert_string_equal(PQgetvalue(r, 0, 1), "3");
   PQclear(r), PQfinish(c);
   test_remove_tree(data);
   free(data), free(db);
@@ -572,11 +572,215 @@ static void test_reconnect(void **state) {
   free(db);
 }
 
+/* ---- callbacks owed (store.h): the duty is written with the job's end, held under a lease, claimed
+ * by one store at a time (SKIP LOCKED), settled once delivered or given up */
+
+static const char *SINCE = "2000-01-01T00:00:00.000Z";
+
+/* a job with a callback URL, claimed by s and ended with status */
+static int64_t ended_with_callback(ms_store *s, ms_status status) {
+  ms_job j = {.owner = "alice", .document = "a cat", .params_json = "{}", .callback = "http://127.0.0.1:9/hook"};
+  int64_t id;
+  ms_enqueue_result res;
+  assert_ok(s->job_enqueue(s, &j, 0, &id, &res));
+  bool found;
+  assert_ok(s->job_claim(s, &j, &found));
+  assert_true(found && j.id == id);
+  ms_job_free(&j);
+  assert_ok(s->job_finish(s, id, status, status == MS_DONE ? NULL : "boom"));
+  return id;
+}
+
+/* claims with s; returns how many, and the first id in *first */
+static int claim(ms_store *s, bool own_too, int64_t *first) {
+  ms_job *jobs;
+  int n;
+  assert_ok(s->callback_claim(s, SINCE, own_too, 10, &jobs, &n));
+  if (first) *first = n > 0 ? jobs[0].id : 0;
+  for (int i = 0; i < n; i++) assert_non_null(jobs[i].callback);
+  ms_job_list_free(jobs, n);
+  return n;
+}
+
+static int renew(ms_store *s, int64_t id) {
+  int held = -1;
+  assert_ok(s->callback_renew(s, &id, 1, &held));
+  return held;
+}
+
+static void test_callback_leases(void **state) {
+  (void)state;
+  char *db = new_db();
+  ms_store *a = open_pg(db, 1), *b = open_pg(db, 1); /* two processes, 1 s leases */
+  int64_t done = ended_with_callback(a, MS_DONE), first;
+  /* a ended it: a holds the duty; b cannot take it while a's lease runs */
+  assert_int_equal(claim(b, false, NULL), 0);
+  assert_int_equal(renew(a, done), 1);
+  assert_int_equal(renew(b, done), 0);
+  /* a claims nothing new either, unless asked for its own (a start, after recovery) */
+  assert_int_equal(claim(a, false, NULL), 0);
+  assert_int_equal(claim(a, true, &first), 1);
+  assert_int_equal(first, done);
+  /* a dies (no more renewals): once its lease ran out, b takes it, and only b */
+  usleep(1300 * 1000);
+  assert_int_equal(claim(b, false, &first), 1);
+  assert_int_equal(first, done);
+  assert_int_equal(claim(a, false, NULL), 0);
+  assert_int_equal(renew(a, done), 0); /* a stalled, not dead: it sees it lost the callback */
+  assert_int_equal(renew(b, done), 1);
+  /* settled by b (delivered): owed no more, whatever the lease */
+  assert_ok(a->callback_settle(a, done)); /* not the holder: nothing */
+  usleep(1300 * 1000);
+  assert_int_equal(claim(a, false, &first), 1);
+  assert_int_equal(first, done);
+  assert_ok(a->callback_settle(a, done));
+  usleep(1300 * 1000);
+  assert_int_equal(claim(a, false, NULL) + claim(b, true, NULL), 0);
+  assert_int_equal(renew(a, done), 0);
+  /* no duty: cancelled, or no callback URL */
+  ended_with_callback(a, MS_CANCELLED);
+  ms_enqueue_result res;
+  int64_t plain = enqueue(a, "alice", NULL, 0, &res);
+  ms_job j;
+  bool found;
+  assert_ok(a->job_claim(a, &j, &found));
+  assert_true(found && j.id == plain);
+  ms_job_free(&j);
+  assert_ok(a->job_finish(a, plain, MS_DONE, NULL));
+  assert_int_equal(claim(a, true, NULL) + claim(b, true, NULL), 0);
+  /* failed ones owe theirs too; a clean stop hands them back at once */
+  int64_t failed = ended_with_callback(a, MS_FAILED);
+  assert_int_equal(claim(b, false, NULL), 0);
+  assert_ok(a->callback_release(a));
+  assert_int_equal(claim(b, false, &first), 1);
+  assert_int_equal(first, failed);
+  assert_ok(b->callback_settle(b, failed));
+  /* only the last 24 hours (the caller's horizon) */
+  int64_t old = ended_with_callback(a, MS_DONE);
+  char sql[256];
+  snprintf(sql, sizeof sql, "UPDATE jobs SET finished_at = '2001-01-01T00:00:00.000Z' WHERE id = %lld", (long long)old);
+  pg_exec(db, sql);
+  ms_job *jobs;
+  int n;
+  assert_ok(a->callback_claim(a, "2020-01-01T00:00:00.000Z", true, 10, &jobs, &n));
+  assert_int_equal(n, 0);
+  free(jobs);
+  assert_ok(a->callback_settle(a, old));
+  a->close(a), b->close(b);
+  free(db);
+}
+
+/* Claims never wait on nor take a row another process holds locked (it may be claiming, renewing
+ * or settling it right now): SKIP LOCKED. */
+static void test_callback_claim_skips_locked(void **state) {
+  (void)state;
+  char *db = new_db();
+  ms_store *a = open_pg(db, 1), *b = open_pg(db, 1);
+  int64_t x = ended_with_callback(a, MS_DONE), y = ended_with_callback(a, MS_DONE);
+  usleep(1300 * 1000); /* a died: both are due */
+  PGconn *c = PQconnectdb(db);
+  PQclear(PQexec(c, "BEGIN"));
+  char sql[128];
+  snprintf(sql, sizeof sql, "SELECT id FROM jobs WHERE id = %lld FOR UPDATE", (long long)x);
+  PGresult *r = PQexec(c, sql);
+  assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+  PQclear(r);
+  int64_t first;
+  assert_int_equal(claim(b, false, &first), 1); /* at once, and not the locked one */
+  assert_int_equal(first, y);
+  PQclear(PQexec(c, "COMMIT"));
+  PQfinish(c);
+  assert_int_equal(claim(a, false, &first), 1); /* unlocked: the next claimer gets it */
+  assert_int_equal(first, x);
+  assert_int_equal(claim(b, false, NULL), 0);
+  a->close(a), b->close(b);
+  free(db);
+}
+
+/* A job that fails on its second interruption (its worker died, reclaim) owes its callback at once:
+ * nobody holds it, any process's sweep delivers it. */
+static void test_callback_after_reclaim(void **state) {
+  (void)state;
+  char *db = new_db();
+  ms_store *a = open_pg(db, 1), *b = open_pg(db, 1);
+  ms_job j = {.owner = "alice", .document = "a cat", .params_json = "{}", .callback = "http://127.0.0.1:9/hook"};
+  int64_t id;
+  ms_enqueue_result res;
+  assert_ok(a->job_enqueue(a, &j, 0, &id, &res));
+  bool found;
+  assert_ok(a->job_claim(a, &j, &found));
+  ms_job_free(&j);
+  char sql[128];
+  snprintf(sql, sizeof sql, "UPDATE jobs SET attempts = 2, lease_until = now() - interval '1 second' WHERE id = %lld", (long long)id);
+  pg_exec(db, sql);
+  int requeued, failed;
+  assert_ok(b->job_reclaim_expired(b, &requeued, &failed));
+  assert_int_equal(failed, 1);
+  int64_t first;
+  assert_int_equal(claim(a, false, &first), 1);
+  assert_int_equal(first, id);
+  a->close(a), b->close(b);
+  free(db);
+}
+
+/* Upgrading from schema 2 (000-002 as shipped): only what a schema 2 start would have delivered is
+ * owed (ended done or failed in the last 24 hours, with a callback, none tried); nothing older. */
+static void test_migrates_version_2_callbacks(void **state) {
+  (void)state;
+  char *db = new_db();
+  const char *src = getenv("MPASS_SOURCE_DIR");
+  for (int v = 1; v <= 2; v++) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/src/server/sql/pg/%s", src ? src : ".", v == 1 ? "001_init.sql" : "002_retention.sql");
+    FILE *f = fopen(path, "rb");
+    if (!f) fail_msg("cannot read %s", path);
+    char *sql = calloc(1, 1 << 16);
+    size_t got = fread(sql, 1, (1 << 16) - 1, f);
+    fclose(f);
+    assert_true(got > 10);
+    pg_exec(db, sql);
+    free(sql);
+  }
+  time_t now = time(NULL);
+  char recent[32], old[32], sql[2048];
+  strftime(recent, sizeof recent, "%Y-%m-%dT%H:%M:%S.000Z", gmtime(&(time_t){now - 3600}));
+  strftime(old, sizeof old, "%Y-%m-%dT%H:%M:%S.000Z", gmtime(&(time_t){now - 3 * 24 * 3600}));
+  snprintf(sql, sizeof sql,
+           "CREATE TABLE schema_version (version integer NOT NULL); INSERT INTO schema_version VALUES (1), (2);"
+           "INSERT INTO jobs(owner, document, is_json, params_json, status, created_at, finished_at, failed_at, callback, callbacks_json)"
+           " VALUES ('alice', 'owed', 0, '{}', 2, '%s', '%s', NULL, 'http://h/1', '[]'),"
+           " ('alice', 'owed too', 0, '{}', 3, '%s', NULL, '%s', 'http://h/2', '[]'),"
+           " ('alice', 'too old', 0, '{}', 2, '%s', '%s', NULL, 'http://h/3', '[]'),"
+           " ('alice', 'tried', 0, '{}', 2, '%s', '%s', NULL, 'http://h/4', '[{\"attempt\": 1}]'),"
+           " ('alice', 'cancelled', 0, '{}', 4, '%s', '%s', NULL, 'http://h/5', '[]'),"
+           " ('alice', 'no url', 0, '{}', 2, '%s', '%s', NULL, NULL, '[]'),"
+           " ('alice', 'queued', 0, '{}', 0, '%s', NULL, NULL, 'http://h/7', '[]')",
+           recent, recent, recent, recent, old, old, recent, recent, recent, recent, recent, recent, recent);
+  pg_exec(db, sql);
+  ms_store *s = open_pg(db, 30);
+  ms_job *jobs;
+  int n;
+  assert_ok(s->callback_claim(s, SINCE, false, 10, &jobs, &n));
+  assert_int_equal(n, 2);
+  assert_string_equal(jobs[0].document, "owed");
+  assert_string_equal(jobs[1].document, "owed too");
+  ms_job_list_free(jobs, n);
+  s->close(s);
+  PGconn *c = PQconnectdb(db);
+  PGresult *r = PQexec(c, "SELECT COUNT(*), MAX(version) FROM schema_version");
+  assert_string_equal(PQgetvalue(r, 0, 0), "3");
+  assert_string_equal(PQgetvalue(r, 0, 1), "3");
+  PQclear(r), PQfinish(c);
+  free(db);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_basics), cmocka_unit_test(test_leases),
                                      cmocka_unit_test(test_notify_on_enqueue), cmocka_unit_test(test_events_between_stores),
                                      cmocka_unit_test(test_blobs),
                                      cmocka_unit_test(test_migrations), cmocka_unit_test(test_reconnect),
-                                     cmocka_unit_test(test_retention), cmocka_unit_test(test_migrates_version_1)};
+                                     cmocka_unit_test(test_retention), cmocka_unit_test(test_migrates_version_1),
+                                     cmocka_unit_test(test_callback_leases), cmocka_unit_test(test_callback_claim_skips_locked),
+                                     cmocka_unit_test(test_callback_after_reclaim), cmocka_unit_test(test_migrates_version_2_callbacks)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

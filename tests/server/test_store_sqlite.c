@@ -1,9 +1,11 @@
 /* The SQLite job store on a temporary database: tokens, tunes, the job life cycle, idempotency,
- * quota, claim order, cancel, recovery listing, callback attempts, reopening (durability). */
+ * quota, claim order, cancel, recovery listing, callback attempts, callbacks owed (their lease, the
+ * migration from schema 2), reopening (durability). */
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "server/store.h"
 #include "testutil.h"
@@ -240,9 +242,114 @@ static void test_bad_database(void **state) {
   remove_tmp(path);
 }
 
+/* Callbacks owed (store.h) on SQLite: the same duty and lease as on PostgreSQL, except that one
+ * process owns the file: what another store (a dead process) held is claimable at once. */
+static int claim(ms_store *s, const char *since, bool own_too, int64_t *first) {
+  ms_job *jobs;
+  int n;
+  assert_ok(s->callback_claim(s, since, own_too, 10, &jobs, &n));
+  if (first) *first = n > 0 ? jobs[0].id : 0;
+  for (int i = 0; i < n; i++) assert_string_equal(jobs[i].callback, "http://127.0.0.1:9/hook");
+  ms_job_list_free(jobs, n);
+  return n;
+}
+
+static int64_t ended(ms_store *s, const char *callback, ms_status status) {
+  ms_job j = {.owner = "alice", .document = "a cat", .params_json = "{}", .callback = (char *)callback};
+  int64_t id;
+  ms_enqueue_result res;
+  assert_ok(s->job_enqueue(s, &j, 0, &id, &res));
+  bool found;
+  assert_ok(s->job_claim(s, &j, &found));
+  assert_true(found && j.id == id);
+  ms_job_free(&j);
+  assert_ok(s->job_finish(s, id, status, status == MS_DONE ? NULL : "boom"));
+  return id;
+}
+
+static void test_callbacks_owed(void **state) {
+  (void)state;
+  char *path;
+  ms_store *a = open_tmp(&path);
+  const char *since = "2000-01-01T00:00:00.000Z", *url = "http://127.0.0.1:9/hook";
+  int64_t done = ended(a, url, MS_DONE), failed = ended(a, url, MS_FAILED), first;
+  ended(a, url, MS_CANCELLED), ended(a, NULL, MS_DONE); /* nothing owed */
+  assert_int_equal(claim(a, since, false, NULL), 0); /* a holds both under a live lease */
+  int64_t ids[] = {done, failed, 12345};
+  int held;
+  assert_ok(a->callback_renew(a, ids, 3, &held));
+  assert_int_equal(held, 2);
+  assert_int_equal(claim(a, since, true, &first), 2); /* at start: its own too */
+  assert_int_equal(first, done);
+  assert_ok(a->callback_settle(a, done)); /* delivered */
+  /* a dies holding `failed`: the next process takes it at once, and a has lost it */
+  ms_store *b;
+  assert_ok(ms_store_sqlite_open(path, &b));
+  assert_int_equal(claim(b, since, false, &first), 1);
+  assert_int_equal(first, failed);
+  assert_int_equal(claim(b, since, false, NULL), 0);
+  assert_ok(a->callback_renew(a, &failed, 1, &held));
+  assert_int_equal(held, 0);
+  a->close(a);
+  /* a stop hands back what it holds; the horizon leaves older ones out */
+  assert_ok(b->callback_release(b));
+  assert_int_equal(claim(b, "2999-01-01T00:00:00.000Z", false, NULL), 0);
+  assert_int_equal(claim(b, since, false, &first), 1);
+  assert_int_equal(first, failed);
+  assert_ok(b->callback_settle(b, failed));
+  assert_int_equal(claim(b, since, true, NULL), 0);
+  b->close(b);
+  remove_tmp(path);
+}
+
+static void sql_exec(const char *path, const char *stmt) {
+  sqlite3 *db;
+  assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+  char *err = NULL;
+  if (sqlite3_exec(db, stmt, NULL, NULL, &err) != SQLITE_OK) fail_msg("%s: %s", stmt, err);
+  sqlite3_close(db);
+}
+
+/* Upgrading from schema 2 (made here by dropping what 3 added): only what a schema 2 start would
+ * have delivered is owed (ended done or failed in the last 24 hours, with a callback, none tried). */
+static void test_migrates_version_2_callbacks(void **state) {
+  (void)state;
+  char *path;
+  ms_store *s = open_tmp(&path);
+  s->close(s);
+  time_t now = time(NULL);
+  char recent[32], old[32], stmt[2048];
+  strftime(recent, sizeof recent, "%Y-%m-%dT%H:%M:%S.000Z", gmtime(&(time_t){now - 3600}));
+  strftime(old, sizeof old, "%Y-%m-%dT%H:%M:%S.000Z", gmtime(&(time_t){now - 3 * 24 * 3600}));
+  snprintf(stmt, sizeof stmt,
+           "DROP INDEX jobs_callbacks_owed; ALTER TABLE jobs DROP COLUMN callback_lease_until;"
+           "ALTER TABLE jobs DROP COLUMN callback_node; DELETE FROM schema_version WHERE version = 3;"
+           "INSERT INTO jobs(owner, document, is_json, params_json, status, created_at, finished_at, failed_at, callback, callbacks_json)"
+           " VALUES ('alice', 'owed', 0, '{}', 2, '%s', '%s', NULL, 'http://127.0.0.1:9/hook', '[]'),"
+           " ('alice', 'owed too', 0, '{}', 3, '%s', NULL, '%s', 'http://127.0.0.1:9/hook', '[]'),"
+           " ('alice', 'too old', 0, '{}', 2, '%s', '%s', NULL, 'http://127.0.0.1:9/hook', '[]'),"
+           " ('alice', 'tried', 0, '{}', 2, '%s', '%s', NULL, 'http://127.0.0.1:9/hook', '[{\"attempt\":1}]'),"
+           " ('alice', 'cancelled', 0, '{}', 4, '%s', '%s', NULL, 'http://127.0.0.1:9/hook', '[]'),"
+           " ('alice', 'no url', 0, '{}', 2, '%s', '%s', NULL, NULL, '[]'),"
+           " ('alice', 'queued', 0, '{}', 0, '%s', NULL, NULL, 'http://127.0.0.1:9/hook', '[]')",
+           recent, recent, recent, recent, old, old, recent, recent, recent, recent, recent, recent, recent);
+  sql_exec(path, stmt);
+  assert_ok(ms_store_sqlite_open(path, &s));
+  ms_job *jobs;
+  int n;
+  assert_ok(s->callback_claim(s, "2000-01-01T00:00:00.000Z", false, 10, &jobs, &n));
+  assert_int_equal(n, 2);
+  assert_string_equal(jobs[0].document, "owed");
+  assert_string_equal(jobs[1].document, "owed too");
+  ms_job_list_free(jobs, n);
+  s->close(s);
+  remove_tmp(path);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_tokens), cmocka_unit_test(test_job_life),
                                      cmocka_unit_test(test_idempotency_quota_list), cmocka_unit_test(test_tunes),
-                                     cmocka_unit_test(test_bad_database)};
+                                     cmocka_unit_test(test_bad_database), cmocka_unit_test(test_callbacks_owed),
+                                     cmocka_unit_test(test_migrates_version_2_callbacks)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
