@@ -946,10 +946,7 @@ static void group_norm_tasks(void *ctx, int64_t begin, int64_t end, int thread) 
       const float *xc = x + (int64_t)c * a->hw;
       float *yc = y + (int64_t)c * a->hw;
       if (a->silu) {
-        for (int64_t i = 0; i < a->hw; i++) {
-          float v = xc[i] * scale + shift;
-          yc[i] = v / (1.0f + mp_vexpf(-v));
-        }
+        mp_vaffine_silu(yc, xc, scale, shift, a->hw);
       } else {
         for (int64_t i = 0; i < a->hw; i++) yc[i] = xc[i] * scale + shift;
       }

@@ -83,8 +83,6 @@ static void gn_stats(void *ctx, int64_t begin, int64_t end, int thread) {
   }
 }
 
-static inline float silu(float v) { return v / (1.0f + mp_vexpf(-v)); }
-
 static void gn_apply(void *ctx, int64_t begin, int64_t end, int thread) {
   (void)thread;
   const gn_nhwc *a = ctx;
@@ -96,14 +94,14 @@ static void gn_apply(void *ctx, int64_t begin, int64_t end, int thread) {
     const float *row = a->x + p * C;
     if (a->y_bf16) {
       if (a->silu)
-        for (int c = 0; c < C; c++) f[c] = silu(row[c] * scale[c] + shift[c]);
+        mp_vaffine_silu_row(f, row, scale, shift, C);
       else
         for (int c = 0; c < C; c++) f[c] = row[c] * scale[c] + shift[c];
       mp_bf16_row((uint16_t *)a->y + p * C, f, C, a->cpu_bf16);
     } else {
       float *out = (float *)a->y + p * C;
       if (a->silu)
-        for (int c = 0; c < C; c++) out[c] = silu(row[c] * scale[c] + shift[c]);
+        mp_vaffine_silu_row(out, row, scale, shift, C);
       else
         for (int c = 0; c < C; c++) out[c] = row[c] * scale[c] + shift[c];
     }
