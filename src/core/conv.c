@@ -1002,7 +1002,7 @@ static void geglu_rows(void *ctx, int64_t begin, int64_t end, int thread) {
   for (int64_t r = begin; r < end; r++) {
     const float *hid = a->x + r * 2 * a->d, *gate = hid + a->d;
     float *y = a->y + r * a->d;
-    for (int64_t j = 0; j < a->d; j++) y[j] = hid[j] * mp_vgeluf(gate[j]);
+    mp_vgeglu_row(y, hid, gate, a->d);
   }
 }
 
