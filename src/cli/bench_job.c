@@ -17,6 +17,7 @@
 #include <sys/resource.h>
 
 #include "cli/commands.h"
+#include "core/attention_bf16.h"
 #include "core/clock.h"
 #include "core/context.h"
 #include "core/cpu_kernels.h"
@@ -119,7 +120,9 @@ void cli_print_bf16_kernels(const mpass_ctx *ctx) {
   char mm[96], conv[96];
   mp_error *e = mp_bf16_kernel_names(mm, sizeof mm, conv, sizeof conv);
   if (e) printf("bf16 kernels: unknown (%s)\n", mp_error_message(e));
-  else printf("bf16 kernels: matmul %s, 3x3 conv %s\n", mm, conv);
+  else /* the attention's products are ours (core/attention_bf16.h) */
+    printf("bf16 kernels: matmul %s, 3x3 conv %s, attention %s\n", mm, conv,
+           mp_attention_kernel_name(mp_attention_kernel_for(ctx->pool, false)));
   mp_error_free(e);
 }
 

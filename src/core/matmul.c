@@ -84,7 +84,11 @@ mp_error *mp_backend_create(mp_precision precision, int n_threads, mp_backend **
   if (precision == MP_PRECISION_AUTO) precision = *mp_cpu_bf16_support() ? MP_PRECISION_BF16 : MP_PRECISION_F32;
   b->precision = precision;
   b->cpu_avx512_bf16 = mp_cpu_avx512_bf16();
-  b->cpu_amx = b->cpu_avx512_bf16 && mp_cpu_amx_usable();
+  /* Our own AMX kernels (attention) follow oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA): capped to
+   * AVX512_CORE_BF16, a run takes the path of a CPU without AMX (AMD Zen 4/5) throughout, which is
+   * how that path is tested and timed on a CPU with AMX. */
+  const dnnl_cpu_isa_t amx = dnnl_cpu_isa_avx512_core_amx;
+  b->cpu_amx = b->cpu_avx512_bf16 && mp_cpu_amx_usable() && (dnnl_get_effective_cpu_isa() & amx) == amx;
   if (n_threads > 0) {
     omp_set_num_threads(n_threads); /* oneDNN's threads */
     openblas_set_num_threads(n_threads);
