@@ -20,10 +20,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/attention_bf16.h"
 #include "core/conv.h"
 #include "core/nhwc_bf16.h"
 #include "core/ops.h"
-#include "core/attention_bf16.h"
 #include "core/profile.h"
 #include "core/tile.h"
 
@@ -413,9 +413,9 @@ static size_t widest(const mp_vae *v, int h, int w) {
 }
 
 /* The activation memory of one decode or encode call, shared by its tiles: a 1024x1024 decode's two
- * tiles would otherwise each map ~1 GB afresh, and the kernel's zeroing of those pages took ~3 s of
- * CPU per decode (sys time; transparent huge pages made it slower). Freed when the call returns, so
- * the memory is not held between a pipeline's phases. */
+ * tiles would otherwise each map ~1 GB afresh, faulting and zeroing every page again (0.4-0.7 s of
+ * sys time per decode; transparent huge pages made it slower). Freed when the call returns, so the
+ * memory is not held between a pipeline's phases. */
 typedef struct {
   float *mem;
   size_t cap; /* floats */
