@@ -51,6 +51,11 @@
  * two score and two numerator buffers (24 KB) fit a 48 KB L1 together (256 keys: 6 % slower at 16k
  * tokens, the same at 4k), while the task's QB rows pass over them. */
 enum { MR = 12, KB = 128, QB = 96 };
+/* Past 8192 queries a task takes 3 x QB rows: K and V of a head (2.9 MB at 16384 keys and head dim 40)
+ * no longer stay in a 2 MB L2, and each task reads them once (16384² x 8 x 40 on AMX: 266-298 ms with
+ * 96 rows, 257-265 ms with 288); below, more tasks balance the threads better (1024² x 8 x 80: 2.45-2.64
+ * ms with 96 rows, 2.54-2.76 with 192 or more). */
+enum { QB_LONG = 3 * QB, QB_LONG_FROM = 8192 };
 /* AMX: strips of 16 rows (a tile's height); keys padded to 32 so P·V runs on whole tiles. */
 enum { AMX_MR = 16, STRIP_MAX = 16 };
 /* how far (log2 units) a block's maximum may exceed the running one before the rows are rescaled */
@@ -79,6 +84,7 @@ typedef struct {
   float *out;
   int64_t nq, nk, ld, nk32; /* nk32: keys rounded up to 32 (the packed key count) */
   int heads, hd, hd2, dpad;
+  int qb; /* query rows per task: QB, or QB_LONG for long sequences */
   bool ones_col; /* V's column hd is all ones (hd < dpad): P·V yields each row's sum in O[., hd] */
   bool amx; /* tile products (strips of AMX_MR rows) instead of vdpbf16ps (MR rows) */
   float qscale;
@@ -417,7 +423,7 @@ AMX_TARGET static void amx_key_block(const bf16_att *a, bool moving_max, const u
   amx_values(P[(strips - 1) & 1], Vb, dpad, groups32 / 2, O + (strips - 1) * AMX_MR * dpad);
 }
 
-/* ---- tasks: one head, QB query rows ----
+/* ---- tasks: one head, qb query rows ----
  * Without `moving_max` each row's maximum m comes from its first key block only and never moves:
  * no maximum per block, no rescaling. Later scores above m give numerators above 1, exact in f32
  * and in bf16 up to 2^127 (the same relative precision at any magnitude); a row whose scores pass
@@ -426,22 +432,22 @@ AMX_TARGET static void amx_key_block(const bf16_att *a, bool moving_max, const u
  * with the moving maximum. (Scores that far apart, 88 in natural units, do not occur in a UNet;
  * the maximum per block cost 14 % of the softmax at 16k tokens.) Returns true with `moving_max`. */
 BF16_TARGET static bool attention_task(const bf16_att *a, bool moving_max, int64_t task, void *scratch) {
-  const int64_t nqb = (a->nq + QB - 1) / QB;
+  const int64_t qb = a->qb, nqb = (a->nq + qb - 1) / qb;
   const int h = (int)(task / nqb);
   const int mr = a->amx ? AMX_MR : MR;
-  const int64_t q0 = (task % nqb) * QB, qn = a->nq - q0 < QB ? a->nq - q0 : QB, rows = (qn + mr - 1) / mr * mr;
+  const int64_t q0 = (task % nqb) * qb, qn = a->nq - q0 < qb ? a->nq - q0 : qb, rows = (qn + mr - 1) / mr * mr;
   const int hd2 = a->hd2, dpad = a->dpad;
   char *base = scratch;
   uint16_t *Qp = (uint16_t *)(void *)base;
   float *S[2], *O, *m, *l;
   uint16_t *P[2];
-  S[0] = (float *)(void *)(base += align64(sizeof(uint16_t) * QB * hd2 * 2));
+  S[0] = (float *)(void *)(base += align64(sizeof(uint16_t) * qb * hd2 * 2));
   S[1] = (float *)(void *)(base += align64(sizeof(float) * STRIP_MAX * KB));
   P[0] = (uint16_t *)(void *)(base += align64(sizeof(float) * STRIP_MAX * KB));
   P[1] = (uint16_t *)(void *)(base += align64(sizeof(uint16_t) * STRIP_MAX * KB));
   O = (float *)(void *)(base += align64(sizeof(uint16_t) * STRIP_MAX * KB));
-  m = (float *)(void *)(base += align64(sizeof(float) * QB * dpad));
-  l = a->ones_col ? NULL : m + QB;
+  m = (float *)(void *)(base += align64(sizeof(float) * qb * dpad));
+  l = a->ones_col ? NULL : m + qb;
 
   memset(Qp, 0, sizeof(uint16_t) * (size_t)(rows * hd2 * 2));
   const __m512 qs = _mm512_set1_ps(a->qscale);
@@ -532,9 +538,11 @@ static bool attention_bf16(mp_pool *pool, bool amx, float *out, const float *q, 
   }
   size_t kv_bytes = align64(sizeof(uint16_t) * (size_t)(heads * kp_head_elems(&a))) +
                     align64(sizeof(uint16_t) * (size_t)(heads * vp_head_elems(&a)));
-  a.scratch_per_thread = align64(sizeof(uint16_t) * QB * (size_t)a.hd2 * 2) + 2 * align64(sizeof(float) * STRIP_MAX * KB) +
-                         2 * align64(sizeof(uint16_t) * STRIP_MAX * KB) + align64(sizeof(float) * QB * (size_t)a.dpad) +
-                         align64(sizeof(float) * 2 * QB);
+  a.qb = nq >= QB_LONG_FROM ? QB_LONG : QB;
+  const size_t qb = (size_t)a.qb;
+  a.scratch_per_thread = align64(sizeof(uint16_t) * qb * (size_t)a.hd2 * 2) + 2 * align64(sizeof(float) * STRIP_MAX * KB) +
+                         2 * align64(sizeof(uint16_t) * STRIP_MAX * KB) + align64(sizeof(float) * qb * (size_t)a.dpad) +
+                         align64(sizeof(float) * 2 * qb);
   const size_t bytes = kv_bytes + a.scratch_per_thread * (size_t)mp_pool_size(pool);
   /* the backend's scratch when the pool has one: ~23 MB of packs at 1024x1024 would otherwise be
    * mapped, faulted in and unmapped on every call */
@@ -545,7 +553,7 @@ static bool attention_bf16(mp_pool *pool, bool amx, float *out, const float *q, 
   a.vp = (uint16_t *)(void *)(buf + align64(sizeof(uint16_t) * (size_t)(heads * kp_head_elems(&a))));
   a.scratch = buf + kv_bytes;
   mp_pool_for(pool, (int64_t)heads * (a.nk32 / 16), 8, pack_tasks, &a);
-  mp_pool_for(pool, (int64_t)heads * ((nq + QB - 1) / QB), 1, attention_tasks, &a);
+  mp_pool_for(pool, (int64_t)heads * ((nq + a.qb - 1) / a.qb), 1, attention_tasks, &a);
   mp_free(own);
   return true;
 }

@@ -90,7 +90,8 @@ static void check_bf16(mp_pool *pool, mp_attention_kernel kernel, int64_t nq, in
 }
 
 /* Every shape through one kernel: head dims 40/64/80/160 (SD 1.5 and SDXL) and odd ones, 77 keys
- * (cross-attention), key and query counts off the block sizes, 4097 x 4097. */
+ * (cross-attention), key and query counts off the block sizes, 4097 x 4097, and past 8192 queries
+ * (tasks of more rows). */
 static void check_kernel(mp_attention_kernel kernel) {
   mp_pool *pool;
   assert_ok(mp_pool_create(2, &pool));
@@ -104,6 +105,8 @@ static void check_kernel(mp_attention_kernel kernel) {
   check_bf16(pool, kernel, 200, 600, 2, 40, 3.0f);  /* peaked softmax: the running max changes across blocks */
   check_bf16(NULL, kernel, 13, 29, 1, 40, 1.0f);    /* no pool: runs on the calling thread */
   check_bf16(pool, kernel, 4097, 4097, 1, 40, 1.0f); /* SD 1.5 level 0 self-attention size, plus one */
+  check_bf16(pool, kernel, 8197, 300, 2, 40, 1.0f);  /* long: 288-row tasks, the last of 133 rows */
+  check_bf16(pool, kernel, 8192, 77, 1, 64, 1.0f);   /* the first long count, no ones column */
   /* rows whose scores share a large offset (log2 units: shift x 0.228 at hd 40): the running max is
    * ~46 (2^-m folded into the exp's coefficients), ~114 and ~-114 (past +-100: m subtracted instead) */
   check_shifted(pool, kernel, 70, 300, 2, 40, 1.0f, 200.0f);
