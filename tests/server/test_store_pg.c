@@ -8,6 +8,7 @@
 #include "server_harness.h"
 #include "server/retention.h"
 #include "server/store.h"
+#include "store_fixture.h"
 
 /* a fresh database; MPASS_TEST_STORE=postgres and MPASS_TEST_PG come from CTest */
 static char *new_db(void) {
@@ -578,18 +579,7 @@ static void test_reconnect(void **state) {
 static const char *SINCE = "2000-01-01T00:00:00.000Z";
 
 /* a job with a callback URL, claimed by s and ended with status */
-static int64_t ended_with_callback(ms_store *s, ms_status status) {
-  ms_job j = {.owner = "alice", .document = "a cat", .params_json = "{}", .callback = "http://127.0.0.1:9/hook"};
-  int64_t id;
-  ms_enqueue_result res;
-  assert_ok(s->job_enqueue(s, &j, 0, &id, &res));
-  bool found;
-  assert_ok(s->job_claim(s, &j, &found));
-  assert_true(found && j.id == id);
-  ms_job_free(&j);
-  assert_ok(s->job_finish(s, id, status, status == MS_DONE ? NULL : "boom"));
-  return id;
-}
+static int64_t ended_with_callback(ms_store *s, ms_status status) { return store_fixture_ended(s, "http://127.0.0.1:9/hook", status); }
 
 /* claims with s; returns how many, and the first id in *first */
 static int claim(ms_store *s, bool own_too, int64_t *first) {

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "server/store.h"
+#include "store_fixture.h"
 #include "testutil.h"
 
 /* the folder open_tmp made for *path, removed; path freed */
@@ -254,26 +255,13 @@ static int claim(ms_store *s, const char *since, bool own_too, int64_t *first) {
   return n;
 }
 
-static int64_t ended(ms_store *s, const char *callback, ms_status status) {
-  ms_job j = {.owner = "alice", .document = "a cat", .params_json = "{}", .callback = (char *)callback};
-  int64_t id;
-  ms_enqueue_result res;
-  assert_ok(s->job_enqueue(s, &j, 0, &id, &res));
-  bool found;
-  assert_ok(s->job_claim(s, &j, &found));
-  assert_true(found && j.id == id);
-  ms_job_free(&j);
-  assert_ok(s->job_finish(s, id, status, status == MS_DONE ? NULL : "boom"));
-  return id;
-}
-
 static void test_callbacks_owed(void **state) {
   (void)state;
   char *path;
   ms_store *a = open_tmp(&path);
   const char *since = "2000-01-01T00:00:00.000Z", *url = "http://127.0.0.1:9/hook";
-  int64_t done = ended(a, url, MS_DONE), failed = ended(a, url, MS_FAILED), first;
-  ended(a, url, MS_CANCELLED), ended(a, NULL, MS_DONE); /* nothing owed */
+  int64_t done = store_fixture_ended(a, url, MS_DONE), failed = store_fixture_ended(a, url, MS_FAILED), first;
+  store_fixture_ended(a, url, MS_CANCELLED), store_fixture_ended(a, NULL, MS_DONE); /* nothing owed */
   assert_int_equal(claim(a, since, false, NULL), 0); /* a holds both under a live lease */
   int64_t ids[] = {done, failed, 12345};
   int held;
