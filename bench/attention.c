@@ -1,8 +1,10 @@
-/* mp_attention on the UNet's self-attention shapes at 512x512 (one image; a CFG step runs each
- * twice per transformer): 4096 queries x 4096 keys x 8 heads x 40 at 64x64, 1024 x 1024 x 8 x 80
- * at 32x32, 256 x 256 x 8 x 160 at 16x16, and the 4096 x 77 cross-attention.
- * --kernel bf16 / amx times the AVX-512 BF16 / AMX kernel (core/attention_bf16.h) instead of the f32 one;
- * --hires adds the 1024x1024 level-0 shape, 16384 x 16384 x 8 x 40 (16x the work of the first).
+/* mp_attention on the SD 1.5 UNet's attention shapes at 512x512 (one image): 4096 queries x 4096 keys
+ * x 8 heads x 40 at 64x64, 1024 x 1024 x 8 x 80 at 32x32, 256 x 256 x 8 x 160 at 16x16, and the
+ * 4096 x 77 cross-attention of level 0. --hires times the same levels at 1024x1024 instead (16384,
+ * 4096 and 1024 tokens). "per step" weighs each shape by its calls in one CFG step (batch 2; five
+ * transformers at each of levels 0-2), the attention row of `mpass bench --profile` less the mid
+ * block's and the other cross-attentions.
+ * --kernel bf16 / amx times the AVX-512 BF16 / AMX kernel (core/attention_bf16.h) instead of the f32 one.
  * usage: bench_attention [--threads N] [--runs N] [--kernel f32|bf16|amx] [--hires] */
 #include <stdbool.h>
 #include <stdio.h>
@@ -32,12 +34,15 @@ int main(int argc, char **argv) {
   if ((kernel == MP_ATTENTION_AVX512_BF16 && !mp_cpu_avx512_bf16()) || (kernel == MP_ATTENTION_AMX_BF16 && !(mp_cpu_avx512_bf16() && mp_cpu_amx_usable())))
     return fprintf(stderr, "this CPU lacks the %s kernel's instructions\n", mp_attention_kernel_name(kernel)), 1;
   printf("kernel %s, %d threads\n", mp_attention_kernel_name(kernel), threads);
-  static const int shapes[][4] = {{4096, 4096, 8, 40}, {1024, 1024, 8, 80}, {256, 256, 8, 160}, {4096, 77, 8, 40}, {16384, 16384, 8, 40}};
+  static const int lowres[][4] = {{4096, 4096, 8, 40}, {1024, 1024, 8, 80}, {256, 256, 8, 160}, {4096, 77, 8, 40}};
+  static const int highres[][4] = {{16384, 16384, 8, 40}, {4096, 4096, 8, 80}, {1024, 1024, 8, 160}, {16384, 77, 8, 40}};
+  const int(*shapes)[4] = hires ? highres : lowres;
+  enum { CALLS_PER_STEP = 5 * 2 };
   mp_pool *pool;
   mp_error *e = mp_pool_create(threads, &pool);
   if (e) return fprintf(stderr, "%s\n", mp_error_message(e)), 1;
   double total = 0;
-  for (size_t s = 0; s < sizeof shapes / sizeof *shapes - (hires ? 0 : 1); s++) {
+  for (size_t s = 0; s < sizeof lowres / sizeof *lowres; s++) {
     const int nq = shapes[s][0], nk = shapes[s][1], heads = shapes[s][2], hd = shapes[s][3];
     const size_t dq = (size_t)nq * heads * hd, dk = (size_t)nk * heads * hd;
     float *q = malloc(dq * 4), *k = malloc(dk * 4), *v = malloc(dk * 4), *o = malloc(dq * 4);
@@ -52,7 +57,7 @@ int main(int argc, char **argv) {
     total += t;
     free(q), free(k), free(v), free(o);
   }
-  printf("total %.2f ms\n", total * 1e3);
+  printf("total %.2f ms, per step %.3f s\n", total * 1e3, total * CALLS_PER_STEP);
   mp_pool_destroy(pool);
   return 0;
 }
