@@ -5,8 +5,18 @@
 #include <string.h>
 
 #include "core/cpu_kernels.h"
+#include "core/matmul.h"
 #include "core/profile.h"
+#include "core/threads.h"
 #include "core/vmath.h"
+
+/* Whether the CPU converts to bf16 itself (vcvtneps2bf16): the backend's answer, found when it was
+ * made. Asking cpuid on every call cost ~60 us in a virtual machine (each cpuid leaf exits to the
+ * hypervisor, ~14 us here), about 1 % of a 512x512 step. */
+static bool cpu_bf16(const mp_pool *pool) {
+  const struct mp_backend *b = mp_pool_backend(pool);
+  return b ? mp_backend_cpu_avx512_bf16(b) : mp_cpu_avx512_bf16();
+}
 
 /* Round to nearest even as vcvtneps2bf16 does, the instruction oneDNN's f32 -> bf16 reorder runs
  * on AVX512_BF16 CPUs: denormals become zero of their sign, NaN stays a quiet NaN. In C it takes as
@@ -117,7 +127,7 @@ mp_error *mp_group_norm_nhwc(mp_pool *pool, mp_workspace *ws, void *y, bool y_bf
   if (chunk < 1) chunk = 1;
   const int64_t chunks = (hw + chunk - 1) / chunk;
   MP_TRY(mp_workspace_reserve(ws, sizeof(double) * (size_t)(chunks * groups * 2) + sizeof(float) * 2 * (size_t)C));
-  gn_nhwc a = {x, y, y_bf16, silu, mp_cpu_avx512_bf16(), hw, chunk, C, groups, ws->p, NULL, NULL};
+  gn_nhwc a = {x, y, y_bf16, silu, cpu_bf16(pool), hw, chunk, C, groups, ws->p, NULL, NULL};
   a.scale = (float *)(void *)(a.stats + chunks * groups * 2), a.shift = a.scale + C;
   mp_profile_begin(mp_pool_profile(pool));
   mp_pool_for(pool, chunks, 1, gn_stats, &a);
@@ -164,7 +174,7 @@ static void upsample_rows(void *ctx, int64_t begin, int64_t end, int thread) {
 }
 
 void mp_upsample_nearest2x_nhwc_bf16(mp_pool *pool, uint16_t *y, const float *x, int h, int w, int C) {
-  up_nhwc a = {y, x, h, w, C, mp_cpu_avx512_bf16()};
+  up_nhwc a = {y, x, h, w, C, cpu_bf16(pool)};
   mp_pool_for(pool, h, 4, upsample_rows, &a);
 }
 
@@ -184,6 +194,6 @@ static void to_bf16_chunks(void *ctx, int64_t begin, int64_t end, int thread) {
 }
 
 void mp_bf16_copy(mp_pool *pool, uint16_t *dst, const float *src, int64_t n) {
-  to_bf16 a = {dst, src, n, mp_cpu_avx512_bf16()};
+  to_bf16 a = {dst, src, n, cpu_bf16(pool)};
   mp_pool_for(pool, (n + (1 << 14) - 1) >> 14, 1, to_bf16_chunks, &a);
 }
