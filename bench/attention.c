@@ -4,8 +4,10 @@
  * 4096 and 1024 tokens). "per step" weighs each shape by its calls in one CFG step (batch 2; five
  * transformers at each of levels 0-2), the attention row of `mpass bench --profile` less the mid
  * block's and the other cross-attentions.
+ * --vae times the VAE decoder's mid-block attention instead (one head of 512): 4096 tokens at 512x512,
+ * 9216 in each of the two tiles of a 1024x1024 decode.
  * --kernel bf16 / amx times the AVX-512 BF16 / AMX kernel (core/attention_bf16.h) instead of the f32 one.
- * usage: bench_attention [--threads N] [--runs N] [--kernel f32|bf16|amx] [--hires] */
+ * usage: bench_attention [--threads N] [--runs N] [--kernel f32|bf16|amx] [--hires | --vae] */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,10 +23,13 @@
 
 int main(int argc, char **argv) {
   int threads = 2, runs = 3;
-  bool hires = false;
+  bool hires = false, vae = false;
   mp_attention_kernel kernel = MP_ATTENTION_F32;
   for (int i = 1; i < argc; i++)
-    if (!strcmp(argv[i], "--hires")) hires = true, memmove(argv + i, argv + i + 1, sizeof *argv * (size_t)(argc - i)), argc--, i--;
+    if (!strcmp(argv[i], "--hires") || !strcmp(argv[i], "--vae")) {
+      *(argv[i][2] == 'h' ? &hires : &vae) = true;
+      memmove(argv + i, argv + i + 1, sizeof *argv * (size_t)(argc - i)), argc--, i--;
+    }
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
     if (!strcmp(argv[i], "--runs")) runs = atoi(argv[i + 1]);
@@ -36,13 +41,15 @@ int main(int argc, char **argv) {
   printf("kernel %s, %d threads\n", mp_attention_kernel_name(kernel), threads);
   static const int lowres[][4] = {{4096, 4096, 8, 40}, {1024, 1024, 8, 80}, {256, 256, 8, 160}, {4096, 77, 8, 40}};
   static const int highres[][4] = {{16384, 16384, 8, 40}, {4096, 4096, 8, 80}, {1024, 1024, 8, 160}, {16384, 77, 8, 40}};
-  const int(*shapes)[4] = hires ? highres : lowres;
+  static const int decoder[][4] = {{4096, 4096, 1, 512}, {9216, 9216, 1, 512}};
+  const int(*shapes)[4] = vae ? decoder : hires ? highres : lowres;
+  const size_t n_shapes = vae ? sizeof decoder / sizeof *decoder : sizeof lowres / sizeof *lowres;
   enum { CALLS_PER_STEP = 5 * 2 };
   mp_pool *pool;
   mp_error *e = mp_pool_create(threads, &pool);
   if (e) return fprintf(stderr, "%s\n", mp_error_message(e)), 1;
   double total = 0;
-  for (size_t s = 0; s < sizeof lowres / sizeof *lowres; s++) {
+  for (size_t s = 0; s < n_shapes; s++) {
     const int nq = shapes[s][0], nk = shapes[s][1], heads = shapes[s][2], hd = shapes[s][3];
     const size_t dq = (size_t)nq * heads * hd, dk = (size_t)nk * heads * hd;
     float *q = malloc(dq * 4), *k = malloc(dk * 4), *v = malloc(dk * 4), *o = malloc(dq * 4);
@@ -57,7 +64,10 @@ int main(int argc, char **argv) {
     total += t;
     free(q), free(k), free(v), free(o);
   }
-  printf("total %.2f ms, per step %.3f s\n", total * 1e3, total * CALLS_PER_STEP);
+  if (vae)
+    printf("total %.2f ms\n", total * 1e3);
+  else
+    printf("total %.2f ms, per step %.3f s\n", total * 1e3, total * CALLS_PER_STEP);
   mp_pool_destroy(pool);
   return 0;
 }
