@@ -1015,6 +1015,51 @@ void mp_geglu(mp_pool *pool, float *y, const float *x, int64_t n, int64_t d) {
   mp_pool_for(pool, n, n >= 64 ? 16 : n, geglu_rows, &a);
 }
 
+/* GEGLU rows straight to bf16, a chunk at a time through a buffer that stays in L1. */
+enum { GEGLU_CHUNK = 1024 };
+typedef struct {
+  uint16_t *y;
+  const float *x;
+  int64_t d;
+  bool cpu_bf16;
+} geglu_bf16_args;
+
+static void geglu_bf16_rows(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const geglu_bf16_args *a = ctx;
+  float chunk[GEGLU_CHUNK];
+  for (int64_t r = begin; r < end; r++) {
+    const float *hid = a->x + r * 2 * a->d, *gate = hid + a->d;
+    for (int64_t c = 0; c < a->d; c += GEGLU_CHUNK) {
+      const int64_t len = a->d - c < GEGLU_CHUNK ? a->d - c : GEGLU_CHUNK;
+      mp_vgeglu_row(chunk, hid + c, gate + c, len);
+      mp_bf16_row(a->y + r * a->d + c, chunk, len, a->cpu_bf16);
+    }
+  }
+}
+
+mp_error *mp_dense_geglu(mp_pool *pool, mp_workspace *ws, float *y, float *gated, const float *x, int64_t n, int64_t d,
+                         const mp_tensor *W, const mp_tensor *bias) {
+  mp_backend *be = mp_pool_backend(pool);
+  if (!(be && !ws->f32_only && mp_backend_precision(be) == MP_PRECISION_BF16)) {
+    mp_geglu(pool, gated, x, n, d);
+    return mp_dense(pool, ws, y, gated, n, W, bias);
+  }
+  if (W->ndim != 2 || W->shape[1] != d)
+    return mp_errorf("feed-forward output weight must be [out, %lld], found %d-D with %lld inputs", (long long)d, W->ndim,
+                     W->ndim > 1 ? (long long)W->shape[1] : -1LL);
+  mp_matmul *mm;
+  MP_TRY(packed_weight(ws, be, W, bias, &mm));
+  MP_TRY(mp_workspace_reserve(ws, (size_t)(n * d) * 2));
+  geglu_bf16_args a = {ws->p, x, d, mp_backend_cpu_avx512_bf16(be)};
+  mp_pool_for(pool, n, n >= 64 ? 16 : n, geglu_bf16_rows, &a);
+  mp_profile *prof = mp_pool_profile(pool);
+  mp_profile_begin(prof);
+  mp_error *e = mp_matmul_run_bf16(mm, ws->p, n, y);
+  mp_profile_end(prof, MP_OP_DENSE);
+  return e;
+}
+
 /* ---- transposes (blocked so both sides stream through cache) ---- */
 enum { TB = 32 };
 typedef struct {

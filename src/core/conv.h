@@ -100,6 +100,13 @@ void mp_upsample_nearest2x(mp_pool *pool, float *y, const float *x, int64_t plan
  * y [n, d] = hidden * gelu(gate) (exact erf GELU). y may equal x (rows are compacted in place). */
 void mp_geglu(mp_pool *pool, float *y, const float *x, int64_t n, int64_t d);
 
+/* y [n, out] = dense(GEGLU(x)) with W [out, d] (a transformer's feed-forward output), x [n, 2*d] as
+ * mp_geglu takes it. Under a bf16 backend the gated rows go straight to the bf16 the GEMM reads
+ * (the same values, rounded the same way, as mp_geglu then mp_dense), without the [n, d] f32
+ * tensor's round trip through memory; otherwise `gated` [n, d] holds them (it may equal x). */
+mp_error *mp_dense_geglu(mp_pool *pool, mp_workspace *ws, float *y, float *gated, const float *x, int64_t n, int64_t d,
+                         const mp_tensor *W, const mp_tensor *bias);
+
 /* dst[cols, rows] = src[rows, cols]ᵀ (e.g. a [C, HW] image to [HW, C] tokens). dst must not alias src. */
 void mp_transpose(mp_pool *pool, float *dst, const float *src, int64_t rows, int64_t cols);
 /* dst[rows, cols] += src[cols, rows]ᵀ (tokens back onto an image, with a residual add). */

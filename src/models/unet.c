@@ -427,9 +427,7 @@ static mp_error *spatial_forward(fwd *f, const spatial *s, float *x, int h, int 
       MP_TRY(attention_block(f, s, f->tok, hw, t->q2, t->k2, t->v2, &t->out2, ctx, f->n_ctx, f->ck, f->cv));
       mp_layer_norm(f->pool, f->nrm, f->tok, hw, C, t->ln3.gamma, t->ln3.beta, LN_EPS);
       MP_TRY(mp_dense(f->pool, f->ws, f->ff, f->nrm, hw, t->ff1.w, t->ff1.b));
-      float *gated = f->ff + hw * 2 * s->inner_ff;
-      mp_geglu(f->pool, gated, f->ff, hw, s->inner_ff);
-      MP_TRY(mp_dense(f->pool, f->ws, f->nrm, gated, hw, t->ff2.w, t->ff2.b));
+      MP_TRY(mp_dense_geglu(f->pool, f->ws, f->nrm, f->ff + hw * 2 * s->inner_ff, f->ff, hw, s->inner_ff, t->ff2.w, t->ff2.b));
       mp_add(f->tok, f->tok, f->nrm, hw * C);
     }
     MP_TRY(mp_dense(f->pool, f->ws, f->nrm, f->tok, hw, s->proj_out.w, s->proj_out.b));

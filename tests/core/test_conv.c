@@ -215,6 +215,46 @@ static void test_upsample_and_geglu(void **state) {
   assert_true(max_diff(g, gr, N * D) < 2e-6);
 }
 
+/* mp_dense_geglu gives exactly what mp_geglu then mp_dense give: under a bf16 backend (the gated rows
+ * straight to bf16, d past one chunk of the row buffer, rows past one task), under none (f32), and it
+ * names the weight a feed-forward of the wrong width. */
+static void test_dense_geglu_is_geglu_then_dense(void **state) {
+  (void)state;
+  enum { N = 70, D = 1100, OUT = 24 };
+  float *x = malloc(sizeof(float) * N * 2 * D), *g = malloc(sizeof(float) * N * D), *W = malloc(sizeof(float) * OUT * D);
+  float *fused = malloc(sizeof(float) * N * OUT), *apart = malloc(sizeof(float) * N * OUT), b[OUT];
+  assert_non_null(x), assert_non_null(g), assert_non_null(W), assert_non_null(fused), assert_non_null(apart);
+  test_fill(x, N * 2 * D, 31), test_fill(W, OUT * D, 32), test_fill(b, OUT, 33);
+  mp_tensor tw, tb, wrong;
+  mp_tensor_view(&tw, MP_F32, 2, (int64_t[]){OUT, D}, W);
+  mp_tensor_view(&tb, MP_F32, 1, (int64_t[]){OUT}, b);
+  mp_tensor_view(&wrong, MP_F32, 2, (int64_t[]){OUT, D - 1}, W);
+  mp_pool *pool;
+  mp_backend *be;
+  assert_ok(mp_pool_create(2, &pool));
+  assert_ok(mp_backend_create(MP_PRECISION_BF16, 2, &be));
+  for (int attach = 0; attach < 2; attach++) {
+    mp_pool_set_backend(pool, attach ? be : NULL);
+    mp_workspace ws = {0};
+    mp_geglu(pool, g, x, N, D);
+    assert_ok(mp_dense(pool, &ws, apart, g, N, &tw, &tb));
+    memset(g, 0, sizeof(float) * N * D);
+    assert_ok(mp_dense_geglu(pool, &ws, fused, g, x, N, D, &tw, &tb));
+    assert_memory_equal(fused, apart, sizeof(float) * N * OUT);
+    if (attach && mp_backend_precision(be) == MP_PRECISION_BF16) {
+      mp_error *e = mp_dense_geglu(pool, &ws, fused, g, x, N, D, &wrong, &tb);
+      assert_non_null(e);
+      assert_non_null(strstr(mp_error_message(e), "feed-forward output weight must be [out, 1100], found 2-D with 1099 inputs"));
+      mp_error_free(e);
+    }
+    mp_workspace_free(&ws);
+  }
+  mp_pool_set_backend(pool, NULL);
+  mp_backend_destroy(be);
+  mp_pool_destroy(pool);
+  free(x), free(g), free(W), free(fused), free(apart);
+}
+
 /* The affine map + SiLU of the group norms (AVX-512 where built for it): against SiLU in double, every
  * length around the vector width, the tails (x * sigmoid(x) -> 0 and -> x) and NaN kept NaN. */
 static void test_vector_silu(void **state) {
@@ -271,7 +311,7 @@ static void test_vector_exp(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_conv2d_matches_reference), cmocka_unit_test(test_dense_matches_reference),
-      cmocka_unit_test(test_dense_on_f32_backend),
+      cmocka_unit_test(test_dense_on_f32_backend), cmocka_unit_test(test_dense_geglu_is_geglu_then_dense),
       cmocka_unit_test(test_group_norm_matches_reference), cmocka_unit_test(test_group_norm_chunked_statistics), cmocka_unit_test(test_upsample_and_geglu),
       cmocka_unit_test(test_vector_exp),
       cmocka_unit_test(test_vector_silu),
