@@ -876,6 +876,35 @@ mp_error *mp_dense(mp_pool *pool, mp_workspace *ws, float *y, const float *x, in
   return e;
 }
 
+mp_error *mp_dense_shared(mp_pool *pool, mp_workspace *ws, const float *x, int64_t n, const mp_dense_out *outs, int count) {
+  mp_backend *be = mp_pool_backend(pool);
+  if (!(be && !ws->f32_only && mp_backend_precision(be) == MP_PRECISION_BF16)) {
+    for (int i = 0; i < count; i++) MP_TRY(mp_dense(pool, ws, outs[i].y, x, n, outs[i].W, outs[i].bias));
+    return NULL;
+  }
+  enum { MAX_SHARED = 4 };
+  if (count < 1 || count > MAX_SHARED) return mp_errorf("mp_dense_shared: %d layers (1 to %d)", count, MAX_SHARED);
+  mp_matmul *mm[MAX_SHARED];
+  for (int i = 0; i < count; i++) { /* all packed before ws holds the converted input */
+    const mp_tensor *W = outs[i].W;
+    if (!(W->ndim == 2 || (W->ndim == 4 && W->shape[2] == 1 && W->shape[3] == 1)))
+      return mp_errorf("dense weight must be [out, in] (or [out, in, 1, 1]), found %d-D", W->ndim);
+    if (!is_float_dtype(W->dtype)) return mp_errorf("dense weight has dtype %s", mp_dtype_name(W->dtype));
+    MP_TRY(packed_weight(ws, be, W, outs[i].bias, &mm[i]));
+    if (mp_matmul_k(mm[i]) != mp_matmul_k(mm[0]))
+      return mp_errorf("dense layers sharing an input take %lld and %lld inputs", (long long)mp_matmul_k(mm[0]),
+                       (long long)mp_matmul_k(mm[i]));
+  }
+  mp_profile *prof = mp_pool_profile(pool);
+  mp_profile_begin(prof);
+  const int64_t K = mp_matmul_k(mm[0]);
+  mp_error *e = mp_workspace_reserve(ws, (size_t)(n * K) * 2);
+  if (!e) mp_bf16_copy(pool, ws->p, x, n * K);
+  for (int i = 0; i < count && !e; i++) e = mp_matmul_run_bf16(mm[i], ws->p, n, outs[i].y);
+  mp_profile_end(prof, MP_OP_DENSE);
+  return e;
+}
+
 /* ---- group norm ---- */
 typedef struct {
   float *y;

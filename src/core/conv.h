@@ -80,6 +80,15 @@ static inline int mp_conv_out_size(int in, int k, int stride, int pad_lo, int pa
 mp_error *mp_dense(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int64_t n, const mp_tensor *W,
                    const mp_tensor *bias);
 
+/* Several dense layers on one input: outs[i].y = x · outs[i].Wᵀ + outs[i].bias for i < count, as
+ * mp_dense gives each. Under a bf16 backend x is converted to bf16 once for all of them (a
+ * self-attention's q, k and v). */
+typedef struct {
+  float *y;
+  const mp_tensor *W, *bias;
+} mp_dense_out;
+mp_error *mp_dense_shared(mp_pool *pool, mp_workspace *ws, const float *x, int64_t n, const mp_dense_out *outs, int count);
+
 /* A small float vector (bias, norm scale) as f32 into `dst` (n elements; fails on a size mismatch). */
 mp_error *mp_vector_f32(const mp_tensor *t, float *dst, int64_t n);
 

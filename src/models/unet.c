@@ -398,9 +398,13 @@ static mp_error *res_forward(fwd *f, const resblock *r, const float *x, float *y
 /* x [n, C] += Attention(q = dense(nrm), k/v = dense(src)) projected by `out`. */
 static mp_error *attention_block(fwd *f, const spatial *s, float *x, int64_t n, const mp_tensor *Wq, const mp_tensor *Wk,
                                  const mp_tensor *Wv, const layer *out, const float *src, int64_t n_src, float *kbuf, float *vbuf) {
-  MP_TRY(mp_dense(f->pool, f->ws, f->q, f->nrm, n, Wq, NULL));
-  MP_TRY(mp_dense(f->pool, f->ws, kbuf, src, n_src, Wk, NULL));
-  MP_TRY(mp_dense(f->pool, f->ws, vbuf, src, n_src, Wv, NULL));
+  const mp_dense_out qkv[3] = {{kbuf, Wk, NULL}, {vbuf, Wv, NULL}, {f->q, Wq, NULL}};
+  if (src == f->nrm) { /* self-attention: q, k and v share their input */
+    MP_TRY(mp_dense_shared(f->pool, f->ws, src, n, qkv, 3));
+  } else {
+    MP_TRY(mp_dense(f->pool, f->ws, f->q, f->nrm, n, Wq, NULL));
+    MP_TRY(mp_dense_shared(f->pool, f->ws, src, n_src, qkv, 2));
+  }
   mp_profile_begin(mp_pool_profile(f->pool));
   /* bf16 products under a bf16 backend on AVX512_BF16 CPUs, else the f32 kernel */
   mp_attention_auto(f->pool, f->att, f->q, kbuf, vbuf, n, n_src, s->heads, s->head_dim, false);

@@ -255,6 +255,44 @@ static void test_dense_geglu_is_geglu_then_dense(void **state) {
   free(x), free(g), free(W), free(fused), free(apart);
 }
 
+/* mp_dense_shared gives exactly what one mp_dense per layer gives, under a bf16 backend (one bf16
+ * copy of the input for all) and under none, and refuses layers of different input widths. */
+static void test_dense_shared_is_dense_each(void **state) {
+  (void)state;
+  enum { N = 90, IN = 48, OUT = 40 };
+  float x[N * IN], W[3][OUT * IN], Wn[OUT * (IN - 16)], b[OUT], shared[3][N * OUT], each[N * OUT];
+  test_fill(x, N * IN, 41), test_fill(b, OUT, 42), test_fill(Wn, OUT * (IN - 16), 46);
+  mp_tensor tw[3], tb, narrow;
+  for (int i = 0; i < 3; i++) test_fill(W[i], OUT * IN, 43 + i), mp_tensor_view(&tw[i], MP_F32, 2, (int64_t[]){OUT, IN}, W[i]);
+  mp_tensor_view(&tb, MP_F32, 1, (int64_t[]){OUT}, b);
+  mp_tensor_view(&narrow, MP_F32, 2, (int64_t[]){OUT, IN - 16}, Wn); /* its own data: packs are found by it */
+  const mp_dense_out outs[3] = {{shared[0], &tw[0], &tb}, {shared[1], &tw[1], NULL}, {shared[2], &tw[2], &tb}};
+  mp_pool *pool;
+  mp_backend *be;
+  assert_ok(mp_pool_create(2, &pool));
+  assert_ok(mp_backend_create(MP_PRECISION_BF16, 2, &be));
+  for (int attach = 0; attach < 2; attach++) {
+    mp_pool_set_backend(pool, attach ? be : NULL);
+    mp_workspace ws = {0};
+    assert_ok(mp_dense_shared(pool, &ws, x, N, outs, 3));
+    for (int i = 0; i < 3; i++) {
+      assert_ok(mp_dense(pool, &ws, each, x, N, outs[i].W, outs[i].bias));
+      assert_memory_equal(shared[i], each, sizeof each);
+    }
+    if (attach && mp_backend_precision(be) == MP_PRECISION_BF16) {
+      const mp_dense_out mixed[2] = {{shared[0], &tw[0], NULL}, {shared[1], &narrow, NULL}};
+      mp_error *e = mp_dense_shared(pool, &ws, x, N, mixed, 2);
+      assert_non_null(e);
+      assert_non_null(strstr(mp_error_message(e), "dense layers sharing an input take 48 and 32 inputs"));
+      mp_error_free(e);
+    }
+    mp_workspace_free(&ws);
+  }
+  mp_pool_set_backend(pool, NULL);
+  mp_backend_destroy(be);
+  mp_pool_destroy(pool);
+}
+
 /* The affine map + SiLU of the group norms (AVX-512 where built for it): against SiLU in double, every
  * length around the vector width, the tails (x * sigmoid(x) -> 0 and -> x) and NaN kept NaN. */
 static void test_vector_silu(void **state) {
@@ -312,6 +350,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_conv2d_matches_reference), cmocka_unit_test(test_dense_matches_reference),
       cmocka_unit_test(test_dense_on_f32_backend), cmocka_unit_test(test_dense_geglu_is_geglu_then_dense),
+      cmocka_unit_test(test_dense_shared_is_dense_each),
       cmocka_unit_test(test_group_norm_matches_reference), cmocka_unit_test(test_group_norm_chunked_statistics), cmocka_unit_test(test_upsample_and_geglu),
       cmocka_unit_test(test_vector_exp),
       cmocka_unit_test(test_vector_silu),
