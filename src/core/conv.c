@@ -845,11 +845,16 @@ static void add_row_bias(void *ctx, int64_t begin, int64_t end, int thread) {
   }
 }
 
-static mp_error *dense(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int64_t n, const mp_tensor *W,
-                       const mp_tensor *bias) {
+static mp_error *check_dense_weight(const mp_tensor *W) {
   bool conv1x1 = W->ndim == 4 && W->shape[2] == 1 && W->shape[3] == 1;
   if (W->ndim != 2 && !conv1x1) return mp_errorf("dense weight must be [out, in] (or [out, in, 1, 1]), found %d-D", W->ndim);
   if (!is_float_dtype(W->dtype)) return mp_errorf("dense weight has dtype %s", mp_dtype_name(W->dtype));
+  return NULL;
+}
+
+static mp_error *dense(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int64_t n, const mp_tensor *W,
+                       const mp_tensor *bias) {
+  MP_TRY(check_dense_weight(W));
   mp_backend *be = mp_pool_backend(pool);
   if (be && !ws->f32_only && mp_backend_precision(be) == MP_PRECISION_BF16) return dense_packed(pool, ws, be, y, x, n, W, bias);
   const int64_t out = W->shape[0], in = W->shape[1];
@@ -886,11 +891,8 @@ mp_error *mp_dense_shared(mp_pool *pool, mp_workspace *ws, const float *x, int64
   if (count < 1 || count > MAX_SHARED) return mp_errorf("mp_dense_shared: %d layers (1 to %d)", count, MAX_SHARED);
   mp_matmul *mm[MAX_SHARED];
   for (int i = 0; i < count; i++) { /* all packed before ws holds the converted input */
-    const mp_tensor *W = outs[i].W;
-    if (!(W->ndim == 2 || (W->ndim == 4 && W->shape[2] == 1 && W->shape[3] == 1)))
-      return mp_errorf("dense weight must be [out, in] (or [out, in, 1, 1]), found %d-D", W->ndim);
-    if (!is_float_dtype(W->dtype)) return mp_errorf("dense weight has dtype %s", mp_dtype_name(W->dtype));
-    MP_TRY(packed_weight(ws, be, W, outs[i].bias, &mm[i]));
+    MP_TRY(check_dense_weight(outs[i].W));
+    MP_TRY(packed_weight(ws, be, outs[i].W, outs[i].bias, &mm[i]));
     if (mp_matmul_k(mm[i]) != mp_matmul_k(mm[0]))
       return mp_errorf("dense layers sharing an input take %lld and %lld inputs", (long long)mp_matmul_k(mm[0]),
                        (long long)mp_matmul_k(mm[i]));
