@@ -1071,14 +1071,15 @@ static void geglu_bf16_rows(void *ctx, int64_t begin, int64_t end, int thread) {
 
 mp_error *mp_dense_geglu(mp_pool *pool, mp_workspace *ws, float *y, float *gated, const float *x, int64_t n, int64_t d,
                          const mp_tensor *W, const mp_tensor *bias) {
+  /* checked on both paths: mp_dense reads as many inputs per row as the weight has */
+  if (W->ndim != 2 || W->shape[1] != d)
+    return mp_errorf("feed-forward output weight must be [out, %lld], found %d-D with %lld inputs", (long long)d, W->ndim,
+                     W->ndim > 1 ? (long long)W->shape[1] : -1LL);
   mp_backend *be = mp_pool_backend(pool);
   if (!(be && !ws->f32_only && mp_backend_precision(be) == MP_PRECISION_BF16)) {
     mp_geglu(pool, gated, x, n, d);
     return mp_dense(pool, ws, y, gated, n, W, bias);
   }
-  if (W->ndim != 2 || W->shape[1] != d)
-    return mp_errorf("feed-forward output weight must be [out, %lld], found %d-D with %lld inputs", (long long)d, W->ndim,
-                     W->ndim > 1 ? (long long)W->shape[1] : -1LL);
   mp_matmul *mm;
   MP_TRY(packed_weight(ws, be, W, bias, &mm));
   MP_TRY(mp_workspace_reserve(ws, (size_t)(n * d) * 2));

@@ -216,8 +216,8 @@ static void test_upsample_and_geglu(void **state) {
 }
 
 /* mp_dense_geglu gives exactly what mp_geglu then mp_dense give: under a bf16 backend (the gated rows
- * straight to bf16, d past one chunk of the row buffer, rows past one task), under none (f32), and it
- * names the weight a feed-forward of the wrong width. */
+ * straight to bf16, d past one chunk of the row buffer, rows past one task), under none (f32), and on
+ * both it names the weight a feed-forward of the wrong width. */
 static void test_dense_geglu_is_geglu_then_dense(void **state) {
   (void)state;
   enum { N = 70, D = 1100, OUT = 24 };
@@ -241,12 +241,10 @@ static void test_dense_geglu_is_geglu_then_dense(void **state) {
     memset(g, 0, sizeof(float) * N * D);
     assert_ok(mp_dense_geglu(pool, &ws, fused, g, x, N, D, &tw, &tb));
     assert_memory_equal(fused, apart, sizeof(float) * N * OUT);
-    if (attach && mp_backend_precision(be) == MP_PRECISION_BF16) {
-      mp_error *e = mp_dense_geglu(pool, &ws, fused, g, x, N, D, &wrong, &tb);
-      assert_non_null(e);
-      assert_non_null(strstr(mp_error_message(e), "feed-forward output weight must be [out, 1100], found 2-D with 1099 inputs"));
-      mp_error_free(e);
-    }
+    mp_error *e = mp_dense_geglu(pool, &ws, fused, g, x, N, D, &wrong, &tb); /* on both paths */
+    assert_non_null(e);
+    assert_non_null(strstr(mp_error_message(e), "feed-forward output weight must be [out, 1100], found 2-D with 1099 inputs"));
+    mp_error_free(e);
     mp_workspace_free(&ws);
   }
   mp_pool_set_backend(pool, NULL);
