@@ -586,6 +586,109 @@ mp_error *mp_conv3x3_winograd(mp_pool *pool, mp_workspace *ws, float *y, const f
   return conv3x3_winograd(pool, ws, y, x, batch, c_in, h, w, weight, bias ? bw : NULL, max_tiles, tile == 4 ? &WINO_F4 : &WINO_F2);
 }
 
+/* ---- 3x3, stride 1, padding 1, with few output channels: direct ----
+ * The models' last convolutions (128 -> 3 in the VAE decoder at full resolution, 320 -> 4 in the UNet)
+ * are a poor fit for the paths above: Winograd transforms all 128 input planes to produce 3 outputs
+ * (65 ms at 512x512), and a GEMM with 3 rows runs at a few % of its rate. Direct accumulation keeps
+ * SMALL_OB outputs x SMALL_NV x 16 pixels of one output row in registers over the whole reduction
+ * (c_in x 9 taps), reading each input row at three shifts: 32 ms at 512x512 (bench/RESULTS.md). The
+ * first convolutions (3 -> 128) gain less (40 -> 22 ms) and stay on Winograd: ControlNet's hint
+ * convolutions are among them, and its bf16 outputs sit so close to their golden bound (tiny
+ * controlnet.a.mid 0.00995 of 0.01) that moving the f32 hint by 1e-7 tips them over. */
+enum { SMALL_OB = 4, SMALL_NV = 4, SMALL_PX = SMALL_NV * WINO_LANES, SMALL_MAX_CHANNELS = 4 };
+
+static inline wino_v16 load_v16(const float *p) {
+  wino_v16 v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+typedef struct {
+  float *y;
+  const float *x, *w, *bias; /* w: [c_out][c_in][3][3] f32 */
+  int c_in, c_out, h, w_px, oblocks;
+} small_conv_args;
+
+/* One block of SMALL_PX output pixels starting at x0, for outputs o0..o0+OB-1 of output row oy (OB a
+ * constant at each call, so the accumulators stay in registers). Input rows are read at x0-1, x0, x0+1;
+ * where those leave the row (the image's left and right edges, a last partial block) the block reads a
+ * zero-padded copy of its span instead. */
+static inline __attribute__((always_inline)) void small_conv_block(const small_conv_args *a, const float *xb, float *yb,
+                                                                   int oy, int o0, const int OB, int x0) {
+  const int W = a->w_px, H = a->h;
+  const bool interior = x0 >= 1 && x0 + SMALL_PX + 1 <= W;
+  wino_v16 acc[SMALL_OB][SMALL_NV];
+  for (int o = 0; o < OB; o++)
+    for (int v = 0; v < SMALL_NV; v++) acc[o][v] = (wino_v16){0} + (a->bias ? a->bias[o0 + o] : 0.0f);
+  float line[SMALL_PX + 2];
+  const size_t wstride = (size_t)a->c_in * 9; /* from one output's taps to the next's */
+  for (int c = 0; c < a->c_in; c++)
+    for (int ky = 0; ky < 3; ky++) {
+      const int iy = oy + ky - 1;
+      if (iy < 0 || iy >= H) continue;
+      const float *row = xb + ((size_t)c * H + (size_t)iy) * W;
+      const float *base = row + x0 - 1; /* base[q] is input pixel x0 - 1 + q */
+      if (!interior) {
+        for (int q = 0; q < SMALL_PX + 2; q++) {
+          const int ix = x0 - 1 + q;
+          line[q] = ix >= 0 && ix < W ? row[ix] : 0.0f;
+        }
+        base = line;
+      }
+      const float *wk = a->w + (size_t)o0 * wstride + (size_t)c * 9 + ky * 3;
+      float tap[SMALL_OB][3];
+      for (int o = 0; o < OB; o++)
+        for (int k = 0; k < 3; k++) tap[o][k] = wk[o * wstride + k];
+      for (int v = 0; v < SMALL_NV; v++) {
+        const wino_v16 l = load_v16(base + v * WINO_LANES), m = load_v16(base + v * WINO_LANES + 1),
+                       r = load_v16(base + v * WINO_LANES + 2);
+        for (int o = 0; o < OB; o++) acc[o][v] += tap[o][0] * l + tap[o][1] * m + tap[o][2] * r;
+      }
+    }
+  for (int o = 0; o < OB; o++) {
+    float *out = yb + ((size_t)(o0 + o) * H + (size_t)oy) * W + x0;
+    if (x0 + SMALL_PX <= W) {
+      memcpy(out, acc[o], sizeof acc[o]);
+    } else {
+      float vals[SMALL_PX];
+      memcpy(vals, acc[o], sizeof vals);
+      for (int q = 0; q < W - x0; q++) out[q] = vals[q];
+    }
+  }
+}
+
+/* tasks: (image, output row, block of SMALL_OB outputs) */
+static void small_conv_rows(void *ctx, int64_t begin, int64_t end, int thread) {
+  (void)thread;
+  const small_conv_args *a = ctx;
+  for (int64_t t = begin; t < end; t++) {
+    const int ob_i = (int)(t % a->oblocks), oy = (int)(t / a->oblocks % a->h);
+    const int64_t b = t / a->oblocks / a->h;
+    const int o0 = ob_i * SMALL_OB, ob = a->c_out - o0 < SMALL_OB ? a->c_out - o0 : SMALL_OB;
+    const float *xb = a->x + (size_t)b * a->c_in * a->h * a->w_px;
+    float *yb = a->y + (size_t)b * a->c_out * a->h * a->w_px;
+    for (int x0 = 0; x0 < a->w_px; x0 += SMALL_PX) switch (ob) {
+      case 4: small_conv_block(a, xb, yb, oy, o0, 4, x0); break;
+      case 3: small_conv_block(a, xb, yb, oy, o0, 3, x0); break;
+      case 2: small_conv_block(a, xb, yb, oy, o0, 2, x0); break;
+      default: small_conv_block(a, xb, yb, oy, o0, 1, x0); break;
+      }
+  }
+}
+
+static mp_error *conv3x3_small(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int batch, int c_in, int h, int w,
+                               const mp_tensor *weight, const mp_tensor *bias) {
+  const int c_out = (int)weight->shape[0];
+  const size_t nw = (size_t)c_out * c_in * 9;
+  MP_TRY(mp_workspace_reserve(ws, sizeof(float) * (nw + (size_t)c_out)));
+  float *wbuf = ws->p, *bv = wbuf + nw;
+  const float *W = weight_f32(pool, weight, wbuf);
+  if (bias) MP_TRY(mp_error_wrap(mp_vector_f32(bias, bv, c_out), "conv2d bias"));
+  small_conv_args a = {y, x, W, bias ? bv : NULL, c_in, c_out, h, w, (c_out + SMALL_OB - 1) / SMALL_OB};
+  mp_pool_for(pool, (int64_t)batch * h * a.oblocks, 4, small_conv_rows, &a);
+  return NULL;
+}
+
 enum { COL_BUDGET_FLOATS = 16 << 20 }; /* 64 MB of im2col per band */
 
 /* ---- bf16 backend: pixel-major im2col in bf16 + the packed matmul ----
@@ -739,8 +842,10 @@ static mp_error *conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *
     return conv2d_packed(pool, ws, be, y, x, batch, c_in, h, w, weight, bias, stride, pad, ho, wo);
   const int64_t K = (int64_t)c_in * kh * kw, P = (int64_t)ho * wo;
   const bool direct = kh == 1 && kw == 1 && stride == 1 && !pad.top && !pad.bottom && !pad.left && !pad.right;
-  if (kh == 3 && kw == 3 && stride == 1 && pad.top == 1 && pad.bottom == 1 && pad.left == 1 && pad.right == 1 &&
-      P >= WINO_MIN_PIXELS) {
+  const bool same3x3 = kh == 3 && kw == 3 && stride == 1 && pad.top == 1 && pad.bottom == 1 && pad.left == 1 && pad.right == 1;
+  if (same3x3 && c_out <= SMALL_MAX_CHANNELS)
+    return conv3x3_small(pool, ws, y, x, batch, c_in, h, w, weight, bias);
+  if (same3x3 && P >= WINO_MIN_PIXELS) {
     float bw[8192];
     if (bias && c_out > 8192) return mp_errorf("conv2d with %d output channels is beyond this implementation", c_out);
     if (bias) MP_TRY(mp_error_wrap(mp_vector_f32(bias, bw, c_out), "conv2d bias"));

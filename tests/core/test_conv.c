@@ -41,8 +41,10 @@ static void run_conv_case(mp_pool *pool, mp_workspace *ws, conv_case cc) {
     mp_ref_conv2d(r + (int64_t)bi * cc.c_out * ho * wo, x + (int64_t)bi * cc.c_in * cc.h * cc.w, cc.c_in, cc.h, cc.w, W,
                   cc.bias ? b : NULL, cc.c_out, cc.k, cc.k, cc.stride, cc.pad);
   double e = test_rel_l2(y, r, ny);
-  /* direct/im2col: rounding only; Winograd F(4,3) (>= 1024 pixels) multiplies rounding by its transforms */
-  if (e > (ho * wo >= 1024 ? 1e-5 : 1e-6)) fail_msg("conv %dx%d c%d->%d k%d s%d: rel l2 %g", cc.h, cc.w, cc.c_in, cc.c_out, cc.k, cc.stride, e);
+  /* direct/im2col: rounding only; Winograd F(4,3) (>= 1024 pixels, more than 4 outputs) multiplies
+   * rounding by its transforms */
+  const bool f4 = ho * wo >= 1024 && cc.k == 3 && cc.stride == 1 && cc.c_out > 4;
+  if (e > (f4 ? 1e-5 : 1e-6)) fail_msg("conv %dx%d c%d->%d k%d s%d: rel l2 %g", cc.h, cc.w, cc.c_in, cc.c_out, cc.k, cc.stride, e);
   free(x), free(W), free(b), free(y), free(r), free(W16);
 }
 
@@ -60,13 +62,18 @@ static void test_conv2d_matches_reference(void **state) {
       {6, 4, 10, 8, 3, 2, asym, true, true, 2}, /* VAE downsample: pad (0,1,0,1) */
       {6, 5, 7, 9, 1, 1, p0, true, true, 2},    /* 1x1 (direct GEMM) */
       {6, 5, 7, 9, 1, 1, p0, false, false, 1},  /* no bias */
-      {600, 4, 15, 15, 3, 1, p1, false, true, 1}, /* K large, under 256 pixels: im2col */
+      {600, 5, 15, 15, 3, 1, p1, false, true, 1}, /* K large, under 256 pixels: im2col */
       {600, 4, 90, 90, 3, 2, p1, false, true, 2}, /* bands over both images' columns, one crossing between them */
       {5, 7, 33, 37, 3, 1, p1, false, true, 2},   /* >= 1024 pixels: Winograd F(2x2,3x3), odd sizes */
       {6, 9, 32, 48, 3, 1, p1, true, false, 1},   /* Winograd, f16 weights, no bias */
       {300, 40, 40, 40, 3, 1, p1, false, true, 1}, /* Winograd, wider */
       {8, 6, 70, 66, 3, 1, p1, true, true, 2},    /* Winograd F(4x4,3x3), 16-tile vector path + partial tiles */
       {8, 6, 64, 62, 3, 1, p1, false, true, 1},   /* F(4x4): a 16-tile row wider than the image (scalar output) */
+      /* at most 4 output channels: direct (the models' last layers) */
+      {9, 3, 20, 150, 3, 1, p1, true, true, 2},   /* interior 64-pixel blocks, both edges, a partial last block */
+      {70, 3, 5, 64, 3, 1, p1, false, true, 1},   /* one block as wide as the image */
+      {4, 4, 1, 17, 3, 1, p1, false, false, 1},   /* one row, no bias */
+      {130, 1, 3, 200, 3, 1, p1, true, false, 3}, /* one output channel, three images */
   };
   for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) run_conv_case(pool, &ws, cases[i]);
 
