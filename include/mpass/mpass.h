@@ -27,6 +27,8 @@ typedef struct {
   const char *data_dir;   /* where the CLIP vocabulary lives; NULL: search (see README) */
   mpass_precision precision; /* AUTO (0) by default */
   int no_cache;              /* nonzero: do not keep packed bf16 weights on disk (also $MPASS_NO_CACHE=1) */
+  int keep_models;           /* nonzero: keep a job's checkpoints loaded for the next job on this context (a server's
+                                workers); they are reopened only when the files change. 0: each job loads its own */
 } mpass_options;
 
 mpass_error *mpass_ctx_create(const mpass_options *opts, mpass_ctx **out);

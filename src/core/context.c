@@ -36,6 +36,7 @@ mpass_error *mpass_ctx_create(const mpass_options *opts, mpass_ctx **out) {
   c->data_dir = opts->data_dir ? strdup(opts->data_dir) : NULL;
   const char *nc = getenv("MPASS_NO_CACHE");
   c->no_pack_cache = opts->no_cache || (nc && *nc && strcmp(nc, "0") != 0);
+  c->keep_models = opts->keep_models != 0;
   if (!c->models_dir || (opts->data_dir && !c->data_dir)) {
     mpass_ctx_destroy(c);
     return mp_errorf("out of memory");
@@ -46,6 +47,7 @@ mpass_error *mpass_ctx_create(const mpass_options *opts, mpass_ctx **out) {
 
 void mpass_ctx_destroy(mpass_ctx *c) {
   if (!c) return;
+  if (c->drop_kept) c->drop_kept(c); /* kept engines release their packs into the backend */
   mp_pool_destroy(c->pool);
   mp_backend_destroy(c->backend);
   free(c->models_dir);

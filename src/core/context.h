@@ -16,6 +16,11 @@ struct mpass_ctx {
   mp_backend *backend; /* bf16: attached to pool; f32: NULL (the f32 operators need none) */
   mp_precision precision; /* resolved: F32 or BF16 */
   bool no_pack_cache;     /* --no-cache / MPASS_NO_CACHE: packed weights are not kept on disk */
+  /* mpass_options.keep_models: engines kept between jobs (pipeline/engine.h owns what is kept and sets
+   * drop_kept, which mpass_ctx_destroy calls before the backend goes) */
+  bool keep_models;
+  struct mp_engine_keep *kept;
+  void (*drop_kept)(struct mpass_ctx *ctx);
   void (*warn)(void *ud, const char *message); /* mpass_ctx_set_warning_handler; NULL: dropped */
   void *warn_ud;
 };

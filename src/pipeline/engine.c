@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "core/pack_cache.h"
 #include "io/diffusers.h"
@@ -30,6 +31,16 @@ static mp_error *bind_models(mp_engine *e) {
  * the same memory) and a LoRA switch re-packs only the layers it patched. With them goes the
  * checkpoint's on-disk pack store (pipeline/pack_files.h), so the next process maps its packs. */
 static mp_error *pin_base(mp_engine *e) { return mp_pin_checkpoint(e->ctx, e->base, e->base); }
+
+/* The weights file as it is now, for a kept engine to tell that its file is still the one it opened: a
+ * replaced file has another inode, a rewritten one another mtime (and mostly another size). */
+static bool file_identity(const char *path, long long id[4]) {
+  struct stat st;
+  if (stat(path, &st) != 0) return false;
+  id[0] = (long long)st.st_dev, id[1] = (long long)st.st_ino, id[2] = (long long)st.st_size;
+  id[3] = (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+  return true;
+}
 
 mp_error *mp_engine_open(mpass_ctx *ctx, const char *path, const mp_tokenizer *tok, mp_engine **out) {
   *out = NULL;
@@ -59,6 +70,7 @@ mp_error *mp_engine_open(mpass_ctx *ctx, const char *path, const mp_tokenizer *t
   char *hashed = NULL; /* a diffusers folder is identified by its UNet weights file */
   if (!err) err = mp_checkpoint_hash_file(path, &hashed);
   if (!err) err = mp_model_short_hash_cached(cache, hashed, e->hash);
+  if (!err && !file_identity(hashed, e->file_id)) err = mp_errorf("cannot stat %s", hashed);
   free(hashed);
   if (err) {
     mp_engine_close(e);
@@ -82,6 +94,76 @@ void mp_engine_close(mp_engine *e) {
   free(e->path);
   free(e->name);
   free(e);
+}
+
+/* ---- engines kept between jobs ---- */
+struct mp_engine_keep {
+  mp_engine *e[MP_KEPT_ENGINES]; /* given back longest ago first */
+  int n;
+};
+
+static void drop_kept(mpass_ctx *ctx) {
+  struct mp_engine_keep *k = ctx->kept;
+  for (int i = 0; k && i < k->n; i++) mp_engine_close(k->e[i]);
+  free(k);
+  ctx->kept = NULL;
+}
+
+const mp_engine *mp_engine_kept(const mpass_ctx *ctx, int i) {
+  return ctx->kept && i >= 0 && i < ctx->kept->n ? ctx->kept->e[i] : NULL;
+}
+
+mp_error *mp_engine_take(mpass_ctx *ctx, const char *path, const mp_tokenizer *tok, mp_engine **out) {
+  *out = NULL;
+  struct mp_engine_keep *k = ctx->kept;
+  for (int i = 0; k && i < k->n; i++) {
+    mp_engine *e = k->e[i];
+    if (strcmp(e->path, path) != 0) continue;
+    k->n--;
+    memmove(k->e + i, k->e + i + 1, sizeof *k->e * (size_t)(k->n - i));
+    char *hashed = NULL;
+    long long now[4];
+    mp_error *err = mp_checkpoint_hash_file(path, &hashed);
+    const bool same = !err && file_identity(hashed, now) && !memcmp(now, e->file_id, sizeof now);
+    mp_error_free(err);
+    free(hashed);
+    if (!same) { /* changed on disk (or gone): what the engine maps is not what the job names */
+      mp_engine_close(e);
+      break;
+    }
+    e->tok = tok;
+    *out = e;
+    return NULL;
+  }
+  return mp_engine_open(ctx, path, tok, out);
+}
+
+void mp_engine_give(mp_engine *e) {
+  if (!e) return;
+  mpass_ctx *ctx = e->ctx;
+  mp_error *err = ctx->keep_models ? mp_engine_set_loras(e, NULL, 0, NULL, NULL) : NULL;
+  if (!ctx->keep_models || err) {
+    mp_error_free(err);
+    mp_engine_close(e);
+    return;
+  }
+  if (!ctx->kept && !(ctx->kept = calloc(1, sizeof *ctx->kept))) {
+    mp_engine_close(e);
+    return;
+  }
+  ctx->drop_kept = drop_kept;
+  /* nothing of the job stays: its texts, its tokenizer (the job's), its scratch */
+  mp_engine_text_forget(e);
+  e->tok = NULL;
+  mp_unet_trim(e->unet);
+  mp_backend_trim(ctx->backend);
+  struct mp_engine_keep *k = ctx->kept;
+  if (k->n == MP_KEPT_ENGINES) { /* the one given back longest ago makes room */
+    mp_engine_close(k->e[0]);
+    k->n--;
+    memmove(k->e, k->e + 1, sizeof *k->e * (size_t)k->n);
+  }
+  k->e[k->n++] = e;
 }
 
 mp_error *mp_engine_set_loras(mp_engine *e, const mp_lora_spec *specs, int n, char ***warnings, int *n_warnings) {

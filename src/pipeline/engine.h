@@ -46,10 +46,25 @@ typedef struct {
   const mp_tokenizer *tok; /* borrowed */
   mp_text_memo *text;      /* the last pass's text conditioning, for the next pass with the same texts */
   int text_encodes;        /* how often the text encoders ran (the tests' view of that reuse) */
+  long long file_id[4];    /* the weights file as opened: device, inode, size, mtime (ns); see mp_engine_take */
 } mp_engine;
 
 mp_error *mp_engine_open(mpass_ctx *ctx, const char *path, const mp_tokenizer *tok, mp_engine **out);
 void mp_engine_close(mp_engine *e);
+
+/* Engines kept between jobs (mpass_options.keep_models): a job takes its engines with mp_engine_take
+ * and gives them back with mp_engine_give instead of opening and closing them. Given back, an engine is
+ * put back on its base weights, forgets its conditioning and drops its scratch and resident packs, then
+ * waits in its context; the next take of the same path gets it back, unless the weights file changed on
+ * disk since it was opened (device, inode, size or mtime), which opens it afresh. So a worker serving one
+ * checkpoint opens it once and keeps its packed weights and oneDNN's kernels for them (the first step of
+ * each job no longer pays for them). At most MP_KEPT_ENGINES wait; the one given back longest ago is
+ * closed first. Without keep_models, take opens and give closes. */
+enum { MP_KEPT_ENGINES = 3 };
+mp_error *mp_engine_take(mpass_ctx *ctx, const char *path, const mp_tokenizer *tok, mp_engine **out);
+void mp_engine_give(mp_engine *e); /* NULL: nothing */
+/* The i-th engine waiting in ctx (0: given back longest ago), NULL past the last. */
+const mp_engine *mp_engine_kept(const mpass_ctx *ctx, int i);
 
 /* Rebind the text encoder and UNet to base + these LoRAs (n = 0: the base alone). Modules of a LoRA
  * that match no layer are appended to `warnings` (may be NULL) as "lora NAME: MODULE matches no layer". */

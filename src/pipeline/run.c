@@ -224,7 +224,7 @@ static mp_error *resolve_adapters(run *r, const mp_pass_text *t, lora_set *set, 
  * checkpoint tune (opened once, kept while used). */
 static mp_error *engine_for(run *r, const char *checkpoint, bool person, mp_engine **out) {
   if (!checkpoint && person && r->persons_path) {
-    if (!r->persons_engine) MP_TRY(mp_engine_open(r->ctx, r->persons_path, r->tok, &r->persons_engine));
+    if (!r->persons_engine) MP_TRY(mp_engine_take(r->ctx, r->persons_path, r->tok, &r->persons_engine));
     *out = r->persons_engine;
     return NULL;
   }
@@ -233,9 +233,9 @@ static mp_error *engine_for(run *r, const char *checkpoint, bool person, mp_engi
     return NULL;
   }
   if (!r->tune || strcmp(r->tune->path, checkpoint) != 0) {
-    mp_engine_close(r->tune);
+    mp_engine_give(r->tune);
     r->tune = NULL;
-    MP_TRY(mp_engine_open(r->ctx, checkpoint, r->tok, &r->tune));
+    MP_TRY(mp_engine_take(r->ctx, checkpoint, r->tok, &r->tune));
   }
   *out = r->tune;
   return NULL;
@@ -866,7 +866,7 @@ static mp_error *prepare(run *r) {
     free(model);
     return e;
   }
-  e = mp_engine_open(r->ctx, model, r->tok, &r->base);
+  e = mp_engine_take(r->ctx, model, r->tok, &r->base);
   free(model);
   MP_TRY(e);
   if (r->base->cfg.family == MP_FAMILY_SDXL && !job->size_given && !(r->o->input_image || job->input_image))
@@ -1004,10 +1004,11 @@ mp_error *mp_run_plan(mpass_ctx *ctx, const mp_plan *plan, const mp_run_options 
   mp_image_free(&r.fetched);
   free(r.fetched_url);
   free(r.controlnet_path), free(r.controlnet_name);
-  mp_engine_close(r.tune);
-  mp_engine_close(r.persons_engine);
+  /* the base last: of the engines kept for the next job (mpass_options.keep_models) it goes last */
+  mp_engine_give(r.tune);
+  mp_engine_give(r.persons_engine);
   free(r.persons_path);
-  mp_engine_close(r.base);
+  mp_engine_give(r.base);
   mp_tokenizer_free(r.tok);
   cJSON_Delete(r.result);
   free(r.tmp_dir), free(r.final_dir);

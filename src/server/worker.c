@@ -275,7 +275,9 @@ static void *worker_main(void *arg) {
   ms_server *s = w->s;
   int ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
   int total = s->cfg.n_threads > 0 ? s->cfg.n_threads : ncpu > 0 ? ncpu : 1;
-  mpass_options mo = {.n_threads = total / s->n_workers > 0 ? total / s->n_workers : 1, .models_dir = s->models_dir};
+  /* keep_models: one checkpoint served prompt after prompt is opened (and its weights packed) once */
+  mpass_options mo = {.n_threads = total / s->n_workers > 0 ? total / s->n_workers : 1, .models_dir = s->models_dir,
+                      .keep_models = 1};
   mp_error *e = mpass_ctx_create(&mo, &w->ctx);
   if (e) {
     fprintf(stderr, "mpass serve: worker %d cannot start: %s\n", w->index, mp_error_message(e));
