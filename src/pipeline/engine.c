@@ -100,6 +100,7 @@ void mp_engine_close(mp_engine *e) {
 struct mp_engine_keep {
   mp_engine *e[MP_KEPT_ENGINES]; /* given back longest ago first */
   int n;
+  int in_use; /* taken and not given back yet */
 };
 
 static void drop_kept(mpass_ctx *ctx) {
@@ -109,13 +110,25 @@ static void drop_kept(mpass_ctx *ctx) {
   ctx->kept = NULL;
 }
 
+/* ctx's keeper, made on first use; NULL without keep_models (or memory) */
+static struct mp_engine_keep *keeper(mpass_ctx *ctx) {
+  if (ctx->keep_models && !ctx->kept && (ctx->kept = calloc(1, sizeof *ctx->kept))) ctx->drop_kept = drop_kept;
+  return ctx->keep_models ? ctx->kept : NULL;
+}
+
+static void close_oldest(struct mp_engine_keep *k) {
+  mp_engine_close(k->e[0]);
+  k->n--;
+  memmove(k->e, k->e + 1, sizeof *k->e * (size_t)k->n);
+}
+
 const mp_engine *mp_engine_kept(const mpass_ctx *ctx, int i) {
   return ctx->kept && i >= 0 && i < ctx->kept->n ? ctx->kept->e[i] : NULL;
 }
 
 mp_error *mp_engine_take(mpass_ctx *ctx, const char *path, const mp_tokenizer *tok, mp_engine **out) {
   *out = NULL;
-  struct mp_engine_keep *k = ctx->kept;
+  struct mp_engine_keep *k = keeper(ctx);
   for (int i = 0; k && i < k->n; i++) {
     mp_engine *e = k->e[i];
     if (strcmp(e->path, path) != 0) continue;
@@ -132,37 +145,35 @@ mp_error *mp_engine_take(mpass_ctx *ctx, const char *path, const mp_tokenizer *t
       break;
     }
     e->tok = tok;
+    k->in_use++;
     *out = e;
     return NULL;
   }
-  return mp_engine_open(ctx, path, tok, out);
+  /* Engines alive stay within MP_KEPT_ENGINES (or what one job holds at once, if more): a job on other
+   * checkpoints first closes the kept ones it does not use, instead of stacking its own on them. */
+  while (k && k->n > 0 && k->n + k->in_use >= MP_KEPT_ENGINES) close_oldest(k);
+  MP_TRY(mp_engine_open(ctx, path, tok, out));
+  if (k) k->in_use++;
+  return NULL;
 }
 
 void mp_engine_give(mp_engine *e) {
   if (!e) return;
   mpass_ctx *ctx = e->ctx;
-  mp_error *err = ctx->keep_models ? mp_engine_set_loras(e, NULL, 0, NULL, NULL) : NULL;
-  if (!ctx->keep_models || err) {
+  struct mp_engine_keep *k = keeper(ctx);
+  if (k && k->in_use > 0) k->in_use--;
+  mp_error *err = k ? mp_engine_set_loras(e, NULL, 0, NULL, NULL) : NULL;
+  if (!k || err) {
     mp_error_free(err);
     mp_engine_close(e);
     return;
   }
-  if (!ctx->kept && !(ctx->kept = calloc(1, sizeof *ctx->kept))) {
-    mp_engine_close(e);
-    return;
-  }
-  ctx->drop_kept = drop_kept;
   /* nothing of the job stays: its texts, its tokenizer (the job's), its scratch */
   mp_engine_text_forget(e);
   e->tok = NULL;
   mp_unet_trim(e->unet);
   mp_backend_trim(ctx->backend);
-  struct mp_engine_keep *k = ctx->kept;
-  if (k->n == MP_KEPT_ENGINES) { /* the one given back longest ago makes room */
-    mp_engine_close(k->e[0]);
-    k->n--;
-    memmove(k->e, k->e + 1, sizeof *k->e * (size_t)k->n);
-  }
+  if (k->n == MP_KEPT_ENGINES) close_oldest(k); /* the one given back longest ago makes room */
   k->e[k->n++] = e;
 }
 

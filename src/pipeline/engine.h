@@ -58,8 +58,10 @@ void mp_engine_close(mp_engine *e);
  * waits in its context; the next take of the same path gets it back, unless the weights file changed on
  * disk since it was opened (device, inode, size or mtime), which opens it afresh. So a worker serving one
  * checkpoint opens it once and keeps its packed weights and oneDNN's kernels for them (the first step of
- * each job no longer pays for them). At most MP_KEPT_ENGINES wait; the one given back longest ago is
- * closed first. Without keep_models, take opens and give closes. */
+ * each job no longer pays for them). At most MP_KEPT_ENGINES wait, the one given back longest ago closed
+ * first, and a take that must open closes waiting ones until the engines alive (waiting and taken) are
+ * within MP_KEPT_ENGINES: a job on other checkpoints never holds its own on top of three kept ones.
+ * Without keep_models, take opens and give closes. */
 enum { MP_KEPT_ENGINES = 3 };
 mp_error *mp_engine_take(mpass_ctx *ctx, const char *path, const mp_tokenizer *tok, mp_engine **out);
 void mp_engine_give(mp_engine *e); /* NULL: nothing */

@@ -1,6 +1,6 @@
 /* Engines kept between jobs (mpass_options.keep_models, pipeline/engine.h): a job on a kept engine gives
  * the bytes a fresh context gives, whatever the jobs before it bound; a checkpoint changed on disk is
- * opened again; at most MP_KEPT_ENGINES wait. */
+ * opened again; at most MP_KEPT_ENGINES wait, and no more are alive while a job opens others. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -144,11 +144,33 @@ static void test_at_most_three_wait(void **state) {
   for (int i = 0; i < MP_KEPT_ENGINES; i++) assert_string_equal(mp_engine_kept(f->kept, i)->path, f->ckpt[i + 1]);
 }
 
+/* A take that must open first closes waiting engines until those alive (waiting and taken) are within
+ * MP_KEPT_ENGINES; the engines taken come back in the order given. */
+static void test_engines_alive_stay_bounded(void **state) {
+  fixture *f = *state;
+  assert_int_equal(kept_count(f->kept), MP_KEPT_ENGINES); /* ckpt 1, 2, 3 from the test before */
+  mp_engine *a, *b, *c;
+  assert_ok(mp_engine_take(f->kept, f->ckpt[0], NULL, &a)); /* opens: 3 waiting + 0 taken, so ckpt1 goes */
+  assert_int_equal(kept_count(f->kept), 2);
+  assert_string_equal(mp_engine_kept(f->kept, 0)->path, f->ckpt[2]);
+  assert_ok(mp_engine_take(f->kept, f->ckpt[1], NULL, &b)); /* opens again: ckpt2 goes */
+  assert_int_equal(kept_count(f->kept), 1);
+  assert_ok(mp_engine_take(f->kept, f->ckpt[3], NULL, &c)); /* waiting: taken, nothing closed */
+  assert_int_equal(kept_count(f->kept), 0);
+  assert_string_equal(c->path, f->ckpt[3]);
+  mp_engine_give(c), mp_engine_give(a), mp_engine_give(b);
+  assert_int_equal(kept_count(f->kept), 3);
+  assert_string_equal(mp_engine_kept(f->kept, 0)->path, f->ckpt[3]);
+  assert_string_equal(mp_engine_kept(f->kept, 1)->path, f->ckpt[0]);
+  assert_string_equal(mp_engine_kept(f->kept, 2)->path, f->ckpt[1]);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_second_job_reuses_the_engine),
       cmocka_unit_test(test_changed_checkpoint_is_reopened),
       cmocka_unit_test(test_at_most_three_wait),
+      cmocka_unit_test(test_engines_alive_stay_bounded),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
