@@ -47,7 +47,7 @@ void mp_bf16_row(uint16_t *dst, const float *src, int64_t n, bool cpu_bf16) {
 }
 
 /* ---- group norm ---- */
-enum { GN_MAX_C = 2048 };
+enum { GN_MAX_C = 4096 }; /* the UNets' widest concatenation is 2560 */
 
 typedef struct {
   const float *x;
