@@ -9,7 +9,7 @@ static server S;
 /* small and fast: 64x64, 2 steps */
 static const char *FAST = "{\"prompt\": {\"text\": \"a red cube\", \"steps\": 2, \"w\": 64, \"h\": 64, \"scheduler\": \"euler\"}}";
 /* slow enough to catch running (about 10 s on two cores) */
-static const char *SLOW = "{\"prompt\": {\"text\": \"a slow cube\", \"steps\": 150, \"w\": 256, \"h\": 256, \"scheduler\": \"euler\"}}";
+static const char *SLOW = "{\"prompt\": {\"text\": \"a slow cube\", \"steps\": 150, \"w\": 512, \"h\": 512, \"scheduler\": \"euler\"}}";
 
 static int group_setup(void **state) {
   (void)state;

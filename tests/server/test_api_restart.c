@@ -7,7 +7,7 @@
 #include "server_harness.h"
 
 static const char *FAST = "{\"prompt\": {\"text\": \"a red cube\", \"steps\": 2, \"w\": 64, \"h\": 64, \"scheduler\": \"euler\"}}";
-static const char *SLOW = "{\"prompt\": {\"text\": \"a slow cube\", \"steps\": 60, \"w\": 256, \"h\": 256, \"scheduler\": \"euler\"}}";
+static const char *SLOW = "{\"prompt\": {\"text\": \"a slow cube\", \"steps\": 60, \"w\": 512, \"h\": 512, \"scheduler\": \"euler\"}}";
 
 static void sql(const server *s, const char *stmt) {
   char p[2048];

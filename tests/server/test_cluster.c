@@ -106,7 +106,7 @@ static void test_kill_worker_and_restart_api_node(void **state) {
    * it; the 29 others are small and come after the kill */
   char body[512];
   snprintf(body, sizeof body,
-           "{\"prompt\": {\"text\": \"cluster 0\", \"steps\": 150, \"w\": 256, \"h\": 256, \"scheduler\": \"euler\", "
+           "{\"prompt\": {\"text\": \"cluster 0\", \"steps\": 150, \"w\": 512, \"h\": 512, \"scheduler\": \"euler\", "
            "\"callback\": \"http://127.0.0.1:%d/hook/0\"}}",
            rc->port);
   made_by[0] = 0;
@@ -220,7 +220,7 @@ static void test_progress_and_cancel_across_machines(void **state) {
   h_start(&api[0], (const char *const[]){"--workers", "0", NULL});
   c_worker_start(&cl->w[0], &api[0], 0, LEASE);
   int64_t id = h_create(&api[0], TOKEN_A, "/prompts",
-                        "{\"prompt\": {\"text\": \"far away\", \"steps\": 150, \"w\": 256, \"h\": 256, \"scheduler\": \"euler\"}}");
+                        "{\"prompt\": {\"text\": \"far away\", \"steps\": 150, \"w\": 512, \"h\": 512, \"scheduler\": \"euler\"}}");
   sse_call sse = {.api = &api[0]};
   snprintf(sse.path, sizeof sse.path, "/prompts/%lld/events", (long long)id);
   pthread_t th;
