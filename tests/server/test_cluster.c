@@ -102,11 +102,11 @@ static void test_kill_worker_and_restart_api_node(void **state) {
 
   int64_t ids[N_JOBS];
   int made_by[N_JOBS];
-  /* the first prompt is slow (several seconds), so that its worker can be caught in the middle of
-   * it; the 29 others are small and come after the kill */
+  /* the first prompt is slow (150 steps at 384x384: several seconds even in a Release build), so that
+   * its worker can be caught in the middle of it; the 29 others are small and come after the kill */
   char body[512];
   snprintf(body, sizeof body,
-           "{\"prompt\": {\"text\": \"cluster 0\", \"steps\": 150, \"w\": 512, \"h\": 512, \"scheduler\": \"euler\", "
+           "{\"prompt\": {\"text\": \"cluster 0\", \"steps\": 150, \"w\": 384, \"h\": 384, \"scheduler\": \"euler\", "
            "\"callback\": \"http://127.0.0.1:%d/hook/0\"}}",
            rc->port);
   made_by[0] = 0;
@@ -219,8 +219,10 @@ static void test_progress_and_cancel_across_machines(void **state) {
   if (!api[0].db) fail_msg("test_cluster needs MPASS_TEST_STORE=postgres and MPASS_TEST_PG (CTest sets them)");
   h_start(&api[0], (const char *const[]){"--workers", "0", NULL});
   c_worker_start(&cl->w[0], &api[0], 0, LEASE);
+  /* four images of 150 steps: many step events before the cancel, and still running when it lands,
+   * whether a step takes 20 ms (this tiny model in a Release build) or 170 ms (under ASan) */
   int64_t id = h_create(&api[0], TOKEN_A, "/prompts",
-                        "{\"prompt\": {\"text\": \"far away\", \"steps\": 150, \"w\": 512, \"h\": 512, \"scheduler\": \"euler\"}}");
+                        "{\"prompt\": {\"text\": \"far away\", \"steps\": 150, \"w\": 256, \"h\": 256, \"num_images\": 4, \"scheduler\": \"euler\"}}");
   sse_call sse = {.api = &api[0]};
   snprintf(sse.path, sizeof sse.path, "/prompts/%lld/events", (long long)id);
   pthread_t th;
