@@ -668,11 +668,9 @@ mp_error *mp_conv3x3_winograd(mp_pool *pool, mp_workspace *ws, float *y, const f
  * controlnet.a.mid 0.00995 of 0.01) that moving the f32 hint by 1e-7 tips them over. */
 enum { SMALL_OB = 4, SMALL_NV = 4, SMALL_PX = SMALL_NV * WINO_LANES, SMALL_MAX_CHANNELS = 4 };
 
-static inline wino_v16 load_v16(const float *p) {
-  wino_v16 v;
-  memcpy(&v, p, sizeof v);
-  return v;
-}
+/* through a pointer: a function returning a 64-byte vector by value breaks -Wpsabi where AVX-512 is
+ * not enabled at compile time (MPASS_NATIVE=OFF) */
+static inline void load_v16(wino_v16 *v, const float *p) { memcpy(v, p, sizeof *v); }
 
 typedef struct {
   float *y;
@@ -711,8 +709,8 @@ static inline __attribute__((always_inline)) void small_conv_block(const small_c
       for (int o = 0; o < OB; o++)
         for (int k = 0; k < 3; k++) tap[o][k] = wk[o * wstride + k];
       for (int v = 0; v < SMALL_NV; v++) {
-        const wino_v16 l = load_v16(base + v * WINO_LANES), m = load_v16(base + v * WINO_LANES + 1),
-                       r = load_v16(base + v * WINO_LANES + 2);
+        wino_v16 l, m, r;
+        load_v16(&l, base + v * WINO_LANES), load_v16(&m, base + v * WINO_LANES + 1), load_v16(&r, base + v * WINO_LANES + 2);
         for (int o = 0; o < OB; o++) acc[o][v] += tap[o][0] * l + tap[o][1] * m + tap[o][2] * r;
       }
     }
