@@ -201,6 +201,16 @@ static mp_error *sweep_once(ms_callbacks *q, bool own_too) {
   struct tm tm;
   gmtime_r(&t, &tm);
   strftime(since, sizeof since, "%Y-%m-%dT%H:%M:%S.000Z", &tm);
+  /* older ones are given up, with the reason in their callback_attempts, so that they are not owed
+   * for ever and no sweep passes over them again */
+  int given_up = 0;
+  if (st->callback_give_up) {
+    MP_TRY(st->callback_give_up(st, since, "not sent: the prompt ended more than 24 hours before a server could deliver its callback",
+                                &given_up));
+    if (given_up && !q->quiet)
+      fprintf(stderr, "mpass serve: %d callback(s) owed for prompts that ended more than 24 hours ago: given up (see their callback_attempts)\n",
+              given_up);
+  }
   ms_job *jobs = NULL;
   int got = 0;
   MP_TRY(st->callback_claim(st, since, own_too, SWEEP_HOLD_MAX - queued, &jobs, &got));

@@ -124,6 +124,11 @@ struct ms_store {
   mp_error *(*callback_settle)(ms_store *s, int64_t id);
   /* a clean stop: every callback this store holds becomes claimable at once by any process */
   mp_error *(*callback_release)(ms_store *s);
+  /* Owed callbacks of jobs that ended at or before `ended_before` whose lease ran out (claimable as
+   * callback_claim sees them, but past its horizon) are given up untried: each job's callbacks get
+   * the attempt {"attempt": 0, "at": now, "http_status": 0, "error": why} and the duty ends. *n: how
+   * many. (Without this they stayed owed for ever, and every sweep passed over them again.) */
+  mp_error *(*callback_give_up)(ms_store *s, const char *ended_before, const char *why, int *n);
 
   /* ---- retention (retention.c). A job is expirable when it ended (done, failed or cancelled: its
    * finished_at or failed_at) before `before` (ISO 8601 UTC, compared as text) and is not expired yet.

@@ -601,6 +601,28 @@ static mp_error *callback_release(ms_store *s) {
                     1, v);
 }
 
+static mp_error *callback_give_up(ms_store *s, const char *ended_before, const char *why, int *n) {
+  *n = 0;
+  CONN(s);
+  char now[32];
+  ms_now_iso(now);
+  const char *v[] = {now, why, ended_before};
+  PGresult *r;
+  /* rows another process is claiming, renewing or settling right now are passed over (SKIP LOCKED):
+   * the next sweep sees them again */
+  mp_error *e = run(c, "giving up old callbacks",
+                    "UPDATE jobs SET callbacks_json = callbacks_json || jsonb_build_array(jsonb_build_object("
+                    "   'attempt', 0, 'at', $1::text, 'http_status', 0, 'error', $2::text)),"
+                    " callback_lease_until = NULL, callback_node = NULL"
+                    " WHERE id IN (SELECT id FROM jobs WHERE callback_lease_until IS NOT NULL AND callback_lease_until < now()"
+                    "   AND COALESCE(finished_at, failed_at) <= $3 FOR UPDATE SKIP LOCKED)"
+                    " RETURNING id",
+                    3, v, &r);
+  if (!e) *n = PQntuples(r), PQclear(r);
+  conn_put(p, c);
+  return e;
+}
+
 /* ---------------- retention */
 
 static mp_error *job_list_expirable(ms_store *s, const char *before, int64_t after_id, int limit, ms_job **out, int *n) {
@@ -1040,7 +1062,7 @@ mp_error *ms_store_pg_open(const char *conninfo, int lease_seconds, ms_store **o
   s->job_list_running = job_list_running, s->job_counts = job_counts, s->callback_attempt = callback_attempt;
   s->job_list_expirable = job_list_expirable, s->job_mark_expired = job_mark_expired;
   s->callback_claim = callback_claim, s->callback_renew = callback_renew, s->callback_settle = callback_settle;
-  s->callback_release = callback_release;
+  s->callback_release = callback_release, s->callback_give_up = callback_give_up;
   s->shared = true;
   s->job_heartbeat = job_heartbeat, s->job_reclaim_expired = job_reclaim_expired, s->job_wait = job_wait;
   s->blob_put_files = blob_put_files, s->job_finish_with_files = job_finish_with_files, s->blob_list = blob_list;

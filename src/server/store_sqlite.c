@@ -668,6 +668,30 @@ static mp_error *callback_release(ms_store *s) {
   return e;
 }
 
+static mp_error *callback_give_up(ms_store *s, const char *ended_before, const char *why, int *n) {
+  *n = 0;
+  char now[32];
+  ms_now_iso(now);
+  LOCK(s);
+  sqlite3_stmt *st = NULL;
+  /* claimable as in callback_claim: a lease run out, or held under another name (a dead process's) */
+  mp_error *e = prep(q,
+                     "UPDATE jobs SET callbacks_json = json_insert(callbacks_json, '$[#]',"
+                     "   json_object('attempt', 0, 'at', ?1, 'http_status', 0, 'error', ?2)),"
+                     " callback_lease_until = NULL, callback_node = NULL"
+                     " WHERE callback_lease_until IS NOT NULL AND (callback_lease_until < ?1 OR callback_node IS NOT ?3)"
+                     "   AND COALESCE(finished_at, failed_at) <= ?4",
+                     &st);
+  if (!e) {
+    bind_text(st, 1, now), bind_text(st, 2, why), bind_text(st, 3, q->node), bind_text(st, 4, ended_before);
+    if (sqlite3_step(st) != SQLITE_DONE) e = dberr(q, "giving up old callbacks");
+    else *n = sqlite3_changes(q->db);
+  }
+  sqlite3_finalize(st);
+  UNLOCK();
+  return e;
+}
+
 /* ---------------- retention */
 
 static mp_error *job_list_expirable(ms_store *s, const char *before, int64_t after_id, int limit, ms_job **out, int *n) {
@@ -783,7 +807,7 @@ mp_error *ms_store_sqlite_open(const char *path, ms_store **out) {
   s->job_list_running = job_list_running, s->job_counts = job_counts, s->callback_attempt = callback_attempt;
   s->job_list_expirable = job_list_expirable, s->job_mark_expired = job_mark_expired;
   s->callback_claim = callback_claim, s->callback_renew = callback_renew, s->callback_settle = callback_settle;
-  s->callback_release = callback_release;
+  s->callback_release = callback_release, s->callback_give_up = callback_give_up;
   s->job_heartbeat = job_heartbeat, s->job_reclaim_expired = job_reclaim_expired; /* shared = false, job_wait = NULL */
   if (e) {
     store_close(s);

@@ -660,6 +660,33 @@ static void test_callback_leases(void **state) {
   free(db);
 }
 
+/* Owed callbacks past the sweep's horizon are given up by whichever process sweeps, with the reason in
+ * their attempts, once no live lease holds them; newer ones stay owed. */
+static void test_callbacks_given_up(void **state) {
+  (void)state;
+  char *db = new_db();
+  ms_store *a = open_pg(db, 1), *b = open_pg(db, 1); /* two processes, 1 s leases */
+  const char *horizon = "2020-01-01T00:00:00.000Z";
+  int64_t old = ended_with_callback(a, MS_DONE), old_failed = ended_with_callback(a, MS_FAILED);
+  int64_t recent = ended_with_callback(a, MS_DONE);
+  char sql[256];
+  snprintf(sql, sizeof sql,
+           "UPDATE jobs SET finished_at = CASE WHEN finished_at IS NULL THEN NULL ELSE '2001-01-01T00:00:00.000Z' END,"
+           " failed_at = CASE WHEN failed_at IS NULL THEN NULL ELSE '2001-01-01T00:00:00.000Z' END WHERE id IN (%lld, %lld)",
+           (long long)old, (long long)old_failed);
+  pg_exec(db, sql);
+  store_fixture_give_up(b, horizon, 0, 0); /* a holds them under live leases: they may be on their way */
+  usleep(1300 * 1000); /* a dies */
+  store_fixture_give_up(b, horizon, 2, old);
+  store_fixture_give_up(a, horizon, 0, 0); /* owed no more */
+  int64_t first;
+  assert_int_equal(claim(b, false, &first), 1); /* the recent one only */
+  assert_int_equal(first, recent);
+  assert_ok(b->callback_settle(b, recent));
+  a->close(a), b->close(b);
+  free(db);
+}
+
 /* Claims never wait on nor take a row another process holds locked (it may be claiming, renewing
  * or settling it right now): SKIP LOCKED. */
 static void test_callback_claim_skips_locked(void **state) {
@@ -771,6 +798,7 @@ int main(void) {
                                      cmocka_unit_test(test_migrations), cmocka_unit_test(test_reconnect),
                                      cmocka_unit_test(test_retention), cmocka_unit_test(test_migrates_version_1),
                                      cmocka_unit_test(test_callback_leases), cmocka_unit_test(test_callback_claim_skips_locked),
-                                     cmocka_unit_test(test_callback_after_reclaim), cmocka_unit_test(test_migrates_version_2_callbacks)};
+                                     cmocka_unit_test(test_callback_after_reclaim), cmocka_unit_test(test_migrates_version_2_callbacks),
+                                     cmocka_unit_test(test_callbacks_given_up)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -334,10 +334,35 @@ static void test_migrates_version_2_callbacks(void **state) {
   remove_tmp(path);
 }
 
+/* Owed callbacks past the sweep's horizon are given up, with the reason in their attempts, once no
+ * live lease holds them; newer ones stay owed. */
+static void test_callbacks_given_up(void **state) {
+  (void)state;
+  char *path;
+  ms_store *a = open_tmp(&path);
+  const char *url = "http://127.0.0.1:9/hook", *horizon = "2020-01-01T00:00:00.000Z";
+  int64_t old = store_fixture_ended(a, url, MS_DONE), old_failed = store_fixture_ended(a, url, MS_FAILED);
+  int64_t recent = store_fixture_ended(a, url, MS_DONE);
+  char stmt[256];
+  snprintf(stmt, sizeof stmt,
+           "UPDATE jobs SET finished_at = CASE WHEN finished_at IS NULL THEN NULL ELSE '2001-01-01T00:00:00.000Z' END,"
+           " failed_at = CASE WHEN failed_at IS NULL THEN NULL ELSE '2001-01-01T00:00:00.000Z' END WHERE id IN (%lld, %lld)",
+           (long long)old, (long long)old_failed);
+  sql_exec(path, stmt);
+  store_fixture_give_up(a, horizon, 0, 0); /* a holds them under live leases: they may be on their way */
+  assert_ok(a->callback_release(a));
+  store_fixture_give_up(a, horizon, 2, old);
+  store_fixture_give_up(a, horizon, 0, 0); /* owed no more */
+  assert_int_equal(claim(a, "2000-01-01T00:00:00.000Z", false, NULL), 1); /* the recent one only */
+  assert_ok(a->callback_settle(a, recent));
+  a->close(a);
+  remove_tmp(path);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_tokens), cmocka_unit_test(test_job_life),
                                      cmocka_unit_test(test_idempotency_quota_list), cmocka_unit_test(test_tunes),
                                      cmocka_unit_test(test_bad_database), cmocka_unit_test(test_callbacks_owed),
-                                     cmocka_unit_test(test_migrates_version_2_callbacks)};
+                                     cmocka_unit_test(test_migrates_version_2_callbacks), cmocka_unit_test(test_callbacks_given_up)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
