@@ -21,6 +21,11 @@ static inline int64_t store_fixture_ended(ms_store *s, const char *callback, ms_
   return id;
 }
 
+/* SQL (both stores) that moves the end of jobs %lld and %lld to 2001, whichever of done or failed they are */
+#define STORE_FIXTURE_ENDED_IN_2001                                                                             \
+  "UPDATE jobs SET finished_at = CASE WHEN finished_at IS NULL THEN NULL ELSE '2001-01-01T00:00:00.000Z' END," \
+  " failed_at = CASE WHEN failed_at IS NULL THEN NULL ELSE '2001-01-01T00:00:00.000Z' END WHERE id IN (%lld, %lld)"
+
 /* Gives up the owed callbacks of jobs that ended before `horizon`, asserts that there were `expected`,
  * and that job `id` (one of them) lists the untried attempt with the reason. */
 static inline void store_fixture_give_up(ms_store *s, const char *horizon, int expected, int64_t id) {

@@ -670,10 +670,7 @@ static void test_callbacks_given_up(void **state) {
   int64_t old = ended_with_callback(a, MS_DONE), old_failed = ended_with_callback(a, MS_FAILED);
   int64_t recent = ended_with_callback(a, MS_DONE);
   char sql[256];
-  snprintf(sql, sizeof sql,
-           "UPDATE jobs SET finished_at = CASE WHEN finished_at IS NULL THEN NULL ELSE '2001-01-01T00:00:00.000Z' END,"
-           " failed_at = CASE WHEN failed_at IS NULL THEN NULL ELSE '2001-01-01T00:00:00.000Z' END WHERE id IN (%lld, %lld)",
-           (long long)old, (long long)old_failed);
+  snprintf(sql, sizeof sql, STORE_FIXTURE_ENDED_IN_2001, (long long)old, (long long)old_failed);
   pg_exec(db, sql);
   store_fixture_give_up(b, horizon, 0, 0); /* a holds them under live leases: they may be on their way */
   usleep(1300 * 1000); /* a dies */

@@ -344,10 +344,7 @@ static void test_callbacks_given_up(void **state) {
   int64_t old = store_fixture_ended(a, url, MS_DONE), old_failed = store_fixture_ended(a, url, MS_FAILED);
   int64_t recent = store_fixture_ended(a, url, MS_DONE);
   char stmt[256];
-  snprintf(stmt, sizeof stmt,
-           "UPDATE jobs SET finished_at = CASE WHEN finished_at IS NULL THEN NULL ELSE '2001-01-01T00:00:00.000Z' END,"
-           " failed_at = CASE WHEN failed_at IS NULL THEN NULL ELSE '2001-01-01T00:00:00.000Z' END WHERE id IN (%lld, %lld)",
-           (long long)old, (long long)old_failed);
+  snprintf(stmt, sizeof stmt, STORE_FIXTURE_ENDED_IN_2001, (long long)old, (long long)old_failed);
   sql_exec(path, stmt);
   store_fixture_give_up(a, horizon, 0, 0); /* a holds them under live leases: they may be on their way */
   assert_ok(a->callback_release(a));
