@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/pack_cache.h"
 #include "io/diffusers.h"
 #include "io/image.h"
 #include "models/embedding.h"
@@ -22,6 +23,7 @@
 #include "pipeline/params.h"
 #include "io/fetch.h"
 #include "pipeline/families.h"
+#include "pipeline/pack_files.h"
 #include "pipeline/tunes.h"
 #include "post/contact_sheet.h"
 #include "post/grading.h"
@@ -61,6 +63,7 @@ typedef struct {
   int person_of_section[MP_MAX_PERSONS + 1]; /* section k -> index in persons, -1 if none */
   /* ControlNet (controlnet=, docs/controlnet.md): the net, and the control image made once from the input */
   mp_controlnet *controlnet;
+  mp_weights *controlnet_file; /* its weights, pinned with their pack store like a checkpoint's */
   mp_control_type control_type;
   char *controlnet_path, *controlnet_name;
   char controlnet_hash[11];
@@ -810,7 +813,11 @@ static mp_error *open_controlnet(run *r) {
   }
   const char *override = r->o->controlnet_model ? r->o->controlnet_model : getenv("MPASS_CONTROLNET_MODEL");
   MP_TRY(mp_controlnet_find(r->ctx->models_dir, r->control_type, override, &r->controlnet_path));
-  mp_error *e = mp_controlnet_open(r->controlnet_path, NULL, &r->controlnet);
+  /* Pinned like a checkpoint (pipeline/pack_files.h): the next job maps the ControlNet's bf16 packs
+   * from the models folder's cache instead of packing its 360 M weights again. */
+  mp_error *e = mp_weights_open(r->controlnet_path, &r->controlnet_file);
+  if (!e) e = mp_pin_checkpoint(r->ctx, r->controlnet_file, r->controlnet_file);
+  if (!e) e = mp_controlnet_load(r->controlnet_file, NULL, &r->controlnet);
   if (!e) {
     const mp_unet_config *c = mp_controlnet_config(r->controlnet), *u = &r->base->cfg.unet;
     if (c->model_channels != u->model_channels || c->n_levels != u->n_levels || c->num_res_blocks != u->num_res_blocks ||
@@ -1000,6 +1007,8 @@ mp_error *mp_run_plan(mpass_ctx *ctx, const mp_plan *plan, const mp_run_options 
   mp_ti_set_free(&r.ti);
   mp_esrgan_free(r.esrgan);
   mp_controlnet_free(r.controlnet);
+  if (r.controlnet_file) mp_pack_cache_release(mp_backend_pack_cache(r.ctx->backend), r.controlnet_file);
+  mp_weights_close(r.controlnet_file);
   mp_image_free(&r.control);
   mp_image_free(&r.fetched);
   free(r.fetched_url);

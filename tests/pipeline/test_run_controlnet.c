@@ -18,6 +18,7 @@
 #include "prompt/document.h"
 #include "prompt/plan.h"
 #include "models_folder.h"
+#include "pack_listing.h"
 #include "testutil.h"
 
 typedef struct {
@@ -174,6 +175,41 @@ static void test_scale_zero_is_no_controlnet(void **state) {
   free(d0), free(d1), free(d2);
 }
 
+/* Under bf16 the ControlNet's packs go to the models folder's cache like a checkpoint's
+ * (pipeline/pack_files.h): the next job maps the same files instead of packing again, and paints the
+ * same image, bit for bit. */
+static void test_packs_kept_on_disk(void **state) {
+  fixture *f = *state;
+  if (!*mp_cpu_bf16_support()) {
+    print_message("no native bf16 on this CPU: the pack cache serves the bf16 backend\n");
+    return;
+  }
+  char fmt[1024], packs[1100];
+  snprintf(fmt, sizeof fmt, CANNY, "%s", "1");
+  snprintf(packs, sizeof packs, "%.1000s/.cache/packs", f->models);
+  mp_error *e = NULL;
+  char *d0 = run_doc(f, fmt, NULL, &e);
+  assert_ok(e);
+  pack_listing *before = malloc(sizeof *before), *after = malloc(sizeof *after);
+  pack_list(packs, before);
+  assert_int_equal(before->n_dirs, 1); /* the checkpoint lies outside the models folder: its packs do not */
+  assert_non_null(strstr(before->dir, "/control_v11p_sd15_canny-"));
+  assert_true(before->n > 10);
+  char *d1 = run_doc(f, fmt, NULL, &e);
+  assert_ok(e);
+  pack_list(packs, after);
+  assert_int_equal(after->n, before->n);
+  for (int i = 0; i < before->n; i++) {
+    assert_string_equal(after->name[i], before->name[i]);
+    assert_int_equal(after->ino[i], before->ino[i]); /* mapped, not written again */
+  }
+  mp_image a, b;
+  read_png(d0, "0.png", &a), read_png(d1, "0.png", &b);
+  assert_memory_equal(a.pixels, b.pixels, (size_t)128 * 128 * 3);
+  mp_image_free(&a), mp_image_free(&b);
+  free(before), free(after), free(d0), free(d1);
+}
+
 /* pose: skeletons of the people in the input (found by the person models), img2img with control on
  * top when controlnet_txt2img is false; the file named directly by the option. */
 static void test_pose_img2img(void **state) {
@@ -266,6 +302,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_canny_txt2img),
       cmocka_unit_test(test_scale_zero_is_no_controlnet),
+      cmocka_unit_test(test_packs_kept_on_disk),
       cmocka_unit_test(test_pose_img2img),
       cmocka_unit_test(test_pose_layout),
       cmocka_unit_test(test_errors),
