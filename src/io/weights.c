@@ -125,7 +125,7 @@ static int cmp_weight(const void *a, const void *b) {
 }
 
 mp_error *mp_weights_finish(mp_weights *w) {
-  qsort(w->items, w->count, sizeof *w->items, cmp_weight);
+  if (w->count > 1) qsort(w->items, w->count, sizeof *w->items, cmp_weight); /* items is NULL for a file without tensors */
   for (size_t i = 1; i < w->count; i++)
     if (strcmp(w->items[i - 1].name, w->items[i].name) == 0) return mp_errorf("duplicate tensor name '%s'", w->items[i].name);
   w->finished = 1;

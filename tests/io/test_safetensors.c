@@ -72,6 +72,7 @@ static void test_rejects_truncated(void **state) {
   /* header length past the end */
   size_t size;
   unsigned char *f = make_file("{}", NULL, 0, &size);
+  assert_ok(parse(f, size)); /* no tensors at all is a valid file (UBSan: no qsort of a NULL array) */
   f[0] = 200;
   assert_err_contains(parse(f, size), "header length 200 runs past the end of the file");
   memset(f, 0xff, 8);
