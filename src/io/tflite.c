@@ -756,6 +756,8 @@ static mp_error *parse_model(mp_tflite *m) {
     codes[k] = dep > bc ? dep : bc;
     customs[k] = fb_string(&f, ct, 1);
     if (f.err[0]) e = mp_errorf("operator code %u: %s", k, f.err);
+    /* negative codes stand for custom operators below (-1 - index): a file cannot name one */
+    else if (codes[k] < 0) e = mp_errorf("operator code %u: builtin code %d is not a TFLite operator", k, codes[k]);
   }
   size_t sg = e ? 0 : fb_vec_table(&f, subs, 0);
   uint32_t n_t = 0, n_ops = 0;

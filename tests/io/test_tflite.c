@@ -285,6 +285,13 @@ static void test_unsupported_ops_named(void **state) {
   mp_error_free(e);
   assert_err_contains(mp_tflite_open_memory((const uint8_t *)"not a model at all", 18, &m), "TFL3");
   free(f.b);
+  /* a negative builtin code (found by fuzz_tflite: it was taken for a custom operator's index and read
+   * past the list of custom names) */
+  fbb g = {0};
+  odesc neg[] = {{-5, NULL, 1, {0}, 1, {1}, 0, 0}};
+  n = build_model(&g, 2, ts, 1, neg, 1, bufs, lens, NULL);
+  assert_err_contains(mp_tflite_open_memory(g.b, n, &m), "operator code 0: builtin code -5 is not a TFLite operator");
+  free(g.b);
 }
 
 static void test_shape_mismatch_rejected(void **state) {
