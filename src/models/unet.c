@@ -375,9 +375,10 @@ typedef struct {
 /* res_forward with the block's inside in NHWC ([batch, hw, C]), where both convolutions take the bf16
  * backend's direct convolution (res_nhwc_usable): the input is transposed once, each group norm writes
  * its convolution's bf16 NHWC input itself, and conv2 adds onto the residual where it lies; the result
- * is transposed back, or, with nhwc_out, left in NHWC (in t1 or y) and *nhwc_out set to it. Through mp_conv2d each convolution reordered its NCHW f32 input to NHWC bf16 and its output
- * back (oneDNN reorders: 0.87 s of a 1024² CFG step on AMX, growing faster than the pixels). The 1x1
- * skip projection is the same bf16 product as a dense layer on the pixels. */
+ * is transposed back, or, with nhwc_out, left in NHWC (in t1 or y) and *nhwc_out set to it. Through
+ * mp_conv2d each convolution reordered its NCHW f32 input to NHWC bf16 and its output back (oneDNN
+ * reorders: 0.87 s of a 1024² CFG step on AMX, growing faster than the pixels). The 1x1 skip
+ * projection is the same bf16 product as a dense layer on the pixels. */
 static mp_error *res_forward_nhwc(fwd *f, const resblock *r, const float *x, float *y, int h, int w, float **nhwc_out) {
   const int64_t hw = (int64_t)h * w;
   const int B = f->batch, ci = r->c_in, co = r->c_out;
