@@ -298,29 +298,61 @@ static void test_dense_shared_is_dense_each(void **state) {
   mp_pool_destroy(pool);
 }
 
-/* The affine map + SiLU of the group norms (AVX-512 where built for it): against SiLU in double, every
- * length around the vector width, the tails (x * sigmoid(x) -> 0 and -> x) and NaN kept NaN. */
+/* The 16-lane rows of core/vmath.h both ways: the generic ones, and the AVX-512 ones where the CPU has
+ * it (mp_vgeglu_row and the others choose at run time, so each machine runs one of them). */
+typedef struct {
+  const char *name;
+  void (*silu_row)(float *, const float *, const float *, const float *, int64_t);
+  void (*silu)(float *, const float *, float, float, int64_t);
+  void (*geglu_row)(float *, const float *, const float *, int64_t);
+  float (*max_row)(const float *, int64_t, float);
+  float (*exp_sum_row)(float *, int64_t, float);
+} vrows;
+
+static const vrows VROWS[2] = {
+    {"generic", mp_vaffine_silu_row_generic, mp_vaffine_silu_generic, mp_vgeglu_row_generic, mp_vmax_row_generic,
+     mp_vexp_sum_row_generic},
+    {"avx512", mp_vaffine_silu_row_avx512, mp_vaffine_silu_avx512, mp_vgeglu_row_avx512, mp_vmax_row_avx512,
+     mp_vexp_sum_row_avx512},
+};
+
+static int vrows_here(void) {
+  if (!mp_vmath_avx512()) print_message("no AVX-512 on this CPU: the generic rows only\n");
+  return mp_vmath_avx512() ? 2 : 1;
+}
+
+/* The affine map + SiLU of the group norms, and GEGLU's gate: against double precision, every length
+ * around the vector width, the tails (x * sigmoid(x) -> 0 and -> x) and NaN kept NaN. */
 static void test_vector_silu(void **state) {
   (void)state;
-  float x[40], scale[40], shift[40], y[40], z[40];
-  for (int n = 0; n <= 40; n++) {
-    test_fill(x, n, 30 + (unsigned)n);
-    test_fill(scale, n, 60 + (unsigned)n);
-    test_fill(shift, n, 90 + (unsigned)n);
-    for (int i = 0; i < n; i++) x[i] *= 40.0f;
-    y[n < 40 ? n : 39] = 123.0f; /* past the end: untouched */
-    mp_vaffine_silu_row(y, x, scale, shift, n);
-    mp_vaffine_silu(z, x, 1.5f, -0.25f, n);
-    for (int i = 0; i < n; i++) {
-      const double v = (double)(x[i] * scale[i] + shift[i]), w = (double)(x[i] * 1.5f - 0.25f);
-      assert_true(fabs(y[i] - v / (1.0 + exp(-v))) <= 2e-6 * fmax(1.0, fabs(v)));
-      assert_true(fabs(z[i] - w / (1.0 + exp(-w))) <= 2e-6 * fmax(1.0, fabs(w)));
+  for (int path = 0; path < vrows_here(); path++) {
+    const vrows *v = &VROWS[path];
+    float x[40], scale[40], shift[40], y[40], z[40];
+    for (int n = 0; n <= 40; n++) {
+      test_fill(x, n, 30 + (unsigned)n);
+      test_fill(scale, n, 60 + (unsigned)n);
+      test_fill(shift, n, 90 + (unsigned)n);
+      for (int i = 0; i < n; i++) x[i] *= 40.0f;
+      y[n < 40 ? n : 39] = 123.0f; /* past the end: untouched */
+      v->silu_row(y, x, scale, shift, n);
+      v->silu(z, x, 1.5f, -0.25f, n);
+      for (int i = 0; i < n; i++) {
+        const double a = (double)(x[i] * scale[i] + shift[i]), b = (double)(x[i] * 1.5f - 0.25f);
+        assert_true(fabs(y[i] - a / (1.0 + exp(-a))) <= 2e-6 * fmax(1.0, fabs(a)));
+        assert_true(fabs(z[i] - b / (1.0 + exp(-b))) <= 2e-6 * fmax(1.0, fabs(b)));
+      }
+      if (n < 40) assert_true(y[n] == 123.0f);
+      /* GEGLU: hid * gelu(gate), gelu with the exact erf */
+      v->geglu_row(z, scale, x, n);
+      for (int i = 0; i < n; i++) {
+        const double g = x[i], want = scale[i] * 0.5 * g * (1.0 + erf(g / sqrt(2.0)));
+        assert_true(fabs(z[i] - want) <= 4e-6 * fmax(1.0, fabs(g)) * fmax(1.0, fabs(scale[i])));
+      }
     }
-    if (n < 40) assert_true(y[n] == 123.0f);
+    const float tails[4] = {-100.0f, 100.0f, 0.0f, NAN};
+    v->silu(y, tails, 1.0f, 0.0f, 4);
+    assert_true(fabs(y[0]) < 1e-30f && y[1] == 100.0f && y[2] == 0.0f && isnan(y[3]));
   }
-  const float tails[4] = {-100.0f, 100.0f, 0.0f, NAN};
-  mp_vaffine_silu(y, tails, 1.0f, 0.0f, 4);
-  assert_true(fabs(y[0]) < 1e-30f && y[1] == 100.0f && y[2] == 0.0f && isnan(y[3]));
 }
 
 static void test_vector_exp(void **state) {
@@ -330,23 +362,26 @@ static void test_vector_exp(void **state) {
   assert_true(worst < 5e-7);
   assert_true(mp_vexpf(-INFINITY) < 1e-37f);
   assert_true(mp_vexpf(0.0f) == 1.0f);
-  /* the softmax row passes (AVX-512 where built for it), every length around the vector widths */
-  float row[70], e[70];
-  for (int n = 0; n <= 70; n++) {
-    test_fill(row, n, 10 + (unsigned)n);
-    for (int i = 0; i < n; i++) row[i] *= 20.0f;
-    float mx = -INFINITY;
-    for (int i = 0; i < n; i++) mx = row[i] > mx ? row[i] : mx;
-    assert_true(mp_vmax_row(row, n, -INFINITY) == mx);
-    assert_true(mp_vmax_row(row, n, 1e9f) == 1e9f);
-    double sum = 0;
-    for (int i = 0; i < n; i++) sum += exp((double)(row[i] - mx)); /* the float difference is what gets exponentiated */
-    memcpy(e, row, sizeof(float) * (size_t)n);
-    float got = mp_vexp_sum_row(e, n, mx);
-    if (n) assert_true(fabs(got / sum - 1.0) < 1e-6);
-    for (int i = 0; i < n; i++) {
-      const double want = exp((double)(row[i] - mx));
-      assert_true(fabs(e[i] - want) <= 1e-6 * want);
+  /* the softmax row passes, both ways, every length around the vector widths */
+  for (int path = 0; path < vrows_here(); path++) {
+    const vrows *v = &VROWS[path];
+    float row[70], e[70];
+    for (int n = 0; n <= 70; n++) {
+      test_fill(row, n, 10 + (unsigned)n);
+      for (int i = 0; i < n; i++) row[i] *= 20.0f;
+      float mx = -INFINITY;
+      for (int i = 0; i < n; i++) mx = row[i] > mx ? row[i] : mx;
+      assert_true(v->max_row(row, n, -INFINITY) == mx);
+      assert_true(v->max_row(row, n, 1e9f) == 1e9f);
+      double sum = 0;
+      for (int i = 0; i < n; i++) sum += exp((double)(row[i] - mx)); /* the float difference is what gets exponentiated */
+      memcpy(e, row, sizeof(float) * (size_t)n);
+      float got = v->exp_sum_row(e, n, mx);
+      if (n) assert_true(fabs(got / sum - 1.0) < 1e-6);
+      for (int i = 0; i < n; i++) {
+        const double want = exp((double)(row[i] - mx));
+        assert_true(fabs(e[i] - want) <= 1e-6 * want);
+      }
     }
   }
 }
