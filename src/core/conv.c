@@ -17,7 +17,7 @@
 #include "core/profile.h"
 #include "core/vmath.h"
 
-#if defined(__AVX512F__) || defined(__F16C__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -112,27 +112,6 @@ static inline uint16_t bf16_round(float f) {
   return (uint16_t)(u >> 16);
 }
 
-/* ---- dtype conversion, vectorised where the CPU has it ---- */
-static void convert_run(float *dst, const void *src, mp_dtype dt, size_t n) {
-  size_t i = 0;
-  if (dt == MP_F16) {
-    const uint16_t *s = src;
-#if defined(__AVX512F__)
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + i))));
-#elif defined(__F16C__)
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
-#endif
-    for (; i < n; i++) dst[i] = mp_f16_to_f32(s[i]);
-  } else if (dt == MP_BF16) {
-    const uint16_t *s = src;
-    for (; i < n; i++) {
-      uint32_t b = (uint32_t)s[i] << 16;
-      memcpy(dst + i, &b, 4);
-    }
-  } else {
-    mp_convert_to_f32(dst, src, dt, n);
-  }
-}
 
 typedef struct {
   float *dst;
@@ -148,12 +127,12 @@ static void convert_chunks(void *ctx, int64_t begin, int64_t end, int thread) {
   const conv_args *a = ctx;
   size_t b = (size_t)begin * CONVERT_GRAIN, e = (size_t)end * CONVERT_GRAIN;
   if (e > a->n) e = a->n;
-  convert_run(a->dst + b, a->src + b * a->es, a->dt, e - b);
+  mp_convert_to_f32(a->dst + b, a->src + b * a->es, a->dt, e - b);
 }
 
 void mp_convert_to_f32_par(mp_pool *pool, float *dst, const void *src, mp_dtype dt, size_t n) {
   if (n < 2 * CONVERT_GRAIN) {
-    convert_run(dst, src, dt, n);
+    mp_convert_to_f32(dst, src, dt, n);
     return;
   }
   conv_args a = {dst, src, dt, n, mp_dtype_size(dt)};
@@ -165,7 +144,7 @@ static bool is_float_dtype(mp_dtype dt) { return dt == MP_F32 || dt == MP_F16 ||
 mp_error *mp_vector_f32(const mp_tensor *t, float *dst, int64_t n) {
   if (!is_float_dtype(t->dtype)) return mp_errorf("expected a float vector, found %s", mp_dtype_name(t->dtype));
   if (mp_tensor_numel(t) != n) return mp_errorf("expected %lld values, found %lld", (long long)n, (long long)mp_tensor_numel(t));
-  convert_run(dst, t->data, t->dtype, (size_t)n);
+  mp_convert_to_f32(dst, t->data, t->dtype, (size_t)n);
   return NULL;
 }
 
@@ -366,7 +345,7 @@ static void wino_weights(void *ctx, int64_t begin, int64_t end, int thread) {
   for (int64_t o = begin; o < end; o++)
     for (int c0 = 0; c0 < p->C; c0 += WINO_WCHUNK) {
       const int n = p->C - c0 < WINO_WCHUNK ? p->C - c0 : WINO_WCHUNK;
-      convert_run(graw, p->w + ((size_t)o * p->C + c0) * 9 * p->es, p->dt, (size_t)n * 9);
+      mp_convert_to_f32(graw, p->w + ((size_t)o * p->C + c0) * 9 * p->es, p->dt, (size_t)n * 9);
       for (int k = 0; k < 9; k++)
         for (int cc = 0; cc < n; cc++) gt[k][cc] = graw[cc * 9 + k];
       for (int i = 0; i < A; i++) /* t = G g */
