@@ -40,10 +40,10 @@ static inline float mp_vexpf(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  int32_t ni;
+  uint32_t ni; /* unsigned: a NaN input makes any bits here, and a signed shift of them is undefined */
   memcpy(&ni, &t, 4);
-  ni -= 0x4b400000; /* bits of magic: the integer n */
-  int32_t sb = (ni + 127) << 23;
+  ni -= 0x4b400000u; /* bits of magic: the integer n */
+  const uint32_t sb = (ni + 127u) << 23;
   float s;
   memcpy(&s, &sb, 4);
   return p * s;
