@@ -465,7 +465,7 @@ typedef struct {
   int64_t t0, tb, T; /* band [t0, t0+tb) of the tiles of all images, T per image */
 } wino_in_args;
 
-static void wino_input(void *ctx, int64_t begin, int64_t end, int thread) {
+MP_VECTOR_CLONES static void wino_input(void *ctx, int64_t begin, int64_t end, int thread) {
   (void)thread;
   const wino_in_args *p = ctx;
   const int A = p->k->a, m = p->k->m;
@@ -548,7 +548,7 @@ typedef struct {
   int64_t t0, tb, T;
 } wino_out_args;
 
-static void wino_output(void *ctx, int64_t begin, int64_t end, int thread) {
+MP_VECTOR_CLONES static void wino_output(void *ctx, int64_t begin, int64_t end, int thread) {
   (void)thread;
   const wino_out_args *p = ctx;
   const int A = p->k->a, m = p->k->m;
@@ -706,7 +706,7 @@ static inline __attribute__((always_inline)) void small_conv_block(const small_c
 }
 
 /* tasks: (image, output row, block of SMALL_OB outputs) */
-static void small_conv_rows(void *ctx, int64_t begin, int64_t end, int thread) {
+MP_VECTOR_CLONES static void small_conv_rows(void *ctx, int64_t begin, int64_t end, int thread) {
   (void)thread;
   const small_conv_args *a = ctx;
   for (int64_t t = begin; t < end; t++) {

@@ -62,7 +62,7 @@ typedef struct {
 /* Per chunk and group: the mean and centred sum of squares over the chunk's pixels and the group's
  * channels. Per channel first (sums over pixels vectorise across the contiguous channels), then the
  * group's channels merge exactly: equal counts, so M2 = sum of M2_c + n sum of (mean_c - mean)^2. */
-static void gn_stats(void *ctx, int64_t begin, int64_t end, int thread) {
+MP_VECTOR_CLONES static void gn_stats(void *ctx, int64_t begin, int64_t end, int thread) {
   (void)thread;
   const gn_nhwc *a = ctx;
   const int C = a->C, cg = C / a->groups;
@@ -93,7 +93,7 @@ static void gn_stats(void *ctx, int64_t begin, int64_t end, int thread) {
   }
 }
 
-static void gn_apply(void *ctx, int64_t begin, int64_t end, int thread) {
+MP_VECTOR_CLONES static void gn_apply(void *ctx, int64_t begin, int64_t end, int thread) {
   (void)thread;
   const gn_nhwc *a = ctx;
   const int C = a->C;

@@ -14,6 +14,16 @@
  * alone was 18 % of its 512x512 step. */
 #define MP_VMATH_AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,fma")))
 
+/* For the loops written with generic vectors (`float __attribute__((vector_size(64)))`, e.g. the f32
+ * Winograd transforms): in a build without AVX-512 at compile time they also get an AVX-512 clone,
+ * which the dynamic linker picks at load time where the CPU has it (gcc's and clang's target_clones);
+ * a native build compiles them once. */
+#if defined(__AVX512F__)
+#define MP_VECTOR_CLONES
+#else
+#define MP_VECTOR_CLONES __attribute__((target_clones("avx512f", "default")))
+#endif
+
 /* Whether the AVX-512 rows may run: known at compile time in a build for such a CPU, else asked of
  * the CPU through __builtin_cpu_supports, which reads what the runtime found once at start-up. */
 static inline bool mp_vmath_avx512(void) {
