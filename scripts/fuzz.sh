@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (fuzz/fuzz_*.c: clang, ASan+UBSan, a portable build) and runs each for
 # SECONDS (default 20) from seeds made here, one after the other, on one core (docs/fuzzing.md).
+# With --runs=N instead, each target runs N inputs from a fixed random seed: the same commit then
+# fuzzes the same inputs on every machine, so a CI result can be reproduced (what CI uses).
 # Stops at the first crash, leak, timeout or sanitizer report, with the input that caused it left in
 # build-fuzz/findings/<target>/. The corpora grow in build-fuzz/corpus/<target>/ from run to run.
-#   scripts/fuzz.sh [SECONDS] [TARGET...]     e.g. scripts/fuzz.sh 600 fuzz_request
+# Every input in fuzz/regressions/<target>/ (past findings, each also a unit test) is replayed first.
+#   scripts/fuzz.sh [SECONDS | --runs=N] [TARGET...]     e.g. scripts/fuzz.sh 600 fuzz_request
 set -euo pipefail
 cd "$(dirname "$0")/.."
-secs=${1:-20}
+budget=(-max_total_time="${1:-20}")
+case "${1:-}" in
+--runs=*) budget=(-runs="${1#--runs=}" -seed=1) ;;
+esac
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
@@ -47,9 +53,17 @@ seed_dir() {
 for t in "${targets[@]}"; do
   corpus=build-fuzz/corpus/$t findings=build-fuzz/findings/$t
   mkdir -p "$corpus" "$findings"
-  echo "== $t, ${secs} s"
+  if [ -d "fuzz/regressions/$t" ]; then
+    echo "== $t: the past findings in fuzz/regressions/$t"
+    if ! "build-fuzz/$t" -runs=1 "fuzz/regressions/$t"/* >"build-fuzz/$t.log" 2>&1; then
+      tail -40 "build-fuzz/$t.log"
+      echo "$t: a past finding is back (fuzz/regressions/$t)" >&2
+      exit 1
+    fi
+  fi
+  echo "== $t, ${budget[*]}"
   # -max_len: the readers' inputs are whole files, but their structure is in the first 64 KB
-  if ! nice -n 10 "build-fuzz/$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
+  if ! nice -n 10 "build-fuzz/$t" "${budget[@]}" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
     -print_final_stats=1 -artifact_prefix="$findings/" "$corpus" "$(seed_dir "$t")" >"build-fuzz/$t.log" 2>&1; then
     tail -40 "build-fuzz/$t.log"
     echo "$t: a finding, kept in $findings/ (reproduce: build-fuzz/$t $findings/<file>)" >&2

@@ -812,6 +812,7 @@ static mp_error *parse_model(mp_tflite *m) {
   for (int k = 0; k < m->n_inputs; k++) {
     tfl_tensor *t = &m->t[m->inputs[k]];
     if (t->is_const || t->type != TT_FLOAT32) return mp_errorf("graph input '%s' must be a FLOAT32 activation", tname(m, m->inputs[k]));
+    if (t->is_input) return mp_errorf("graph input '%s' is listed twice", tname(m, m->inputs[k]));
     t->is_input = t->produced = true;
   }
   for (int k = 0; k < m->n_outputs; k++) m->t[m->outputs[k]].is_output = true;

@@ -97,8 +97,10 @@ typedef struct {
   int nnz;
 } csr;
 
-static size_t build_model(fbb *f, int nt, const tdesc *ts, int nops, const odesc *os, int nbuf, const void *const *bufs,
-                          const size_t *buf_len, const csr *sp) {
+/* The graph's inputs are tensor 0, listed input_copies times (1 in a valid model); its output is
+ * the last tensor. */
+static size_t build_graph(fbb *f, int input_copies, int nt, const tdesc *ts, int nops, const odesc *os, int nbuf,
+                          const void *const *bufs, const size_t *buf_len, const csr *sp) {
   f->n = 0;
   size_t root = fbb_grow(f, 8);
   memcpy(f->b + 4, "TFL3", 4);
@@ -152,8 +154,9 @@ static size_t build_model(fbb *f, int nt, const tdesc *ts, int nops, const odesc
       }
     }
   }
-  int32_t in0 = 0, outl = nt - 1;
-  tab_ref(f, &sg, 1, vec_i32(f, 1, &in0));
+  int32_t in0[2] = {0, 0}, outl = nt - 1;
+  assert_true(input_copies >= 1 && input_copies <= 2);
+  tab_ref(f, &sg, 1, vec_i32(f, input_copies, in0));
   tab_ref(f, &sg, 2, vec_i32(f, 1, &outl));
   size_t ov = vec_new(f, (uint32_t)nops, 4);
   tab_ref(f, &sg, 3, ov);
@@ -181,6 +184,11 @@ static size_t build_model(fbb *f, int nt, const tdesc *ts, int nops, const odesc
     if (buf_len[i]) tab_ref(f, &b, 0, vec_bytes(f, buf_len[i], bufs[i]));
   }
   return f->n;
+}
+
+static size_t build_model(fbb *f, int nt, const tdesc *ts, int nops, const odesc *os, int nbuf, const void *const *bufs,
+                          const size_t *buf_len, const csr *sp) {
+  return build_graph(f, 1, nt, ts, nops, os, nbuf, bufs, buf_len, sp);
 }
 
 /* Conv model: input [1,5,5,2] -> conv 3x3 (fp16 CSR-sparse weights [3,3,3,2] via DENSIFY and
@@ -291,6 +299,13 @@ static void test_unsupported_ops_named(void **state) {
   odesc neg[] = {{-5, NULL, 1, {0}, 1, {1}, 0, 0}};
   n = build_model(&g, 2, ts, 1, neg, 1, bufs, lens, NULL);
   assert_err_contains(mp_tflite_open_memory(g.b, n, &m), "operator code 0: builtin code -5 is not a TFLite operator");
+  /* a graph input listed twice (found by fuzz_tflite: each run allocated it twice and leaked one) */
+  odesc relu[] = {{19, NULL, 1, {0}, 1, {1}, 0, 0}};
+  n = build_graph(&g, 1, 2, ts, 1, relu, 1, bufs, lens, NULL);
+  assert_null(mp_tflite_open_memory(g.b, n, &m)); /* the same graph with its input once loads */
+  mp_tflite_close(m);
+  n = build_graph(&g, 2, 2, ts, 1, relu, 1, bufs, lens, NULL);
+  assert_err_contains(mp_tflite_open_memory(g.b, n, &m), "graph input 'x' is listed twice");
   free(g.b);
 }
 
