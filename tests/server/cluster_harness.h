@@ -24,9 +24,11 @@ static void c_worker_start(worker *w, const server *api, int index, int lease) {
   snprintf(buf, sizeof buf, "%s/worker%d.log", api->dir, index);
   w->log = strdup(buf);
   snprintf(lease_s, sizeof lease_s, "%d", lease);
+  const pid_t parent = getpid();
   pid_t pid = fork();
   assert_true(pid >= 0);
   if (pid == 0) {
+    h_die_with_parent(parent);
     int devnull = open("/dev/null", O_WRONLY);
     int log = open(w->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (devnull >= 0) dup2(devnull, 1);

@@ -8,6 +8,7 @@
 #include <curl/curl.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -136,6 +137,13 @@ static inline size_t h_read_request(int c, char *buf, size_t cap) {
   return n;
 }
 
+/* In a forked child: die with the test. A failed assertion ends a test without its h_free, and a
+ * crash ends the whole test program; either way no server or worker is left running. */
+static void h_die_with_parent(pid_t parent) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != parent) _exit(127); /* the parent was already gone */
+}
+
 /* Start the binary; returns once it printed its URL (fails the test after 10 s). */
 static void h_start(server *s, const char *const *extra) {
   const char *bin_dir = getenv("MPASS_BINARY_DIR");
@@ -144,9 +152,11 @@ static void h_start(server *s, const char *const *extra) {
   snprintf(bin, sizeof bin, "%s/mpass", bin_dir);
   int out[2];
   assert_int_equal(pipe(out), 0);
+  const pid_t parent = getpid();
   pid_t pid = fork();
   assert_true(pid >= 0);
   if (pid == 0) {
+    h_die_with_parent(parent);
     dup2(out[1], 1);
     int log = open(s->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (log >= 0) dup2(log, 2);
