@@ -223,6 +223,25 @@ static mp_error *resolve_adapters(run *r, const mp_pass_text *t, lora_set *set, 
   return NULL;
 }
 
+/* Every LoRA and tune the job names, found before the first step: a misspelt person LoRA fails the
+ * job at once rather than after the scene pass (minutes at full size), and whether or not that
+ * person is found in the image. The files are opened only by the passes that use them. */
+static mp_error *find_adapters(const run *r) {
+  for (int p = 0; p <= r->job->n_persons; p++) {
+    const mp_pass_text *t = &r->job->passes[p];
+    for (int a = 0; a < t->n_adapters; a++) {
+      const mp_adapter *ad = &t->adapters[a];
+      if (ad->kind == MP_ADAPTER_FACEID) continue;
+      mp_lora_ref ref;
+      mp_error *e = mp_resolve_lora_in(r->ctx->models_dir, r->o->tunes_root, ad->id, &ref);
+      if (!e && access(ref.path, R_OK) != 0) e = mp_errorf("cannot read %s: %s", ref.path, strerror(errno));
+      mp_lora_ref_free(&ref);
+      if (e) return p ? mp_error_wrap(e, "person %d: <lora:%s>", p, ad->id) : mp_error_wrap(e, "scene: <lora:%s>", ad->id);
+    }
+  }
+  return NULL;
+}
+
 /* The engine a pass runs on: the base model (a person's pass: the persons' default model), or a
  * checkpoint tune (opened once, kept while used). */
 static mp_error *engine_for(run *r, const char *checkpoint, bool person, mp_engine **out) {
@@ -844,6 +863,7 @@ static mp_error *open_controlnet(run *r) {
 static mp_error *prepare(run *r) {
   const mp_job *job = r->job;
   const mp_run_options *o = r->o;
+  MP_TRY(find_adapters(r));
   /* size: given, from ar, or from the input image */
   r->width = job->width, r->height = job->height;
   if (r->width <= 0 || r->height <= 0) {

@@ -202,6 +202,34 @@ static void test_cancel_leaves_nothing(void **state) {
   mp_job_free(job);
 }
 
+/* A LoRA that is not there fails the job before its first step, naming the person and the file
+ * searched for, and leaves nothing in the output folder. */
+static void test_missing_lora_fails_first(void **state) {
+  fixture *f = *state;
+  char *doc = strdup(f->doc), *at = strstr(doc, "lora_b");
+  at[5] = 'x'; /* <lora:lora_x:0.5>: person 2's */
+  mp_job *job;
+  assert_ok(mp_job_parse_text(doc, strlen(doc), &job));
+  mp_plan *plan;
+  assert_ok(mp_plan_make(job, &plan));
+  char out[1024], *v = vocab();
+  snprintf(out, sizeof out, "%s/missing", f->dir);
+  int steps = 0;
+  mp_run_options o = {.model_path = f->ckpt, .out_dir = out, .job_name = "job", .document = doc, .vocab = v,
+                      .rng = MP_RNG_CPU, .progress = cancel_after_three, .progress_user = &steps};
+  mp_error *e = mp_run_plan(f->ctx, plan, &o, NULL);
+  assert_non_null(e);
+  assert_non_null(strstr(mp_error_message(e), "person 2: <lora:lora_x>: LoRA 'lora_x' not found; searched: "));
+  assert_non_null(strstr(mp_error_message(e), "/lora/lora_x.safetensors"));
+  mp_error_free(e);
+  assert_int_equal(steps, 0);
+  struct stat st;
+  assert_int_not_equal(stat(out, &st), 0); /* not even the output folder */
+  free(v), free(doc);
+  mp_plan_free(plan);
+  mp_job_free(job);
+}
+
 /* A checkpoint tune replaces the whole model for its person's pass only. */
 static void test_checkpoint_tune(void **state) {
   fixture *f = *state;
@@ -238,6 +266,7 @@ static void test_checkpoint_tune(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_cancel_leaves_nothing),
+      cmocka_unit_test(test_missing_lora_fails_first),
       cmocka_unit_test(test_two_person_job),
       cmocka_unit_test(test_checkpoint_tune),
   };
