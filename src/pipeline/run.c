@@ -46,8 +46,8 @@ typedef struct {
   char *persons_path;
   mp_engine *persons_engine;
   mp_person_finder finder;
-  mp_esrgan *esrgan; /* loaded at the first super_resolution */
-  bool finder_loaded;
+  mp_esrgan *esrgan; /* loaded by prepare when a post step upscales with Real-ESRGAN */
+  bool finder_loaded; /* by prepare when the plan finds persons or faces, or controlnet=pose */
   mp_ti_set ti;
   mp_progress progress;
   int width, height; /* pass-1 size */
@@ -392,13 +392,8 @@ static mp_error *scene_control(run *r, int image) {
     mp_error *e = mp_image_fit_crop(&src, r->width, r->height, &fitted);
     mp_image_free(&src);
     if (!e && r->control_type == MP_CONTROL_POSE) {
-      if (!r->finder_loaded) {
-        e = mp_person_finder_load(r->ctx->models_dir, &r->finder);
-        if (e) e = mp_error_wrap(e, "controlnet=pose finds the people with the person models (run scripts/fetch-models.sh)");
-        else r->finder_loaded = true;
-      }
-      if (!e) mp_progress_pass(&r->progress, image, "control pose", 0);
-      if (!e) e = mp_persons_find(&r->finder, r->ctx->pool, &fitted, &found);
+      mp_progress_pass(&r->progress, image, "control pose", 0);
+      e = mp_persons_find(&r->finder, r->ctx->pool, &fitted, &found);
       have_found = !e;
       if (!e && found.n == 0) warn(r, "controlnet=pose: no person found in the input image; the pose image is empty");
     }
@@ -463,11 +458,6 @@ static mp_error *scene_pass(run *r, const mp_image_plan *ip, mp_image *out) {
 /* ---- persons ---- */
 
 static mp_error *find_persons(run *r, int image, const mp_image *img) {
-  if (!r->finder_loaded) {
-    mp_error *e = mp_person_finder_load(r->ctx->models_dir, &r->finder);
-    if (e) return mp_error_wrap(e, "person detection models (run scripts/fetch-models.sh)");
-    r->finder_loaded = true;
-  }
   if (r->have_persons) mp_person_result_free(&r->persons);
   r->have_persons = false;
   mp_progress_pass(&r->progress, image, "find persons", 0);
@@ -594,8 +584,6 @@ static mp_error *replace(mp_image *img, mp_image *with) {
 static mp_error *esrgan_upscale(run *r, int image, const char *what, int scale, const mp_image *img, mp_image *up) {
   if (!scale) scale = mp_super_resolution_scale(img->width, img->height);
   mp_progress_pass(&r->progress, image, what, 0);
-  if (!r->esrgan) MP_TRY(mp_error_wrap(mp_esrgan_open_named(r->ctx->models_dir, "x4fast", &r->esrgan),
-                                        "super_resolution (run scripts/fetch-models.sh)"));
   return mp_esrgan_upscale_image(r->esrgan, r->ctx->pool, img, scale, NULL, up);
 }
 
@@ -652,11 +640,6 @@ static mp_error *post_hires(run *r, const mp_image_plan *ip, const mp_post_step 
 
 /* SPEC §4.3: faces of 0.3–30 % of the image, each repainted with its person's prompt and LoRA. */
 static mp_error *post_faces(run *r, const mp_image_plan *ip, const mp_post_step *s, mp_image *img) {
-  if (!r->finder_loaded) {
-    mp_error *e = mp_person_finder_load(r->ctx->models_dir, &r->finder);
-    if (e) return mp_error_wrap(e, "face detection models (run scripts/fetch-models.sh)");
-    r->finder_loaded = true;
-  }
   mp_detection faces[MP_MAX_FACES];
   int n = 0;
   mp_progress_pass(&r->progress, ip->index, "find faces", 0);
@@ -860,6 +843,27 @@ static mp_error *open_controlnet(run *r) {
   return e ? mp_error_wrap(e, "controlnet=%s", job->controlnet) : NULL;
 }
 
+/* The detection and upscaling models the plan needs, loaded before the first step: a missing or
+ * damaged file fails the job at once instead of after its scene pass. */
+static mp_error *load_helpers(run *r) {
+  bool persons = r->control_type == MP_CONTROL_POSE, esrgan = false;
+  for (int i = 0; i < r->plan->n_images; i++) persons |= r->plan->images[i].n_passes > 1;
+  for (int i = 0; i < r->plan->n_post; i++) {
+    const mp_post_step *s = &r->plan->post[i];
+    persons |= s->kind == MP_POST_INPAINT_FACES;
+    esrgan |= s->kind == MP_POST_SUPER_RESOLUTION || (s->kind == MP_POST_TILED_UPSCALE && s->esrgan);
+  }
+  if (persons) {
+    MP_TRY(mp_error_wrap(mp_person_finder_load(r->ctx->models_dir, &r->finder),
+                         "the person and face detection models (run scripts/fetch-models.sh)"));
+    r->finder_loaded = true;
+  }
+  if (esrgan)
+    MP_TRY(mp_error_wrap(mp_esrgan_open_named(r->ctx->models_dir, "x4fast", &r->esrgan),
+                         "super_resolution (run scripts/fetch-models.sh)"));
+  return NULL;
+}
+
 static mp_error *prepare(run *r) {
   const mp_job *job = r->job;
   const mp_run_options *o = r->o;
@@ -899,6 +903,7 @@ static mp_error *prepare(run *r) {
   if (r->base->cfg.family == MP_FAMILY_SDXL && !job->size_given && !(r->o->input_image || job->input_image))
     mp_sdxl_default_size(job->ar, &r->width, &r->height); /* SDXL's native sizes, not SD 1.5's 512/768 */
   MP_TRY(open_controlnet(r));
+  MP_TRY(load_helpers(r));
   if (job->n_embeddings > 0) {
     char *dir = mp_embeddings_dir(r->ctx->models_dir);
     e = dir ? mp_embeddings_load(dir, job->embeddings, (size_t)job->n_embeddings, r->base->cfg.clip.hidden, &r->ti)

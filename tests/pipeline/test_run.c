@@ -230,6 +230,65 @@ static void test_missing_lora_fails_first(void **state) {
   mp_job_free(job);
 }
 
+/* The detection and upscaling models a plan needs are loaded before its first step: a models folder
+ * with damaged ones fails a person job at once, naming what to run, and a job that needs neither
+ * runs. (Damaged rather than missing: a test build also finds the checkout's models/.) */
+static void test_damaged_detection_models_fail_first(void **state) {
+  fixture *f = *state;
+  char bare[1024], p[1200], out[1024], doc[4096], *v = vocab(), *photo = test_vision_path("images/sample6.jpg");
+  snprintf(bare, sizeof bare, "%s/damaged-models", f->dir);
+  static const char *const damaged[] = {"", "/vision", "/upscale", "/vision/pose_solution_packed_assets.data",
+                                        "/upscale/realesrgan-x4fast.param"};
+  for (int i = 0; i < 5; i++) {
+    snprintf(p, sizeof p, "%s%s", bare, damaged[i]);
+    if (i < 3) {
+      assert_int_equal(mkdir(p, 0755), 0);
+    } else {
+      FILE *fp = fopen(p, "w");
+      assert_non_null(fp);
+      fputs("not a model\n", fp);
+      fclose(fp);
+    }
+  }
+  snprintf(out, sizeof out, "%s/bare-out", f->dir);
+  mpass_options mo = {.n_threads = 2, .models_dir = bare};
+  mpass_ctx *ctx;
+  assert_ok(mpass_ctx_create(&mo, &ctx));
+  static const char *const docs[] = {
+      "BREAK BREAK a woman\ninput_image=%s\nsteps=1\nscheduler=euler\nw=64\nh=64\n",        /* persons */
+      "a room\nsuper_resolution=true\ninput_image=%s\nsteps=1\nscheduler=euler\nw=64\nh=64\n", /* Real-ESRGAN */
+      "a room\ninput_image=%s\nsteps=1\nscheduler=euler\nw=64\nh=64\n"};                  /* neither */
+  static const char *const errors[] = {"the person and face detection models (run scripts/fetch-models.sh)",
+                                       "super_resolution (run scripts/fetch-models.sh)", NULL};
+  for (int i = 0; i < 3; i++) {
+    snprintf(doc, sizeof doc, docs[i], photo);
+    mp_job *job;
+    assert_ok(mp_job_parse_text(doc, strlen(doc), &job));
+    mp_plan *plan;
+    assert_ok(mp_plan_make(job, &plan));
+    int steps = 0;
+    char name[16];
+    snprintf(name, sizeof name, "job%d", i);
+    mp_run_options o = {.model_path = f->ckpt, .out_dir = out, .job_name = name, .document = doc, .vocab = v,
+                        .rng = MP_RNG_CPU, .progress = cancel_after_three, .progress_user = &steps};
+    mp_error *e = mp_run_plan(ctx, plan, &o, NULL);
+    if (errors[i]) {
+      if (!e) fail_msg("document %d ran (%d steps) without its models", i, steps);
+      assert_non_null(strstr(mp_error_message(e), errors[i]));
+      assert_int_equal(steps, 0);
+    } else {
+      assert_ok(e);
+      e = NULL;
+      assert_int_equal(steps, 1);
+    }
+    mp_error_free(e);
+    mp_plan_free(plan);
+    mp_job_free(job);
+  }
+  mpass_ctx_destroy(ctx);
+  free(v), free(photo);
+}
+
 /* A checkpoint tune replaces the whole model for its person's pass only. */
 static void test_checkpoint_tune(void **state) {
   fixture *f = *state;
@@ -267,6 +326,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_cancel_leaves_nothing),
       cmocka_unit_test(test_missing_lora_fails_first),
+      cmocka_unit_test(test_damaged_detection_models_fail_first),
       cmocka_unit_test(test_two_person_job),
       cmocka_unit_test(test_checkpoint_tune),
   };
