@@ -370,6 +370,9 @@ typedef struct {
   const float *emb_silu; /* [batch, emb_dim] */
   float *emb_out;        /* [batch, max C] */
   int emb_dim;
+  /* where the batch's two halves have the same input (run: alike_half), the tokens of each pair's first
+   * item after the first self-attention, [hw, C], for its second item */
+  float *pair_tok;
 } fwd;
 
 /* res_forward with the block's inside in NHWC ([batch, hw, C]), where both convolutions take the bf16
@@ -491,16 +494,25 @@ static mp_error *attention_block(fwd *f, const spatial *s, float *x, int64_t n, 
   return NULL;
 }
 
-/* The transformer of batch item b on its group-normed tokens f->nrm [hw, C]: proj_in, the blocks,
- * proj_out; the result (without the residual) in f->nrm. */
-static mp_error *spatial_tokens(fwd *f, const spatial *s, int b, int64_t hw) {
+/* How spatial_tokens starts an item: from its input, or, for the second item of a pair whose items
+ * have the same input (alike_half), from the first item's tokens after block 0's self-attention
+ * (f->pair_tok), which it then keeps (PAIR_KEEP) or takes (PAIR_TAKE). */
+typedef enum { PAIR_NONE, PAIR_KEEP, PAIR_TAKE } pair_role;
+
+/* The transformer of batch item b on its group-normed tokens f->nrm [hw, C] (not read with
+ * PAIR_TAKE): proj_in, the blocks, proj_out; the result (without the residual) in f->nrm. */
+static mp_error *spatial_tokens(fwd *f, const spatial *s, int b, int64_t hw, pair_role pair) {
   const int64_t C = s->C;
   const float *ctx = f->context + (int64_t)b * f->n_ctx * f->ctx_dim;
-  MP_TRY(mp_dense(f->pool, f->ws, f->tok, f->nrm, hw, s->proj_in.w, s->proj_in.b));
+  if (pair == PAIR_TAKE) memcpy(f->tok, f->pair_tok, sizeof(float) * (size_t)(hw * C));
+  else MP_TRY(mp_dense(f->pool, f->ws, f->tok, f->nrm, hw, s->proj_in.w, s->proj_in.b));
   for (int d = 0; d < s->depth; d++) {
     const tblock *t = &s->blocks[d];
-    mp_layer_norm(f->pool, f->nrm, f->tok, hw, C, t->ln1.gamma, t->ln1.beta, LN_EPS);
-    MP_TRY(attention_block(f, s, f->tok, hw, t->q1, t->k1, t->v1, &t->out1, f->nrm, hw, f->k, f->v));
+    if (d > 0 || pair != PAIR_TAKE) {
+      mp_layer_norm(f->pool, f->nrm, f->tok, hw, C, t->ln1.gamma, t->ln1.beta, LN_EPS);
+      MP_TRY(attention_block(f, s, f->tok, hw, t->q1, t->k1, t->v1, &t->out1, f->nrm, hw, f->k, f->v));
+    }
+    if (d == 0 && pair == PAIR_KEEP) memcpy(f->pair_tok, f->tok, sizeof(float) * (size_t)(hw * C));
     mp_layer_norm(f->pool, f->nrm, f->tok, hw, C, t->ln2.gamma, t->ln2.beta, LN_EPS);
     MP_TRY(attention_block(f, s, f->tok, hw, t->q2, t->k2, t->v2, &t->out2, ctx, f->n_ctx, f->ck, f->cv));
     mp_layer_norm(f->pool, f->nrm, f->tok, hw, C, t->ln3.gamma, t->ln3.beta, LN_EPS);
@@ -511,14 +523,30 @@ static mp_error *spatial_tokens(fwd *f, const spatial *s, int b, int64_t hw) {
   return mp_dense(f->pool, f->ws, f->nrm, f->tok, hw, s->proj_out.w, s->proj_out.b);
 }
 
-/* x [batch, C, h, w] += SpatialTransformer(x), one batch item at a time (bounded token scratch). */
-static mp_error *spatial_forward(fwd *f, const spatial *s, float *x, int h, int w) {
+/* The k-th batch item a transformer takes, and how (pair_role): in order, or, where the halves are alike
+ * (half > 0), each pair's two items one after the other, so that one pair_tok serves them all. */
+static int item_order(int half, int k, pair_role *pair) {
+  if (!half) {
+    *pair = PAIR_NONE;
+    return k;
+  }
+  *pair = k % 2 ? PAIR_TAKE : PAIR_KEEP;
+  return k / 2 + (k % 2) * half;
+}
+
+/* x [batch, C, h, w] += SpatialTransformer(x), one batch item at a time (bounded token scratch); half as
+ * for res_spatial_forward. */
+static mp_error *spatial_forward(fwd *f, const spatial *s, float *x, int h, int w, int half) {
   const int64_t hw = (int64_t)h * w, C = s->C;
-  for (int b = 0; b < f->batch; b++) {
+  for (int k = 0; k < f->batch; k++) {
+    pair_role pair;
+    const int b = item_order(half, k, &pair);
     float *xb = x + (int64_t)b * C * hw;
-    mp_group_norm(f->pool, f->t1, xb, 1, (int)C, hw, GROUPS, s->gn.gamma, s->gn.beta, ST_EPS, false);
-    mp_transpose(f->pool, f->nrm, f->t1, C, hw);
-    MP_TRY(spatial_tokens(f, s, b, hw));
+    if (pair != PAIR_TAKE) {
+      mp_group_norm(f->pool, f->t1, xb, 1, (int)C, hw, GROUPS, s->gn.gamma, s->gn.beta, ST_EPS, false);
+      mp_transpose(f->pool, f->nrm, f->t1, C, hw);
+    }
+    MP_TRY(spatial_tokens(f, s, b, hw, pair));
     mp_transpose_add(f->pool, xb, f->nrm, C, hw);
   }
   return NULL;
@@ -526,13 +554,17 @@ static mp_error *spatial_forward(fwd *f, const spatial *s, float *x, int h, int 
 
 /* y [batch, C, h, w] = xn + SpatialTransformer(xn) for xn [batch, hw, C] in NHWC, which is the token
  * layout itself: the group norm reads it as it is, and only the result is transposed. y may be xn
- * (each item's result overwrites only its own input, once that is read). */
-static mp_error *spatial_forward_nhwc(fwd *f, const spatial *s, const float *xn, float *y, int h, int w) {
+ * (each item's result overwrites only its own input, once that is read); half as for
+ * res_spatial_forward. */
+static mp_error *spatial_forward_nhwc(fwd *f, const spatial *s, const float *xn, float *y, int h, int w, int half) {
   const int64_t hw = (int64_t)h * w, C = s->C;
-  for (int b = 0; b < f->batch; b++) {
+  for (int k = 0; k < f->batch; k++) {
+    pair_role pair;
+    const int b = item_order(half, k, &pair);
     const float *xb = xn + (int64_t)b * hw * C;
-    MP_TRY(mp_group_norm_nhwc(f->pool, f->ws, f->nrm, false, xb, hw, (int)C, GROUPS, s->gn.gamma, s->gn.beta, ST_EPS, false));
-    MP_TRY(spatial_tokens(f, s, b, hw));
+    if (pair != PAIR_TAKE)
+      MP_TRY(mp_group_norm_nhwc(f->pool, f->ws, f->nrm, false, xb, hw, (int)C, GROUPS, s->gn.gamma, s->gn.beta, ST_EPS, false));
+    MP_TRY(spatial_tokens(f, s, b, hw, pair));
     mp_add(f->nrm, f->nrm, xb, hw * C);
     mp_transpose(f->pool, y + (int64_t)b * C * hw, f->nrm, hw, C);
   }
@@ -541,15 +573,25 @@ static mp_error *spatial_forward_nhwc(fwd *f, const spatial *s, const float *xn,
 
 /* y = SpatialTransformer(ResBlock(x)), or the ResBlock alone where st is NULL. Where the ResBlock runs
  * in NHWC its result goes to the transformer as tokens: two transposes fewer per pair (ResBlock out,
- * transformer in). y must not alias x. */
-static mp_error *res_spatial_forward(fwd *f, const resblock *r, const spatial *st, const float *x, float *y, int h, int w) {
-  if (st && res_nhwc_usable(f, r, h, w)) {
-    float *xn;
-    MP_TRY(res_forward_nhwc(f, r, x, y, h, w, &xn));
-    return spatial_forward_nhwc(f, st, xn, y, h, w);
-  }
-  MP_TRY(res_forward(f, r, x, y, h, w));
-  return st ? spatial_forward(f, st, y, h, w) : NULL;
+ * transformer in). y must not alias x.
+ * half > 0: items b and b + half of x are the same, and so is the time embedding (run: alike_half).
+ * The ResBlock then runs on the first half and its result is copied to the second, and each pair
+ * shares the transformer's first self-attention; they part at its first cross-attention. */
+static mp_error *res_spatial_forward(fwd *f, const resblock *r, const spatial *st, const float *x, float *y, int h, int w,
+                                     int half) {
+  const int batch = f->batch;
+  const size_t item = (size_t)r->c_out * (size_t)h * (size_t)w;
+  if (half) f->batch = half;
+  mp_error *e = NULL;
+  float *xn = NULL; /* the ResBlock's result in NHWC, when the transformer takes it as tokens */
+  if (st && res_nhwc_usable(f, r, h, w)) e = res_forward_nhwc(f, r, x, y, h, w, &xn);
+  else e = res_forward(f, r, x, y, h, w);
+  f->batch = batch;
+  MP_TRY(e);
+  float *out = xn ? xn : y;
+  if (half) memcpy(out + half * item, out, sizeof(float) * half * item);
+  if (!st) return NULL;
+  return xn ? spatial_forward_nhwc(f, st, xn, y, h, w, half) : spatial_forward(f, st, y, h, w, half);
 }
 
 /* LDM's timestep_embedding (cos half first: flip_sin_to_cos=True, downscale_freq_shift=0), in the
@@ -585,6 +627,23 @@ mp_error *mp_unet_forward(mp_unet *u, mp_pool *pool, int batch, int h, int w, co
                           const float *context, int n_ctx, float *eps) {
   const mp_unet_inputs in = {.batch = batch, .h = h, .w = w, .x = x, .t = t, .context = context, .n_ctx = n_ctx};
   return mp_unet_run(u, pool, &in, eps);
+}
+
+/* Classifier-free guidance evaluates each latent twice, with and without its text: rows b and b + batch/2
+ * then have the same x, t and y (and a ControlNet the same hint), and only the context differs. Until
+ * the first cross-attention reads the context, both rows of a pair compute the same numbers; run
+ * computes them once (for SD 1.x: conv_in, input block 1's ResBlock and its first self-attention, over
+ * the most tokens of the step). Returns batch/2 where the inputs are alike bit for bit, else 0. */
+static int alike_half(const mp_unet_inputs *in, const float *hint, const mp_unet_config *cfg, int model_ch) {
+  if (in->batch % 2) return 0;
+  const size_t half = (size_t)in->batch / 2, hw = (size_t)in->h * (size_t)in->w;
+  const size_t nx = half * (size_t)cfg->in_channels * hw, ny = half * (size_t)cfg->adm_in_channels,
+               nh = half * (size_t)model_ch * hw;
+  return memcmp(in->x, in->x + nx, sizeof(float) * nx) == 0 && memcmp(in->t, in->t + half, sizeof(float) * half) == 0 &&
+                 (!in->y || memcmp(in->y, in->y + ny, sizeof(float) * ny) == 0) &&
+                 (!hint || memcmp(hint, hint + nh, sizeof(float) * nh) == 0)
+             ? (int)half
+             : 0;
 }
 
 /* The whole UNet (enc NULL: eps out), or only its encoder (enc set: eps unused, `hint` added to the
@@ -630,7 +689,7 @@ static mp_error *run(mp_unet *u, mp_pool *pool, const mp_unet_inputs *in, const 
 #define TAKE(n) (p += (n), p - (n))
   float *cur = TAKE(act), *nxt = TAKE(act), *cat = TAKE(act);
   fwd f = {pool, &u->ws, batch, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, context, n_ctx,
-           cfg->context_dim, NULL, NULL, u->emb_dim};
+           cfg->context_dim, NULL, NULL, u->emb_dim, NULL};
   f.t1 = TAKE(act), f.t2 = TAKE(act);
   float *skips = TAKE(skip_total);
   f.tok = TAKE(hw0 * C), f.nrm = TAKE(hw0 * C), f.q = TAKE(hw0 * C), f.k = TAKE(hw0 * C), f.v = TAKE(hw0 * C);
@@ -665,7 +724,11 @@ static mp_error *run(mp_unet *u, mp_pool *pool, const mp_unet_inputs *in, const 
   const mp_pad p1 = {1, 1, 1, 1};
   int ch = u->model_ch, hh = h, ww = w;
   float *sp = skips;
-  if ((e = mp_conv2d(pool, &u->ws, cur, x, batch, cfg->in_channels, h, w, u->conv_in.w, u->conv_in.b, 1, p1))) goto done;
+  int half = alike_half(in, hint, cfg, u->model_ch); /* > 0 until the first cross-attention */
+  f.pair_tok = f.t2;
+  if ((e = mp_conv2d(pool, &u->ws, cur, x, half ? half : batch, cfg->in_channels, h, w, u->conv_in.w, u->conv_in.b, 1, p1)))
+    goto done;
+  if (half) memcpy(cur + (size_t)half * ch * hw0, cur, sizeof(float) * (size_t)half * ch * hw0);
   if (hint) mp_add(cur, cur, hint, (int64_t)batch * ch * (int64_t)hw0);
   memcpy(sp, cur, sizeof(float) * (size_t)batch * (size_t)ch * hw0);
   if (control) add_scaled(sp, control->down[n_skip], control->scale, (size_t)batch * (size_t)ch * hw0);
@@ -674,10 +737,13 @@ static mp_error *run(mp_unet *u, mp_pool *pool, const mp_unet_inputs *in, const 
   for (int i = 1; i < u->n_in; i++) {
     const in_block *ib = &u->in[i];
     if (ib->is_down) {
-      if ((e = mp_conv2d(pool, &u->ws, nxt, cur, batch, ch, hh, ww, ib->down.w, ib->down.b, 2, p1))) goto done;
+      if ((e = mp_conv2d(pool, &u->ws, nxt, cur, half ? half : batch, ch, hh, ww, ib->down.w, ib->down.b, 2, p1))) goto done;
       hh /= 2, ww /= 2;
+      const size_t item = (size_t)ch * (size_t)hh * (size_t)ww;
+      if (half) memcpy(nxt + half * item, nxt, sizeof(float) * half * item);
     } else {
-      if ((e = res_spatial_forward(&f, &ib->res, ib->st, cur, nxt, hh, ww))) goto done;
+      if ((e = res_spatial_forward(&f, &ib->res, ib->st, cur, nxt, hh, ww, half))) goto done;
+      if (ib->st) half = 0;
     }
     ch = ib->c_out;
     float *s = cur;
@@ -689,7 +755,7 @@ static mp_error *run(mp_unet *u, mp_pool *pool, const mp_unet_inputs *in, const 
     skip_at[n_skip] = sp, c_at[n_skip++] = ch, sp += n;
   }
   /* middle */
-  if ((e = res_spatial_forward(&f, &u->mid1, &u->mid_st, cur, nxt, hh, ww))) goto done;
+  if ((e = res_spatial_forward(&f, &u->mid1, &u->mid_st, cur, nxt, hh, ww, half))) goto done;
   if ((e = res_forward(&f, &u->mid2, nxt, cur, hh, ww))) goto done;
   if (control) add_scaled(cur, control->mid, control->scale, (size_t)batch * (size_t)ch * (size_t)hh * (size_t)ww);
   if (enc) {
@@ -702,7 +768,7 @@ static mp_error *run(mp_unet *u, mp_pool *pool, const mp_unet_inputs *in, const 
     n_skip--;
     const int64_t hw = (int64_t)hh * ww;
     concat_channels(cat, cur, ch, skip_at[n_skip], c_at[n_skip], batch, hw);
-    if ((e = res_spatial_forward(&f, &ob->res, ob->st, cat, nxt, hh, ww))) goto done;
+    if ((e = res_spatial_forward(&f, &ob->res, ob->st, cat, nxt, hh, ww, 0))) goto done;
     ch = ob->res.c_out;
     if (ob->has_up) {
       if ((e = upsample_forward(&f, &ob->up, nxt, cur, cat, ch, hh, ww))) goto done;

@@ -5,7 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/matmul.h"
+#include "core/profile.h"
 #include "core/tensor.h"
+#include "core/threads.h"
 #include "models/unet.h"
 #include "testutil.h"
 #include "tiny_model.h"
@@ -106,8 +109,68 @@ static void test_unet_linear_projections_and_head_channels(void **state) {
   free(ck), free(gp);
 }
 
+/* Classifier-free guidance's batch: rows b and b + 2 share x and t, each row has its own text. The UNet
+ * computes what comes before the first cross-attention once per pair (one self-attention fewer per
+ * pair), and every row's eps is what that row alone gives: within the fp32 bound in f32 (a batch of 4
+ * and a batch of 1 round differently in the matrix products, ~1e-6, shared or not), and under the bf16
+ * backend (its NHWC ResBlocks) within the reduced-precision one. */
+static void cfg_pairs_case(mp_unet *u, const mp_weights *g, mp_backend *be) {
+  mp_pool *pool;
+  assert_ok(mp_pool_create(2, &pool));
+  mp_pool_set_backend(pool, be);
+  mp_profile prof = {0};
+  mp_pool_set_profile(pool, &prof);
+  enum { B = 4, H = 8, W = 12, N_CTX = 5, CTX_DIM = 32, PER = 4 * H * W };
+  const float *xb = golden(g, "unet.b.x", NULL), *tb = golden(g, "unet.b.t", NULL); /* two latents, two times */
+  float x[B * PER], t[B], ctx[B * N_CTX * CTX_DIM], eps[B * PER], one[PER];
+  for (int b = 0; b < B; b++) {
+    memcpy(x + b * PER, xb + (b % 2) * PER, sizeof(float) * PER);
+    t[b] = tb[b % 2];
+  }
+  for (int i = 0; i < B * N_CTX * CTX_DIM; i++) ctx[i] = sinf(0.37f * (float)i);
+  int64_t calls[2];
+  for (int alike = 1; alike >= 0; alike--) {
+    if (!alike) x[2 * PER + 5] += 0.25f; /* row 2 no longer row 0's latent: no pair is shared */
+    mp_profile_reset(&prof);
+    assert_ok(mp_unet_forward(u, pool, B, H, W, x, t, ctx, N_CTX, eps));
+    calls[alike] = prof.calls[MP_OP_ATTENTION];
+    for (int b = 0; b < B; b++) {
+      assert_ok(mp_unet_forward(u, pool, 1, H, W, x + b * PER, t + b, ctx + b * N_CTX * CTX_DIM, N_CTX, one));
+      double rel;
+      bool ok = be ? (rel = test_rel_l2(eps + b * PER, one, PER)) <= 1e-2 : within_fp32(eps + b * PER, one, PER, &rel);
+      if (!ok) fail_msg("%s, row %d (halves %salike): rel l2 %g from the row alone", be ? "bf16" : "f32", b, alike ? "" : "not ", rel);
+    }
+  }
+  assert_int_equal(calls[1], calls[0] - 2);
+  mp_pool_set_profile(pool, NULL);
+  mp_pool_set_backend(pool, NULL);
+  mp_pool_destroy(pool);
+}
+
+static void test_unet_cfg_pairs_share_their_start(void **state) {
+  (void)state;
+  char *ck = test_shared_path("golden/tiny/tiny.safetensors"), *gp = test_shared_path("golden/tiny/unet.safetensors");
+  mp_weights *w, *g;
+  assert_ok(mp_weights_open(ck, &w));
+  assert_ok(mp_weights_open(gp, &g));
+  mp_unet_config cfg = tiny_unet_config();
+  mp_unet *u;
+  assert_ok(mp_unet_load(w, MP_PREFIX_UNET, &cfg, &u));
+  cfg_pairs_case(u, g, NULL);
+  if (*mp_cpu_bf16_support()) {
+    mp_backend *be;
+    assert_ok(mp_backend_create(MP_PRECISION_BF16, 2, &be));
+    cfg_pairs_case(u, g, be);
+    mp_backend_destroy(be);
+  }
+  mp_unet_free(u);
+  mp_weights_close(w), mp_weights_close(g);
+  free(ck), free(gp);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_unet_tiny_golden),
-                                     cmocka_unit_test(test_unet_linear_projections_and_head_channels)};
+                                     cmocka_unit_test(test_unet_linear_projections_and_head_channels),
+                                     cmocka_unit_test(test_unet_cfg_pairs_share_their_start)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
