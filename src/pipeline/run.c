@@ -846,7 +846,7 @@ static mp_error *open_controlnet(run *r) {
 /* The detection and upscaling models the plan needs, loaded before the first step: a missing or
  * damaged file fails the job at once instead of after its scene pass. */
 static mp_error *load_helpers(run *r) {
-  bool persons = r->control_type == MP_CONTROL_POSE, esrgan = false;
+  bool persons = r->controlnet && r->control_type == MP_CONTROL_POSE && !r->control_layout, esrgan = false;
   for (int i = 0; i < r->plan->n_images; i++) persons |= r->plan->images[i].n_passes > 1;
   for (int i = 0; i < r->plan->n_post; i++) {
     const mp_post_step *s = &r->plan->post[i];
