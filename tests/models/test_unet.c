@@ -40,12 +40,18 @@ static void run_case(mp_unet *u, mp_pool *pool, const mp_weights *g, const char 
   free(eps);
 }
 
+/* The tiny checkpoint (*w) and its UNet goldens (*g). */
+static void open_tiny(mp_weights **w, mp_weights **g) {
+  char *ck = test_shared_path("golden/tiny/tiny.safetensors"), *gp = test_shared_path("golden/tiny/unet.safetensors");
+  assert_ok(mp_weights_open(ck, w));
+  assert_ok(mp_weights_open(gp, g));
+  free(ck), free(gp);
+}
+
 static void test_unet_tiny_golden(void **state) {
   (void)state;
-  char *ck = test_shared_path("golden/tiny/tiny.safetensors"), *gp = test_shared_path("golden/tiny/unet.safetensors");
   mp_weights *w, *g;
-  assert_ok(mp_weights_open(ck, &w));
-  assert_ok(mp_weights_open(gp, &g));
+  open_tiny(&w, &g);
   mp_unet_config cfg = tiny_unet_config();
   mp_unet *u;
   assert_ok(mp_unet_load(w, MP_PREFIX_UNET, &cfg, &u));
@@ -67,17 +73,14 @@ static void test_unet_tiny_golden(void **state) {
   mp_pool_destroy(pool);
   mp_weights_close(w);
   mp_weights_close(g);
-  free(ck), free(gp);
 }
 
 /* SD 2.x stores proj_in/proj_out as Linear [C, C] (use_linear_in_transformer): the same numbers as
  * 1x1 convolutions must give the same eps. Also num_head_channels instead of num_heads. */
 static void test_unet_linear_projections_and_head_channels(void **state) {
   (void)state;
-  char *ck = test_shared_path("golden/tiny/tiny.safetensors"), *gp = test_shared_path("golden/tiny/unet.safetensors");
   mp_weights *w, *g;
-  assert_ok(mp_weights_open(ck, &w));
-  assert_ok(mp_weights_open(gp, &g));
+  open_tiny(&w, &g);
   /* a copy of the checkpoint's names with every proj_in/proj_out weight viewed as 2-D */
   mp_weights *lin = mp_weights_new("linear-proj");
   for (size_t i = 0; i < mp_weights_count(w); i++) {
@@ -106,7 +109,6 @@ static void test_unet_linear_projections_and_head_channels(void **state) {
   cfg.num_head_channels = 24; /* 32 channels do not split into 24-wide heads */
   assert_err_contains(mp_unet_load(w, MP_PREFIX_UNET, &cfg, &u), "do not split into attention heads");
   mp_weights_close(lin), mp_weights_close(w), mp_weights_close(g);
-  free(ck), free(gp);
 }
 
 /* Classifier-free guidance's batch: rows b and b + 2 share x and t, each row has its own text. The UNet
@@ -149,10 +151,8 @@ static void cfg_pairs_case(mp_unet *u, const mp_weights *g, mp_backend *be) {
 
 static void test_unet_cfg_pairs_share_their_start(void **state) {
   (void)state;
-  char *ck = test_shared_path("golden/tiny/tiny.safetensors"), *gp = test_shared_path("golden/tiny/unet.safetensors");
   mp_weights *w, *g;
-  assert_ok(mp_weights_open(ck, &w));
-  assert_ok(mp_weights_open(gp, &g));
+  open_tiny(&w, &g);
   mp_unet_config cfg = tiny_unet_config();
   mp_unet *u;
   assert_ok(mp_unet_load(w, MP_PREFIX_UNET, &cfg, &u));
@@ -165,7 +165,6 @@ static void test_unet_cfg_pairs_share_their_start(void **state) {
   }
   mp_unet_free(u);
   mp_weights_close(w), mp_weights_close(g);
-  free(ck), free(gp);
 }
 
 int main(void) {
