@@ -855,7 +855,7 @@ static mp_error *conv2d_packed(mp_pool *pool, mp_workspace *ws, mp_backend *be, 
       const int64_t m = P - p0 < band ? P - p0 : band;
       im2col_bf16_args ia = {col, xb, c_in, h, w, kh, kw, stride, wo, pad, p0, K};
       mp_pool_for(pool, m, 16, im2col_bf16_rows, &ia);
-      MP_TRY(mp_matmul_run_bf16(mm, col, m, out));
+      MP_TRY(mp_matmul_run_bf16(mm, col, m, out, false));
       untranspose_args ua = {yb, out, P, p0, m, c_out};
       mp_pool_for(pool, (c_out + 15) / 16, 1, untranspose_band, &ua);
     }
@@ -864,13 +864,13 @@ static mp_error *conv2d_packed(mp_pool *pool, mp_workspace *ws, mp_backend *be, 
 }
 
 static mp_error *dense_packed(mp_pool *pool, mp_workspace *ws, mp_backend *be, float *y, const float *x, int64_t n,
-                              const mp_tensor *W, const mp_tensor *bias) {
+                              const mp_tensor *W, const mp_tensor *bias, bool accumulate) {
   mp_matmul *mm;
   MP_TRY(packed_weight(ws, be, W, bias, &mm));
   const int64_t K = mp_matmul_k(mm);
   MP_TRY(mp_workspace_reserve(ws, (size_t)(n * K) * 2));
   mp_bf16_copy(pool, ws->p, x, n * K);
-  return mp_matmul_run_bf16(mm, ws->p, n, y);
+  return mp_matmul_run_bf16(mm, ws->p, n, y, accumulate);
 }
 
 static mp_error *conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int batch, int c_in, int h, int w,
@@ -1006,17 +1006,18 @@ static mp_error *check_dense_weight(const mp_tensor *W) {
 }
 
 static mp_error *dense(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int64_t n, const mp_tensor *W,
-                       const mp_tensor *bias) {
+                       const mp_tensor *bias, bool accumulate) {
   MP_TRY(check_dense_weight(W));
   mp_backend *be = mp_pool_backend(pool);
-  if (be && !ws->f32_only && mp_backend_precision(be) == MP_PRECISION_BF16) return dense_packed(pool, ws, be, y, x, n, W, bias);
+  if (be && !ws->f32_only && mp_backend_precision(be) == MP_PRECISION_BF16)
+    return dense_packed(pool, ws, be, y, x, n, W, bias, accumulate);
   const int64_t out = W->shape[0], in = W->shape[1];
   size_t wfloats = W->dtype == MP_F32 ? 0 : (size_t)(out * in);
   size_t bfloats = bias ? (size_t)out : 0;
   MP_TRY(mp_workspace_reserve(ws, sizeof(float) * (((wfloats + 15) & ~(size_t)15) + bfloats + 1)));
   float *wbuf = ws->p, *bbuf = wbuf + ((wfloats + 15) & ~(size_t)15);
   const float *w = weight_f32(pool, W, wbuf);
-  mp_gemm_pool(pool, true, n, out, in, x, in, w, in, 0.0f, y, out);
+  mp_gemm_pool(pool, true, n, out, in, x, in, w, in, accumulate ? 1.0f : 0.0f, y, out);
   if (bias) {
     MP_TRY(mp_error_wrap(mp_vector_f32(bias, bbuf, out), "dense bias"));
     rowbias_args a = {y, bbuf, out};
@@ -1029,7 +1030,16 @@ mp_error *mp_dense(mp_pool *pool, mp_workspace *ws, float *y, const float *x, in
                    const mp_tensor *bias) {
   mp_profile *prof = mp_pool_profile(pool);
   mp_profile_begin(prof);
-  mp_error *e = dense(pool, ws, y, x, n, W, bias);
+  mp_error *e = dense(pool, ws, y, x, n, W, bias, false);
+  mp_profile_end(prof, MP_OP_DENSE);
+  return e;
+}
+
+mp_error *mp_dense_add(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int64_t n, const mp_tensor *W,
+                       const mp_tensor *bias) {
+  mp_profile *prof = mp_pool_profile(pool);
+  mp_profile_begin(prof);
+  mp_error *e = dense(pool, ws, y, x, n, W, bias, true);
   mp_profile_end(prof, MP_OP_DENSE);
   return e;
 }
@@ -1055,7 +1065,7 @@ mp_error *mp_dense_shared(mp_pool *pool, mp_workspace *ws, const float *x, int64
   const int64_t K = mp_matmul_k(mm[0]);
   mp_error *e = mp_workspace_reserve(ws, (size_t)(n * K) * 2);
   if (!e) mp_bf16_copy(pool, ws->p, x, n * K);
-  for (int i = 0; i < count && !e; i++) e = mp_matmul_run_bf16(mm[i], ws->p, n, outs[i].y);
+  for (int i = 0; i < count && !e; i++) e = mp_matmul_run_bf16(mm[i], ws->p, n, outs[i].y, false);
   mp_profile_end(prof, MP_OP_DENSE);
   return e;
 }
@@ -1223,7 +1233,7 @@ static void geglu_bf16_rows(void *ctx, int64_t begin, int64_t end, int thread) {
 }
 
 mp_error *mp_dense_geglu(mp_pool *pool, mp_workspace *ws, float *y, float *gated, const float *x, int64_t n, int64_t d,
-                         const mp_tensor *W, const mp_tensor *bias) {
+                         const mp_tensor *W, const mp_tensor *bias, bool accumulate) {
   /* checked on both paths: mp_dense reads as many inputs per row as the weight has */
   if (W->ndim != 2 || W->shape[1] != d)
     return mp_errorf("feed-forward output weight must be [out, %lld], found %d-D with %lld inputs", (long long)d, W->ndim,
@@ -1231,7 +1241,7 @@ mp_error *mp_dense_geglu(mp_pool *pool, mp_workspace *ws, float *y, float *gated
   mp_backend *be = mp_pool_backend(pool);
   if (!(be && !ws->f32_only && mp_backend_precision(be) == MP_PRECISION_BF16)) {
     mp_geglu(pool, gated, x, n, d);
-    return mp_dense(pool, ws, y, gated, n, W, bias);
+    return accumulate ? mp_dense_add(pool, ws, y, gated, n, W, bias) : mp_dense(pool, ws, y, gated, n, W, bias);
   }
   mp_matmul *mm;
   MP_TRY(packed_weight(ws, be, W, bias, &mm));
@@ -1240,7 +1250,7 @@ mp_error *mp_dense_geglu(mp_pool *pool, mp_workspace *ws, float *y, float *gated
   mp_pool_for(pool, n, n >= 64 ? 16 : n, geglu_bf16_rows, &a);
   mp_profile *prof = mp_pool_profile(pool);
   mp_profile_begin(prof);
-  mp_error *e = mp_matmul_run_bf16(mm, ws->p, n, y);
+  mp_error *e = mp_matmul_run_bf16(mm, ws->p, n, y, accumulate);
   mp_profile_end(prof, MP_OP_DENSE);
   return e;
 }

@@ -79,6 +79,10 @@ static inline int mp_conv_out_size(int in, int k, int stride, int pad_lo, int pa
  * converted through `ws`. Also accepts W [out, in, 1, 1] (a 1x1 convolution used on tokens). */
 mp_error *mp_dense(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int64_t n, const mp_tensor *W,
                    const mp_tensor *bias);
+/* y[n, out] += x[n, in] · Wᵀ + b: a residual added in the product's epilogue instead of a pass of its
+ * own over y (under a bf16 backend the same bits as mp_dense into a scratch, then the add). */
+mp_error *mp_dense_add(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int64_t n, const mp_tensor *W,
+                       const mp_tensor *bias);
 
 /* Several dense layers on one input: outs[i].y = x · outs[i].Wᵀ + outs[i].bias for i < count, as
  * mp_dense gives each. Under a bf16 backend x is converted to bf16 once for all of them (a
@@ -110,11 +114,12 @@ void mp_upsample_nearest2x(mp_pool *pool, float *y, const float *x, int64_t plan
 void mp_geglu(mp_pool *pool, float *y, const float *x, int64_t n, int64_t d);
 
 /* y [n, out] = dense(GEGLU(x)) with W [out, d] (a transformer's feed-forward output), x [n, 2*d] as
- * mp_geglu takes it. Under a bf16 backend the gated rows go straight to the bf16 the GEMM reads
- * (the same values, rounded the same way, as mp_geglu then mp_dense), without the [n, d] f32
- * tensor's round trip through memory; otherwise `gated` [n, d] holds them (it may equal x). */
+ * mp_geglu takes it; y += that with `accumulate` (the residual, as mp_dense_add). Under a bf16
+ * backend the gated rows go straight to the bf16 the GEMM reads (the same values, rounded the same
+ * way, as mp_geglu then mp_dense), without the [n, d] f32 tensor's round trip through memory;
+ * otherwise `gated` [n, d] holds them (it may equal x). */
 mp_error *mp_dense_geglu(mp_pool *pool, mp_workspace *ws, float *y, float *gated, const float *x, int64_t n, int64_t d,
-                         const mp_tensor *W, const mp_tensor *bias);
+                         const mp_tensor *W, const mp_tensor *bias, bool accumulate);
 
 /* dst[cols, rows] = src[rows, cols]ᵀ (e.g. a [C, HW] image to [HW, C] tokens). dst must not alias src. */
 void mp_transpose(mp_pool *pool, float *dst, const float *src, int64_t rows, int64_t cols);

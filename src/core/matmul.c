@@ -418,8 +418,8 @@ mp_error *mp_matmul_run(mp_matmul *mm, const float *x, int64_t M, float *y, bool
   return mm->b->precision == MP_PRECISION_BF16 ? run_bf16(mm, x, M, y, accumulate) : run_f32(mm, x, M, y, accumulate);
 }
 
-mp_error *mp_matmul_run_bf16(mp_matmul *mm, const uint16_t *x, int64_t M, float *y) {
+mp_error *mp_matmul_run_bf16(mp_matmul *mm, const uint16_t *x, int64_t M, float *y, bool accumulate) {
   if (mm->b->precision != MP_PRECISION_BF16) return mp_errorf("bf16 activations need the bf16 backend");
   if (M <= 0) return NULL;
-  return run_bf16_input(mm, x, M, y, false);
+  return run_bf16_input(mm, x, M, y, accumulate);
 }

@@ -73,6 +73,6 @@ int64_t mp_matmul_k(const mp_matmul *mm);
 mp_error *mp_matmul_run(mp_matmul *mm, const float *x, int64_t M, float *y, bool accumulate);
 /* The same with x already rounded to bf16 (bf16 backend only): callers that build their input
  * (im2col) write bf16 directly and save a pass over it. */
-mp_error *mp_matmul_run_bf16(mp_matmul *mm, const uint16_t *x, int64_t M, float *y);
+mp_error *mp_matmul_run_bf16(mp_matmul *mm, const uint16_t *x, int64_t M, float *y, bool accumulate);
 
 #endif

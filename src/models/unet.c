@@ -489,9 +489,7 @@ static mp_error *attention_block(fwd *f, const spatial *s, float *x, int64_t n, 
   /* bf16 products under a bf16 backend on AVX512_BF16 CPUs, else the f32 kernel */
   mp_attention_auto(f->pool, f->att, f->q, kbuf, vbuf, n, n_src, s->heads, s->head_dim, false);
   mp_profile_end(mp_pool_profile(f->pool), MP_OP_ATTENTION);
-  MP_TRY(mp_dense(f->pool, f->ws, f->nrm, f->att, n, out->w, out->b));
-  mp_add(x, x, f->nrm, n * s->C);
-  return NULL;
+  return mp_dense_add(f->pool, f->ws, x, f->att, n, out->w, out->b);
 }
 
 /* The feed-forward (ff1, GEGLU, ff2: each row on its own) runs on chunks of rows whose f32 projection
@@ -530,13 +528,11 @@ static mp_error *spatial_tokens(fwd *f, const spatial *s, int b, int64_t hw, pai
     MP_TRY(attention_block(f, s, f->tok, hw, t->q2, t->k2, t->v2, &t->out2, ctx, f->n_ctx, f->ck, f->cv));
     mp_layer_norm(f->pool, f->nrm, f->tok, hw, C, t->ln3.gamma, t->ln3.beta, LN_EPS);
     const int64_t inner = s->inner_ff, rows = ff_rows(hw, inner);
-    for (int64_t r0 = 0; r0 < hw; r0 += rows) { /* each chunk's output replaces its own normed rows */
+    for (int64_t r0 = 0; r0 < hw; r0 += rows) { /* tokens += ff2(GEGLU(ff1(normed))), chunk by chunk */
       const int64_t m = hw - r0 < rows ? hw - r0 : rows;
-      float *rows_at = f->nrm + r0 * C;
-      MP_TRY(mp_dense(f->pool, f->ws, f->ff, rows_at, m, t->ff1.w, t->ff1.b));
-      MP_TRY(mp_dense_geglu(f->pool, f->ws, rows_at, f->ff + m * 2 * inner, f->ff, m, inner, t->ff2.w, t->ff2.b));
+      MP_TRY(mp_dense(f->pool, f->ws, f->ff, f->nrm + r0 * C, m, t->ff1.w, t->ff1.b));
+      MP_TRY(mp_dense_geglu(f->pool, f->ws, f->tok + r0 * C, f->ff + m * 2 * inner, f->ff, m, inner, t->ff2.w, t->ff2.b, true));
     }
-    mp_add(f->tok, f->tok, f->nrm, hw * C);
   }
   return mp_dense(f->pool, f->ws, f->nrm, f->tok, hw, s->proj_out.w, s->proj_out.b);
 }

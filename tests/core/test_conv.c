@@ -224,13 +224,16 @@ static void test_upsample_and_geglu(void **state) {
 
 /* mp_dense_geglu gives exactly what mp_geglu then mp_dense give: under a bf16 backend (the gated rows
  * straight to bf16, d past one chunk of the row buffer, rows past one task), under none (f32), and on
- * both it names the weight a feed-forward of the wrong width. */
+ * both it names the weight a feed-forward of the wrong width. Accumulating (it and mp_dense_add), what
+ * adding onto the residual gives. */
 static void test_dense_geglu_is_geglu_then_dense(void **state) {
   (void)state;
   enum { N = 70, D = 1100, OUT = 24 };
   float *x = malloc(sizeof(float) * N * 2 * D), *g = malloc(sizeof(float) * N * D), *W = malloc(sizeof(float) * OUT * D);
   float *fused = malloc(sizeof(float) * N * OUT), *apart = malloc(sizeof(float) * N * OUT), b[OUT];
+  float *resid = malloc(sizeof(float) * N * OUT), *sum = malloc(sizeof(float) * N * OUT);
   assert_non_null(x), assert_non_null(g), assert_non_null(W), assert_non_null(fused), assert_non_null(apart);
+  assert_non_null(resid), assert_non_null(sum);
   test_fill(x, N * 2 * D, 31), test_fill(W, OUT * D, 32), test_fill(b, OUT, 33);
   mp_tensor tw, tb, wrong;
   mp_tensor_view(&tw, MP_F32, 2, (int64_t[]){OUT, D}, W);
@@ -246,9 +249,22 @@ static void test_dense_geglu_is_geglu_then_dense(void **state) {
     mp_geglu(pool, g, x, N, D);
     assert_ok(mp_dense(pool, &ws, apart, g, N, &tw, &tb));
     memset(g, 0, sizeof(float) * N * D);
-    assert_ok(mp_dense_geglu(pool, &ws, fused, g, x, N, D, &tw, &tb));
+    assert_ok(mp_dense_geglu(pool, &ws, fused, g, x, N, D, &tw, &tb, false));
     assert_memory_equal(fused, apart, sizeof(float) * N * OUT);
-    mp_error *e = mp_dense_geglu(pool, &ws, fused, g, x, N, D, &wrong, &tb); /* on both paths */
+    /* accumulating onto a residual: what adding the product to it gives, bit for bit under bf16 (oneDNN
+     * adds the finished product); the f32 path's BLAS adds onto it block by block (other roundings) */
+    test_fill(resid, N * OUT, 34);
+    mp_add(sum, resid, apart, N * OUT);
+    memcpy(fused, resid, sizeof(float) * N * OUT);
+    assert_ok(mp_dense_geglu(pool, &ws, fused, g, x, N, D, &tw, &tb, true));
+    if (attach) assert_memory_equal(fused, sum, sizeof(float) * N * OUT);
+    else assert_true(test_rel_l2(fused, sum, N * OUT) < 1e-6);
+    memcpy(fused, resid, sizeof(float) * N * OUT);
+    mp_geglu(pool, g, x, N, D);
+    assert_ok(mp_dense_add(pool, &ws, fused, g, N, &tw, &tb));
+    if (attach) assert_memory_equal(fused, sum, sizeof(float) * N * OUT);
+    else assert_true(test_rel_l2(fused, sum, N * OUT) < 1e-6);
+    mp_error *e = mp_dense_geglu(pool, &ws, fused, g, x, N, D, &wrong, &tb, false); /* on both paths */
     assert_non_null(e);
     assert_non_null(strstr(mp_error_message(e), "feed-forward output weight must be [out, 1100], found 2-D with 1099 inputs"));
     mp_error_free(e);
@@ -257,7 +273,7 @@ static void test_dense_geglu_is_geglu_then_dense(void **state) {
   mp_pool_set_backend(pool, NULL);
   mp_backend_destroy(be);
   mp_pool_destroy(pool);
-  free(x), free(g), free(W), free(fused), free(apart);
+  free(x), free(g), free(W), free(fused), free(apart), free(resid), free(sum);
 }
 
 /* mp_dense_shared gives exactly what one mp_dense per layer gives, under a bf16 backend (one bf16
