@@ -51,6 +51,7 @@ enum { GN_MAX_C = 4096 }; /* the UNets' widest concatenation is 2560 */
 
 typedef struct {
   const float *x;
+  const float *bias; /* [C] added to every pixel before the norm, or NULL */
   void *y;
   bool y_bf16, silu, cpu_bf16;
   int64_t hw, chunk; /* pixels per task: a chunk of [chunk, C] stays in L2 for the second look */
@@ -83,6 +84,8 @@ MP_VECTOR_CLONES static void gn_stats(void *ctx, int64_t begin, int64_t end, int
         m2[c] += d * d;
       }
     }
+    if (a->bias) /* a constant per channel moves its mean and leaves its centred sum as it is */
+      for (int c = 0; c < C; c++) sum[c] += a->bias[c];
     for (int g = 0; g < a->groups; g++) {
       double mean = 0, q = 0;
       for (int c = g * cg; c < (g + 1) * cg; c++) mean += sum[c];
@@ -118,8 +121,8 @@ MP_VECTOR_CLONES static void gn_apply(void *ctx, int64_t begin, int64_t end, int
   }
 }
 
-mp_error *mp_group_norm_nhwc(mp_pool *pool, mp_workspace *ws, void *y, bool y_bf16, const float *x, int64_t hw, int C, int groups,
-                             const float *gamma, const float *beta, float eps, bool silu) {
+static mp_error *group_norm_nhwc(mp_pool *pool, mp_workspace *ws, void *y, bool y_bf16, const float *x, const float *bias, int64_t hw,
+                                 int C, int groups, const float *gamma, const float *beta, float eps, bool silu) {
   if (groups < 1 || C % groups || C > GN_MAX_C)
     return mp_errorf("NHWC group norm: %d channels in %d groups (at most %d channels)", C, groups, GN_MAX_C);
   if (hw <= 0) return NULL;
@@ -127,7 +130,7 @@ mp_error *mp_group_norm_nhwc(mp_pool *pool, mp_workspace *ws, void *y, bool y_bf
   if (chunk < 1) chunk = 1;
   const int64_t chunks = (hw + chunk - 1) / chunk;
   MP_TRY(mp_workspace_reserve(ws, sizeof(double) * (size_t)(chunks * groups * 2) + sizeof(float) * 2 * (size_t)C));
-  gn_nhwc a = {x, y, y_bf16, silu, cpu_bf16(pool), hw, chunk, C, groups, ws->p, NULL, NULL};
+  gn_nhwc a = {x, bias, y, y_bf16, silu, cpu_bf16(pool), hw, chunk, C, groups, ws->p, NULL, NULL};
   a.scale = (float *)(void *)(a.stats + chunks * groups * 2), a.shift = a.scale + C;
   mp_profile_begin(mp_pool_profile(pool));
   mp_pool_for(pool, chunks, 1, gn_stats, &a);
@@ -142,11 +145,24 @@ mp_error *mp_group_norm_nhwc(mp_pool *pool, mp_workspace *ws, void *y, bool y_bf
       seen = total;
     }
     const float mf = (float)mean, inv = (float)(1.0 / sqrt(m2 / seen + eps));
-    for (int c = g * cg; c < (g + 1) * cg; c++) a.scale[c] = inv * gamma[c], a.shift[c] = beta[c] - mf * a.scale[c];
+    for (int c = g * cg; c < (g + 1) * cg; c++) {
+      a.scale[c] = inv * gamma[c], a.shift[c] = beta[c] - mf * a.scale[c];
+      if (bias) a.shift[c] += bias[c] * a.scale[c]; /* (x + bias) * scale + shift */
+    }
   }
   mp_pool_for(pool, chunks, 1, gn_apply, &a);
   mp_profile_end(mp_pool_profile(pool), MP_OP_NORM);
   return NULL;
+}
+
+mp_error *mp_group_norm_nhwc(mp_pool *pool, mp_workspace *ws, void *y, bool y_bf16, const float *x, int64_t hw, int C, int groups,
+                             const float *gamma, const float *beta, float eps, bool silu) {
+  return group_norm_nhwc(pool, ws, y, y_bf16, x, NULL, hw, C, groups, gamma, beta, eps, silu);
+}
+
+mp_error *mp_group_norm_nhwc_biased(mp_pool *pool, mp_workspace *ws, void *y, bool y_bf16, const float *x, const float *bias,
+                                    int64_t hw, int C, int groups, const float *gamma, const float *beta, float eps, bool silu) {
+  return group_norm_nhwc(pool, ws, y, y_bf16, x, bias, hw, C, groups, gamma, beta, eps, silu);
 }
 
 /* ---- upsample ---- */

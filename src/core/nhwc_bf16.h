@@ -20,6 +20,10 @@
  * mp_group_norm's: chunk means and centred sums merged in double. Scratch from ws. */
 mp_error *mp_group_norm_nhwc(mp_pool *pool, mp_workspace *ws, void *y, bool y_bf16, const float *x, int64_t hw, int C, int groups,
                              const float *gamma, const float *beta, float eps, bool silu);
+/* The same of x + bias, bias [C] added to every pixel (a ResBlock's time embedding), without a pass
+ * that writes x + bias: the bias moves each channel's mean and folds into the affine map. */
+mp_error *mp_group_norm_nhwc_biased(mp_pool *pool, mp_workspace *ws, void *y, bool y_bf16, const float *x, const float *bias,
+                                    int64_t hw, int C, int groups, const float *gamma, const float *beta, float eps, bool silu);
 
 /* y [2h, 2w, C] bf16 = x [h, w, C] f32 repeated 2x2, rounded to bf16. */
 void mp_upsample_nearest2x_nhwc_bf16(mp_pool *pool, uint16_t *y, const float *x, int h, int w, int C);

@@ -395,16 +395,9 @@ static mp_error *res_forward_nhwc(fwd *f, const resblock *r, const float *x, flo
   float *hb = y; /* conv1's output, [B, hw, co], in y until conv2's input is made from it */
   MP_TRY(mp_conv2d_nhwc_bf16(f->pool, f->ws, hb, t, B, ci, h, w, r->conv1.w, r->conv1.b, 1, p1, false));
   MP_TRY(mp_dense(f->pool, f->ws, f->emb_out, f->emb_silu, B, r->emb.w, r->emb.b));
-  for (int b = 0; b < B; b++) {
-    const float *e = f->emb_out + (int64_t)b * co;
-    for (int64_t i = 0; i < hw; i++) {
-      float *row = hb + ((int64_t)b * hw + i) * co;
-      for (int c = 0; c < co; c++) row[c] += e[c];
-    }
-  }
-  for (int b = 0; b < B; b++)
-    MP_TRY(mp_group_norm_nhwc(f->pool, f->ws, t + b * hw * co, true, hb + b * hw * co, hw, co, GROUPS, r->out_norm.gamma,
-                              r->out_norm.beta, RES_EPS, true));
+  for (int b = 0; b < B; b++) /* out_norm(h + the item's time embedding), the sum never written */
+    MP_TRY(mp_group_norm_nhwc_biased(f->pool, f->ws, t + b * hw * co, true, hb + b * hw * co, f->emb_out + (int64_t)b * co, hw,
+                                     co, GROUPS, r->out_norm.gamma, r->out_norm.beta, RES_EPS, true));
   float *res = xt; /* the residual, [B, hw, co]: x itself, or its projection (into y, free again) */
   if (r->skip.w) {
     MP_TRY(mp_dense(f->pool, f->ws, y, xt, B * hw, r->skip.w, r->skip.b));
