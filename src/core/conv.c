@@ -1026,22 +1026,23 @@ static mp_error *dense(mp_pool *pool, mp_workspace *ws, float *y, const float *x
   return NULL;
 }
 
-mp_error *mp_dense(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int64_t n, const mp_tensor *W,
-                   const mp_tensor *bias) {
+static mp_error *dense_timed(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int64_t n, const mp_tensor *W,
+                             const mp_tensor *bias, bool accumulate) {
   mp_profile *prof = mp_pool_profile(pool);
   mp_profile_begin(prof);
-  mp_error *e = dense(pool, ws, y, x, n, W, bias, false);
+  mp_error *e = dense(pool, ws, y, x, n, W, bias, accumulate);
   mp_profile_end(prof, MP_OP_DENSE);
   return e;
 }
 
+mp_error *mp_dense(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int64_t n, const mp_tensor *W,
+                   const mp_tensor *bias) {
+  return dense_timed(pool, ws, y, x, n, W, bias, false);
+}
+
 mp_error *mp_dense_add(mp_pool *pool, mp_workspace *ws, float *y, const float *x, int64_t n, const mp_tensor *W,
                        const mp_tensor *bias) {
-  mp_profile *prof = mp_pool_profile(pool);
-  mp_profile_begin(prof);
-  mp_error *e = dense(pool, ws, y, x, n, W, bias, true);
-  mp_profile_end(prof, MP_OP_DENSE);
-  return e;
+  return dense_timed(pool, ws, y, x, n, W, bias, true);
 }
 
 mp_error *mp_dense_shared(mp_pool *pool, mp_workspace *ws, const float *x, int64_t n, const mp_dense_out *outs, int count) {
