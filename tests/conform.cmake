@@ -59,6 +59,18 @@ set_tests_properties(conform_tiny_controlnet PROPERTIES TIMEOUT 900
 add_test(NAME conform_tiny_controlnet_bf16 COMMAND mpass_cli --precision bf16 conform ${G}/tiny-controlnet --cases controlnet,txt2img)
 set_tests_properties(conform_tiny_controlnet_bf16 PROPERTIES TIMEOUT 900
   ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR}")
+# The UNets in bf16 with oneDNN held to AVX512-BF16, as on CPUs without AMX (AMD Zen 4/5): there oneDNN
+# offers only its reference convolution for the tiny models' smallest levels (2x2, 2x3), which the NHWC
+# ResBlocks then run as im2col + matmul (core/conv.c: conv_nhwc_by_matmul)
+foreach(set tiny:unet,lora tiny-xl:unet,lora tiny-controlnet:controlnet)
+  string(REPLACE ":" ";" parts ${set})
+  list(GET parts 0 dir)
+  list(GET parts 1 cases)
+  string(REPLACE "-" "_" name ${dir})
+  add_test(NAME conform_${name}_bf16_avx512 COMMAND mpass_cli --precision bf16 conform ${G}/${dir} --cases ${cases})
+  set_tests_properties(conform_${name}_bf16_avx512 PROPERTIES TIMEOUT 900
+    ENVIRONMENT "MPASS_SHARED=${MPASS_SHARED_DIR};ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16")
+endforeach()
 # Real SD 1.5 shapes (sd15-size/, issue 12 item 8): the 2 GB random checkpoint is made once per build tree
 # and checked against the manifests' sha256 (fixture sd15_ckpt); then f32 within the fp32 bounds and bf16
 # within bf16_floor.json. About 3 minutes on 2 cores with the checkpoint to make, 1 without. Label sd15:

@@ -957,6 +957,59 @@ mp_error *mp_conv2d(mp_pool *pool, mp_workspace *ws, float *y, const float *x, i
   return e;
 }
 
+/* im2col of one item's bf16 NHWC input [h, w, c_in] for the packed matmul: rows of K = c_in * kh * kw
+ * in the weight's (c_in, ky, kx) order, for the output pixels p0 .. p0 + rows. */
+typedef struct {
+  uint16_t *col;
+  const uint16_t *x;
+  int c_in, h, w, kh, kw, stride, wo;
+  mp_pad pad;
+  int64_t p0, K;
+} im2col_nhwc_args;
+
+static void im2col_nhwc_rows(void *ctx, int64_t begin, int64_t end, int ti) {
+  (void)ti;
+  const im2col_nhwc_args *a = ctx;
+  for (int64_t i = begin; i < end; i++) {
+    const int64_t p = a->p0 + i;
+    const int oy = (int)(p / a->wo), ox = (int)(p % a->wo);
+    uint16_t *dst = a->col + i * a->K;
+    for (int ky = 0; ky < a->kh; ky++)
+      for (int kx = 0; kx < a->kw; kx++) {
+        const int iy = oy * a->stride - a->pad.top + ky, ix = ox * a->stride - a->pad.left + kx, tap = ky * a->kw + kx;
+        const bool in = iy >= 0 && iy < a->h && ix >= 0 && ix < a->w;
+        const uint16_t *src = in ? a->x + ((int64_t)iy * a->w + ix) * a->c_in : NULL;
+        for (int c = 0; c < a->c_in; c++) dst[(int64_t)c * a->kh * a->kw + tap] = in ? src[c] : 0;
+      }
+  }
+}
+
+/* The NHWC convolution as im2col + the packed matmul, whose rows are NHWC output pixels: for the shapes
+ * where oneDNN offers only its reference convolution (small images on AVX512-BF16 without AMX, e.g. the
+ * tiny test UNets' 2x3 levels on an AMD Zen 5). */
+static mp_error *conv_nhwc_by_matmul(mp_pool *pool, mp_workspace *ws, mp_backend *be, float *y, const uint16_t *x, int batch,
+                                     int c_in, int h, int w, const mp_tensor *weight, const mp_tensor *bias, int stride, mp_pad pad,
+                                     bool accumulate) {
+  mp_matmul *mm;
+  MP_TRY(packed_weight(ws, be, weight, bias, &mm));
+  const int kh = (int)weight->shape[2], kw = (int)weight->shape[3];
+  const int ho = mp_conv_out_size(h, kh, stride, pad.top, pad.bottom), wo = mp_conv_out_size(w, kw, stride, pad.left, pad.right);
+  const int64_t K = (int64_t)c_in * kh * kw, c_out = weight->shape[0], P = (int64_t)ho * wo;
+  int64_t band = (int64_t)(BF16_BAND_BYTES / (size_t)(2 * K));
+  if (band < 1) band = 1;
+  if (band > P) band = P;
+  MP_TRY(mp_workspace_reserve(ws, (size_t)(band * K) * 2));
+  uint16_t *col = ws->p;
+  for (int b = 0; b < batch; b++)
+    for (int64_t p0 = 0; p0 < P; p0 += band) {
+      const int64_t m = P - p0 < band ? P - p0 : band;
+      im2col_nhwc_args ia = {col, x + (int64_t)b * h * w * c_in, c_in, h, w, kh, kw, stride, wo, pad, p0, K};
+      mp_pool_for(pool, m, 16, im2col_nhwc_rows, &ia);
+      MP_TRY(mp_matmul_run_bf16(mm, col, m, y + ((int64_t)b * P + p0) * c_out, accumulate));
+    }
+  return NULL;
+}
+
 bool mp_conv2d_nhwc_usable(mp_pool *pool, int c_in, int c_out, int h, int w, int batch) {
   mp_backend *be = mp_pool_backend(pool);
   return be && mp_backend_precision(be) == MP_PRECISION_BF16 && c_in >= 32 && c_out >= 32 &&
@@ -975,8 +1028,12 @@ mp_error *mp_conv2d_nhwc_bf16(mp_pool *pool, mp_workspace *ws, float *y, const u
   mp_profile_begin(prof);
   struct mp_packed_weight *pw;
   mp_error *e = pack_entry(ws, be, weight, bias, &pw);
-  if (!e && !pw->conv) e = mp_dnnl_conv_create(be, weight, bias, stride, pad, batch, h, w, &pw->conv);
-  if (!e) e = mp_dnnl_conv_run_nhwc(pw->conv, ws, x, batch, h, w, y, accumulate);
+  /* oneDNN's primitive where it has a kernel for the shape; where it declines (only its reference one,
+   * which mp_dnnl_conv_* refuse), im2col + the matmul, as mp_conv2d does */
+  if (!e && !pw->conv && !pw->mm) mp_error_free(mp_dnnl_conv_create(be, weight, bias, stride, pad, batch, h, w, &pw->conv));
+  mp_error *declined = !e && pw->conv ? mp_dnnl_conv_run_nhwc(pw->conv, ws, x, batch, h, w, y, accumulate) : NULL;
+  if (!e && (!pw->conv || declined)) e = conv_nhwc_by_matmul(pool, ws, be, y, x, batch, c_in, h, w, weight, bias, stride, pad, accumulate);
+  mp_error_free(declined);
   if (!e) release_weight_pages(weight);
   mp_profile_end(prof, MP_OP_CONV3X3);
   return e;
