@@ -99,9 +99,13 @@ tr '\r' '\n' < "$OUT/sdcpp.log" | grep -oE '[0-9]+/[0-9]+ - [0-9.]+(s/it|it/s)' 
   awk '{ v = $3; sub(/(s\/it|it\/s)$/, "", v); if ($3 ~ /it\/s$/) v = 1 / v; split($1, k, "/"); print k[1], v }' > "$OUT/sdcpp-steps.txt"
 [ "$(wc -l < "$OUT/sdcpp-steps.txt")" = "$steps" ] || {
   echo "bench-sdcpp: found $(wc -l < "$OUT/sdcpp-steps.txt") step times in $OUT/sdcpp.log, expected $steps" >&2; exit 1; }
-taking() { grep -oE "$1.*taking [0-9.]+ ?m?s" "$OUT/sdcpp.log" | tail -1 | sed -E 's/.*taking ([0-9.]+) ?(m?s)$/\1 \2/' |
+taking() { { grep -oE "$1.*taking [0-9.]+ ?m?s" "$OUT/sdcpp.log" || true; } | tail -1 | sed -E 's/.*taking ([0-9.]+) ?(m?s)$/\1 \2/' |
   awk '{ printf "%.2f", ($2 == "ms" ? $1 / 1000 : $1) }'; }
+# load: "loading model from ... completed" (2024 versions); 2026 versions load each model when its phase
+# starts and print "loading tensors completed, taking X s" each time: their sum
 sd_load=$(taking 'loading model from .* completed')
+[ -n "$sd_load" ] || sd_load=$({ grep -oE 'loading tensors completed, taking [0-9.]+s' "$OUT/sdcpp.log" || true; } |
+  awk '{ v = $NF; sub(/s$/, "", v); t += v; n++ } END { if (n) printf "%.2f", t }')
 sd_te=$(taking 'get_learned_condition completed')
 sd_vae=$(taking 'decode_first_stage completed')
 [ -n "$sd_load" ] && [ -n "$sd_vae" ] || { echo "bench-sdcpp: no load or decode time in $OUT/sdcpp.log" >&2; exit 1; }
@@ -109,7 +113,8 @@ sd_vae=$(taking 'decode_first_stage completed')
 sd_step=$(awk -v n="$steps" 'n == 1 || $1 > 1 { s += $2; c++ } END { printf "%.2f", s / c }' "$OUT/sdcpp-steps.txt")
 sd_step1=$(awk '$1 == 1 { print $2 }' "$OUT/sdcpp-steps.txt")
 sd_rss=$(rss_mb "$OUT/sdcpp.time")
-weight_type() { sed -n "s/.*$1 weight type: *\([a-z0-9_]*\).*/\1/p" "$OUT/sdcpp.log" | head -1; }
+# "Diffusion model weight type: f16" (2024); "... weight type stat: f16: N" (2026 versions)
+weight_type() { sed -n "s/.*$1 weight type\( stat\)\?: *\([a-z0-9_]*\).*/\2/p" "$OUT/sdcpp.log" | head -1; }
 sd_prec="UNet $(weight_type 'Diffusion model'), VAE $(weight_type VAE) (ggml CPU)"
 
 field() { sed -n "s/^bench:.* $2=\([0-9.]*\).*/\1/p" "$OUT/mpass-$1.txt"; }

@@ -36,6 +36,9 @@ int cli_version(const mpass_options *opts) {
   if (ke) printf("bf16 kernels: unknown (%s)\n", mp_error_message(ke));
   else printf("bf16 kernels: matmul %s, 3x3 conv %s%s\n", mm, conv, mp_cpu_amx_usable() ? " (AMX usable)" : "");
   mp_error_free(ke);
+  char blas[256];
+  mp_openblas_describe(blas, sizeof blas);
+  printf("OpenBLAS kernels: %s\n", blas); /* the f32 path's sgemm */
   mpass_ctx_destroy(ctx);
   return 0;
 }

@@ -115,7 +115,10 @@ static void print_table(const job_clock *c, double total, double cpu_total) {
   printf("bench-job: passes=%d evaluations=%d load_s=%.2f total_s=%.2f peak_rss_mb=%.0f\n", c->n, evals, load, total, peak_rss_mb());
 }
 
-void cli_print_bf16_kernels(const mpass_ctx *ctx) {
+void cli_print_kernels(const mpass_ctx *ctx) {
+  char blas[256];
+  mp_openblas_describe(blas, sizeof blas);
+  printf("OpenBLAS kernels: %s\n", blas); /* the f32 path's sgemm */
   if (ctx->precision != MP_PRECISION_BF16) return;
   char mm[96], conv[96];
   mp_error *e = mp_bf16_kernel_names(mm, sizeof mm, conv, sizeof conv);
@@ -137,7 +140,7 @@ int cli_bench_job(mpass_ctx *ctx, int argc, char **argv, bool profile) {
   if (nl) *nl = 0;
   char line[160];
   printf("bench --job: %s; load average before: %s\n", mpass_ctx_describe(ctx, line, sizeof line), la);
-  cli_print_bf16_kernels(ctx);
+  cli_print_kernels(ctx);
   fflush(stdout);
   mp_profile prof = {0};
   if (profile) mp_pool_set_profile(ctx->pool, &prof);

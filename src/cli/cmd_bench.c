@@ -178,7 +178,7 @@ int cmd_bench(mpass_ctx *ctx, int argc, char **argv) {
   char la[128];
   loadavg(la, sizeof la);
   printf("model %s, %dx%d, %d steps, %s; load average before: %s\n", model, W, H, steps, mpass_ctx_precision(ctx), la);
-  cli_print_bf16_kernels(ctx);
+  cli_print_kernels(ctx);
 
   mp_error *e = NULL;
   mp_weights *wts = NULL;

@@ -30,8 +30,9 @@ int cmd_token(mpass_ctx *ctx, int argc, char **argv);
 int cli_run_document(mpass_ctx *ctx, int argc, char **argv, const char *who, mpass_progress_fn observe, void *observe_user);
 /* `mpass bench --job` (bench_job.c): argv as for run, plus whether to print the op-class profile. */
 int cli_bench_job(mpass_ctx *ctx, int argc, char **argv, bool profile);
-/* Under bf16, one line naming the oneDNN kernels the products run on (AMX or AVX512_BF16; bench_job.c). */
-void cli_print_bf16_kernels(const mpass_ctx *ctx);
+/* The kernels the products run on: OpenBLAS's kernel set (f32 sgemm), and under bf16 the oneDNN and attention
+ * kernels (AMX or AVX512_BF16; bench_job.c). */
+void cli_print_kernels(const mpass_ctx *ctx);
 
 /* Print "mpass <cmd>: <message>" to stderr, free the error, return 1. */
 int cli_fail(const char *cmd, mpass_error *e);

@@ -1,10 +1,13 @@
 #include "core/cpu_kernels.h"
 
+#include <cblas.h>
 #include <cpuid.h>
 #include <oneapi/dnnl/dnnl.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -30,6 +33,28 @@ bool mp_cpu_avx512_bf16(void) {
   if ((b & (f | bw | vl)) != (f | bw | vl)) return false;
   if (a < 1 || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
   return (a & (1u << 5)) != 0; /* AVX512_BF16 */
+}
+
+/* cpuid and XCR0: the AVX-512 subsets OpenBLAS's SkylakeX kernels need (F, CD, BW, DQ, VL) */
+static bool cpu_avx512_skx(void) {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false; /* OSXSAVE: xgetbv is there */
+  if ((xcr0() & 0xe6) != 0xe6) return false;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const unsigned want = (1u << 16) | (1u << 17) | (1u << 28) | (1u << 30) | (1u << 31); /* F DQ CD BW VL */
+  return (b & want) == want;
+}
+
+void mp_openblas_describe(char *out, size_t cap) {
+  const char *core = openblas_get_corename(), *forced = getenv("OPENBLAS_CORETYPE");
+  static const char *const avx512_sets[] = {"SkylakeX", "Cooperlake", "SapphireRapids"};
+  bool avx512_set = false;
+  for (size_t i = 0; i < sizeof avx512_sets / sizeof *avx512_sets; i++) avx512_set |= core && !strcasecmp(core, avx512_sets[i]);
+  if (forced && *forced && !avx512_set && cpu_avx512_skx())
+    snprintf(out, cap, "%s, held there by OPENBLAS_CORETYPE=%s on a CPU with AVX-512: unset it for OpenBLAS's AVX-512 kernels",
+             core ? core : "unknown", forced);
+  else
+    snprintf(out, cap, "%s", core ? core : "unknown");
 }
 
 bool mp_cpu_amx_usable(void) {

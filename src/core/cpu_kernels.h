@@ -21,6 +21,12 @@ bool mp_cpu_amx_usable(void);
  * mpass asks cpuid about bf16 (the bf16 attention chooses its kernel with these two). */
 bool mp_cpu_avx512_bf16(void);
 
+/* OpenBLAS's kernel set (the f32 path's sgemm), e.g. "Cooperlake", into out; where OPENBLAS_CORETYPE holds
+ * an AVX-512 CPU to a set without AVX-512 it says so: some environments set OPENBLAS_CORETYPE=Haswell for
+ * every program, which on an AMD Zen 5 made mpass's f32 products about 1.4x slower (bench/RESULTS.md). mpass
+ * leaves the variable as it finds it (a user's choice); `mpass --version` and `mpass bench` print this. */
+void mp_openblas_describe(char *out, size_t cap);
+
 /* oneDNN's implementation names for a bf16 matmul (4096x320 · 320x320, f32 out) and a bf16 3x3
  * convolution (320 -> 320 channels, 64x64, batch 2), e.g. "brg:avx512_core_amx" and
  * "brgconv:avx512_core_amx", on a CPU engine of its own. */

@@ -13,3 +13,12 @@ done
 v=$("$MPASS" --version)
 echo "$v"
 echo "$v" | grep -q "^mpass [0-9]" && echo "$v" | grep -q "^commit " && echo "$v" | grep -q "^compute: precision "
+# `mpass --version` names OpenBLAS's kernel set, and says so where OPENBLAS_CORETYPE holds an AVX-512 CPU
+# to a set without AVX-512 (core/cpu_kernels.h: mp_openblas_describe)
+blas=$(env -u OPENBLAS_CORETYPE "$MPASS" --version | grep '^OpenBLAS kernels: ')
+echo "$blas" | grep -qv 'held there' || { echo "OPENBLAS_CORETYPE unset, but: $blas"; exit 1; }
+if [ "$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -cxE 'avx512(f|cd|bw|dq|vl)')" = 5 ]; then
+  held=$(OPENBLAS_CORETYPE=Haswell "$MPASS" --version | grep '^OpenBLAS kernels: ')
+  [ "$held" = "OpenBLAS kernels: Haswell, held there by OPENBLAS_CORETYPE=Haswell on a CPU with AVX-512: unset it for OpenBLAS's AVX-512 kernels" ] ||
+    { echo "OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU, but: $held"; exit 1; }
+fi
