@@ -24,25 +24,21 @@ static uint64_t xcr0(void) {
   return ((uint64_t)hi << 32) | lo;
 }
 
-bool mp_cpu_avx512_bf16(void) {
+/* cpuid leaf 7 says every AVX-512 feature in `ebx_bits` (its EBX) and the OS saves the zmm state */
+static bool cpu_avx512(unsigned ebx_bits) {
   unsigned a, b, c, d;
   if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false; /* OSXSAVE: xgetbv is there */
   if ((xcr0() & 0xe6) != 0xe6) return false; /* the OS saves SSE, AVX and all three AVX-512 states */
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  const unsigned f = 1u << 16, bw = 1u << 30, vl = 1u << 31;
-  if ((b & (f | bw | vl)) != (f | bw | vl)) return false;
-  if (a < 1 || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
-  return (a & (1u << 5)) != 0; /* AVX512_BF16 */
+  return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & ebx_bits) == ebx_bits;
 }
 
-/* cpuid and XCR0: the AVX-512 subsets OpenBLAS's SkylakeX kernels need (F, CD, BW, DQ, VL) */
-static bool cpu_avx512_skx(void) {
+enum { AVX512F = 1u << 16, AVX512DQ = 1u << 17, AVX512CD = 1u << 28, AVX512BW = 1u << 30, AVX512VL = 1u << 31 };
+
+bool mp_cpu_avx512_bf16(void) {
   unsigned a, b, c, d;
-  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false; /* OSXSAVE: xgetbv is there */
-  if ((xcr0() & 0xe6) != 0xe6) return false;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  const unsigned want = (1u << 16) | (1u << 17) | (1u << 28) | (1u << 30) | (1u << 31); /* F DQ CD BW VL */
-  return (b & want) == want;
+  if (!cpu_avx512(AVX512F | AVX512BW | AVX512VL)) return false;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || a < 1 || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
+  return (a & (1u << 5)) != 0; /* AVX512_BF16 */
 }
 
 void mp_openblas_describe(char *out, size_t cap) {
@@ -50,7 +46,8 @@ void mp_openblas_describe(char *out, size_t cap) {
   static const char *const avx512_sets[] = {"SkylakeX", "Cooperlake", "SapphireRapids"};
   bool avx512_set = false;
   for (size_t i = 0; i < sizeof avx512_sets / sizeof *avx512_sets; i++) avx512_set |= core && !strcasecmp(core, avx512_sets[i]);
-  if (forced && *forced && !avx512_set && cpu_avx512_skx())
+  /* the subsets OpenBLAS's SkylakeX kernels need */
+  if (forced && *forced && !avx512_set && cpu_avx512(AVX512F | AVX512DQ | AVX512CD | AVX512BW | AVX512VL))
     snprintf(out, cap, "%s, held there by OPENBLAS_CORETYPE=%s on a CPU with AVX-512: unset it for OpenBLAS's AVX-512 kernels",
              core ? core : "unknown", forced);
   else
