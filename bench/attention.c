@@ -20,6 +20,7 @@
 #include "core/attention_bf16.h"
 #include "core/clock.h"
 #include "core/cpu_kernels.h"
+#include "core/matmul.h"
 #include "core/ops.h"
 #include "core/threads.h"
 
@@ -53,6 +54,11 @@ int main(int argc, char **argv) {
   mp_pool *pool;
   mp_error *e = mp_pool_create(threads, &pool);
   if (e) return fprintf(stderr, "%s\n", mp_error_message(e)), 1;
+  /* the UNet's pool has a backend, whose scratch holds the kernels' packs from call to call: so does
+   * this one's (without, every call maps, faults in and unmaps them) */
+  mp_backend *backend;
+  if ((e = mp_backend_create(MP_PRECISION_F32, threads, &backend))) return fprintf(stderr, "%s\n", mp_error_message(e)), 1;
+  mp_pool_set_backend(pool, backend);
   double total = 0, per_step = 0;
   for (const shape *sh = shapes; sh->nq; sh++) {
     const int nq = sh->nq, nk = sh->nk, heads = sh->heads, hd = sh->hd;
@@ -74,5 +80,6 @@ int main(int argc, char **argv) {
   else
     printf("total %.2f ms\n", total * 1e3);
   mp_pool_destroy(pool);
+  mp_backend_destroy(backend);
   return 0;
 }

@@ -1,19 +1,16 @@
-/* bf16 attention on AVX-512 BF16 (see attention_bf16.h for the contract).
+/* bf16 attention: the choice of kernel (see attention_bf16.h for the contract) and the AMX kernel.
+ * The kernel for AVX-512 BF16 without AMX, with its vector lanes over queries, is in
+ * attention_avx512_bf16.c.
  *
- * Layouts (all bf16, zero-padded), built so that `vdpbf16ps` — 16 f32 lanes, each adding the
- * products of one pair of bf16 — reads them with plain 64-byte loads and 32-bit broadcasts:
- *   Q  per task   [row][hd2 pairs][2]            rows of the task, pre-scaled by log2(e)/sqrt(hd)
- *   K  per head   [key/16][hd2 pairs][16 keys][2] lanes = keys, pairs over the head dim
- *   V  per head   [key pairs][dpad][2]            lanes = head dims, pairs over keys
- *   P  per strip  [row][keys]                     softmax numerators of one key block
+ * AMX layouts (all bf16, zero-padded), read as tiles by tdpbf16ps:
+ *   Q  per task   [row][hd2 pairs][2]            rows of the task, pre-scaled by log2(e)/sqrt(hd): A tiles of 16 rows
+ *   K  per head   [key/16][hd2 pairs][16 keys][2] B tiles as they stand ([16 pairs][16 keys][2] is the VNNI layout)
+ *   V  per head   [key pairs][dpad][2]            B tiles of 16 dims with a row stride of dpad pairs
+ *   P  per strip  [row][keys]                     softmax numerators of one key block: A tiles of 16 rows
  * hd2 = ceil(hd/2) pairs, so head dim 40 costs 20 pair-steps, 80 costs 40, 160 costs 80: nothing is
  * padded in the score product. dpad = hd rounded up to 16 lanes (40 -> 48, the only waste). Where
  * there is such a padding lane, V's column hd holds ones, so P·V also gives each row's sum of the
  * numerators (as rounded to bf16, the weights actually used) and the softmax adds nothing up.
- *
- * On CPUs with AMX the same layouts feed tile products (tdpbf16ps): K groups of 16 keys are B
- * tiles as they stand ([16 pairs][16 keys][2] is the VNNI layout), V's [pairs][dpad][2] is read
- * as B tiles of 16 dims with a row stride of dpad pairs, Q and P are A tiles of 16 rows.
  *
  * Scores are in log2 units (the scale folds in log2(e)), so the softmax needs exp2 only: a
  * range-reduced quadratic, relative error 1.7e-3, the size of the bf16 rounding of P (2^-9 to 2^-8).
@@ -23,10 +20,10 @@
  * to 2^127; a task whose numerators overflow runs again with a maximum that moves per block (see
  * attention_task). That maximum moves only when a key block's maximum exceeds it by more than
  * MAX_SLACK (log2 units), so the accumulator rows are rescaled once or twice per row, not at nearly
- * every block. Keeping O out of the vector stores between the tile products matters on AMX (a tile
- * load right after a vector store to the same lines stalls until the stores drain); for the same
- * reason the AMX path pipelines its strips: the scores of strip s+1 and the softmax of strip s sit
- * between writing P and loading it as a tile. */
+ * every block. Keeping O out of the vector stores between the tile products matters (a tile load
+ * right after a vector store to the same lines stalls until the stores drain); for the same reason
+ * the strips are pipelined: the scores of strip s+1 and the softmax of strip s sit between writing
+ * P and loading it as a tile. */
 #include "core/attention_bf16.h"
 
 #include <immintrin.h>
@@ -34,6 +31,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "core/attention_avx512_bf16.h"
 #include "core/cpu_kernels.h"
 #include "core/matmul.h"
 #include "core/ops.h"
@@ -46,11 +44,10 @@
  * plain loads and stores across them. */
 #define TILE_FENCE() __asm__ volatile("" ::: "memory")
 
-/* MR query rows per strip (register tile of the two products: MR x 32 accumulators); KB keys per
- * block, so that at head dim 40 a key block and its value block (22 KB in bf16) and the AMX path's
+/* KB keys per block, so that at head dim 40 a key block and its value block (22 KB in bf16) and the
  * two score and two numerator buffers (24 KB) fit a 48 KB L1 together (256 keys: 6 % slower at 16k
  * tokens, the same at 4k), while the task's QB rows pass over them. */
-enum { MR = 12, KB = 128, QB = 96 };
+enum { KB = 128, QB = 96 };
 /* Past 8192 queries a task takes 3 x QB rows: K and V of a head (2.9 MB at 16384 keys and head dim 40)
  * no longer stay in a 2 MB L2, and each task reads them once (16384² x 8 x 40 on AMX: 266-298 ms with
  * 96 rows, 257-265 ms with 288); below, more tasks balance the threads better (1024² x 8 x 80: 2.45-2.64
@@ -86,7 +83,6 @@ typedef struct {
   int heads, hd, hd2, dpad;
   int qb; /* query rows per task: QB, or QB_LONG for long sequences */
   bool ones_col; /* V's column hd is all ones (hd < dpad): P·V yields each row's sum in O[., hd] */
-  bool amx; /* tile products (strips of AMX_MR rows) instead of vdpbf16ps (MR rows) */
   float qscale;
   uint16_t *kp, *vp; /* packed K and V, all heads */
   void *scratch;
@@ -144,51 +140,6 @@ static void pack_tasks(void *ctx, int64_t begin, int64_t end, int thread) {
   const bf16_att *a = ctx;
   const int64_t groups = a->nk32 / 16;
   for (int64_t t = begin; t < end; t++) pack_kv_group(a, (int)(t / groups), t % groups);
-}
-
-/* ---- the two products, MR rows at a time ---- */
-BF16_INLINE __m512bh bcast_pair(const uint16_t *p) {
-  int32_t x;
-  memcpy(&x, p, sizeof x);
-  return (__m512bh)_mm512_set1_epi32(x);
-}
-
-/* S[r][0, 16 nv) = Q[r] · K[key]ᵀ for the nv key groups at K (the second at K + kstride). */
-BF16_INLINE void score_tile(const uint16_t *Q, int hd2, const uint16_t *K, int64_t kstride, int nv, float *S) {
-  __m512 acc[MR][2];
-  for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-  for (int p = 0; p < hd2; p++) {
-    __m512bh k0 = (__m512bh)_mm512_loadu_si512(K + p * 32);
-    __m512bh k1 = nv > 1 ? (__m512bh)_mm512_loadu_si512(K + kstride + p * 32) : k0;
-    for (int r = 0; r < MR; r++) {
-      __m512bh qr = bcast_pair(Q + (int64_t)r * hd2 * 2 + 2 * p);
-      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], qr, k0);
-      if (nv > 1) acc[r][1] = _mm512_dpbf16_ps(acc[r][1], qr, k1);
-    }
-  }
-  for (int r = 0; r < MR; r++) {
-    _mm512_storeu_ps(S + r * KB, acc[r][0]);
-    if (nv > 1) _mm512_storeu_ps(S + r * KB + 16, acc[r][1]);
-  }
-}
-
-/* O[r][0, 16 nv) += Σ_pairs P[r][pair] · V[pair][0, 16 nv) over `pairs` key pairs, for `rows` rows
- * (12, or 6 with three vectors: at most 24 accumulators either way). */
-BF16_INLINE void value_tile(int rows, const uint16_t *P, const uint16_t *V, int64_t ldv, int64_t pairs, int nv, float *O,
-                            int ldo) {
-  __m512 acc[MR][3];
-  for (int r = 0; r < rows; r++)
-    for (int c = 0; c < nv; c++) acc[r][c] = _mm512_loadu_ps(O + r * ldo + 16 * c);
-  for (int64_t jp = 0; jp < pairs; jp++) {
-    __m512bh v[3];
-    for (int c = 0; c < nv; c++) v[c] = (__m512bh)_mm512_loadu_si512(V + jp * ldv + 32 * c);
-    for (int r = 0; r < rows; r++) {
-      __m512bh pr = bcast_pair(P + r * KB + 2 * jp);
-      for (int c = 0; c < nv; c++) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], pr, v[c]);
-    }
-  }
-  for (int r = 0; r < rows; r++)
-    for (int c = 0; c < nv; c++) _mm512_storeu_ps(O + r * ldo + 16 * c, acc[r][c]);
 }
 
 /* ---- AMX tiles: 16-row strips ----
@@ -453,8 +404,7 @@ AMX_TARGET static void amx_key_block(const bf16_att *a, bool moving_max, const u
 BF16_TARGET static bool attention_task(const bf16_att *a, bool moving_max, int64_t task, void *scratch) {
   const int64_t qb = a->qb, nqb = (a->nq + qb - 1) / qb;
   const int h = (int)(task / nqb);
-  const int mr = a->amx ? AMX_MR : MR;
-  const int64_t q0 = (task % nqb) * qb, qn = a->nq - q0 < qb ? a->nq - q0 : qb, rows = (qn + mr - 1) / mr * mr;
+  const int64_t q0 = (task % nqb) * qb, qn = a->nq - q0 < qb ? a->nq - q0 : qb, rows = (qn + AMX_MR - 1) / AMX_MR * AMX_MR;
   const int hd2 = a->hd2, dpad = a->dpad;
   char *base = scratch;
   uint16_t *Qp = (uint16_t *)(void *)base;
@@ -485,32 +435,8 @@ BF16_TARGET static bool attention_task(const bf16_att *a, bool moving_max, int64
 
   const uint16_t *Kh = a->kp + (int64_t)h * kp_head_elems(a), *Vh = a->vp + (int64_t)h * vp_head_elems(a);
   for (int64_t k0 = 0; k0 < a->nk; k0 += KB) {
-    const int64_t kn = a->nk - k0 < KB ? a->nk - k0 : KB, groups = (kn + 15) / 16, pairs = (kn + 1) / 2;
-    const uint16_t *Kb = Kh + (k0 / 16) * hd2 * 32, *Vb = Vh + (k0 / 2) * dpad * 2;
-    const int64_t gstride = (int64_t)hd2 * 32;
-    if (a->amx) {
-      amx_key_block(a, moving_max, Qp, rows, Kb, Vb, kn, S, P, O, m, l, coef);
-      continue;
-    }
-    for (int64_t s0 = 0; s0 < rows; s0 += mr) {
-      const uint16_t *Qs = Qp + s0 * hd2 * 2;
-      int64_t g = 0;
-      for (; g + 2 <= groups; g += 2) score_tile(Qs, hd2, Kb + g * gstride, gstride, 2, S[0] + g * 16);
-      if (g < groups) score_tile(Qs, hd2, Kb + g * gstride, gstride, 1, S[0] + g * 16);
-      softmax_strip(moving_max, MR, S[0], kn, pairs * 2, P[0], m + s0, l ? l + s0 : NULL, coef + s0 * 4, O + s0 * dpad, dpad);
-      /* the head dim in vectors of 16: twos over 12 rows, a last three over two halves of 6 rows
-       * (hd 40 = 3 vectors: one pass over the keys instead of a 2 and a 1) */
-      float *Os = O + s0 * dpad;
-      const int64_t ldv = (int64_t)dpad * 2;
-      int d = 0;
-      for (; dpad - d >= 64 || dpad - d == 32; d += 32) value_tile(MR, P[0], Vb + d * 2, ldv, pairs, 2, Os + d, dpad);
-      if (dpad - d == 48) {
-        value_tile(MR / 2, P[0], Vb + d * 2, ldv, pairs, 3, Os + d, dpad);
-        value_tile(MR / 2, P[0] + MR / 2 * KB, Vb + d * 2, ldv, pairs, 3, Os + MR / 2 * dpad + d, dpad);
-      } else if (dpad - d == 16) {
-        value_tile(MR, P[0], Vb + d * 2, ldv, pairs, 1, Os + d, dpad);
-      }
-    }
+    const int64_t kn = a->nk - k0 < KB ? a->nk - k0 : KB;
+    amx_key_block(a, moving_max, Qp, rows, Kh + (k0 / 16) * hd2 * 32, Vh + (k0 / 2) * dpad * 2, kn, S, P, O, m, l, coef);
   }
   bool finite = true;
   for (int64_t r = 0; r < qn; r++) {
@@ -534,19 +460,18 @@ static void attention_tasks(void *ctx, int64_t begin, int64_t end, int thread) {
   /* flush denormals to zero while the kernel runs (see exp2_minus_m), then put the thread's mode back */
   const unsigned int mxcsr = _mm_getcsr();
   _mm_setcsr(mxcsr | 0x8040u); /* FTZ | DAZ */
-  if (a->amx) amx_configure(a->hd2);
+  amx_configure(a->hd2);
   for (int64_t t = begin; t < end; t++)
     if (!attention_task(a, false, t, scratch)) attention_task(a, true, t, scratch);
-  if (a->amx) amx_release();
+  amx_release();
   _mm_setcsr(mxcsr);
 }
 
 /* false when the buffers cannot be allocated (the caller runs the f32 kernel) */
-static bool attention_bf16(mp_pool *pool, bool amx, float *out, const float *q, const float *k, const float *v, int64_t nq,
-                           int64_t nk, int heads, int hd) {
+static bool attention_amx_bf16(mp_pool *pool, float *out, const float *q, const float *k, const float *v, int64_t nq,
+                               int64_t nk, int heads, int hd) {
   if (nq <= 0 || heads <= 0 || hd <= 0) return true;
-  bf16_att a = {.q = q, .k = k, .v = v, .out = out, .nq = nq, .nk = nk, .ld = (int64_t)heads * hd, .heads = heads, .hd = hd,
-                .amx = amx};
+  bf16_att a = {.q = q, .k = k, .v = v, .out = out, .nq = nq, .nk = nk, .ld = (int64_t)heads * hd, .heads = heads, .hd = hd};
   a.nk32 = (nk + 31) / 32 * 32;
   a.hd2 = (hd + 1) / 2;
   a.dpad = (hd + 15) / 16 * 16;
@@ -581,8 +506,8 @@ static bool attention_bf16(mp_pool *pool, bool amx, float *out, const float *q, 
 /* Runs `kernel`, which the CPU is known to have; a bf16 kernel that cannot allocate falls back to f32. */
 static void run_kernel(mp_attention_kernel kernel, mp_pool *pool, float *out, const float *q, const float *k, const float *v,
                        int64_t nq, int64_t nk, int heads, int head_dim, bool causal) {
-  if (kernel != MP_ATTENTION_F32 && !causal &&
-      attention_bf16(pool, kernel == MP_ATTENTION_AMX_BF16, out, q, k, v, nq, nk, heads, head_dim))
+  if (!causal && kernel == MP_ATTENTION_AMX_BF16 && attention_amx_bf16(pool, out, q, k, v, nq, nk, heads, head_dim)) return;
+  if (!causal && kernel == MP_ATTENTION_AVX512_BF16 && mp_attention_avx512_bf16(pool, out, q, k, v, nq, nk, heads, head_dim))
     return;
   mp_attention(pool, out, q, k, v, nq, nk, heads, head_dim, causal);
 }

@@ -6,8 +6,8 @@
  * per call; each task (a head and a block of query rows) walks the keys in blocks small enough that
  * the score tile, the key block and the value block stay in the core's caches.
  *
- * Where the CPU has AMX the two products run on tiles instead (same layouts, same softmax).
- * The kernels are compiled with function-level target attributes and chosen at run time from cpuid,
+ * Two kernels: on AMX tiles (tdpbf16ps, attention_bf16.c) where the CPU has AMX, else on
+ * vdpbf16ps with the vector lanes over queries (attention_avx512_bf16.c). The kernels are compiled with function-level target attributes and chosen at run time from cpuid,
  * so a portable build (-DMPASS_NATIVE=OFF) still carries it; where the CPU lacks AVX512_BF16, where
  * the backend is f32, or for causal masks (the text encoders, always f32) the f32 mp_attention runs. */
 #ifndef MP_CORE_ATTENTION_BF16_H

@@ -90,8 +90,9 @@ static void check_bf16(mp_pool *pool, mp_attention_kernel kernel, int64_t nq, in
 }
 
 /* Every shape through one kernel: head dims 40/64/80/160 (SD 1.5 and SDXL) and odd ones, 77 keys
- * (cross-attention), key and query counts off the block sizes, 4097 x 4097, and past 8192 queries
- * (tasks of more rows). */
+ * (cross-attention), key and query counts off the block sizes of both kernels (AMX: 16-row strips,
+ * 32-key tiles, 128-key blocks; AVX-512: 32-query strips, 10-key tiles, 120-key blocks, head dims
+ * in tiles of 8), 4097 x 4097, and past 8192 queries (tasks of more rows). */
 static void check_kernel(mp_attention_kernel kernel) {
   mp_pool *pool;
   assert_ok(mp_pool_create(2, &pool));
@@ -102,6 +103,8 @@ static void check_kernel(mp_attention_kernel kernel) {
   check_bf16(pool, kernel, 40, 33, 2, 8, 1.0f);     /* head dim under one vector */
   check_bf16(pool, kernel, 25, 40, 1, 23, 1.0f);    /* odd head dim: a zero-padded last pair */
   check_bf16(pool, kernel, 17, 50, 1, 72, 1.0f);    /* 36 pairs: two full tiles and a 4-pair tail */
+  check_bf16(pool, kernel, 33, 121, 2, 12, 1.0f);   /* one key past a block of 120; head dim 8 + 4 */
+  check_bf16(pool, kernel, 65, 31, 1, 5, 1.0f);     /* odd head dim under 8: one short P·V tile */
   check_bf16(pool, kernel, 200, 600, 2, 40, 3.0f);  /* peaked softmax: the running max changes across blocks */
   check_bf16(NULL, kernel, 13, 29, 1, 40, 1.0f);    /* no pool: runs on the calling thread */
   check_bf16(pool, kernel, 4097, 4097, 1, 40, 1.0f); /* SD 1.5 level 0 self-attention size, plus one */
