@@ -258,16 +258,40 @@ static bool parse_key(const char *key, char *module, size_t cap, int *which) {
   return false;
 }
 
-/* ---- patches: base index -> f32 weight being built ---- */
+/* ---- merges: what each LoRA module adds to which base tensor ----
+ * Collected for all LoRAs first and applied tensor by tensor afterwards, through one f32 buffer that
+ * serves every tensor: the patched tensors were each built in their own f32 copy before, 370 MB of
+ * fresh pages at SD 1.5 size whose first touch (zeroing, page faults) was most of a LoRA switch. */
 typedef struct {
-  size_t index;
-  float *w;
-} patch;
+  size_t index;                 /* base tensor */
+  int64_t row0, rows;           /* the rows of it this module patches (rows 0: all) */
+  const mp_tensor *down, *up, *mid, *alpha; /* the LoRA's tensors (mid, alpha may be NULL) */
+  float mult;
+  const char *lname;            /* the LoRA's name, for errors */
+  char *module;                 /* owned */
+} merge;
 
 typedef struct {
-  patch *p;
+  merge *m;
   size_t n, cap;
-} patches;
+} merges;
+
+static mp_error *merges_add(merges *ms, merge m) {
+  if (ms->n == ms->cap) {
+    size_t cap = ms->cap ? 2 * ms->cap : 64;
+    merge *nm = realloc(ms->m, cap * sizeof *nm);
+    if (!nm) return mp_errorf("out of memory");
+    ms->m = nm, ms->cap = cap;
+  }
+  if (!(m.module = strdup(m.module))) return mp_errorf("out of memory");
+  ms->m[ms->n++] = m;
+  return NULL;
+}
+
+static void merges_free(merges *ms) {
+  for (size_t i = 0; i < ms->n; i++) free(ms->m[i].module);
+  free(ms->m);
+}
 
 /* Ask the kernel to read a base tensor in one go: under bf16 its memory-mapped pages were handed back
  * after packing (core/conv.c), and faulting them in page by page made the first LoRA switch cost ~1 s
@@ -281,26 +305,6 @@ static void prefetch(const void *data, size_t bytes) {
 #endif
 }
 
-static mp_error *patch_get(patches *ps, const mp_weights *base, size_t index, float **out) {
-  for (size_t i = 0; i < ps->n; i++)
-    if (ps->p[i].index == index) return *out = ps->p[i].w, NULL;
-  if (ps->n == ps->cap) {
-    size_t cap = ps->cap ? 2 * ps->cap : 64;
-    patch *np = realloc(ps->p, cap * sizeof *np);
-    if (!np) return mp_errorf("out of memory");
-    ps->p = np, ps->cap = cap;
-  }
-  const mp_tensor *t = &mp_weights_at(base, index)->t;
-  size_t n = (size_t)mp_tensor_numel(t);
-  prefetch(t->data, n * mp_dtype_size(t->dtype));
-  float *w = mp_alloc(n * sizeof(float));
-  if (!w) return mp_errorf("out of memory patching %s", mp_weights_at(base, index)->name);
-  mp_convert_to_f32(w, t->data, t->dtype, n);
-  ps->p[ps->n++] = (patch){index, w};
-  *out = w;
-  return NULL;
-}
-
 static bool is_float(const mp_tensor *t) { return t->dtype == MP_F32 || t->dtype == MP_F16 || t->dtype == MP_BF16; }
 
 /* f32 copy of a LoRA tensor. */
@@ -312,11 +316,13 @@ static float *to_f32(const mp_tensor *t) {
 }
 
 /* W += scale * up · (mid ·) down, checking shapes against the target. */
-static mp_error *merge_module(const char *lname, const char *module, const part *down, const part *up, const part *mid,
-                              const part *alpha, float mult, const mp_weight *target, int64_t row0, int64_t rows, float *W) {
+static mp_error *merge_module(const merge *mg, const mp_weight *target, float *W) {
   char s1[96], s2[96], s3[96];
-  const mp_tensor *D = down->t, *U = up->t, *M = mid ? mid->t : NULL;
-  if (!is_float(D) || !is_float(U) || (M && !is_float(M)) || (alpha && !is_float(alpha->t)))
+  const char *lname = mg->lname, *module = mg->module;
+  const mp_tensor *D = mg->down, *U = mg->up, *M = mg->mid, *alpha = mg->alpha;
+  const int64_t row0 = mg->row0, rows = mg->rows;
+  const float mult = mg->mult;
+  if (!is_float(D) || !is_float(U) || (M && !is_float(M)) || (alpha && !is_float(alpha)))
     return mp_errorf("%s: %s: LoRA tensors must be float", lname, module);
   const int64_t r = D->shape[0];
   if (D->ndim < 2 || U->ndim < 2 || r < 1 || U->shape[1] != r || mp_tensor_numel(U) != U->shape[0] * r)
@@ -343,8 +349,8 @@ static mp_error *merge_module(const char *lname, const char *module, const part 
                      mp_shape_str(T->ndim, T->shape, s3, sizeof s3));
   float a = (float)r;
   if (alpha) {
-    if (mp_tensor_numel(alpha->t) != 1) return mp_errorf("%s: %s.alpha must be a scalar", lname, module);
-    mp_convert_to_f32(&a, alpha->t->data, alpha->t->dtype, 1);
+    if (mp_tensor_numel(alpha) != 1) return mp_errorf("%s: %s.alpha must be a scalar", lname, module);
+    mp_convert_to_f32(&a, alpha->data, alpha->dtype, 1);
   }
   const double scale = (double)mult * a / (double)r;
   float *u = to_f32(U), *d = to_f32(D), *m = M ? to_f32(M) : NULL, *dm = NULL;
@@ -427,7 +433,7 @@ static mp_error *check_family(const mp_lora_spec *spec, const char *lname, const
   return NULL;
 }
 
-static mp_error *apply_one(const mp_weights *base, const table *tbl, const mp_lora_spec *spec, patches *ps,
+static mp_error *apply_one(const mp_weights *base, const table *tbl, const mp_lora_spec *spec, merges *ms,
                            mp_lora_report *report) {
   const char *lname = spec->name ? spec->name : mp_weights_path(spec->lora);
   size_t nk = mp_weights_count(spec->lora);
@@ -465,12 +471,13 @@ static mp_error *apply_one(const mp_weights *base, const table *tbl, const mp_lo
       e = report_unmatched(report, lname, !target ? module : "(module without lora_down/lora_up)");
     } else {
       float mult = strncmp(module, "lora_te", 7) == 0 ? spec->te_multiplier : spec->unet_multiplier;
-      float *W = NULL;
       const mp_weight *tw = mp_weights_at(base, target->index);
       if (!is_float(&tw->t)) e = mp_errorf("%s: target %s is not a float tensor", lname, tw->name);
-      if (!e) e = patch_get(ps, base, target->index, &W);
-      if (!e) e = merge_module(lname, module, by[PART_DOWN], by[PART_UP], by[PART_MID], by[PART_ALPHA], mult, tw, target->row0,
-                               target->rows, W);
+      if (!e)
+        e = merges_add(ms, (merge){.index = target->index, .row0 = target->row0, .rows = target->rows, .down = by[PART_DOWN]->t,
+                                   .up = by[PART_UP]->t, .mid = by[PART_MID] ? by[PART_MID]->t : NULL,
+                                   .alpha = by[PART_ALPHA] ? by[PART_ALPHA]->t : NULL, .mult = mult, .lname = lname,
+                                   .module = (char *)module});
       if (!e && report) report->n_modules++;
     }
     i = j;
@@ -491,12 +498,14 @@ mp_error *mp_lora_apply_opts(const mp_weights *base, const mp_sd_config *cfg, co
   const bool f32_patches = opt && opt->f32_patches;
   if (report) memset(report, 0, sizeof *report);
   table tbl = {0};
-  patches ps = {0};
+  merges ms = {0};
   mp_weights *ov = NULL;
+  float *W = NULL; /* the f32 tensor being patched: one buffer, grown to the largest */
+  size_t w_cap = 0;
   mp_error *e = build_table(base, cfg->unet.num_res_blocks, &tbl);
   for (int s = 0; s < n_specs && !e; s++) {
     e = check_family(&specs[s], specs[s].name ? specs[s].name : mp_weights_path(specs[s].lora), cfg);
-    if (!e) e = apply_one(base, &tbl, &specs[s], &ps, report);
+    if (!e) e = apply_one(base, &tbl, &specs[s], &ms, report);
   }
   if (!e && !(ov = mp_weights_new(mp_weights_path(base)))) e = mp_errorf("out of memory");
   if (!e) mp_weights_set_viewed(ov, base); /* its views are the base's memory (mp_weights_drop_pages) */
@@ -504,37 +513,45 @@ mp_error *mp_lora_apply_opts(const mp_weights *base, const mp_sd_config *cfg, co
   /* every base entry: a view, or the patched tensor in the base's dtype (which the overlay owns) */
   for (size_t i = 0; i < mp_weights_count(base) && !e; i++) {
     const mp_weight *it = mp_weights_at(base, i);
-    float *W = NULL;
-    for (size_t k = 0; k < ps.n; k++)
-      if (ps.p[k].index == i) W = ps.p[k].w;
-    if (!W) {
+    size_t first = 0;
+    while (first < ms.n && ms.m[first].index != i) first++;
+    if (first == ms.n) {
       e = mp_weights_add(ov, it->name, it->t.dtype, it->t.ndim, it->t.shape, it->t.data);
       continue;
     }
-    size_t n = (size_t)mp_tensor_numel(&it->t);
-    void *data = W;
-    mp_dtype dt = f32_patches ? MP_F32 : it->t.dtype;
-    if (dt != MP_F32) { /* keep the stored precision, as merging into an f16 model does */
-      uint16_t *h = mp_alloc(n * 2);
-      if (!h) {
-        e = mp_errorf("out of memory");
+    const size_t n = (size_t)mp_tensor_numel(&it->t);
+    const mp_dtype dt = f32_patches ? MP_F32 : it->t.dtype;
+    if (n > w_cap) {
+      mp_free(W);
+      if (!(W = mp_alloc(n * sizeof(float)))) {
+        w_cap = 0;
+        e = mp_errorf("out of memory patching %s", it->name);
         break;
       }
-      if (it->t.dtype == MP_F16)
-        mp_convert_f32_to_f16(h, W, n);
-      else
-        for (size_t k = 0; k < n; k++) h[k] = mp_f32_to_bf16(W[k]);
-      data = h;
-    } else {
-      for (size_t k = 0; k < ps.n; k++)
-        if (ps.p[k].index == i) ps.p[k].w = NULL; /* ownership moves to the overlay */
+      w_cap = n;
     }
+    prefetch(it->t.data, n * mp_dtype_size(it->t.dtype));
+    mp_convert_to_f32(W, it->t.data, it->t.dtype, n);
+    for (size_t k = first; k < ms.n && !e; k++) /* in the order the LoRAs and their modules came */
+      if (ms.m[k].index == i) e = merge_module(&ms.m[k], it, W);
+    if (e) break;
+    void *data = mp_alloc(n * mp_dtype_size(dt));
+    if (!data) {
+      e = mp_errorf("out of memory patching %s", it->name);
+      break;
+    }
+    if (dt == MP_F32) /* keep the stored precision, as merging into an f16 model does, unless asked for f32 */
+      memcpy(data, W, n * sizeof(float));
+    else if (dt == MP_F16)
+      mp_convert_f32_to_f16(data, W, n);
+    else
+      for (size_t k = 0; k < n; k++) ((uint16_t *)data)[k] = mp_f32_to_bf16(W[k]);
     e = mp_weights_add_owned(ov, it->name, dt, it->t.ndim, it->t.shape, data);
     if (report) report->n_patched_tensors++;
   }
   if (!e) e = mp_weights_finish(ov);
-  for (size_t k = 0; k < ps.n; k++) mp_free(ps.p[k].w);
-  free(ps.p);
+  mp_free(W);
+  merges_free(&ms);
   table_free(&tbl);
   if (e) {
     mp_weights_close(ov);
