@@ -178,7 +178,7 @@ void mp_engine_give(mp_engine *e) {
 }
 
 mp_error *mp_engine_set_loras(mp_engine *e, const mp_lora_spec *specs, int n, char ***warnings, int *n_warnings) {
-  if (n == 0 && !e->overlay) return NULL; /* already the base */
+  if (n == 0 && !e->overlay && e->unet) return NULL; /* already the base */
   mp_weights_close(e->overlay);
   e->overlay = NULL;
   if (n > 0) {
@@ -188,7 +188,11 @@ mp_error *mp_engine_set_loras(mp_engine *e, const mp_lora_spec *specs, int n, ch
      * backend packs every weight to bf16 before the matmul anyway, so the checkpoint's dtype loses
      * nothing further and keeps the overlay half the size. */
     mp_lora_options opt = {.f32_patches = e->ctx->precision == MP_PRECISION_F32};
-    MP_TRY(mp_lora_apply_opts(e->base, &e->cfg, specs, n, &opt, &e->overlay, &rep));
+    mp_error *err = mp_lora_apply_opts(e->base, &e->cfg, specs, n, &opt, &e->overlay, &rep);
+    if (err) { /* the models still point into the overlay just closed: back to the base before anything runs */
+      mp_error_free(bind_models(e));
+      return err;
+    }
     for (int i = 0; warnings && i < rep.n_unmatched; i++) {
       char **grown = realloc(*warnings, (size_t)(*n_warnings + 1) * sizeof *grown);
       if (!grown) break;

@@ -108,9 +108,64 @@ static void test_switching_equals_fresh_engines(void **state) {
   teardown(state);
 }
 
+/* A LoRA that fails to apply (here a lora_up one row too tall for its layer) leaves the engine on
+ * the base checkpoint, not on the overlay it closed first: the next evaluation gives the base's
+ * result (and under ASan reads no freed memory), as does going back to the base explicitly. */
+static void test_failed_switch_falls_back_to_base(void **state) {
+  (void)state;
+  mpass_ctx *ctx;
+  char *dir = test_tmpdir(), *ckpt = test_shared_path("golden/tiny/tiny.safetensors"), *lpath = test_shared_path("golden/tiny/lora_tiny.safetensors");
+  mpass_options o = {.n_threads = 2, .models_dir = dir, .precision = MPASS_PRECISION_F32};
+  assert_ok(mpass_ctx_create(&o, &ctx));
+  mp_weights *good;
+  assert_ok(mp_weights_open(lpath, &good));
+  mp_weights *bad = mp_weights_new("bad_lora.safetensors");
+  assert_non_null(bad);
+  float *tall = NULL;
+  for (size_t i = 0; i < mp_weights_count(good); i++) { /* the good LoRA, its first lora_up one row taller */
+    const mp_weight *w = mp_weights_at(good, i);
+    if (!tall && w->t.ndim == 2 && strstr(w->name, "lora_up.weight")) {
+      const int64_t shape[2] = {w->t.shape[0] + 1, w->t.shape[1]};
+      tall = calloc((size_t)(shape[0] * shape[1]), sizeof *tall);
+      assert_ok(mp_weights_add(bad, w->name, MP_F32, 2, shape, tall));
+    } else {
+      assert_ok(mp_weights_add(bad, w->name, w->t.dtype, w->t.ndim, w->t.shape, w->t.data));
+    }
+  }
+  assert_non_null(tall);
+  assert_ok(mp_weights_finish(bad));
+
+  fixture f = {.ctx = ctx, .lora = good};
+  for (size_t i = 0; i < sizeof f.x / sizeof *f.x; i++) f.x[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
+  for (size_t i = 0; i < sizeof f.cond / sizeof *f.cond; i++) f.cond[i] = (float)((i * 40503u) % 1000) / 1000.0f - 0.5f;
+  enum { N = 2 * 4 * LAT * LAT };
+  float base[N], after[N];
+  mp_engine *e;
+  assert_ok(mp_engine_open(ctx, ckpt, NULL, &e));
+  eval(&f, e, base);
+  set(&f, e, 1.0f);
+  mp_lora_spec spec = {bad, "bad_lora", 1.0f, 1.0f};
+  mp_error *err = mp_engine_set_loras(e, &spec, 1, NULL, NULL);
+  assert_non_null(err);
+  assert_non_null(strstr(mp_error_message(err), "does not fit"));
+  mp_error_free(err);
+  eval(&f, e, after);
+  assert_memory_equal(after, base, sizeof base);
+  set(&f, e, -1);
+  eval(&f, e, after);
+  assert_memory_equal(after, base, sizeof base);
+  mp_engine_close(e);
+  mp_weights_close(bad);
+  mp_weights_close(good);
+  free(tall);
+  mpass_ctx_destroy(ctx);
+  free(dir), free(ckpt), free(lpath);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_switching_equals_fresh_engines),
+      cmocka_unit_test(test_failed_switch_falls_back_to_base),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
