@@ -123,15 +123,15 @@ BF16_INLINE __m512bh bcast_pair(const uint16_t *p) {
   return (__m512bh)_mm512_set1_epi32(x);
 }
 
-/* acc[r][v] = scores of key r (of the TR keys at K8) for the strip's query vector v */
-BF16_INLINE void score_tile(const uint16_t *Qt, int hd2, const uint16_t *K8, __m512 acc[TR][QV]) {
+/* acc[r][v] = scores of key r (of the TR keys at Kt) for the strip's query vector v */
+BF16_INLINE void score_tile(const uint16_t *Qt, int hd2, const uint16_t *Kt, __m512 acc[TR][QV]) {
   for (int r = 0; r < TR; r++)
     for (int v = 0; v < QV; v++) acc[r][v] = _mm512_setzero_ps();
   for (int p = 0; p < hd2; p++) {
     __m512bh q[QV];
     for (int v = 0; v < QV; v++) q[v] = (__m512bh)_mm512_loadu_si512(Qt + (p * QV + v) * 32);
     for (int r = 0; r < TR; r++) {
-      const __m512bh kr = bcast_pair(K8 + (p * TR + r) * 2);
+      const __m512bh kr = bcast_pair(Kt + (p * TR + r) * 2);
       for (int v = 0; v < QV; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], kr, q[v]);
     }
   }
@@ -185,7 +185,7 @@ BF16_TARGET static void strip_block_fixed(const uint16_t *Qt, int hd2, const uin
   for (int v = 0; v < QV; v++) _mm512_storeu_ps(l + 16 * v, lv[v]);
 }
 
-/* One strip, one key block, maxima moving: the scores go through S [kn8][TQ] first; where a query's
+/* One strip, one key block, maxima moving: the scores go through S [keys][TQ] first; where a query's
  * block maximum passes its running maximum by more than MAX_SLACK (always in the first block, where
  * m = -inf), m moves to it (rounded up to an integer, so that the rescale 2^(m_old - m) is exact)
  * and the query's sum and output column are rescaled. */

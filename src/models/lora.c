@@ -263,12 +263,12 @@ static bool parse_key(const char *key, char *module, size_t cap, int *which) {
  * serves every tensor: the patched tensors were each built in their own f32 copy before, 370 MB of
  * fresh pages at SD 1.5 size whose first touch (zeroing, page faults) was most of a LoRA switch. */
 typedef struct {
-  size_t index;                 /* base tensor */
-  int64_t row0, rows;           /* the rows of it this module patches (rows 0: all) */
+  size_t index;                             /* base tensor */
+  int64_t row0, rows;                       /* the rows of it this module patches (rows 0: all) */
   const mp_tensor *down, *up, *mid, *alpha; /* the LoRA's tensors (mid, alpha may be NULL) */
   float mult;
-  const char *lname;            /* the LoRA's name, for errors */
-  char *module;                 /* owned */
+  const char *lname; /* the LoRA's name, for errors */
+  char *module;      /* owned */
 } merge;
 
 typedef struct {
@@ -276,14 +276,15 @@ typedef struct {
   size_t n, cap;
 } merges;
 
-static mp_error *merges_add(merges *ms, merge m) {
+/* Appends m with its own copy of `module`. */
+static mp_error *merges_add(merges *ms, merge m, const char *module) {
   if (ms->n == ms->cap) {
     size_t cap = ms->cap ? 2 * ms->cap : 64;
     merge *nm = realloc(ms->m, cap * sizeof *nm);
     if (!nm) return mp_errorf("out of memory");
     ms->m = nm, ms->cap = cap;
   }
-  if (!(m.module = strdup(m.module))) return mp_errorf("out of memory");
+  if (!(m.module = strdup(module))) return mp_errorf("out of memory");
   ms->m[ms->n++] = m;
   return NULL;
 }
@@ -476,8 +477,8 @@ static mp_error *apply_one(const mp_weights *base, const table *tbl, const mp_lo
       if (!e)
         e = merges_add(ms, (merge){.index = target->index, .row0 = target->row0, .rows = target->rows, .down = by[PART_DOWN]->t,
                                    .up = by[PART_UP]->t, .mid = by[PART_MID] ? by[PART_MID]->t : NULL,
-                                   .alpha = by[PART_ALPHA] ? by[PART_ALPHA]->t : NULL, .mult = mult, .lname = lname,
-                                   .module = (char *)module});
+                                   .alpha = by[PART_ALPHA] ? by[PART_ALPHA]->t : NULL, .mult = mult, .lname = lname},
+                       module);
       if (!e && report) report->n_modules++;
     }
     i = j;
