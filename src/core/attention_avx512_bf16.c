@@ -47,6 +47,8 @@ enum { QV = 2, TQ = 16 * QV, TR = 10, TD = 8, KB = 120 };
 /* query rows per task: two strips; past 8192 queries six (K and V of a head no longer stay in a
  * 1 MB L2, and each task reads them once) */
 enum { QB = 2 * TQ, QB_LONG = 6 * TQ, QB_LONG_FROM = 8192 };
+/* S: a block's scores (moving maxima), and before the first block 16 rows of Q pairs (head dims to 512) */
+enum { S_FLOATS = KB * TQ > 16 * 256 ? KB * TQ : 16 * 256 };
 /* how far (log2 units) a block's maximum may exceed the running one before the rows are rescaled */
 #define MAX_SLACK 8.0f
 
@@ -74,6 +76,25 @@ BF16_INLINE void row_pairs(const float *src, int hd, float scale, uint32_t *dst)
     const __m512 lo = _mm512_mul_ps(_mm512_maskz_loadu_ps(first_lanes(hd - d), src + d), s);
     const __m512 hi = _mm512_mul_ps(_mm512_maskz_loadu_ps(first_lanes(hd - d - 16), src + d + 16), s);
     _mm512_mask_storeu_epi32(dst + d / 2, first_lanes((hd - d + 1) / 2), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+  }
+}
+
+/* r[i][j] -> r[j][i] for 16 vectors of 16 32-bit lanes: pairs of rows interleaved by 32 and 64 bits
+ * (within each 128-bit lane), then the 128-bit lanes gathered in two rounds. */
+BF16_INLINE void transpose16(__m512i r[16]) {
+  __m512i a[16], b[16];
+  for (int k = 0; k < 8; k++)
+    a[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]), a[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+  /* b[4m + c]: 128-bit lane L holds column 4L + c of rows 4m .. 4m + 3 */
+  for (int m = 0; m < 4; m++) {
+    b[4 * m] = _mm512_unpacklo_epi64(a[4 * m], a[4 * m + 2]), b[4 * m + 1] = _mm512_unpackhi_epi64(a[4 * m], a[4 * m + 2]);
+    b[4 * m + 2] = _mm512_unpacklo_epi64(a[4 * m + 1], a[4 * m + 3]), b[4 * m + 3] = _mm512_unpackhi_epi64(a[4 * m + 1], a[4 * m + 3]);
+  }
+  for (int c = 0; c < 4; c++) {
+    const __m512i lo01 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0x44), hi01 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0xee);
+    const __m512i lo23 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0x44), hi23 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0xee);
+    r[c] = _mm512_shuffle_i32x4(lo01, lo23, 0x88), r[4 + c] = _mm512_shuffle_i32x4(lo01, lo23, 0xdd);
+    r[8 + c] = _mm512_shuffle_i32x4(hi01, hi23, 0x88), r[12 + c] = _mm512_shuffle_i32x4(hi01, hi23, 0xdd);
   }
 }
 
@@ -267,17 +288,28 @@ BF16_TARGET static bool attention_task(const att *a, bool moving_max, int64_t ta
   uint16_t *Qt = (uint16_t *)(void *)base;
   uint16_t *P = (uint16_t *)(void *)(base += align64(sizeof(uint16_t) * (size_t)(qb * hd2 * 2)));
   float *S = (float *)(void *)(base += align64(sizeof(uint16_t) * KB * TQ));
-  float *Ot = (float *)(void *)(base += align64(sizeof(float) * KB * TQ));
+  float *Ot = (float *)(void *)(base += align64(sizeof(float) * S_FLOATS));
   float *m = (float *)(void *)(base += align64(sizeof(float) * (size_t)(qb * hd)));
   float *l = m + qb;
 
-  /* Q of the task's rows, scaled and transposed into strips (rows past qn: zeros) */
-  memset(Qt, 0, sizeof(uint16_t) * (size_t)(strips * TQ * hd2 * 2));
-  uint32_t *Qt32 = (uint32_t *)(void *)Qt, pairs[256];
-  for (int64_t r = 0; r < qn; r++) {
-    row_pairs(a->q + (q0 + r) * a->ld + (int64_t)h * hd, hd, a->qscale, pairs);
-    uint32_t *strip = Qt32 + (r / TQ) * TQ * hd2;
-    for (int p = 0; p < hd2; p++) strip[p * TQ + r % TQ] = pairs[p];
+  /* Q of the task's rows, scaled and transposed into strips 16 rows and 16 pairs at a time (rows past
+   * qn: zeros) */
+  const int64_t rstride = (hd2 + 15) & ~15;
+  uint32_t *rows = (uint32_t *)(void *)S; /* [16][rstride] pairs: S is free until the first key block */
+  for (int64_t r0 = 0; r0 < strips * TQ; r0 += 16) {
+    for (int i = 0; i < 16; i++)
+      if (r0 + i < qn)
+        row_pairs(a->q + (q0 + r0 + i) * a->ld + (int64_t)h * hd, hd, a->qscale, rows + i * rstride);
+      else
+        memset(rows + i * rstride, 0, sizeof(uint32_t) * (size_t)hd2);
+    const int64_t v = (r0 % TQ) / 16;
+    uint16_t *Qs = Qt + (r0 / TQ) * TQ * hd2 * 2;
+    for (int p0 = 0; p0 < hd2; p0 += 16) {
+      __m512i t[16];
+      for (int i = 0; i < 16; i++) t[i] = _mm512_maskz_loadu_epi32(first_lanes(hd2 - p0), rows + i * rstride + p0);
+      transpose16(t);
+      for (int j = 0; j < 16 && p0 + j < hd2; j++) _mm512_storeu_si512(Qs + ((p0 + j) * QV + v) * 32, t[j]);
+    }
   }
   /* the next task's rows of Q (the same thread's, most often) and this task's output rows: their
    * strided lines would otherwise arrive at memory latency, between the products */
@@ -305,21 +337,23 @@ BF16_TARGET static bool attention_task(const att *a, bool moving_max, int64_t ta
       strip_values(P, Vb, hd, pairs_in_block, Os);
     }
   }
-  /* out = Ot / l, transposed back to rows: 16 head dims of one query per gather */
+  /* out = Ot / l, transposed back to rows 16 queries and 16 head dims at a time */
   bool finite = true;
   __mmask16 bad = 0;
-  const __m512i down = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(TQ));
-  for (int64_t r = 0; r < qn; r++) {
-    const float sum = l[r];
-    finite &= sum <= FLT_MAX; /* false for inf and NaN */
-    const __m512 inv = _mm512_set1_ps(sum > 0 ? 1.0f / sum : 0.0f);
-    const float *col = Ot + (r / TQ) * TQ * hd + r % TQ;
-    float *dst = a->out + (q0 + r) * a->ld + (int64_t)h * hd;
-    for (int d = 0; d < hd; d += 16) {
-      const __mmask16 lanes = first_lanes(hd - d);
-      const __m512 x = _mm512_mul_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, down, col + d * TQ, 4), inv);
-      bad |= _mm512_mask_fpclass_ps_mask(lanes, x, 0x99); /* QNaN, SNaN, +inf, -inf */
-      _mm512_mask_storeu_ps(dst + d, lanes, x);
+  for (int64_t r = 0; r < qn; r++) finite &= l[r] <= FLT_MAX; /* false for inf and NaN */
+  for (int64_t r0 = 0; r0 < qn; r0 += 16) {
+    const float *Os = Ot + (r0 / TQ) * TQ * hd + r0 % TQ;
+    for (int d0 = 0; d0 < hd; d0 += 16) {
+      __m512i t[16];
+      for (int i = 0; i < 16; i++) t[i] = d0 + i < hd ? _mm512_loadu_si512(Os + (d0 + i) * TQ) : _mm512_setzero_si512();
+      transpose16(t);
+      const __mmask16 lanes = first_lanes(hd - d0);
+      for (int j = 0; j < 16 && r0 + j < qn; j++) {
+        const float sum = l[r0 + j];
+        const __m512 x = _mm512_mul_ps((__m512)t[j], _mm512_set1_ps(sum > 0 ? 1.0f / sum : 0.0f));
+        bad |= _mm512_mask_fpclass_ps_mask(lanes, x, 0x99); /* QNaN, SNaN, +inf, -inf */
+        _mm512_mask_storeu_ps(a->out + (q0 + r0 + j) * a->ld + (int64_t)h * hd + d0, lanes, x);
+      }
     }
   }
   return moving_max || (finite && !bad);
@@ -353,7 +387,7 @@ bool mp_attention_avx512_bf16(mp_pool *pool, float *out, const float *q, const f
   const size_t kp_bytes = align64(sizeof(uint16_t) * (size_t)(heads * kp_head_elems(&a)));
   const size_t kv_bytes = kp_bytes + align64(sizeof(uint16_t) * (size_t)(heads * vp_head_elems(&a)));
   a.scratch_per_thread = align64(sizeof(uint16_t) * qb * (size_t)a.hd2 * 2) + align64(sizeof(uint16_t) * KB * TQ) +
-                         align64(sizeof(float) * KB * TQ) + align64(sizeof(float) * qb * (size_t)hd) + align64(sizeof(float) * 2 * qb);
+                         align64(sizeof(float) * S_FLOATS) + align64(sizeof(float) * qb * (size_t)hd) + align64(sizeof(float) * 2 * qb);
   const size_t bytes = kv_bytes + a.scratch_per_thread * (size_t)mp_pool_size(pool);
   /* the backend's scratch when the pool has one: ~23 MB of packs at 1024x1024 would otherwise be
    * mapped, faulted in and unmapped on every call */

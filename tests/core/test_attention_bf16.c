@@ -105,6 +105,7 @@ static void check_kernel(mp_attention_kernel kernel) {
   check_bf16(pool, kernel, 17, 50, 1, 72, 1.0f);    /* 36 pairs: two full tiles and a 4-pair tail */
   check_bf16(pool, kernel, 33, 121, 2, 12, 1.0f);   /* one key past a block of 120; head dim 8 + 4 */
   check_bf16(pool, kernel, 65, 31, 1, 5, 1.0f);     /* odd head dim under 8: one short P·V tile */
+  check_bf16(pool, kernel, 70, 90, 1, 512, 1.0f);   /* the VAE's mid attention: one head of 512 */
   check_bf16(pool, kernel, 200, 600, 2, 40, 3.0f);  /* peaked softmax: the running max changes across blocks */
   check_bf16(NULL, kernel, 13, 29, 1, 40, 1.0f);    /* no pool: runs on the calling thread */
   check_bf16(pool, kernel, 4097, 4097, 1, 40, 1.0f); /* SD 1.5 level 0 self-attention size, plus one */
