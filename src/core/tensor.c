@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 /* Anything above this is a corrupt header or a hostile file, not a real model tensor (16 GiB). */
 #define MP_MAX_TENSOR_BYTES ((int64_t)16 << 30)
@@ -259,3 +260,28 @@ void *mp_calloc(size_t n, size_t size) {
 }
 
 void mp_free(void *p) { free(p); }
+
+void *mp_alloc_pages(size_t nbytes) {
+  void *p = mmap(NULL, nbytes ? nbytes : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return NULL;
+#ifdef MADV_HUGEPAGE
+  (void)madvise(p, nbytes, MADV_HUGEPAGE); /* advisory: without THP the pages are 4 KB, no worse than malloc's */
+#endif
+  return p;
+}
+
+void mp_free_pages(void *p, size_t nbytes) {
+  if (p) munmap(p, nbytes ? nbytes : 1);
+}
+
+void *mp_page_arena_reserve(mp_page_arena *a, size_t nbytes) {
+  if (nbytes <= a->cap && a->p) return a->p;
+  mp_page_arena_free(a);
+  if ((a->p = mp_alloc_pages(nbytes))) a->cap = nbytes;
+  return a->p;
+}
+
+void mp_page_arena_free(mp_page_arena *a) {
+  mp_free_pages(a->p, a->cap);
+  a->p = NULL, a->cap = 0;
+}

@@ -259,8 +259,8 @@ static bool parse_key(const char *key, char *module, size_t cap, int *which) {
 }
 
 /* ---- merges: what each LoRA module adds to which base tensor ----
- * Collected for all LoRAs first and applied tensor by tensor afterwards, through one f32 buffer that
- * serves every tensor: the patched tensors were each built in their own f32 copy before, 370 MB of
+ * Collected for all LoRAs first and applied tensor by tensor afterwards (merge_patches), through one
+ * f32 buffer per thread: the patched tensors were each built in their own f32 copy before, 370 MB of
  * fresh pages at SD 1.5 size whose first touch (zeroing, page faults) was most of a LoRA switch. */
 typedef struct {
   size_t index;                             /* base tensor */
@@ -493,6 +493,102 @@ mp_error *mp_lora_apply(const mp_weights *base, const mp_sd_config *cfg, const m
   return mp_lora_apply_opts(base, cfg, specs, n_specs, NULL, overlay, report);
 }
 
+/* ---- merging, tensor by tensor ----
+ * Each patched tensor is merged on its own (base -> f32, every module's delta added in the order the
+ * LoRAs and their modules came, rounded to the stored dtype), so the tensors are spread over the pool,
+ * each thread through its own f32 buffer; all the patched tensors live in one mapping of huge pages
+ * (mp_alloc_pages) that the overlay keeps. */
+typedef struct {
+  size_t index, first; /* the base tensor, and its first merge in ms */
+  size_t offset;       /* of its data in the arena */
+  mp_dtype dt;
+  mp_error *err;
+} patch;
+
+typedef struct {
+  const mp_weights *base;
+  const merges *ms;
+  patch *patches;
+  unsigned char *arena;
+  float **bufs; /* one per thread, each the size of the largest patched tensor */
+} merge_job;
+
+static void merge_tasks(void *ctx, int64_t begin, int64_t end, int thread) {
+  merge_job *j = ctx;
+  float *W = j->bufs[thread];
+  /* the sgemm of a merge is small: one OpenBLAS thread per pool thread (set by the caller) */
+  for (int64_t p = begin; p < end; p++) {
+    patch *pt = &j->patches[p];
+    const mp_weight *it = mp_weights_at(j->base, pt->index);
+    const size_t n = (size_t)mp_tensor_numel(&it->t);
+    prefetch(it->t.data, n * mp_dtype_size(it->t.dtype));
+    mp_convert_to_f32(W, it->t.data, it->t.dtype, n);
+    for (size_t k = pt->first; k < j->ms->n && !pt->err; k++)
+      if (j->ms->m[k].index == pt->index) pt->err = merge_module(&j->ms->m[k], it, W);
+    if (pt->err) continue;
+    void *data = j->arena + pt->offset;
+    if (pt->dt == MP_F32) /* keep the stored precision, as merging into an f16 model does, unless asked for f32 */
+      memcpy(data, W, n * sizeof(float));
+    else if (pt->dt == MP_F16)
+      mp_convert_f32_to_f16(data, W, n);
+    else
+      for (size_t k = 0; k < n; k++) ((uint16_t *)data)[k] = mp_f32_to_bf16(W[k]);
+  }
+}
+
+/* The patched tensors: one per base tensor that some merge targets, in base order. */
+static mp_error *plan_patches(const mp_weights *base, const merges *ms, bool f32_patches, patch **out, size_t *n_out,
+                              size_t *arena_bytes, size_t *max_numel) {
+  size_t n_base = mp_weights_count(base), n = 0, bytes = 0, max_n = 0;
+  size_t *first = malloc((n_base ? n_base : 1) * sizeof *first);
+  patch *ps = calloc(ms->n ? ms->n : 1, sizeof *ps);
+  if (!first || !ps) {
+    free(first), free(ps);
+    return mp_errorf("out of memory");
+  }
+  for (size_t i = 0; i < n_base; i++) first[i] = SIZE_MAX;
+  for (size_t k = ms->n; k-- > 0;) first[ms->m[k].index] = k;
+  for (size_t i = 0; i < n_base; i++) {
+    if (first[i] == SIZE_MAX) continue;
+    const mp_tensor *t = &mp_weights_at(base, i)->t;
+    const size_t numel = (size_t)mp_tensor_numel(t);
+    const mp_dtype dt = f32_patches ? MP_F32 : t->dtype;
+    ps[n] = (patch){.index = i, .first = first[i], .offset = bytes, .dt = dt};
+    bytes += (numel * mp_dtype_size(dt) + 63) & ~(size_t)63;
+    if (numel > max_n) max_n = numel;
+    n++;
+  }
+  free(first);
+  *out = ps, *n_out = n, *arena_bytes = bytes, *max_numel = max_n;
+  return NULL;
+}
+
+static mp_error *merge_patches(const mp_weights *base, const merges *ms, patch *ps, size_t n, unsigned char *arena,
+                               size_t max_numel, mp_pool *pool) {
+  const int nt = pool ? mp_pool_size(pool) : 1;
+  float *bufs[64] = {0};
+  mp_error *e = NULL;
+  if (nt > 64) return mp_errorf("too many threads for merging LoRAs (%d)", nt);
+  for (int t = 0; t < nt && !e; t++)
+    if (!(bufs[t] = mp_alloc_pages(max_numel * sizeof(float)))) e = mp_errorf("out of memory merging LoRAs");
+  if (!e) {
+    merge_job job = {base, ms, ps, arena, bufs};
+    int prev = openblas_get_num_threads();
+    if (nt > 1 && prev != 1) openblas_set_num_threads(1);
+    mp_pool_for(nt > 1 ? pool : NULL, (int64_t)n, 1, merge_tasks, &job);
+    if (nt > 1 && prev != 1) openblas_set_num_threads(prev);
+  }
+  for (int t = 0; t < nt; t++) mp_free_pages(bufs[t], max_numel * sizeof(float));
+  for (size_t p = 0; p < n; p++) { /* the first error in base order; the others are dropped */
+    if (!e) e = ps[p].err;
+    else mp_error_free(ps[p].err);
+    ps[p].err = NULL;
+  }
+  return e;
+}
+
+static void release_arena(void *mem, size_t size) { mp_free_pages(mem, size); }
+
 mp_error *mp_lora_apply_opts(const mp_weights *base, const mp_sd_config *cfg, const mp_lora_spec *specs, int n_specs,
                              const mp_lora_options *opt, mp_weights **overlay, mp_lora_report *report) {
   *overlay = NULL;
@@ -501,57 +597,41 @@ mp_error *mp_lora_apply_opts(const mp_weights *base, const mp_sd_config *cfg, co
   table tbl = {0};
   merges ms = {0};
   mp_weights *ov = NULL;
-  float *W = NULL; /* the f32 tensor being patched: one buffer, grown to the largest */
-  size_t w_cap = 0;
+  patch *ps = NULL;
+  size_t n_ps = 0, arena_bytes = 0, max_numel = 0;
+  unsigned char *arena = NULL, *patched = NULL; /* arena: pages of our own until the overlay takes them */
   mp_error *e = build_table(base, cfg->unet.num_res_blocks, &tbl);
   for (int s = 0; s < n_specs && !e; s++) {
     e = check_family(&specs[s], specs[s].name ? specs[s].name : mp_weights_path(specs[s].lora), cfg);
     if (!e) e = apply_one(base, &tbl, &specs[s], &ms, report);
   }
+  if (!e) e = plan_patches(base, &ms, f32_patches, &ps, &n_ps, &arena_bytes, &max_numel);
+  mp_page_arena *given = opt ? opt->arena : NULL;
+  if (!e && n_ps) {
+    patched = given ? mp_page_arena_reserve(given, arena_bytes) : (arena = mp_alloc_pages(arena_bytes));
+    if (!patched) e = mp_errorf("out of memory (%zu MB of merged tensors)", arena_bytes >> 20);
+  }
+  if (!e && n_ps) e = merge_patches(base, &ms, ps, n_ps, patched, max_numel, opt ? opt->pool : NULL);
   if (!e && !(ov = mp_weights_new(mp_weights_path(base)))) e = mp_errorf("out of memory");
-  if (!e) mp_weights_set_viewed(ov, base); /* its views are the base's memory (mp_weights_drop_pages) */
+  if (!e) {
+    mp_weights_set_viewed(ov, base); /* its views are the base's memory (mp_weights_drop_pages) */
+    if (arena) mp_weights_set_backing(ov, arena, arena_bytes, release_arena), arena = NULL;
+  }
   if (!e && mp_weights_metadata(base)) e = mp_weights_set_metadata(ov, mp_weights_metadata(base));
-  /* every base entry: a view, or the patched tensor in the base's dtype (which the overlay owns) */
-  for (size_t i = 0; i < mp_weights_count(base) && !e; i++) {
+  /* every base entry: a view of the base, or of its patched tensor in the arena (which the overlay keeps) */
+  for (size_t i = 0, p = 0; i < mp_weights_count(base) && !e; i++) {
     const mp_weight *it = mp_weights_at(base, i);
-    size_t first = 0;
-    while (first < ms.n && ms.m[first].index != i) first++;
-    if (first == ms.n) {
+    if (p < n_ps && ps[p].index == i) {
+      e = mp_weights_add(ov, it->name, ps[p].dt, it->t.ndim, it->t.shape, patched + ps[p].offset);
+      p++;
+      if (report) report->n_patched_tensors++;
+    } else {
       e = mp_weights_add(ov, it->name, it->t.dtype, it->t.ndim, it->t.shape, it->t.data);
-      continue;
     }
-    const size_t n = (size_t)mp_tensor_numel(&it->t);
-    const mp_dtype dt = f32_patches ? MP_F32 : it->t.dtype;
-    if (n > w_cap) {
-      mp_free(W);
-      if (!(W = mp_alloc(n * sizeof(float)))) {
-        w_cap = 0;
-        e = mp_errorf("out of memory patching %s", it->name);
-        break;
-      }
-      w_cap = n;
-    }
-    prefetch(it->t.data, n * mp_dtype_size(it->t.dtype));
-    mp_convert_to_f32(W, it->t.data, it->t.dtype, n);
-    for (size_t k = first; k < ms.n && !e; k++) /* in the order the LoRAs and their modules came */
-      if (ms.m[k].index == i) e = merge_module(&ms.m[k], it, W);
-    if (e) break;
-    void *data = mp_alloc(n * mp_dtype_size(dt));
-    if (!data) {
-      e = mp_errorf("out of memory patching %s", it->name);
-      break;
-    }
-    if (dt == MP_F32) /* keep the stored precision, as merging into an f16 model does, unless asked for f32 */
-      memcpy(data, W, n * sizeof(float));
-    else if (dt == MP_F16)
-      mp_convert_f32_to_f16(data, W, n);
-    else
-      for (size_t k = 0; k < n; k++) ((uint16_t *)data)[k] = mp_f32_to_bf16(W[k]);
-    e = mp_weights_add_owned(ov, it->name, dt, it->t.ndim, it->t.shape, data);
-    if (report) report->n_patched_tensors++;
   }
   if (!e) e = mp_weights_finish(ov);
-  mp_free(W);
+  if (arena) mp_free_pages(arena, arena_bytes);
+  free(ps);
   merges_free(&ms);
   table_free(&tbl);
   if (e) {

@@ -20,6 +20,7 @@
 #ifndef MP_MODELS_LORA_H
 #define MP_MODELS_LORA_H
 
+#include "core/threads.h"
 #include "io/weights.h"
 #include "models/sd.h"
 
@@ -47,9 +48,15 @@ mp_error *mp_lora_apply(const mp_weights *base, const mp_sd_config *cfg, const m
                         mp_weights **overlay, mp_lora_report *report);
 
 /* f32_patches: patched tensors are stored in f32 in the overlay (the fp32 reference path) instead of
- * the checkpoint's own dtype (what merging into an f16 model gives: a reduced-precision path). */
+ * the checkpoint's own dtype (what merging into an f16 model gives: a reduced-precision path).
+ * pool: the tensors are merged in parallel on it (NULL: on the calling thread); same bits either way.
+ * arena: where the patched tensors go, owned by the caller, who must keep it until the overlay is
+ * closed (an engine reuses one from switch to switch: see mp_alloc_pages for why); NULL: pages the
+ * overlay owns. */
 typedef struct {
   bool f32_patches;
+  mp_pool *pool;
+  mp_page_arena *arena;
 } mp_lora_options;
 
 mp_error *mp_lora_apply_opts(const mp_weights *base, const mp_sd_config *cfg, const mp_lora_spec *specs, int n_specs,

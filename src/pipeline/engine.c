@@ -89,6 +89,7 @@ void mp_engine_close(mp_engine *e) {
   mp_vae_free(e->vae);
   mp_schedule_free(&e->schedule);
   mp_weights_close(e->overlay);
+  mp_page_arena_free(&e->lora_pages);
   if (e->base) mp_pack_cache_release(mp_backend_pack_cache(e->ctx->backend), e->base);
   mp_weights_close(e->base);
   free(e->path);
@@ -171,6 +172,7 @@ void mp_engine_give(mp_engine *e) {
   /* nothing of the job stays: its texts, its tokenizer (the job's), its scratch */
   mp_engine_text_forget(e);
   e->tok = NULL;
+  mp_page_arena_free(&e->lora_pages);
   mp_unet_trim(e->unet);
   mp_backend_trim(ctx->backend);
   if (k->n == MP_KEPT_ENGINES) close_oldest(k); /* the one given back longest ago makes room */
@@ -187,7 +189,7 @@ mp_error *mp_engine_set_loras(mp_engine *e, const mp_lora_spec *specs, int n, ch
      * own dtype would round W + dW to f16, a reduced-precision step on the fp32 path. At bf16 the
      * backend packs every weight to bf16 before the matmul anyway, so the checkpoint's dtype loses
      * nothing further and keeps the overlay half the size. */
-    mp_lora_options opt = {.f32_patches = e->ctx->precision == MP_PRECISION_F32};
+    mp_lora_options opt = {.f32_patches = e->ctx->precision == MP_PRECISION_F32, .pool = e->ctx->pool, .arena = &e->lora_pages};
     mp_error *err = mp_lora_apply_opts(e->base, &e->cfg, specs, n, &opt, &e->overlay, &rep);
     if (err) { /* the models still point into the overlay just closed: back to the base before anything runs */
       mp_error_free(bind_models(e));

@@ -37,6 +37,7 @@ typedef struct {
   char hash[11]; /* AUTOMATIC1111's short model hash */
   mp_weights *base;
   mp_weights *overlay; /* LoRAs of the current pass, or NULL */
+  mp_page_arena lora_pages; /* the overlay's patched tensors, reused from one LoRA set to the next */
   mp_sd_config cfg;
   mp_schedule schedule;
   mp_clip *clip;       /* SD 1.x's text encoder, SDXL's first */

@@ -151,6 +151,23 @@ static void test_merge_arithmetic_and_restore(void **state) {
   for (int i = 0; i < O * I * 9; i++) assert_true(fabsf(gc[i] - ec[i]) < 1e-6f);
   for (int i = 0; i < O * O * 9; i++) assert_true(fabsf(gc2[i] - ec2[i]) < 1e-6f);
   assert_ptr_equal(get(ov, OTHER), get(base, OTHER)); /* untouched keys are views of the base */
+
+  /* merged on a pool into the caller's arena: the same bits; a second application reuses the arena */
+  mp_pool *pool;
+  assert_ok(mp_pool_create(2, &pool));
+  mp_page_arena arena = {0};
+  mp_lora_options opt = {.pool = pool, .arena = &arena};
+  for (int round = 0; round < 2; round++) {
+    mp_weights *par;
+    assert_ok(mp_lora_apply_opts(base, &cfg, specs, 2, &opt, &par, NULL));
+    assert_memory_equal(get(par, LIN), gl, sizeof el);
+    assert_memory_equal(get(par, CONV), gc, sizeof ec);
+    assert_memory_equal(get(par, CONV2), gc2, sizeof ec2);
+    assert_true((const void *)get(par, LIN) >= arena.p && (const void *)get(par, LIN) < (const void *)((char *)arena.p + arena.cap));
+    mp_weights_close(par);
+  }
+  mp_page_arena_free(&arena);
+  mp_pool_destroy(pool);
   mp_weights_close(ov);
   /* the base is bit-identical: dropping the overlay is the exact restore */
   assert_memory_equal(get(base, LIN), lin, sizeof lin);
