@@ -50,7 +50,9 @@ void mp_workspace_trim(mp_workspace *ws) {
  * re-read from the file if ever touched again (they are not), so the process does not hold both
  * the stored and the packed copy. PAGEOUT (not DONTNEED) because a weight may also live in
  * anonymous memory (a LoRA-merged overlay), whose contents must survive. */
-static void release_weight_pages(const mp_tensor *W) {
+static void release_weight_pages(struct mp_packed_weight *pw, const mp_tensor *W) {
+  if (pw->stored_released) return; /* once: a madvise per call was ~57 system calls a step */
+  pw->stored_released = true;
 #ifdef MADV_PAGEOUT
   const size_t page = 4096, bytes = (size_t)mp_tensor_numel(W) * mp_dtype_size(W->dtype);
   if (bytes < 16 * page) return;
@@ -95,7 +97,8 @@ static mp_error *packed_weight(mp_workspace *ws, mp_backend *b, const mp_tensor 
   MP_TRY(pack_entry(ws, b, W, bias, &pw));
   if (!pw->mm) {
     MP_TRY(mp_matmul_create(b, W, bias, &pw->mm));
-    release_weight_pages(W);
+    pw->stored_released = false;
+    release_weight_pages(pw, W);
   }
   *out = pw->mm;
   return NULL;
@@ -815,24 +818,27 @@ static mp_error *conv2d_packed(mp_pool *pool, mp_workspace *ws, mp_backend *be, 
   struct mp_packed_weight *pw;
   MP_TRY(pack_entry(ws, be, weight, bias, &pw));
   if (kh_is_3x3_same(weight, stride, pad) && mp_wino_bf16_pays(c_in, (int)weight->shape[0], h, w, batch)) {
-    if (!pw->wino) mp_error_free(mp_wino_bf16_create(be, weight, bias, &pw->wino)); /* declined: direct below */
+    if (!pw->wino) { /* declined: direct below */
+      mp_error_free(mp_wino_bf16_create(be, weight, bias, &pw->wino));
+      pw->stored_released = false; /* packing read the stored weight again */
+    }
     if (pw->wino) {
       mp_error *re = mp_wino_bf16_run(pw->wino, pool, ws, x, batch, h, w, y, 0);
       if (!re) {
-        release_weight_pages(weight);
+        release_weight_pages(pw, weight);
         return NULL;
       }
       mp_error_free(re);
     }
   }
   if (!pw->conv && !pw->mm) {
-    mp_error *ce = mp_dnnl_conv_create(be, weight, bias, stride, pad, batch, h, w, &pw->conv);
-    mp_error_free(ce);
+    mp_error_free(mp_dnnl_conv_create(be, weight, bias, stride, pad, batch, h, w, &pw->conv));
+    pw->stored_released = false;
   }
   if (pw->conv) {
     mp_error *re = mp_dnnl_conv_run(pw->conv, ws, x, batch, h, w, y);
     if (!re) {
-      release_weight_pages(weight);
+      release_weight_pages(pw, weight);
       return NULL;
     }
     mp_error_free(re); /* this shape declined: fall back below */
@@ -1030,11 +1036,14 @@ mp_error *mp_conv2d_nhwc_bf16(mp_pool *pool, mp_workspace *ws, float *y, const u
   mp_error *e = pack_entry(ws, be, weight, bias, &pw);
   /* oneDNN's primitive where it has a kernel for the shape; where it declines (only its reference one,
    * which mp_dnnl_conv_* refuse), im2col + the matmul, as mp_conv2d does */
-  if (!e && !pw->conv && !pw->mm) mp_error_free(mp_dnnl_conv_create(be, weight, bias, stride, pad, batch, h, w, &pw->conv));
+  if (!e && !pw->conv && !pw->mm) {
+    mp_error_free(mp_dnnl_conv_create(be, weight, bias, stride, pad, batch, h, w, &pw->conv));
+    pw->stored_released = false;
+  }
   mp_error *declined = !e && pw->conv ? mp_dnnl_conv_run_nhwc(pw->conv, ws, x, batch, h, w, y, accumulate) : NULL;
   if (!e && (!pw->conv || declined)) e = conv_nhwc_by_matmul(pool, ws, be, y, x, batch, c_in, h, w, weight, bias, stride, pad, accumulate);
   mp_error_free(declined);
-  if (!e) release_weight_pages(weight);
+  if (!e) release_weight_pages(pw, weight);
   mp_profile_end(prof, MP_OP_CONV3X3);
   return e;
 }

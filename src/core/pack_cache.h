@@ -31,6 +31,7 @@ struct mp_packed_weight {
   struct mp_matmul *mm;       /* dense layers, and convolutions oneDNN's primitive declined */
   struct mp_dnnl_conv *conv;  /* convolutions */
   struct mp_wino_bf16 *wino;  /* 3x3 convolutions by Winograd (core/conv_wino_bf16.h), where chosen */
+  bool stored_released;       /* the stored weight's pages were handed back once packed (core/conv.c) */
 };
 /* Frees what the entry holds (not the entry). */
 void mp_packed_weight_clear(struct mp_packed_weight *pw);
