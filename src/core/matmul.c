@@ -36,7 +36,12 @@ struct mp_backend {
   void *scratch;
   size_t scratch_bytes;
   mp_pack_cache *packs; /* packed weights of pinned (long-lived) tensors, shared by all models */
+  mp_spare_pages *spares; /* pages of freed private packs, for the next ones (mp_backend_spare_pages) */
 };
+
+/* What the spares keep at most: a LoRA's packs at SD 1.5 size (rank 4 on every attention projection:
+ * ~190 MB), with room for SDXL's larger layers. */
+#define SPARE_PACK_BYTES ((size_t)768 << 20)
 
 #define MM_CACHE 8
 
@@ -97,6 +102,7 @@ mp_error *mp_backend_create(mp_precision precision, int n_threads, mp_backend **
     mp_error *e = dnnl_err(dnnl_engine_create(&b->engine, dnnl_cpu, 0), "engine creation");
     if (!e) e = dnnl_err(dnnl_stream_create(&b->stream, b->engine, dnnl_stream_default_flags), "stream creation");
     if (!e) e = mp_pack_cache_create(&b->packs);
+    if (!e && !(b->spares = mp_spare_pages_create(SPARE_PACK_BYTES))) e = mp_errorf("out of memory");
     if (e) {
       mp_backend_destroy(b);
       return e;
@@ -108,7 +114,8 @@ mp_error *mp_backend_create(mp_precision precision, int n_threads, mp_backend **
 
 void mp_backend_destroy(mp_backend *b) {
   if (!b) return;
-  mp_pack_cache_free(b->packs); /* before the engine its packs live on */
+  mp_pack_cache_free(b->packs); /* before the engine its packs live on, and the spares they give back to */
+  mp_spare_pages_free(b->spares);
   for (int i = 0; i < b->n_sgemm; i++) dnnl_primitive_destroy(b->sgemm[i].prim);
   if (b->stream) dnnl_stream_destroy(b->stream);
   if (b->engine) dnnl_engine_destroy(b->engine);
@@ -129,6 +136,7 @@ void mp_backend_trim(mp_backend *b) {
    * cache and come back on the next step), and freed heap returns to the kernel, so that the next phase
    * (the VAE decode) does not stack its peak on top of the UNet's weights. */
   mp_pack_cache_drop_resident(b->packs);
+  mp_spare_pages_release(b->spares);
 #ifdef __GLIBC__
   malloc_trim(0);
 #endif
@@ -136,6 +144,7 @@ void mp_backend_trim(mp_backend *b) {
 struct dnnl_engine *mp_backend_dnnl_engine(const mp_backend *b) { return b->engine; }
 struct dnnl_stream *mp_backend_dnnl_stream(const mp_backend *b) { return b->stream; }
 mp_pack_cache *mp_backend_pack_cache(const mp_backend *b) { return b ? b->packs : NULL; }
+mp_spare_pages *mp_backend_spare_pages(const mp_backend *b) { return b ? b->spares : NULL; }
 
 static void *scratch(mp_backend *b, size_t bytes) {
   if (bytes > b->scratch_bytes) {

@@ -32,6 +32,9 @@ struct dnnl_stream *mp_backend_dnnl_stream(const mp_backend *b);
 struct mp_pack_cache;
 /* The backend's cache of packed weights that outlive one model (core/pack_cache.h); NULL for b NULL. */
 struct mp_pack_cache *mp_backend_pack_cache(const mp_backend *b);
+/* Pages that packed weights private to a model give back when freed, for the next packs of the same
+ * sizes (core/tensor.h); mp_backend_trim unmaps them. NULL for b NULL. */
+mp_spare_pages *mp_backend_spare_pages(const mp_backend *b);
 
 /* C[m, n] = A[m, k] · op(B), row-major with leading dimensions; op(B) = B [k, n] or, with trans_b,
  * Bᵀ for B [n, k]. oneDNN's f32 matmul (brgemm) on the backend's OpenMP threads, one primitive per

@@ -54,7 +54,7 @@ bool mp_dnnl_layout_text(const dnnl_memory_desc_t *md, char *buf, size_t cap) {
 }
 
 static void free_heap(mp_packed_mem *m) {
-  if (m->heap_mapped) munmap(m->heap, m->heap_mapped);
+  if (m->heap_mapped) mp_spare_pages_give(m->spares, m->heap, m->heap_mapped);
   else mp_free(m->heap);
   m->heap = NULL, m->heap_mapped = 0;
 }
@@ -116,12 +116,14 @@ mp_error *mp_pack_dnnl_weight_as(mp_backend *b, const void *w_data, const char *
     if (e) mp_packed_mem_free(mem);
     return e;
   }
-  /* A pack bound for the store lives in memory only until it is saved: a mapping of its own, so that
-   * freeing it returns the pages at once (freed from malloc's heap they tend to stay with the process,
-   * raising the first load's peak RSS by the packs in flight: +58 MB at SD 1.5 size). */
-  if (store && bytes >= 65536) {
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p != MAP_FAILED) mem->heap = p, mem->heap_mapped = bytes;
+  /* A pack of some size gets pages of its own (huge pages where the kernel gives them). One bound for
+   * the store lives in memory only until it is saved, and freed from malloc's heap its pages tend to
+   * stay with the process (+58 MB of peak RSS at the first load at SD 1.5 size). One private to a model
+   * (a LoRA-patched layer) is made at every switch: its pages come from the backend's spares, where the
+   * previous LoRA's packs of the same layers went, instead of being faulted in anew (see mp_alloc_pages). */
+  if (bytes >= 65536) {
+    mem->spares = store ? NULL : mp_backend_spare_pages(b);
+    if ((mem->heap = mp_spare_pages_take(mem->spares, bytes))) mem->heap_mapped = bytes;
   }
   if (!mem->heap && !(mem->heap = mp_alloc(bytes ? bytes : 1)))
     return mp_errorf("out of memory packing a weight (%zu MB)", bytes >> 20);

@@ -19,6 +19,7 @@ typedef struct {
   mp_pack_map map; /* the payload mapped from the store, or */
   void *heap;      /* an in-memory copy (not pinned, no store, store disabled or save failed) */
   size_t heap_mapped; /* > 0: heap is an anonymous mapping of this many bytes, not mp_alloc'd */
+  mp_spare_pages *spares; /* where that mapping goes back to when freed (NULL: unmapped) */
 } mp_packed_mem;
 
 /* Fills dst (memory of the packed layout) from the operator's stored weight. */

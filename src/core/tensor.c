@@ -285,3 +285,57 @@ void mp_page_arena_free(mp_page_arena *a) {
   mp_free_pages(a->p, a->cap);
   a->p = NULL, a->cap = 0;
 }
+
+struct mp_spare_pages {
+  struct spare {
+    void *p;
+    size_t bytes;
+  } *kept;
+  size_t n, cap, bytes, max_bytes;
+};
+
+mp_spare_pages *mp_spare_pages_create(size_t max_bytes) {
+  mp_spare_pages *s = calloc(1, sizeof *s);
+  if (s) s->max_bytes = max_bytes;
+  return s;
+}
+
+void *mp_spare_pages_take(mp_spare_pages *s, size_t nbytes) {
+  for (size_t i = 0; s && i < s->n; i++)
+    if (s->kept[i].bytes == nbytes) {
+      void *p = s->kept[i].p;
+      s->kept[i] = s->kept[--s->n];
+      s->bytes -= nbytes;
+      return p;
+    }
+  return mp_alloc_pages(nbytes);
+}
+
+void mp_spare_pages_give(mp_spare_pages *s, void *p, size_t nbytes) {
+  if (!p) return;
+  if (s && s->bytes + nbytes <= s->max_bytes) {
+    if (s->n == s->cap) {
+      size_t cap = s->cap ? 2 * s->cap : 64;
+      struct spare *grown = realloc(s->kept, cap * sizeof *grown);
+      if (grown) s->kept = grown, s->cap = cap;
+    }
+    if (s->n < s->cap) {
+      s->kept[s->n++] = (struct spare){p, nbytes};
+      s->bytes += nbytes;
+      return;
+    }
+  }
+  mp_free_pages(p, nbytes);
+}
+
+void mp_spare_pages_release(mp_spare_pages *s) {
+  for (size_t i = 0; s && i < s->n; i++) mp_free_pages(s->kept[i].p, s->kept[i].bytes);
+  if (s) s->n = 0, s->bytes = 0;
+}
+
+void mp_spare_pages_free(mp_spare_pages *s) {
+  if (!s) return;
+  mp_spare_pages_release(s);
+  free(s->kept);
+  free(s);
+}

@@ -87,5 +87,17 @@ typedef struct {
 /* At least nbytes of the arena (contents not kept when it grows); NULL when out of memory. */
 void *mp_page_arena_reserve(mp_page_arena *a, size_t nbytes);
 void mp_page_arena_free(mp_page_arena *a);
+/* Mappings from mp_alloc_pages kept after use for the next request of the same size: the packs of one
+ * LoRA's layers are freed at a switch and the next LoRA's, of the same layers and sizes, take their pages
+ * instead of faulting new ones in. At most max_bytes are kept; one user at a time. */
+typedef struct mp_spare_pages mp_spare_pages;
+mp_spare_pages *mp_spare_pages_create(size_t max_bytes);
+/* A kept mapping of exactly nbytes, else a new one (mp_alloc_pages); NULL when out of memory. s may be NULL. */
+void *mp_spare_pages_take(mp_spare_pages *s, size_t nbytes);
+/* Keep p (nbytes, from mp_spare_pages_take or mp_alloc_pages) for reuse, or unmap it when s is NULL or full. */
+void mp_spare_pages_give(mp_spare_pages *s, void *p, size_t nbytes);
+/* Unmap every kept mapping (between the phases of a job, to lower the peak RSS). s may be NULL. */
+void mp_spare_pages_release(mp_spare_pages *s);
+void mp_spare_pages_free(mp_spare_pages *s);
 
 #endif
