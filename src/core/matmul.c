@@ -212,19 +212,23 @@ static mp_error *fill_packed(void *ctx, dnnl_memory_t dst) {
   MP_TRY(dnnl_err(dnnl_memory_desc_init_by_tag(&w_user, 2, wd, dnnl_bf16, dnnl_ba), "weights desc"));
   const dnnl_memory_desc_t *w_packed;
   MP_TRY(dnnl_err(dnnl_memory_get_memory_desc(dst, &w_packed), "packed weights desc"));
-  size_t n = (size_t)(N * K);
-  uint16_t *wb = mp_alloc(n * 2);
-  float *row = mp_alloc((size_t)K * 4);
-  if (!wb || !row) {
-    mp_free(wb), mp_free(row);
-    return mp_errorf("out of memory packing a %lldx%lld weight", (long long)N, (long long)K);
-  }
-  size_t es = mp_dtype_size(mm->W->dtype);
+  /* the rounded copy goes through the backend's scratch: already faulted in (a LoRA switch packs a few
+   * hundred layers, and a fresh buffer for each was as many page faults again as the packs themselves),
+   * and no caller holds data in it across the packing of a weight */
+  uint16_t *wb = scratch(b, (size_t)(N * K) * 2);
+  if (!wb) return mp_errorf("out of memory packing a %lldx%lld weight", (long long)N, (long long)K);
+  const size_t es = mp_dtype_size(mm->W->dtype);
+  const char *w = mm->W->data;
+  /* rows on the backend's OpenMP team, as mp_pool_for runs with a backend attached */
+#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < N; r++) {
-    mp_convert_to_f32(row, (const char *)mm->W->data + (size_t)(r * K) * es, mm->W->dtype, (size_t)K);
-    to_bf16(wb + r * K, row, (size_t)K);
+    float row[512];
+    for (int64_t k0 = 0; k0 < K; k0 += 512) {
+      const size_t len = (size_t)(K - k0 < 512 ? K - k0 : 512);
+      mp_convert_to_f32(row, w + (size_t)(r * K + k0) * es, mm->W->dtype, len);
+      to_bf16(wb + r * K + k0, row, len);
+    }
   }
-  mp_free(row);
   dnnl_memory_t user = NULL;
   dnnl_primitive_desc_t rpd = NULL;
   dnnl_primitive_t reorder = NULL;
@@ -239,7 +243,6 @@ static mp_error *fill_packed(void *ctx, dnnl_memory_t dst) {
   if (reorder) dnnl_primitive_destroy(reorder);
   if (rpd) dnnl_primitive_desc_destroy(rpd);
   if (user) dnnl_memory_destroy(user);
-  mp_free(wb);
   return e;
 }
 
