@@ -259,9 +259,9 @@ static bool parse_key(const char *key, char *module, size_t cap, int *which) {
 }
 
 /* ---- merges: what each LoRA module adds to which base tensor ----
- * Collected for all LoRAs first and applied tensor by tensor afterwards (merge_patches), through one
- * f32 buffer per thread: the patched tensors were each built in their own f32 copy before, 370 MB of
- * fresh pages at SD 1.5 size whose first touch (zeroing, page faults) was most of a LoRA switch. */
+ * Collected for all LoRAs first and applied tensor by tensor afterwards (merge_patches): each patched
+ * tensor built in its own f32 copy was 370 MB of fresh pages at SD 1.5 size, whose first touch
+ * (zeroing, page faults) was most of a LoRA switch. */
 typedef struct {
   size_t index;                             /* base tensor */
   int64_t row0, rows;                       /* the rows of it this module patches (rows 0: all) */
@@ -316,13 +316,24 @@ static float *to_f32(const mp_tensor *t) {
   return x;
 }
 
-/* W += scale * up · (mid ·) down, checking shapes against the target. */
-static mp_error *merge_module(const merge *mg, const mp_weight *target, float *W) {
+/* One module's delta ready to add: rows [row0, row0 + out) of its target += scale · up · down_k. */
+typedef struct {
+  int64_t row0, out, K, r;
+  float scale;
+  float *up;     /* [out, r], owned */
+  float *down_k; /* [r, K] (mid · down for LoCon), owned */
+} delta;
+
+static void delta_free(delta *d) { mp_free(d->up), mp_free(d->down_k), d->up = d->down_k = NULL; }
+
+/* The delta of merge mg on `target`, checking shapes against it. */
+static mp_error *prepare_delta(const merge *mg, const mp_weight *target, delta *out_d) {
   char s1[96], s2[96], s3[96];
   const char *lname = mg->lname, *module = mg->module;
   const mp_tensor *D = mg->down, *U = mg->up, *M = mg->mid, *alpha = mg->alpha;
   const int64_t row0 = mg->row0, rows = mg->rows;
   const float mult = mg->mult;
+  memset(out_d, 0, sizeof *out_d);
   if (!is_float(D) || !is_float(U) || (M && !is_float(M)) || (alpha && !is_float(alpha)))
     return mp_errorf("%s: %s: LoRA tensors must be float", lname, module);
   const int64_t r = D->shape[0];
@@ -353,38 +364,43 @@ static mp_error *merge_module(const merge *mg, const mp_weight *target, float *W
     if (mp_tensor_numel(alpha) != 1) return mp_errorf("%s: %s.alpha must be a scalar", lname, module);
     mp_convert_to_f32(&a, alpha->data, alpha->dtype, 1);
   }
-  const double scale = (double)mult * a / (double)r;
-  float *u = to_f32(U), *d = to_f32(D), *m = M ? to_f32(M) : NULL, *dm = NULL;
-  mp_error *e = NULL;
-  if (!u || !d || (M && !m)) {
-    e = mp_errorf("out of memory");
-    goto done;
+  delta d = {.row0 = row0, .out = out, .K = K, .r = r, .scale = (float)((double)mult * a / (double)r)};
+  float *m = M ? to_f32(M) : NULL;
+  d.up = to_f32(U), d.down_k = to_f32(D);
+  if (!d.up || !d.down_k || (M && !m)) {
+    mp_free(m), delta_free(&d);
+    return mp_errorf("out of memory");
   }
-  const float *down_k = d; /* [r, K] */
   if (M) { /* (mid · down)[a, i, y, x] = sum_b mid[a, b, y, x] down[b, i] */
     const int64_t in = D->shape[1], kk = M->shape[2] * M->shape[3];
-    dm = mp_alloc(sizeof(float) * (size_t)(r * K));
+    float *dm = mp_alloc(sizeof(float) * (size_t)(r * K));
     if (!dm) {
-      e = mp_errorf("out of memory");
-      goto done;
+      mp_free(m), delta_free(&d);
+      return mp_errorf("out of memory");
     }
     for (int64_t ai = 0; ai < r; ai++)
       for (int64_t i = 0; i < in; i++)
         for (int64_t p = 0; p < kk; p++) {
-          double s = 0;
-          for (int64_t b = 0; b < r; b++) s += (double)m[(ai * r + b) * kk + p] * d[b * in + i];
-          dm[(ai * in + i) * kk + p] = (float)s;
+          double sum = 0;
+          for (int64_t b = 0; b < r; b++) sum += (double)m[(ai * r + b) * kk + p] * d.down_k[b * in + i];
+          dm[(ai * in + i) * kk + p] = (float)sum;
         }
-    down_k = dm;
+    mp_free(d.down_k);
+    d.down_k = dm;
   }
-  /* W[out, K] += scale · up[out, r] · down[r, K]: one sgemm (f32 accumulation over the rank is exact
-   * to ~1e-7 relative, far below the f16 the patched weight is stored in; the scalar double loop it
-   * replaces took ~1 s of a LoRA switch at SD 1.5 size). */
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)out, (int)K, (int)r, (float)scale, u, (int)r, down_k, (int)K,
-              1.0f, W + row0 * K, (int)K);
-done:
-  mp_free(u), mp_free(d), mp_free(m), mp_free(dm);
-  return e;
+  mp_free(m);
+  *out_d = d;
+  return NULL;
+}
+
+/* Rows [c0, c1) of the target, held in W ([c1 - c0, K] f32), += the delta's part of them: one sgemm
+ * (f32 accumulation over the rank is exact to ~1e-7 relative, far below the f16 the patched weight is
+ * stored in; the scalar double loop it replaced took ~1 s of a LoRA switch at SD 1.5 size). */
+static void add_delta_rows(const delta *d, int64_t c0, int64_t c1, float *W) {
+  const int64_t lo = d->row0 > c0 ? d->row0 : c0, hi = d->row0 + d->out < c1 ? d->row0 + d->out : c1;
+  if (lo >= hi) return;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)d->K, (int)d->r, d->scale,
+              d->up + (lo - d->row0) * d->r, (int)d->r, d->down_k, (int)d->K, 1.0f, W + (lo - c0) * d->K, (int)d->K);
 }
 
 static mp_error *report_unmatched(mp_lora_report *r, const char *lname, const char *module) {
@@ -495,9 +511,10 @@ mp_error *mp_lora_apply(const mp_weights *base, const mp_sd_config *cfg, const m
 
 /* ---- merging, tensor by tensor ----
  * Each patched tensor is merged on its own (base -> f32, every module's delta added in the order the
- * LoRAs and their modules came, rounded to the stored dtype), so the tensors are spread over the pool,
- * each thread through its own f32 buffer; all the patched tensors live in one mapping of huge pages
- * (mp_alloc_pages) that the overlay keeps. */
+ * LoRAs and their modules came, rounded to the stored dtype), so the tensors are spread over the pool.
+ * A tensor goes a few rows at a time through its thread's f32 buffer (cache-sized: a whole-tensor f32
+ * copy was up to 52 MB of fresh pages per thread and switch), into one mapping of huge pages
+ * (mp_alloc_pages) for all the patched tensors: the caller's arena, or the overlay's own. */
 typedef struct {
   size_t index, first; /* the base tensor, and its first merge in ms */
   size_t offset;       /* of its data in the arena */
@@ -505,12 +522,15 @@ typedef struct {
   mp_error *err;
 } patch;
 
+/* Rows of a tensor merged at a time: the f32 chunk stays in L2 (each thread's buffer is this size). */
+enum { CHUNK_FLOATS = 64 * 1024 };
+
 typedef struct {
   const mp_weights *base;
   const merges *ms;
   patch *patches;
   unsigned char *arena;
-  float **bufs; /* one per thread, each the size of the largest patched tensor */
+  float **bufs; /* one per thread, CHUNK_FLOATS (or one row, where a row is longer) */
 } merge_job;
 
 static void merge_tasks(void *ctx, int64_t begin, int64_t end, int thread) {
@@ -520,26 +540,51 @@ static void merge_tasks(void *ctx, int64_t begin, int64_t end, int thread) {
   for (int64_t p = begin; p < end; p++) {
     patch *pt = &j->patches[p];
     const mp_weight *it = mp_weights_at(j->base, pt->index);
-    const size_t n = (size_t)mp_tensor_numel(&it->t);
-    prefetch(it->t.data, n * mp_dtype_size(it->t.dtype));
-    mp_convert_to_f32(W, it->t.data, it->t.dtype, n);
-    for (size_t k = pt->first; k < j->ms->n && !pt->err; k++)
-      if (j->ms->m[k].index == pt->index) pt->err = merge_module(&j->ms->m[k], it, W);
-    if (pt->err) continue;
-    void *data = j->arena + pt->offset;
-    if (pt->dt == MP_F32) /* keep the stored precision, as merging into an f16 model does, unless asked for f32 */
-      memcpy(data, W, n * sizeof(float));
-    else if (pt->dt == MP_F16)
-      mp_convert_f32_to_f16(data, W, n);
-    else
-      for (size_t k = 0; k < n; k++) ((uint16_t *)data)[k] = mp_f32_to_bf16(W[k]);
+    const mp_tensor *T = &it->t;
+    const size_t n = (size_t)mp_tensor_numel(T), es = mp_dtype_size(T->dtype), os = mp_dtype_size(pt->dt);
+    delta ds[16], *d = ds; /* the merges on this tensor, in the order the LoRAs and their modules came */
+    size_t nd = 0, cap = sizeof ds / sizeof ds[0];
+    for (size_t k = pt->first; k < j->ms->n && !pt->err; k++) {
+      if (j->ms->m[k].index != pt->index) continue;
+      if (nd == cap) {
+        delta *grown = malloc(2 * cap * sizeof *grown);
+        if (!grown) {
+          pt->err = mp_errorf("out of memory");
+          break;
+        }
+        memcpy(grown, d, nd * sizeof *d);
+        if (d != ds) free(d);
+        d = grown, cap *= 2;
+      }
+      if (!(pt->err = prepare_delta(&j->ms->m[k], it, &d[nd]))) nd++;
+    }
+    if (!pt->err) {
+      prefetch(T->data, n * es);
+      const int64_t rows = T->ndim > 0 && T->shape[0] > 0 ? T->shape[0] : 1, K = (int64_t)n / rows;
+      const int64_t step = K > 0 && K < CHUNK_FLOATS ? CHUNK_FLOATS / K : 1;
+      for (int64_t c0 = 0; c0 < rows; c0 += step) {
+        const int64_t c1 = c0 + step < rows ? c0 + step : rows;
+        const size_t m = (size_t)((c1 - c0) * K), at = (size_t)(c0 * K);
+        mp_convert_to_f32(W, (const char *)T->data + at * es, T->dtype, m);
+        for (size_t i = 0; i < nd; i++) add_delta_rows(&d[i], c0, c1, W);
+        void *dst = j->arena + pt->offset + at * os;
+        if (pt->dt == MP_F32) /* keep the stored precision, as merging into an f16 model does, unless asked for f32 */
+          memcpy(dst, W, m * sizeof(float));
+        else if (pt->dt == MP_F16)
+          mp_convert_f32_to_f16(dst, W, m);
+        else
+          for (size_t k = 0; k < m; k++) ((uint16_t *)dst)[k] = mp_f32_to_bf16(W[k]);
+      }
+    }
+    for (size_t i = 0; i < nd; i++) delta_free(&d[i]);
+    if (d != ds) free(d);
   }
 }
 
 /* The patched tensors: one per base tensor that some merge targets, in base order. */
 static mp_error *plan_patches(const mp_weights *base, const merges *ms, bool f32_patches, patch **out, size_t *n_out,
-                              size_t *arena_bytes, size_t *max_numel) {
-  size_t n_base = mp_weights_count(base), n = 0, bytes = 0, max_n = 0;
+                              size_t *arena_bytes, size_t *max_row) {
+  size_t n_base = mp_weights_count(base), n = 0, bytes = 0, max_k = 0;
   size_t *first = malloc((n_base ? n_base : 1) * sizeof *first);
   patch *ps = calloc(ms->n ? ms->n : 1, sizeof *ps);
   if (!first || !ps) {
@@ -555,22 +600,24 @@ static mp_error *plan_patches(const mp_weights *base, const merges *ms, bool f32
     const mp_dtype dt = f32_patches ? MP_F32 : t->dtype;
     ps[n] = (patch){.index = i, .first = first[i], .offset = bytes, .dt = dt};
     bytes += (numel * mp_dtype_size(dt) + 63) & ~(size_t)63;
-    if (numel > max_n) max_n = numel;
+    const size_t row = t->ndim > 0 && t->shape[0] > 0 ? numel / (size_t)t->shape[0] : numel;
+    if (row > max_k) max_k = row;
     n++;
   }
   free(first);
-  *out = ps, *n_out = n, *arena_bytes = bytes, *max_numel = max_n;
+  *out = ps, *n_out = n, *arena_bytes = bytes, *max_row = max_k;
   return NULL;
 }
 
 static mp_error *merge_patches(const mp_weights *base, const merges *ms, patch *ps, size_t n, unsigned char *arena,
-                               size_t max_numel, mp_pool *pool) {
+                               size_t max_row, mp_pool *pool) {
   const int nt = pool ? mp_pool_size(pool) : 1;
+  const size_t buf_floats = max_row > CHUNK_FLOATS ? max_row : CHUNK_FLOATS;
   float *bufs[64] = {0};
   mp_error *e = NULL;
   if (nt > 64) return mp_errorf("too many threads for merging LoRAs (%d)", nt);
   for (int t = 0; t < nt && !e; t++)
-    if (!(bufs[t] = mp_alloc_pages(max_numel * sizeof(float)))) e = mp_errorf("out of memory merging LoRAs");
+    if (!(bufs[t] = mp_alloc(buf_floats * sizeof(float)))) e = mp_errorf("out of memory merging LoRAs");
   if (!e) {
     merge_job job = {base, ms, ps, arena, bufs};
     int prev = openblas_get_num_threads();
@@ -578,7 +625,7 @@ static mp_error *merge_patches(const mp_weights *base, const merges *ms, patch *
     mp_pool_for(nt > 1 ? pool : NULL, (int64_t)n, 1, merge_tasks, &job);
     if (nt > 1 && prev != 1) openblas_set_num_threads(prev);
   }
-  for (int t = 0; t < nt; t++) mp_free_pages(bufs[t], max_numel * sizeof(float));
+  for (int t = 0; t < nt; t++) mp_free(bufs[t]);
   for (size_t p = 0; p < n; p++) { /* the first error in base order; the others are dropped */
     if (!e) e = ps[p].err;
     else mp_error_free(ps[p].err);
@@ -598,20 +645,20 @@ mp_error *mp_lora_apply_opts(const mp_weights *base, const mp_sd_config *cfg, co
   merges ms = {0};
   mp_weights *ov = NULL;
   patch *ps = NULL;
-  size_t n_ps = 0, arena_bytes = 0, max_numel = 0;
+  size_t n_ps = 0, arena_bytes = 0, max_row = 0;
   unsigned char *arena = NULL, *patched = NULL; /* arena: pages of our own until the overlay takes them */
   mp_error *e = build_table(base, cfg->unet.num_res_blocks, &tbl);
   for (int s = 0; s < n_specs && !e; s++) {
     e = check_family(&specs[s], specs[s].name ? specs[s].name : mp_weights_path(specs[s].lora), cfg);
     if (!e) e = apply_one(base, &tbl, &specs[s], &ms, report);
   }
-  if (!e) e = plan_patches(base, &ms, f32_patches, &ps, &n_ps, &arena_bytes, &max_numel);
+  if (!e) e = plan_patches(base, &ms, f32_patches, &ps, &n_ps, &arena_bytes, &max_row);
   mp_page_arena *given = opt ? opt->arena : NULL;
   if (!e && n_ps) {
     patched = given ? mp_page_arena_reserve(given, arena_bytes) : (arena = mp_alloc_pages(arena_bytes));
     if (!patched) e = mp_errorf("out of memory (%zu MB of merged tensors)", arena_bytes >> 20);
   }
-  if (!e && n_ps) e = merge_patches(base, &ms, ps, n_ps, patched, max_numel, opt ? opt->pool : NULL);
+  if (!e && n_ps) e = merge_patches(base, &ms, ps, n_ps, patched, max_row, opt ? opt->pool : NULL);
   if (!e && !(ov = mp_weights_new(mp_weights_path(base)))) e = mp_errorf("out of memory");
   if (!e) {
     mp_weights_set_viewed(ov, base); /* its views are the base's memory (mp_weights_drop_pages) */
