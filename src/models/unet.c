@@ -238,6 +238,19 @@ void mp_unet_trim(mp_unet *u) {
   mp_workspace_trim(&u->acts);
 }
 
+static void move_buffer(mp_workspace *to, mp_workspace *from) {
+  if (from->cap <= to->cap) return;
+  mp_free(to->p);
+  to->p = from->p, to->cap = from->cap;
+  from->p = NULL, from->cap = 0;
+}
+
+void mp_unet_adopt_buffers(mp_unet *to, mp_unet *from) {
+  if (!to || !from) return;
+  move_buffer(&to->ws, &from->ws);
+  move_buffer(&to->acts, &from->acts);
+}
+
 static spatial *new_spatial(binder *b, int C, int depth, const mp_unet_config *cfg, const char *base) {
   spatial *s = calloc(1, sizeof *s);
   if (!s) {

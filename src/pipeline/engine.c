@@ -19,11 +19,14 @@ static mp_error *bind_models(mp_engine *e) {
   mp_engine_text_forget(e); /* encoded with the text encoders being replaced */
   mp_clip_free(e->clip);
   mp_openclip_free(e->clip2);
-  mp_unet_free(e->unet);
+  mp_unet *old = e->unet;
   e->clip = NULL, e->clip2 = NULL, e->unet = NULL;
-  MP_TRY(mp_clip_load(w, mp_sd_clip_prefix(&e->cfg), &e->cfg.clip, &e->clip));
-  if (e->cfg.family == MP_FAMILY_SDXL) MP_TRY(mp_openclip_load(w, MP_PREFIX_XL_OPENCLIP, &e->cfg.clip2, &e->clip2));
-  return mp_unet_load(w, MP_PREFIX_UNET, &e->cfg.unet, &e->unet);
+  mp_error *err = mp_clip_load(w, mp_sd_clip_prefix(&e->cfg), &e->cfg.clip, &e->clip);
+  if (!err && e->cfg.family == MP_FAMILY_SDXL) err = mp_openclip_load(w, MP_PREFIX_XL_OPENCLIP, &e->cfg.clip2, &e->clip2);
+  if (!err) err = mp_unet_load(w, MP_PREFIX_UNET, &e->cfg.unet, &e->unet);
+  mp_unet_adopt_buffers(e->unet, old); /* the new binding's first step runs in the old one's memory */
+  mp_unet_free(old);
+  return err;
 }
 
 /* Pin the base checkpoint's tensors in the backend's pack cache: their memory lives as long as the

@@ -60,6 +60,14 @@ static void test_unet_tiny_golden(void **state) {
   run_case(u, pool, g, "a", 1, 8, 8);
   run_case(u, pool, g, "b", 2, 8, 12);
   run_case(u, NULL, g, "b", 2, 8, 12); /* single-threaded gives the same */
+  /* a UNet bound anew takes over the buffers of the one it replaces; both still compute the goldens */
+  mp_unet *u2;
+  assert_ok(mp_unet_load(w, MP_PREFIX_UNET, &cfg, &u2));
+  mp_unet_adopt_buffers(u2, u);
+  run_case(u2, pool, g, "b", 2, 8, 12);
+  run_case(u, pool, g, "a", 1, 8, 8);
+  mp_unet_adopt_buffers(u2, NULL), mp_unet_adopt_buffers(NULL, u);
+  mp_unet_free(u2);
   /* latent sizes that do not divide by the downsampling are refused, not mangled */
   float dummy[4 * 4 * 6];
   assert_err_contains(mp_unet_forward(u, pool, 1, 4, 6, dummy, dummy, dummy, 1, dummy), "multiples of 4");
