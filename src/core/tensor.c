@@ -292,6 +292,8 @@ struct mp_spare_pages {
     size_t bytes;
   } *kept;
   size_t n, cap, bytes, max_bytes;
+  size_t lent;   /* mappings taken and not given back */
+  bool orphaned; /* freed by its owner while some were lent: goes with the last one */
 };
 
 mp_spare_pages *mp_spare_pages_create(size_t max_bytes) {
@@ -300,20 +302,29 @@ mp_spare_pages *mp_spare_pages_create(size_t max_bytes) {
   return s;
 }
 
+static void spare_pages_destroy(mp_spare_pages *s) {
+  free(s->kept);
+  free(s);
+}
+
 void *mp_spare_pages_take(mp_spare_pages *s, size_t nbytes) {
-  for (size_t i = 0; s && i < s->n; i++)
+  if (!s) return mp_alloc_pages(nbytes);
+  void *p = NULL;
+  for (size_t i = 0; i < s->n && !p; i++)
     if (s->kept[i].bytes == nbytes) {
-      void *p = s->kept[i].p;
+      p = s->kept[i].p;
       s->kept[i] = s->kept[--s->n];
       s->bytes -= nbytes;
-      return p;
     }
-  return mp_alloc_pages(nbytes);
+  if (!p) p = mp_alloc_pages(nbytes);
+  if (p) s->lent++;
+  return p;
 }
 
 void mp_spare_pages_give(mp_spare_pages *s, void *p, size_t nbytes) {
   if (!p) return;
-  if (s && s->bytes + nbytes <= s->max_bytes) {
+  if (s) s->lent--;
+  if (s && !s->orphaned && s->bytes + nbytes <= s->max_bytes) {
     if (s->n == s->cap) {
       size_t cap = s->cap ? 2 * s->cap : 64;
       struct spare *grown = realloc(s->kept, cap * sizeof *grown);
@@ -326,6 +337,7 @@ void mp_spare_pages_give(mp_spare_pages *s, void *p, size_t nbytes) {
     }
   }
   mp_free_pages(p, nbytes);
+  if (s && s->orphaned && s->lent == 0) spare_pages_destroy(s);
 }
 
 void mp_spare_pages_release(mp_spare_pages *s) {
@@ -336,6 +348,6 @@ void mp_spare_pages_release(mp_spare_pages *s) {
 void mp_spare_pages_free(mp_spare_pages *s) {
   if (!s) return;
   mp_spare_pages_release(s);
-  free(s->kept);
-  free(s);
+  if (s->lent == 0) spare_pages_destroy(s);
+  else s->orphaned = true;
 }

@@ -92,12 +92,15 @@ void mp_page_arena_free(mp_page_arena *a);
  * instead of faulting new ones in. At most max_bytes are kept; one user at a time. */
 typedef struct mp_spare_pages mp_spare_pages;
 mp_spare_pages *mp_spare_pages_create(size_t max_bytes);
-/* A kept mapping of exactly nbytes, else a new one (mp_alloc_pages); NULL when out of memory. s may be NULL. */
+/* A kept mapping of exactly nbytes, else a new one (mp_alloc_pages); NULL when out of memory. With s NULL,
+ * a new one, to be given back to NULL. */
 void *mp_spare_pages_take(mp_spare_pages *s, size_t nbytes);
-/* Keep p (nbytes, from mp_spare_pages_take or mp_alloc_pages) for reuse, or unmap it when s is NULL or full. */
+/* Give back p (nbytes) taken from s: kept for reuse, or unmapped when s is full (or NULL). */
 void mp_spare_pages_give(mp_spare_pages *s, void *p, size_t nbytes);
 /* Unmap every kept mapping (between the phases of a job, to lower the peak RSS). s may be NULL. */
 void mp_spare_pages_release(mp_spare_pages *s);
+/* The owner is done with s: what it keeps is unmapped at once; mappings still taken may be given back
+ * afterwards (unmapped then; s goes with the last of them), as a model's packs may outlive its backend. */
 void mp_spare_pages_free(mp_spare_pages *s);
 
 #endif
