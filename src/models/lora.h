@@ -15,8 +15,9 @@
  * Merge rule: W' = W + multiplier * alpha / rank * up · (mid ·) down (computed in f32/double).
  *
  * Applying is non-destructive: mp_lora_apply builds an overlay mp_weights whose entries view the base
- * checkpoint except the patched ones, which are new tensors it owns. Models bind to the overlay for
- * one pass; closing the overlay restores the original weights exactly (the base was never written). */
+ * checkpoint except the patched ones, which are new tensors (in memory the overlay owns, or in the
+ * caller's arena: mp_lora_options). Models bind to the overlay for one pass; closing the overlay
+ * restores the original weights exactly (the base was never written). */
 #ifndef MP_MODELS_LORA_H
 #define MP_MODELS_LORA_H
 
