@@ -244,11 +244,20 @@ mp_error *mp_tensor_to_f32(const mp_tensor *src, mp_tensor *dst) {
   return NULL;
 }
 
+/* see mp_alloc in tensor.h: the x86-64 huge page, and the size from which a block asks for them */
+enum { HUGE_PAGE = 2 << 20, HUGE_FROM = 8 << 20 };
+
 void *mp_alloc(size_t nbytes) {
   void *p = NULL;
   size_t rounded = (nbytes + 63) & ~(size_t)63;
   if (rounded < nbytes) return NULL;
   if (posix_memalign(&p, 64, rounded ? rounded : 64)) return NULL;
+#ifdef MADV_HUGEPAGE
+  if (rounded >= HUGE_FROM) {
+    uintptr_t lo = ((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1), hi = ((uintptr_t)p + rounded) & ~(uintptr_t)(HUGE_PAGE - 1);
+    if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+  }
+#endif
   return p;
 }
 

@@ -67,7 +67,11 @@ void mp_convert_f32_to_f16(uint16_t *dst, const float *src, size_t n);
 float mp_bf16_to_f32(uint16_t b);
 uint16_t mp_f32_to_bf16(float f);
 
-/* Allocation helpers for buffers that are not tensors: 64-byte aligned, NULL-safe free. */
+/* Allocation helpers for buffers that are not tensors: 64-byte aligned, NULL-safe free. From 8 MB up
+ * (activations, workspaces, a VAE decode's arena) mp_alloc asks for transparent huge pages on the
+ * block's 2 MB-aligned inside (madvise; where THP is "madvise" or "always"): on the virtual machines
+ * this runs on, faulting in and zeroing fresh 4 KB pages costs ~2.5 ms per MB, about twice the huge
+ * pages' cost, and a buffer of this size is touched whole anyway. */
 void *mp_alloc(size_t nbytes);
 void *mp_calloc(size_t n, size_t size);
 void mp_free(void *p);

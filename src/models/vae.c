@@ -414,8 +414,9 @@ static size_t widest(const mp_vae *v, int h, int w) {
 
 /* The activation memory of one decode or encode call, shared by its tiles: a 1024x1024 decode's two
  * tiles would otherwise each map ~1 GB afresh, faulting and zeroing every page again (0.4-0.7 s of
- * sys time per decode; transparent huge pages made it slower). Freed when the call returns, so the
- * memory is not held between a pipeline's phases. */
+ * sys time per decode). Its first touch still costs: mp_alloc asks for huge pages at this size, which
+ * took a 512x512 decode from 5.2-5.8 s to 4.2-4.3 s on a Zen 5 (bench/RESULTS.md, thirteenth session).
+ * Freed when the call returns, so the memory is not held between a pipeline's phases. */
 typedef struct {
   float *mem;
   size_t cap; /* floats */

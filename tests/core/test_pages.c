@@ -1,7 +1,10 @@
 /* Pages kept for reuse (core/tensor.h): an arena keeps its mapping while big enough; spare pages hand a
  * freed mapping to the next request of the same size, keep no more than their bound, and unmap on
- * release. */
+ * release. And a large mp_alloc asks for huge pages. */
+#include <stdint.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/tensor.h"
 #include "testutil.h"
@@ -78,11 +81,43 @@ static void test_spares_freed_while_lent(void **state) {
   mp_spare_pages_give(s, b, 1 * MB); /* the last: s goes */
 }
 
+/* The VmFlags of the mapping that holds address a, from /proc/self/smaps ("" when not found). */
+static void vm_flags_at(uintptr_t a, char *flags, size_t cap) {
+  flags[0] = 0;
+  FILE *f = fopen("/proc/self/smaps", "r");
+  assert_non_null(f);
+  char line[512];
+  int inside = 0;
+  while (fgets(line, sizeof line, f)) {
+    unsigned long lo, hi;
+    if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) inside = a >= lo && a < hi;
+    else if (inside && strncmp(line, "VmFlags:", 8) == 0) {
+      snprintf(flags, cap, "%s", line + 8);
+      break;
+    }
+  }
+  fclose(f);
+}
+
+static void test_large_alloc_asks_for_huge_pages(void **state) {
+  (void)state;
+  if (access("/sys/kernel/mm/transparent_hugepage/enabled", F_OK) != 0) skip(); /* a kernel without THP */
+  unsigned char *p = mp_alloc(16 * MB);
+  assert_non_null(p);
+  memset(p, 3, 16 * MB);
+  char flags[512];
+  vm_flags_at(((uintptr_t)p + 8 * MB) & ~(uintptr_t)(2 * MB - 1), flags, sizeof flags);
+  assert_non_null(strstr(flags, " hg")); /* MADV_HUGEPAGE on its 2 MB-aligned inside */
+  assert_int_equal(p[16 * MB - 1], 3);
+  mp_free(p);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_arena_keeps_its_mapping_while_big_enough),
       cmocka_unit_test(test_spares_reuse_same_sizes_within_their_bound),
       cmocka_unit_test(test_spares_freed_while_lent),
+      cmocka_unit_test(test_large_alloc_asks_for_huge_pages),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
