@@ -33,7 +33,7 @@ void mp_wino_bf16_drop_resident(mp_wino_bf16 *c);
 /* The packed weight as the matmul reads it, and its size (for tests: a mapped pack against a fresh one). */
 const void *mp_wino_bf16_packed(const mp_wino_bf16 *c, size_t *bytes);
 /* y [batch, c_out, h, w] = conv3x3(x [batch, c_in, h, w], padding 1) + bias; any h, w >= 1. The
- * transformed input and the products live in ws (bounded, about 24 MB); y must not alias x.
+ * transformed input and the products live in ws (bounded, about 64 MB); y must not alias x.
  * band_rows > 0 caps the tile rows per band (tests; 0 = by the memory budget). */
 mp_error *mp_wino_bf16_run(mp_wino_bf16 *c, mp_pool *pool, mp_workspace *ws, const float *x, int batch, int h, int w,
                            float *y, int band_rows);
