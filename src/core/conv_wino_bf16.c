@@ -13,7 +13,7 @@
 enum { XI = 16, CB = 32, CHUNK = 16, SPAN = 2 * CHUNK + 2, PRIMS = 4 };
 /* V (bf16) + M (f32) per band of tile rows. Each band reads all of U again (52 MB for 1280 -> 1280
  * channels) and gives the products its tiles as rows: with 24 MB bands a 1024x1024 step's 1280-channel
- * layers ran in bands of 128-192 tiles at 420-450 GFLOP/s; with 64 MB, 256-512 tiles at 550-600, 0.28 s
+ * layers ran in bands of 128-192 tiles at 417-566 GFLOP/s; with 64 MB, 256-512 tiles at 547-605, 0.28 s
  * less per step for 34 MB more peak RSS at 512x512 (Zen 5, bench/RESULTS.md, thirteenth session). */
 #define BAND_BYTES ((size_t)64 << 20)
 
