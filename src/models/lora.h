@@ -52,8 +52,8 @@ mp_error *mp_lora_apply(const mp_weights *base, const mp_sd_config *cfg, const m
  * the checkpoint's own dtype (what merging into an f16 model gives: a reduced-precision path).
  * pool: the tensors are merged in parallel on it (NULL: on the calling thread); same bits either way.
  * arena: where the patched tensors go, owned by the caller, who must keep it until the overlay is
- * closed (an engine reuses one from switch to switch: see mp_alloc_pages for why); NULL: pages the
- * overlay owns. */
+ * closed and may hand it to the next overlay only after that, since the next one writes over it (an
+ * engine reuses one from switch to switch: see mp_alloc_pages for why); NULL: pages the overlay owns. */
 typedef struct {
   bool f32_patches;
   mp_pool *pool;
