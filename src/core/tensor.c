@@ -247,17 +247,23 @@ mp_error *mp_tensor_to_f32(const mp_tensor *src, mp_tensor *dst) {
 /* see mp_alloc in tensor.h: the x86-64 huge page, and the size from which a block asks for them */
 enum { HUGE_PAGE = 2 << 20, HUGE_FROM = 8 << 20 };
 
+/* Ask for transparent huge pages on the 2 MB-aligned inside of [p, p + n); advisory: without THP
+ * the pages stay 4 KB. */
+static void ask_huge_pages(void *p, size_t n) {
+#ifdef MADV_HUGEPAGE
+  uintptr_t lo = ((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1), hi = ((uintptr_t)p + n) & ~(uintptr_t)(HUGE_PAGE - 1);
+  if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+#else
+  (void)p, (void)n;
+#endif
+}
+
 void *mp_alloc(size_t nbytes) {
   void *p = NULL;
   size_t rounded = (nbytes + 63) & ~(size_t)63;
   if (rounded < nbytes) return NULL;
   if (posix_memalign(&p, 64, rounded ? rounded : 64)) return NULL;
-#ifdef MADV_HUGEPAGE
-  if (rounded >= HUGE_FROM) {
-    uintptr_t lo = ((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1), hi = ((uintptr_t)p + rounded) & ~(uintptr_t)(HUGE_PAGE - 1);
-    if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
-  }
-#endif
+  if (rounded >= HUGE_FROM) ask_huge_pages(p, rounded);
   return p;
 }
 
@@ -273,9 +279,7 @@ void mp_free(void *p) { free(p); }
 void *mp_alloc_pages(size_t nbytes) {
   void *p = mmap(NULL, nbytes ? nbytes : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return NULL;
-#ifdef MADV_HUGEPAGE
-  (void)madvise(p, nbytes, MADV_HUGEPAGE); /* advisory: without THP the pages are 4 KB, no worse than malloc's */
-#endif
+  ask_huge_pages(p, nbytes);
   return p;
 }
 

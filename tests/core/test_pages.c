@@ -90,7 +90,7 @@ static void vm_flags_at(uintptr_t a, char *flags, size_t cap) {
   int inside = 0;
   while (fgets(line, sizeof line, f)) {
     unsigned long lo, hi;
-    if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) inside = a >= lo && a < hi;
+    if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2) inside = a >= lo && a < hi; /* a mapping's first line */
     else if (inside && strncmp(line, "VmFlags:", 8) == 0) {
       snprintf(flags, cap, "%s", line + 8);
       break;
